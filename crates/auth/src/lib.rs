@@ -1,0 +1,72 @@
+//! The auth service: who you are (authentication) and what you may do (roles in the token).
+//!
+//! Users sign up and log in with an email and password (argon2id). A login returns a short-lived
+//! EdDSA access token, which the gateway and the services verify locally with the public keys
+//! published at `/auth/.well-known/jwks.json`, and an opaque refresh token, stored hashed and
+//! rotated on every use.
+
+pub mod api;
+pub mod keys;
+pub mod passwords;
+pub mod schema;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use stratus_kit::config::{CommonArgs, TokenArgs};
+use stratus_kit::server::Service;
+
+pub const ADMIN_EMAIL: &str = "admin@stratus.local";
+
+/// `stratus serve auth`
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Port to listen on (0: any free port, announced to the registry).
+    #[arg(long, env = "PORT", default_value_t = 0)]
+    pub port: u16,
+
+    /// Database URL (sqlite: or postgres:); default: a SQLite file in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Password of `admin@stratus.local` on first start; generated and printed once when unset.
+    #[arg(long, env = "STRATUS_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Lifetime of access tokens.
+    #[arg(long, env = "STRATUS_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = stratus_kit::duration::parse)]
+    pub access_token_ttl: Duration,
+
+    /// Lifetime of refresh tokens.
+    #[arg(long, env = "STRATUS_REFRESH_TOKEN_TTL", default_value = "720h", value_parser = stratus_kit::duration::parse)]
+    pub refresh_token_ttl: Duration,
+
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let url =
+        stratus_kit::db::url_for("auth", args.database_url.as_deref(), &args.common.data_dir)?;
+    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let signing_key = keys::current_or_create(&pool)
+        .await
+        .context("loading the signing key")?;
+    users::ensure_admin(&pool, args.admin_password.as_deref()).await?;
+
+    let state = api::AppState::new(pool.clone(), signing_key, &args).await?;
+    let service = Service::new("auth", args.port);
+    let ping_pool = pool.clone();
+    service.health.add_check("database", move || {
+        let pool = ping_pool.clone();
+        async move { stratus_kit::db::ping(&pool).await }
+    });
+    service
+        .run(&args.common, api::router(Arc::new(state)))
+        .await
+}

@@ -1,0 +1,130 @@
+//! The gateway: the seeds' load balancer and API gateway, the one door into the system.
+//!
+//! It matches each request to a route (path-based routing), checks the caller's token and roles
+//! (authentication and authorisation at the edge), picks a live instance of the route's service
+//! (instance-based balancing, from the registry's live view), and forwards it, retrying once on
+//! another instance when the first could not be reached.
+//!
+//! Map: [`routes`] (the table), [`upstream`] (instances and balancing), [`discovery`] (following
+//! the registry), [`proxy`] (the per-request path), [`headers`], [`server`] (the listener),
+//! [`admin`] (the admin API).
+
+pub mod admin;
+pub mod discovery;
+pub mod headers;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod upstream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use stratus_kit::auth::Tokens;
+use stratus_kit::config::{CommonArgs, TokenArgs};
+use stratus_kit::registry_client::RegistryClient;
+use stratus_kit::server::Service;
+use tokio::net::TcpListener;
+
+use crate::proxy::{Proxy, Settings};
+use crate::routes::RouteTable;
+use crate::upstream::Upstreams;
+
+/// The routes used when no file is given: the ones in the repository's `stratus.toml`.
+pub const DEFAULT_ROUTES: &str = include_str!("../../../stratus.toml");
+
+/// `stratus serve gateway`
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Port for client traffic.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Port of the admin API (routes, upstreams, health, metrics).
+    #[arg(long, env = "STRATUS_ADMIN_PORT", default_value_t = 8081)]
+    pub admin_port: u16,
+
+    /// File with `[[routes]]` tables (stratus.toml); the built-in routes when unset.
+    #[arg(long, env = "STRATUS_ROUTES")]
+    pub routes: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "STRATUS_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// How long an upstream may take to answer.
+    #[arg(long, env = "STRATUS_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = stratus_kit::duration::parse)]
+    pub upstream_timeout: Duration,
+
+    /// How long connecting to an upstream may take.
+    #[arg(long, env = "STRATUS_CONNECT_TIMEOUT", default_value = "1s", value_parser = stratus_kit::duration::parse)]
+    pub connect_timeout: Duration,
+
+    /// Add `x-served-by: <service>/<instance>` to responses.
+    #[arg(long, env = "STRATUS_SERVED_BY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub served_by: bool,
+
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let table = match &args.routes {
+        Some(path) => RouteTable::from_file(path)?,
+        None => RouteTable::parse(DEFAULT_ROUTES).context("the built-in routes")?,
+    };
+    tracing::info!(routes = table.routes.len(), "route table loaded");
+
+    let registry = RegistryClient::new(&args.common.registry_url)?;
+    let upstreams = Arc::new(Upstreams::new());
+    tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
+
+    let proxy = Arc::new(Proxy {
+        routes: ArcSwap::from_pointee(table),
+        upstreams: upstreams.clone(),
+        tokens: Tokens::new(&args.tokens, registry)?,
+        client: proxy::client(args.connect_timeout),
+        settings: Settings {
+            max_body: args.max_body,
+            timeout: args.upstream_timeout,
+            served_by: args.served_by,
+        },
+    });
+
+    let listener = TcpListener::bind((args.common.bind, args.port))
+        .await
+        .with_context(|| format!("binding the gateway to {}:{}", args.common.bind, args.port))?;
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+
+    let admin = Service::new("gateway", args.admin_port).unregistered();
+    admin.health.add_check("registry", move || {
+        let synced = upstreams.index() > 0;
+        async move {
+            if synced {
+                Ok(())
+            } else {
+                Err("no registry view yet".to_string())
+            }
+        }
+    });
+    let common = args.common.clone();
+    let admin_app = admin::router(proxy.clone());
+    let admin_task = tokio::spawn(async move { admin.run(&common, admin_app).await });
+
+    let drain = args.common.drain;
+    let shutdown = async move {
+        stratus_kit::shutdown::signal().await;
+        // Readiness fails first (the admin server saw the same signal); keep serving briefly so
+        // load balancers in front of us notice, then stop accepting.
+        tokio::time::sleep(drain).await;
+    };
+    server::serve(listener, proxy, shutdown, args.common.grace).await;
+    admin_task.await.context("the admin server task")??;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! The per-request path: route, authenticate, authorise, pick an instance, forward, retry.
+//!
+//! ```text
+//! request ─> route match ─> token check ─> role check ─> body (bounded) ─> pick instance
+//!        <─ response + x-served-by, x-request-id <─ forward (timeout) ─┘  └─ retry once elsewhere
+//! ```
+//!
+//! Nothing here blocks: the route table and the instance lists are atomic snapshots, token keys
+//! are cached, and the only awaits are the client's body and the upstream call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use stratus_kit::auth::Tokens;
+use stratus_kit::trace::TraceContext;
+use stratus_kit::Problem;
+
+use crate::headers::{self, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
+use crate::routes::{AuthMode, Route, RouteTable};
+use crate::upstream::{Endpoint, Upstreams, MARK_DOWN_FOR};
+
+pub type Body = Either<Incoming, Full<Bytes>>;
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub struct Settings {
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub served_by: bool,
+}
+
+pub struct Proxy {
+    pub routes: ArcSwap<RouteTable>,
+    pub upstreams: Arc<Upstreams>,
+    pub tokens: Arc<Tokens>,
+    pub client: HttpClient,
+    pub settings: Settings,
+}
+
+pub fn client(connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Whether repeating the request is harmless (RFC 9110 section 9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl Proxy {
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = request.into_parts();
+        let trace = parts
+            .headers
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map(|parent| parent.child())
+            .unwrap_or_else(TraceContext::new_root);
+        let request_id = headers::request_id(&parts.headers, || trace.trace_id_hex());
+
+        let routes = self.routes.load();
+        let Some(route) = routes.find(&parts.method, parts.uri.path()) else {
+            return finish(
+                problem(Problem::not_found("no route matches this path")),
+                &request_id,
+            );
+        };
+        if let Err(rejection) = self.authorize(route, &parts.headers).await {
+            return finish(problem(rejection), &request_id);
+        }
+        let body = match read_body(body, self.settings.max_body).await {
+            Ok(body) => body,
+            Err(rejection) => return finish(problem(rejection), &request_id),
+        };
+
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_forwarding(&mut parts.headers, peer);
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
+            parts.headers.insert(TRACEPARENT.clone(), value);
+        }
+
+        let response = self.forward(route, &parts, body).await;
+        let status = response.status();
+        record(route, status, started);
+        tracing::debug!(route = %route.name, %status, trace_id = %trace.trace_id_hex(), "proxied");
+        finish(response, &request_id)
+    }
+
+    async fn authorize(&self, route: &Route, headers: &http::HeaderMap) -> Result<(), Problem> {
+        if route.auth == AuthMode::None {
+            return Ok(());
+        }
+        let token = match headers.get(AUTHORIZATION) {
+            None if route.auth == AuthMode::Optional => return Ok(()),
+            None => return Err(Problem::unauthorized("a bearer token is required")),
+            Some(value) => bearer_token(value)?,
+        };
+        let claims = self.tokens.verify(token).await?;
+        if !claims.has_any_role(&route.roles) {
+            return Err(Problem::forbidden(format!(
+                "this route needs one of the roles: {}",
+                route.roles.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends to one instance; on a failure that allows it, once more to another.
+    async fn forward(
+        &self,
+        route: &Route,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Response<Body> {
+        let Some(pool) = self.upstreams.pool(&route.service) else {
+            return problem(no_instance(&route.service));
+        };
+        let mut failed: Option<Arc<Endpoint>> = None;
+        for attempt in 0..2 {
+            let Some(endpoint) = pool.pick(failed.as_ref().map(|e| e.id.as_str())) else {
+                break;
+            };
+            let request = match upstream_request(parts, &endpoint, body.clone()) {
+                Ok(request) => request,
+                Err(rejection) => return problem(rejection),
+            };
+            match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
+                Ok(Ok(response)) => {
+                    let (mut head, body) = response.into_parts();
+                    headers::strip_hop_by_hop(&mut head.headers);
+                    if self.settings.served_by {
+                        head.headers
+                            .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
+                    }
+                    return Response::from_parts(head, Either::Left(body));
+                }
+                Ok(Err(error)) => {
+                    // A refused connection never reached the instance, so any method may go
+                    // elsewhere; a failure mid-exchange may only be repeated if that is harmless.
+                    let never_sent = error.is_connect();
+                    endpoint.mark_down(MARK_DOWN_FOR);
+                    metrics::counter!("gateway_upstream_failures_total", "service" => route.service.clone()).increment(1);
+                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
+                    if attempt == 0 && (never_sent || idempotent(&parts.method)) {
+                        metrics::counter!("gateway_retries_total", "service" => route.service.clone()).increment(1);
+                        failed = Some(endpoint);
+                        continue;
+                    }
+                    return problem(Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{} failed to answer", route.service),
+                    ));
+                }
+                Err(_) => {
+                    return problem(Problem::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "{} did not answer within {:?}",
+                            route.service, self.settings.timeout
+                        ),
+                    ));
+                }
+            }
+        }
+        problem(no_instance(&route.service))
+    }
+}
+
+fn no_instance(service: &str) -> Problem {
+    Problem::unavailable(format!("no instance of {service} is available"), 1)
+}
+
+fn bearer_token(value: &HeaderValue) -> Result<&str, Problem> {
+    let text = value
+        .to_str()
+        .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(Problem::unauthorized(
+            "expected an `Authorization: Bearer <token>` header",
+        )),
+    }
+}
+
+/// Reads the client's body, refusing anything over `max` with 413 before reading it when the
+/// length is declared, and as soon as it passes `max` when it is not.
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Problem> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the limit of {max} bytes"),
+        )
+    };
+    if body.size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Problem::bad_request("the request body could not be read")),
+    }
+}
+
+fn upstream_request(
+    parts: &http::request::Parts,
+    endpoint: &Endpoint,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Problem> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Problem::bad_request("the request path is not valid"))?;
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    Ok(request)
+}
+
+fn problem(problem: Problem) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(problem.to_json()))));
+    *response.status_mut() = problem.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(stratus_kit::problem::CONTENT_TYPE),
+    );
+    if let Some(seconds) = problem.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if problem.status == 401 {
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    headers.remove(CONTENT_LENGTH);
+    response
+}
+
+fn finish(mut response: Response<Body>, request_id: &HeaderValue) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+fn record(route: &Route, status: StatusCode, started: Instant) {
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("gateway_requests_total", "route" => route.name.clone(), "class" => class)
+        .increment(1);
+    metrics::histogram!("gateway_request_duration_seconds", "route" => route.name.clone())
+        .record(started.elapsed().as_secs_f64());
+}

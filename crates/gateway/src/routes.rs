@@ -1,0 +1,212 @@
+//! The route table: which requests go to which service, and who may make them.
+//!
+//! Routes come from a TOML file (`[[routes]]` tables, the same file as `stratus.toml`) and are
+//! matched in order; the first whose prefix, and methods if given, fit the request wins. A prefix
+//! matches whole path segments: `/api/catalog` matches `/api/catalog` and `/api/catalog/x`, never
+//! `/api/catalogue`.
+
+use http::Method;
+use serde::Deserialize;
+use std::path::Path;
+
+/// Who must present a token on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No token is checked.
+    None,
+    /// A token is optional, but one that is present must be valid.
+    Optional,
+    /// A valid token is required.
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSpec {
+    #[serde(default)]
+    name: Option<String>,
+    prefix: String,
+    service: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    auth: Option<AuthMode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteFile {
+    #[serde(default)]
+    routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub prefix: String,
+    pub service: String,
+    pub methods: Vec<Method>,
+    pub roles: Vec<String>,
+    pub auth: AuthMode,
+}
+
+impl Route {
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        let prefix_ok = match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/'),
+            None => false,
+        };
+        prefix_ok && (self.methods.is_empty() || self.methods.contains(method))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing the routes: {0}")]
+    Parse(String),
+    #[error("route {index} ({name}): {problem}")]
+    Invalid {
+        index: usize,
+        name: String,
+        problem: String,
+    },
+}
+
+impl RouteTable {
+    pub fn from_file(path: &Path) -> Result<Self, RouteError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RouteError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, RouteError> {
+        let file: RouteFile = toml::from_str(text).map_err(|e| RouteError::Parse(e.to_string()))?;
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (index, spec) in file.routes.into_iter().enumerate() {
+            let name = spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{} {}", spec.service, spec.prefix));
+            let invalid = |problem: String| RouteError::Invalid {
+                index,
+                name: name.clone(),
+                problem,
+            };
+            if !spec.prefix.starts_with('/') {
+                return Err(invalid(format!(
+                    "prefix `{}` must start with '/'",
+                    spec.prefix
+                )));
+            }
+            if spec.service.is_empty() {
+                return Err(invalid("service must not be empty".into()));
+            }
+            let methods = spec
+                .methods
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| invalid(format!("`{m}` is not an HTTP method")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let auth = spec.auth.unwrap_or(if spec.roles.is_empty() {
+                AuthMode::Optional
+            } else {
+                AuthMode::Required
+            });
+            if auth != AuthMode::Required && !spec.roles.is_empty() {
+                return Err(invalid(
+                    "a route with roles needs auth = \"required\"".into(),
+                ));
+            }
+            routes.push(Route {
+                name,
+                prefix: spec.prefix,
+                service: spec.service,
+                methods,
+                roles: spec.roles,
+                auth,
+            });
+        }
+        Ok(Self { routes })
+    }
+
+    /// The first route that fits, in file order.
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| route.matches(method, path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTES: &str = r#"
+        [[routes]]
+        prefix = "/auth"
+        service = "auth"
+        auth = "none"
+
+        [[routes]]
+        name = "catalog-read"
+        prefix = "/api/catalog"
+        methods = ["GET", "head"]
+        service = "catalog"
+
+        [[routes]]
+        name = "catalog-write"
+        prefix = "/api/catalog"
+        service = "catalog"
+        roles = ["admin"]
+    "#;
+
+    #[test]
+    fn first_match_by_prefix_and_method() {
+        let table = RouteTable::parse(ROUTES).unwrap();
+        let find = |m: Method, p: &str| table.find(&m, p).map(|r| r.name.as_str());
+        assert_eq!(
+            find(Method::GET, "/api/catalog/products"),
+            Some("catalog-read")
+        );
+        assert_eq!(find(Method::HEAD, "/api/catalog"), Some("catalog-read"));
+        assert_eq!(
+            find(Method::POST, "/api/catalog/products"),
+            Some("catalog-write")
+        );
+        assert_eq!(find(Method::POST, "/auth/login"), Some("auth /auth"));
+        assert_eq!(find(Method::GET, "/api/catalogue"), None);
+        assert_eq!(find(Method::GET, "/"), None);
+        assert_eq!(
+            table.find(&Method::POST, "/api/catalog").unwrap().auth,
+            AuthMode::Required
+        );
+    }
+
+    #[test]
+    fn invalid_files_are_refused_with_a_reason() {
+        for (text, expect) in [
+            ("[[routes]]\nprefix = \"api\"\nservice = \"x\"", "must start with '/'"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nmethods = [\"G T\"]", "not an HTTP method"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nroles = [\"admin\"]\nauth = \"none\"", "needs auth"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\ncolour = 1", "unknown field"),
+            ("[[routes]\n", "parsing"),
+        ] {
+            let error = RouteTable::parse(text).unwrap_err().to_string();
+            assert!(error.contains(expect), "{error}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Checking bearer tokens inside a service (zero trust: the gateway checked, and so do we).
+//!
+//! [`Tokens`] holds the auth service's public keys, fetched once from its JWKS and fetched again
+//! when a token names a key id not seen yet (key rotation). Verification itself is local and
+//! cheap. The extractors [`Caller`] and [`MaybeCaller`] give handlers the verified claims.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use stratus_token::{Claims, Jwks, TokenError, Verifier};
+
+use crate::config::TokenArgs;
+use crate::problem::Problem;
+use crate::registry_client::RegistryClient;
+
+/// Refreshes of the JWKS are at most this frequent, so forged key ids cannot flood auth.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Tokens {
+    verifier: ArcSwapOption<Verifier>,
+    source: Source,
+    http: reqwest::Client,
+    issuer: String,
+    audience: String,
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+enum Source {
+    Url(String),
+    Registry(RegistryClient),
+}
+
+impl Tokens {
+    pub fn new(args: &TokenArgs, registry: RegistryClient) -> anyhow::Result<Arc<Self>> {
+        crate::install_crypto_provider();
+        let source = match &args.jwks_url {
+            Some(url) => Source::Url(url.clone()),
+            None => Source::Registry(registry),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .context("building the JWKS client")?;
+        Ok(Arc::new(Self {
+            verifier: ArcSwapOption::empty(),
+            source,
+            http,
+            issuer: args.token_issuer.clone(),
+            audience: args.token_audience.clone(),
+            last_refresh: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// Verifies `token`, fetching keys first if none are known or the token names a new key.
+    pub async fn verify(&self, token: &str) -> Result<Claims, Problem> {
+        if let Some(verifier) = self.verifier.load_full() {
+            match verifier.verify(token) {
+                Err(TokenError::UnknownKey) => {}
+                outcome => return outcome.map_err(reject),
+            }
+        } else {
+            // Nothing to check with yet: reject what is not even a well-formed EdDSA token before
+            // asking the auth service for keys.
+            Verifier::key_id_of(token).map_err(reject)?;
+        }
+        self.refresh().await;
+        match self.verifier.load_full() {
+            Some(verifier) => verifier.verify(token).map_err(reject),
+            None => Err(Problem::unavailable("token keys are not available yet", 1)),
+        }
+    }
+
+    /// Fetches the JWKS again unless that happened within the last second.
+    pub async fn refresh(&self) {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.fetch().await {
+            Ok(jwks) => {
+                let verifier = Verifier::new(&jwks, &self.issuer, &self.audience);
+                tracing::debug!(keys = verifier.key_count(), "token keys refreshed");
+                self.verifier.store(Some(Arc::new(verifier)));
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "could not fetch token keys")
+            }
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<Jwks> {
+        let urls = match &self.source {
+            Source::Url(url) => vec![url.clone()],
+            Source::Registry(registry) => registry
+                .service("auth")
+                .await?
+                .instances
+                .iter()
+                .map(|i| format!("{}/auth/.well-known/jwks.json", i.base_url()))
+                .collect(),
+        };
+        let mut last_error = anyhow::anyhow!("no auth instance is registered");
+        for url in urls {
+            match self.fetch_from(&url).await {
+                Ok(jwks) => return Ok(jwks),
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn fetch_from(&self, url: &str) -> anyhow::Result<Jwks> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        response
+            .error_for_status()?
+            .json()
+            .await
+            .context("decoding the JWKS")
+    }
+}
+
+fn reject(error: TokenError) -> Problem {
+    Problem::unauthorized(format!("invalid bearer token: {error}"))
+}
+
+/// The bearer token of a request, if it has an `Authorization: Bearer` header.
+/// `Err` when the header is present but not a bearer token.
+pub fn bearer(parts: &Parts) -> Result<Option<&str>, Problem> {
+    let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        _ => Err(Problem::unauthorized(
+            "expected an `Authorization: Bearer <token>` header",
+        )),
+    }
+}
+
+/// A verified caller. Rejects with 401 when there is no valid bearer token.
+pub struct Caller(pub Claims);
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Tokens>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let tokens = Arc::<Tokens>::from_ref(state);
+        let token =
+            bearer(parts)?.ok_or_else(|| Problem::unauthorized("a bearer token is required"))?;
+        tokens.verify(token).await.map(Caller)
+    }
+}
+
+impl Caller {
+    /// 403 unless the caller has `role` (admins have every role).
+    pub fn require_role(&self, role: &str) -> Result<(), Problem> {
+        if self.0.has_role(role) || self.0.has_role("admin") {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!("this needs the role `{role}`")))
+        }
+    }
+
+    /// 403 unless the caller has `role` or `permission`.
+    pub fn require_role_or_permission(&self, role: &str, permission: &str) -> Result<(), Problem> {
+        if self.0.has_role(role) || self.0.has_permission(permission) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "this needs the role `{role}` or the permission `{permission}`"
+            )))
+        }
+    }
+}
+
+/// A caller who may be anonymous; a token that is present must still be valid.
+pub struct MaybeCaller(pub Option<Claims>);
+
+impl<S> FromRequestParts<S> for MaybeCaller
+where
+    Arc<Tokens>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let tokens = Arc::<Tokens>::from_ref(state);
+        match bearer(parts)? {
+            None => Ok(MaybeCaller(None)),
+            Some(token) => tokens.verify(token).await.map(|c| MaybeCaller(Some(c))),
+        }
+    }
+}

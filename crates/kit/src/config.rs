@@ -1,0 +1,92 @@
+//! Configuration shared by every component, read from the environment (12-factor).
+//!
+//! Each component flattens [`CommonArgs`] into its own clap arguments, so
+//! `stratus serve <component> --help` lists every variable it reads with its default.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Address to bind. Loopback by default; 0.0.0.0 in containers.
+    #[arg(long, env = "STRATUS_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Address other processes use to reach this one (defaults to the bind address).
+    #[arg(long, env = "STRATUS_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// Where the registry answers.
+    #[arg(
+        long,
+        env = "STRATUS_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub registry_url: String,
+
+    /// Folder for local state: SQLite databases, generated secrets.
+    #[arg(long, env = "STRATUS_DATA_DIR", default_value = "./.stratus")]
+    pub data_dir: PathBuf,
+
+    /// This instance's id in the registry (a new UUIDv7 when unset).
+    #[arg(long, env = "STRATUS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Version this instance reports to the registry (used by canary and blue-green routing).
+    #[arg(long, env = "STRATUS_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub version: String,
+
+    /// Registration lease: an instance that misses heartbeats this long is dropped.
+    #[arg(long, env = "STRATUS_TTL", default_value = "3s", value_parser = duration::parse)]
+    pub ttl: Duration,
+
+    /// After leaving the registry on SIGTERM, how long to keep serving so gateways notice.
+    #[arg(long, env = "STRATUS_DRAIN", default_value = "300ms", value_parser = duration::parse)]
+    pub drain: Duration,
+
+    /// The most a shutdown may take; in-flight work still running then is cut off.
+    #[arg(long, env = "STRATUS_GRACE", default_value = "10s", value_parser = duration::parse)]
+    pub grace: Duration,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "STRATUS_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format: json, or text (the default when stdout is a terminal).
+    #[arg(long, env = "STRATUS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl CommonArgs {
+    /// The address written into the registry for this instance.
+    pub fn advertised_address(&self) -> String {
+        match &self.advertise_address {
+            Some(address) => address.clone(),
+            None if self.bind.is_unspecified() => "127.0.0.1".to_string(),
+            None => self.bind.to_string(),
+        }
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(crate::new_id)
+    }
+}
+
+/// Settings for checking bearer tokens, shared by the gateway and the services.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// The `iss` every accepted token must carry.
+    #[arg(long, env = "STRATUS_TOKEN_ISSUER", default_value = "stratus")]
+    pub token_issuer: String,
+
+    /// The `aud` every accepted token must carry.
+    #[arg(long, env = "STRATUS_TOKEN_AUDIENCE", default_value = "stratus-api")]
+    pub token_audience: String,
+
+    /// Fetch the JWKS from this URL instead of finding the auth service in the registry.
+    #[arg(long, env = "STRATUS_JWKS_URL")]
+    pub jwks_url: Option<String>,
+}

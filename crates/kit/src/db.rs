@@ -1,0 +1,186 @@
+//! A database per service: SQLite by default, PostgreSQL when `DATABASE_URL` says so.
+//!
+//! Queries are written once with `$1..$N` placeholders, which both SQLite and PostgreSQL accept,
+//! and run through sqlx's `Any` driver. Migrations carry one script per backend where the dialects
+//! differ. A configured database that cannot be reached is an error at start-up, never a silent
+//! fallback to SQLite.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use sqlx::{AnyPool, Executor};
+
+/// One schema change, in both dialects.
+pub struct Migration {
+    pub version: i64,
+    pub description: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite: or postgres: (got {})",
+                redact(url)
+            )
+        }
+    }
+}
+
+/// The URL to use: `DATABASE_URL` if set, else `<data dir>/<service>.db`.
+pub fn url_for(
+    service: &str,
+    database_url: Option<&str>,
+    data_dir: &Path,
+) -> anyhow::Result<String> {
+    if let Some(url) = database_url.filter(|u| !u.is_empty()) {
+        return Ok(url.to_string());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let dir = data_dir
+        .canonicalize()
+        .context("resolving the data directory")?;
+    Ok(format!(
+        "sqlite://{}?mode=rwc",
+        dir.join(format!("{service}.db")).display()
+    ))
+}
+
+/// Connects (failing clearly if the database is unreachable) and applies pending migrations.
+pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPool, Backend)> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of(url)?;
+    let options = AnyPoolOptions::new()
+        .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // Several instances of one service share the file: wait for locks rather
+                    // than fail, and let readers run beside the writer.
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                }
+                Ok(())
+            })
+        });
+    let pool = options
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to the database at {}", redact(url)))?;
+    migrate(&pool, backend, migrations).await?;
+    Ok((pool, backend))
+}
+
+async fn migrate(pool: &AnyPool, backend: Backend, migrations: &[Migration]) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    if backend == Backend::Postgres {
+        // Instances starting together take turns; the lock ends with the session.
+        conn.execute("SELECT pg_advisory_lock(7301)").await?;
+    }
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )
+    .await?;
+    for migration in migrations {
+        let applied: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(migration.version)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if applied.is_some() {
+            continue;
+        }
+        let script = match backend {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            tx.execute(statement).await.with_context(|| {
+                format!(
+                    "migration {} ({})",
+                    migration.version, migration.description
+                )
+            })?;
+        }
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(migration.version)
+        .bind(migration.description)
+        .bind(crate::now_rfc3339())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "migrated"
+        );
+    }
+    if backend == Backend::Postgres {
+        conn.execute("SELECT pg_advisory_unlock(7301)").await?;
+    }
+    Ok(())
+}
+
+/// Whether an error is a unique-constraint violation (a duplicate key).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+/// Rows changed by a statement, for "did that id exist" checks.
+pub fn changed(result: &AnyQueryResult) -> bool {
+    result.rows_affected() > 0
+}
+
+/// A readiness check that the database answers.
+pub async fn ping(pool: &AnyPool) -> Result<(), String> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}

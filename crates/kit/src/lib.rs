@@ -1,0 +1,46 @@
+//! The Stratus service kit: what every component and every shop service has in common.
+//!
+//! A service built on the kit reads its configuration from the environment ([`config`]), logs one
+//! JSON object a line ([`logging`]), answers `/healthz`, `/readyz` and `/metrics` ([`health`],
+//! [`metrics`]), registers itself with the registry and keeps its lease alive ([`registration`]),
+//! reports bad input as `application/problem+json` ([`problem`]), keeps its data in its own
+//! database ([`db`]), checks bearer tokens itself ([`auth`]), and on SIGTERM leaves the registry,
+//! drains and exits ([`server`]).
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod duration;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod model;
+pub mod problem;
+pub mod registration;
+pub mod registry_client;
+pub mod server;
+pub mod shutdown;
+pub mod trace;
+
+pub use problem::{Json, Problem};
+
+/// Installs ring as the process-wide rustls crypto provider.
+///
+/// Stratus builds rustls without a default provider (so aws-lc never enters the build), which
+/// means every process must pick one before its first TLS or HTTP client is made. Calling this
+/// twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A new UUIDv7 as a string: time-ordered, so ids sort by creation.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The current time in RFC 3339, UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,133 @@
+//! A small HTTP client for the registry API.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::StatusCode;
+
+use crate::model::{Catalog, Instance, Registration, ServiceInstances};
+
+#[derive(Clone)]
+pub struct RegistryClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl RegistryClient {
+    pub fn new(base: impl Into<String>) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .context("building the registry client")?;
+        Ok(Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn instance_url(&self, service: &str, id: &str) -> String {
+        format!("{}/v1/services/{service}/instances/{id}", self.base)
+    }
+
+    pub async fn register(
+        &self,
+        service: &str,
+        id: &str,
+        registration: &Registration,
+    ) -> anyhow::Result<Instance> {
+        let response = self
+            .http
+            .put(self.instance_url(service, id))
+            .timeout(Duration::from_secs(3))
+            .json(registration)
+            .send()
+            .await
+            .with_context(|| format!("registering {service}/{id} at {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("the registry refused {service}/{id}: {status} {body}");
+        }
+        response
+            .json()
+            .await
+            .context("reading the registry's answer")
+    }
+
+    /// Renews the lease. `Ok(false)` means the registry no longer knows the instance (it expired
+    /// or the registry restarted) and it must register again.
+    pub async fn heartbeat(&self, service: &str, id: &str) -> anyhow::Result<bool> {
+        let response = self
+            .http
+            .put(format!("{}/heartbeat", self.instance_url(service, id)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .context("sending a heartbeat")?;
+        match response.status() {
+            status if status.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            status => anyhow::bail!("heartbeat answered {status}"),
+        }
+    }
+
+    pub async fn deregister(&self, service: &str, id: &str) -> anyhow::Result<()> {
+        self.http
+            .delete(self.instance_url(service, id))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .context("deregistering")?;
+        Ok(())
+    }
+
+    /// One service's instances, now.
+    pub async fn service(&self, name: &str) -> anyhow::Result<ServiceInstances> {
+        let response = self
+            .http
+            .get(format!("{}/v1/services/{name}", self.base))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .with_context(|| format!("looking up {name} in the registry"))?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(ServiceInstances {
+                index: 0,
+                name: name.into(),
+                instances: vec![],
+            });
+        }
+        response
+            .error_for_status()?
+            .json()
+            .await
+            .context("reading the registry's answer")
+    }
+
+    /// Every service, returning as soon as the registry's index passes `after` (a blocking
+    /// query), or after `wait` with the same index.
+    pub async fn watch(&self, after: u64, wait: Duration) -> anyhow::Result<Catalog> {
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/services?index={after}&wait={}ms",
+                self.base,
+                wait.as_millis()
+            ))
+            .timeout(wait + Duration::from_secs(5))
+            .send()
+            .await
+            .context("watching the registry")?;
+        response
+            .error_for_status()?
+            .json()
+            .await
+            .context("reading the registry's answer")
+    }
+}

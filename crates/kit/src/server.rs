@@ -1,0 +1,149 @@
+//! Running a service: bind, register, serve, and on SIGTERM leave cleanly.
+//!
+//! The shutdown order is what makes rollouts lose no requests: first readiness fails and the
+//! instance leaves the registry (gateways watching the registry stop choosing it at once), then it
+//! keeps serving for the drain period so requests already routed to it still land, then it stops
+//! accepting and finishes what is in flight, and after the grace period it exits regardless.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::config::CommonArgs;
+use crate::health::Health;
+use crate::model::Registration;
+use crate::registration::Registrar;
+use crate::registry_client::RegistryClient;
+use crate::trace::TraceContext;
+use crate::{metrics, problem};
+
+/// What the kit needs to know to run one component.
+pub struct Service {
+    pub name: String,
+    pub port: u16,
+    /// Whether to register with the registry (everything but the registry itself does).
+    pub register: bool,
+    pub health: Health,
+}
+
+impl Service {
+    pub fn new(name: impl Into<String>, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            port,
+            register: true,
+            health: Health::new(),
+        }
+    }
+
+    pub fn unregistered(mut self) -> Self {
+        self.register = false;
+        self
+    }
+
+    /// Adds the kit's routes and layers to `app`, binds, registers and serves until SIGTERM.
+    pub async fn run(self, common: &CommonArgs, app: Router) -> anyhow::Result<()> {
+        let listener = TcpListener::bind((common.bind, self.port))
+            .await
+            .with_context(|| format!("binding {}:{}", common.bind, self.port))?;
+        self.run_on(listener, common, app).await
+    }
+
+    pub async fn run_on(
+        self,
+        listener: TcpListener,
+        common: &CommonArgs,
+        app: Router,
+    ) -> anyhow::Result<()> {
+        let local = listener.local_addr().context("reading the bound address")?;
+        let app = with_kit_routes(app, &self.health);
+        let id = common.instance_id();
+        tracing::info!(service = %self.name, id = %id, address = %local, "listening");
+
+        let registrar = if self.register {
+            let client = RegistryClient::new(&common.registry_url)?;
+            let registration = Registration {
+                address: common.advertised_address(),
+                port: local.port(),
+                version: Some(common.version.clone()),
+                metadata: Default::default(),
+                ttl_seconds: Some(common.ttl.as_secs_f64()),
+            };
+            Some(Registrar::start(client, &self.name, &id, registration))
+        } else {
+            None
+        };
+        self.health.set_ready(true);
+
+        let draining = Arc::new(Notify::new());
+        let graceful = {
+            let health = self.health.clone();
+            let draining = draining.clone();
+            let drain = common.drain;
+            async move {
+                crate::shutdown::signal().await;
+                health.set_ready(false);
+                if let Some(registrar) = registrar {
+                    registrar.deregister().await;
+                }
+                tokio::time::sleep(drain).await;
+                tracing::info!("draining in-flight requests");
+                draining.notify_one();
+            }
+        };
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(graceful);
+        let grace = common.grace;
+        tokio::select! {
+            result = server => result.context("serving")?,
+            _ = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("grace period over; exiting with requests still in flight");
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The routes and layers every service has: health, readiness, metrics, problem+json for unknown
+/// paths and methods, request metrics, and a tracing span carrying the trace id.
+pub fn with_kit_routes(app: Router, health: &Health) -> Router {
+    app.merge(health.routes())
+        .merge(metrics::routes())
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(|| async {
+            problem::Problem::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed here",
+            )
+        })
+        .layer(middleware::from_fn(metrics::track))
+        .layer(middleware::from_fn(trace_span))
+}
+
+async fn trace_span(request: Request, next: Next) -> Response {
+    let context = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let trace_id = context.map(|c| c.trace_id_hex()).unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        trace_id = %trace_id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    next.run(request).instrument(span).await
+}

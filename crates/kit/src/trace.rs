@@ -1,0 +1,157 @@
+//! W3C trace context (`traceparent`), so one request can be followed across every hop.
+//!
+//! Format: `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`.
+
+use std::fmt::Write;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` header; anything malformed is ignored, as the spec asks.
+    pub fn parse(header: &str) -> Option<Self> {
+        let bytes = header.as_bytes();
+        if bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+            return None;
+        }
+        if &header[..2] == "ff" || (bytes.len() > 55 && &header[..2] == "00") {
+            return None;
+        }
+        let lower_hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let (trace, span, flags) = (&header[3..35], &header[36..52], &header[53..55]);
+        if !lower_hex(&header[..2]) || !lower_hex(trace) || !lower_hex(span) || !lower_hex(flags) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// A new trace, for a request that arrived without one.
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: nonzero_u128(),
+            span_id: nonzero_u64(),
+            sampled: true,
+        }
+    }
+
+    /// The context to send downstream: same trace, a new span for this hop.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: nonzero_u64(),
+            ..*self
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
+
+    pub fn header_value(&self) -> String {
+        let mut out = String::with_capacity(55);
+        let _ = write!(
+            out,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        );
+        out
+    }
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let value: u64 = rand_u64();
+        if value != 0 {
+            return value;
+        }
+    }
+}
+
+fn nonzero_u128() -> u128 {
+    ((nonzero_u64() as u128) << 64) | rand_u64() as u128
+}
+
+/// A fast non-cryptographic random number: trace ids need uniqueness, not secrecy.
+fn rand_u64() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(1));
+            h.finish() | 1
+        });
+    }
+    // splitmix64
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = TraceContext::parse(header).unwrap();
+        assert_eq!(context.header_value(), header);
+        let child = context.child();
+        assert_eq!(child.trace_id, context.trace_id);
+        assert_ne!(child.span_id, context.span_id);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_ids_differ() {
+        assert_ne!(
+            TraceContext::new_root().trace_id,
+            TraceContext::new_root().trace_id
+        );
+    }
+}

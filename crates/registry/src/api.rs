@@ -1,0 +1,121 @@
+//! The registry's HTTP API (`/v1/...`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use axum::Router;
+use serde::Deserialize;
+use stratus_kit::model::Registration;
+use stratus_kit::{Json, Problem};
+
+use crate::store::Store;
+use crate::validate;
+
+/// Registrations are small; anything larger is refused before it is parsed.
+const MAX_BODY: usize = 64 * 1024;
+/// The longest a blocking query may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+pub fn router(store: Arc<Store>) -> Router {
+    Router::new()
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}", get(get_service))
+        .route(
+            "/v1/services/{name}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{name}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(store)
+}
+
+/// `?index=N&wait=30s`: answer once the registry's index passes N, or after `wait`.
+#[derive(Deserialize)]
+struct WatchQuery {
+    index: Option<u64>,
+    wait: Option<String>,
+}
+
+impl WatchQuery {
+    async fn wait_on(&self, store: &Store) -> Result<(), Problem> {
+        let Some(index) = self.index else {
+            return Ok(());
+        };
+        let wait = match &self.wait {
+            Some(text) => stratus_kit::duration::parse(text).map_err(Problem::bad_request)?,
+            None => Duration::from_secs(30),
+        };
+        store.wait_for_change(index, wait.min(MAX_WAIT)).await;
+        Ok(())
+    }
+}
+
+async fn list_services(
+    State(store): State<Arc<Store>>,
+    Query(query): Query<WatchQuery>,
+) -> Result<impl IntoResponse, Problem> {
+    query.wait_on(&store).await?;
+    Ok(axum::Json(store.catalog()))
+}
+
+async fn get_service(
+    State(store): State<Arc<Store>>,
+    Path(name): Path<String>,
+    Query(query): Query<WatchQuery>,
+) -> Result<impl IntoResponse, Problem> {
+    validate::service_name(&name).map_err(Problem::bad_request)?;
+    query.wait_on(&store).await?;
+    Ok(axum::Json(store.service(&name)))
+}
+
+async fn register(
+    State(store): State<Arc<Store>>,
+    Path((name, id)): Path<(String, String)>,
+    Json(registration): Json<Registration>,
+) -> Result<impl IntoResponse, Problem> {
+    validate::service_name(&name).map_err(Problem::bad_request)?;
+    validate::instance_id(&id).map_err(Problem::bad_request)?;
+    validate::registration(&registration).map_err(Problem::unprocessable)?;
+    let (instance, created) = store.register(&name, &id, registration);
+    if created {
+        tracing::info!(service = %name, id = %id, address = %instance.authority(), "registered");
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(instance)))
+}
+
+async fn heartbeat(
+    State(store): State<Arc<Store>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    if store.heartbeat(&name, &id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!(
+            "no instance {name}/{id}; register it again"
+        )))
+    }
+}
+
+async fn deregister(
+    State(store): State<Arc<Store>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    if store.deregister(&name, &id) {
+        tracing::info!(service = %name, id = %id, "deregistered");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("no instance {name}/{id}")))
+    }
+}

@@ -1,0 +1,84 @@
+//! `stratus`: one binary for every Stratus component, and the command that runs them all.
+//!
+//! `stratus serve <component>` runs one component in the foreground, configured from the
+//! environment. `stratus up` starts the whole system described by `stratus.toml`, each component
+//! as its own child process.
+
+mod manifest;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stratus",
+    version,
+    about = "A cloud-native microservices system in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one component in the foreground (configured by environment variables).
+    Serve {
+        #[command(subcommand)]
+        component: Component,
+    },
+    /// Start the whole system on this machine and keep it running until Ctrl-C.
+    Up(up::Args),
+}
+
+#[derive(Subcommand)]
+enum Component {
+    /// Service registry: register, heartbeat, list, watch.
+    Registry(stratus_registry::Args),
+    /// API gateway and L7 load balancer.
+    Gateway(stratus_gateway::Args),
+    /// Identity: users, passwords, tokens, JWKS.
+    Auth(stratus_auth::Args),
+    /// Shop: the product catalog.
+    Catalog(stratus_catalog::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    stratus_kit::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Serve { component } => serve(component).await,
+        }
+    })
+}
+
+async fn serve(component: Component) -> anyhow::Result<()> {
+    use stratus_kit::logging::init;
+    let result = match component {
+        Component::Registry(args) => {
+            init("registry", &args.common);
+            stratus_registry::run(args).await
+        }
+        Component::Gateway(args) => {
+            init("gateway", &args.common);
+            stratus_gateway::run(args).await
+        }
+        Component::Auth(args) => {
+            init("auth", &args.common);
+            stratus_auth::run(args).await
+        }
+        Component::Catalog(args) => {
+            init("catalog", &args.common);
+            stratus_catalog::run(args).await
+        }
+    };
+    if let Err(error) = &result {
+        tracing::error!(error = %format!("{error:#}"), "exiting");
+    }
+    result
+}
