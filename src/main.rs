@@ -25,7 +25,7 @@ enum Command {
     /// Run one component in the foreground (configured by environment variables).
     Serve {
         #[command(subcommand)]
-        component: Component,
+        component: Box<Component>,
     },
     /// Start the whole system on this machine and keep it running until Ctrl-C.
     Up(up::Args),
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
-            Command::Serve { component } => serve(component).await,
+            Command::Serve { component } => serve(*component).await,
         }
     })
 }

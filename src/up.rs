@@ -228,7 +228,6 @@ impl Supervisor {
             .env("STRATUS_DATA_DIR", &self.data_dir)
             .env("STRATUS_INSTANCE_ID", &instance_id)
             .env("STRATUS_LOG_FORMAT", "json")
-            .env("STRATUS_SERVICE_NAME", &spec.name)
             .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

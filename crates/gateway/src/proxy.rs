@@ -203,8 +203,11 @@ fn bearer_token(value: &HeaderValue) -> Result<&str, Problem> {
     }
 }
 
-/// Reads the client's body, refusing anything over `max` with 413 before reading it when the
-/// length is declared, and as soon as it passes `max` when it is not.
+/// Reads the client's body, refusing anything over `max` with 413.
+///
+/// A refused body that is not too outrageous is still read and thrown away before answering (a
+/// "lingering close", as nginx does): a client still sending when the connection closes would
+/// see a broken pipe instead of the 413 that tells it what went wrong.
 async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Problem> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
@@ -216,13 +219,36 @@ async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Problem> {
         )
     };
     if body.size_hint().lower() > max as u64 {
+        discard(body).await;
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Problem::bad_request("the request body could not be read")),
+    let mut body = body;
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(collected.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if collected.len() + data.len() > max {
+                        discard(body).await;
+                        return Err(too_large());
+                    }
+                    collected.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return Err(Problem::bad_request("the request body could not be read")),
+        }
     }
+}
+
+/// Reads and drops up to 32 MiB for at most 2 s.
+async fn discard(body: Incoming) {
+    const LIMIT: usize = 32 * 1024 * 1024;
+    if body.size_hint().lower() > LIMIT as u64 {
+        return;
+    }
+    let drain = Limited::new(body, LIMIT).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 fn upstream_request(

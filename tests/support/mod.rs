@@ -1,0 +1,319 @@
+//! Test harness: starts real Stratus processes (the `stratus` binary) on free loopback ports,
+//! each with its own data directory, and stops them when dropped.
+
+#![allow(dead_code)]
+
+pub mod servers;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN_EMAIL: &str = "admin@stratus.local";
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_stratus")
+}
+
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub instance_id: String,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running system: registry, auth, N catalogs and a gateway.
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub registry_port: u16,
+    pub gateway_port: u16,
+    pub admin_port: u16,
+    pub processes: Vec<Process>,
+    pub http: reqwest::Client,
+}
+
+impl System {
+    pub async fn start(catalogs: usize) -> System {
+        Self::start_with(catalogs, &[]).await
+    }
+
+    /// Starts a system whose services get extra environment: `(service, variable, value)`.
+    pub async fn start_with(catalogs: usize, extra: &[(&str, &str, String)]) -> System {
+        stratus_kit::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut system = System {
+            dir,
+            registry_port: free_port(),
+            gateway_port: free_port(),
+            admin_port: free_port(),
+            processes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        let registry_port = system.registry_port.to_string();
+        system.spawn("registry", &[("PORT", registry_port.as_str())]);
+        system
+            .wait_http_ok(&format!("{}/readyz", system.registry_url()))
+            .await;
+        let env_for = |service: &str| -> Vec<(&str, &str)> {
+            extra
+                .iter()
+                .filter(|(s, _, _)| *s == service)
+                .map(|(_, k, v)| (*k, v.as_str()))
+                .collect()
+        };
+        let mut auth_env = env_for("auth");
+        auth_env.push(("STRATUS_ADMIN_PASSWORD", ADMIN_PASSWORD));
+        system.spawn("auth", &auth_env);
+        for _ in 0..catalogs {
+            system.spawn("catalog", &env_for("catalog"));
+        }
+        let gateway_port = system.gateway_port.to_string();
+        let admin_port = system.admin_port.to_string();
+        system.spawn(
+            "gateway",
+            &[
+                ("PORT", gateway_port.as_str()),
+                ("STRATUS_ADMIN_PORT", admin_port.as_str()),
+            ],
+        );
+        system.wait_registered("auth", 1).await;
+        system.wait_registered("catalog", catalogs).await;
+        system
+            .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", system.admin_port))
+            .await;
+        system.wait_gateway_sees("catalog", catalogs).await;
+        system
+    }
+
+    pub fn registry_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.registry_port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway_port)
+    }
+
+    pub fn log_path(&self, name: &str, index: usize) -> PathBuf {
+        self.dir.path().join(format!("{name}-{index}.log"))
+    }
+
+    /// Starts `stratus serve <name>` with the system's registry and data directory.
+    pub fn spawn(&mut self, name: &str, env: &[(&str, &str)]) -> &mut Process {
+        let index = self.processes.iter().filter(|p| p.name == name).count();
+        let log = std::fs::File::create(self.log_path(name, index)).unwrap();
+        let instance_id = stratus_kit::new_id();
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", name])
+            .env("STRATUS_REGISTRY_URL", self.registry_url())
+            .env("STRATUS_DATA_DIR", self.dir.path())
+            .env("STRATUS_INSTANCE_ID", &instance_id)
+            .env("STRATUS_LOG_FORMAT", "json")
+            .env("STRATUS_LOG", "info")
+            .env("PORT", "0")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("starting stratus");
+        self.processes.push(Process {
+            name: name.into(),
+            child,
+            instance_id,
+        });
+        self.processes.last_mut().unwrap()
+    }
+
+    pub fn process(&mut self, name: &str, index: usize) -> &mut Process {
+        self.processes
+            .iter_mut()
+            .filter(|p| p.name == name)
+            .nth(index)
+            .expect("such a process")
+    }
+
+    pub async fn wait_http_ok(&self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.http.get(url).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} never answered 200; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn registered(&self, service: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(format!("{}/v1/services/{service}", self.registry_url()))
+            .send()
+            .await;
+        match response {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["instances"].as_array().cloned())
+                .unwrap_or_default(),
+            Err(_) => vec![],
+        }
+    }
+
+    pub async fn wait_registered(&self, service: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.registered(service).await.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{service} never had {count} instances; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the gateway's admin API lists `count` instances of `service`.
+    pub async fn wait_gateway_sees(&self, service: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = self
+                .http
+                .get(format!("http://127.0.0.1:{}/v1/upstreams", self.admin_port))
+                .send()
+                .await
+                .ok();
+            let seen = match seen {
+                Some(r) => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["services"][service].as_array().map(Vec::len)),
+                None => None,
+            };
+            if seen == Some(count) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never saw {count} {service}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/auth/login"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login of {email}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Signs up a new customer and returns their access token.
+    pub async fn customer_token(&self, email: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/auth/signup"))
+            .json(&serde_json::json!({"email": email, "password": "customer-password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "signup of {email}");
+        self.login(email, "customer-password").await
+    }
+
+    pub async fn products(&self) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+}
+
+impl Drop for System {
+    /// When a test fails, the processes' logs are the first thing anyone needs: print their tails.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for process in &mut self.processes {
+            let _ = process.child.kill();
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.path());
+        for entry in entries {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!("--- {} (last lines)", entry.path().display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Real backing servers for tests, from the Debian packages, each started on a free loopback
+//! port in a temporary directory and stopped when dropped.
+//!
+//! When a server is not installed the test is skipped with a notice, except under `CI=true`,
+//! where a missing server is a failure: CI installs every server the suite needs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// `None` (skip) when `program` is missing outside CI; a panic under CI.
+pub fn require(server: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_some() {
+        return found;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{server} is not installed, and CI=true requires it (.ci/run installs it)");
+    }
+    eprintln!("SKIPPED: {server} is not installed; install it to run this test");
+    None
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A PostgreSQL server of our own, with a superuser `stratus` trusted on loopback.
+pub struct Postgres {
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Postgres {
+    pub fn start() -> Option<Postgres> {
+        let bin = require("PostgreSQL (Debian package postgresql)", postgres_bin())?;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if is_root() {
+            // PostgreSQL refuses to run as root: hand the directory to the postgres user.
+            let (uid, gid) =
+                postgres_user().expect("the postgres user (created by the postgresql package)");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown of the temp dir");
+        }
+        let initdb = as_postgres(&bin.join("initdb"))
+            .args([
+                "--auth=trust",
+                "--username=stratus",
+                "--encoding=UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running initdb");
+        assert!(initdb.success(), "initdb failed");
+        let port = free_port();
+        let child = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-k")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting postgres");
+        let server = Postgres {
+            port,
+            bin,
+            dir,
+            child,
+        };
+        server.wait_ready();
+        Some(server)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "stratus",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        let status = Command::new(self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "stratus",
+                name,
+            ])
+            .status()
+            .expect("running createdb");
+        assert!(status.success(), "createdb {name} failed");
+        format!("postgres://stratus@127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("postgres").is_file())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .or_else(|| on_path("initdb").and_then(|p| p.parent().map(Path::to_path_buf)))
+}
+
+/// PostgreSQL refuses to run as root; as root, run it as the `postgres` user the Debian package
+/// creates. The uid is switched in the child itself, so signals reach postgres directly.
+fn as_postgres(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) =
+            postgres_user().expect("the postgres user (created by the postgresql package)");
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+fn postgres_user() -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new("postgres").ok()?;
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return None;
+    }
+    unsafe { Some(((*entry).pw_uid, (*entry).pw_gid)) }
+}

@@ -1,0 +1,113 @@
+//! `stratus up` as a user runs it: everything starts, answers through the gateway, and stops
+//! cleanly on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{binary, free_port};
+
+#[test]
+fn up_starts_the_system_and_stops_it_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, admin, registry) = (free_port(), free_port(), free_port());
+    let mut up = Command::new(binary())
+        .arg("up")
+        .current_dir(dir.path())
+        .env("STRATUS_GATEWAY_PORT", gateway.to_string())
+        .env("STRATUS_ADMIN_PORT", admin.to_string())
+        .env("STRATUS_REGISTRY_PORT", registry.to_string())
+        .env_remove("STRATUS_ADMIN_PASSWORD")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    let mut output = String::new();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        output.push_str(&line);
+        output.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "up never became ready:\n{output}"
+        );
+    }
+    for expected in [
+        "registry",
+        "auth",
+        "catalog",
+        "gateway",
+        "admin@stratus.local",
+        "Ready in",
+    ] {
+        assert!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    // The password printed is the one in the data directory, and it logs in.
+    let password = std::fs::read_to_string(dir.path().join(".stratus/admin-password")).unwrap();
+    assert!(output.contains(password.trim()));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        stratus_kit::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let products = http
+            .get(format!("http://127.0.0.1:{gateway}/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(products.status(), 200);
+        let login = http
+            .post(format!("http://127.0.0.1:{gateway}/auth/login"))
+            .json(&serde_json::json!({"email": "admin@stratus.local", "password": password.trim()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200);
+        let services: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{registry}/v1/services"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(services["services"]["catalog"].as_array().unwrap().len(), 2);
+    });
+
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "up exited with {status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("Stopped")), "{rest:?}");
+    // Every port is free again: no process was left behind.
+    for port in [gateway, admin, registry] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still open"
+        );
+    }
+}
