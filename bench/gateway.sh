@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The gateway against nginx and HAProxy, proxying the same two backends, in one interleaved run.
+#
+#   bench/gateway.sh                 # 3 rounds x 10 s per target and size
+#   ROUNDS=5 DURATION=20s bench/gateway.sh
+#
+# Needs: wrk, nginx, haproxy (Debian packages; installed when missing and running as root) and a
+# release build (built when missing). Every server listens on loopback only; every load is
+# bounded in time. Results: a table on stdout and bench/results/gateway-<time>.txt.
+#
+# Machine caveat: load generator, proxies and backends share this machine's cores, so absolute
+# numbers say little; the ratios between targets measured in the same run are the result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+PROXY_THREADS=${PROXY_THREADS:-2}
+VARIANTS=${VARIANTS:-"plain"}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx || ! need haproxy; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx haproxy >/dev/null
+  else
+    echo "install wrk, nginx and haproxy first" >&2; exit 1
+  fi
+fi
+[ -x target/release/stratus ] || cargo build --release -j2
+STRATUS=$PWD/target/release/stratus
+
+work=$(mktemp -d)
+chmod 755 "$work"  # nginx workers (not root) read the 16 KiB file from here
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+B1=$(free_port); B2=$(free_port); NGX=$(free_port); HAP=$(free_port)
+REG=$(free_port); GW=$(free_port); GWA=$(free_port)
+head -c 16384 /dev/zero | tr '\0' 'x' > "$work/big"
+
+# Two backends: nginx answering a 13-byte body on /small and a 16 KiB file on /big.
+cat > "$work/backend.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$B1; location = /small { return 200 "hello, world\n"; } location = /big { alias $work/big; } }
+  server { listen 127.0.0.1:$B2; location = /small { return 200 "hello, world\n"; } location = /big { alias $work/big; } }
+}
+CONF
+nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+
+cat > "$work/nginx.conf" <<CONF
+worker_processes $PROXY_THREADS;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backends { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread $PROXY_THREADS
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAP
+  default_backend be
+backend be
+  balance roundrobin
+  server b1 127.0.0.1:$B1
+  server b2 127.0.0.1:$B2
+CONF
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+
+# Stratus: a registry with the two backends registered, and a gateway routing / to them.
+cat > "$work/routes.toml" <<CONF
+[[routes]]
+prefix = "/"
+service = "bench"
+auth = "none"
+CONF
+export STRATUS_DATA_DIR=$work/data STRATUS_LOG=warn STRATUS_LOG_FORMAT=json
+PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
+wait_port "$REG"
+for b in "$B1" "$B2"; do
+  curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend-$b" \
+    -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$b,\"ttl_seconds\":3600}" >/dev/null
+done
+TOKIO_WORKER_THREADS=$PROXY_THREADS PORT=$GW STRATUS_ADMIN_PORT=$GWA STRATUS_REGISTRY_URL=http://127.0.0.1:$REG \
+  STRATUS_ROUTES=$work/routes.toml "$STRATUS" serve gateway > "$work/gateway.log" 2>&1 & pids+=($!)
+GW_PID=$!
+for p in "$B1" "$B2" "$NGX" "$HAP" "$GW"; do wait_port "$p"; done
+until curl -sf "http://127.0.0.1:$GW/small" >/dev/null; do sleep 0.05; done
+
+declare -A PORT_OF=([direct]=$B1 [nginx]=$NGX [haproxy]=$HAP [stratus]=$GW)
+targets=(direct nginx haproxy stratus)
+
+# wrk's latency figures to microseconds.
+to_us() { awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
+  f = (u=="us") ? 1 : (u=="ms") ? 1000 : (u=="s") ? 1000000 : 1; printf "%.0f", n*f }'; }
+
+results=$work/results.tsv
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  # Rotate the order each round so no target always runs first (warm) or last (hot machine).
+  shift_by=$(( (round - 1) % ${#targets[@]} ))
+  order=("${targets[@]:$shift_by}" "${targets[@]:0:$shift_by}")
+  for size in small big; do
+    for target in "${order[@]}"; do
+      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$size")
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
+      p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
+      errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" >> "$results"
+      printf 'round %s %-5s %-8s %10s rps  p50 %6s us  p99 %6s us %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "$errors" >&2
+    done
+  done
+done
+GW_RSS=$(awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status")
+
+mkdir -p bench/results
+report=bench/results/gateway-$(date -u +%Y%m%dT%H%M%SZ).txt
+{
+  echo "Gateway benchmark: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, proxies at $PROXY_THREADS threads/workers"
+  echo "machine: $(nproc) cores, $(uname -r); medians over rounds; ratio = target / stratus"
+  echo
+  printf '%-6s %-8s %12s %9s %9s %10s %10s\n' size target rps p50_us p99_us rps_ratio p99_ratio
+  for size in small big; do
+    s_rps=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $4}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    s_p99=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $6}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    for target in "${targets[@]}"; do
+      med() { awk -F'\t' -v s="$size" -v t="$target" -v c="$1" '$2==s && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+      rps=$(med 4); p50=$(med 5); p99=$(med 6)
+      printf '%-6s %-8s %12.0f %9s %9s %10.2f %10.2f\n' "$size" "$target" "$rps" "$p50" "$p99" \
+        "$(awk -v a="$rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$s_p99" 'BEGIN{print a/b}')"
+    done
+  done
+  echo
+  echo "stratus gateway RSS after the run: ${GW_RSS} kB"
+} | tee "$report"
