@@ -7,16 +7,16 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::proxy::Proxy;
+use crate::proxy::Shared;
 
-pub fn router(proxy: Arc<Proxy>) -> Router {
+pub fn router(proxy: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/routes", get(routes))
         .route("/v1/upstreams", get(upstreams))
         .with_state(proxy)
 }
 
-async fn routes(State(proxy): State<Arc<Proxy>>) -> axum::Json<Value> {
+async fn routes(State(proxy): State<Arc<Shared>>) -> axum::Json<Value> {
     let table = proxy.routes.load();
     let routes: Vec<Value> = table
         .routes
@@ -35,7 +35,7 @@ async fn routes(State(proxy): State<Arc<Proxy>>) -> axum::Json<Value> {
     axum::Json(json!({ "routes": routes }))
 }
 
-async fn upstreams(State(proxy): State<Arc<Proxy>>) -> axum::Json<Value> {
+async fn upstreams(State(proxy): State<Arc<Shared>>) -> axum::Json<Value> {
     let snapshot = proxy.upstreams.snapshot();
     let mut services = serde_json::Map::new();
     for (name, pool) in snapshot.iter() {

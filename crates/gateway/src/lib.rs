@@ -21,17 +21,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::{Settings, Shared};
+use crate::routes::RouteTable;
+use crate::upstream::Upstreams;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use stratus_kit::auth::Tokens;
 use stratus_kit::config::{CommonArgs, TokenArgs};
 use stratus_kit::registry_client::RegistryClient;
 use stratus_kit::server::Service;
-use tokio::net::TcpListener;
-
-use crate::proxy::{Proxy, Settings};
-use crate::routes::RouteTable;
-use crate::upstream::Upstreams;
 
 /// The routes used when no file is given: the ones in the repository's `stratus.toml`.
 pub const DEFAULT_ROUTES: &str = include_str!("../../../stratus.toml");
@@ -63,6 +61,10 @@ pub struct Args {
     #[arg(long, env = "STRATUS_CONNECT_TIMEOUT", default_value = "1s", value_parser = stratus_kit::duration::parse)]
     pub connect_timeout: Duration,
 
+    /// Worker threads serving client traffic (0: one per core).
+    #[arg(long, env = "STRATUS_GATEWAY_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
     /// Add `x-served-by: <service>/<instance>` to responses.
     #[arg(long, env = "STRATUS_SERVED_BY", default_value_t = true, action = clap::ArgAction::Set)]
     pub served_by: bool,
@@ -85,11 +87,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let upstreams = Arc::new(Upstreams::new());
     tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
 
-    let proxy = Arc::new(Proxy {
+    let shared = Arc::new(Shared {
         routes: ArcSwap::from_pointee(table),
         upstreams: upstreams.clone(),
         tokens: Tokens::new(&args.tokens, registry)?,
-        client: proxy::client(args.connect_timeout),
         settings: Settings {
             max_body: args.max_body,
             timeout: args.upstream_timeout,
@@ -97,10 +98,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
     });
 
-    let listener = TcpListener::bind((args.common.bind, args.port))
-        .await
-        .with_context(|| format!("binding the gateway to {}:{}", args.common.bind, args.port))?;
-    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    let listener =
+        server::reuseport_listener(std::net::SocketAddr::new(args.common.bind, args.port))?;
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    tracing::info!(address = %listener.local_addr()?, workers, "gateway listening");
+    let workers = server::Workers::start(
+        workers,
+        listener,
+        shared.clone(),
+        args.connect_timeout,
+        args.common.grace,
+    )?;
 
     let admin = Service::new("gateway", args.admin_port).unregistered();
     admin.health.add_check("registry", move || {
@@ -114,17 +125,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     let common = args.common.clone();
-    let admin_app = admin::router(proxy.clone());
+    let admin_app = admin::router(shared);
     let admin_task = tokio::spawn(async move { admin.run(&common, admin_app).await });
 
-    let drain = args.common.drain;
-    let shutdown = async move {
-        stratus_kit::shutdown::signal().await;
-        // Readiness fails first (the admin server saw the same signal); keep serving briefly so
-        // load balancers in front of us notice, then stop accepting.
-        tokio::time::sleep(drain).await;
-    };
-    server::serve(listener, proxy, shutdown, args.common.grace).await;
+    stratus_kit::shutdown::signal().await;
+    // Readiness fails first (the admin server saw the same signal); keep serving briefly so load
+    // balancers in front of us notice, then stop accepting and finish what is in flight.
+    tokio::time::sleep(args.common.drain).await;
+    tracing::info!("gateway stopped accepting; finishing in-flight requests");
+    workers.stop().await;
     admin_task.await.context("the admin server task")??;
     Ok(())
 }

@@ -37,15 +37,22 @@ pub struct Settings {
     pub served_by: bool,
 }
 
-pub struct Proxy {
+/// What every worker thread shares: the route table, the instances, the token keys.
+pub struct Shared {
     pub routes: ArcSwap<RouteTable>,
     pub upstreams: Arc<Upstreams>,
     pub tokens: Arc<Tokens>,
-    pub client: HttpClient,
     pub settings: Settings,
 }
 
-pub fn client(connect_timeout: Duration) -> HttpClient {
+/// One worker thread's proxy: the shared state plus a connection pool of its own, so a request
+/// and the upstream connection serving it stay on one thread.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    client: HttpClient,
+}
+
+fn client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -64,6 +71,13 @@ fn idempotent(method: &Method) -> bool {
 }
 
 impl Proxy {
+    pub fn new(shared: Arc<Shared>, connect_timeout: Duration) -> Self {
+        Self {
+            shared,
+            client: client(connect_timeout),
+        }
+    }
+
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
@@ -76,7 +90,7 @@ impl Proxy {
             .unwrap_or_else(TraceContext::new_root);
         let request_id = headers::request_id(&parts.headers, || trace.trace_id_hex());
 
-        let routes = self.routes.load();
+        let routes = self.shared.routes.load();
         let Some(route) = routes.find(&parts.method, parts.uri.path()) else {
             return finish(
                 problem(Problem::not_found("no route matches this path")),
@@ -86,7 +100,7 @@ impl Proxy {
         if let Err(rejection) = self.authorize(route, &parts.headers).await {
             return finish(problem(rejection), &request_id);
         }
-        let body = match read_body(body, self.settings.max_body).await {
+        let body = match read_body(body, self.shared.settings.max_body).await {
             Ok(body) => body,
             Err(rejection) => return finish(problem(rejection), &request_id),
         };
@@ -101,9 +115,9 @@ impl Proxy {
         }
 
         let response = self.forward(route, &parts, body).await;
-        let status = response.status();
-        record(route, status, started);
-        tracing::debug!(route = %route.name, %status, trace_id = %trace.trace_id_hex(), "proxied");
+        route
+            .metrics
+            .record(response.status().as_u16(), started.elapsed().as_secs_f64());
         finish(response, &request_id)
     }
 
@@ -116,7 +130,7 @@ impl Proxy {
             None => return Err(Problem::unauthorized("a bearer token is required")),
             Some(value) => bearer_token(value)?,
         };
-        let claims = self.tokens.verify(token).await?;
+        let claims = self.shared.tokens.verify(token).await?;
         if !claims.has_any_role(&route.roles) {
             return Err(Problem::forbidden(format!(
                 "this route needs one of the roles: {}",
@@ -133,7 +147,8 @@ impl Proxy {
         parts: &http::request::Parts,
         body: Bytes,
     ) -> Response<Body> {
-        let Some(pool) = self.upstreams.pool(&route.service) else {
+        let settings = &self.shared.settings;
+        let Some(pool) = self.shared.upstreams.pool(&route.service) else {
             return problem(no_instance(&route.service));
         };
         let mut failed: Option<Arc<Endpoint>> = None;
@@ -145,11 +160,11 @@ impl Proxy {
                 Ok(request) => request,
                 Err(rejection) => return problem(rejection),
             };
-            match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
+            match tokio::time::timeout(settings.timeout, self.client.request(request)).await {
                 Ok(Ok(response)) => {
                     let (mut head, body) = response.into_parts();
                     headers::strip_hop_by_hop(&mut head.headers);
-                    if self.settings.served_by {
+                    if settings.served_by {
                         head.headers
                             .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
                     }
@@ -160,10 +175,10 @@ impl Proxy {
                     // elsewhere; a failure mid-exchange may only be repeated if that is harmless.
                     let never_sent = error.is_connect();
                     endpoint.mark_down(MARK_DOWN_FOR);
-                    metrics::counter!("gateway_upstream_failures_total", "service" => route.service.clone()).increment(1);
+                    route.metrics.upstream_failures.increment(1);
                     tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
                     if attempt == 0 && (never_sent || idempotent(&parts.method)) {
-                        metrics::counter!("gateway_retries_total", "service" => route.service.clone()).increment(1);
+                        route.metrics.retries.increment(1);
                         failed = Some(endpoint);
                         continue;
                     }
@@ -177,7 +192,7 @@ impl Proxy {
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "{} did not answer within {:?}",
-                            route.service, self.settings.timeout
+                            route.service, settings.timeout
                         ),
                     ));
                 }
@@ -296,18 +311,4 @@ fn finish(mut response: Response<Body>, request_id: &HeaderValue) -> Response<Bo
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     response
-}
-
-fn record(route: &Route, status: StatusCode, started: Instant) {
-    let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!("gateway_requests_total", "route" => route.name.clone(), "class" => class)
-        .increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route.name.clone())
-        .record(started.elapsed().as_secs_f64());
 }

@@ -50,6 +50,48 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub roles: Vec<String>,
     pub auth: AuthMode,
+    pub metrics: RouteMetrics,
+}
+
+/// A route's metric handles, registered once when the table is loaded, so the request path
+/// only bumps atomics instead of building label sets and looking them up.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    by_class: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+    pub retries: metrics::Counter,
+    pub upstream_failures: metrics::Counter,
+}
+
+impl RouteMetrics {
+    fn new(route: &str, service: &str) -> Self {
+        let class = |c: &'static str| metrics::counter!("gateway_requests_total", "route" => route.to_string(), "class" => c);
+        Self {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics::histogram!("gateway_request_duration_seconds", "route" => route.to_string()),
+            retries: metrics::counter!("gateway_retries_total", "service" => service.to_string()),
+            upstream_failures: metrics::counter!("gateway_upstream_failures_total", "service" => service.to_string()),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].increment(1);
+        self.duration.record(seconds);
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
 }
 
 impl Route {
@@ -134,6 +176,7 @@ impl RouteTable {
                 ));
             }
             routes.push(Route {
+                metrics: RouteMetrics::new(&name, &spec.service),
                 name,
                 prefix: spec.prefix,
                 service: spec.service,

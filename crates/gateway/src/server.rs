@@ -1,26 +1,125 @@
-//! The gateway's listener: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, each connection
-//! served by hyper, with graceful shutdown that lets in-flight requests finish.
+//! The gateway's listeners: one worker thread per core, each with its own single-threaded
+//! runtime, its own `SO_REUSEPORT` listener on the shared port, and its own upstream connection
+//! pool.
+//!
+//! This is nginx's worker model, and the reason is the same: a request, the upstream connection
+//! that serves it and the tasks that move bytes between them all stay on one thread, so handing
+//! a response from one task to another is a cheap local wake-up instead of a cross-thread futex
+//! call. The kernel spreads new connections across the workers' listeners.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Shared};
 
 /// A client must send its request headers within this time (against slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(
+/// A listening socket that other workers can bind to as well.
+pub fn reuseport_listener(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket
+        .bind(&address.into())
+        .with_context(|| format!("binding the gateway to {address}"))?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Starts `count` workers; the first serves `first`, the others bind their own listener to
+    /// the same (now concrete) address.
+    pub fn start(
+        count: usize,
+        first: std::net::TcpListener,
+        shared: Arc<Shared>,
+        connect_timeout: Duration,
+        grace: Duration,
+    ) -> anyhow::Result<Self> {
+        let address = first.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let mut listeners = vec![first];
+        for _ in 1..count {
+            listeners.push(reuseport_listener(address)?);
+        }
+        let mut threads = Vec::with_capacity(count);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let shared = shared.clone();
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, "could not start a gateway worker");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(listener) => listener,
+                            Err(error) => {
+                                tracing::error!(%error, "could not register the listener");
+                                return;
+                            }
+                        };
+                        let proxy = Arc::new(Proxy::new(shared, connect_timeout));
+                        let shutdown = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        serve(listener, proxy, shutdown, grace).await;
+                    });
+                })
+                .context("spawning a gateway worker")?;
+            threads.push(thread);
+        }
+        Ok(Self { threads, stop })
+    }
+
+    /// Stops accepting on every worker and waits until their in-flight requests are done.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -61,9 +160,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!("gateway stopped accepting; finishing in-flight requests");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }
