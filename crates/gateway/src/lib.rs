@@ -10,6 +10,7 @@
 //! [`admin`] (the admin API).
 
 pub mod admin;
+pub mod balance;
 pub mod discovery;
 pub mod headers;
 pub mod proxy;

@@ -151,17 +151,24 @@ impl Proxy {
         let Some(pool) = self.shared.upstreams.pool(&route.service) else {
             return problem(no_instance(&route.service));
         };
+        let key = route.balance.key(&parts.headers, client_ip(&parts.headers));
         let mut failed: Option<Arc<Endpoint>> = None;
         for attempt in 0..2 {
-            let Some(endpoint) = pool.pick(failed.as_ref().map(|e| e.id.as_str())) else {
+            let Some(endpoint) =
+                pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
+            else {
                 break;
             };
+            let in_flight = endpoint.start();
+            let sent = Instant::now();
             let request = match upstream_request(parts, &endpoint, body.clone()) {
                 Ok(request) => request,
                 Err(rejection) => return problem(rejection),
             };
             match tokio::time::timeout(settings.timeout, self.client.request(request)).await {
                 Ok(Ok(response)) => {
+                    endpoint.observe_latency(sent.elapsed());
+                    drop(in_flight);
                     let (mut head, body) = response.into_parts();
                     headers::strip_hop_by_hop(&mut head.headers);
                     if settings.served_by {
@@ -188,6 +195,7 @@ impl Proxy {
                     ));
                 }
                 Err(_) => {
+                    endpoint.observe_latency(sent.elapsed());
                     return problem(Problem::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
@@ -200,6 +208,17 @@ impl Proxy {
         }
         problem(no_instance(&route.service))
     }
+}
+
+/// The client address as the gateway saw it: the last `X-Forwarded-For` entry, which
+/// `add_forwarding` appended from the connection's peer address.
+fn client_ip(headers: &http::HeaderMap) -> std::net::IpAddr {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
 }
 
 fn no_instance(service: &str) -> Problem {

@@ -6,6 +6,8 @@
 //! `/api/catalogue`.
 
 use http::Method;
+
+use crate::balance::{Algorithm, Balance, HashOn};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -34,6 +36,10 @@ struct RouteSpec {
     roles: Vec<String>,
     #[serde(default)]
     auth: Option<AuthMode>,
+    #[serde(default)]
+    balance: Algorithm,
+    #[serde(default)]
+    hash_on: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +56,7 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub roles: Vec<String>,
     pub auth: AuthMode,
+    pub balance: Balance,
     pub metrics: RouteMetrics,
 }
 
@@ -175,7 +182,20 @@ impl RouteTable {
                     "a route with roles needs auth = \"required\"".into(),
                 ));
             }
+            let hash_on = match &spec.hash_on {
+                Some(text) => HashOn::parse(text).map_err(invalid)?,
+                None => HashOn::ClientIp,
+            };
+            if spec.hash_on.is_some() && spec.balance != Algorithm::ConsistentHash {
+                return Err(invalid(
+                    "hash_on only applies to balance = \"consistent_hash\"".into(),
+                ));
+            }
             routes.push(Route {
+                balance: Balance {
+                    algorithm: spec.balance,
+                    hash_on,
+                },
                 metrics: RouteMetrics::new(&name, &spec.service),
                 name,
                 prefix: spec.prefix,
@@ -247,6 +267,8 @@ mod tests {
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nroles = [\"admin\"]\nauth = \"none\"", "needs auth"),
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\ncolour = 1", "unknown field"),
             ("[[routes]\n", "parsing"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nbalance = \"fastest\"", "unknown variant"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nhash_on = \"ip\"", "only applies"),
         ] {
             let error = RouteTable::parse(text).unwrap_err().to_string();
             assert!(error.contains(expect), "{error}");

@@ -1,9 +1,8 @@
-//! Upstreams: the live instances of every service, and choosing one for a request.
+//! Upstreams: the live instances of every service, with the little state the gateway keeps on
+//! each (marked down after a failure, requests in flight, latency), grouped into pools.
 //!
 //! The set of instances comes from the registry's watch and is swapped in atomically; the request
-//! path only ever reads a snapshot. Each instance keeps a little local state of its own: after a
-//! connection failure it is marked down for a while, so the next requests skip it at once,
-//! before the registry has even noticed the instance is gone.
+//! path only ever reads a snapshot. Choosing an instance from a pool is in [`crate::balance`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,19 +14,41 @@ use http::uri::Authority;
 use http::HeaderValue;
 use stratus_kit::model::{Catalog, Instance};
 
+use crate::balance::{maglev_table, weighted_schedule};
+
 /// How long an instance that refused a connection is skipped.
 pub const MARK_DOWN_FOR: Duration = Duration::from_secs(5);
+/// How fast old latency samples lose weight in the EWMA (Linkerd uses 10 s).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Assumed latency of an instance with no samples yet: new instances get tried, not flooded.
+const DEFAULT_LATENCY_NS: u64 = 1_000_000;
+/// Weights are capped so a weighted schedule stays small.
+const MAX_WEIGHT: u32 = 100;
 
 pub struct Endpoint {
     pub id: String,
     pub service: String,
     pub version: String,
+    pub weight: u32,
     pub authority: Authority,
     /// `x-served-by: <service>/<instance-id>`, built once.
     pub served_by: HeaderValue,
-    /// Milliseconds since `epoch` until which this endpoint is skipped; 0 when up.
+    /// Nanoseconds since `epoch` until which this endpoint is skipped; 0 when up.
     down_until: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Peak-EWMA latency in nanoseconds (0: no sample yet), and when it was last updated.
+    ewma_ns: AtomicU64,
+    ewma_at: AtomicU64,
     epoch: Instant,
+}
+
+/// Counts a request in flight until dropped.
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Endpoint {
@@ -35,68 +56,127 @@ impl Endpoint {
         let authority = instance.authority().parse::<Authority>().ok()?;
         let served_by =
             HeaderValue::from_str(&format!("{}/{}", instance.service, instance.id)).ok()?;
+        let weight = instance
+            .metadata
+            .get("weight")
+            .and_then(|w| w.parse::<u32>().ok())
+            .unwrap_or(1)
+            .clamp(1, MAX_WEIGHT);
         Some(Self {
             id: instance.id.clone(),
             service: instance.service.clone(),
             version: instance.version.clone(),
+            weight,
             authority,
             served_by,
             down_until: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            ewma_ns: AtomicU64::new(0),
+            ewma_at: AtomicU64::new(0),
             epoch,
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     pub fn is_down(&self) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
-        until != 0 && until > self.now_ms()
+        until != 0 && until > self.now_ns()
     }
 
     pub fn mark_down(&self, duration: Duration) {
-        let until = self.now_ms() + duration.as_millis() as u64;
+        let until = self.now_ns() + duration.as_nanos() as u64;
         self.down_until.store(until.max(1), Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request against this endpoint until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Peak EWMA: a sample above the average replaces it at once (a slow instance is noticed on
+    /// its first slow answer); below it, it is blended in with a weight that grows with the time
+    /// since the last sample.
+    pub fn observe_latency(&self, latency: Duration) {
+        let now = self.now_ns();
+        let sample = (latency.as_nanos() as u64).max(1);
+        let previous = self.ewma_ns.load(Ordering::Relaxed);
+        let updated = if previous == 0 || sample > previous {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(self.ewma_at.load(Ordering::Relaxed)) as f64;
+            let keep = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
+            (previous as f64 * keep + sample as f64 * (1.0 - keep)) as u64
+        };
+        self.ewma_ns.store(updated.max(1), Ordering::Relaxed);
+        self.ewma_at.store(now, Ordering::Relaxed);
+    }
+
+    pub fn latency_ewma(&self) -> Duration {
+        Duration::from_nanos(self.ewma_ns.load(Ordering::Relaxed))
+    }
+
+    /// Expected cost of sending one more request here: latency times the queue it would join.
+    pub fn cost(&self) -> f64 {
+        let ewma = match self.ewma_ns.load(Ordering::Relaxed) {
+            0 => DEFAULT_LATENCY_NS,
+            ns => ns,
+        };
+        ewma as f64 * (self.in_flight() + 1) as f64
     }
 
     fn same_target(&self, instance: &Instance) -> bool {
         self.id == instance.id
             && self.authority.as_str() == instance.authority()
             && self.version == instance.version
+            && instance
+                .metadata
+                .get("weight")
+                .and_then(|w| w.parse::<u32>().ok())
+                .unwrap_or(1)
+                .clamp(1, MAX_WEIGHT)
+                == self.weight
     }
 }
 
-/// The instances of one service, and its round-robin position.
+/// The instances of one service, and what the balancing algorithms precompute over them.
 pub struct Pool {
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Smooth weighted round-robin order (indexes into `endpoints`).
+    pub schedule: Vec<u16>,
+    /// Maglev consistent-hashing table (indexes into `endpoints`).
+    pub maglev: Vec<u16>,
     next: AtomicUsize,
 }
 
 impl Pool {
-    /// Round robin over the endpoints that are up, skipping `exclude` (the instance a retry is
-    /// moving away from). If every endpoint is marked down, they are tried anyway: better a
-    /// request that might fail than a certain 503.
-    pub fn pick(&self, exclude: Option<&str>) -> Option<Arc<Endpoint>> {
-        let count = self.endpoints.len();
-        if count == 0 {
-            return None;
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, next: usize) -> Self {
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        Self {
+            schedule: weighted_schedule(&weights),
+            maglev: maglev_table(&endpoints),
+            endpoints,
+            next: AtomicUsize::new(next),
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let candidate = |skip_down: bool| {
-            (0..count)
-                .map(|offset| &self.endpoints[(start + offset) % count])
-                .find(|e| Some(e.id.as_str()) != exclude && !(skip_down && e.is_down()))
-                .cloned()
-        };
-        candidate(true).or_else(|| candidate(false))
+    }
+
+    /// The round-robin position, advanced by one.
+    pub fn next_position(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 }
 
 pub struct Upstreams {
     pools: ArcSwap<HashMap<String, Arc<Pool>>>,
     index: AtomicU64,
-    /// Reference instant for the endpoints' compact "down until" timestamps.
+    /// Reference instant for the endpoints' compact timestamps.
     epoch: Instant,
 }
 
@@ -148,13 +228,7 @@ impl Upstreams {
                 })
                 .collect();
             let next = previous.map_or(0, |p| p.next.load(Ordering::Relaxed));
-            pools.insert(
-                service.clone(),
-                Arc::new(Pool {
-                    endpoints,
-                    next: AtomicUsize::new(next),
-                }),
-            );
+            pools.insert(service.clone(), Arc::new(Pool::new(endpoints, next)));
         }
         self.pools.store(Arc::new(pools));
         self.index.store(catalog.index, Ordering::Relaxed);
@@ -162,93 +236,96 @@ impl Upstreams {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::balance::Balance;
     use stratus_kit::model::Health;
 
-    fn instance(id: &str, port: u16) -> Instance {
+    pub fn instance(id: &str, port: u16, weight: u32) -> Instance {
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("weight".to_string(), weight.to_string());
         Instance {
             id: id.into(),
             service: "catalog".into(),
             address: "127.0.0.1".into(),
             port,
             version: "1".into(),
-            metadata: Default::default(),
+            metadata,
             health: Health::Passing,
             ttl_seconds: 3.0,
             registered_at: String::new(),
         }
     }
 
-    fn upstreams(ids: &[&str]) -> Upstreams {
-        let upstreams = Upstreams::new();
+    fn catalog(index: u64, instances: Vec<Instance>) -> Catalog {
         let mut catalog = Catalog {
-            index: 7,
+            index,
             services: Default::default(),
         };
-        catalog.services.insert(
-            "catalog".into(),
-            ids.iter()
-                .enumerate()
-                .map(|(i, id)| instance(id, 9000 + i as u16))
-                .collect(),
-        );
-        upstreams.apply(&catalog);
-        upstreams
+        catalog.services.insert("catalog".into(), instances);
+        catalog
     }
 
-    #[test]
-    fn round_robin_visits_every_instance_evenly() {
-        let upstreams = upstreams(&["a", "b", "c"]);
-        let pool = upstreams.pool("catalog").unwrap();
-        let mut counts = HashMap::new();
-        for _ in 0..300 {
-            *counts
-                .entry(pool.pick(None).unwrap().id.clone())
-                .or_insert(0) += 1;
-        }
-        assert_eq!(
-            counts.values().copied().collect::<Vec<_>>(),
-            vec![100, 100, 100]
-        );
-    }
-
-    #[test]
-    fn skips_marked_down_and_excluded() {
-        let upstreams = upstreams(&["a", "b", "c"]);
-        let pool = upstreams.pool("catalog").unwrap();
-        pool.endpoints[0].mark_down(Duration::from_secs(60));
-        for _ in 0..30 {
-            let picked = pool.pick(Some("b")).unwrap();
-            assert_eq!(picked.id, "c");
-        }
+    /// A pool of `(id, weight)` endpoints, for the balancing tests.
+    pub fn pool_of(specs: &[(&str, u32)]) -> Arc<Pool> {
+        let upstreams = Upstreams::new();
+        let instances = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (id, w))| instance(id, 9000 + i as u16, *w))
+            .collect();
+        upstreams.apply(&catalog(1, instances));
+        upstreams.pool("catalog").unwrap()
     }
 
     #[test]
     fn all_down_still_tries_rather_than_refusing() {
-        let upstreams = upstreams(&["a"]);
-        let pool = upstreams.pool("catalog").unwrap();
+        let pool = pool_of(&[("a", 1)]);
         pool.endpoints[0].mark_down(Duration::from_secs(60));
-        assert_eq!(pool.pick(None).unwrap().id, "a");
-        assert!(pool.pick(Some("a")).is_none());
+        let balance = Balance::default();
+        assert_eq!(pool.pick(&balance, None, None).unwrap().id, "a");
+        assert!(pool.pick(&balance, None, Some("a")).is_none());
     }
 
     #[test]
     fn unchanged_endpoints_keep_their_state_across_updates() {
-        let upstreams = upstreams(&["a", "b"]);
+        let upstreams = Upstreams::new();
+        upstreams.apply(&catalog(
+            7,
+            vec![instance("a", 9000, 1), instance("b", 9001, 1)],
+        ));
         upstreams.pool("catalog").unwrap().endpoints[0].mark_down(Duration::from_secs(60));
-        let mut catalog = Catalog {
-            index: 8,
-            services: Default::default(),
-        };
-        catalog.services.insert(
-            "catalog".into(),
-            vec![instance("a", 9000), instance("c", 9002)],
-        );
-        upstreams.apply(&catalog);
+        upstreams.apply(&catalog(
+            8,
+            vec![instance("a", 9000, 1), instance("c", 9002, 1)],
+        ));
         let pool = upstreams.pool("catalog").unwrap();
         assert_eq!(pool.endpoints.len(), 2);
         assert!(pool.endpoints[0].is_down());
         assert_eq!(upstreams.index(), 8);
+    }
+
+    #[test]
+    fn in_flight_guards_count_and_release() {
+        let pool = pool_of(&[("a", 1)]);
+        let endpoint = &pool.endpoints[0];
+        let first = endpoint.start();
+        let second = endpoint.start();
+        assert_eq!(endpoint.in_flight(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(endpoint.in_flight(), 0);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let pool = pool_of(&[("a", 1)]);
+        let endpoint = &pool.endpoints[0];
+        endpoint.observe_latency(Duration::from_millis(1));
+        endpoint.observe_latency(Duration::from_millis(100));
+        assert_eq!(endpoint.latency_ewma(), Duration::from_millis(100));
+        endpoint.observe_latency(Duration::from_millis(1));
+        assert!(endpoint.latency_ewma() <= Duration::from_millis(100));
+        assert!(endpoint.latency_ewma() > Duration::from_millis(1));
     }
 }
