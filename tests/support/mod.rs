@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod servers;
 
 use std::net::TcpListener;
@@ -120,6 +121,60 @@ impl System {
             .await;
         system.wait_gateway_sees("catalog", catalogs).await;
         system
+    }
+
+    /// Just the edge: a registry and a gateway (with `routes` as its route file, if given).
+    pub async fn start_edge(routes: Option<&std::path::Path>) -> System {
+        stratus_kit::install_crypto_provider();
+        let mut system = System {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            registry_port: free_port(),
+            gateway_port: free_port(),
+            admin_port: free_port(),
+            processes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        let registry_port = system.registry_port.to_string();
+        system.spawn("registry", &[("PORT", registry_port.as_str())]);
+        system
+            .wait_http_ok(&format!("{}/readyz", system.registry_url()))
+            .await;
+        let (gateway_port, admin_port) = (
+            system.gateway_port.to_string(),
+            system.admin_port.to_string(),
+        );
+        let routes = routes.map(|p| p.display().to_string());
+        let mut env = vec![
+            ("PORT", gateway_port.as_str()),
+            ("STRATUS_ADMIN_PORT", admin_port.as_str()),
+        ];
+        if let Some(routes) = &routes {
+            env.push(("STRATUS_ROUTES", routes.as_str()));
+        }
+        system.spawn("gateway", &env);
+        system
+            .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", system.admin_port))
+            .await;
+        system
+    }
+
+    /// Registers an instance by hand (for test backends that do not register themselves).
+    pub async fn register(&self, service: &str, id: &str, port: u16, metadata: serde_json::Value) {
+        let response = self
+            .http
+            .put(format!("{}/v1/services/{service}/instances/{id}", self.registry_url()))
+            .json(&serde_json::json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 600, "metadata": metadata}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "registering {service}/{id}: {}",
+            response.status()
+        );
     }
 
     pub fn registry_url(&self) -> String {

@@ -8,15 +8,22 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::proxy::Shared;
+use crate::reload::SharedStatus;
 
-pub fn router(proxy: Arc<Shared>) -> Router {
+#[derive(Clone)]
+struct AdminState {
+    proxy: Arc<Shared>,
+    reload: SharedStatus,
+}
+
+pub fn router(proxy: Arc<Shared>, reload: SharedStatus) -> Router {
     Router::new()
         .route("/v1/routes", get(routes))
         .route("/v1/upstreams", get(upstreams))
-        .with_state(proxy)
+        .with_state(AdminState { proxy, reload })
 }
 
-async fn routes(State(proxy): State<Arc<Shared>>) -> axum::Json<Value> {
+async fn routes(State(AdminState { proxy, reload }): State<AdminState>) -> axum::Json<Value> {
     let table = proxy.routes.load();
     let routes: Vec<Value> = table
         .routes
@@ -29,13 +36,15 @@ async fn routes(State(proxy): State<Arc<Shared>>) -> axum::Json<Value> {
                 "methods": r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
                 "roles": r.roles,
                 "auth": format!("{:?}", r.auth).to_lowercase(),
+                "balance": format!("{:?}", r.balance.algorithm),
             })
         })
         .collect();
-    axum::Json(json!({ "routes": routes }))
+    let reload = reload.lock().map(|r| r.clone()).unwrap_or_default();
+    axum::Json(json!({ "routes": routes, "reload": reload }))
 }
 
-async fn upstreams(State(proxy): State<Arc<Shared>>) -> axum::Json<Value> {
+async fn upstreams(State(AdminState { proxy, .. }): State<AdminState>) -> axum::Json<Value> {
     let snapshot = proxy.upstreams.snapshot();
     let mut services = serde_json::Map::new();
     for (name, pool) in snapshot.iter() {
@@ -48,6 +57,9 @@ async fn upstreams(State(proxy): State<Arc<Shared>>) -> axum::Json<Value> {
                     "address": e.authority.as_str(),
                     "version": e.version,
                     "state": if e.is_down() { "down" } else { "up" },
+                    "weight": e.weight,
+                    "in_flight": e.in_flight(),
+                    "latency_ewma_ms": e.latency_ewma().as_secs_f64() * 1000.0,
                 })
             })
             .collect();

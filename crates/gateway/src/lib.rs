@@ -14,6 +14,7 @@ pub mod balance;
 pub mod discovery;
 pub mod headers;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod upstream;
@@ -114,6 +115,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.common.grace,
     )?;
 
+    let reload_status = reload::SharedStatus::default();
+    if let Some(path) = &args.routes {
+        reload_status.lock().unwrap_or_else(|p| p.into_inner()).file =
+            Some(path.display().to_string());
+        tokio::spawn(reload::watch(
+            path.clone(),
+            shared.clone(),
+            reload_status.clone(),
+        ));
+    }
+
     let admin = Service::new("gateway", args.admin_port).unregistered();
     admin.health.add_check("registry", move || {
         let synced = upstreams.index() > 0;
@@ -126,7 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     let common = args.common.clone();
-    let admin_app = admin::router(shared);
+    let admin_app = admin::router(shared, reload_status);
     let admin_task = tokio::spawn(async move { admin.run(&common, admin_app).await });
 
     stratus_kit::shutdown::signal().await;

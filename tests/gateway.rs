@@ -1,0 +1,158 @@
+//! The gateway as a load balancer: balancing algorithms against real (slow and fast) backends,
+//! and route reloads while it runs.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{backend, System};
+
+fn write(path: &std::path::Path, text: &str) {
+    // Write then rename, as editors and config tools do, so the gateway never reads half a file.
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+async fn body(system: &System, path: &str) -> (u16, String) {
+    let response = system.http.get(system.url(path)).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_reload_while_serving_and_a_bad_file_keeps_the_old_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/a\"\nservice = \"alpha\"\nauth = \"none\"\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register(
+            "alpha",
+            "alpha-1",
+            backend::start("alpha", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system
+        .register(
+            "beta",
+            "beta-1",
+            backend::start("beta", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system.wait_gateway_sees("beta", 1).await;
+    assert_eq!(body(&system, "/a").await, (200, "alpha".into()));
+    assert_eq!(body(&system, "/b").await.0, 404);
+
+    write(&routes, "[[routes]]\nprefix = \"/a\"\nservice = \"alpha\"\nauth = \"none\"\n\n[[routes]]\nprefix = \"/b\"\nservice = \"beta\"\nauth = \"none\"\n");
+    let changed = Instant::now();
+    while body(&system, "/b").await != (200, "beta".into()) {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "the new route never took effect"
+        );
+        // Requests during the swap keep succeeding on the old routes.
+        assert_eq!(body(&system, "/a").await, (200, "alpha".into()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"no-slash\"\nservice = \"alpha\"\n",
+    );
+    let admin = format!("http://127.0.0.1:{}/v1/routes", system.admin_port);
+    let refused = Instant::now();
+    loop {
+        let report: Value = system
+            .http
+            .get(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(error) = report["reload"]["last_error"].as_str() {
+            assert!(error.contains("must start with '/'"), "{error}");
+            assert_eq!(
+                report["routes"].as_array().unwrap().len(),
+                2,
+                "the old table stays"
+            );
+            break;
+        }
+        assert!(
+            refused.elapsed() < Duration::from_secs(3),
+            "the bad file was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(body(&system, "/a").await, (200, "alpha".into()));
+    assert_eq!(body(&system, "/b").await, (200, "beta".into()));
+}
+
+/// p99 of `count` sequential requests to `path`, in milliseconds.
+async fn p99(system: &System, path: &str, count: usize) -> f64 {
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let (status, _) = body(system, path).await;
+        assert_eq!(status, 200);
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies[(count * 99 / 100).min(count - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_response_time_routes_around_a_slow_instance_and_round_robin_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/rr\"\nservice = \"mixed\"\nauth = \"none\"\n\n\
+         [[routes]]\nprefix = \"/lrt\"\nservice = \"mixed\"\nauth = \"none\"\nbalance = \"least_response_time\"\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register(
+            "mixed",
+            "fast-1",
+            backend::start("fast-1", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system
+        .register(
+            "mixed",
+            "fast-2",
+            backend::start("fast-2", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system
+        .register(
+            "mixed",
+            "slow",
+            backend::start("slow", Duration::from_millis(80)).await,
+            json!({}),
+        )
+        .await;
+    system.wait_gateway_sees("mixed", 3).await;
+
+    let round_robin = p99(&system, "/rr", 150).await;
+    let least_time = p99(&system, "/lrt", 150).await;
+    assert!(
+        round_robin >= 75.0,
+        "round robin sends every third request to the slow instance: p99 {round_robin:.1} ms"
+    );
+    assert!(
+        least_time < 40.0,
+        "least response time should avoid the slow instance: p99 {least_time:.1} ms"
+    );
+}

@@ -1,0 +1,21 @@
+//! Test backends: small HTTP servers on loopback ports that answer with their own name, after
+//! an optional delay, so tests can see which instance served a request and make one slow.
+
+use std::time::Duration;
+
+use axum::routing::any;
+use axum::Router;
+
+/// Starts a backend that answers every request with `name` after `delay`; returns its port.
+pub async fn start(name: &'static str, delay: Duration) -> u16 {
+    let app = Router::new()
+        .route("/healthz", any(|| async { "ok" }))
+        .fallback(any(move || async move {
+            tokio::time::sleep(delay).await;
+            name
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
