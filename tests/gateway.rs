@@ -156,3 +156,91 @@ async fn least_response_time_routes_around_a_slow_instance_and_round_robin_does_
         "least response time should avoid the slow instance: p99 {least_time:.1} ms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"shaky\"\nauth = \"none\"\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register(
+            "shaky",
+            "good",
+            backend::start("good", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system
+        .register(
+            "shaky",
+            "bad",
+            backend::start_with_status("bad", 503).await,
+            json!({}),
+        )
+        .await;
+    system.wait_gateway_sees("shaky", 2).await;
+
+    // Idempotent requests that land on the failing instance are retried on the good one, so the
+    // client never sees the 503s; after five in a row the failing instance is ejected.
+    for i in 0..40 {
+        assert_eq!(
+            body(&system, "/x").await,
+            (200, "good".into()),
+            "request {i}"
+        );
+    }
+    let upstreams = format!("http://127.0.0.1:{}/v1/upstreams", system.admin_port);
+    let state = |report: &Value| -> String {
+        report["services"]["shaky"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "bad")
+            .unwrap()["breaker"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let report: Value = system
+        .http
+        .get(&upstreams)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state(&report), "open", "{report}");
+
+    // A POST is not retried after reaching an instance: while the bad instance is out of
+    // rotation, every POST goes to the good one.
+    for _ in 0..10 {
+        let response = system
+            .http
+            .post(system.url("/x"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // After the ejection time the breaker lets a trial through; it fails and opens again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..10 {
+        assert_eq!(body(&system, "/x").await, (200, "good".into()));
+    }
+    let report: Value = system
+        .http
+        .get(&upstreams)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state(&report), "open", "{report}");
+}

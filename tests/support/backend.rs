@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::routing::any;
 use axum::Router;
 
@@ -14,6 +15,16 @@ pub async fn start(name: &'static str, delay: Duration) -> u16 {
             tokio::time::sleep(delay).await;
             name
         }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Starts a backend that answers every request with `status` and its name; returns its port.
+pub async fn start_with_status(name: &'static str, status: u16) -> u16 {
+    let status = StatusCode::from_u16(status).unwrap();
+    let app = Router::new().fallback(any(move || async move { (status, name) }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });

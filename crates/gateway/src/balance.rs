@@ -12,9 +12,9 @@
 //! | `consistent_hash` | the same instance for the same key (`hash_on`: header, cookie or ip), Maglev table | caches, sessions; adding an instance moves ~1/N of keys |
 //! | `random` | uniformly at random | a baseline |
 //!
-//! Every algorithm skips instances that are marked down and the one a retry is moving away from;
-//! if that leaves nothing, it tries the marked-down ones anyway (better a request that may fail
-//! than a certain 503).
+//! Every algorithm skips instances whose circuit breaker is open and the one a retry is moving
+//! away from; if that leaves nothing, or fewer than half the instances are healthy (the panic
+//! threshold), it uses all of them (better a request that may fail than a certain 503).
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hash};
@@ -193,9 +193,21 @@ impl Pool {
         if self.endpoints.is_empty() {
             return None;
         }
-        self.choose(balance.algorithm, key, exclude, true)
-            .or_else(|| self.choose(balance.algorithm, key, exclude, false))
-            .cloned()
+        // Panic threshold (as in Envoy): when fewer than half the instances look healthy, the
+        // health signal is more likely wrong than right, so spread over all of them rather than
+        // pile everything onto the few that are left.
+        let healthy = self.endpoints.iter().filter(|e| !e.is_down()).count();
+        let panic = healthy * 2 < self.endpoints.len();
+        let chosen = if panic {
+            self.choose(balance.algorithm, key, exclude, false)
+        } else {
+            self.choose(balance.algorithm, key, exclude, true)
+                .or_else(|| self.choose(balance.algorithm, key, exclude, false))
+        };
+        let chosen = chosen.cloned()?;
+        // Claims the trial request if the instance's breaker is half-open.
+        chosen.breaker.allows(chosen.now_ns());
+        Some(chosen)
     }
 
     fn choose(
@@ -447,7 +459,7 @@ mod tests {
     #[test]
     fn every_algorithm_skips_down_and_excluded_instances() {
         let pool = pool_of(&[("a", 1), ("b", 1), ("c", 1)]);
-        pool.endpoints[0].mark_down(Duration::from_secs(60));
+        pool.endpoints[0].trip();
         for algorithm in [
             Algorithm::RoundRobin,
             Algorithm::WeightedRoundRobin,

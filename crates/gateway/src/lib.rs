@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod breaker;
 pub mod discovery;
 pub mod headers;
 pub mod proxy;

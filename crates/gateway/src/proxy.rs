@@ -26,7 +26,7 @@ use stratus_kit::Problem;
 
 use crate::headers::{self, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
 use crate::routes::{AuthMode, Route, RouteTable};
-use crate::upstream::{Endpoint, Upstreams, MARK_DOWN_FOR};
+use crate::upstream::{Endpoint, Upstreams};
 
 pub type Body = Either<Incoming, Full<Bytes>>;
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -152,62 +152,103 @@ impl Proxy {
             return problem(no_instance(&route.service));
         };
         let key = route.balance.key(&parts.headers, client_ip(&parts.headers));
+        let timeout = route.timeout.unwrap_or(settings.timeout);
+        let idempotent = idempotent(&parts.method);
+        route.retry_budget.deposit();
         let mut failed: Option<Arc<Endpoint>> = None;
-        for attempt in 0..2 {
+        let mut attempt = 0;
+        loop {
             let Some(endpoint) =
                 pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
             else {
-                break;
+                return problem(no_instance(&route.service));
             };
-            let in_flight = endpoint.start();
-            let sent = Instant::now();
             let request = match upstream_request(parts, &endpoint, body.clone()) {
                 Ok(request) => request,
                 Err(rejection) => return problem(rejection),
             };
-            match tokio::time::timeout(settings.timeout, self.client.request(request)).await {
+            let in_flight = endpoint.start();
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(timeout, self.client.request(request)).await;
+            endpoint.observe_latency(sent.elapsed());
+            drop(in_flight);
+            let may_retry = |reason: Retry| {
+                let allowed = match reason {
+                    // Never reached the instance: safe for any method.
+                    Retry::NotSent => true,
+                    Retry::Failed => idempotent,
+                };
+                allowed && attempt < route.retries && route.retry_budget.withdraw()
+            };
+            let retry = match outcome {
                 Ok(Ok(response)) => {
-                    endpoint.observe_latency(sent.elapsed());
-                    drop(in_flight);
-                    let (mut head, body) = response.into_parts();
-                    headers::strip_hop_by_hop(&mut head.headers);
-                    if settings.served_by {
-                        head.headers
-                            .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
+                    let status = response.status();
+                    endpoint.record(status.as_u16() < 500);
+                    let retryable = matches!(status.as_u16(), 502..=504);
+                    if !(retryable && may_retry(Retry::Failed)) {
+                        return self.relay(response, &endpoint);
                     }
-                    return Response::from_parts(head, Either::Left(body));
+                    Retry::Failed
                 }
                 Ok(Err(error)) => {
-                    // A refused connection never reached the instance, so any method may go
-                    // elsewhere; a failure mid-exchange may only be repeated if that is harmless.
-                    let never_sent = error.is_connect();
-                    endpoint.mark_down(MARK_DOWN_FOR);
                     route.metrics.upstream_failures.increment(1);
                     tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    if attempt == 0 && (never_sent || idempotent(&parts.method)) {
-                        route.metrics.retries.increment(1);
-                        failed = Some(endpoint);
-                        continue;
+                    let reason = if error.is_connect() {
+                        endpoint.trip();
+                        Retry::NotSent
+                    } else {
+                        endpoint.record(false);
+                        Retry::Failed
+                    };
+                    if !may_retry(reason) {
+                        return problem(Problem::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("{} failed to answer", route.service),
+                        ));
                     }
-                    return problem(Problem::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("{} failed to answer", route.service),
-                    ));
+                    reason
                 }
                 Err(_) => {
-                    endpoint.observe_latency(sent.elapsed());
+                    endpoint.record(false);
                     return problem(Problem::new(
                         StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "{} did not answer within {:?}",
-                            route.service, settings.timeout
-                        ),
+                        format!("{} did not answer within {timeout:?}", route.service),
                     ));
                 }
+            };
+            route.metrics.retries.increment(1);
+            if retry == Retry::Failed {
+                tokio::time::sleep(backoff(attempt)).await;
             }
+            attempt += 1;
+            failed = Some(endpoint);
         }
-        problem(no_instance(&route.service))
     }
+
+    fn relay(&self, response: Response<Incoming>, endpoint: &Endpoint) -> Response<Body> {
+        let (mut head, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers);
+        if self.shared.settings.served_by {
+            head.headers
+                .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
+        }
+        Response::from_parts(head, Either::Left(body))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The connection was refused: the instance never saw the request.
+    NotSent,
+    /// The instance may have seen it.
+    Failed,
+}
+
+/// Exponential back-off with full jitter: a random wait below 25 ms x 2^attempt (at most 250 ms),
+/// so retries from many clients spread out instead of arriving together.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = (25u64 << attempt.min(4)).min(250);
+    Duration::from_millis(crate::balance::random_u64() % (ceiling + 1))
 }
 
 /// The client address as the gateway saw it: the last `X-Forwarded-For` entry, which

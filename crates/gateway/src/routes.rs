@@ -5,6 +5,8 @@
 //! matches whole path segments: `/api/catalog` matches `/api/catalog` and `/api/catalog/x`, never
 //! `/api/catalogue`.
 
+use std::sync::Arc;
+
 use http::Method;
 
 use crate::balance::{Algorithm, Balance, HashOn};
@@ -40,6 +42,16 @@ struct RouteSpec {
     balance: Algorithm,
     #[serde(default)]
     hash_on: Option<String>,
+    /// Upstream timeout for this route, e.g. "2s" (default: STRATUS_UPSTREAM_TIMEOUT).
+    #[serde(default)]
+    timeout: Option<String>,
+    /// How many times a failed request may be retried on another instance (default 1).
+    #[serde(default = "default_retries")]
+    retries: u32,
+}
+
+fn default_retries() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,7 +69,44 @@ pub struct Route {
     pub roles: Vec<String>,
     pub auth: AuthMode,
     pub balance: Balance,
+    pub timeout: Option<std::time::Duration>,
+    pub retries: u32,
+    pub retry_budget: Arc<RetryBudget>,
     pub metrics: RouteMetrics,
+}
+
+/// Retries may add at most 20% to a route's load (Finagle's retry budget), so when an upstream
+/// is failing, retries cannot multiply the traffic that is hurting it. Every request deposits a
+/// fifth of a retry; a retry withdraws a whole one; the balance is capped at ten.
+#[derive(Debug)]
+pub struct RetryBudget {
+    milli_retries: std::sync::atomic::AtomicI64,
+}
+
+const BUDGET_CAP: i64 = 10_000;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            milli_retries: std::sync::atomic::AtomicI64::new(BUDGET_CAP),
+        }
+    }
+}
+
+impl RetryBudget {
+    pub fn deposit(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.milli_retries.fetch_update(Relaxed, Relaxed, |b| {
+            (b < BUDGET_CAP).then(|| (b + 200).min(BUDGET_CAP))
+        });
+    }
+
+    pub fn withdraw(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.milli_retries
+            .fetch_update(Relaxed, Relaxed, |b| (b >= 1000).then_some(b - 1000))
+            .is_ok()
+    }
 }
 
 /// A route's metric handles, registered once when the table is loaded, so the request path
@@ -191,11 +240,21 @@ impl RouteTable {
                     "hash_on only applies to balance = \"consistent_hash\"".into(),
                 ));
             }
+            let timeout = match &spec.timeout {
+                Some(text) => Some(stratus_kit::duration::parse(text).map_err(invalid)?),
+                None => None,
+            };
+            if spec.retries > 5 {
+                return Err(invalid("retries may be at most 5".into()));
+            }
             routes.push(Route {
                 balance: Balance {
                     algorithm: spec.balance,
                     hash_on,
                 },
+                timeout,
+                retries: spec.retries,
+                retry_budget: Arc::new(RetryBudget::default()),
                 metrics: RouteMetrics::new(&name, &spec.service),
                 name,
                 prefix: spec.prefix,
@@ -257,6 +316,18 @@ mod tests {
             table.find(&Method::POST, "/api/catalog").unwrap().auth,
             AuthMode::Required
         );
+    }
+
+    #[test]
+    fn the_retry_budget_allows_about_one_retry_in_five_requests() {
+        let budget = RetryBudget::default();
+        let mut granted = 0;
+        for _ in 0..1000 {
+            budget.deposit();
+            granted += usize::from(budget.withdraw());
+        }
+        // Ten saved up at the start, then one per five requests.
+        assert!((200..=215).contains(&granted), "{granted}");
     }
 
     #[test]

@@ -15,9 +15,8 @@ use http::HeaderValue;
 use stratus_kit::model::{Catalog, Instance};
 
 use crate::balance::{maglev_table, weighted_schedule};
+use crate::breaker::{Breaker, State as BreakerState};
 
-/// How long an instance that refused a connection is skipped.
-pub const MARK_DOWN_FOR: Duration = Duration::from_secs(5);
 /// How fast old latency samples lose weight in the EWMA (Linkerd uses 10 s).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// Assumed latency of an instance with no samples yet: new instances get tried, not flooded.
@@ -33,8 +32,8 @@ pub struct Endpoint {
     pub authority: Authority,
     /// `x-served-by: <service>/<instance-id>`, built once.
     pub served_by: HeaderValue,
-    /// Nanoseconds since `epoch` until which this endpoint is skipped; 0 when up.
-    down_until: AtomicU64,
+    /// Circuit breaker and outlier detection: whether this endpoint gets traffic.
+    pub breaker: Breaker,
     in_flight: AtomicUsize,
     /// Peak-EWMA latency in nanoseconds (0: no sample yet), and when it was last updated.
     ewma_ns: AtomicU64,
@@ -69,7 +68,7 @@ impl Endpoint {
             weight,
             authority,
             served_by,
-            down_until: AtomicU64::new(0),
+            breaker: Breaker::default(),
             in_flight: AtomicUsize::new(0),
             ewma_ns: AtomicU64::new(0),
             ewma_at: AtomicU64::new(0),
@@ -77,18 +76,34 @@ impl Endpoint {
         })
     }
 
-    fn now_ns(&self) -> u64 {
+    /// Nanoseconds since the upstreams' epoch: the clock of the breaker and the EWMA.
+    pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// Out of rotation: its breaker is open (or half-open with a trial out).
     pub fn is_down(&self) -> bool {
-        let until = self.down_until.load(Ordering::Relaxed);
-        until != 0 && until > self.now_ns()
+        !self.breaker.available(self.now_ns())
     }
 
-    pub fn mark_down(&self, duration: Duration) {
-        let until = self.now_ns() + duration.as_nanos() as u64;
-        self.down_until.store(until.max(1), Ordering::Relaxed);
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state(self.now_ns())
+    }
+
+    /// Takes the endpoint out of rotation at once (a refused connection leaves no doubt).
+    pub fn trip(&self) {
+        self.breaker.trip(self.now_ns());
+    }
+
+    /// Records the outcome of a request sent here.
+    pub fn record(&self, success: bool) {
+        if success {
+            self.breaker.on_success();
+        } else if self.breaker.on_failure(self.now_ns()) {
+            tracing::warn!(service = %self.service, instance = %self.id, "instance ejected after consecutive failures");
+            metrics::counter!("gateway_ejections_total", "service" => self.service.clone())
+                .increment(1);
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -281,7 +296,7 @@ pub(crate) mod tests {
     #[test]
     fn all_down_still_tries_rather_than_refusing() {
         let pool = pool_of(&[("a", 1)]);
-        pool.endpoints[0].mark_down(Duration::from_secs(60));
+        pool.endpoints[0].trip();
         let balance = Balance::default();
         assert_eq!(pool.pick(&balance, None, None).unwrap().id, "a");
         assert!(pool.pick(&balance, None, Some("a")).is_none());
@@ -294,7 +309,7 @@ pub(crate) mod tests {
             7,
             vec![instance("a", 9000, 1), instance("b", 9001, 1)],
         ));
-        upstreams.pool("catalog").unwrap().endpoints[0].mark_down(Duration::from_secs(60));
+        upstreams.pool("catalog").unwrap().endpoints[0].trip();
         upstreams.apply(&catalog(
             8,
             vec![instance("a", 9000, 1), instance("c", 9002, 1)],
