@@ -244,3 +244,69 @@ async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
         .unwrap();
     assert_eq!(state(&report), "open", "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_strip_prefix_rewrites_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/limited\"\nservice = \"echo\"\nauth = \"none\"\n\
+         rate_limit = { requests_per_second = 2, burst = 5, per = \"client\" }\n\n\
+         [[routes]]\nprefix = \"/svc\"\nservice = \"echo\"\nauth = \"none\"\nstrip_prefix = true\n\n\
+         [[routes]]\nprefix = \"/\"\nhost = \"admin.example\"\nservice = \"echo\"\nauth = \"none\"\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register("echo", "echo-1", backend::start_echo().await, json!({}))
+        .await;
+    system.wait_gateway_sees("echo", 1).await;
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let response = system
+            .http
+            .get(system.url("/limited/x"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        &statuses[..5],
+        &[200; 5],
+        "the burst is allowed: {statuses:?}"
+    );
+    assert!(
+        statuses[5..].contains(&429),
+        "then the limit bites: {statuses:?}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
+    assert_eq!(
+        body(&system, "/svc/items/7?full=1").await,
+        (200, "/items/7?full=1".into())
+    );
+    // Host-based routing: only requests for admin.example reach the catch-all route.
+    assert_eq!(body(&system, "/other").await.0, 404);
+    let by_host = system
+        .http
+        .get(system.url("/other"))
+        .header("host", "admin.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_host.status(), 200);
+    assert_eq!(by_host.text().await.unwrap(), "/other");
+}

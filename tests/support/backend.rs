@@ -30,3 +30,16 @@ pub async fn start_with_status(name: &'static str, status: u16) -> u16 {
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
 }
+
+/// Starts a backend that answers with the path and query it received; returns its port.
+pub async fn start_echo() -> u16 {
+    let app = Router::new().fallback(any(|uri: axum::http::Uri| async move {
+        uri.path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}

@@ -31,7 +31,8 @@ async fn routes(State(AdminState { proxy, reload }): State<AdminState>) -> axum:
         .map(|r| {
             json!({
                 "name": r.name,
-                "prefix": r.prefix,
+                "match": r.path.describe(),
+                "host": r.host,
                 "service": r.service,
                 "methods": r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
                 "roles": r.roles,

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod headers;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod routes;
 pub mod server;

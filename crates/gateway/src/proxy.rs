@@ -25,7 +25,7 @@ use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
 use crate::headers::{self, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
-use crate::routes::{AuthMode, Route, RouteTable};
+use crate::routes::{AuthMode, RequestView, Route, RouteTable};
 use crate::upstream::{Endpoint, Upstreams};
 
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -91,12 +91,31 @@ impl Proxy {
         let request_id = headers::request_id(&parts.headers, || trace.trace_id_hex());
 
         let routes = self.shared.routes.load();
-        let Some(route) = routes.find(&parts.method, parts.uri.path()) else {
+        let host = request_host(&parts);
+        let view = RequestView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            host: host.as_deref(),
+            headers: &parts.headers,
+        };
+        let Some(route) = routes.find(&view) else {
             return finish(
                 problem(Problem::not_found("no route matches this path")),
                 &request_id,
             );
         };
+        if let Some(limiter) = &route.rate_limit {
+            if let Err(limited) = limiter.check(peer.ip()) {
+                route.metrics.record(429, 0.0);
+                let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let rejection = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate limit exceeded; slow down",
+                )
+                .with_retry_after(seconds);
+                return finish(problem(rejection), &request_id);
+            }
+        }
         if let Err(rejection) = self.authorize(route, &parts.headers).await {
             return finish(problem(rejection), &request_id);
         }
@@ -163,7 +182,7 @@ impl Proxy {
             else {
                 return problem(no_instance(&route.service));
             };
-            let request = match upstream_request(parts, &endpoint, body.clone()) {
+            let request = match upstream_request(parts, route, &endpoint, body.clone()) {
                 Ok(request) => request,
                 Err(rejection) => return problem(rejection),
             };
@@ -326,12 +345,32 @@ async fn discard(body: Incoming) {
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
+/// The request's host, lower case and without a port: the URI's authority (HTTP/2) or the
+/// `Host` header (HTTP/1.1).
+fn request_host(parts: &http::request::Parts) -> Option<String> {
+    let host = match parts.uri.authority() {
+        Some(authority) => authority.host(),
+        None => {
+            let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+            match host.strip_prefix('[') {
+                // An IPv6 literal: `[::1]:8080`.
+                Some(rest) => rest.split(']').next().unwrap_or(rest),
+                None => host.split(':').next().unwrap_or(host),
+            }
+        }
+    };
+    Some(host.to_ascii_lowercase())
+}
+
 fn upstream_request(
     parts: &http::request::Parts,
+    route: &Route,
     endpoint: &Endpoint,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, Problem> {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = route.upstream_path(original);
+    let path = path.as_ref();
     let uri = Uri::builder()
         .scheme("http")
         .authority(endpoint.authority.clone())

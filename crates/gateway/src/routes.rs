@@ -1,15 +1,18 @@
 //! The route table: which requests go to which service, and who may make them.
 //!
 //! Routes come from a TOML file (`[[routes]]` tables, the same file as `stratus.toml`) and are
-//! matched in order; the first whose prefix, and methods if given, fit the request wins. A prefix
-//! matches whole path segments: `/api/catalog` matches `/api/catalog` and `/api/catalog/x`, never
-//! `/api/catalogue`.
+//! matched in order; the first that fits the request wins. A route matches on its path (one of
+//! `prefix`, exact `path`, or `regex`) and, when given, the `methods`, the `host` (exact or
+//! `*.example.com`) and `headers` (exact values). A prefix matches whole path segments:
+//! `/api/catalog` matches `/api/catalog` and `/api/catalog/x`, never `/api/catalogue`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::balance::{Algorithm, Balance, HashOn};
+use crate::ratelimit::{RateLimitSpec, RateLimiter};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -30,7 +33,23 @@ pub enum AuthMode {
 struct RouteSpec {
     #[serde(default)]
     name: Option<String>,
-    prefix: String,
+    #[serde(default)]
+    prefix: Option<String>,
+    /// An exact path.
+    #[serde(default)]
+    path: Option<String>,
+    /// A regular expression the whole path must match.
+    #[serde(default)]
+    regex: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// Remove the prefix before forwarding (`/api/x/items` -> `/items`).
+    #[serde(default)]
+    strip_prefix: bool,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
     service: String,
     #[serde(default)]
     methods: Vec<String>,
@@ -60,10 +79,44 @@ struct RouteFile {
     routes: Vec<RouteSpec>,
 }
 
+/// How a route matches the request path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+                None => false,
+            },
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Regex(regex) => regex.is_match(path),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Prefix(prefix) => format!("prefix {prefix}"),
+            PathMatch::Exact(exact) => format!("path {exact}"),
+            PathMatch::Regex(regex) => format!("regex {}", regex.as_str()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    pub prefix: String,
+    pub path: PathMatch,
+    /// Lower-case host, or `.example.com` for `*.example.com`.
+    pub host: Option<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub strip_prefix: bool,
+    pub rate_limit: Option<Arc<RateLimiter>>,
     pub service: String,
     pub methods: Vec<Method>,
     pub roles: Vec<String>,
@@ -151,13 +204,49 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl Route {
-    fn matches(&self, method: &Method, path: &str) -> bool {
-        let prefix_ok = match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/'),
-            None => false,
-        };
-        prefix_ok && (self.methods.is_empty() || self.methods.contains(method))
+    fn matches(&self, request: &RequestView<'_>) -> bool {
+        self.path.matches(request.path)
+            && (self.methods.is_empty() || self.methods.contains(request.method))
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|host| match host.strip_prefix('.') {
+                    Some(suffix) => request
+                        .host
+                        .is_some_and(|h| h.len() > suffix.len() + 1 && h.ends_with(host)),
+                    None => request.host == Some(host),
+                })
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| request.headers.get(name) == Some(value))
     }
+
+    /// The path to send upstream: with the prefix removed when `strip_prefix` is set.
+    pub fn upstream_path<'a>(&self, path_and_query: &'a str) -> std::borrow::Cow<'a, str> {
+        match (&self.path, self.strip_prefix) {
+            (PathMatch::Prefix(prefix), true) => {
+                let rest = path_and_query
+                    .strip_prefix(prefix.trim_end_matches('/'))
+                    .unwrap_or(path_and_query);
+                if rest.starts_with('/') {
+                    rest.into()
+                } else {
+                    format!("/{rest}").into()
+                }
+            }
+            _ => path_and_query.into(),
+        }
+    }
+}
+
+/// The parts of a request that routing looks at.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// Lower case, without the port.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -195,21 +284,64 @@ impl RouteTable {
         let file: RouteFile = toml::from_str(text).map_err(|e| RouteError::Parse(e.to_string()))?;
         let mut routes = Vec::with_capacity(file.routes.len());
         for (index, spec) in file.routes.into_iter().enumerate() {
-            let name = spec
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{} {}", spec.service, spec.prefix));
+            let name = spec.name.clone().unwrap_or_else(|| {
+                let rule = spec
+                    .prefix
+                    .as_ref()
+                    .or(spec.path.as_ref())
+                    .or(spec.regex.as_ref());
+                format!("{} {}", spec.service, rule.map_or("", |r| r.as_str()))
+            });
             let invalid = |problem: String| RouteError::Invalid {
                 index,
                 name: name.clone(),
                 problem,
             };
-            if !spec.prefix.starts_with('/') {
-                return Err(invalid(format!(
-                    "prefix `{}` must start with '/'",
-                    spec.prefix
-                )));
+            let path = match (&spec.prefix, &spec.path, &spec.regex) {
+                (Some(prefix), None, None) if prefix.starts_with('/') => {
+                    PathMatch::Prefix(prefix.clone())
+                }
+                (Some(prefix), None, None) => {
+                    return Err(invalid(format!("prefix `{prefix}` must start with '/'")))
+                }
+                (None, Some(exact), None) if exact.starts_with('/') => {
+                    PathMatch::Exact(exact.clone())
+                }
+                (None, Some(exact), None) => {
+                    return Err(invalid(format!("path `{exact}` must start with '/'")))
+                }
+                (None, None, Some(pattern)) => {
+                    let anchored = format!("^(?:{pattern})$");
+                    PathMatch::Regex(
+                        regex::Regex::new(&anchored)
+                            .map_err(|e| invalid(format!("regex `{pattern}`: {e}")))?,
+                    )
+                }
+                _ => return Err(invalid("give exactly one of prefix, path or regex".into())),
+            };
+            if spec.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
+                return Err(invalid("strip_prefix needs a prefix".into()));
             }
+            let host = spec.host.as_ref().map(|h| {
+                let h = h.to_ascii_lowercase();
+                h.strip_prefix('*').map(str::to_string).unwrap_or(h)
+            });
+            let headers = spec
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let name = HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| invalid(format!("`{name}` is not a header name")))?;
+                    let value = HeaderValue::from_str(value).map_err(|_| {
+                        invalid(format!("the value of header `{name}` is not valid"))
+                    })?;
+                    Ok((name, value))
+                })
+                .collect::<Result<Vec<_>, RouteError>>()?;
+            let rate_limit = match &spec.rate_limit {
+                Some(limit) => Some(Arc::new(RateLimiter::new(limit).map_err(invalid)?)),
+                None => None,
+            };
             if spec.service.is_empty() {
                 return Err(invalid("service must not be empty".into()));
             }
@@ -257,7 +389,11 @@ impl RouteTable {
                 retry_budget: Arc::new(RetryBudget::default()),
                 metrics: RouteMetrics::new(&name, &spec.service),
                 name,
-                prefix: spec.prefix,
+                path,
+                host,
+                headers,
+                strip_prefix: spec.strip_prefix,
+                rate_limit,
                 service: spec.service,
                 methods,
                 roles: spec.roles,
@@ -268,8 +404,8 @@ impl RouteTable {
     }
 
     /// The first route that fits, in file order.
-    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matches(method, path))
+    pub fn find(&self, request: &RequestView<'_>) -> Option<&Route> {
+        self.routes.iter().find(|route| route.matches(request))
     }
 }
 
@@ -299,23 +435,120 @@ mod tests {
     #[test]
     fn first_match_by_prefix_and_method() {
         let table = RouteTable::parse(ROUTES).unwrap();
-        let find = |m: Method, p: &str| table.find(&m, p).map(|r| r.name.as_str());
+        let headers = HeaderMap::new();
+        let find = |m: Method, p: &str| {
+            let view = RequestView {
+                method: &m,
+                path: p,
+                host: None,
+                headers: &headers,
+            };
+            table.find(&view).map(|r| r.name.clone())
+        };
         assert_eq!(
-            find(Method::GET, "/api/catalog/products"),
+            find(Method::GET, "/api/catalog/products").as_deref(),
             Some("catalog-read")
         );
-        assert_eq!(find(Method::HEAD, "/api/catalog"), Some("catalog-read"));
         assert_eq!(
-            find(Method::POST, "/api/catalog/products"),
+            find(Method::HEAD, "/api/catalog").as_deref(),
+            Some("catalog-read")
+        );
+        assert_eq!(
+            find(Method::POST, "/api/catalog/products").as_deref(),
             Some("catalog-write")
         );
-        assert_eq!(find(Method::POST, "/auth/login"), Some("auth /auth"));
-        assert_eq!(find(Method::GET, "/api/catalogue"), None);
-        assert_eq!(find(Method::GET, "/"), None);
         assert_eq!(
-            table.find(&Method::POST, "/api/catalog").unwrap().auth,
-            AuthMode::Required
+            find(Method::POST, "/auth/login").as_deref(),
+            Some("auth /auth")
         );
+        assert_eq!(find(Method::GET, "/api/catalogue").as_deref(), None);
+        assert_eq!(find(Method::GET, "/").as_deref(), None);
+        let view = RequestView {
+            method: &Method::POST,
+            path: "/api/catalog",
+            host: None,
+            headers: &headers,
+        };
+        assert_eq!(table.find(&view).unwrap().auth, AuthMode::Required);
+    }
+
+    #[test]
+    fn exact_regex_host_and_header_matching() {
+        let table = RouteTable::parse(
+            r#"
+            [[routes]]
+            name = "canary"
+            prefix = "/"
+            headers = { x-canary = "yes" }
+            service = "web-v2"
+
+            [[routes]]
+            name = "admin-host"
+            prefix = "/"
+            host = "admin.example.com"
+            service = "admin"
+
+            [[routes]]
+            name = "tenant"
+            prefix = "/"
+            host = "*.tenants.example.com"
+            service = "tenant"
+
+            [[routes]]
+            name = "item"
+            regex = "/items/[0-9]+"
+            service = "items"
+
+            [[routes]]
+            name = "exact"
+            path = "/health"
+            service = "web"
+        "#,
+        )
+        .unwrap();
+        let mut canary = HeaderMap::new();
+        canary.insert("x-canary", HeaderValue::from_static("yes"));
+        let none = HeaderMap::new();
+        let find = |path: &str, host: Option<&str>, headers: &HeaderMap| {
+            let view = RequestView {
+                method: &Method::GET,
+                path,
+                host,
+                headers,
+            };
+            table.find(&view).map(|r| r.name.clone())
+        };
+        assert_eq!(find("/anything", None, &canary).as_deref(), Some("canary"));
+        assert_eq!(
+            find("/anything", Some("admin.example.com"), &none).as_deref(),
+            Some("admin-host")
+        );
+        assert_eq!(
+            find("/x", Some("acme.tenants.example.com"), &none).as_deref(),
+            Some("tenant")
+        );
+        assert_eq!(find("/x", Some("tenants.example.com"), &none), None);
+        assert_eq!(find("/items/42", None, &none).as_deref(), Some("item"));
+        assert_eq!(
+            find("/items/42/extra", None, &none),
+            None,
+            "regexes match the whole path"
+        );
+        assert_eq!(find("/items/abc", None, &none), None);
+        assert_eq!(find("/health", None, &none).as_deref(), Some("exact"));
+        assert_eq!(find("/health/deep", None, &none), None);
+    }
+
+    #[test]
+    fn strip_prefix_rewrites_the_upstream_path() {
+        let table = RouteTable::parse(
+            "[[routes]]\nprefix = \"/api/things\"\nservice = \"things\"\nstrip_prefix = true\n",
+        )
+        .unwrap();
+        let route = &table.routes[0];
+        assert_eq!(route.upstream_path("/api/things/42?x=1"), "/42?x=1");
+        assert_eq!(route.upstream_path("/api/things"), "/");
+        assert_eq!(route.upstream_path("/api/things?x=1"), "/?x=1");
     }
 
     #[test]
@@ -340,6 +573,11 @@ mod tests {
             ("[[routes]\n", "parsing"),
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nbalance = \"fastest\"", "unknown variant"),
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nhash_on = \"ip\"", "only applies"),
+            ("[[routes]]\nservice = \"x\"", "exactly one of"),
+            ("[[routes]]\nprefix = \"/a\"\npath = \"/a\"\nservice = \"x\"", "exactly one of"),
+            ("[[routes]]\nregex = \"/a(\"\nservice = \"x\"", "regex"),
+            ("[[routes]]\npath = \"/a\"\nservice = \"x\"\nstrip_prefix = true", "needs a prefix"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nrate_limit = { requests_per_second = 0 }", "above 0"),
         ] {
             let error = RouteTable::parse(text).unwrap_err().to_string();
             assert!(error.contains(expect), "{error}");

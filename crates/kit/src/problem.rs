@@ -73,6 +73,11 @@ impl Problem {
         )
     }
 
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// Seconds for a `Retry-After` header, if the problem is worth retrying later.
     pub fn retry_after(&self) -> Option<u64> {
         self.retry_after
