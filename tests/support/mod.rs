@@ -125,6 +125,14 @@ impl System {
 
     /// Just the edge: a registry and a gateway (with `routes` as its route file, if given).
     pub async fn start_edge(routes: Option<&std::path::Path>) -> System {
+        Self::start_edge_with(routes, &[]).await
+    }
+
+    /// The edge, with extra environment for the gateway.
+    pub async fn start_edge_with(
+        routes: Option<&std::path::Path>,
+        gateway_env: &[(&str, &str)],
+    ) -> System {
         stratus_kit::install_crypto_provider();
         let mut system = System {
             dir: tempfile::tempdir().expect("a temp dir"),
@@ -154,6 +162,7 @@ impl System {
         if let Some(routes) = &routes {
             env.push(("STRATUS_ROUTES", routes.as_str()));
         }
+        env.extend_from_slice(gateway_env);
         system.spawn("gateway", &env);
         system
             .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", system.admin_port))

@@ -65,6 +65,18 @@ pub struct Args {
     #[arg(long, env = "STRATUS_CONNECT_TIMEOUT", default_value = "1s", value_parser = stratus_kit::duration::parse)]
     pub connect_timeout: Duration,
 
+    /// A client must send a request's headers within this time (against slowloris).
+    #[arg(long, env = "STRATUS_HEADER_TIMEOUT", default_value = "10s", value_parser = stratus_kit::duration::parse)]
+    pub header_timeout: Duration,
+
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[arg(long, env = "STRATUS_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most client connections open at once (shared across workers).
+    #[arg(long, env = "STRATUS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
     /// Worker threads serving client traffic (0: one per core).
     #[arg(long, env = "STRATUS_GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -109,13 +121,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         n => n,
     };
     tracing::info!(address = %listener.local_addr()?, workers, "gateway listening");
-    let workers = server::Workers::start(
-        workers,
-        listener,
-        shared.clone(),
-        args.connect_timeout,
-        args.common.grace,
-    )?;
+    let limits = server::Limits {
+        header_timeout: args.header_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_connections_per_worker: args.max_connections.div_ceil(workers),
+        connect_timeout: args.connect_timeout,
+        grace: args.common.grace,
+    };
+    let workers = server::Workers::start(workers, listener, shared.clone(), limits)?;
 
     let reload_status = reload::SharedStatus::default();
     if let Some(path) = &args.routes {

@@ -23,8 +23,18 @@ use tokio::sync::watch;
 
 use crate::proxy::{Proxy, Shared};
 
-/// A client must send its request headers within this time (against slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Protections against abusive clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client must send a request's headers within this time (against slowloris).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Open client connections per worker; past it, new connections wait in the kernel's backlog.
+    pub max_connections_per_worker: usize,
+    pub connect_timeout: Duration,
+    pub grace: Duration,
+}
 
 /// A listening socket that other workers can bind to as well.
 pub fn reuseport_listener(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -56,8 +66,7 @@ impl Workers {
         count: usize,
         first: std::net::TcpListener,
         shared: Arc<Shared>,
-        connect_timeout: Duration,
-        grace: Duration,
+        limits: Limits,
     ) -> anyhow::Result<Self> {
         let address = first.local_addr()?;
         let (stop, stopped) = watch::channel(false);
@@ -90,11 +99,11 @@ impl Workers {
                                 return;
                             }
                         };
-                        let proxy = Arc::new(Proxy::new(shared, connect_timeout));
+                        let proxy = Arc::new(Proxy::new(shared, limits.connect_timeout));
                         let shutdown = async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         };
-                        serve(listener, proxy, shutdown, grace).await;
+                        serve(listener, proxy, shutdown, limits).await;
                     });
                 })
                 .context("spawning a gateway worker")?;
@@ -120,17 +129,34 @@ async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: impl std::future::Future<Output = ()>,
-    grace: Duration,
+    limits: Limits,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        limits.max_connections_per_worker.max(1),
+    ));
     tokio::pin!(shutdown);
     loop {
+        // At the connection limit, stop accepting: new clients queue in the kernel's backlog
+        // instead of being accepted and starved.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -154,6 +180,7 @@ async fn serve(
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = &mut shutdown => break,
@@ -162,6 +189,6 @@ async fn serve(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+        _ = tokio::time::sleep(limits.grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }

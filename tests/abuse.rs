@@ -1,0 +1,112 @@
+//! Hostile clients at the gateway: slowloris, oversized headers, thousands of idle connections.
+//! The gateway must stay up and keep serving everyone else.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{backend, System};
+
+/// The edge with an echo backend; the temp dir holds its route file and must live as long.
+async fn edge() -> (System, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"echo\"\nauth = \"none\"\n",
+    )
+    .unwrap();
+    let system = System::start_edge_with(Some(&routes), &[("STRATUS_HEADER_TIMEOUT", "1s")]).await;
+    system
+        .register("echo", "echo-1", backend::start_echo().await, json!({}))
+        .await;
+    system.wait_gateway_sees("echo", 1).await;
+    (system, dir)
+}
+
+async fn ok(system: &System) {
+    let response = system
+        .http
+        .get(system.url("/still-serving"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_and_others_are_served() {
+    let (system, _dir) = edge().await;
+    let port = system.gateway_port;
+    let slow = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = Instant::now();
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        // A header byte every 200 ms, never finishing the request.
+        while started.elapsed() < Duration::from_secs(5) {
+            if stream.write_all(b"X").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let mut buffer = [0u8; 256];
+            stream.set_nonblocking(true).unwrap();
+            let read = stream.read(&mut buffer);
+            stream.set_nonblocking(false).unwrap();
+            match read {
+                Ok(0) => break,
+                Ok(_) => break, // 408 or similar, then close
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        started.elapsed()
+    });
+    for _ in 0..10 {
+        ok(&system).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lasted = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        lasted < Duration::from_secs(4),
+        "the slow client was allowed {lasted:?}"
+    );
+    ok(&system).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_kb_header_is_refused_with_431() {
+    let (system, _dir) = edge().await;
+    let response = system
+        .http
+        .get(system.url("/x"))
+        .header("x-huge", "a".repeat(100 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    ok(&system).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_do_not_starve_other_clients() {
+    let (system, _dir) = edge().await;
+    let port = system.gateway_port;
+    let idle: Vec<TcpStream> = (0..2000)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let started = Instant::now();
+    for _ in 0..20 {
+        ok(&system).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(idle);
+    ok(&system).await;
+}
