@@ -310,3 +310,107 @@ async fn rate_limits_answer_429_and_strip_prefix_rewrites_the_path() {
     assert_eq!(by_host.status(), 200);
     assert_eq!(by_host.text().await.unwrap(), "/other");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_gateway() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/ws\"\nservice = \"chat\"\nauth = \"none\"\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register(
+            "chat",
+            "chat-1",
+            backend::start_websocket_echo().await,
+            json!({}),
+        )
+        .await;
+    system.wait_gateway_sees("chat", 1).await;
+
+    let port = system.gateway_port;
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // RFC 6455's own example key and accept value.
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        assert!(head.to_ascii_lowercase().contains("x-served-by: chat/chat-1"), "{head}");
+        let mut replies = Vec::new();
+        for message in ["hello", "through the gateway"] {
+            let mask = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x80 | message.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            stream.write_all(&frame).unwrap();
+            let mut header = [0u8; 2];
+            stream.read_exact(&mut header).unwrap();
+            let mut payload = vec![0u8; (header[1] & 0x7f) as usize];
+            stream.read_exact(&mut payload).unwrap();
+            replies.push(String::from_utf8(payload).unwrap());
+        }
+        replies
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, ["hello", "through the gateway"]);
+}
+
+#[test]
+fn http2_prior_knowledge_with_curl() {
+    // curl speaks h2c with prior knowledge; if it is not installed, there is nothing to drive.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: curl is not installed");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"echo\"\nauth = \"none\"\n",
+    );
+    let system = runtime.block_on(async {
+        let system = System::start_edge(Some(&routes)).await;
+        system
+            .register("echo", "echo-1", backend::start_echo().await, json!({}))
+            .await;
+        system.wait_gateway_sees("echo", 1).await;
+        system
+    });
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version}",
+        ])
+        .arg(system.url("/over/h2?x=1"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(text, "/over/h2?x=1\n2", "curl said: {text}");
+    drop(system);
+}

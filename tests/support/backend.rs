@@ -43,3 +43,78 @@ pub async fn start_echo() -> u16 {
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
 }
+
+/// Starts a minimal WebSocket echo server (RFC 6455 handshake; echoes each text frame back);
+/// returns its port. Raw TCP, so the test sees exactly what crosses the gateway.
+pub async fn start_websocket_echo() -> u16 {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let Some(key) = text
+                    .lines()
+                    .find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+                    })
+                    .map(|(_, v)| v.trim().to_string())
+                else {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                };
+                let digest = ring::digest::digest(
+                    &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                );
+                let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+                let response = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                if stream.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+                // Frames: client frames are masked; echo each payload back unmasked.
+                loop {
+                    let mut header = [0u8; 2];
+                    if stream.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let length = (header[1] & 0x7f) as usize; // short frames only
+                    let mut mask = [0u8; 4];
+                    let mut payload = vec![0u8; length];
+                    if stream.read_exact(&mut mask).await.is_err()
+                        || stream.read_exact(&mut payload).await.is_err()
+                    {
+                        return;
+                    }
+                    for (i, b) in payload.iter_mut().enumerate() {
+                        *b ^= mask[i % 4];
+                    }
+                    let mut frame = vec![header[0], length as u8];
+                    frame.extend_from_slice(&payload);
+                    if stream.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -124,7 +124,29 @@ impl Proxy {
             Err(rejection) => return finish(problem(rejection), &request_id),
         };
 
+        // A protocol upgrade (WebSocket) keeps its Upgrade header, which is otherwise hop-by-hop,
+        // and takes the client side of the connection along for the tunnel.
+        let upgrade = parts
+            .headers
+            .get(http::header::UPGRADE)
+            .cloned()
+            .filter(|_| {
+                parts.version == http::Version::HTTP_11
+                    && headers::connection_has(&parts.headers, "upgrade")
+            });
+        let client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            parts
+                .headers
+                .insert(http::header::UPGRADE, protocol.clone());
+        }
         headers::add_forwarding(&mut parts.headers, peer);
         parts
             .headers
@@ -133,7 +155,7 @@ impl Proxy {
             parts.headers.insert(TRACEPARENT.clone(), value);
         }
 
-        let response = self.forward(route, &parts, body).await;
+        let response = self.forward(route, &parts, body, client_upgrade).await;
         route
             .metrics
             .record(response.status().as_u16(), started.elapsed().as_secs_f64());
@@ -165,6 +187,7 @@ impl Proxy {
         route: &Route,
         parts: &http::request::Parts,
         body: Bytes,
+        mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
         let settings = &self.shared.settings;
         let Some(pool) = self.shared.upstreams.pool(&route.service) else {
@@ -205,7 +228,7 @@ impl Proxy {
                     endpoint.record(status.as_u16() < 500);
                     let retryable = matches!(status.as_u16(), 502..=504);
                     if !(retryable && may_retry(Retry::Failed)) {
-                        return self.relay(response, &endpoint);
+                        return self.relay(response, &endpoint, client_upgrade.take());
                     }
                     Retry::Failed
                 }
@@ -244,7 +267,24 @@ impl Proxy {
         }
     }
 
-    fn relay(&self, response: Response<Incoming>, endpoint: &Endpoint) -> Response<Body> {
+    fn relay(
+        &self,
+        mut response: Response<Incoming>,
+        endpoint: &Endpoint,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client, upstream, endpoint.service.clone()));
+                let (mut head, body) = response.into_parts();
+                if self.shared.settings.served_by {
+                    head.headers
+                        .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
+                }
+                return Response::from_parts(head, Either::Left(body));
+            }
+        }
         let (mut head, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut head.headers);
         if self.shared.settings.served_by {
@@ -252,6 +292,26 @@ impl Proxy {
                 .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
         }
         Response::from_parts(head, Either::Left(body))
+    }
+}
+
+/// Once both sides have switched protocols, copies bytes both ways until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    service: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, %service, "protocol upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, %service, "upgraded connection ended with an error");
     }
 }
 
