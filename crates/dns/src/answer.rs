@@ -6,6 +6,8 @@
 //!   instance (priority 1, weight 1, its port, target `<id>.<service>.service.stratus`, whose
 //!   address goes in the additional section).
 //! - `<id>.<service>.service.stratus`: that one instance.
+//! - `_<service>._tcp.service.stratus`: the RFC 2782 spelling, for clients that build SRV names
+//!   themselves; the same records as `<service>.service.stratus`.
 //!
 //! Every record has TTL 0: the registry is the truth and changes by the second, so resolvers must
 //! not cache an instance that may already be gone. An unknown service is NXDOMAIN; a name outside
@@ -46,9 +48,12 @@ pub fn lookup(catalog: &Catalog, name: &Name, kind: RecordType) -> Answer {
         return Answer::code(ResponseCode::Refused);
     };
     // `<service>` or `<id>.<service>`: the service is the last label, the id anything before it.
-    let (id, service) = match head.rsplit_once('.') {
-        Some((id, service)) => (Some(id), service),
-        None => (None, head),
+    let (id, service) = match head.strip_suffix("._tcp").and_then(|h| h.strip_prefix('_')) {
+        Some(service) => (None, service),
+        None => match head.rsplit_once('.') {
+            Some((id, service)) => (Some(id), service),
+            None => (None, head),
+        },
     };
     let Some(instances) = catalog.services.get(service) else {
         return Answer::code(ResponseCode::NXDomain);
@@ -178,6 +183,8 @@ mod tests {
             .collect();
         assert_eq!(ports, [9001, 9002, 9003]);
         assert_eq!(answer.additionals.len(), 3);
+        let rfc = ask("_catalog._tcp.service.stratus.", RecordType::SRV);
+        assert_eq!(rfc.answers.len(), 3);
         let one = ask("one.catalog.service.stratus.", RecordType::A);
         assert_eq!(one.answers.len(), 1);
         assert_eq!(one.answers[0].data().to_string(), "127.0.0.1");
