@@ -194,3 +194,47 @@ fn an_unknown_store_is_refused() {
         "{text}"
     );
 }
+
+/// The whole request path on an etcd-backed registry: the gateway routes around a catalog
+/// instance killed with -9, and etcd drops the instance when its lease runs out.
+#[tokio::test]
+async fn the_gateway_never_routes_to_the_dead_on_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let extra = [("registry", "STRATUS_REGISTRY_STORE", etcd.url())];
+    let mut system = support::System::start_with(2, &extra).await;
+    let victim = system.process("catalog", 0).instance_id.clone();
+    let mut killed_at = None;
+    for i in 0..100 {
+        if i == 25 {
+            system.process("catalog", 0).kill9();
+            killed_at = Some(Instant::now());
+        }
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i} failed after the kill");
+    }
+    // Leases are whole seconds in etcd: the 3 s TTL runs out within about 4 s of the last renewal.
+    let killed_at = killed_at.unwrap();
+    eventually(
+        Duration::from_secs(8),
+        "the dead instance left etcd",
+        || async {
+            let ids: Vec<String> = system
+                .registered("catalog")
+                .await
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_string))
+                .collect();
+            !ids.is_empty() && !ids.contains(&victim)
+        },
+    )
+    .await;
+    assert!(killed_at.elapsed() < Duration::from_secs(8));
+    system.wait_gateway_sees("catalog", 1).await;
+}
