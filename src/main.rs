@@ -41,6 +41,8 @@ enum Component {
     Auth(stratus_auth::Args),
     /// Shop: the product catalog.
     Catalog(stratus_catalog::Args),
+    /// DNS: <service>.service.stratus A and SRV records from the registry.
+    Dns(stratus_dns::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +77,10 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Catalog(args) => {
             init("catalog", &args.common);
             stratus_catalog::run(args).await
+        }
+        Component::Dns(args) => {
+            init("dns", &args.common);
+            stratus_dns::run(args).await
         }
     };
     if let Err(error) = &result {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod registry;
 pub mod servers;
 
 use std::net::TcpListener;
@@ -87,11 +88,6 @@ impl System {
                 .build()
                 .unwrap(),
         };
-        let registry_port = system.registry_port.to_string();
-        system.spawn("registry", &[("PORT", registry_port.as_str())]);
-        system
-            .wait_http_ok(&format!("{}/readyz", system.registry_url()))
-            .await;
         let env_for = |service: &str| -> Vec<(&str, &str)> {
             extra
                 .iter()
@@ -99,6 +95,13 @@ impl System {
                 .map(|(_, k, v)| (*k, v.as_str()))
                 .collect()
         };
+        let registry_port = system.registry_port.to_string();
+        let mut registry_env = env_for("registry");
+        registry_env.push(("PORT", registry_port.as_str()));
+        system.spawn("registry", &registry_env);
+        system
+            .wait_http_ok(&format!("{}/readyz", system.registry_url()))
+            .await;
         let mut auth_env = env_for("auth");
         auth_env.push(("STRATUS_ADMIN_PASSWORD", ADMIN_PASSWORD));
         system.spawn("auth", &auth_env);

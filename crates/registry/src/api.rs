@@ -12,26 +12,27 @@ use serde::Deserialize;
 use stratus_kit::model::Registration;
 use stratus_kit::{Json, Problem};
 
-use crate::store::Store;
-use crate::validate;
+use crate::store::{Store, StoreError};
+use crate::{events, validate};
 
 /// Registrations are small; anything larger is refused before it is parsed.
 const MAX_BODY: usize = 64 * 1024;
 /// The longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-pub fn router(store: Arc<Store>) -> Router {
+pub fn router<S: Store>(store: Arc<S>) -> Router {
     Router::new()
-        .route("/v1/services", get(list_services))
-        .route("/v1/services/{name}", get(get_service))
+        .route("/v1/services", get(list_services::<S>))
+        .route("/v1/services/{name}", get(get_service::<S>))
         .route(
             "/v1/services/{name}/instances/{id}",
-            put(register).delete(deregister),
+            put(register::<S>).delete(deregister::<S>),
         )
         .route(
             "/v1/services/{name}/instances/{id}/heartbeat",
-            put(heartbeat),
+            put(heartbeat::<S>),
         )
+        .route("/v1/watch", get(events::watch::<S>))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(store)
 }
@@ -44,7 +45,7 @@ struct WatchQuery {
 }
 
 impl WatchQuery {
-    async fn wait_on(&self, store: &Store) -> Result<(), Problem> {
+    async fn wait_on<S: Store>(&self, store: &S) -> Result<(), Problem> {
         let Some(index) = self.index else {
             return Ok(());
         };
@@ -57,33 +58,38 @@ impl WatchQuery {
     }
 }
 
-async fn list_services(
-    State(store): State<Arc<Store>>,
+async fn list_services<S: Store>(
+    State(store): State<Arc<S>>,
     Query(query): Query<WatchQuery>,
 ) -> Result<impl IntoResponse, Problem> {
-    query.wait_on(&store).await?;
-    Ok(axum::Json(store.catalog()))
+    query.wait_on(&*store).await?;
+    Ok(axum::Json(store.catalog().await.map_err(store_problem)?))
 }
 
-async fn get_service(
-    State(store): State<Arc<Store>>,
+async fn get_service<S: Store>(
+    State(store): State<Arc<S>>,
     Path(name): Path<String>,
     Query(query): Query<WatchQuery>,
 ) -> Result<impl IntoResponse, Problem> {
     validate::service_name(&name).map_err(Problem::bad_request)?;
-    query.wait_on(&store).await?;
-    Ok(axum::Json(store.service(&name)))
+    query.wait_on(&*store).await?;
+    Ok(axum::Json(
+        store.service(&name).await.map_err(store_problem)?,
+    ))
 }
 
-async fn register(
-    State(store): State<Arc<Store>>,
+async fn register<S: Store>(
+    State(store): State<Arc<S>>,
     Path((name, id)): Path<(String, String)>,
     Json(registration): Json<Registration>,
 ) -> Result<impl IntoResponse, Problem> {
     validate::service_name(&name).map_err(Problem::bad_request)?;
     validate::instance_id(&id).map_err(Problem::bad_request)?;
     validate::registration(&registration).map_err(Problem::unprocessable)?;
-    let (instance, created) = store.register(&name, &id, registration);
+    let (instance, created) = store
+        .register(&name, &id, registration)
+        .await
+        .map_err(store_problem)?;
     if created {
         tracing::info!(service = %name, id = %id, address = %instance.authority(), "registered");
     }
@@ -95,11 +101,13 @@ async fn register(
     Ok((status, axum::Json(instance)))
 }
 
-async fn heartbeat(
-    State(store): State<Arc<Store>>,
+async fn heartbeat<S: Store>(
+    State(store): State<Arc<S>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
-    if store.heartbeat(&name, &id) {
+    validate::service_name(&name).map_err(Problem::bad_request)?;
+    validate::instance_id(&id).map_err(Problem::bad_request)?;
+    if store.heartbeat(&name, &id).await.map_err(store_problem)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!(
@@ -108,14 +116,28 @@ async fn heartbeat(
     }
 }
 
-async fn deregister(
-    State(store): State<Arc<Store>>,
+async fn deregister<S: Store>(
+    State(store): State<Arc<S>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
-    if store.deregister(&name, &id) {
+    validate::service_name(&name).map_err(Problem::bad_request)?;
+    validate::instance_id(&id).map_err(Problem::bad_request)?;
+    if store.deregister(&name, &id).await.map_err(store_problem)? {
         tracing::info!(service = %name, id = %id, "deregistered");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("no instance {name}/{id}")))
+    }
+}
+
+/// A store failure as the client sees it: a 503 worth retrying (with the cause logged here, not
+/// sent), or a 500 when the store holds something unreadable.
+pub(crate) fn store_problem(error: StoreError) -> Problem {
+    match error {
+        StoreError::Unavailable(_) => {
+            tracing::error!(%error, "registry store unavailable");
+            Problem::unavailable("the registry cannot reach its store; try again shortly", 1)
+        }
+        StoreError::Corrupt(_) => Problem::internal(error),
     }
 }

@@ -3,16 +3,23 @@
 //! Every process registers its address with a lease (TTL) and renews it with heartbeats; an
 //! instance that stops renewing is dropped. Watchers (the gateway, service clients, DNS) ask with
 //! the last index they saw and get an answer the moment anything changes: no polling delay.
+//!
+//! Where the instances are kept is a [`store::Store`]: this process's memory (the default), or
+//! etcd, which lets several registry processes serve one view and outlive each other.
 
 pub mod api;
+pub mod events;
 pub mod store;
 pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use stratus_kit::config::CommonArgs;
 use stratus_kit::server::Service;
+
+use store::{EtcdStore, MemoryStore, Store, StoreConfig};
 
 /// `stratus serve registry`
 #[derive(clap::Args, Debug, Clone)]
@@ -21,19 +28,41 @@ pub struct Args {
     #[arg(long, env = "PORT", default_value_t = 8500)]
     pub port: u16,
 
+    /// Where instances are kept: `memory` (this process only), or etcd as `etcd://host:port` or
+    /// `http://host:port`, shared by every registry process pointed at it.
+    #[arg(long, env = "STRATUS_REGISTRY_STORE", default_value = "memory")]
+    pub store: StoreConfig,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let store = Arc::new(store::Store::new());
-    tokio::spawn(store::reap_expired(
-        store.clone(),
-        Duration::from_millis(100),
-    ));
-    let app = api::router(store);
-    Service::new("registry", args.port)
-        .unregistered()
-        .run(&args.common, app)
-        .await
+    match &args.store {
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            tokio::spawn(store::memory::reap_expired(
+                store.clone(),
+                Duration::from_millis(100),
+            ));
+            serve(store, &args).await
+        }
+        StoreConfig::Etcd(url) => {
+            let store = EtcdStore::connect(url)
+                .await
+                .with_context(|| format!("connecting to etcd at {url} (STRATUS_REGISTRY_STORE)"))?;
+            tracing::info!(etcd = %url, "keeping instances in etcd");
+            serve(store, &args).await
+        }
+    }
+}
+
+async fn serve<S: Store>(store: Arc<S>, args: &Args) -> anyhow::Result<()> {
+    let service = Service::new("registry", args.port).unregistered();
+    let checked = store.clone();
+    service.health.add_check("registry store", move || {
+        let store = checked.clone();
+        async move { store.check().await }
+    });
+    service.run(&args.common, api::router(store)).await
 }

@@ -1,13 +1,17 @@
 //! The in-memory store: instances by service, a change index, and lease expiry.
+//!
+//! Everything lives in this process, so it is gone when the process is; instances re-register
+//! within one heartbeat of a restart (a 404 on heartbeat tells them to).
 
 use std::collections::BTreeMap;
+use std::future::{ready, Future};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use stratus_kit::model::{Catalog, Health, Instance, Registration, ServiceInstances};
+use stratus_kit::model::{Catalog, Instance, Registration, ServiceInstances};
 use tokio::sync::watch;
 
-pub const DEFAULT_TTL: f64 = 10.0;
+use super::{instance_from, wait_past, Store, StoreResult, DEFAULT_TTL};
 
 struct Entry {
     instance: Instance,
@@ -21,18 +25,18 @@ struct State {
 }
 
 /// Every change bumps the index and wakes every watcher.
-pub struct Store {
+pub struct MemoryStore {
     state: Mutex<State>,
     index: watch::Sender<u64>,
 }
 
-impl Default for Store {
+impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Store {
+impl MemoryStore {
     pub fn new() -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -67,19 +71,8 @@ impl Store {
         let mut state = self.state();
         let instances = state.services.entry(service.to_string()).or_default();
         let previous = instances.get(id);
-        let instance = Instance {
-            id: id.to_string(),
-            service: service.to_string(),
-            address: registration.address,
-            port: registration.port,
-            version: registration.version.unwrap_or_else(|| "unknown".into()),
-            metadata: registration.metadata,
-            health: Health::Passing,
-            ttl_seconds: ttl.as_secs_f64(),
-            registered_at: previous
-                .map(|e| e.instance.registered_at.clone())
-                .unwrap_or_else(stratus_kit::now_rfc3339),
-        };
+        let registered_at = previous.map(|e| e.instance.registered_at.clone());
+        let instance = instance_from(service, id, registration, registered_at);
         let changed = previous.is_none_or(|e| e.instance != instance);
         let created = previous.is_none();
         instances.insert(
@@ -171,18 +164,7 @@ impl Store {
 
     /// Waits until the index passes `after`, or `wait` elapses. Returns the index then.
     pub async fn wait_for_change(&self, after: u64, wait: Duration) -> u64 {
-        let mut changes = self.index.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let index = *changes.borrow_and_update();
-            if index > after {
-                return index;
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return index,
-            }
-        }
+        wait_past(&self.index, after, wait).await
     }
 }
 
@@ -197,8 +179,47 @@ fn remove(state: &mut State, service: &str, id: &str) -> bool {
     removed
 }
 
+impl Store for MemoryStore {
+    fn register(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Registration,
+    ) -> impl Future<Output = StoreResult<(Instance, bool)>> + Send {
+        ready(Ok(MemoryStore::register(self, service, id, registration)))
+    }
+
+    fn heartbeat(&self, service: &str, id: &str) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(Ok(MemoryStore::heartbeat(self, service, id)))
+    }
+
+    fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(Ok(MemoryStore::deregister(self, service, id)))
+    }
+
+    fn catalog(&self) -> impl Future<Output = StoreResult<Catalog>> + Send {
+        ready(Ok(MemoryStore::catalog(self)))
+    }
+
+    fn service(&self, name: &str) -> impl Future<Output = StoreResult<ServiceInstances>> + Send {
+        ready(Ok(MemoryStore::service(self, name)))
+    }
+
+    fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send {
+        MemoryStore::wait_for_change(self, after, wait)
+    }
+
+    fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
+        ready(Ok(()))
+    }
+}
+
 /// Background task: expires lapsed leases every `period`.
-pub async fn reap_expired(store: Arc<Store>, period: Duration) {
+pub async fn reap_expired(store: Arc<MemoryStore>, period: Duration) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -225,7 +246,7 @@ mod tests {
 
     #[test]
     fn register_list_deregister() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         let before = store.index();
         let (_, created) = store.register("catalog", "a", registration(1000, 5.0));
         assert!(created);
@@ -239,7 +260,7 @@ mod tests {
 
     #[test]
     fn re_registering_the_same_thing_changes_nothing() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         store.register("catalog", "a", registration(1000, 5.0));
         let index = store.index();
         let (_, created) = store.register("catalog", "a", registration(1000, 5.0));
@@ -249,7 +270,7 @@ mod tests {
 
     #[test]
     fn leases_expire_unless_renewed() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         store.register("catalog", "short", registration(1000, 1.0));
         store.register("catalog", "long", registration(1001, 10.0));
         assert!(store.expire(Instant::now()).is_empty());
@@ -272,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn watchers_wake_on_change() {
-        let store = Arc::new(Store::new());
+        let store = Arc::new(MemoryStore::new());
         let index = store.index();
         let waiter = {
             let store = store.clone();
@@ -289,7 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn watchers_time_out_without_change() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         let index = store.index();
         let seen = store
             .wait_for_change(index, Duration::from_millis(50))

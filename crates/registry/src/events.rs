@@ -1,0 +1,69 @@
+//! `GET /v1/watch`: the catalog as a stream of server-sent events.
+//!
+//! A blocking query costs a request per change; a stream costs one connection for as long as the
+//! watcher lives, and works from a browser (`EventSource`) or `curl -N`. On connect the watcher
+//! gets the whole catalog (the same JSON as `GET /v1/services`), and again after every change, so
+//! it never has to merge deltas: each event is the truth at its index.
+//!
+//! ```text
+//! event: catalog
+//! id: 42
+//! data: {"index":42,"services":{...}}
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+
+use crate::api::store_problem;
+use crate::store::Store;
+
+/// How long one wait lasts before it is simply started again (keep-alives fill the silence).
+const WAIT: Duration = Duration::from_secs(60);
+/// After a store error, how long to wait before reading again.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub async fn watch<S: Store>(
+    State(store): State<Arc<S>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures_util::stream::unfold((store, None), |(store, last)| async move {
+        let event = next_event(&*store, last).await;
+        let index = event.0;
+        Some((Ok(event.1), (store, Some(index))))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Waits for the catalog after `last` (at once when there is no `last`) and returns its index
+/// and event.
+async fn next_event<S: Store>(store: &S, last: Option<u64>) -> (u64, Event) {
+    loop {
+        if let Some(last) = last {
+            if store.wait_for_change(last, WAIT).await <= last {
+                continue;
+            }
+        }
+        match store.catalog().await {
+            // A read can land on the same index as before (the change was undone by the time we
+            // looked, or the store's revision moved for something that is not ours): say nothing.
+            Ok(catalog) if Some(catalog.index) == last => continue,
+            Ok(catalog) => {
+                let data = serde_json::to_string(&catalog).unwrap_or_else(|_| "{}".into());
+                let event = Event::default()
+                    .event("catalog")
+                    .id(catalog.index.to_string())
+                    .data(data);
+                return (catalog.index, event);
+            }
+            Err(error) => {
+                // Logged once per failed read; the watcher keeps its connection and its last view.
+                let _ = store_problem(error);
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}

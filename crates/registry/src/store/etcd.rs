@@ -1,0 +1,313 @@
+//! The etcd store: instances live in etcd, so several registry processes share one view.
+//!
+//! Layout: each instance is the key `/stratus/services/<service>/<id>`, its value the instance's
+//! JSON, attached to an etcd lease of the instance's TTL. So etcd itself does the bookkeeping the
+//! in-memory store does by hand:
+//!
+//! - a heartbeat is a lease keepalive (it does not change the revision, so it wakes no watcher);
+//! - an instance that stops renewing is deleted by etcd when its lease runs out, whichever
+//!   registry process (if any) is still alive;
+//! - deregistering deletes the key and revokes its lease;
+//! - the change index is etcd's revision, which every write moves forward cluster-wide.
+//!
+//! Blocking queries must not each open their own etcd watch (a gateway fleet would open thousands),
+//! so each registry process keeps exactly one watch stream on the prefix and turns its events into
+//! a local index that waiting requests subscribe to ([`follow`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stratus_kit::model::{Catalog, Instance, Registration, ServiceInstances};
+use tokio::sync::watch;
+
+use super::etcd_api::{EtcdClient, KeyValue};
+use super::{instance_from, wait_past, Store, StoreError, StoreResult};
+
+/// Every Stratus key lives under this prefix, so etcd can be shared with other users.
+pub const PREFIX: &str = "/stratus/services/";
+
+pub struct EtcdStore {
+    client: EtcdClient,
+    /// The newest revision at which the watch stream saw a Stratus key change.
+    index: Arc<watch::Sender<u64>>,
+    /// Whether the watch stream is open; while it is not, blocking queries could miss changes,
+    /// so the registry reports itself not ready.
+    watching: Arc<AtomicBool>,
+}
+
+impl EtcdStore {
+    /// Connects to etcd at `url` (`http://host:port`), reads the current revision and starts
+    /// following changes. Fails if etcd does not answer: a registry configured for etcd never
+    /// falls back to keeping instances in memory.
+    pub async fn connect(url: &str) -> StoreResult<Arc<EtcdStore>> {
+        let client = EtcdClient::new(url)?;
+        let revision = client.count_prefix(PREFIX).await?;
+        let store = Arc::new(EtcdStore {
+            client: client.clone(),
+            index: Arc::new(watch::Sender::new(as_index(revision))),
+            watching: Arc::new(AtomicBool::new(false)),
+        });
+        tokio::spawn(follow(
+            client,
+            store.index.clone(),
+            store.watching.clone(),
+            revision + 1,
+        ));
+        Ok(store)
+    }
+
+    async fn register_instance(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Registration,
+    ) -> StoreResult<(Instance, bool)> {
+        let key = key(service, id);
+        let previous = self
+            .client
+            .get(&key)
+            .await?
+            .and_then(|kv| decode(&kv).map(|instance| (instance, kv.lease)));
+        let registered_at = previous.as_ref().map(|(i, _)| i.registered_at.clone());
+        let instance = instance_from(service, id, registration, registered_at);
+
+        // The same registration again (an instance re-registering after a restart of its
+        // registry, say) only renews the lease: no write, no new revision, no watcher woken.
+        if let Some((old, lease)) = &previous {
+            if *old == instance && *lease != 0 && self.client.keepalive(*lease).await? {
+                return Ok((instance, false));
+            }
+        }
+
+        let value = serde_json::to_vec(&instance)
+            .map_err(|e| StoreError::Corrupt(format!("encoding {service}/{id}: {e}")))?;
+        let lease = self
+            .client
+            .grant(lease_seconds(instance.ttl_seconds))
+            .await?;
+        if let Err(error) = self.client.put(&key, &value, lease).await {
+            let _ = self.client.revoke(lease).await;
+            return Err(error);
+        }
+        // The key has moved to the new lease; the old one holds nothing any more.
+        if let Some((_, old_lease)) = previous {
+            if old_lease != 0 && old_lease != lease {
+                if let Err(error) = self.client.revoke(old_lease).await {
+                    tracing::debug!(%error, "revoking a replaced lease; it will lapse by itself");
+                }
+            }
+        }
+        Ok((instance, previous.is_none()))
+    }
+
+    async fn heartbeat_instance(&self, service: &str, id: &str) -> StoreResult<bool> {
+        match self.client.get(&key(service, id)).await? {
+            Some(kv) if kv.lease != 0 => self.client.keepalive(kv.lease).await,
+            _ => Ok(false),
+        }
+    }
+
+    async fn deregister_instance(&self, service: &str, id: &str) -> StoreResult<bool> {
+        let Some(previous) = self.client.delete(&key(service, id)).await? else {
+            return Ok(false);
+        };
+        if previous.lease != 0 {
+            if let Err(error) = self.client.revoke(previous.lease).await {
+                tracing::debug!(%error, "revoking a deregistered instance's lease; it will lapse by itself");
+            }
+        }
+        Ok(true)
+    }
+
+    async fn read_catalog(&self) -> StoreResult<Catalog> {
+        let (revision, kvs) = self.client.range_prefix(PREFIX).await?;
+        let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        for instance in kvs.iter().filter_map(decode) {
+            services
+                .entry(instance.service.clone())
+                .or_default()
+                .push(instance);
+        }
+        Ok(Catalog {
+            index: as_index(revision),
+            services,
+        })
+    }
+
+    async fn read_service(&self, name: &str) -> StoreResult<ServiceInstances> {
+        let (revision, kvs) = self
+            .client
+            .range_prefix(&format!("{PREFIX}{name}/"))
+            .await?;
+        Ok(ServiceInstances {
+            index: as_index(revision),
+            name: name.to_string(),
+            instances: kvs.iter().filter_map(decode).collect(),
+        })
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        if !self.watching.load(Ordering::SeqCst) {
+            return Err(format!(
+                "etcd at {}: the watch stream is not open",
+                self.client.base()
+            ));
+        }
+        self.client
+            .count_prefix(PREFIX)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Store for EtcdStore {
+    fn register(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Registration,
+    ) -> impl Future<Output = StoreResult<(Instance, bool)>> + Send {
+        self.register_instance(service, id, registration)
+    }
+
+    fn heartbeat(&self, service: &str, id: &str) -> impl Future<Output = StoreResult<bool>> + Send {
+        self.heartbeat_instance(service, id)
+    }
+
+    fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        self.deregister_instance(service, id)
+    }
+
+    fn catalog(&self) -> impl Future<Output = StoreResult<Catalog>> + Send {
+        self.read_catalog()
+    }
+
+    fn service(&self, name: &str) -> impl Future<Output = StoreResult<ServiceInstances>> + Send {
+        self.read_service(name)
+    }
+
+    fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send {
+        wait_past(&self.index, after, wait)
+    }
+
+    fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
+        self.probe()
+    }
+}
+
+/// Background task: the one watch stream of this registry process. Each batch of events moves
+/// the local index to their revision and wakes every waiting request. When the stream breaks it
+/// reopens from the next revision it has not seen, so nothing in between is missed; if etcd has
+/// compacted that history away, it wakes everyone so they read the current state afresh.
+async fn follow(
+    client: EtcdClient,
+    index: Arc<watch::Sender<u64>>,
+    watching: Arc<AtomicBool>,
+    mut next: i64,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.watch(PREFIX, next).await {
+            Ok(mut stream) => loop {
+                match stream.next().await {
+                    Ok(Some(message)) => {
+                        if message.created {
+                            watching.store(true, Ordering::SeqCst);
+                            backoff = Duration::from_millis(100);
+                        }
+                        if message.canceled {
+                            if message.compact_revision > 0 {
+                                tracing::warn!(
+                                    compacted = message.compact_revision,
+                                    "etcd compacted past our watch; resynchronising"
+                                );
+                                next = message.compact_revision;
+                                advance(&index, message.revision().max(next));
+                            } else {
+                                tracing::warn!(reason = %message.cancel_reason, "etcd cancelled the watch");
+                            }
+                            break;
+                        }
+                        if let Some(last) = message.events.iter().map(|e| e.kv.mod_revision).max() {
+                            next = last + 1;
+                            advance(&index, last);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "etcd watch stream broke; reopening");
+                        break;
+                    }
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch etcd; retrying");
+            }
+        }
+        watching.store(false, Ordering::SeqCst);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn advance(index: &watch::Sender<u64>, revision: i64) {
+    let revision = as_index(revision);
+    index.send_if_modified(|current| {
+        if revision > *current {
+            *current = revision;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+fn key(service: &str, id: &str) -> String {
+    format!("{PREFIX}{service}/{id}")
+}
+
+/// etcd leases are whole seconds; round up so an instance never gets less than it asked for.
+/// (etcd also raises any TTL below its own minimum, about 2 s with default settings.)
+fn lease_seconds(ttl: f64) -> i64 {
+    (ttl.ceil() as i64).max(1)
+}
+
+fn as_index(revision: i64) -> u64 {
+    u64::try_from(revision).unwrap_or(0)
+}
+
+/// An instance from its key's value. A value that is not an instance (written by something
+/// else under our prefix) is skipped with a warning rather than failing every read.
+fn decode(kv: &KeyValue) -> Option<Instance> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(instance) => Some(instance),
+        Err(error) => {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(&kv.key),
+                %error,
+                "skipping an unreadable registry entry in etcd"
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_round_up_to_whole_seconds() {
+        assert_eq!(lease_seconds(3.0), 3);
+        assert_eq!(lease_seconds(2.1), 3);
+        assert_eq!(lease_seconds(0.1), 1);
+    }
+}

@@ -1,0 +1,187 @@
+//! The registry's HTTP contract on its default (in-memory) store: bad registrations are refused
+//! and change nothing, and the event stream reports every change.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::registry::{instance_ids, Registry};
+
+#[tokio::test]
+async fn bad_registrations_get_4xx_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    assert_eq!(registry.register("catalog", "good", 9001, 30.0).await, 201);
+    let before = registry.catalog().await;
+
+    let good = json!({"address": "127.0.0.1", "port": 9002, "ttl_seconds": 30});
+    let with = |field: &str, value: Value| {
+        let mut body = good.clone();
+        body[field] = value;
+        body
+    };
+    let without = |field: &str| {
+        let mut body = good.clone();
+        body.as_object_mut().unwrap().remove(field);
+        body
+    };
+    let blob = "x".repeat(1024 * 1024);
+    // (what, path under /v1/services, body)
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "no address",
+            "catalog/instances/x",
+            without("address").to_string(),
+        ),
+        (
+            "no port",
+            "catalog/instances/x",
+            without("port").to_string(),
+        ),
+        ("empty body", "catalog/instances/x", "{}".into()),
+        (
+            "not JSON",
+            "catalog/instances/x",
+            "address=127.0.0.1".into(),
+        ),
+        (
+            "port 0",
+            "catalog/instances/x",
+            with("port", json!(0)).to_string(),
+        ),
+        (
+            "port 70000",
+            "catalog/instances/x",
+            with("port", json!(70000)).to_string(),
+        ),
+        (
+            "port -1",
+            "catalog/instances/x",
+            with("port", json!(-1)).to_string(),
+        ),
+        (
+            "1 MB of metadata",
+            "catalog/instances/x",
+            with("metadata", json!({"blob": blob})).to_string(),
+        ),
+        (
+            "a metadata value over the limit",
+            "catalog/instances/x",
+            with("metadata", json!({"blob": "y".repeat(2000)})).to_string(),
+        ),
+        (
+            "a name with spaces",
+            "my%20service/instances/x",
+            good.to_string(),
+        ),
+        (
+            "an upper-case name",
+            "Catalog/instances/x",
+            good.to_string(),
+        ),
+        (
+            "a bad instance id",
+            "catalog/instances/a%20b",
+            good.to_string(),
+        ),
+        (
+            "an unknown field",
+            "catalog/instances/x",
+            with("colour", json!("blue")).to_string(),
+        ),
+        (
+            "a zero TTL",
+            "catalog/instances/x",
+            with("ttl_seconds", json!(0)).to_string(),
+        ),
+        (
+            "an address with spaces",
+            "catalog/instances/x",
+            with("address", json!("a b")).to_string(),
+        ),
+        (
+            "replacing a good instance with a bad one",
+            "catalog/instances/good",
+            with("port", json!(0)).to_string(),
+        ),
+    ];
+    // The server may close a connection after refusing a body it did not read (the 1 MB one): send
+    // each bad request on a fresh connection so no later request lands on a closed one.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for (what, path, body) in cases {
+        let response = fresh
+            .put(registry.url(&format!("/v1/services/{path}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status), "{what}: got {status}");
+        if status != 413 {
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(content_type, "application/problem+json", "{what}");
+        }
+        assert_eq!(
+            registry.catalog().await,
+            before,
+            "{what} changed the registry"
+        );
+    }
+    // And one with no content type at all.
+    let response = fresh
+        .put(registry.url("/v1/services/catalog/instances/x"))
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+    assert_eq!(registry.catalog().await, before);
+}
+
+#[tokio::test]
+async fn the_event_stream_sends_the_catalog_on_connect_and_on_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    assert_eq!(registry.register("catalog", "a", 9001, 30.0).await, 201);
+    let mut events = registry.events().await;
+    let first = events.next_catalog(Duration::from_secs(5)).await;
+    assert_eq!(
+        first,
+        registry.catalog().await,
+        "the same JSON as GET /v1/services"
+    );
+    assert_eq!(instance_ids(&first["services"]["catalog"]), ["a"]);
+
+    // A heartbeat is not a change; a new instance is.
+    let beat = registry
+        .http
+        .put(registry.url("/v1/services/catalog/instances/a/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 204);
+    assert_eq!(registry.register("auth", "b", 9002, 30.0).await, 201);
+    let second = events.next_catalog(Duration::from_secs(5)).await;
+    assert!(second["index"].as_u64() > first["index"].as_u64());
+    assert_eq!(instance_ids(&second["services"]["auth"]), ["b"]);
+
+    // An expired lease is a change too.
+    assert_eq!(registry.register("catalog", "short", 9003, 1.0).await, 201);
+    let third = events.next_catalog(Duration::from_secs(5)).await;
+    assert_eq!(instance_ids(&third["services"]["catalog"]), ["a", "short"]);
+    let fourth = events.next_catalog(Duration::from_secs(5)).await;
+    assert_eq!(instance_ids(&fourth["services"]["catalog"]), ["a"]);
+
+    // A second watcher gets the current view at once.
+    let mut late = registry.events().await;
+    assert_eq!(late.next_catalog(Duration::from_secs(5)).await, fourth);
+}

@@ -1,0 +1,240 @@
+//! Several registry processes on one etcd: one view, shared watches, leases kept by etcd, and
+//! nothing lost when registries die.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::registry::{instance_ids, Registry};
+use support::servers::Etcd;
+
+/// Polls `probe` until it is true, or panics with `what` after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !probe().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_registries_share_one_view_and_outlive_each_other() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = etcd.url();
+    let mut first = Registry::start("registry-0", &store, dir.path()).await;
+    let mut second = Registry::start("registry-1", &store, dir.path()).await;
+    let third = Registry::start("registry-2", &store, dir.path()).await;
+
+    // Registered through one, seen through the others.
+    assert_eq!(first.register("catalog", "a", 9001, 60.0).await, 201);
+    assert_eq!(first.register("catalog", "a", 9001, 60.0).await, 200);
+    assert_eq!(second.ids("catalog").await, ["a"]);
+    assert_eq!(third.ids("catalog").await, ["a"]);
+
+    // A blocking query on the third returns when the second changes something.
+    let index = third.catalog().await["index"].as_u64().unwrap();
+    let watch = {
+        let http = third.http.clone();
+        let url = third.url(&format!("/v1/services?index={index}&wait=20s"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            (body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(second.register("catalog", "b", 9002, 60.0).await, 201);
+    let (body, waited) = tokio::time::timeout(Duration::from_secs(5), watch)
+        .await
+        .expect("the blocking query returned on the change")
+        .unwrap();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(body["index"].as_u64().unwrap() > index);
+    assert_eq!(instance_ids(&body["services"]["catalog"]), ["a", "b"]);
+
+    // The event stream on the third sees the same view, then a deregistration on the first.
+    let mut events = third.events().await;
+    let catalog = events.next_catalog(Duration::from_secs(5)).await;
+    assert_eq!(instance_ids(&catalog["services"]["catalog"]), ["a", "b"]);
+    let deleted = first
+        .http
+        .delete(first.url("/v1/services/catalog/instances/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let catalog = events.next_catalog(Duration::from_secs(5)).await;
+    assert_eq!(instance_ids(&catalog["services"]["catalog"]), ["a"]);
+
+    // An instance whose heartbeats stop, registered through a registry that is about to die.
+    assert_eq!(first.register("catalog", "short", 9003, 2.0).await, 201);
+    let catalog = events.next_catalog(Duration::from_secs(5)).await;
+    assert_eq!(
+        instance_ids(&catalog["services"]["catalog"]),
+        ["a", "short"]
+    );
+
+    // Two registries die at once. The third keeps answering and its watchers keep working.
+    first.process.kill9();
+    second.process.kill9();
+    assert_eq!(third.ids("catalog").await, ["a", "short"]);
+    assert_eq!(third.readyz().await, 200);
+
+    // No registry process renews `short`, and none needs to be alive to expire it: etcd drops it
+    // when its lease runs out, and the third registry's stream reports it.
+    let started = Instant::now();
+    let catalog = events.next_catalog(Duration::from_secs(15)).await;
+    assert_eq!(instance_ids(&catalog["services"]["catalog"]), ["a"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "expired after {:?}",
+        started.elapsed()
+    );
+
+    // Heartbeats keep a lease alive across far more than its TTL.
+    assert_eq!(third.register("catalog", "kept", 9004, 2.0).await, 201);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let beat = third
+            .http
+            .put(third.url("/v1/services/catalog/instances/kept/heartbeat"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(beat.status(), 204);
+    }
+    assert_eq!(third.ids("catalog").await, ["a", "kept"]);
+    let unknown = third
+        .http
+        .put(third.url("/v1/services/catalog/instances/short/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.status(),
+        404,
+        "an expired instance must register again"
+    );
+    drop(etcd);
+}
+
+#[tokio::test]
+async fn readiness_follows_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", &etcd.url(), dir.path()).await;
+    assert_eq!(registry.readyz().await, 200);
+    drop(etcd);
+    eventually(
+        Duration::from_secs(10),
+        "readyz fails without etcd",
+        || async { registry.readyz().await == 503 },
+    )
+    .await;
+    // Reads fail loudly too: a 503, never an empty catalog from some fallback.
+    let response = registry
+        .http
+        .get(registry.url("/v1/services"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[test]
+fn an_unreachable_etcd_is_a_clear_error_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let output = Command::new(support::binary())
+        .args(["serve", "registry"])
+        .env("PORT", support::free_port().to_string())
+        .env("STRATUS_REGISTRY_STORE", format!("etcd://127.0.0.1:{port}"))
+        .env("STRATUS_DATA_DIR", dir.path())
+        .env("STRATUS_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the registry must refuse to start without its etcd"
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("connecting to etcd"), "{text}");
+    assert!(text.contains(&port.to_string()), "{text}");
+}
+
+#[test]
+fn an_unknown_store_is_refused() {
+    let output = Command::new(support::binary())
+        .args(["serve", "registry"])
+        .env("STRATUS_REGISTRY_STORE", "redis://127.0.0.1:6379")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("STRATUS_REGISTRY_STORE") || text.contains("registry store"),
+        "{text}"
+    );
+}
+
+/// The whole request path on an etcd-backed registry: the gateway routes around a catalog
+/// instance killed with -9, and etcd drops the instance when its lease runs out.
+#[tokio::test]
+async fn the_gateway_never_routes_to_the_dead_on_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let extra = [("registry", "STRATUS_REGISTRY_STORE", etcd.url())];
+    let mut system = support::System::start_with(2, &extra).await;
+    let victim = system.process("catalog", 0).instance_id.clone();
+    let mut killed_at = None;
+    for i in 0..100 {
+        if i == 25 {
+            system.process("catalog", 0).kill9();
+            killed_at = Some(Instant::now());
+        }
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i} failed after the kill");
+    }
+    // Leases are whole seconds in etcd: the 3 s TTL runs out within about 4 s of the last renewal.
+    let killed_at = killed_at.unwrap();
+    eventually(
+        Duration::from_secs(8),
+        "the dead instance left etcd",
+        || async {
+            let ids: Vec<String> = system
+                .registered("catalog")
+                .await
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_string))
+                .collect();
+            !ids.is_empty() && !ids.contains(&victim)
+        },
+    )
+    .await;
+    assert!(killed_at.elapsed() < Duration::from_secs(8));
+    system.wait_gateway_sees("catalog", 1).await;
+}
