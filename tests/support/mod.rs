@@ -17,11 +17,22 @@ use serde_json::Value;
 pub const ADMIN_EMAIL: &str = "admin@stratus.local";
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
+/// A free port for a process that must listen on a known port (registry, gateway).
+///
+/// Ports come from 20000-29999, below the kernel's ephemeral range (32768 and up), and are
+/// checked free by binding. Processes that bind port 0 (every service in the tests) get
+/// ephemeral ports, so they can never take a port handed out here between the check and the
+/// moment the process that was given it binds it, as tests run in parallel.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let candidate = 20000 + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 10000) as u16;
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
 }
 
 pub fn binary() -> &'static str {
