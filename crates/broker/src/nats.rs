@@ -79,19 +79,31 @@ impl NatsBroker {
     }
 
     pub(crate) async fn publish(&self, topic: &str, message: &Message) -> Result<()> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, message.id.as_str());
-        headers.insert(PUBLISHED_AT_HEADER, message::rfc3339(message.published_at));
-        for (name, value) in &message.headers {
-            headers.insert(name.as_str(), value.as_str());
+        self.publish_all(topic, std::slice::from_ref(message)).await
+    }
+
+    /// Sends every message before waiting for any acknowledgement, so a batch costs about one
+    /// round trip rather than one per message.
+    pub(crate) async fn publish_all(&self, topic: &str, messages: &[Message]) -> Result<()> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(MSG_ID_HEADER, message.id.as_str());
+            headers.insert(PUBLISHED_AT_HEADER, message::rfc3339(message.published_at));
+            for (name, value) in &message.headers {
+                headers.insert(name.as_str(), value.as_str());
+            }
+            let ack = self
+                .js
+                .publish_with_headers(subject(topic), headers, message.payload.clone())
+                .await
+                .map_err(Error::nats("publishing"))?;
+            acks.push(ack);
         }
-        let ack = self
-            .js
-            .publish_with_headers(subject(topic), headers, message.payload.clone())
-            .await
-            .map_err(Error::nats("publishing"))?;
-        ack.await
-            .map_err(Error::nats("waiting for the server to store the message"))?;
+        for ack in acks {
+            ack.await
+                .map_err(Error::nats("waiting for the server to store the message"))?;
+        }
         Ok(())
     }
 

@@ -156,14 +156,17 @@ impl SqliteBroker {
         })
     }
 
-    pub(crate) async fn publish(&self, topic: &str, message: &Message) -> Result<()> {
+    /// One transaction, so one fsync, for the whole batch: all are stored or none.
+    pub(crate) async fn publish_all(&self, topic: &str, messages: &[Message]) -> Result<()> {
         let mut tx = self
             .shared
             .pool
             .begin()
             .await
             .map_err(Error::sqlite("publishing"))?;
-        insert_message(&mut tx, topic, message).await?;
+        for message in messages {
+            insert_message(&mut tx, topic, message).await?;
+        }
         tx.commit().await.map_err(Error::sqlite("publishing"))?;
         self.shared.published.notify_waiters();
         Ok(())

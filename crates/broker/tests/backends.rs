@@ -313,6 +313,53 @@ async fn publishing_is_idempotent(env: Env) {
     nothing_for(&mut subscription, Duration::from_millis(700)).await;
 }
 
+/// A batch is published whole, in order, and fans out like single messages.
+async fn publish_all_stores_a_batch(env: Env) {
+    let broker = env.open(options()).await;
+    let mut subscription = broker.subscribe(TOPIC, "g").await.unwrap();
+    let batch: Vec<Message> = (0..50)
+        .map(|i| Message::json(&serde_json::json!({"payment": i})).unwrap())
+        .collect();
+    broker.publish_all(TOPIC, &batch).await.unwrap();
+    for sent in &batch {
+        let delivery = recv(&mut subscription).await;
+        assert_eq!(&delivery.message, sent, "in publishing order");
+        delivery.ack().await.unwrap();
+    }
+}
+
+/// A subscription that is running when the broker restarts carries on afterwards (transient
+/// errors in between are reported and may be retried).
+async fn a_live_subscription_survives_a_restart(mut env: Env) {
+    let broker = env.open(options()).await;
+    let mut subscription = broker.subscribe(TOPIC, "g").await.unwrap();
+    publish_n(&broker, 1).await;
+    recv(&mut subscription).await.ack().await.unwrap();
+    env.restart();
+    let deadline = Instant::now() + PATIENCE;
+    let message = Message::new(&b"{}"[..]);
+    while let Err(error) = broker.publish(TOPIC, &message).await {
+        assert!(
+            Instant::now() < deadline,
+            "publishing never worked again: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, subscription.next()).await {
+            Ok(Ok(delivery)) => {
+                assert_eq!(delivery.message.id, message.id);
+                delivery.ack().await.unwrap();
+                break;
+            }
+            Ok(Err(stratus_broker::Error::Closed)) => panic!("the subscription ended"),
+            Ok(Err(error)) => eprintln!("transient: {error}"),
+            Err(_) => panic!("nothing received after the restart"),
+        }
+    }
+}
+
 /// A new group starts with the messages published after its first subscription.
 async fn a_new_group_starts_at_new_messages(env: Env) {
     let broker = env.open(options()).await;
@@ -413,6 +460,8 @@ on_both_backends!(
     headers_and_traceparent_round_trip,
     publishing_is_idempotent,
     a_new_group_starts_at_new_messages,
+    publish_all_stores_a_batch,
+    a_live_subscription_survives_a_restart,
     concurrent_consumers_claim_each_message_once_per_group,
 );
 
