@@ -46,8 +46,13 @@
 //!
 //! # Durability
 //!
-//! WAL with `synchronous = FULL`: a publish, ack or nack that returned Ok is on disk and survives
-//! a crash of the process or of the machine.
+//! WAL mode. Publishes (and group registrations) commit with `synchronous = FULL`: once one
+//! returns Ok the message is on disk and survives a crash of the process or of the machine.
+//! Claims, acks, nacks and dead-letter moves commit with `synchronous = NORMAL` (no fsync of
+//! their own): they survive a crash of the process, and a power loss can only roll the most
+//! recent of them back, which puts messages back in the queue. That is a redelivery, which
+//! at-least-once delivery allows anyway, and it makes consuming several times cheaper. (WAL is
+//! one sequential log, so the next fully synced publish makes every earlier commit durable too.)
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -103,7 +108,10 @@ pub(crate) struct SqliteBroker {
 }
 
 struct Shared {
+    /// Consuming: claims, acks, nacks, polls (`synchronous = NORMAL`).
     pool: SqlitePool,
+    /// Publishing and registering groups (`synchronous = FULL`).
+    durable: SqlitePool,
     path: PathBuf,
     options: Options,
     /// Wakes this process's subscriptions when it publishes, so local delivery needs no poll.
@@ -124,14 +132,19 @@ impl SqliteBroker {
             .create_if_missing(true)
             // Readers (the polls) run beside the one writer.
             .journal_mode(SqliteJournalMode::Wal)
-            // Ok means on disk.
-            .synchronous(SqliteSynchronous::Full)
             // Several processes write the file: wait for the lock rather than fail.
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(15))
-            .connect_with(connect)
+            .connect_with(connect.clone().synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(Error::sqlite("opening the broker file"))?;
+        // Publishing: Ok means on disk.
+        let durable = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(connect.synchronous(SqliteSynchronous::Full))
             .await
             .map_err(Error::sqlite("opening the broker file"))?;
         let mut conn = pool
@@ -148,6 +161,7 @@ impl SqliteBroker {
         Ok(SqliteBroker {
             shared: Arc::new(Shared {
                 pool,
+                durable,
                 path: path.to_path_buf(),
                 options,
                 published: Notify::new(),
@@ -160,7 +174,7 @@ impl SqliteBroker {
     pub(crate) async fn publish_all(&self, topic: &str, messages: &[Message]) -> Result<()> {
         let mut tx = self
             .shared
-            .pool
+            .durable
             .begin()
             .await
             .map_err(Error::sqlite("publishing"))?;
@@ -181,7 +195,7 @@ impl SqliteBroker {
         let context = "registering the group";
         let mut tx = self
             .shared
-            .pool
+            .durable
             .begin()
             .await
             .map_err(Error::sqlite(context))?;
