@@ -28,6 +28,34 @@
 //! lease ran out). **Consumers must be idempotent**: record the message id (or the business key it
 //! carries) in the same database transaction as the work, and skip ids already recorded.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use stratus_broker::{Broker, Message, Options};
+//!
+//! # async fn example(traceparent: &str) -> stratus_broker::Result<()> {
+//! let broker = Broker::from_env(std::path::Path::new(".stratus"), Options::default()).await?;
+//!
+//! // payments, after a payment went through (in practice from its outbox):
+//! let event = Message::json(&serde_json::json!({"order_id": "o-1", "amount": 1299}))?
+//!     .with_traceparent(traceparent);
+//! broker.publish("payment.completed", &event).await?;
+//!
+//! // notifications, in every instance:
+//! let mut payments = broker.subscribe("payment.completed", "notifications").await?;
+//! loop {
+//!     let delivery = payments.next().await?;
+//!     let event: serde_json::Value = delivery.message.decode()?;
+//!     match send_receipt(&delivery.message.id, &event).await {
+//!         Ok(()) => delivery.ack().await?,
+//!         Err(_) => delivery.nack(Duration::from_secs(5)).await?,
+//!     }
+//! }
+//! # }
+//! # async fn send_receipt(_id: &str, _event: &serde_json::Value) -> Result<(), ()> { Ok(()) }
+//! ```
+//!
 //! # Backends
 //!
 //! Chosen by URL (`BROKER_URL`): unset or `sqlite://<path>` is the embedded queue in one SQLite
@@ -63,7 +91,8 @@ pub struct Options {
     /// ...backing off to this when the topic is idle.
     pub poll_max: Duration,
     /// How long messages are kept after every group is done with them (embedded), or at all
-    /// (JetStream's `max_age`). New [`StartAt::Earliest`] groups can read back this far.
+    /// (JetStream's `max_age`). New [`StartAt::Earliest`] groups can read back this far. Zero
+    /// keeps them forever.
     pub retention: Duration,
 }
 
@@ -79,6 +108,9 @@ impl Default for Options {
         }
     }
 }
+
+/// Shorter would redeliver messages while their consumers are still at work.
+const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Where a group that does not exist yet starts reading. An existing group keeps its place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,15 +136,19 @@ enum Backend {
 }
 
 impl Broker {
-    /// Connects to the broker `url` names: `sqlite://<path>` (the file is created if missing) or
-    /// `nats://host:port`.
+    /// Connects to the broker `url` names: `sqlite://<path>` (the file is created if missing; a
+    /// query string such as kit's `?mode=rwc` is ignored) or `nats://host:port`.
     pub async fn connect(url: &str, options: Options) -> Result<Broker> {
         let options = Options {
             max_attempts: options.max_attempts.max(1),
             prefetch: options.prefetch.max(1),
+            visibility_timeout: options.visibility_timeout.max(MIN_VISIBILITY_TIMEOUT),
             ..options
         };
-        let backend = if let Some(path) = url.strip_prefix("sqlite://") {
+        let sqlite_path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        let backend = if let Some(path) = sqlite_path {
             let path = path.split('?').next().unwrap_or_default();
             if path.is_empty() {
                 return Err(Error::InvalidUrl(url.into()));
@@ -227,11 +263,25 @@ enum SubscriptionInner {
 impl Subscription {
     /// Waits for the next message. Messages this subscription claimed but has not handed out yet
     /// are redelivered after the visibility timeout if the subscription is dropped.
+    ///
+    /// An error is usually transient (a lost connection to NATS that the client is re-establishing,
+    /// a busy SQLite file): log it, pause briefly and call `next` again. [`Error::Closed`] is final.
     pub async fn next(&mut self) -> Result<Delivery> {
         match &mut self.inner {
             SubscriptionInner::Sqlite(s) => s.next().await,
             SubscriptionInner::Nats(s) => s.next().await,
         }
+    }
+
+    /// The deliveries as a [`Stream`](futures_util::Stream), ending after [`Error::Closed`].
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Delivery>> + Send {
+        futures_util::stream::unfold(Some(self), |subscription| async move {
+            let mut subscription = subscription?;
+            match subscription.next().await {
+                Err(Error::Closed) => Some((Err(Error::Closed), None)),
+                item => Some((item, Some(subscription))),
+            }
+        })
     }
 }
 

@@ -38,12 +38,14 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message with a fresh UUIDv7 id, stamped now.
+    /// A message with a fresh UUIDv7 id, stamped now, and a new root `traceparent`, so that
+    /// every message can be followed even when it was not caused by a traced request. Set the
+    /// caller's with [`Message::with_traceparent`] when there is one.
     pub fn new(payload: impl Into<Bytes>) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             payload: payload.into(),
-            headers: BTreeMap::new(),
+            headers: BTreeMap::from([(TRACEPARENT.to_string(), root_traceparent())]),
             published_at: now(),
         }
     }
@@ -133,6 +135,13 @@ impl Message {
     }
 }
 
+/// `00-<random trace id>-<random span id>-01` (sampled).
+fn root_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{}-01", &span[..16])
+}
+
 pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
@@ -163,6 +172,22 @@ mod tests {
         assert_eq!(id.get_version_num(), 7);
         let value: serde_json::Value = message.decode().unwrap();
         assert_eq!(value["order"], 42);
+    }
+
+    #[test]
+    fn new_messages_start_a_trace() {
+        let message = Message::new("x");
+        let traceparent = message.traceparent().unwrap();
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert!(parts[1..3]
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert_ne!(Message::new("y").traceparent(), Some(traceparent));
     }
 
     #[test]

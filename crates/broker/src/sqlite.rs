@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS broker_messages (
     stored_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS broker_messages_topic ON broker_messages (topic, seq);
+CREATE INDEX IF NOT EXISTS broker_messages_stored ON broker_messages (stored_ms);
 CREATE TABLE IF NOT EXISTS broker_groups (
     topic TEXT NOT NULL,
     grp TEXT NOT NULL,
@@ -116,7 +117,8 @@ struct Shared {
     options: Options,
     /// Wakes this process's subscriptions when it publishes, so local delivery needs no poll.
     published: Notify,
-    last_prune: Mutex<Instant>,
+    /// When this handle last pruned; `None` until its first idle poll.
+    last_prune: Mutex<Option<Instant>>,
 }
 
 impl SqliteBroker {
@@ -165,7 +167,7 @@ impl SqliteBroker {
                 path: path.to_path_buf(),
                 options,
                 published: Notify::new(),
-                last_prune: Mutex::new(Instant::now()),
+                last_prune: Mutex::new(None),
             }),
         })
     }
@@ -434,10 +436,13 @@ impl SqliteSubscription {
             let Ok(mut last) = self.shared.last_prune.lock() else {
                 return;
             };
-            if last.elapsed() < PRUNE_EVERY {
+            if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
                 return;
             }
-            *last = Instant::now();
+            *last = Some(Instant::now());
+        }
+        if self.shared.options.retention.is_zero() {
+            return; // kept forever
         }
         let cutoff = now_ms() - millis(self.shared.options.retention);
         let result = sqlx::query(

@@ -7,6 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use stratus_broker::{
     dlq_headers, dlq_topic, Broker, Delivery, Message, Options, StartAt, Subscription,
 };
@@ -327,13 +328,18 @@ async fn publishing_is_idempotent(env: Env) {
 /// A batch is published whole, in order, and fans out like single messages.
 async fn publish_all_stores_a_batch(env: Env) {
     let broker = env.open(options()).await;
-    let mut subscription = broker.subscribe(TOPIC, "g").await.unwrap();
+    let subscription = broker.subscribe(TOPIC, "g").await.unwrap();
+    let mut deliveries = std::pin::pin!(subscription.into_stream());
     let batch: Vec<Message> = (0..50)
         .map(|i| Message::json(&serde_json::json!({"payment": i})).unwrap())
         .collect();
     broker.publish_all(TOPIC, &batch).await.unwrap();
     for sent in &batch {
-        let delivery = recv(&mut subscription).await;
+        let delivery = tokio::time::timeout(PATIENCE, deliveries.next())
+            .await
+            .expect("a message within the patience")
+            .expect("the stream goes on")
+            .expect("receiving");
         assert_eq!(&delivery.message, sent, "in publishing order");
         delivery.ack().await.unwrap();
     }
@@ -477,6 +483,41 @@ on_both_backends!(
     a_live_subscription_survives_a_restart,
     concurrent_consumers_claim_each_message_once_per_group,
 );
+
+/// The embedded backend deletes messages every group has finished with once they are older than
+/// the retention, and keeps the ones a group still needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_prunes_finished_messages_past_the_retention() {
+    let env = Env::sqlite();
+    let broker = env
+        .open(Options {
+            retention: Duration::from_millis(1),
+            ..options()
+        })
+        .await;
+    let mut fast = broker.subscribe(TOPIC, "fast").await.unwrap();
+    let ids = publish_n(&broker, 2).await;
+    for _ in 0..2 {
+        recv(&mut fast).await.ack().await.unwrap();
+    }
+    let mut slow = broker.subscribe(TOPIC, "slow").await.unwrap();
+    let pending = publish_n(&broker, 1).await;
+    recv(&mut fast).await.ack().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    nothing_for(&mut fast, Duration::from_millis(300)).await; // idle: prunes
+    let mut late = broker
+        .subscribe_at(TOPIC, "late", StartAt::Earliest)
+        .await
+        .unwrap();
+    let delivery = recv(&mut late).await;
+    assert_eq!(
+        delivery.message.id, pending[0],
+        "only the message `slow` still needs"
+    );
+    assert!(!ids.contains(&delivery.message.id));
+    nothing_for(&mut late, Duration::from_millis(300)).await;
+    assert_eq!(recv(&mut slow).await.message.id, pending[0]);
+}
 
 /// A configured NATS that is not there is an error at connect, not a fallback to SQLite.
 #[tokio::test]
