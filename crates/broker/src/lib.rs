@@ -139,7 +139,10 @@ impl Broker {
     /// Connects to the broker `url` names: `sqlite://<path>` (the file is created if missing; a
     /// query string such as kit's `?mode=rwc` is ignored) or `nats://host:port`.
     pub async fn connect(url: &str, options: Options) -> Result<Broker> {
+        let poll_min = options.poll_min.max(Duration::from_millis(1));
         let options = Options {
+            poll_min,
+            poll_max: options.poll_max.max(poll_min),
             max_attempts: options.max_attempts.max(1),
             prefetch: options.prefetch.max(1),
             visibility_timeout: options.visibility_timeout.max(MIN_VISIBILITY_TIMEOUT),
@@ -172,7 +175,8 @@ impl Broker {
     /// Publishes `message` to `topic`. When this returns Ok the message is stored durably (fsynced
     /// to the SQLite file, or acknowledged by the JetStream server) and every group subscribed to
     /// the topic will get it. Publishing the same message id again is a no-op (the embedded
-    /// backend always; JetStream within its two-minute duplicate window).
+    /// backend while the first copy is retained; JetStream within its two-minute duplicate
+    /// window).
     pub async fn publish(&self, topic: &str, message: &Message) -> Result<()> {
         validate_topic(topic)?;
         message.validate()?;
@@ -399,6 +403,24 @@ mod tests {
             "sqlite:///var/lib/stratus/broker.db"
         );
         assert_eq!(url_or_default(Some("nats://n:4222"), dir), "nats://n:4222");
+    }
+
+    #[tokio::test]
+    async fn odd_options_are_made_sane() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let options = Options {
+            poll_min: Duration::from_millis(200),
+            poll_max: Duration::ZERO,
+            max_attempts: 0,
+            prefetch: 0,
+            visibility_timeout: Duration::ZERO,
+            ..Options::default()
+        };
+        let broker = Broker::connect(&url, options).await.unwrap();
+        let mut subscription = broker.subscribe("t", "g").await.unwrap();
+        let idle = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+        assert!(idle.is_err(), "nothing to deliver, and no panic");
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@
 //!   whose delivery count is past `max_attempts` publishes it to the `.dlq` subject and then
 //!   terminates it (`+TERM`). A nack on the last attempt does the same at once. (This works on
 //!   the NATS 2.9 that Debian ships; no 2.10-only API is used.)
+//! - Acks wait for the server's confirmation (`double_ack`), so an Ok ack will not come back.
+//!   Unlike the embedded backend, JetStream still accepts an ack that arrives after the
+//!   visibility timeout (the message may by then be redelivered too); at-least-once either way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
