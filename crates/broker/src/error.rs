@@ -24,6 +24,14 @@ pub enum Error {
     #[error("message payload is not the expected JSON: {0}")]
     Json(#[from] serde_json::Error),
 
+    /// The embedded broker's file could not be opened or set up.
+    #[error("opening the embedded broker at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// The embedded SQLite queue failed.
     #[error("embedded broker (SQLite): {context}: {source}")]
     Sqlite {

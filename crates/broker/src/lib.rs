@@ -424,6 +424,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unusable_sqlite_path_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let url = format!("sqlite://{}/broker.db", file.display());
+        let error = Broker::connect(&url, Options::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, Error::Open { .. }), "{error}");
+        assert!(error.to_string().contains("not-a-dir"), "{error}");
+    }
+
+    #[tokio::test]
     async fn unknown_schemes_are_refused() {
         let error = Broker::connect("redis://x", Options::default()).await.err();
         assert!(matches!(error, Some(Error::InvalidUrl(_))));

@@ -124,8 +124,8 @@ struct Shared {
 impl SqliteBroker {
     pub(crate) async fn open(path: &Path, options: Options) -> Result<SqliteBroker> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::Sqlite {
-                context: "creating the broker's directory",
+            std::fs::create_dir_all(parent).map_err(|e| Error::Open {
+                path: parent.display().to_string(),
                 source: sqlx::Error::Io(e),
             })?;
         }
@@ -141,22 +141,17 @@ impl SqliteBroker {
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(connect.clone().synchronous(SqliteSynchronous::Normal))
             .await
-            .map_err(Error::sqlite("opening the broker file"))?;
+            .map_err(opening(path))?;
         // Publishing: Ok means on disk.
         let durable = SqlitePoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(connect.synchronous(SqliteSynchronous::Full))
             .await
-            .map_err(Error::sqlite("opening the broker file"))?;
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(Error::sqlite("opening the broker file"))?;
+            .map_err(opening(path))?;
+        let mut conn = pool.acquire().await.map_err(opening(path))?;
         for statement in SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            conn.execute(statement)
-                .await
-                .map_err(Error::sqlite("creating the broker tables"))?;
+            conn.execute(statement).await.map_err(opening(path))?;
         }
         drop(conn);
         tracing::debug!(path = %path.display(), "embedded broker open");
@@ -576,6 +571,13 @@ impl Lease {
             "message failed its last attempt: moved to the dead-letter topic");
         self.shared.published.notify_waiters();
         Ok(())
+    }
+}
+
+fn opening(path: &Path) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |source| Error::Open {
+        path: path.display().to_string(),
+        source,
     }
 }
 

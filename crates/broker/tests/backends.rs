@@ -519,6 +519,19 @@ async fn sqlite_prunes_finished_messages_past_the_retention() {
     assert_eq!(recv(&mut slow).await.message.id, pending[0]);
 }
 
+/// A NATS server without JetStream cannot keep messages: an error at connect that says why.
+#[tokio::test]
+async fn nats_without_jetstream_is_an_error() {
+    let Some(server) = NatsServer::start_without_jetstream() else {
+        return;
+    };
+    let error = Broker::connect(&server.url(), options())
+        .await
+        .err()
+        .expect("an error");
+    assert!(error.to_string().contains("JetStream"), "{error}");
+}
+
 /// A configured NATS that is not there is an error at connect, not a fallback to SQLite.
 #[tokio::test]
 async fn unreachable_nats_is_an_error() {

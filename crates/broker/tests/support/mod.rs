@@ -41,10 +41,20 @@ pub struct NatsServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    jetstream: bool,
 }
 
 impl NatsServer {
     pub fn start() -> Option<NatsServer> {
+        Self::start_with(true)
+    }
+
+    /// A plain NATS server, without JetStream.
+    pub fn start_without_jetstream() -> Option<NatsServer> {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Option<NatsServer> {
         let bin = require(
             "nats-server (Debian package nats-server)",
             find("nats-server"),
@@ -54,6 +64,7 @@ impl NatsServer {
             bin,
             dir: tempfile::tempdir().expect("a temp dir"),
             child: None,
+            jetstream,
         };
         server.spawn();
         Some(server)
@@ -76,9 +87,11 @@ impl NatsServer {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("the server's log file");
-        let child = Command::new(&self.bin)
-            .args(["-js", "-sd"])
-            .arg(&store)
+        let mut command = Command::new(&self.bin);
+        if self.jetstream {
+            command.args(["-js", "-sd"]).arg(&store);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file"))
