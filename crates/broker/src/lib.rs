@@ -65,6 +65,7 @@
 
 mod error;
 mod message;
+mod metrics;
 mod nats;
 pub mod sqlite;
 
@@ -183,7 +184,9 @@ impl Broker {
         match &self.backend {
             Backend::Sqlite(b) => b.publish_all(topic, std::slice::from_ref(message)).await,
             Backend::Nats(b) => b.publish(topic, message).await,
-        }
+        }?;
+        metrics::published(topic, 1);
+        Ok(())
     }
 
     /// Publishes several messages to `topic` at the cost of about one: one transaction (and one
@@ -199,7 +202,9 @@ impl Broker {
         match &self.backend {
             Backend::Sqlite(b) => b.publish_all(topic, messages).await,
             Backend::Nats(b) => b.publish_all(topic, messages).await,
-        }
+        }?;
+        metrics::published(topic, messages.len());
+        Ok(())
     }
 
     /// Subscribes to `topic` as `group` (see the crate docs for what groups mean), creating the
@@ -271,10 +276,12 @@ impl Subscription {
     /// An error is usually transient (a lost connection to NATS that the client is re-establishing,
     /// a busy SQLite file): log it, pause briefly and call `next` again. [`Error::Closed`] is final.
     pub async fn next(&mut self) -> Result<Delivery> {
-        match &mut self.inner {
+        let delivery = match &mut self.inner {
             SubscriptionInner::Sqlite(s) => s.next().await,
             SubscriptionInner::Nats(s) => s.next().await,
-        }
+        }?;
+        metrics::delivered(&delivery.topic, &delivery.group, delivery.attempt);
+        Ok(delivery)
     }
 
     /// The deliveries as a [`Stream`](futures_util::Stream), ending after [`Error::Closed`].
@@ -312,6 +319,17 @@ impl Delivery {
         match self.settle {
             Settle::Sqlite(lease) => lease.ack().await,
             Settle::Nats(lease) => lease.ack().await,
+        }?;
+        metrics::settled(&self.topic, &self.group, "ack");
+        Ok(())
+    }
+
+    /// Still working: restart the visibility timeout, so a long job keeps its message. Call it
+    /// well within each timeout (e.g. every third of it).
+    pub async fn extend_lease(&self) -> Result<()> {
+        match &self.settle {
+            Settle::Sqlite(lease) => lease.extend().await,
+            Settle::Nats(lease) => lease.extend().await,
         }
     }
 
@@ -319,6 +337,7 @@ impl Delivery {
     /// the last allowed attempt the message goes to `<topic>.dlq` instead.
     pub async fn nack(self, delay: Duration) -> Result<()> {
         let last = self.attempt >= self.max_attempts();
+        let outcome = if last { "dead_letter" } else { "nack" };
         match self.settle {
             Settle::Sqlite(lease) if last => lease.dead_letter(&self.message).await,
             Settle::Sqlite(lease) => lease.nack(delay).await,
@@ -328,7 +347,9 @@ impl Delivery {
                     .await
             }
             Settle::Nats(lease) => lease.nack(delay).await,
-        }
+        }?;
+        metrics::settled(&self.topic, &self.group, outcome);
+        Ok(())
     }
 
     fn max_attempts(&self) -> u32 {

@@ -197,6 +197,7 @@ impl NatsSubscription {
                 lease
                     .dead_letter(&message, &self.topic, &self.group, attempt - 1)
                     .await?;
+                crate::metrics::settled(&self.topic, &self.group, "dead_letter");
                 continue;
             }
             return Ok(Delivery {
@@ -255,6 +256,17 @@ impl Lease {
             context: "acknowledging",
             source,
         })
+    }
+
+    /// `+WPI`: JetStream restarts the ack wait.
+    pub(crate) async fn extend(&self) -> Result<()> {
+        self.raw
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|source| Error::Nats {
+                context: "extending a lease",
+                source,
+            })
     }
 
     pub(crate) async fn nack(self, delay: Duration) -> Result<()> {

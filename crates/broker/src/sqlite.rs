@@ -413,6 +413,7 @@ impl SqliteSubscription {
         for (seq, attempts) in exhausted {
             if let Some(message) = messages.get(&seq) {
                 let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+                crate::metrics::settled(&self.topic, &self.group, "dead_letter");
                 tracing::warn!(id = %message.id, topic = %self.topic, group = %self.group, attempts,
                     "message not acknowledged after its last attempt: moved to {dlq}");
                 let copy = message.dead_letter(&self.topic, &self.group, attempts);
@@ -524,6 +525,22 @@ impl Lease {
         .execute(&self.shared.pool)
         .await
         .map_err(Error::sqlite("acknowledging"))?;
+        fenced(done.rows_affected())
+    }
+
+    pub(crate) async fn extend(&self) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE broker_deliveries SET visible_at = ?
+             WHERE topic = ? AND grp = ? AND seq = ? AND attempts = ?",
+        )
+        .bind(now_ms() + millis(self.shared.options.visibility_timeout))
+        .bind(&self.topic)
+        .bind(&self.group)
+        .bind(self.seq)
+        .bind(self.attempts)
+        .execute(&self.shared.pool)
+        .await
+        .map_err(Error::sqlite("extending a lease"))?;
         fenced(done.rows_affected())
     }
 

@@ -184,6 +184,25 @@ async fn redelivers_after_the_visibility_timeout(env: Env) {
     nothing_for(&mut subscription, Duration::from_millis(1500)).await;
 }
 
+/// A consumer still at work extends its lease, and the message is not redelivered meanwhile.
+async fn extending_the_lease_holds_off_redelivery(env: Env) {
+    let broker = env
+        .open(Options {
+            visibility_timeout: Duration::from_secs(1),
+            ..options()
+        })
+        .await;
+    let mut subscription = broker.subscribe(TOPIC, "g").await.unwrap();
+    publish_n(&broker, 1).await;
+    let delivery = recv(&mut subscription).await;
+    for _ in 0..4 {
+        nothing_for(&mut subscription, Duration::from_millis(500)).await;
+        delivery.extend_lease().await.unwrap();
+    }
+    delivery.ack().await.unwrap();
+    nothing_for(&mut subscription, Duration::from_millis(1500)).await;
+}
+
 /// A nack asks for a retry after a delay.
 async fn nack_retries_after_the_delay(env: Env) {
     let broker = env.open(options()).await;
@@ -473,6 +492,7 @@ on_both_backends!(
     work_queue_shares_within_a_group,
     redelivers_after_the_visibility_timeout,
     nack_retries_after_the_delay,
+    extending_the_lease_holds_off_redelivery,
     poison_goes_to_the_dlq_after_max_attempts,
     expired_last_attempt_goes_to_the_dlq,
     messages_survive_a_restart,
