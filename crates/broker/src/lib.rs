@@ -45,13 +45,23 @@
 //! // notifications, in every instance:
 //! let mut payments = broker.subscribe("payment.completed", "notifications").await?;
 //! loop {
-//!     let delivery = payments.next().await?;
+//!     let delivery = match payments.next().await {
+//!         Ok(delivery) => delivery,
+//!         Err(stratus_broker::Error::Closed) => break,
+//!         Err(error) => {
+//!             // Usually transient (a NATS reconnect, a busy file): try again shortly.
+//!             eprintln!("receiving: {error}");
+//!             tokio::time::sleep(Duration::from_secs(1)).await;
+//!             continue;
+//!         }
+//!     };
 //!     let event: serde_json::Value = delivery.message.decode()?;
 //!     match send_receipt(&delivery.message.id, &event).await {
 //!         Ok(()) => delivery.ack().await?,
 //!         Err(_) => delivery.nack(Duration::from_secs(5)).await?,
 //!     }
 //! }
+//! # Ok(())
 //! # }
 //! # async fn send_receipt(_id: &str, _event: &serde_json::Value) -> Result<(), ()> { Ok(()) }
 //! ```
