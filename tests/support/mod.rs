@@ -28,7 +28,8 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let seed = std::process::id().wrapping_mul(7919);
     loop {
-        let candidate = 20000 + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 10000) as u16;
+        let candidate =
+            20000 + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 10000) as u16;
         if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
             return candidate;
         }
