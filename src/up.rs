@@ -37,6 +37,10 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REGISTRY_PORT", default_value_t = 8500)]
     registry_port: u16,
 
+    /// Port of the DNS server (UDP and TCP).
+    #[arg(long, env = "STRATUS_DNS_PORT", default_value_t = 8600)]
+    dns_port: u16,
+
     /// How long a component may take to become ready.
     #[arg(long, default_value = "60s", value_parser = stratus_kit::duration::parse)]
     ready_timeout: Duration,
@@ -61,6 +65,7 @@ struct Supervisor {
     gateway_port: u16,
     admin_port: u16,
     registry_port: u16,
+    dns_port: u16,
     admin_password: Option<String>,
 }
 
@@ -86,6 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         gateway_port: args.gateway_port,
         admin_port: args.admin_port,
         registry_port: args.registry_port,
+        dns_port: args.dns_port,
         admin_password: admin_password.clone(),
     };
 
@@ -114,6 +120,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.admin_port
     );
     println!("  Registry       {}/v1/services", supervisor.registry_url);
+    if manifest.components.iter().any(|c| c.name == "dns") {
+        println!(
+            "  DNS            dig @127.0.0.1 -p {} catalog.service.stratus SRV",
+            args.dns_port
+        );
+    }
     match &admin_password {
         Some(password) => println!(
             "  Admin login    {} / {password}  ({password_note})",
@@ -185,6 +197,7 @@ async fn start_all(
         let detail = match spec.name.as_str() {
             "registry" => supervisor.registry_url.clone(),
             "gateway" => format!("http://127.0.0.1:{}", supervisor.gateway_port),
+            "dns" => format!("127.0.0.1:{} (UDP and TCP)", supervisor.dns_port),
             _ if spec.replicas == 1 => "1 instance".to_string(),
             _ => format!("{} instances", spec.replicas),
         };
@@ -235,6 +248,7 @@ impl Supervisor {
             .kill_on_drop(true);
         match spec.name.as_str() {
             "registry" => command.env("PORT", self.registry_port.to_string()),
+            "dns" => command.env("PORT", self.dns_port.to_string()),
             "gateway" => command
                 .env("PORT", self.gateway_port.to_string())
                 .env("STRATUS_ADMIN_PORT", self.admin_port.to_string())
@@ -292,7 +306,17 @@ impl Supervisor {
                         .display()
                 );
             }
+            if replica.spec.name == "dns" {
+                // DNS has no HTTP side: ready when its TCP listener accepts.
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.dns_port))
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
             let url = match replica.spec.name.as_str() {
+                "dns" => None,
                 "registry" => Some(format!("{}/readyz", self.registry_url)),
                 "gateway" => Some(format!("http://127.0.0.1:{}/readyz", self.admin_port)),
                 name => registry

@@ -172,4 +172,12 @@ async fn dns_answers_a_and_srv_from_the_registry() {
     assert_eq!(unknown.response_code(), ResponseCode::NXDomain);
     let elsewhere = udp(port, "example.com.", RecordType::A).await.unwrap();
     assert_eq!(elsewhere.response_code(), ResponseCode::Refused);
+
+    // The API's name answers with every gateway instance (DNS round robin to the front door).
+    assert_eq!(registry.register("gateway", "g1", 8080, 30.0).await, 201);
+    assert_eq!(registry.register("gateway", "g2", 8081, 30.0).await, 201);
+    until(port, "api.stratus.", RecordType::A, |m| {
+        addresses(m).len() == 2
+    })
+    .await;
 }

@@ -12,13 +12,14 @@ use support::{binary, free_port};
 #[test]
 fn up_starts_the_system_and_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (gateway, admin, registry) = (free_port(), free_port(), free_port());
+    let (gateway, admin, registry, dns) = (free_port(), free_port(), free_port(), free_port());
     let mut up = Command::new(binary())
         .arg("up")
         .current_dir(dir.path())
         .env("STRATUS_GATEWAY_PORT", gateway.to_string())
         .env("STRATUS_ADMIN_PORT", admin.to_string())
         .env("STRATUS_REGISTRY_PORT", registry.to_string())
+        .env("STRATUS_DNS_PORT", dns.to_string())
         .env_remove("STRATUS_ADMIN_PASSWORD")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -84,6 +85,11 @@ fn up_starts_the_system_and_stops_it_cleanly() {
             .await
             .unwrap();
         assert_eq!(services["services"]["catalog"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            services["services"]["gateway"].as_array().unwrap().len(),
+            1,
+            "the gateway registers itself"
+        );
     });
 
     unsafe {
@@ -104,7 +110,7 @@ fn up_starts_the_system_and_stops_it_cleanly() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("Stopped")), "{rest:?}");
     // Every port is free again: no process was left behind.
-    for port in [gateway, admin, registry] {
+    for port in [gateway, admin, registry, dns] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "port {port} still open"

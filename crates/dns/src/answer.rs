@@ -9,6 +9,10 @@
 //! - `_<service>._tcp.service.stratus`: the RFC 2782 spelling, for clients that build SRV names
 //!   themselves; the same records as `<service>.service.stratus`.
 //!
+//! - `api.stratus` (the gateway's name, configurable): `A`/`AAAA` for every instance of the
+//!   `gateway` service, so clients find the front door by name and get DNS round robin across
+//!   the gateway instances.
+//!
 //! Every record has TTL 0: the registry is the truth and changes by the second, so resolvers must
 //! not cache an instance that may already be gone. An unknown service is NXDOMAIN; a name outside
 //! the zone is REFUSED (this is not a recursive resolver).
@@ -21,6 +25,8 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use stratus_kit::model::{Catalog, Instance};
 
 pub const ZONE: &str = "service.stratus";
+/// The name clients use for the API: answered with the gateway's instances.
+pub const DEFAULT_GATEWAY_NAME: &str = "api.stratus";
 /// Records change whenever the registry does: never cache.
 pub const TTL: u32 = 0;
 
@@ -40,20 +46,29 @@ impl Answer {
     }
 }
 
-/// Answers one question from `catalog`.
+/// Answers one question from `catalog`, with the gateway's name `api.stratus`.
 pub fn lookup(catalog: &Catalog, name: &Name, kind: RecordType) -> Answer {
+    lookup_with(catalog, name, kind, DEFAULT_GATEWAY_NAME)
+}
+
+/// Answers one question from `catalog`; `gateway_name` resolves to the gateway's instances.
+pub fn lookup_with(catalog: &Catalog, name: &Name, kind: RecordType, gateway_name: &str) -> Answer {
     let text = name.to_lowercase().to_ascii();
     let text = text.trim_end_matches('.');
-    let Some(head) = text.strip_suffix(ZONE).and_then(|h| h.strip_suffix('.')) else {
-        return Answer::code(ResponseCode::Refused);
-    };
-    // `<service>` or `<id>.<service>`: the service is the last label, the id anything before it.
-    let (id, service) = match head.strip_suffix("._tcp").and_then(|h| h.strip_prefix('_')) {
-        Some(service) => (None, service),
-        None => match head.rsplit_once('.') {
-            Some((id, service)) => (Some(id), service),
-            None => (None, head),
-        },
+    let (id, service) = if text == gateway_name.trim_end_matches('.') {
+        (None, "gateway")
+    } else {
+        let Some(head) = text.strip_suffix(ZONE).and_then(|h| h.strip_suffix('.')) else {
+            return Answer::code(ResponseCode::Refused);
+        };
+        // `<service>` or `<id>.<service>`: the service is the last label, the id anything before.
+        match head.strip_suffix("._tcp").and_then(|h| h.strip_prefix('_')) {
+            Some(service) => (None, service),
+            None => match head.rsplit_once('.') {
+                Some((id, service)) => (Some(id), service),
+                None => (None, head),
+            },
+        }
     };
     let Some(instances) = catalog.services.get(service) else {
         return Answer::code(ResponseCode::NXDomain);
@@ -149,6 +164,43 @@ mod tests {
 
     fn ask(name: &str, kind: RecordType) -> Answer {
         lookup(&catalog(), &Name::from_ascii(name).unwrap(), kind)
+    }
+
+    #[test]
+    fn the_api_name_resolves_to_the_gateway_instances() {
+        let mut catalog = catalog();
+        catalog.services.insert(
+            "gateway".into(),
+            vec![
+                instance("gateway", "g1", "127.0.0.7", 8080),
+                instance("gateway", "g2", "127.0.0.8", 8080),
+            ],
+        );
+        let answer = lookup(
+            &catalog,
+            &Name::from_ascii("api.stratus.").unwrap(),
+            RecordType::A,
+        );
+        let addresses: Vec<String> = answer
+            .answers
+            .iter()
+            .map(|r| r.data().to_string())
+            .collect();
+        assert_eq!(addresses, ["127.0.0.7", "127.0.0.8"]);
+        let custom = lookup_with(
+            &catalog,
+            &Name::from_ascii("shop.example.").unwrap(),
+            RecordType::A,
+            "shop.example",
+        );
+        assert_eq!(custom.answers.len(), 2);
+        // Without gateway instances the name does not exist (yet).
+        let empty = lookup(
+            &super::tests::catalog(),
+            &Name::from_ascii("api.stratus").unwrap(),
+            RecordType::A,
+        );
+        assert_eq!(empty.code, ResponseCode::NXDomain);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::answer;
 
 pub struct Handler {
     pub view: Arc<ArcSwapOption<Catalog>>,
+    /// The API's name, answered with the gateway's instances.
+    pub gateway_name: String,
 }
 
 #[async_trait::async_trait]
@@ -51,7 +53,8 @@ impl RequestHandler for Handler {
             .await;
         };
         let name = info.query.name().into();
-        let found = answer::lookup(&catalog, &name, info.query.query_type());
+        let found =
+            answer::lookup_with(&catalog, &name, info.query.query_type(), &self.gateway_name);
         tracing::debug!(name = %name, kind = %info.query.query_type(), code = %found.code, answers = found.answers.len(), "query");
 
         let mut header = Header::response_from_request(request.header());

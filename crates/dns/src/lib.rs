@@ -30,6 +30,10 @@ pub struct Args {
     #[arg(long, env = "PORT", default_value_t = 8600)]
     pub port: u16,
 
+    /// The name that resolves to the gateway's instances (DNS round robin to the front door).
+    #[arg(long, env = "STRATUS_GATEWAY_NAME", default_value = answer::DEFAULT_GATEWAY_NAME)]
+    pub gateway_name: String,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -52,7 +56,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = RegistryClient::new(&args.common.registry_url)?;
     tokio::spawn(follow::follow(client, view.clone()));
 
-    let mut server = ServerFuture::new(handler::Handler { view });
+    let mut server = ServerFuture::new(handler::Handler {
+        view,
+        gateway_name: args.gateway_name.to_ascii_lowercase(),
+    });
     server.register_socket(udp);
     server.register_listener(tcp, TCP_TIMEOUT);
     tracing::info!(address = %format!("{bind}:{port}"), zone = answer::ZONE, "serving DNS over UDP and TCP");

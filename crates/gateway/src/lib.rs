@@ -120,7 +120,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    tracing::info!(address = %listener.local_addr()?, workers, "gateway listening");
+    let address = listener.local_addr()?;
+    tracing::info!(%address, workers, "gateway listening");
     let limits = server::Limits {
         header_timeout: args.header_timeout,
         max_header_bytes: args.max_header_bytes,
@@ -156,7 +157,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let admin_app = admin::router(shared, reload_status);
     let admin_task = tokio::spawn(async move { admin.run(&common, admin_app).await });
 
+    // The gateway registers itself like every other process, with its client-traffic port, so
+    // DNS can answer the API's name with every gateway instance.
+    let registration = stratus_kit::model::Registration {
+        address: args.common.advertised_address(),
+        port: address.port(),
+        version: Some(args.common.version.clone()),
+        metadata: Default::default(),
+        ttl_seconds: Some(args.common.ttl.as_secs_f64()),
+    };
+    let registrar = stratus_kit::registration::Registrar::start(
+        RegistryClient::new(&args.common.registry_url)?,
+        "gateway",
+        &args.common.instance_id(),
+        registration,
+    );
+
     stratus_kit::shutdown::signal().await;
+    registrar.deregister().await;
     // Readiness fails first (the admin server saw the same signal); keep serving briefly so load
     // balancers in front of us notice, then stop accepting and finish what is in flight.
     tokio::time::sleep(args.common.drain).await;
