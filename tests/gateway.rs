@@ -414,3 +414,77 @@ fn http2_prior_knowledge_with_curl() {
     assert_eq!(text, "/over/h2?x=1\n2", "curl said: {text}");
     drop(system);
 }
+
+#[test]
+fn https_with_a_generated_development_certificate() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: curl is not installed");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"proto\"\nauth = \"none\"\n",
+    );
+    let tls_port = support::free_port();
+    let tls_port_text = tls_port.to_string();
+    let system = runtime.block_on(async {
+        let system = System::start_edge_with(
+            Some(&routes),
+            &[
+                ("STRATUS_TLS_DEV", "true"),
+                ("STRATUS_TLS_PORT", tls_port_text.as_str()),
+            ],
+        )
+        .await;
+        system
+            .register(
+                "proto",
+                "p1",
+                backend::start_header_echo("x-forwarded-proto").await,
+                json!({}),
+            )
+            .await;
+        system.wait_gateway_sees("proto", 1).await;
+        system
+    });
+    let cert = system.dir.path().join("tls").join("dev-cert.pem");
+    assert!(
+        cert.exists(),
+        "the development certificate is kept for clients to trust"
+    );
+    let curl = |extra: &[&str]| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&cert)
+            .args(["--resolve", &format!("api.stratus:{tls_port}:127.0.0.1")])
+            .args(["-w", " %{http_version}"])
+            .args(extra)
+            .arg(format!("https://api.stratus:{tls_port}/whoami"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    // Verified against the generated certificate, HTTP/2 by ALPN; the instance hears https.
+    assert_eq!(curl(&["--http2"]), "https 2");
+    assert_eq!(curl(&["--http1.1"]), "https 1.1");
+    // Plain HTTP keeps working on its own port.
+    let plain = runtime.block_on(async {
+        system
+            .http
+            .get(system.url("/whoami"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert_eq!(plain, "http");
+}

@@ -118,3 +118,18 @@ pub async fn start_websocket_echo() -> u16 {
     });
     port
 }
+
+/// Starts a backend that answers with the value of request header `name` (empty if absent).
+pub async fn start_header_echo(name: &'static str) -> u16 {
+    let app = Router::new().fallback(any(move |headers: axum::http::HeaderMap| async move {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}

@@ -53,7 +53,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Adds `X-Forwarded-For` (appending the client), `-Proto` and `-Host`, and drops `Host` so the
 /// upstream request carries the instance's own authority.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr) {
+pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, https: bool) {
     let client = peer.ip().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) => format!("{existing}, {client}"),
@@ -62,7 +62,10 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr) {
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
     if let Some(host) = headers.remove(HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
@@ -104,7 +107,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.insert(HOST, HeaderValue::from_static("api.example"));
-        add_forwarding(&mut headers, "127.0.0.9:5000".parse().unwrap());
+        add_forwarding(&mut headers, "127.0.0.9:5000".parse().unwrap(), false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(headers["x-forwarded-host"], "api.example");
         assert!(!headers.contains_key(HOST));

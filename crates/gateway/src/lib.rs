@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::path::PathBuf;
@@ -77,6 +78,22 @@ pub struct Args {
     #[arg(long, env = "STRATUS_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// HTTPS port, used when a certificate is configured (STRATUS_TLS_CERT/KEY or STRATUS_TLS_DEV).
+    #[arg(long, env = "STRATUS_TLS_PORT", default_value_t = 8443)]
+    pub tls_port: u16,
+
+    /// PEM file with the certificate chain for HTTPS.
+    #[arg(long, env = "STRATUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key for HTTPS.
+    #[arg(long, env = "STRATUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS with a self-signed development certificate kept in <data dir>/tls/.
+    #[arg(long, env = "STRATUS_TLS_DEV", default_value_t = false, action = clap::ArgAction::Set)]
+    pub tls_dev: bool,
+
     /// Worker threads serving client traffic (0: one per core).
     #[arg(long, env = "STRATUS_GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -129,7 +146,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         grace: args.common.grace,
     };
-    let workers = server::Workers::start(workers, listener, shared.clone(), limits)?;
+    let tls_source = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::Source::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ if args.tls_dev => Some(tls::Source::Development {
+            data_dir: args.common.data_dir.clone(),
+        }),
+        _ => None,
+    };
+    let tls = match tls_source {
+        Some(source) => {
+            let config = tls::server_config(&source)?;
+            let first = server::reuseport_listener(std::net::SocketAddr::new(
+                args.common.bind,
+                args.tls_port,
+            ))?;
+            tracing::info!(address = %first.local_addr()?, "gateway listening for HTTPS");
+            Some(server::TlsListener { first, config })
+        }
+        None => None,
+    };
+    let workers = server::Workers::start(workers, listener, shared.clone(), limits, tls)?;
 
     let reload_status = reload::SharedStatus::default();
     if let Some(path) = &args.routes {

@@ -78,7 +78,12 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let trace = parts
@@ -147,7 +152,7 @@ impl Proxy {
                 .headers
                 .insert(http::header::UPGRADE, protocol.clone());
         }
-        headers::add_forwarding(&mut parts.headers, peer);
+        headers::add_forwarding(&mut parts.headers, peer, https);
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());

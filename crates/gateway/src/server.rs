@@ -23,6 +23,12 @@ use tokio::sync::watch;
 
 use crate::proxy::{Proxy, Shared};
 
+/// A TLS listener's settings: the address every worker binds, and the certificate.
+pub struct TlsListener {
+    pub first: std::net::TcpListener,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
 /// Protections against abusive clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -67,6 +73,7 @@ impl Workers {
         first: std::net::TcpListener,
         shared: Arc<Shared>,
         limits: Limits,
+        tls: Option<TlsListener>,
     ) -> anyhow::Result<Self> {
         let address = first.local_addr()?;
         let (stop, stopped) = watch::channel(false);
@@ -74,10 +81,20 @@ impl Workers {
         for _ in 1..count {
             listeners.push(reuseport_listener(address)?);
         }
+        let mut tls_listeners: Vec<Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>> =
+            (0..count).map(|_| None).collect();
+        if let Some(TlsListener { first, config }) = tls {
+            let tls_address = first.local_addr()?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            tls_listeners[0] = Some((first, acceptor.clone()));
+            for slot in tls_listeners.iter_mut().skip(1) {
+                *slot = Some((reuseport_listener(tls_address)?, acceptor.clone()));
+            }
+        }
         let mut threads = Vec::with_capacity(count);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for ((index, listener), tls) in listeners.into_iter().enumerate().zip(tls_listeners) {
             let shared = shared.clone();
-            let mut stopped = stopped.clone();
+            let stopped = stopped.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
@@ -92,18 +109,21 @@ impl Workers {
                         }
                     };
                     runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(listener) => listener,
-                            Err(error) => {
-                                tracing::error!(%error, "could not register the listener");
-                                return;
+                        let proxy = Arc::new(Proxy::new(shared, limits.connect_timeout));
+                        let plain = serve(listener, proxy.clone(), stopped.clone(), limits, None);
+                        let secure = async {
+                            if let Some((listener, acceptor)) = tls {
+                                serve(
+                                    listener,
+                                    proxy.clone(),
+                                    stopped.clone(),
+                                    limits,
+                                    Some(acceptor),
+                                )
+                                .await;
                             }
                         };
-                        let proxy = Arc::new(Proxy::new(shared, limits.connect_timeout));
-                        let shutdown = async move {
-                            let _ = stopped.wait_for(|stop| *stop).await;
-                        };
-                        serve(listener, proxy, shutdown, limits).await;
+                        tokio::join!(plain, secure);
                     });
                 })
                 .context("spawning a gateway worker")?;
@@ -126,11 +146,19 @@ impl Workers {
 }
 
 async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     proxy: Arc<Proxy>,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut stopped: watch::Receiver<bool>,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "could not register the listener");
+            return;
+        }
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -146,7 +174,11 @@ async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(
         limits.max_connections_per_worker.max(1),
     ));
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     tokio::pin!(shutdown);
+    let https = tls.is_some();
     loop {
         // At the connection limit, stop accepting: new clients queue in the kernel's backlog
         // instead of being accepted and starved.
@@ -157,34 +189,56 @@ async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors, usually: pause rather than spin.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let proxy = proxy.clone();
-                let service = service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-                });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                    drop(permit);
-                });
-            }
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, usually: pause rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
             _ = &mut shutdown => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, peer, https).await) }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let outcome = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    // The handshake gets the same deadline as request headers.
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = outcome {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(permit);
+        });
     }
     drop(listener);
     tokio::select! {
