@@ -488,3 +488,77 @@ fn https_with_a_generated_development_certificate() {
     });
     assert_eq!(plain, "http");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_4_mode_balances_connections_not_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    let l4_port = support::free_port();
+    write(
+        &routes,
+        &format!("[[routes]]\nprefix = \"/\"\nservice = \"web\"\nauth = \"none\"\n\n[[tcp]]\nlisten = \"127.0.0.1:{l4_port}\"\nservice = \"web\"\n"),
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register(
+            "web",
+            "web-1",
+            backend::start("web-1", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system
+        .register(
+            "web",
+            "web-2",
+            backend::start("web-2", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system.wait_gateway_sees("web", 2).await;
+
+    // Two requests on one kept-alive connection: both reach the same instance, and nothing in
+    // the response comes from the gateway (it never parsed the HTTP).
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", l4_port))
+        .await
+        .unwrap();
+    let request =
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let served: Vec<&str> = ["web-1", "web-2"]
+        .into_iter()
+        .filter(|name| response.contains(name))
+        .collect();
+    assert_eq!(served.len(), 1, "one connection, one instance: {response}");
+    assert_eq!(response.matches(served[0]).count(), 2, "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("x-served-by"),
+        "L4 adds no headers"
+    );
+
+    // New connections are balanced across the instances.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", l4_port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        seen.insert(if response.contains("web-1") {
+            "web-1"
+        } else {
+            "web-2"
+        });
+    }
+    assert_eq!(seen.len(), 2);
+    // The same instances through the L7 door carry x-served-by.
+    let l7 = system.http.get(system.url("/")).send().await.unwrap();
+    assert!(l7.headers().contains_key("x-served-by"));
+}

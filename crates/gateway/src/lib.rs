@@ -14,6 +14,7 @@ pub mod balance;
 pub mod breaker;
 pub mod discovery;
 pub mod headers;
+pub mod l4;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
@@ -120,6 +121,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let upstreams = Arc::new(Upstreams::new());
     tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
 
+    for route in &table.tcp {
+        let listener = l4::bind(route).await?;
+        tracing::info!(address = %route.listen, service = %route.service, "layer-4 listener");
+        tokio::spawn(l4::serve(
+            listener,
+            route.service.clone(),
+            upstreams.clone(),
+            args.connect_timeout,
+        ));
+    }
     let shared = Arc::new(Shared {
         routes: ArcSwap::from_pointee(table),
         upstreams: upstreams.clone(),

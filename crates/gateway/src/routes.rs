@@ -77,6 +77,23 @@ fn default_retries() -> u32 {
 struct RouteFile {
     #[serde(default)]
     routes: Vec<RouteSpec>,
+    #[serde(default)]
+    tcp: Vec<TcpSpec>,
+}
+
+/// `[[tcp]]`: a plain TCP (layer 4) listener that balances whole connections across a service's
+/// instances, without looking inside them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpSpec {
+    listen: String,
+    service: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRoute {
+    pub listen: std::net::SocketAddr,
+    pub service: String,
 }
 
 /// How a route matches the request path.
@@ -252,6 +269,8 @@ pub struct RequestView<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
+    /// Layer-4 listeners; bound at start-up (a reload does not change them).
+    pub tcp: Vec<TcpRoute>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -400,7 +419,23 @@ impl RouteTable {
                 auth,
             });
         }
-        Ok(Self { routes })
+        let tcp = file
+            .tcp
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let listen = spec.listen.parse().map_err(|_| RouteError::Invalid {
+                    index,
+                    name: format!("tcp {}", spec.listen),
+                    problem: "listen must be an address like 127.0.0.1:9400".into(),
+                })?;
+                Ok(TcpRoute {
+                    listen,
+                    service: spec.service,
+                })
+            })
+            .collect::<Result<Vec<_>, RouteError>>()?;
+        Ok(Self { routes, tcp })
     }
 
     /// The first route that fits, in file order.

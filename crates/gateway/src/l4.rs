@@ -1,0 +1,78 @@
+//! Layer-4 load balancing: whole TCP connections spread across a service's instances.
+//!
+//! Beside the HTTP (layer-7) gateway, to show the difference the seeds draw: here the gateway
+//! sees only connections, not requests. It cannot route by path, check tokens, retry a request
+//! or add `x-served-by`; it picks an instance per connection (round robin over the live ones),
+//! fails over if the connection is refused, and then copies bytes both ways. Every request on a
+//! kept-alive connection goes to the same instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::balance::Balance;
+use crate::routes::TcpRoute;
+use crate::upstream::Upstreams;
+
+/// Instances tried per connection before giving up on it.
+const ATTEMPTS: usize = 3;
+
+pub async fn bind(route: &TcpRoute) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(route.listen)
+        .await
+        .with_context(|| format!("binding the TCP listener {}", route.listen))
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    service: String,
+    upstreams: Arc<Upstreams>,
+    connect_timeout: Duration,
+) {
+    let balance = Balance::default();
+    let connections =
+        metrics::counter!("gateway_l4_connections_total", "service" => service.clone());
+    loop {
+        let (mut client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        connections.increment(1);
+        let upstreams = upstreams.clone();
+        let service = service.clone();
+        let balance = balance.clone();
+        tokio::spawn(async move {
+            let mut tried: Option<String> = None;
+            for _ in 0..ATTEMPTS {
+                let Some(endpoint) = upstreams
+                    .pool(&service)
+                    .and_then(|pool| pool.pick(&balance, None, tried.as_deref()))
+                else {
+                    break;
+                };
+                let target = endpoint.authority.as_str().to_string();
+                match tokio::time::timeout(connect_timeout, TcpStream::connect(&target)).await {
+                    Ok(Ok(mut upstream)) => {
+                        let _ = upstream.set_nodelay(true);
+                        let guard = endpoint.start();
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        drop(guard);
+                        return;
+                    }
+                    _ => {
+                        tracing::warn!(%service, instance = %endpoint.id, "L4 connect failed; trying another instance");
+                        endpoint.trip();
+                        tried = Some(endpoint.id.clone());
+                    }
+                }
+            }
+            tracing::warn!(%service, %peer, "no instance accepted the connection");
+        });
+    }
+}
