@@ -562,3 +562,65 @@ async fn layer_4_mode_balances_connections_not_requests() {
     let l7 = system.http.get(system.url("/")).send().await.unwrap();
     assert!(l7.headers().contains_key("x-served-by"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_a_broken_instance_out_before_any_request_hits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"probed\"\nauth = \"none\"\nretries = 0\n",
+    );
+    let system =
+        System::start_edge_with(Some(&routes), &[("STRATUS_HEALTH_INTERVAL", "200ms")]).await;
+    system
+        .register(
+            "probed",
+            "well",
+            backend::start("well", Duration::ZERO).await,
+            json!({}),
+        )
+        .await;
+    system
+        .register(
+            "probed",
+            "sick",
+            backend::start_with_status("sick", 503).await,
+            json!({}),
+        )
+        .await;
+    system.wait_gateway_sees("probed", 2).await;
+
+    let upstreams = format!("http://127.0.0.1:{}/v1/upstreams", system.admin_port);
+    let started = Instant::now();
+    loop {
+        let report: Value = system
+            .http
+            .get(&upstreams)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sick = report["services"]["probed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "sick")
+            .cloned()
+            .unwrap();
+        if sick["health_check"] == "failing" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the failing check never took effect: {sick}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without retries, every request now still succeeds: none is sent to the sick instance.
+    for _ in 0..20 {
+        assert_eq!(body(&system, "/").await, (200, "well".into()));
+    }
+}

@@ -74,8 +74,11 @@ pub async fn start_websocket_echo() -> u16 {
                     })
                     .map(|(_, v)| v.trim().to_string())
                 else {
+                    // Not an upgrade (a health check, say): a plain answer.
                     let _ = stream
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
                         .await;
                     return;
                 };

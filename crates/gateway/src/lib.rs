@@ -14,6 +14,7 @@ pub mod balance;
 pub mod breaker;
 pub mod discovery;
 pub mod headers;
+pub mod health;
 pub mod l4;
 pub mod proxy;
 pub mod ratelimit;
@@ -95,6 +96,18 @@ pub struct Args {
     #[arg(long, env = "STRATUS_TLS_DEV", default_value_t = false, action = clap::ArgAction::Set)]
     pub tls_dev: bool,
 
+    /// How often to probe every instance's /healthz (0 turns active checks off).
+    #[arg(long, env = "STRATUS_HEALTH_INTERVAL", default_value = "1s", value_parser = stratus_kit::duration::parse)]
+    pub health_interval: Duration,
+
+    /// Consecutive failed probes that take an instance out of rotation.
+    #[arg(long, env = "STRATUS_HEALTH_UNHEALTHY", default_value_t = 2)]
+    pub health_unhealthy: u32,
+
+    /// Consecutive passed probes that bring it back.
+    #[arg(long, env = "STRATUS_HEALTH_HEALTHY", default_value_t = 2)]
+    pub health_healthy: u32,
+
     /// Worker threads serving client traffic (0: one per core).
     #[arg(long, env = "STRATUS_GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -121,6 +134,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let upstreams = Arc::new(Upstreams::new());
     tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
 
+    if !args.health_interval.is_zero() {
+        let settings = health::Settings {
+            interval: args.health_interval,
+            timeout: args.health_interval.min(Duration::from_secs(2)),
+            unhealthy: args.health_unhealthy.max(1),
+            healthy: args.health_healthy.max(1),
+        };
+        tokio::spawn(health::run(upstreams.clone(), settings));
+    }
     for route in &table.tcp {
         let listener = l4::bind(route).await?;
         tracing::info!(address = %route.listen, service = %route.service, "layer-4 listener");

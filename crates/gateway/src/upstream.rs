@@ -5,7 +5,7 @@
 //! path only ever reads a snapshot. Choosing an instance from a pool is in [`crate::balance`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use stratus_kit::model::{Catalog, Instance};
 
 use crate::balance::{maglev_table, weighted_schedule};
 use crate::breaker::{Breaker, State as BreakerState};
+use crate::health::Probe;
 
 /// How fast old latency samples lose weight in the EWMA (Linkerd uses 10 s).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -34,6 +35,9 @@ pub struct Endpoint {
     pub served_by: HeaderValue,
     /// Circuit breaker and outlier detection: whether this endpoint gets traffic.
     pub breaker: Breaker,
+    /// Active health checking: consecutive probe outcomes, and the verdict.
+    pub probe: Probe,
+    actively_healthy: AtomicBool,
     in_flight: AtomicUsize,
     /// Peak-EWMA latency in nanoseconds (0: no sample yet), and when it was last updated.
     ewma_ns: AtomicU64,
@@ -69,6 +73,8 @@ impl Endpoint {
             authority,
             served_by,
             breaker: Breaker::default(),
+            probe: Probe::default(),
+            actively_healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             ewma_ns: AtomicU64::new(0),
             ewma_at: AtomicU64::new(0),
@@ -81,9 +87,18 @@ impl Endpoint {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Out of rotation: its breaker is open (or half-open with a trial out).
+    /// Out of rotation: its breaker is open (or half-open with a trial out), or its active
+    /// health check is failing.
     pub fn is_down(&self) -> bool {
-        !self.breaker.available(self.now_ns())
+        !self.is_actively_healthy() || !self.breaker.available(self.now_ns())
+    }
+
+    pub fn is_actively_healthy(&self) -> bool {
+        self.actively_healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_actively_healthy(&self, healthy: bool) {
+        self.actively_healthy.store(healthy, Ordering::Relaxed);
     }
 
     pub fn breaker_state(&self) -> BreakerState {
