@@ -16,6 +16,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 use stratus_kit::{Json, Problem};
+#[allow(unused_imports)]
+use stratus_token::Verifier;
 use stratus_token::{now_unix, Claims, SigningKey};
 
 use crate::users::{self, Created, User};
@@ -24,10 +26,10 @@ use crate::{keys, passwords, Args};
 const MAX_BODY: usize = 16 * 1024;
 
 pub struct AppState {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     key: SigningKey,
-    issuer: String,
-    audience: String,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
     access_ttl: Duration,
     refresh_ttl: Duration,
     /// A real hash to verify against when the email is unknown, so a failed login takes as long
@@ -49,7 +51,32 @@ impl AppState {
     }
 }
 
-type Shared = State<Arc<AppState>>;
+pub(crate) type Shared = State<Arc<AppState>>;
+
+impl AppState {
+    /// Signs an access token for `subject` with its roles and permissions.
+    pub(crate) fn access_token(
+        &self,
+        subject: &str,
+        email: Option<String>,
+        roles: Vec<String>,
+        permissions: Vec<String>,
+    ) -> (String, u64) {
+        let now = now_unix();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: subject.to_string(),
+            exp: now + self.access_ttl.as_secs(),
+            iat: now,
+            jti: stratus_kit::new_id(),
+            email,
+            roles,
+            permissions,
+        };
+        (self.key.sign(&claims), self.access_ttl.as_secs())
+    }
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -58,6 +85,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/.well-known/jwks.json", get(jwks))
+        .route("/auth/users", get(crate::admin::list_users))
+        .route(
+            "/auth/users/{id}/roles",
+            axum::routing::put(crate::admin::set_roles),
+        )
+        .route("/auth/clients", post(crate::clients::create))
+        .route("/auth/token", post(crate::clients::token))
         .route(
             "/auth/.well-known/openid-configuration",
             get(openid_configuration),
@@ -205,7 +239,7 @@ async fn openid_configuration(State(state): Shared) -> impl IntoResponse {
         "token_endpoint": "/auth/token",
         "id_token_signing_alg_values_supported": ["EdDSA"],
         "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-        "grant_types_supported": ["password", "refresh_token"],
+        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
     }))
@@ -213,18 +247,12 @@ async fn openid_configuration(State(state): Shared) -> impl IntoResponse {
 
 async fn issue(state: &AppState, user: &User, family: &str) -> Result<TokenResponse, Problem> {
     let now = now_unix();
-    let claims = Claims {
-        iss: state.issuer.clone(),
-        aud: state.audience.clone(),
-        sub: user.id.clone(),
-        exp: now + state.access_ttl.as_secs(),
-        iat: now,
-        jti: stratus_kit::new_id(),
-        email: Some(user.email.clone()),
-        roles: user.roles.clone(),
-        permissions: vec![],
-    };
-    let access_token = state.key.sign(&claims);
+    let (access_token, _) = state.access_token(
+        &user.id,
+        Some(user.email.clone()),
+        user.roles.clone(),
+        vec![],
+    );
 
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);

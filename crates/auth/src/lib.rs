@@ -5,7 +5,9 @@
 //! published at `/auth/.well-known/jwks.json`, and an opaque refresh token, stored hashed and
 //! rotated on every use.
 
+pub mod admin;
 pub mod api;
+pub mod clients;
 pub mod keys;
 pub mod passwords;
 pub mod schema;

@@ -25,9 +25,28 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id)
 ";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, keys, refresh tokens",
-    sqlite: V1,
-    postgres: V1,
-}];
+const V2: &str = "
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    name TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    permissions TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)
+";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, keys, refresh tokens",
+        sqlite: V1,
+        postgres: V1,
+    },
+    Migration {
+        version: 2,
+        description: "service accounts",
+        sqlite: V2,
+        postgres: V2,
+    },
+];

@@ -177,10 +177,23 @@ impl Proxy {
             Some(value) => bearer_token(value)?,
         };
         let claims = self.shared.tokens.verify(token).await?;
-        if !claims.has_any_role(&route.roles) {
+        let restricted = !route.roles.is_empty() || !route.permissions.is_empty();
+        let allowed = !restricted
+            || claims.has_role("admin")
+            || route.roles.iter().any(|r| claims.has_role(r))
+            || route.permissions.iter().any(|p| claims.has_permission(p));
+        if !allowed {
+            let mut needs: Vec<String> =
+                route.roles.iter().map(|r| format!("role `{r}`")).collect();
+            needs.extend(
+                route
+                    .permissions
+                    .iter()
+                    .map(|p| format!("permission `{p}`")),
+            );
             return Err(Problem::forbidden(format!(
-                "this route needs one of the roles: {}",
-                route.roles.join(", ")
+                "this route needs one of: {}",
+                needs.join(", ")
             )));
         }
         Ok(())

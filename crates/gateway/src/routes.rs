@@ -55,6 +55,9 @@ struct RouteSpec {
     methods: Vec<String>,
     #[serde(default)]
     roles: Vec<String>,
+    /// Alternatives to the roles: a caller with any of these permissions may pass too.
+    #[serde(default)]
+    permissions: Vec<String>,
     #[serde(default)]
     auth: Option<AuthMode>,
     #[serde(default)]
@@ -137,6 +140,7 @@ pub struct Route {
     pub service: String,
     pub methods: Vec<Method>,
     pub roles: Vec<String>,
+    pub permissions: Vec<String>,
     pub auth: AuthMode,
     pub balance: Balance,
     pub timeout: Option<std::time::Duration>,
@@ -372,12 +376,15 @@ impl RouteTable {
                         .map_err(|_| invalid(format!("`{m}` is not an HTTP method")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let auth = spec.auth.unwrap_or(if spec.roles.is_empty() {
-                AuthMode::Optional
-            } else {
-                AuthMode::Required
-            });
-            if auth != AuthMode::Required && !spec.roles.is_empty() {
+            let auth =
+                spec.auth
+                    .unwrap_or(if spec.roles.is_empty() && spec.permissions.is_empty() {
+                        AuthMode::Optional
+                    } else {
+                        AuthMode::Required
+                    });
+            if auth != AuthMode::Required && !(spec.roles.is_empty() && spec.permissions.is_empty())
+            {
                 return Err(invalid(
                     "a route with roles needs auth = \"required\"".into(),
                 ));
@@ -416,6 +423,7 @@ impl RouteTable {
                 service: spec.service,
                 methods,
                 roles: spec.roles,
+                permissions: spec.permissions,
                 auth,
             });
         }
