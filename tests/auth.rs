@@ -149,3 +149,65 @@ async fn admins_manage_roles_and_service_accounts_get_their_own_tokens() {
         assert_eq!(create(service_token).await.unwrap().status(), 201);
     }
 }
+
+#[tokio::test]
+async fn a_hundred_failed_logins_lock_the_account_not_other_accounts_or_addresses() {
+    let system = System::start(1).await;
+    system.customer_token("victim@example.com").await;
+    system.customer_token("bystander@example.com").await;
+    let login = |client: reqwest::Client, email: &'static str, password: &'static str| {
+        let url = system.url("/auth/login");
+        async move {
+            client
+                .post(url)
+                .json(&json!({"email": email, "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut retry_after = None;
+    for _ in 0..100 {
+        let response = login(system.http.clone(), "victim@example.com", "wrong password").await;
+        if response.status() == 429 {
+            retry_after = response.headers().get("retry-after").cloned();
+        }
+        *statuses.entry(response.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses.get(&401),
+        Some(&5),
+        "five wrong passwords are answered: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&429),
+        Some(&95),
+        "then the account is locked: {statuses:?}"
+    );
+    assert!(retry_after.is_some());
+    // Even the right password waits out the lock.
+    let right = login(
+        system.http.clone(),
+        "victim@example.com",
+        "customer-password",
+    )
+    .await;
+    assert_eq!(right.status(), 429);
+
+    // Another account from the same address is not affected...
+    let other = login(
+        system.http.clone(),
+        "bystander@example.com",
+        "customer-password",
+    )
+    .await;
+    assert_eq!(other.status(), 200);
+    // ...and neither is another address (127.0.0.2 is loopback too) for an unlocked account.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let response = login(elsewhere, "bystander@example.com", "customer-password").await;
+    assert_eq!(response.status(), 200);
+}

@@ -21,7 +21,7 @@ use stratus_token::Verifier;
 use stratus_token::{now_unix, Claims, SigningKey};
 
 use crate::users::{self, Created, User};
-use crate::{keys, passwords, Args};
+use crate::{keys, passwords, throttle, Args};
 
 const MAX_BODY: usize = 16 * 1024;
 
@@ -140,6 +140,8 @@ async fn signup(
 
 async fn login(
     State(state): Shared,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Credentials>,
 ) -> Result<impl IntoResponse, Problem> {
     let invalid = || Problem::unauthorized("invalid email or password");
@@ -149,6 +151,8 @@ async fn login(
     if body.password.len() > 4 * passwords::MAX_LENGTH {
         return Err(invalid());
     }
+    let keys = throttle::keys(&email, client_address(&headers, peer));
+    throttle::check(&state.pool, &keys).await?;
     let user = users::by_email(&state.pool, &email)
         .await
         .map_err(Problem::internal)?;
@@ -159,11 +163,26 @@ async fn login(
     match user {
         Some(user) if matches => {
             tracing::info!(user = %user.id, "login");
+            throttle::succeeded(&state.pool, &email).await?;
             let family = stratus_kit::new_id();
             Ok(axum::Json(issue(&state, &user, &family).await?))
         }
-        _ => Err(invalid()),
+        _ => {
+            throttle::failed(&state.pool, &keys).await?;
+            Err(invalid())
+        }
     }
+}
+
+/// The client's address: the last `X-Forwarded-For` entry (the one the gateway appended from
+/// the connection), or the peer itself when called directly.
+fn client_address(headers: &axum::http::HeaderMap, peer: std::net::SocketAddr) -> std::net::IpAddr {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(peer.ip())
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod keys;
 pub mod passwords;
 pub mod schema;
+pub mod throttle;
 pub mod users;
 
 use std::sync::Arc;

@@ -36,6 +36,15 @@ CREATE TABLE IF NOT EXISTS clients (
 )
 ";
 
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS login_attempts (
+    key TEXT PRIMARY KEY,
+    failures BIGINT NOT NULL,
+    first_failure BIGINT NOT NULL,
+    locked_until BIGINT NOT NULL
+)
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -48,5 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "service accounts",
         sqlite: V2,
         postgres: V2,
+    },
+    Migration {
+        version: 3,
+        description: "login throttling",
+        sqlite: V3,
+        postgres: V3,
     },
 ];
