@@ -211,3 +211,135 @@ async fn a_hundred_failed_logins_lock_the_account_not_other_accounts_or_addresse
     let response = login(elsewhere, "bystander@example.com", "customer-password").await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn revoked_tokens_are_inactive_at_introspection_and_refresh_stops_working() {
+    let system = System::start(1).await;
+    let admin = system.admin_token().await;
+    let client: Value = system
+        .http
+        .post(system.url("/auth/clients"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "resource-server"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (
+        client["client_id"].as_str().unwrap().to_string(),
+        client["client_secret"].as_str().unwrap().to_string(),
+    );
+    let login: Value = system
+        .http
+        .post(system.url("/auth/login"))
+        .json(&json!({"email": support::ADMIN_EMAIL, "password": support::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (access, refresh) = (
+        login["access_token"].as_str().unwrap(),
+        login["refresh_token"].as_str().unwrap(),
+    );
+
+    let post_form = |path: &str, body: String, basic: bool| {
+        let mut request = system
+            .http
+            .post(system.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if basic {
+            request = request.basic_auth(&id, Some(&secret));
+        }
+        request.send()
+    };
+    let introspect = |token: &str| post_form("/auth/introspect", format!("token={token}"), true);
+
+    assert_eq!(
+        post_form("/auth/introspect", format!("token={access}"), false)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let active: Value = introspect(access).await.unwrap().json().await.unwrap();
+    assert_eq!(active["active"], true);
+    assert_eq!(active["roles"], json!(["admin"]));
+
+    assert_eq!(
+        post_form("/auth/revoke", format!("token={access}"), false)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let after: Value = introspect(access).await.unwrap().json().await.unwrap();
+    assert_eq!(after, json!({"active": false}));
+    let garbage: Value = introspect("not-a-token")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(garbage["active"], false);
+
+    assert_eq!(
+        post_form("/auth/revoke", format!("token={refresh}"), false)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let refreshed = system
+        .http
+        .post(system.url("/auth/refresh"))
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 401);
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_revokes_its_whole_family() {
+    let system = System::start(1).await;
+    let login: Value = system
+        .http
+        .post(system.url("/auth/login"))
+        .json(&json!({"email": support::ADMIN_EMAIL, "password": support::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = |token: String| {
+        let url = system.url("/auth/refresh");
+        let http = system.http.clone();
+        async move {
+            http.post(url)
+                .json(&json!({"refresh_token": token}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = login["refresh_token"].as_str().unwrap().to_string();
+    let rotated = refresh(first.clone()).await;
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.unwrap();
+    let second = rotated["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(first, second, "refresh tokens rotate on every use");
+
+    // The first token again: someone else has it. Refused, and the family is gone.
+    assert_eq!(refresh(first).await.status(), 401);
+    assert_eq!(
+        refresh(second).await.status(),
+        401,
+        "the legitimate holder must log in again"
+    );
+}

@@ -92,6 +92,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/auth/clients", post(crate::clients::create))
         .route("/auth/token", post(crate::clients::token))
+        .route("/auth/revoke", post(crate::revocation::revoke))
+        .route("/auth/introspect", post(crate::revocation::introspect))
         .route(
             "/auth/.well-known/openid-configuration",
             get(openid_configuration),
@@ -256,6 +258,8 @@ async fn openid_configuration(State(state): Shared) -> impl IntoResponse {
         "issuer": state.issuer,
         "jwks_uri": "/auth/.well-known/jwks.json",
         "token_endpoint": "/auth/token",
+        "revocation_endpoint": "/auth/revoke",
+        "introspection_endpoint": "/auth/introspect",
         "id_token_signing_alg_values_supported": ["EdDSA"],
         "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
         "grant_types_supported": ["password", "refresh_token", "client_credentials"],
@@ -295,7 +299,7 @@ async fn issue(state: &AppState, user: &User, family: &str) -> Result<TokenRespo
 }
 
 /// Refresh tokens are stored as SHA-256 digests: a leaked table cannot be replayed.
-fn digest(token: &str) -> String {
+pub(crate) fn digest(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -102,8 +102,42 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     response
 }
 
+/// Authenticates a service account by HTTP Basic or form fields; `Ok(None)` when the
+/// credentials are missing, unknown or wrong. Returns its id, roles and permissions.
+pub(crate) async fn authenticate(
+    pool: &sqlx::AnyPool,
+    headers: &HeaderMap,
+    form_id: Option<String>,
+    form_secret: Option<String>,
+) -> Result<Option<(String, String, String)>, sqlx::Error> {
+    let Some((client_id, secret)) = client_credentials(headers, form_id, form_secret) else {
+        return Ok(None);
+    };
+    let row: Option<(String, String, String)> =
+        sqlx::query_as("SELECT secret_hash, roles, permissions FROM clients WHERE client_id = $1")
+            .bind(&client_id)
+            .fetch_optional(pool)
+            .await?;
+    let (hash, roles, permissions) = row.unwrap_or_default();
+    // An unknown client still costs a hash verification (of nothing), so it answers as slowly.
+    let valid = passwords::verify(secret, hash.clone()).await && !hash.is_empty();
+    Ok(valid.then_some((client_id, roles, permissions)))
+}
+
+pub(crate) fn oauth_unauthorized() -> Response {
+    oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "client authentication failed",
+    )
+}
+
 /// The client's id and secret from HTTP Basic (preferred by RFC 6749) or the form body.
-fn client_credentials(headers: &HeaderMap, form: &TokenRequest) -> Option<(String, String)> {
+fn client_credentials(
+    headers: &HeaderMap,
+    form_id: Option<String>,
+    form_secret: Option<String>,
+) -> Option<(String, String)> {
     let basic = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -115,7 +149,7 @@ fn client_credentials(headers: &HeaderMap, form: &TokenRequest) -> Option<(Strin
             text.split_once(':')
                 .map(|(id, secret)| (id.to_string(), secret.to_string()))
         });
-    basic.or_else(|| Some((form.client_id.clone()?, form.client_secret.clone()?)))
+    basic.or_else(|| Some((form_id?, form_secret?)))
 }
 
 pub async fn token(
@@ -147,33 +181,18 @@ pub async fn token(
             )
         }
     }
-    let Some((client_id, secret)) = client_credentials(&headers, &form) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication is required",
-        );
-    };
-    let row: Result<Option<(String, String, String)>, _> =
-        sqlx::query_as("SELECT secret_hash, roles, permissions FROM clients WHERE client_id = $1")
-            .bind(&client_id)
-            .fetch_optional(&state.pool)
-            .await;
-    let row = match row {
-        Ok(row) => row,
+    let client = authenticate(
+        &state.pool,
+        &headers,
+        form.client_id.clone(),
+        form.client_secret.clone(),
+    )
+    .await;
+    let (client_id, roles, permissions) = match client {
+        Ok(Some(client)) => client,
+        Ok(None) => return oauth_unauthorized(),
         Err(error) => return Problem::internal(error).into_response(),
     };
-    // Unknown clients are checked against a throwaway hash too, so both failures take as long.
-    let (hash, roles, permissions) =
-        row.unwrap_or_else(|| (String::new(), String::new(), String::new()));
-    let valid = passwords::verify(secret, hash.clone()).await && !hash.is_empty();
-    if !valid {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "unknown client or wrong secret",
-        );
-    }
     let split = |text: &str| {
         text.split(',')
             .filter(|s| !s.is_empty())

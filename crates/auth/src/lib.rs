@@ -10,6 +10,7 @@ pub mod api;
 pub mod clients;
 pub mod keys;
 pub mod passwords;
+pub mod revocation;
 pub mod schema;
 pub mod throttle;
 pub mod users;
@@ -63,6 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     users::ensure_admin(&pool, args.admin_password.as_deref()).await?;
 
     let state = api::AppState::new(pool.clone(), signing_key, &args).await?;
+    tokio::spawn(revocation::prune(pool.clone()));
     let service = Service::new("auth", args.port);
     let ping_pool = pool.clone();
     service.health.add_check("database", move || {

@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS login_attempts (
 )
 ";
 
+const V4: &str = "
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    jti TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+)
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -63,5 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "login throttling",
         sqlite: V3,
         postgres: V3,
+    },
+    Migration {
+        version: 4,
+        description: "revoked access tokens",
+        sqlite: V4,
+        postgres: V4,
     },
 ];
