@@ -59,6 +59,21 @@ impl Tokens {
         }))
     }
 
+    /// Starts with `jwks` already known (still fetching again on an unknown key id).
+    pub fn with_keys(
+        args: &TokenArgs,
+        registry: RegistryClient,
+        jwks: &Jwks,
+    ) -> anyhow::Result<Arc<Self>> {
+        let tokens = Self::new(args, registry)?;
+        tokens.verifier.store(Some(Arc::new(Verifier::new(
+            jwks,
+            &args.token_issuer,
+            &args.token_audience,
+        ))));
+        Ok(tokens)
+    }
+
     /// Verifies `token`, fetching keys first if none are known or the token names a new key.
     pub async fn verify(&self, token: &str) -> Result<Claims, Problem> {
         let now = stratus_token::now_unix();
