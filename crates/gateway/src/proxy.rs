@@ -96,7 +96,12 @@ impl Proxy {
         let request_id = headers::request_id(&parts.headers, || trace.trace_id_hex());
 
         let routes = self.shared.routes.load();
-        let host = request_host(&parts);
+        // Only worth lower-casing the host when some route matches on it.
+        let host = if routes.matches_hosts {
+            request_host(&parts)
+        } else {
+            None
+        };
         let view = RequestView {
             method: &parts.method,
             path: parts.uri.path(),
@@ -160,7 +165,9 @@ impl Proxy {
             parts.headers.insert(TRACEPARENT.clone(), value);
         }
 
-        let response = self.forward(route, &parts, body, client_upgrade).await;
+        let response = self
+            .forward(route, &parts, body, client_upgrade, peer.ip())
+            .await;
         route
             .metrics
             .record(response.status().as_u16(), started.elapsed().as_secs_f64());
@@ -206,12 +213,13 @@ impl Proxy {
         parts: &http::request::Parts,
         body: Bytes,
         mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client: std::net::IpAddr,
     ) -> Response<Body> {
         let settings = &self.shared.settings;
         let Some(pool) = self.shared.upstreams.pool(&route.service) else {
             return problem(no_instance(&route.service));
         };
-        let key = route.balance.key(&parts.headers, client_ip(&parts.headers));
+        let key = route.balance.key(&parts.headers, client);
         let timeout = route.timeout.unwrap_or(settings.timeout);
         let idempotent = idempotent(&parts.method);
         route.retry_budget.deposit();
@@ -346,17 +354,6 @@ enum Retry {
 fn backoff(attempt: u32) -> Duration {
     let ceiling = (25u64 << attempt.min(4)).min(250);
     Duration::from_millis(crate::balance::random_u64() % (ceiling + 1))
-}
-
-/// The client address as the gateway saw it: the last `X-Forwarded-For` entry, which
-/// `add_forwarding` appended from the connection's peer address.
-fn client_ip(headers: &http::HeaderMap) -> std::net::IpAddr {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|ip| ip.trim().parse().ok())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
 }
 
 fn no_instance(service: &str) -> Problem {

@@ -273,6 +273,8 @@ pub struct RequestView<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
+    /// Whether any route matches on the host (so the request path knows to look at it).
+    pub matches_hosts: bool,
     /// Layer-4 listeners; bound at start-up (a reload does not change them).
     pub tcp: Vec<TcpRoute>,
 }
@@ -443,7 +445,12 @@ impl RouteTable {
                 })
             })
             .collect::<Result<Vec<_>, RouteError>>()?;
-        Ok(Self { routes, tcp })
+        let matches_hosts = routes.iter().any(|r| r.host.is_some());
+        Ok(Self {
+            routes,
+            tcp,
+            matches_hosts,
+        })
     }
 
     /// The first route that fits, in file order.
