@@ -57,8 +57,10 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker";
 const PER_ROW: usize = 16;
-/// Rows per INSERT statement: 16,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
-const ROWS_PER_STATEMENT: usize = 1_000;
+/// Rows per INSERT statement (512 parameters). SQLite looks `$N` names up one by one when it
+/// prepares a statement, so very long statements cost quadratic time: measured with SQLite, 1,000
+/// rows a statement stored 2,300 records/s, 100 rows 15,000/s, 32 rows 31,000/s.
+const ROWS_PER_STATEMENT: usize = 32;
 
 type Tuple = (
     String,
