@@ -212,9 +212,14 @@ async fn bad_batches_are_refused_whole() {
         }
     };
 
+    // A new connection per batch: a refused oversized body leaves its connection unusable.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let post = |body: Vec<u8>| {
-        system
-            .http
+        fresh
             .post(&ingest)
             .header("content-type", "application/json")
             .body(body)
