@@ -315,3 +315,72 @@ async fn bad_batches_are_refused_whole() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_sink_works_on_postgres() {
+    let Some(postgres) = support::servers::Postgres::start() else {
+        return;
+    };
+    let mut system = System::start_edge(None).await;
+    let port = support::free_port();
+    let sink = format!("http://127.0.0.1:{port}");
+    let (port_text, database) = (port.to_string(), postgres.database("events"));
+    system.spawn(
+        "events",
+        &[
+            ("PORT", port_text.as_str()),
+            ("DATABASE_URL", database.as_str()),
+        ],
+    );
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let now = stratus_kit::now_rfc3339();
+    let batch: Vec<Value> = (1..=50)
+        .map(|i| {
+            let mut r = record(trace, i);
+            r["started_at"] = json!(now);
+            r["duration_us"] = json!(i * 1000);
+            if i % 10 == 0 {
+                r["status"] = json!(503);
+                r["ok"] = json!(false);
+                r["parent_span_id"] = json!("0000000000000001");
+            }
+            r
+        })
+        .collect();
+    let response = system
+        .http
+        .post(format!("{sink}/v1/events"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let mut bad = batch.clone();
+    bad[3]["kind"] = json!("internal");
+    let response = system
+        .http
+        .post(format!("{sink}/v1/events"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+
+    let (_, errors) = get_json(
+        &system,
+        &format!("{sink}/v1/events?service=orders&status=5xx"),
+    )
+    .await;
+    assert_eq!(errors["events"].as_array().unwrap().len(), 5);
+    let (_, body) = get_json(&system, &format!("{sink}/v1/traces/{trace}")).await;
+    assert_eq!(body["records"].as_array().unwrap().len(), 50);
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=1h")).await;
+    let orders = &stats["services"][0];
+    assert_eq!(orders["service"], "orders");
+    assert_eq!(orders["count"], 50);
+    assert_eq!(orders["errors"], 5);
+    assert_eq!(orders["p50_ms"], 25.0);
+    assert_eq!(orders["p99_ms"], 50.0);
+    assert_eq!(orders["instances"][0]["instance"], "o-1");
+}
