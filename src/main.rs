@@ -43,6 +43,8 @@ enum Component {
     Catalog(stratus_catalog::Args),
     /// DNS: <service>.service.stratus A and SRV records from the registry.
     Dns(stratus_dns::Args),
+    /// Event sink: every hop's record, traces and per-service stats.
+    Events(stratus_events::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +83,10 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Dns(args) => {
             init("dns", &args.common);
             stratus_dns::run(args).await
+        }
+        Component::Events(args) => {
+            init("events", &args.common);
+            stratus_events::run(args).await
         }
     };
     if let Err(error) = &result {

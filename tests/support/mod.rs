@@ -138,6 +138,25 @@ impl System {
         system
     }
 
+    /// A system whose services report to an event sink at `127.0.0.1:<events port>`; with
+    /// `run_sink` false nothing listens there (a sink that is down). Returns the events port.
+    pub async fn start_with_events(catalogs: usize, run_sink: bool) -> (System, u16) {
+        let events_port = free_port();
+        let sink = format!("http://127.0.0.1:{events_port}");
+        let extra = [
+            ("auth", "STRATUS_EVENTS_URL", sink.clone()),
+            ("catalog", "STRATUS_EVENTS_URL", sink.clone()),
+        ];
+        let mut system = Self::start_with(catalogs, &extra).await;
+        if run_sink {
+            let port = events_port.to_string();
+            system.spawn("events", &[("PORT", port.as_str())]);
+            system.wait_http_ok(&format!("{sink}/readyz")).await;
+            system.wait_registered("events", 1).await;
+        }
+        (system, events_port)
+    }
+
     /// Just the edge: a registry and a gateway (with `routes` as its route file, if given).
     pub async fn start_edge(routes: Option<&std::path::Path>) -> System {
         Self::start_edge_with(routes, &[]).await

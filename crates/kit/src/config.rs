@@ -58,6 +58,27 @@ pub struct CommonArgs {
     /// Log format: json, or text (the default when stdout is a terminal).
     #[arg(long, env = "STRATUS_LOG_FORMAT")]
     pub log_format: Option<String>,
+
+    /// Report one record per request to the event sink (on or off).
+    #[arg(long = "events", env = "STRATUS_EVENTS", default_value = "on", value_parser = parse_switch)]
+    pub events: bool,
+
+    /// Where the event sink answers.
+    #[arg(
+        long,
+        env = "STRATUS_EVENTS_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub events_url: String,
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`, `yes`/`no`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("`{other}` is not on or off")),
+    }
 }
 
 impl CommonArgs {

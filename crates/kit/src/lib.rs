@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod duration;
+pub mod events;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::config::CommonArgs;
+use crate::events::EventReporter;
 use crate::health::Health;
 use crate::model::Registration;
 use crate::registration::Registrar;
@@ -32,6 +33,8 @@ pub struct Service {
     /// Whether to register with the registry (everything but the registry itself does).
     pub register: bool,
     pub health: Health,
+    /// Whether to report a record per request to the event sink (when `STRATUS_EVENTS` is on).
+    events: bool,
 }
 
 impl Service {
@@ -41,7 +44,14 @@ impl Service {
             port,
             register: true,
             health: Health::new(),
+            events: true,
         }
+    }
+
+    /// Never reports requests to the event sink (the sink itself, which would report to itself).
+    pub fn without_events(mut self) -> Self {
+        self.events = false;
+        self
     }
 
     pub fn unregistered(mut self) -> Self {
@@ -64,8 +74,19 @@ impl Service {
         app: Router,
     ) -> anyhow::Result<()> {
         let local = listener.local_addr().context("reading the bound address")?;
-        let app = with_kit_routes(app, &self.health);
         let id = common.instance_id();
+        let mut app = with_kit_routes(app, &self.health);
+        if self.events && common.events {
+            match EventReporter::start(&common.events_url, &self.name, &id) {
+                Ok(reporter) => {
+                    app = app.layer(middleware::from_fn_with_state(
+                        reporter,
+                        crate::events::record_requests,
+                    ));
+                }
+                Err(error) => tracing::warn!(%error, "not reporting to the event sink"),
+            }
+        }
         tracing::info!(service = %self.name, id = %id, address = %local, "listening");
 
         let registrar = if self.register {

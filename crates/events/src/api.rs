@@ -1,0 +1,261 @@
+//! The sink's HTTP API, under `/v1`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use sqlx::AnyPool;
+use stratus_kit::events::EventRecord;
+use stratus_kit::{Json, Problem};
+
+use crate::record::{is_hex, parse_time, validate_batch, Row};
+use crate::{otlp, stats, store};
+
+/// The largest ingest body: 4 MiB.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The most records one batch may carry.
+pub const MAX_BATCH: usize = 10_000;
+const MAX_LIMIT: i64 = 1_000;
+const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: AnyPool,
+}
+
+type Shared = State<AppState>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest).get(list))
+        .route("/v1/traces", post(ingest_otlp))
+        .route("/v1/traces/{trace_id}", get(trace))
+        .route("/v1/stats", get(stats))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn store_batch(state: &AppState, records: Vec<EventRecord>) -> Result<usize, Problem> {
+    if records.len() > MAX_BATCH {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a batch may carry at most {MAX_BATCH} records"),
+        ));
+    }
+    let rows = validate_batch(records).map_err(Problem::unprocessable)?;
+    store::insert(&state.pool, &rows).await?;
+    tracing::debug!(records = rows.len(), "stored");
+    Ok(rows.len())
+}
+
+async fn ingest(
+    State(state): Shared,
+    Json(records): Json<Vec<EventRecord>>,
+) -> Result<impl IntoResponse, Problem> {
+    let accepted = store_batch(&state, records).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"accepted": accepted})),
+    ))
+}
+
+async fn ingest_otlp(
+    State(state): Shared,
+    Json(request): Json<otlp::ExportRequest>,
+) -> Result<impl IntoResponse, Problem> {
+    let records = otlp::records(request).map_err(Problem::unprocessable)?;
+    store_batch(&state, records).await?;
+    Ok(axum::Json(json!({"partialSuccess": {}})))
+}
+
+fn links(rows: Vec<Row>) -> Vec<serde_json::Value> {
+    let spans: std::collections::HashSet<String> = rows.iter().map(|r| r.span_id.clone()).collect();
+    rows.into_iter()
+        .map(|row| {
+            let root = row
+                .parent_span_id
+                .as_ref()
+                .is_none_or(|parent| !spans.contains(parent));
+            let mut value = serde_json::to_value(row.into_record()).unwrap_or_default();
+            value["root"] = json!(root);
+            value
+        })
+        .collect()
+}
+
+async fn trace(
+    State(state): Shared,
+    Path(trace_id): Path<String>,
+) -> Result<impl IntoResponse, Problem> {
+    if !is_hex(&trace_id, 32) {
+        return Err(Problem::bad_request(
+            "a trace id is 32 lowercase hex digits, not all zero",
+        ));
+    }
+    let rows = store::trace(&state.pool, &trace_id).await?;
+    if rows.is_empty() {
+        return Err(Problem::not_found(format!(
+            "no records of trace {trace_id}"
+        )));
+    }
+    Ok(axum::Json(
+        json!({"trace_id": trace_id, "records": links(rows)}),
+    ))
+}
+
+fn now_us() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+/// `since`: an RFC 3339 time, or a duration back from now (`5m`).
+fn since(text: &str) -> Result<i64, Problem> {
+    if let Some(micros) = parse_time(text) {
+        return Ok(micros);
+    }
+    let ago = stratus_kit::duration::parse(text).map_err(|_| {
+        Problem::bad_request("since must be an RFC 3339 time or a duration like 5m")
+    })?;
+    Ok(now_us() - ago.as_micros().min(i64::MAX as u128) as i64)
+}
+
+/// `status`: one status (`503`), a class (`5xx`), `error` (500-599) or `ok` (0-499).
+fn status(text: &str) -> Result<(i64, i64), Problem> {
+    let bad =
+        || Problem::bad_request("status must be a status like 503, a class like 5xx, ok or error");
+    match text {
+        "ok" => Ok((0, 499)),
+        "error" => Ok((500, 599)),
+        _ if text.len() == 3 && text.ends_with("xx") => {
+            let class: i64 = text[..1].parse().map_err(|_| bad())?;
+            if !(1..=9).contains(&class) {
+                return Err(bad());
+            }
+            Ok((class * 100, class * 100 + 99))
+        }
+        _ => {
+            let code: i64 = text.parse().map_err(|_| bad())?;
+            if !(0..=999).contains(&code) {
+                return Err(bad());
+            }
+            Ok((code, code))
+        }
+    }
+}
+
+fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Problem> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(Problem::bad_request(format!(
+            "unknown parameter {unknown} (allowed: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn parse_filter(params: &HashMap<String, String>) -> Result<store::Filter, Problem> {
+    only(params, &["service", "instance", "status", "since", "limit"])?;
+    let text = |key: &str| -> Result<Option<String>, Problem> {
+        match params.get(key) {
+            Some(v) if v.is_empty() || v.len() > 128 => {
+                Err(Problem::bad_request(format!("{key} must be 1-128 bytes")))
+            }
+            other => Ok(other.cloned()),
+        }
+    };
+    let limit = match params.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| Problem::bad_request(format!("limit must be 1-{MAX_LIMIT}")))?,
+    };
+    Ok(store::Filter {
+        service: text("service")?,
+        instance: text("instance")?,
+        status: params.get("status").map(|s| status(s)).transpose()?,
+        since_us: params.get("since").map(|s| since(s)).transpose()?,
+        limit,
+    })
+}
+
+async fn list(
+    State(state): Shared,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    let filter = parse_filter(&params)?;
+    let rows = store::events(&state.pool, &filter).await?;
+    let records: Vec<EventRecord> = rows.into_iter().map(Row::into_record).collect();
+    Ok(axum::Json(json!({"events": records})))
+}
+
+async fn stats(
+    State(state): Shared,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    only(&params, &["window"])?;
+    let window = match params.get("window") {
+        None => Duration::from_secs(300),
+        Some(text) => stratus_kit::duration::parse(text)
+            .ok()
+            .filter(|w| !w.is_zero() && *w <= MAX_WINDOW)
+            .ok_or_else(|| {
+                Problem::bad_request("window must be a duration like 5m, at most 24h")
+            })?,
+    };
+    let rows = store::window(&state.pool, now_us() - window.as_micros() as i64).await?;
+    Ok(axum::Json(json!({
+        "window_seconds": window.as_secs_f64(),
+        "services": stats::compute(rows),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(status("503").unwrap(), (503, 503));
+        assert_eq!(status("5xx").unwrap(), (500, 599));
+        assert_eq!(status("error").unwrap(), (500, 599));
+        assert_eq!(status("ok").unwrap(), (0, 499));
+        for bad in ["", "x", "1000", "-1", "0xx", "axx", "5x"] {
+            assert!(status(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let params = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let filter = parse_filter(&params(&[
+            ("service", "catalog"),
+            ("since", "2026-01-01T00:00:00Z"),
+            ("limit", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(filter.service.as_deref(), Some("catalog"));
+        assert_eq!(filter.since_us, Some(1_767_225_600_000_000));
+        assert_eq!(filter.limit, 5);
+        assert!(parse_filter(&params(&[("since", "5m")])).unwrap().since_us < Some(now_us()));
+        for bad in [
+            ("limit", "0"),
+            ("limit", "many"),
+            ("since", "later"),
+            ("service", ""),
+            ("colour", "red"),
+        ] {
+            assert!(parse_filter(&params(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Checking records before anything is stored, and the row form they are stored in.
+
+use stratus_kit::events::EventRecord;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+pub const KINDS: &[&str] = &["server", "client", "consumer", "producer", "gateway"];
+
+/// The longest a recorded hop may last: one day.
+const MAX_DURATION_US: u64 = 86_400_000_000;
+
+/// A record as stored: the same fields, with the start time in microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub instance: String,
+    pub kind: String,
+    pub name: String,
+    pub method: Option<String>,
+    pub status: i64,
+    pub ok: bool,
+    pub started_us: i64,
+    pub duration_us: i64,
+    pub retries: Option<i64>,
+    pub cache: Option<String>,
+    pub topic: Option<String>,
+    pub breaker: Option<String>,
+}
+
+impl Row {
+    pub fn into_record(self) -> EventRecord {
+        EventRecord {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent_span_id,
+            service: self.service,
+            instance: self.instance,
+            kind: self.kind,
+            name: self.name,
+            method: self.method,
+            status: self.status.clamp(0, 999) as u16,
+            ok: self.ok,
+            started_at: format_micros(self.started_us),
+            duration_us: self.duration_us.max(0) as u64,
+            retries: self.retries.map(|r| r.clamp(0, u32::MAX as i64) as u32),
+            cache: self.cache,
+            topic: self.topic,
+            breaker: self.breaker,
+        }
+    }
+}
+
+pub fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text.bytes().any(|b| b != b'0')
+}
+
+/// RFC 3339 to microseconds since the epoch.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(time.unix_timestamp_nanos() / 1000).ok()
+}
+
+pub fn format_micros(micros: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() || value.len() > max {
+        return Err(format!("{field} must be 1-{max} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn optional(field: &str, value: &Option<String>, max: usize) -> Result<(), String> {
+    match value {
+        Some(value) => text(field, value, max),
+        None => Ok(()),
+    }
+}
+
+/// Checks one record and turns it into a row; the error names the field.
+pub fn validate(record: EventRecord) -> Result<Row, String> {
+    if !is_hex(&record.trace_id, 32) {
+        return Err("trace_id must be 32 lowercase hex digits, not all zero".into());
+    }
+    if !is_hex(&record.span_id, 16) {
+        return Err("span_id must be 16 lowercase hex digits, not all zero".into());
+    }
+    if let Some(parent) = &record.parent_span_id {
+        if !is_hex(parent, 16) {
+            return Err("parent_span_id must be 16 lowercase hex digits, not all zero".into());
+        }
+    }
+    text("service", &record.service, 128)?;
+    text("instance", &record.instance, 128)?;
+    if !KINDS.contains(&record.kind.as_str()) {
+        return Err(format!("kind must be one of {}", KINDS.join(", ")));
+    }
+    text("name", &record.name, 512)?;
+    optional("method", &record.method, 16)?;
+    if record.status > 999 {
+        return Err("status must be an HTTP status (100-999) or 0 for messages".into());
+    }
+    let started_us = parse_time(&record.started_at)
+        .ok_or("started_at must be an RFC 3339 time, like 2026-01-01T12:00:00.123Z")?;
+    if record.duration_us > MAX_DURATION_US {
+        return Err(format!("duration_us must be at most {MAX_DURATION_US}"));
+    }
+    if let Some(cache) = &record.cache {
+        if cache != "hit" && cache != "miss" {
+            return Err("cache must be hit or miss".into());
+        }
+    }
+    optional("topic", &record.topic, 256)?;
+    optional("breaker", &record.breaker, 32)?;
+    Ok(Row {
+        trace_id: record.trace_id,
+        span_id: record.span_id,
+        parent_span_id: record.parent_span_id,
+        service: record.service,
+        instance: record.instance,
+        kind: record.kind,
+        name: record.name,
+        method: record.method,
+        status: record.status as i64,
+        ok: record.ok,
+        started_us,
+        duration_us: record.duration_us as i64,
+        retries: record.retries.map(i64::from),
+        cache: record.cache,
+        topic: record.topic,
+        breaker: record.breaker,
+    })
+}
+
+/// Checks a whole batch: every record valid, or an error naming the first bad one.
+pub fn validate_batch(records: Vec<EventRecord>) -> Result<Vec<Row>, String> {
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| validate(record).map_err(|e| format!("record {index}: {e}")))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn record() -> EventRecord {
+        EventRecord {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            parent_span_id: Some("a3ce929d0e0e4736".into()),
+            service: "catalog".into(),
+            instance: "i-1".into(),
+            kind: "server".into(),
+            name: "/api/catalog/products".into(),
+            method: Some("GET".into()),
+            status: 200,
+            ok: true,
+            started_at: "2026-01-01T00:00:00.00025Z".into(),
+            duration_us: 1200,
+            retries: Some(1),
+            cache: Some("hit".into()),
+            topic: None,
+            breaker: None,
+        }
+    }
+
+    #[test]
+    fn a_good_record_round_trips() {
+        let row = validate(record()).unwrap();
+        assert_eq!(row.started_us % 1_000_000, 250);
+        assert_eq!(row.into_record(), record());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        type Change = fn(&mut EventRecord);
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                |r| r.trace_id = "4BF92F3577B34DA6A3CE929D0E0E4736".into(),
+                "trace_id",
+            ),
+            (|r| r.trace_id = "0".repeat(32), "trace_id"),
+            (|r| r.trace_id = "abc".into(), "trace_id"),
+            (|r| r.span_id = "xyz".into(), "span_id"),
+            (|r| r.parent_span_id = Some("".into()), "parent_span_id"),
+            (|r| r.service = "".into(), "service"),
+            (|r| r.instance = "x".repeat(200), "instance"),
+            (|r| r.kind = "internal".into(), "kind"),
+            (|r| r.name = "a\nb".into(), "name"),
+            (|r| r.status = 1000, "status"),
+            (|r| r.started_at = "yesterday".into(), "started_at"),
+            (|r| r.duration_us = u64::MAX, "duration_us"),
+            (|r| r.cache = Some("warm".into()), "cache"),
+        ];
+        for (change, field) in cases {
+            let mut bad = record();
+            change(&mut bad);
+            let error = validate(bad).unwrap_err();
+            assert!(error.starts_with(field), "{field}: {error}");
+        }
+    }
+
+    #[test]
+    fn one_bad_record_fails_the_batch() {
+        let mut bad = record();
+        bad.kind = "nope".into();
+        let error = validate_batch(vec![record(), bad]).unwrap_err();
+        assert!(error.starts_with("record 1: kind"), "{error}");
+    }
+}

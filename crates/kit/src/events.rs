@@ -1,0 +1,265 @@
+//! Reporting to the event sink: one record per hop (which service and instance handled it, did it
+//! succeed, how long it took), sent in batches off the request path.
+//!
+//! [`EventReporter::report`] never waits and never fails: records go into a bounded queue, and
+//! when the queue is full the record is dropped and counted in `events_dropped_total`. A
+//! background task sends the queue in batches (up to [`MAX_BATCH`] records, or every
+//! [`FLUSH_EVERY`]) to `POST {STRATUS_EVENTS_URL}/v1/events` with a short timeout. A batch the
+//! sink does not take is dropped and counted too: no retries, so a sink that is down costs one
+//! failed connection per batch and nothing else.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::trace::TraceContext;
+
+/// Records waiting to be sent; beyond this, new records are dropped.
+pub const QUEUE: usize = 10_000;
+/// The most records one POST carries.
+pub const MAX_BATCH: usize = 1_000;
+/// A partial batch is sent after this long.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// How long one POST to the sink may take.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One hop of one request (or one message), as the event sink stores it.
+///
+/// `started_at` is RFC 3339 in UTC (fractional seconds allowed); `duration_us` is microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub trace_id: String,
+    pub span_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub instance: String,
+    /// `server`, `client`, `consumer`, `producer` or `gateway`.
+    pub kind: String,
+    /// The route (`/api/catalog/products/{id}`) or the topic.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The HTTP status, or 0 for messages.
+    pub status: u16,
+    pub ok: bool,
+    pub started_at: String,
+    pub duration_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// `hit` or `miss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
+}
+
+/// The handle services report through. Cheap to clone.
+#[derive(Clone)]
+pub struct EventReporter {
+    queue: mpsc::Sender<EventRecord>,
+    service: String,
+    instance: String,
+}
+
+impl EventReporter {
+    /// Starts the sending task. `sink` is the sink's base URL (`http://127.0.0.1:8090`).
+    pub fn start(sink: &str, service: &str, instance: &str) -> anyhow::Result<Self> {
+        let url = format!("{}/v1/events", sink.trim_end_matches('/'));
+        crate::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            .connect_timeout(Duration::from_millis(500))
+            .build()?;
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(send_loop(client, url, receiver));
+        Ok(Self {
+            queue,
+            service: service.to_string(),
+            instance: instance.to_string(),
+        })
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Queues a record; never waits. A full queue drops it (counted).
+    pub fn report(&self, record: EventRecord) {
+        if self.queue.try_send(record).is_err() {
+            metrics::counter!("events_dropped_total", "reason" => "queue_full").increment(1);
+        }
+    }
+}
+
+async fn send_loop(
+    client: reqwest::Client,
+    url: String,
+    mut receiver: mpsc::Receiver<EventRecord>,
+) {
+    let mut batch: Vec<EventRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = receiver.recv() => match received {
+                Some(record) => {
+                    batch.push(record);
+                    if batch.len() >= MAX_BATCH {
+                        send(&client, &url, &mut batch).await;
+                    }
+                }
+                None => {
+                    send(&client, &url, &mut batch).await;
+                    return;
+                }
+            },
+            _ = ticker.tick() => send(&client, &url, &mut batch).await,
+        }
+    }
+}
+
+async fn send(client: &reqwest::Client, url: &str, batch: &mut Vec<EventRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let count = batch.len() as u64;
+    let result = client.post(url).json(&*batch).send().await;
+    batch.clear();
+    match result {
+        Ok(response) if response.status().is_success() => {
+            metrics::counter!("events_sent_total").increment(count);
+        }
+        Ok(response) => {
+            tracing::debug!(status = %response.status(), "the event sink refused a batch");
+            metrics::counter!("events_dropped_total", "reason" => "sink_refused").increment(count);
+            metrics::counter!("events_send_failures_total").increment(1);
+        }
+        Err(error) => {
+            tracing::debug!(%error, "the event sink is unreachable");
+            metrics::counter!("events_dropped_total", "reason" => "sink_unreachable")
+                .increment(count);
+            metrics::counter!("events_send_failures_total").increment(1);
+        }
+    }
+}
+
+/// Paths that are about the process itself, not requests worth a record.
+fn is_internal(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Middleware: one `server` record per request (health, readiness and metrics excepted).
+///
+/// The trace id comes from the incoming `traceparent` (a new trace when there is none), the
+/// parent span is the caller's span, and this hop gets a span id of its own.
+pub async fn record_requests(
+    State(reporter): State<EventReporter>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_internal(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let started_at = crate::now_rfc3339();
+    let incoming = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let (context, parent) = match incoming {
+        Some(context) => (context.child(), Some(context.span_id_hex())),
+        None => (TraceContext::new_root(), None),
+    };
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    reporter.report(EventRecord {
+        trace_id: context.trace_id_hex(),
+        span_id: context.span_id_hex(),
+        parent_span_id: parent,
+        service: reporter.service.clone(),
+        instance: reporter.instance.clone(),
+        kind: "server".into(),
+        name: route,
+        method: Some(method),
+        status,
+        ok: status < 500,
+        started_at,
+        duration_us: started.elapsed().as_micros() as u64,
+        retries: None,
+        cache: None,
+        topic: None,
+        breaker: None,
+    });
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> EventRecord {
+        EventRecord {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            parent_span_id: None,
+            service: "catalog".into(),
+            instance: "i-1".into(),
+            kind: "server".into(),
+            name: "/api/catalog/products".into(),
+            method: Some("GET".into()),
+            status: 200,
+            ok: true,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            duration_us: 1200,
+            retries: None,
+            cache: None,
+            topic: None,
+            breaker: None,
+        }
+    }
+
+    #[test]
+    fn records_serialise_without_empty_options() {
+        let json = serde_json::to_value(record()).unwrap();
+        assert!(json.get("parent_span_id").is_none());
+        assert_eq!(json["status"], 200);
+        let back: EventRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record());
+    }
+
+    #[tokio::test]
+    async fn a_missing_sink_never_blocks_reporting() {
+        // Nothing listens on port 9 of loopback: every batch fails and is dropped.
+        let reporter = EventReporter::start("http://127.0.0.1:9", "catalog", "i-1").unwrap();
+        let started = Instant::now();
+        for _ in 0..(QUEUE * 2) {
+            reporter.report(record());
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn internal_paths_are_not_recorded() {
+        assert!(is_internal("/healthz"));
+        assert!(is_internal("/metrics"));
+        assert!(!is_internal("/api/catalog/products"));
+    }
+}

@@ -1,0 +1,386 @@
+//! The event sink with the real processes: services report every request, the sink answers
+//! by service, by trace and with stats, a sink that is down breaks nothing, and bad batches are
+//! refused whole.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::System;
+
+async fn get_json(system: &System, url: &str) -> (u16, Value) {
+    let response = system.http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `url` until `done` holds for its JSON (10 s at most).
+async fn wait_for(system: &System, url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get_json(system, url).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{url} never got there: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn services_report_every_request_to_the_sink() {
+    let (system, events_port) = System::start_with_events(2, true).await;
+    let sink = format!("http://127.0.0.1:{events_port}");
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    for _ in 0..6 {
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .header("traceparent", &traceparent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let missing = system
+        .http
+        .get(system.url("/api/catalog/products/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let body = wait_for(
+        &system,
+        &format!("{sink}/v1/events?service=catalog&limit=1000"),
+        |body| body["events"].as_array().is_some_and(|e| e.len() >= 7),
+    )
+    .await;
+    let events = body["events"].as_array().unwrap();
+    let catalogs: Vec<String> = system
+        .processes
+        .iter()
+        .filter(|p| p.name == "catalog")
+        .map(|p| p.instance_id.clone())
+        .collect();
+    for event in events {
+        assert_eq!(event["service"], "catalog");
+        assert_eq!(event["kind"], "server");
+        assert!(
+            catalogs.contains(&event["instance"].as_str().unwrap().to_string()),
+            "{event}"
+        );
+        assert_ne!(event["name"], "/healthz");
+        assert_ne!(event["name"], "/readyz");
+    }
+    let listed = events
+        .iter()
+        .filter(|e| e["name"] == "/api/catalog/products" && e["status"] == 200)
+        .count();
+    assert!(listed >= 6, "{body}");
+    assert!(events
+        .iter()
+        .any(|e| e["name"] == "/api/catalog/products/{id}"
+            && e["status"] == 404
+            && e["ok"] == true));
+
+    let (status, only_404) = get_json(
+        &system,
+        &format!("{sink}/v1/events?service=catalog&status=404"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let only_404 = only_404["events"].as_array().unwrap();
+    assert!(!only_404.is_empty() && only_404.iter().all(|e| e["status"] == 404));
+
+    // The trace the client started groups the catalog's records.
+    let (status, trace) = get_json(&system, &format!("{sink}/v1/traces/{trace_id}")).await;
+    assert_eq!(status, 200, "{trace}");
+    let records = trace["records"].as_array().unwrap();
+    assert_eq!(
+        records.iter().filter(|r| r["service"] == "catalog").count(),
+        6
+    );
+    for record in records {
+        assert_eq!(record["trace_id"], trace_id);
+        assert_eq!(record["parent_span_id"].as_str().unwrap().len(), 16);
+    }
+
+    let (status, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    assert_eq!(status, 200);
+    let catalog = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "catalog")
+        .expect("catalog in the stats")
+        .clone();
+    assert!(catalog["count"].as_u64().unwrap() >= 7, "{catalog}");
+    assert!(catalog["p99_ms"].as_f64().unwrap() >= catalog["p50_ms"].as_f64().unwrap());
+    let instances = catalog["instances"].as_array().unwrap();
+    assert!(!instances.is_empty());
+    assert!(instances
+        .iter()
+        .all(|i| catalogs.contains(&i["instance"].as_str().unwrap().to_string())));
+
+    let (status, _) = get_json(&system, &format!("{sink}/v1/stats?window=forever")).await;
+    assert_eq!(status, 400);
+    let (status, _) = get_json(&system, &format!("{sink}/v1/traces/not-a-trace")).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_sink_that_is_down_breaks_nothing() {
+    let (system, _) = System::start_with_events(1, false).await;
+    for _ in 0..20 {
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let catalog = system.registered("catalog").await[0].clone();
+    let metrics = format!(
+        "http://{}:{}/metrics",
+        catalog["address"].as_str().unwrap(),
+        catalog["port"]
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = system
+            .http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dropped: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("events_dropped_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if dropped >= 20.0 {
+            assert!(text.contains("events_send_failures_total"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events_dropped_total never reached 20:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn record(trace_id: &str, span: u64) -> Value {
+    json!({
+        "trace_id": trace_id,
+        "span_id": format!("{span:016x}"),
+        "service": "orders",
+        "instance": "o-1",
+        "kind": "server",
+        "name": "/api/orders",
+        "method": "POST",
+        "status": 201,
+        "ok": true,
+        "started_at": "2099-01-01T00:00:00.5Z",
+        "duration_us": 1500
+    })
+}
+
+#[tokio::test]
+async fn bad_batches_are_refused_whole() {
+    let mut system = System::start_edge(None).await;
+    let port = support::free_port();
+    let sink = format!("http://127.0.0.1:{port}");
+    let port_text = port.to_string();
+    system.spawn("events", &[("PORT", port_text.as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let ingest = format!("{sink}/v1/events");
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let stored = |system: &System| {
+        let url = format!("{sink}/v1/events?limit=1000");
+        let client = system.http.clone();
+        async move {
+            let body: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            body["events"].as_array().unwrap().len()
+        }
+    };
+
+    // A new connection per batch: a refused oversized body leaves its connection unusable.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let post = |body: Vec<u8>| {
+        fresh
+            .post(&ingest)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let malformed = post(b"[{\"trace_id\": ".to_vec()).await.unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(
+        malformed.headers()["content-type"],
+        "application/problem+json"
+    );
+    let mut bad_trace = record("not-hex", 1);
+    bad_trace["trace_id"] = json!("XYZ");
+    let batch = serde_json::to_vec(&json!([record(trace, 1), bad_trace])).unwrap();
+    let refused = post(batch).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("record 1: trace_id"),
+        "{problem}"
+    );
+    match post(vec![b' '; 10 * 1024 * 1024]).await {
+        Ok(response) => assert_eq!(response.status(), 413),
+        // The sink may close the connection before the client has written it all.
+        Err(error) => assert!(error.is_request() || error.is_body(), "{error}"),
+    }
+    let too_many: Vec<Value> = (1..=10_001).map(|i| record(trace, i)).collect();
+    let too_many = post(serde_json::to_vec(&too_many).unwrap()).await.unwrap();
+    assert!(too_many.status().is_client_error());
+    let plain = system
+        .http
+        .post(&ingest)
+        .body(serde_json::to_vec(&json!([record(trace, 1)])).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 415);
+    assert_eq!(stored(&system).await, 0, "nothing stored from bad batches");
+
+    let good: Vec<Value> = (1..=3).map(|i| record(trace, i)).collect();
+    let accepted = post(serde_json::to_vec(&good).unwrap()).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(stored(&system).await, 3);
+
+    // OTLP/HTTP JSON, as an OpenTelemetry SDK sends it.
+    let otlp = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "payments"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": trace, "spanId": "1111111111111111", "parentSpanId": "0000000000000001",
+            "name": "charge", "kind": 3,
+            "startTimeUnixNano": "4070908800600000000", "endTimeUnixNano": "4070908800602000000",
+            "status": {"code": 2}
+        }]}]
+    }]});
+    let exported = system
+        .http
+        .post(format!("{sink}/v1/traces"))
+        .json(&otlp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(exported.status(), 200);
+    let (status, body) = get_json(&system, &format!("{sink}/v1/traces/{trace}")).await;
+    assert_eq!(status, 200);
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    let payment = records.last().unwrap();
+    assert_eq!(payment["service"], "payments");
+    assert_eq!(payment["kind"], "client");
+    assert_eq!(payment["ok"], false);
+    assert_eq!(payment["duration_us"], 2000);
+    assert_eq!(payment["root"], false);
+
+    for bad in [
+        "/v1/events?limit=0",
+        "/v1/events?since=soon",
+        "/v1/events?status=teapot",
+        "/v1/events?colour=red",
+    ] {
+        let response = system
+            .http
+            .get(format!("{sink}{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_sink_works_on_postgres() {
+    let Some(postgres) = support::servers::Postgres::start() else {
+        return;
+    };
+    let mut system = System::start_edge(None).await;
+    let port = support::free_port();
+    let sink = format!("http://127.0.0.1:{port}");
+    let (port_text, database) = (port.to_string(), postgres.database("events"));
+    system.spawn(
+        "events",
+        &[
+            ("PORT", port_text.as_str()),
+            ("DATABASE_URL", database.as_str()),
+        ],
+    );
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let now = stratus_kit::now_rfc3339();
+    let batch: Vec<Value> = (1..=50)
+        .map(|i| {
+            let mut r = record(trace, i);
+            r["started_at"] = json!(now);
+            r["duration_us"] = json!(i * 1000);
+            if i % 10 == 0 {
+                r["status"] = json!(503);
+                r["ok"] = json!(false);
+                r["parent_span_id"] = json!("0000000000000001");
+            }
+            r
+        })
+        .collect();
+    let response = system
+        .http
+        .post(format!("{sink}/v1/events"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let mut bad = batch.clone();
+    bad[3]["kind"] = json!("internal");
+    let response = system
+        .http
+        .post(format!("{sink}/v1/events"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+
+    let (_, errors) = get_json(
+        &system,
+        &format!("{sink}/v1/events?service=orders&status=5xx"),
+    )
+    .await;
+    assert_eq!(errors["events"].as_array().unwrap().len(), 5);
+    let (_, body) = get_json(&system, &format!("{sink}/v1/traces/{trace}")).await;
+    assert_eq!(body["records"].as_array().unwrap().len(), 50);
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=1h")).await;
+    let orders = &stats["services"][0];
+    assert_eq!(orders["service"], "orders");
+    assert_eq!(orders["count"], 50);
+    assert_eq!(orders["errors"], 5);
+    assert_eq!(orders["p50_ms"], 25.0);
+    assert_eq!(orders["p99_ms"], 50.0);
+    assert_eq!(orders["instances"][0]["instance"], "o-1");
+}
