@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub const DEFAULT: &str = include_str!("../stratus.toml");
 
 /// Components that are built into the `stratus` binary.
-pub const BUILT_IN: &[&str] = &["registry", "gateway", "dns", "auth", "catalog"];
+pub const BUILT_IN: &[&str] = &["registry", "events", "gateway", "dns", "auth", "catalog"];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -74,8 +74,11 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(names, ["registry", "auth", "catalog", "gateway", "dns"]);
-        assert_eq!(manifest.components[2].replicas, 2);
+        assert_eq!(
+            names,
+            ["registry", "events", "auth", "catalog", "gateway", "dns"]
+        );
+        assert_eq!(manifest.components[3].replicas, 2);
     }
 
     #[test]

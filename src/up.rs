@@ -37,6 +37,10 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REGISTRY_PORT", default_value_t = 8500)]
     registry_port: u16,
 
+    /// Port of the event sink (API and, later, the dashboard).
+    #[arg(long, env = "STRATUS_EVENTS_PORT", default_value_t = 8090)]
+    events_port: u16,
+
     /// Port of the DNS server (UDP and TCP).
     #[arg(long, env = "STRATUS_DNS_PORT", default_value_t = 8600)]
     dns_port: u16,
@@ -66,6 +70,7 @@ struct Supervisor {
     admin_port: u16,
     registry_port: u16,
     dns_port: u16,
+    events_port: u16,
     admin_password: Option<String>,
 }
 
@@ -92,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         registry_port: args.registry_port,
         dns_port: args.dns_port,
+        events_port: args.events_port,
         admin_password: admin_password.clone(),
     };
 
@@ -120,6 +126,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.admin_port
     );
     println!("  Registry       {}/v1/services", supervisor.registry_url);
+    if manifest.components.iter().any(|c| c.name == "events") {
+        println!(
+            "  Event sink     http://127.0.0.1:{}/v1/stats",
+            args.events_port
+        );
+    }
     if manifest.components.iter().any(|c| c.name == "dns") {
         println!(
             "  DNS            dig @127.0.0.1 -p {} catalog.service.stratus SRV",
@@ -198,6 +210,7 @@ async fn start_all(
             "registry" => supervisor.registry_url.clone(),
             "gateway" => format!("http://127.0.0.1:{}", supervisor.gateway_port),
             "dns" => format!("127.0.0.1:{} (UDP and TCP)", supervisor.dns_port),
+            "events" => format!("http://127.0.0.1:{}", supervisor.events_port),
             _ if spec.replicas == 1 => "1 instance".to_string(),
             _ => format!("{} instances", spec.replicas),
         };
@@ -240,6 +253,10 @@ impl Supervisor {
             .env("STRATUS_REGISTRY_URL", &self.registry_url)
             .env("STRATUS_DATA_DIR", &self.data_dir)
             .env("STRATUS_INSTANCE_ID", &instance_id)
+            .env(
+                "STRATUS_EVENTS_URL",
+                format!("http://127.0.0.1:{}", self.events_port),
+            )
             .env("STRATUS_LOG_FORMAT", "json")
             .envs(&spec.env)
             .stdin(Stdio::null())
@@ -249,6 +266,7 @@ impl Supervisor {
         match spec.name.as_str() {
             "registry" => command.env("PORT", self.registry_port.to_string()),
             "dns" => command.env("PORT", self.dns_port.to_string()),
+            "events" => command.env("PORT", self.events_port.to_string()),
             "gateway" => command
                 .env("PORT", self.gateway_port.to_string())
                 .env("STRATUS_ADMIN_PORT", self.admin_port.to_string())
@@ -317,6 +335,7 @@ impl Supervisor {
             }
             let url = match replica.spec.name.as_str() {
                 "dns" => None,
+                "events" => Some(format!("http://127.0.0.1:{}/readyz", self.events_port)),
                 "registry" => Some(format!("{}/readyz", self.registry_url)),
                 "gateway" => Some(format!("http://127.0.0.1:{}/readyz", self.admin_port)),
                 name => registry

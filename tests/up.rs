@@ -12,7 +12,13 @@ use support::{binary, free_port};
 #[test]
 fn up_starts_the_system_and_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (gateway, admin, registry, dns) = (free_port(), free_port(), free_port(), free_port());
+    let (gateway, admin, registry, dns, events) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut up = Command::new(binary())
         .arg("up")
         .current_dir(dir.path())
@@ -20,6 +26,7 @@ fn up_starts_the_system_and_stops_it_cleanly() {
         .env("STRATUS_ADMIN_PORT", admin.to_string())
         .env("STRATUS_REGISTRY_PORT", registry.to_string())
         .env("STRATUS_DNS_PORT", dns.to_string())
+        .env("STRATUS_EVENTS_PORT", events.to_string())
         .env_remove("STRATUS_ADMIN_PASSWORD")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -110,7 +117,7 @@ fn up_starts_the_system_and_stops_it_cleanly() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("Stopped")), "{rest:?}");
     // Every port is free again: no process was left behind.
-    for port in [gateway, admin, registry, dns] {
+    for port in [gateway, admin, registry, dns, events] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "port {port} still open"

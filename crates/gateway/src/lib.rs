@@ -214,7 +214,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
 
-    let admin = Service::new("gateway", args.admin_port).unregistered();
+    let admin = Service::new("gateway", args.admin_port)
+        .unregistered()
+        .without_events();
     admin.health.add_check("registry", move || {
         let synced = upstreams.index() > 0;
         async move {

@@ -58,7 +58,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve<S: Store>(store: Arc<S>, args: &Args) -> anyhow::Result<()> {
-    let service = Service::new("registry", args.port).unregistered();
+    let service = Service::new("registry", args.port)
+        .unregistered()
+        .without_events();
     let checked = store.clone();
     service.health.add_check("registry store", move || {
         let store = checked.clone();
