@@ -96,8 +96,13 @@ async fn services_report_every_request_to_the_sink() {
     assert!(!only_404.is_empty() && only_404.iter().all(|e| e["status"] == 404));
 
     // The trace the client started groups the catalog's records.
-    let (status, trace) = get_json(&system, &format!("{sink}/v1/traces/{trace_id}")).await;
-    assert_eq!(status, 200, "{trace}");
+    // The gateway hands its records over in batches, a little later than the services.
+    let trace = wait_for(&system, &format!("{sink}/v1/traces/{trace_id}"), |body| {
+        body["records"]
+            .as_array()
+            .is_some_and(|r| r.iter().filter(|r| r["service"] == "gateway").count() >= 6)
+    })
+    .await;
     let records = trace["records"].as_array().unwrap();
     assert_eq!(
         records.iter().filter(|r| r["service"] == "catalog").count(),
@@ -106,6 +111,25 @@ async fn services_report_every_request_to_the_sink() {
     for record in records {
         assert_eq!(record["trace_id"], trace_id);
         assert_eq!(record["parent_span_id"].as_str().unwrap().len(), 16);
+    }
+    // The gateway's own hops are in the trace too, children of the client's span, and each
+    // catalog record hangs under one of them: gateway -> catalog.
+    let gateway_spans: Vec<&str> = records
+        .iter()
+        .filter(|r| r["service"] == "gateway")
+        .map(|r| {
+            assert_eq!(r["kind"], "gateway");
+            assert_eq!(r["parent_span_id"], "00f067aa0ba902b7");
+            assert_eq!(r["name"], "catalog-read");
+            r["span_id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(gateway_spans.len(), 6, "{trace}");
+    for record in records.iter().filter(|r| r["service"] == "catalog") {
+        assert!(
+            gateway_spans.contains(&record["parent_span_id"].as_str().unwrap()),
+            "{record}"
+        );
     }
 
     let (status, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;

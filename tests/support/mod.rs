@@ -122,13 +122,10 @@ impl System {
         }
         let gateway_port = system.gateway_port.to_string();
         let admin_port = system.admin_port.to_string();
-        system.spawn(
-            "gateway",
-            &[
-                ("PORT", gateway_port.as_str()),
-                ("STRATUS_ADMIN_PORT", admin_port.as_str()),
-            ],
-        );
+        let mut gateway_env = env_for("gateway");
+        gateway_env.push(("PORT", gateway_port.as_str()));
+        gateway_env.push(("STRATUS_ADMIN_PORT", admin_port.as_str()));
+        system.spawn("gateway", &gateway_env);
         system.wait_registered("auth", 1).await;
         system.wait_registered("catalog", catalogs).await;
         system
@@ -146,6 +143,7 @@ impl System {
         let extra = [
             ("auth", "STRATUS_EVENTS_URL", sink.clone()),
             ("catalog", "STRATUS_EVENTS_URL", sink.clone()),
+            ("gateway", "STRATUS_EVENTS_URL", sink.clone()),
         ];
         let mut system = Self::start_with(catalogs, &extra).await;
         if run_sink {

@@ -19,6 +19,7 @@ pub mod l4;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod report;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -153,7 +154,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.connect_timeout,
         ));
     }
+    let instance_id = args.common.instance_id();
+    let reporter = if args.common.events {
+        match stratus_kit::events::EventReporter::start(
+            &args.common.events_url,
+            "gateway",
+            &instance_id,
+        ) {
+            Ok(reporter) => Some(reporter),
+            Err(error) => {
+                tracing::warn!(%error, "event reporting is off: could not start the reporter");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
+        reporter,
         routes: ArcSwap::from_pointee(table),
         upstreams: upstreams.clone(),
         tokens: Tokens::new(&args.tokens, registry)?,
@@ -243,7 +261,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let registrar = stratus_kit::registration::Registrar::start(
         RegistryClient::new(&args.common.registry_url)?,
         "gateway",
-        &args.common.instance_id(),
+        &instance_id,
         registration,
     );
 

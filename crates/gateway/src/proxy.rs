@@ -25,6 +25,7 @@ use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
 use crate::headers::{self, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
+use crate::report::Hop;
 use crate::routes::{AuthMode, RequestView, Route, RouteTable};
 use crate::upstream::{Endpoint, Upstreams};
 
@@ -39,6 +40,8 @@ pub struct Settings {
 
 /// What every worker thread shares: the route table, the instances, the token keys.
 pub struct Shared {
+    /// Where hop records go (None when `STRATUS_EVENTS=off`).
+    pub reporter: Option<stratus_kit::events::EventReporter>,
     pub routes: ArcSwap<RouteTable>,
     pub upstreams: Arc<Upstreams>,
     pub tokens: Arc<Tokens>,
@@ -50,6 +53,8 @@ pub struct Shared {
 pub struct Proxy {
     pub shared: Arc<Shared>,
     client: HttpClient,
+    /// This worker's buffer of hop records for the event sink (None when reporting is off).
+    pub events: Option<crate::report::WorkerEvents>,
 }
 
 fn client(connect_timeout: Duration) -> HttpClient {
@@ -72,9 +77,14 @@ fn idempotent(method: &Method) -> bool {
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>, connect_timeout: Duration) -> Self {
+        let events = shared
+            .reporter
+            .clone()
+            .map(crate::report::WorkerEvents::new);
         Self {
             shared,
             client: client(connect_timeout),
+            events,
         }
     }
 
@@ -86,12 +96,13 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
-        let trace = parts
+        let parent = parts
             .headers
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .map(|parent| parent.child())
+            .and_then(TraceContext::parse);
+        let trace = parent
+            .map(|p| p.child())
             .unwrap_or_else(TraceContext::new_root);
         let request_id = headers::request_id(&parts.headers, || trace.trace_id_hex());
 
@@ -165,12 +176,24 @@ impl Proxy {
             parts.headers.insert(TRACEPARENT.clone(), value);
         }
 
+        let mut retries = 0;
         let response = self
-            .forward(route, &parts, body, client_upgrade, peer.ip())
+            .forward(route, &parts, body, client_upgrade, peer.ip(), &mut retries)
             .await;
-        route
-            .metrics
-            .record(response.status().as_u16(), started.elapsed().as_secs_f64());
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        route.metrics.record(status, elapsed.as_secs_f64());
+        if let Some(events) = &self.events {
+            events.record(Hop {
+                trace,
+                parent,
+                route: &route.name,
+                method: &parts.method,
+                status,
+                elapsed,
+                retries,
+            });
+        }
         finish(response, &request_id)
     }
 
@@ -214,6 +237,7 @@ impl Proxy {
         body: Bytes,
         mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         client: std::net::IpAddr,
+        retries: &mut u32,
     ) -> Response<Body> {
         let settings = &self.shared.settings;
         let Some(pool) = self.shared.upstreams.pool(&route.service) else {
@@ -289,6 +313,7 @@ impl Proxy {
                 tokio::time::sleep(backoff(attempt)).await;
             }
             attempt += 1;
+            *retries = attempt;
             failed = Some(endpoint);
         }
     }

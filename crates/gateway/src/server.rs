@@ -110,6 +110,18 @@ impl Workers {
                     };
                     runtime.block_on(async move {
                         let proxy = Arc::new(Proxy::new(shared, limits.connect_timeout));
+                        if proxy.events.is_some() {
+                            let flusher = proxy.clone();
+                            tokio::spawn(async move {
+                                let mut ticker = tokio::time::interval(crate::report::FLUSH_EVERY);
+                                loop {
+                                    ticker.tick().await;
+                                    if let Some(events) = &flusher.events {
+                                        events.flush();
+                                    }
+                                }
+                            });
+                        }
                         let plain = serve(listener, proxy.clone(), stopped.clone(), limits, None);
                         let secure = async {
                             if let Some((listener, acceptor)) = tls {
@@ -124,6 +136,9 @@ impl Workers {
                             }
                         };
                         tokio::join!(plain, secure);
+                        if let Some(events) = &proxy.events {
+                            events.flush();
+                        }
                     });
                 })
                 .context("spawning a gateway worker")?;
