@@ -17,6 +17,7 @@ through the gateway the whole time and count every answer that is not a 200.
 
 import http.client
 import json
+import math
 import os
 import random
 import signal
@@ -183,7 +184,8 @@ def percentile(values, p):
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    k = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    # Nearest rank: the smallest value with at least p% of the values at or below it.
+    k = min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))
     return ordered[k]
 
 
