@@ -19,9 +19,18 @@ impl Registry {
     /// Starts `stratus serve registry` with `STRATUS_REGISTRY_STORE=store`, logging to
     /// `<dir>/<name>.log`, and waits until it is ready.
     pub async fn start(name: &str, store: &str, dir: &Path) -> Registry {
+        Self::start_on(name, store, dir, free_port()).await
+    }
+
+    /// Like [`Registry::start`], on a given port (to bring a registry back where it was). The
+    /// log is appended to, so a restarted registry's log follows its predecessor's.
+    pub async fn start_on(name: &str, store: &str, dir: &Path, port: u16) -> Registry {
         stratus_kit::install_crypto_provider();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .unwrap();
         let child = Command::new(binary())
             .args(["serve", "registry"])
             .env("PORT", port.to_string())

@@ -43,6 +43,25 @@ pub struct CommonArgs {
     #[arg(long, env = "STRATUS_TTL", default_value = "3s", value_parser = duration::parse)]
     pub ttl: Duration,
 
+    /// Ask the registry to probe this instance's `/healthz` (on, off). A failing instance is
+    /// left out of discovery within about a second, long before its lease runs out.
+    #[arg(
+        long,
+        env = "STRATUS_HEALTH_CHECK",
+        default_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    pub health_check: bool,
+
+    /// How often the registry probes this instance's `/healthz`.
+    #[arg(long, env = "STRATUS_HEALTH_INTERVAL", default_value = "500ms", value_parser = duration::parse)]
+    pub health_interval: Duration,
+
+    /// How long one probe of `/healthz` may take before it counts as failed.
+    #[arg(long, env = "STRATUS_HEALTH_TIMEOUT", default_value = "300ms", value_parser = duration::parse)]
+    pub health_timeout: Duration,
+
     /// After leaving the registry on SIGTERM, how long to keep serving so gateways notice.
     #[arg(long, env = "STRATUS_DRAIN", default_value = "300ms", value_parser = duration::parse)]
     pub drain: Duration,

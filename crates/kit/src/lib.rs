@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod discovery;
 pub mod duration;
 pub mod events;
 pub mod health;

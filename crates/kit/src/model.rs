@@ -17,6 +17,24 @@ pub struct Registration {
     /// Lease length: without a heartbeat for this long the instance is dropped.
     #[serde(default)]
     pub ttl_seconds: Option<f64>,
+    /// An active health check the registry runs against the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// How often the check runs, as a duration like `500ms` (default 500ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long one probe may take before it counts as failed, like `300ms` (default 300ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// An active health check: `{"http": "/healthz"}` (a GET that must answer 2xx) or
+/// `{"tcp": true}` (a TCP connection that must open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    Http(String),
+    Tcp(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -97,6 +97,16 @@ impl Service {
                 version: Some(common.version.clone()),
                 metadata: Default::default(),
                 ttl_seconds: Some(common.ttl.as_secs_f64()),
+                check: common
+                    .health_check
+                    .then(|| crate::model::Check::Http("/healthz".into())),
+                interval: common
+                    .health_check
+                    .then(|| format!("{}ms", common.health_interval.as_millis())),
+                timeout: common.health_check.then(|| {
+                    let timeout = common.health_timeout.min(common.health_interval);
+                    format!("{}ms", timeout.as_millis())
+                }),
             };
             Some(Registrar::start(client, &self.name, &id, registration))
         } else {

@@ -8,6 +8,7 @@
 //! etcd, which lets several registry processes serve one view and outlive each other.
 
 pub mod api;
+pub mod checks;
 pub mod events;
 pub mod store;
 pub mod validate;
@@ -45,6 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 store.clone(),
                 Duration::from_millis(100),
             ));
+            tokio::spawn(checks::run(store.clone()));
             serve(store, &args).await
         }
         StoreConfig::Etcd(url) => {

@@ -63,6 +63,7 @@ pub fn registration(registration: &Registration) -> Result<(), String> {
             return Err("ttl_seconds must be between 0.1 and 3600".into());
         }
     }
+    crate::checks::CheckSpec::from_registration(registration)?;
     if let Some(version) = &registration.version {
         if version.is_empty() || version.len() > 64 {
             return Err("version must be 1-64 characters".into());
@@ -126,6 +127,9 @@ mod tests {
             version: None,
             metadata: Default::default(),
             ttl_seconds: Some(3.0),
+            check: None,
+            interval: None,
+            timeout: None,
         };
         assert!(registration(&good).is_ok());
         assert!(registration(&Registration {
@@ -140,6 +144,12 @@ mod tests {
         .is_err());
         assert!(registration(&Registration {
             ttl_seconds: Some(0.0),
+            ..good.clone()
+        })
+        .is_err());
+        assert!(registration(&Registration {
+            check: Some(stratus_kit::model::Check::Http("/healthz".into())),
+            interval: Some("1ms".into()),
             ..good.clone()
         })
         .is_err());

@@ -8,20 +8,35 @@ use std::future::{ready, Future};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use stratus_kit::model::{Catalog, Instance, Registration, ServiceInstances};
+use stratus_kit::model::{Catalog, Health, Instance, Registration, ServiceInstances};
 use tokio::sync::watch;
 
 use super::{instance_from, wait_past, Store, StoreResult, DEFAULT_TTL};
+use crate::checks::{CheckSpec, Due};
 
 struct Entry {
     instance: Instance,
     ttl: Duration,
     expires_at: Instant,
+    /// The active check, if the registration declared one.
+    check: Option<CheckSpec>,
+    /// Consecutive failed probes.
+    failures: u32,
+    next_check: Instant,
+    /// A probe is out; no second one starts until it reports.
+    probing: bool,
+    generation: u64,
 }
 
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, BTreeMap<String, Entry>>,
+    generations: u64,
+}
+
+/// Critical instances are kept (their checks go on) but left out of every answer.
+fn listed(entry: &Entry) -> bool {
+    entry.instance.health != Health::Critical
 }
 
 /// Every change bumps the index and wakes every watcher.
@@ -68,19 +83,45 @@ impl MemoryStore {
         registration: Registration,
     ) -> (Instance, bool) {
         let ttl = Duration::from_secs_f64(registration.ttl_seconds.unwrap_or(DEFAULT_TTL));
+        // The API validated the check; a registration made in-process with a bad one gets none.
+        let check = CheckSpec::from_registration(&registration).unwrap_or(None);
+        let now = Instant::now();
         let mut state = self.state();
+        state.generations += 1;
+        let generation = state.generations;
         let instances = state.services.entry(service.to_string()).or_default();
         let previous = instances.get(id);
         let registered_at = previous.map(|e| e.instance.registered_at.clone());
-        let instance = instance_from(service, id, registration, registered_at);
+        let mut instance = instance_from(service, id, registration, registered_at);
+        // The same instance with the same check keeps what its probes found so far; a new
+        // instance starts passing, so it is routed to the moment it registers.
+        let kept = previous.filter(|e| {
+            e.check == check
+                && e.instance.address == instance.address
+                && e.instance.port == instance.port
+        });
+        let failures = kept.map_or(0, |e| e.failures);
+        if let Some(kept) = kept {
+            instance.health = kept.instance.health;
+        }
         let changed = previous.is_none_or(|e| e.instance != instance);
         let created = previous.is_none();
+        let next_check = match (&check, kept) {
+            (Some(_), Some(kept)) => kept.next_check,
+            (Some(spec), None) => now + spec.interval,
+            (None, _) => now,
+        };
         instances.insert(
             id.to_string(),
             Entry {
                 instance: instance.clone(),
                 ttl,
-                expires_at: Instant::now() + ttl,
+                expires_at: now + ttl,
+                check,
+                failures,
+                next_check,
+                probing: false,
+                generation,
             },
         );
         drop(state);
@@ -132,6 +173,62 @@ impl MemoryStore {
         expired
     }
 
+    /// The checks due at `now`, each marked as having a probe out.
+    pub fn due_checks(&self, now: Instant) -> Vec<Due> {
+        let mut state = self.state();
+        let mut due = Vec::new();
+        for entry in state.services.values_mut().flat_map(|s| s.values_mut()) {
+            let Some(spec) = &entry.check else { continue };
+            if entry.probing || entry.next_check > now {
+                continue;
+            }
+            entry.probing = true;
+            due.push(Due {
+                service: entry.instance.service.clone(),
+                id: entry.instance.id.clone(),
+                authority: entry.instance.authority(),
+                spec: spec.clone(),
+                generation: entry.generation,
+            });
+        }
+        due
+    }
+
+    /// Records a probe's outcome. Returns the health before and after when it changed (the
+    /// index then moves, so every watcher hears of it).
+    pub fn record_check(
+        &self,
+        service: &str,
+        id: &str,
+        generation: u64,
+        passed: bool,
+        now: Instant,
+    ) -> Option<(Health, Health)> {
+        let mut state = self.state();
+        let entry = state
+            .services
+            .get_mut(service)
+            .and_then(|s| s.get_mut(id))
+            .filter(|e| e.generation == generation)?;
+        let spec = entry.check.as_ref()?;
+        entry.probing = false;
+        entry.failures = if passed {
+            0
+        } else {
+            entry.failures.saturating_add(1)
+        };
+        entry.next_check = now + spec.next_delay(entry.failures);
+        let before = entry.instance.health;
+        let after = CheckSpec::health_after(entry.failures);
+        if before == after {
+            return None;
+        }
+        entry.instance.health = after;
+        drop(state);
+        self.bump();
+        Some((before, after))
+    }
+
     pub fn catalog(&self) -> Catalog {
         let state = self.state();
         Catalog {
@@ -142,9 +239,14 @@ impl MemoryStore {
                 .map(|(name, instances)| {
                     (
                         name.clone(),
-                        instances.values().map(|e| e.instance.clone()).collect(),
+                        instances
+                            .values()
+                            .filter(|e| listed(e))
+                            .map(|e| e.instance.clone())
+                            .collect::<Vec<_>>(),
                     )
                 })
+                .filter(|(_, instances)| !instances.is_empty())
                 .collect(),
         }
     }
@@ -157,7 +259,13 @@ impl MemoryStore {
             instances: state
                 .services
                 .get(name)
-                .map(|instances| instances.values().map(|e| e.instance.clone()).collect())
+                .map(|instances| {
+                    instances
+                        .values()
+                        .filter(|e| listed(e))
+                        .map(|e| e.instance.clone())
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -241,7 +349,91 @@ mod tests {
             version: Some("1".into()),
             metadata: Default::default(),
             ttl_seconds: Some(ttl),
+            check: None,
+            interval: None,
+            timeout: None,
         }
+    }
+
+    fn checked(port: u16) -> Registration {
+        Registration {
+            check: Some(stratus_kit::model::Check::Http("/healthz".into())),
+            ..registration(port, 5.0)
+        }
+    }
+
+    #[test]
+    fn failing_checks_hide_an_instance_until_it_passes() {
+        let store = MemoryStore::new();
+        store.register("catalog", "a", checked(1000));
+        store.register("catalog", "b", registration(1001, 5.0));
+        let later = Instant::now() + Duration::from_secs(1);
+        let due = store.due_checks(later);
+        assert_eq!(due.len(), 1, "only instances with a check are probed");
+        assert!(store.due_checks(later).is_empty(), "one probe at a time");
+        let (service, id, generation) = (&due[0].service, &due[0].id, due[0].generation);
+
+        let index = store.index();
+        assert_eq!(
+            store.record_check(service, id, generation, false, later),
+            Some((Health::Passing, Health::Warning))
+        );
+        assert!(store.index() > index, "a change of health wakes watchers");
+        assert_eq!(
+            store.service("catalog").instances.len(),
+            2,
+            "warning is still listed"
+        );
+
+        let soon = later + crate::checks::RECHECK;
+        let due = store.due_checks(soon);
+        assert_eq!(
+            due.len(),
+            1,
+            "a failure is confirmed sooner than the interval"
+        );
+        store.record_check(service, id, generation, false, soon);
+        let listed = store.service("catalog").instances;
+        assert_eq!(listed.len(), 1, "critical is left out");
+        assert_eq!(listed[0].id, "b");
+        assert_eq!(store.catalog().services["catalog"].len(), 1);
+
+        let index = store.index();
+        let again = soon + Duration::from_secs(1);
+        assert_eq!(
+            store.due_checks(again).len(),
+            1,
+            "critical instances are still probed"
+        );
+        assert_eq!(
+            store.record_check(service, id, generation, true, again),
+            Some((Health::Critical, Health::Passing))
+        );
+        assert!(store.index() > index);
+        assert_eq!(store.service("catalog").instances.len(), 2);
+        assert_eq!(
+            store.record_check(service, id, generation + 99, false, again),
+            None,
+            "a result for an older registration is dropped"
+        );
+    }
+
+    #[test]
+    fn an_only_critical_instance_leaves_its_service_out() {
+        let store = MemoryStore::new();
+        store.register("catalog", "a", checked(1000));
+        let mut now = Instant::now();
+        for _ in 0..crate::checks::CRITICAL_AFTER {
+            now += Duration::from_secs(1);
+            let due = store.due_checks(now);
+            store.record_check("catalog", "a", due[0].generation, false, now);
+        }
+        assert!(store.catalog().services.is_empty());
+        assert!(store.service("catalog").instances.is_empty());
+        assert!(
+            store.heartbeat("catalog", "a"),
+            "its lease is still its own"
+        );
     }
 
     #[test]

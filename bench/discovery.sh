@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# How fast discovery notices a new, a killed and a frozen instance, seen through the gateway.
+#
+#   bench/discovery.sh              # 20 trials each of kill -9 and SIGSTOP, 40 of a new instance
+#   TRIALS=50 bench/discovery.sh
+#   APPEND=0 bench/discovery.sh     # print only; do not append the results to bench/README.md
+#   STRATUS_BIN=target/debug/stratus bench/discovery.sh   # another build (say so in the results)
+#
+# Needs python3 and a release build (built when missing). Everything listens on loopback only.
+# The work is in bench/discovery.py; the results are printed as a Markdown table and appended to
+# bench/README.md under "Discovery: detection times".
+#
+# Machine caveat: the registry, gateway, instances and client share this machine's cores, and
+# the numbers are latencies of a few milliseconds to a second: a busy machine (a compile) shows
+# in the tails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+BIN=${STRATUS_BIN:-target/release/stratus}
+if [ "$BIN" = target/release/stratus ] && [ ! -x "$BIN" ]; then cargo build --release -j2; fi
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+results=$(python3 bench/discovery.py "$BIN")
+echo "$results"
+if [ "${APPEND:-1}" = 1 ]; then
+  printf '\n%s\n' "$results" >> bench/README.md
+fi

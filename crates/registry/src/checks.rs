@@ -1,0 +1,281 @@
+//! Active health checks: the registry probes the instances that declare a check.
+//!
+//! A registration may carry `"check": {"http": "/healthz"}` (a GET that must answer 2xx) or
+//! `"check": {"tcp": true}` (a connection that must open), with `interval` (default 500ms) and
+//! `timeout` (default 300ms, or the interval if shorter). Each probe's outcome moves the
+//! instance's health:
+//!
+//! - a pass makes it `passing`;
+//! - one failure makes it `warning` (still routed to), and the next probe comes sooner
+//!   ([`RECHECK`]) so a real failure is confirmed fast;
+//! - [`CRITICAL_AFTER`] consecutive failures make it `critical`: it is left out of every list and
+//!   every watch until a probe passes again.
+//!
+//! Every change of health moves the registry's index, so blocking queries and the event stream
+//! tell every watcher at once. Checks run in the registry process that holds the instances
+//! (the memory store); see `ARCHITECTURE.md` for etcd.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stratus_kit::model::{Check, Health, Registration};
+
+use crate::store::MemoryStore;
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(300);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(600);
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Consecutive failures that make an instance critical.
+pub const CRITICAL_AFTER: u32 = 2;
+/// After a failure, the next probe comes this soon (or at the interval, if that is sooner).
+pub const RECHECK: Duration = Duration::from_millis(100);
+/// How often the scheduler looks for checks that are due.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A validated check: what to probe, how often, and how long to wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl CheckSpec {
+    /// The check a registration declares, validated; `None` when it declares none.
+    pub fn from_registration(registration: &Registration) -> Result<Option<CheckSpec>, String> {
+        let Some(check) = &registration.check else {
+            if registration.interval.is_some() || registration.timeout.is_some() {
+                return Err("interval and timeout need a check".into());
+            }
+            return Ok(None);
+        };
+        match check {
+            Check::Http(path) => {
+                let ok = path.starts_with('/')
+                    && path.len() <= 1024
+                    && path.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    return Err(
+                        "check.http must be a path starting with '/', at most 1024 visible characters"
+                            .into(),
+                    );
+                }
+            }
+            Check::Tcp(true) => {}
+            Check::Tcp(false) => {
+                return Err("check.tcp must be true (leave out `check` for no check)".into())
+            }
+        }
+        let interval = parse(
+            registration.interval.as_deref(),
+            "interval",
+            DEFAULT_INTERVAL,
+        )?;
+        // Without a timeout of its own, a short interval gets one that fits in it.
+        let timeout = parse(
+            registration.timeout.as_deref(),
+            "timeout",
+            DEFAULT_TIMEOUT.min(interval),
+        )?;
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+            return Err("interval must be between 100ms and 10m".into());
+        }
+        if timeout < MIN_TIMEOUT || timeout > interval {
+            return Err("timeout must be at least 10ms and no longer than the interval".into());
+        }
+        Ok(Some(CheckSpec {
+            check: check.clone(),
+            interval,
+            timeout,
+        }))
+    }
+
+    /// The health after `failures` consecutive failed probes.
+    pub fn health_after(failures: u32) -> Health {
+        match failures {
+            0 => Health::Passing,
+            n if n < CRITICAL_AFTER => Health::Warning,
+            _ => Health::Critical,
+        }
+    }
+
+    /// When to probe next, after a probe that left `failures` consecutive failures.
+    pub fn next_delay(&self, failures: u32) -> Duration {
+        if failures == 0 || failures >= CRITICAL_AFTER {
+            self.interval
+        } else {
+            self.interval.min(RECHECK)
+        }
+    }
+}
+
+fn parse(text: Option<&str>, what: &str, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(text) => {
+            stratus_kit::duration::parse(text).map_err(|error| format!("{what}: {error}"))
+        }
+    }
+}
+
+/// One probe to run.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub service: String,
+    pub id: String,
+    pub authority: String,
+    pub spec: CheckSpec,
+    /// Which registration of the instance this probe is for (a result for an older one is
+    /// dropped).
+    pub generation: u64,
+}
+
+/// Background task: runs every due check of `store`, each probe in its own task so a slow
+/// instance delays no other.
+pub async fn run(store: Arc<MemoryStore>) {
+    let http = match reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent("stratus-registry-check")
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the health-check client; checks are off");
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for due in store.due_checks(Instant::now()) {
+            let store = store.clone();
+            let http = http.clone();
+            tokio::spawn(async move {
+                let outcome = probe(&http, &due).await;
+                let passed = outcome.is_ok();
+                if let Some((before, after)) = store.record_check(
+                    &due.service,
+                    &due.id,
+                    due.generation,
+                    passed,
+                    Instant::now(),
+                ) {
+                    let reason = outcome.err().unwrap_or_default();
+                    if after == Health::Passing {
+                        tracing::info!(service = %due.service, id = %due.id, ?before, ?after, "health check passing");
+                    } else {
+                        tracing::warn!(service = %due.service, id = %due.id, ?before, ?after, %reason, "health check failed");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Runs one probe: `Ok` if it passed, else why not.
+pub async fn probe(http: &reqwest::Client, due: &Due) -> Result<(), String> {
+    match &due.spec.check {
+        Check::Http(path) => {
+            let url = format!("http://{}{path}", due.authority);
+            match http.get(&url).timeout(due.spec.timeout).send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("{url} answered {}", response.status())),
+                Err(error) if error.is_timeout() => Err(format!("{url}: no answer in time")),
+                Err(error) => Err(format!("{url}: {error}")),
+            }
+        }
+        Check::Tcp(_) => {
+            match tokio::time::timeout(
+                due.spec.timeout,
+                tokio::net::TcpStream::connect(&due.authority),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(format!("tcp {}: {error}", due.authority)),
+                Err(_) => Err(format!("tcp {}: no connection in time", due.authority)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(
+        check: Option<Check>,
+        interval: Option<&str>,
+        timeout: Option<&str>,
+    ) -> Registration {
+        Registration {
+            address: "127.0.0.1".into(),
+            port: 8080,
+            version: None,
+            metadata: Default::default(),
+            ttl_seconds: None,
+            check,
+            interval: interval.map(str::to_string),
+            timeout: timeout.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn defaults_and_bounds() {
+        let http = Some(Check::Http("/healthz".into()));
+        let spec = CheckSpec::from_registration(&registration(http.clone(), None, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.interval, DEFAULT_INTERVAL);
+        assert_eq!(spec.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            CheckSpec::from_registration(&registration(None, None, None)),
+            Ok(None)
+        );
+        let tcp = Some(Check::Tcp(true));
+        assert!(
+            CheckSpec::from_registration(&registration(tcp, Some("1s"), Some("250ms"))).is_ok()
+        );
+        for (check, interval, timeout) in [
+            (http.clone(), Some("10ms"), None),
+            (http.clone(), Some("1h"), None),
+            (http.clone(), Some("soon"), None),
+            (http.clone(), Some("500ms"), Some("1s")),
+            (http.clone(), None, Some("1ms")),
+            (Some(Check::Http("healthz".into())), None, None),
+            (Some(Check::Http("/a b".into())), None, None),
+            (Some(Check::Tcp(false)), None, None),
+            (None, Some("1s"), None),
+        ] {
+            assert!(
+                CheckSpec::from_registration(&registration(check.clone(), interval, timeout))
+                    .is_err(),
+                "{check:?} {interval:?} {timeout:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_moves_with_failures() {
+        assert_eq!(CheckSpec::health_after(0), Health::Passing);
+        assert_eq!(CheckSpec::health_after(1), Health::Warning);
+        assert_eq!(CheckSpec::health_after(CRITICAL_AFTER), Health::Critical);
+    }
+
+    #[test]
+    fn checks_parse_from_json() {
+        let body =
+            r#"{"address":"127.0.0.1","port":1,"check":{"http":"/healthz"},"interval":"250ms"}"#;
+        let registration: Registration = serde_json::from_str(body).unwrap();
+        assert_eq!(registration.check, Some(Check::Http("/healthz".into())));
+        let body = r#"{"address":"127.0.0.1","port":1,"check":{"tcp":true}}"#;
+        let registration: Registration = serde_json::from_str(body).unwrap();
+        assert_eq!(registration.check, Some(Check::Tcp(true)));
+        let body = r#"{"address":"127.0.0.1","port":1,"check":{"grpc":"x"}}"#;
+        assert!(serde_json::from_str::<Registration>(body).is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! Service discovery's health and client side: active health checks in the registry, the kit's
+//! client-side discovery, and routing that carries on (fail static) while the registry is down.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+use stratus_kit::discovery::Discovery;
+use stratus_kit::registry_client::RegistryClient;
+use support::registry::{instance_ids, Registry};
+use support::System;
+
+/// A backend whose `/healthz` answers 200 or 503 as `healthy` says; returns its port.
+async fn switchable_backend(healthy: Arc<AtomicBool>) -> u16 {
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let healthy = healthy.clone();
+                async move {
+                    if healthy.load(Ordering::SeqCst) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }),
+        )
+        .fallback(|| async { "switchable" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Whether the registry lists catalog instance `id` (`true`) or not (`false`), as `expected`.
+async fn is_listed(system: &System, id: &str, expected: bool) -> bool {
+    let listed = system
+        .registered("catalog")
+        .await
+        .iter()
+        .any(|i| i["id"] == id);
+    listed == expected
+}
+
+async fn put_registration(registry: &Registry, service: &str, id: &str, body: Value) -> u16 {
+    registry
+        .http
+        .put(registry.url(&format!("/v1/services/{service}/instances/{id}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls `check` every 10 ms until it holds; panics after `within`. Returns the time it took.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_check_hides_an_instance_from_lists_and_watchers_until_it_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let port = switchable_backend(healthy.clone()).await;
+    let other = support::backend::start("steady", Duration::ZERO).await;
+    let checked = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
+        "check": {"http": "/healthz"}, "interval": "200ms", "timeout": "100ms"});
+    assert_eq!(
+        put_registration(&registry, "shop", "flaky", checked).await,
+        201
+    );
+    let steady = json!({"address": "127.0.0.1", "port": other, "ttl_seconds": 60,
+        "check": {"tcp": true}, "interval": "200ms"});
+    assert_eq!(
+        put_registration(&registry, "shop", "steady", steady).await,
+        201
+    );
+    assert_eq!(registry.ids("shop").await, ["flaky", "steady"]);
+    let service: Value = registry
+        .http
+        .get(registry.url("/v1/services/shop"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(service["instances"][0]["health"], "passing");
+
+    let mut events = registry.events().await;
+    events.next_catalog(Duration::from_secs(5)).await;
+    let index = registry.catalog().await["index"].as_u64().unwrap();
+    let blocking = {
+        let http = registry.http.clone();
+        let url = registry.url(&format!("/v1/services?index={index}&wait=30s"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let _ = http.get(url).send().await;
+            started.elapsed()
+        })
+    };
+
+    healthy.store(false, Ordering::SeqCst);
+    let r = &registry;
+    let took = eventually(Duration::from_secs(3), "leaving the list", || async move {
+        r.ids("shop").await == ["steady"]
+    })
+    .await;
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let woke = blocking.await.unwrap();
+    assert!(
+        woke < Duration::from_secs(2),
+        "the blocking query waited {woke:?}"
+    );
+    // Every event stream drops it too (a warning comes first, then the critical one is gone).
+    loop {
+        let catalog = events.next_catalog(Duration::from_secs(5)).await;
+        if instance_ids(&catalog["services"]["shop"]) == ["steady"] {
+            break;
+        }
+    }
+    assert_eq!(
+        instance_ids(&registry.catalog().await["services"]["shop"]),
+        ["steady"]
+    );
+
+    healthy.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(3), "coming back", || async move {
+        r.ids("shop").await == ["flaky", "steady"]
+    })
+    .await;
+    loop {
+        let catalog = events.next_catalog(Duration::from_secs(5)).await;
+        if instance_ids(&catalog["services"]["shop"]).len() == 2 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_checks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    for check in [
+        json!({"check": {"http": "healthz"}}),
+        json!({"check": {"http": "/healthz"}, "interval": "5ms"}),
+        json!({"check": {"http": "/healthz"}, "interval": "1s", "timeout": "2s"}),
+        json!({"check": {"http": "/healthz"}, "interval": "often"}),
+        json!({"check": {"tcp": false}}),
+        json!({"check": {"grpc": "x"}}),
+        json!({"interval": "1s"}),
+    ] {
+        let mut body = json!({"address": "127.0.0.1", "port": 9});
+        body.as_object_mut()
+            .unwrap()
+            .extend(check.as_object().unwrap().clone());
+        let status = put_registration(&registry, "shop", "bad", body).await;
+        assert!((400..500).contains(&status), "{check}: {status}");
+    }
+    assert!(registry.ids("shop").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_killed_instance_leaves_discovery_within_a_second() {
+    let mut system = System::start(2).await;
+    let victim = system.process("catalog", 0).instance_id.clone();
+    system.process("catalog", 0).kill9();
+    let took = eventually(Duration::from_secs(3), "the dead instance leaving", || {
+        is_listed(&system, &victim, false)
+    })
+    .await;
+    // The target is under a second; the margin is for a busy test machine.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    system.wait_gateway_sees("catalog", 1).await;
+}
+
+#[tokio::test]
+async fn a_stopped_instance_leaves_discovery_and_comes_back() {
+    let mut system = System::start(2).await;
+    let victim = system.process("catalog", 0).instance_id.clone();
+    system.process("catalog", 0).signal(libc::SIGSTOP);
+    let took = eventually(
+        Duration::from_secs(4),
+        "the stopped instance leaving",
+        || is_listed(&system, &victim, false),
+    )
+    .await;
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    system.process("catalog", 0).signal(libc::SIGCONT);
+    eventually(Duration::from_secs(10), "the instance coming back", || {
+        is_listed(&system, &victim, true)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_kit_client_keeps_routing_while_the_registry_is_down() {
+    let metrics = stratus_kit::metrics::handle();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start("registry", "memory", dir.path()).await;
+    let a = support::backend::start("a", Duration::ZERO).await;
+    let b = support::backend::start("b", Duration::ZERO).await;
+    assert_eq!(registry.register("shop", "a", a, 600.0).await, 201);
+    assert_eq!(registry.register("shop", "b", b, 600.0).await, 201);
+
+    let client = RegistryClient::new(registry.url("")).unwrap();
+    let discovery = Discovery::start(client, Duration::from_secs(2)).unwrap();
+    assert!(discovery.wait_for("shop", 2, Duration::from_secs(5)).await);
+    assert!(discovery.registry_up());
+
+    registry.process.kill9();
+    let d = &discovery;
+    eventually(
+        Duration::from_secs(5),
+        "noticing the registry is down",
+        || async move { !d.registry_up() },
+    )
+    .await;
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        let response = discovery
+            .get("shop", "/anything")
+            .await
+            .expect("fail static");
+        assert_eq!(response.status(), 200);
+        served.push(response.text().await.unwrap());
+    }
+    assert!(served.contains(&"a".to_string()) && served.contains(&"b".to_string()));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rendered = metrics.render();
+    assert!(rendered.contains("discovery_registry_up 0"), "{rendered}");
+    assert!(
+        rendered.contains("discovery_view_age_seconds"),
+        "{rendered}"
+    );
+    assert!(discovery.view_age().unwrap() >= Duration::from_millis(500));
+
+    let port = registry.port;
+    let registry = Registry::start_on("registry", "memory", dir.path(), port).await;
+    let c = support::backend::start("c", Duration::ZERO).await;
+    assert_eq!(registry.register("shop", "c", c, 600.0).await, 201);
+    eventually(
+        Duration::from_secs(5),
+        "seeing the new instance",
+        || async move { d.instances("shop").iter().any(|i| i.id == "c") },
+    )
+    .await;
+    assert!(discovery.registry_up());
+    let response = discovery.get("shop", "/anything").await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "c");
+}
+
+#[tokio::test]
+async fn the_gateway_keeps_routing_while_the_registry_is_down() {
+    let mut system = System::start(2).await;
+    system.process("registry", 0).kill9();
+    for i in 0..40 {
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i} with the registry down");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Back on the same port: the instances find out from their next heartbeat and register
+    // again by themselves.
+    let port = system.registry_port.to_string();
+    system.spawn("registry", &[("PORT", port.as_str())]);
+    system
+        .wait_http_ok(&format!("{}/readyz", system.registry_url()))
+        .await;
+    system.wait_registered("catalog", 2).await;
+    system.wait_registered("auth", 1).await;
+
+    let newcomer = system.spawn("catalog", &[]).instance_id.clone();
+    system.wait_registered("catalog", 3).await;
+    system.wait_gateway_sees("catalog", 3).await;
+    let expected = format!("catalog/{newcomer}");
+    let started = Instant::now();
+    loop {
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        if response.headers()["x-served-by"] == expected.as_str() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new instance got no traffic"
+        );
+    }
+}
