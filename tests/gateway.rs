@@ -571,8 +571,11 @@ async fn active_health_checks_take_a_broken_instance_out_before_any_request_hits
         &routes,
         "[[routes]]\nprefix = \"/\"\nservice = \"probed\"\nauth = \"none\"\nretries = 0\n",
     );
-    let system =
-        System::start_edge_with(Some(&routes), &[("STRATUS_HEALTH_INTERVAL", "200ms")]).await;
+    let system = System::start_edge_with(
+        Some(&routes),
+        &[("STRATUS_UPSTREAM_HEALTH_INTERVAL", "200ms")],
+    )
+    .await;
     system
         .register(
             "probed",

@@ -97,17 +97,17 @@ pub struct Args {
     #[arg(long, env = "STRATUS_TLS_DEV", default_value_t = false, action = clap::ArgAction::Set)]
     pub tls_dev: bool,
 
-    /// How often to probe every instance's /healthz (0 turns active checks off).
-    #[arg(long, env = "STRATUS_HEALTH_INTERVAL", default_value = "1s", value_parser = stratus_kit::duration::parse)]
-    pub health_interval: Duration,
+    /// How often the gateway itself probes every upstream instance's /healthz (0: off).
+    #[arg(long, env = "STRATUS_UPSTREAM_HEALTH_INTERVAL", default_value = "1s", value_parser = stratus_kit::duration::parse)]
+    pub upstream_health_interval: Duration,
 
     /// Consecutive failed probes that take an instance out of rotation.
-    #[arg(long, env = "STRATUS_HEALTH_UNHEALTHY", default_value_t = 2)]
-    pub health_unhealthy: u32,
+    #[arg(long, env = "STRATUS_UPSTREAM_HEALTH_UNHEALTHY", default_value_t = 2)]
+    pub upstream_health_unhealthy: u32,
 
     /// Consecutive passed probes that bring it back.
-    #[arg(long, env = "STRATUS_HEALTH_HEALTHY", default_value_t = 2)]
-    pub health_healthy: u32,
+    #[arg(long, env = "STRATUS_UPSTREAM_HEALTH_HEALTHY", default_value_t = 2)]
+    pub upstream_health_healthy: u32,
 
     /// Worker threads serving client traffic (0: one per core).
     #[arg(long, env = "STRATUS_GATEWAY_WORKERS", default_value_t = 0)]
@@ -135,12 +135,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let upstreams = Arc::new(Upstreams::new());
     tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
 
-    if !args.health_interval.is_zero() {
+    if !args.upstream_health_interval.is_zero() {
         let settings = health::Settings {
-            interval: args.health_interval,
-            timeout: args.health_interval.min(Duration::from_secs(2)),
-            unhealthy: args.health_unhealthy.max(1),
-            healthy: args.health_healthy.max(1),
+            interval: args.upstream_health_interval,
+            timeout: args.upstream_health_interval.min(Duration::from_secs(2)),
+            unhealthy: args.upstream_health_unhealthy.max(1),
+            healthy: args.upstream_health_healthy.max(1),
         };
         tokio::spawn(health::run(upstreams.clone(), settings));
     }
@@ -257,6 +257,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         version: Some(args.common.version.clone()),
         metadata: Default::default(),
         ttl_seconds: Some(args.common.ttl.as_secs_f64()),
+        // The client port answers only routed paths, so the registry checks that it accepts
+        // connections (the admin port has /healthz for orchestrators).
+        check: args
+            .common
+            .health_check
+            .then_some(stratus_kit::model::Check::Tcp(true)),
+        interval: args
+            .common
+            .health_check
+            .then(|| format!("{}ms", args.common.health_interval.as_millis())),
+        timeout: args.common.health_check.then(|| {
+            let timeout = args.common.health_timeout.min(args.common.health_interval);
+            format!("{}ms", timeout.as_millis())
+        }),
     };
     let registrar = stratus_kit::registration::Registrar::start(
         RegistryClient::new(&args.common.registry_url)?,
