@@ -181,3 +181,28 @@ async fn dns_answers_a_and_srv_from_the_registry() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_killed_instance_leaves_dns_within_the_detection_time() {
+    let mut system = support::System::start(2).await;
+    let port = support::free_port();
+    let port_text = port.to_string();
+    system.spawn("dns", &[("PORT", port_text.as_str())]);
+    let name = "catalog.service.stratus.";
+    until(port, name, RecordType::SRV, |m| m.answers().len() == 2).await;
+
+    system.process("catalog", 0).kill9();
+    let killed = Instant::now();
+    until(port, name, RecordType::SRV, |m| m.answers().len() == 1).await;
+    // The registry's health check (500 ms, two failures) or the 3 s lease, whichever is first.
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        killed.elapsed()
+    );
+    // The gateway's own name resolves too, since the gateway registers itself.
+    until(port, "api.stratus.", RecordType::A, |m| {
+        addresses(m).len() == 1
+    })
+    .await;
+}
