@@ -34,7 +34,7 @@ pub struct AppState {
     refresh_ttl: Duration,
     /// A real hash to verify against when the email is unknown, so a failed login takes as long
     /// whether or not the account exists.
-    decoy_hash: String,
+    pub(crate) decoy_hash: String,
 }
 
 impl AppState {

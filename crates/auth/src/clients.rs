@@ -18,7 +18,7 @@ use serde_json::json;
 use stratus_kit::{Json, Problem};
 
 use crate::admin::{check_names, require_admin};
-use crate::api::Shared;
+use crate::api::{AppState, Shared};
 use crate::passwords;
 
 #[derive(Deserialize)]
@@ -105,7 +105,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 /// Authenticates a service account by HTTP Basic or form fields; `Ok(None)` when the
 /// credentials are missing, unknown or wrong. Returns its id, roles and permissions.
 pub(crate) async fn authenticate(
-    pool: &sqlx::AnyPool,
+    state: &AppState,
     headers: &HeaderMap,
     form_id: Option<String>,
     form_secret: Option<String>,
@@ -116,11 +116,14 @@ pub(crate) async fn authenticate(
     let row: Option<(String, String, String)> =
         sqlx::query_as("SELECT secret_hash, roles, permissions FROM clients WHERE client_id = $1")
             .bind(&client_id)
-            .fetch_optional(pool)
+            .fetch_optional(&state.pool)
             .await?;
-    let (hash, roles, permissions) = row.unwrap_or_default();
-    // An unknown client still costs a hash verification (of nothing), so it answers as slowly.
-    let valid = passwords::verify(secret, hash.clone()).await && !hash.is_empty();
+    // An unknown client is checked against the decoy hash, so it takes as long as a wrong
+    // secret and the answer time does not tell which client ids exist.
+    let known = row.is_some();
+    let (hash, roles, permissions) =
+        row.unwrap_or_else(|| (state.decoy_hash.clone(), String::new(), String::new()));
+    let valid = passwords::verify(secret, hash).await && known;
     Ok(valid.then_some((client_id, roles, permissions)))
 }
 
@@ -182,7 +185,7 @@ pub async fn token(
         }
     }
     let client = authenticate(
-        &state.pool,
+        &state,
         &headers,
         form.client_id.clone(),
         form.client_secret.clone(),

@@ -70,7 +70,7 @@ pub async fn introspect(
     Form(form): Form<TokenForm>,
 ) -> Result<Response, Problem> {
     if authenticate(
-        &state.pool,
+        &state,
         &headers,
         form.client_id.clone(),
         form.client_secret.clone(),

@@ -57,25 +57,26 @@ pub async fn create(
 }
 
 pub async fn by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option<User>> {
-    let row: Option<(String, String, String, String)> =
-        sqlx::query_as("SELECT id, email, password_hash, roles FROM users WHERE email = $1")
-            .bind(email)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(id, email, password_hash, roles)| User {
-        id,
+    find(
+        pool,
+        "SELECT id, email, password_hash, roles FROM users WHERE email = $1",
         email,
-        password_hash,
-        roles: roles_from(&roles),
-    }))
+    )
+    .await
 }
 
 pub async fn by_id(pool: &AnyPool, id: &str) -> anyhow::Result<Option<User>> {
+    find(
+        pool,
+        "SELECT id, email, password_hash, roles FROM users WHERE id = $1",
+        id,
+    )
+    .await
+}
+
+async fn find(pool: &AnyPool, query: &str, key: &str) -> anyhow::Result<Option<User>> {
     let row: Option<(String, String, String, String)> =
-        sqlx::query_as("SELECT id, email, password_hash, roles FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+        sqlx::query_as(query).bind(key).fetch_optional(pool).await?;
     Ok(row.map(|(id, email, password_hash, roles)| User {
         id,
         email,

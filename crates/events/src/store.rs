@@ -6,53 +6,42 @@ use stratus_kit::db::Migration;
 
 use crate::record::Row;
 
+/// The events table: the same in both dialects but for the id column.
+macro_rules! events_schema {
+    ($id:literal) => {
+        concat!(
+            "CREATE TABLE events (id ",
+            $id,
+            ",
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_span_id TEXT,
+        service TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        method TEXT,
+        status BIGINT NOT NULL,
+        ok BIGINT NOT NULL,
+        started_us BIGINT NOT NULL,
+        duration_us BIGINT NOT NULL,
+        retries BIGINT,
+        cache TEXT,
+        topic TEXT,
+        breaker TEXT
+    );
+    CREATE INDEX events_trace ON events (trace_id);
+    CREATE INDEX events_service_started ON events (service, started_us);
+    CREATE INDEX events_started ON events (started_us)"
+        )
+    };
+}
+
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "events",
-    sqlite: "CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        trace_id TEXT NOT NULL,
-        span_id TEXT NOT NULL,
-        parent_span_id TEXT,
-        service TEXT NOT NULL,
-        instance TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        method TEXT,
-        status BIGINT NOT NULL,
-        ok BIGINT NOT NULL,
-        started_us BIGINT NOT NULL,
-        duration_us BIGINT NOT NULL,
-        retries BIGINT,
-        cache TEXT,
-        topic TEXT,
-        breaker TEXT
-    );
-    CREATE INDEX events_trace ON events (trace_id);
-    CREATE INDEX events_service_started ON events (service, started_us);
-    CREATE INDEX events_started ON events (started_us)",
-    postgres: "CREATE TABLE events (
-        id BIGSERIAL PRIMARY KEY,
-        trace_id TEXT NOT NULL,
-        span_id TEXT NOT NULL,
-        parent_span_id TEXT,
-        service TEXT NOT NULL,
-        instance TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        method TEXT,
-        status BIGINT NOT NULL,
-        ok BIGINT NOT NULL,
-        started_us BIGINT NOT NULL,
-        duration_us BIGINT NOT NULL,
-        retries BIGINT,
-        cache TEXT,
-        topic TEXT,
-        breaker TEXT
-    );
-    CREATE INDEX events_trace ON events (trace_id);
-    CREATE INDEX events_service_started ON events (service, started_us);
-    CREATE INDEX events_started ON events (started_us)",
+    sqlite: events_schema!("INTEGER PRIMARY KEY"),
+    postgres: events_schema!("BIGSERIAL PRIMARY KEY"),
 }];
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker";
