@@ -111,7 +111,7 @@ for b in "$B1" "$B2"; do
   curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend-$b" \
     -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$b,\"ttl_seconds\":3600}" >/dev/null
 done
-STRATUS_EVENTS=${STRATUS_EVENTS:-off} TOKIO_WORKER_THREADS=$PROXY_THREADS PORT=$GW STRATUS_ADMIN_PORT=$GWA STRATUS_REGISTRY_URL=http://127.0.0.1:$REG \
+STRATUS_EVENTS=${STRATUS_EVENTS:-off} STRATUS_GATEWAY_WORKERS=$PROXY_THREADS PORT=$GW STRATUS_ADMIN_PORT=$GWA STRATUS_REGISTRY_URL=http://127.0.0.1:$REG \
   STRATUS_ROUTES=$work/routes.toml "$STRATUS" serve gateway > "$work/gateway.log" 2>&1 & pids+=($!)
 GW_PID=$!
 for p in "$B1" "$B2" "$NGX" "$HAP" "$GW"; do wait_port "$p"; done

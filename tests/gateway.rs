@@ -627,3 +627,42 @@ async fn active_health_checks_take_a_broken_instance_out_before_any_request_hits
         assert_eq!(body(&system, "/").await, (200, "well".into()));
     }
 }
+
+/// An instance that closes idle keep-alive connections (its idle timeout is shorter than the
+/// gateway's) must never cost a client an error: a pooled connection found closed is replaced,
+/// and a request that was never written goes out on a new one. POST is not idempotent, so no
+/// retry policy can be what hides a failure here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_closed_by_the_instance_cost_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"closer\"\nauth = \"none\"\nretries = 0\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    let port = backend::start_closing_after(Duration::from_millis(20)).await;
+    system.register("closer", "closer-1", port, json!({})).await;
+    system.wait_gateway_sees("closer", 1).await;
+
+    let mut failures = Vec::new();
+    for round in 0..40 {
+        let response = system
+            .http
+            .post(system.url("/order"))
+            .body(format!("round {round}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        if status != 200 || text != "closer" {
+            failures.push((round, status, text));
+        }
+        // Half the time the instance has closed the pooled connection by the next request.
+        if round % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+}

@@ -136,3 +136,58 @@ pub async fn start_header_echo(name: &'static str) -> u16 {
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
 }
+
+/// Starts a backend that answers each request with `200 closer`, keeping the connection alive
+/// (no `Connection: close`), but closes any connection left idle for `idle`: an instance with a
+/// short keep-alive timeout. Raw TCP, so the closing is exactly as described. Returns its port.
+pub async fn start_closing_after(idle: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    // One request: its head and a Content-Length body, if any.
+                    let taken = loop {
+                        let text = String::from_utf8_lossy(&pending).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if pending.len() >= end + 4 + length {
+                                break end + 4 + length;
+                            }
+                        }
+                        let wait = if pending.is_empty() {
+                            idle
+                        } else {
+                            Duration::from_secs(5)
+                        };
+                        match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+                            Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&buffer[..n]),
+                            // Idle too long, or the peer went away: close.
+                            _ => return,
+                        }
+                    };
+                    pending.drain(..taken);
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncloser")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

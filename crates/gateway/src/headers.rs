@@ -13,6 +13,7 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -26,45 +27,133 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The hop-by-hop headers every message loses, whether or not `Connection` names them.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
+///
+/// Most messages carry none, or only `Connection`: one pass over the names (comparing standard
+/// names is an integer compare) finds that out, where removing each of the seven by name would
+/// hash seven times per message.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    // Which of the seven are present, as bits: removing only those saves a hash per absentee.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present |= 1 << index;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Options the `Connection` header lists name headers to drop as well. The usual ones
+    // (`keep-alive`, `close`, `upgrade`, `te`) need no lookup: they are in the list below, or
+    // name no header a message has; anything else is parsed and removed.
+    let mut named: Option<Vec<HeaderName>> = None;
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for option in value.split(',').map(str::trim) {
+            if ["keep-alive", "close", "upgrade", "te", "trailer", ""]
+                .iter()
+                .any(|usual| option.eq_ignore_ascii_case(usual))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
+                named.get_or_insert_with(Vec::new).push(name);
+            }
+        }
+    }
+    for name in named.into_iter().flatten() {
         headers.remove(name);
     }
-    for name in [
-        &CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-    ] {
-        headers.remove(name);
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
-/// Adds `X-Forwarded-For` (appending the client), `-Proto` and `-Host`, and drops `Host` so the
-/// upstream request carries the instance's own authority.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, https: bool) {
-    let client = peer.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {client}"),
-        None => client,
+/// What the gateway knows of a client connection, worked out once when it is accepted rather
+/// than on each of the requests that keep-alive brings over it.
+pub struct ClientConnection {
+    pub peer: SocketAddr,
+    pub https: bool,
+    /// The client's address as a header value, for `X-Forwarded-For`.
+    client_ip: HeaderValue,
+    /// `for=...;proto=...`: this connection's element of `Forwarded` (RFC 7239), less the host.
+    forwarded: String,
+}
+
+impl ClientConnection {
+    pub fn new(peer: SocketAddr, https: bool) -> Self {
+        let ip = peer.ip();
+        let client_ip =
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let proto = if https { "https" } else { "http" };
+        // RFC 7239 section 6: an IPv6 address is bracketed, and then must be quoted.
+        let forwarded = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        Self {
+            peer,
+            https,
+            client_ip,
+            forwarded,
+        }
+    }
+
+    /// This hop's `Forwarded` element: `for=<client>;proto=<scheme>[;host="<host>"]`.
+    fn forwarded_element(&self, host: Option<&HeaderValue>) -> String {
+        let host = host
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && !h.contains(['"', '\\']));
+        let mut element =
+            String::with_capacity(self.forwarded.len() + 10 + host.map_or(0, str::len));
+        element.push_str(&self.forwarded);
+        if let Some(host) = host {
+            element.push_str(";host=\"");
+            element.push_str(host);
+            element.push('"');
+        }
+        element
+    }
+}
+
+/// Adds `Forwarded` and `X-Forwarded-For` (each appending this hop to what earlier proxies
+/// said), `X-Forwarded-Proto` and `-Host`, and drops `Host` so the upstream request carries the
+/// instance's own authority.
+pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientConnection) {
+    let element = client.forwarded_element(headers.get(HOST));
+    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {element}"),
+        None => element,
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED.clone(), value);
+    }
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => {
+            let appended = format!("{existing}, {}", client.peer.ip());
+            HeaderValue::from_str(&appended).ok()
+        }
+        None => Some(client.client_ip.clone()),
+    };
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
+        HeaderValue::from_static(if client.https { "https" } else { "http" }),
     );
     if let Some(host) = headers.remove(HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -72,7 +161,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, https: bool) {
 }
 
 /// A client's `x-request-id` is kept if it is short and printable; otherwise `fallback` is used.
-pub fn request_id(headers: &HeaderMap, fallback: impl FnOnce() -> String) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap, fallback: impl FnOnce() -> HeaderValue) -> HeaderValue {
     headers
         .get(&X_REQUEST_ID)
         .filter(|v| {
@@ -80,9 +169,7 @@ pub fn request_id(headers: &HeaderMap, fallback: impl FnOnce() -> String) -> Hea
             !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
         })
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&fallback()).unwrap_or(HeaderValue::from_static("-"))
-        })
+        .unwrap_or_else(fallback)
 }
 
 #[cfg(test)]
@@ -107,19 +194,49 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.insert(HOST, HeaderValue::from_static("api.example"));
-        add_forwarding(&mut headers, "127.0.0.9:5000".parse().unwrap(), false);
+        let client = ClientConnection::new("127.0.0.9:5000".parse().unwrap(), false);
+        add_forwarding(&mut headers, &client);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "api.example");
+        assert_eq!(
+            headers["forwarded"],
+            "for=127.0.0.9;proto=http;host=\"api.example\""
+        );
         assert!(!headers.contains_key(HOST));
+
+        let mut headers = HeaderMap::new();
+        headers.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        let v6 = ClientConnection::new("[2001:db8::1]:443".parse().unwrap(), true);
+        add_forwarding(&mut headers, &v6);
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            headers["forwarded"],
+            "for=10.0.0.1, for=\"[2001:db8::1]\";proto=https"
+        );
+    }
+
+    #[test]
+    fn leaves_end_to_end_headers_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(HOST, HeaderValue::from_static("api.example"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
     }
 
     #[test]
     fn request_ids_are_kept_only_when_sane() {
         let mut headers = HeaderMap::new();
-        assert_eq!(request_id(&headers, || "new".into()), "new");
+        let new = || HeaderValue::from_static("new");
+        assert_eq!(request_id(&headers, new), "new");
         headers.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&headers, || "new".into()), "abc-123");
+        assert_eq!(request_id(&headers, new), "abc-123");
         headers.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert_eq!(request_id(&headers, || "new".into()), "new");
+        assert_eq!(request_id(&headers, new), "new");
     }
 }

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod client;
 pub mod discovery;
 pub mod headers;
 pub mod health;

@@ -8,7 +8,6 @@
 //! Nothing here blocks: the route table and the instance lists are atomic snapshots, token keys
 //! are cached, and the only awaits are the client's body and the upstream call.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,19 +17,17 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use stratus_kit::auth::Tokens;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use crate::headers::{self, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
+use crate::client::{Pool, PooledBody};
+use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
 use crate::report::Hop;
 use crate::routes::{AuthMode, RequestView, Route, RouteTable};
 use crate::upstream::{Endpoint, Upstreams};
 
-pub type Body = Either<Incoming, Full<Bytes>>;
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type Body = Either<PooledBody, Full<Bytes>>;
 
 pub struct Settings {
     pub max_body: usize,
@@ -52,19 +49,9 @@ pub struct Shared {
 /// and the upstream connection serving it stay on one thread.
 pub struct Proxy {
     pub shared: Arc<Shared>,
-    client: HttpClient,
+    client: Arc<Pool>,
     /// This worker's buffer of hop records for the event sink (None when reporting is off).
     pub events: Option<crate::report::WorkerEvents>,
-}
-
-fn client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(connector)
 }
 
 /// Whether repeating the request is harmless (RFC 9110 section 9.2.2).
@@ -76,14 +63,17 @@ fn idempotent(method: &Method) -> bool {
 }
 
 impl Proxy {
+    /// Called on the worker's own runtime: the pool's sweeper runs there.
     pub fn new(shared: Arc<Shared>, connect_timeout: Duration) -> Self {
         let events = shared
             .reporter
             .clone()
             .map(crate::report::WorkerEvents::new);
+        let client = Pool::new(connect_timeout);
+        client.spawn_sweeper();
         Self {
             shared,
-            client: client(connect_timeout),
+            client,
             events,
         }
     }
@@ -91,9 +81,9 @@ impl Proxy {
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
-        https: bool,
+        client: &ClientConnection,
     ) -> Response<Body> {
+        let peer = client.peer;
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let parent = parts
@@ -104,7 +94,11 @@ impl Proxy {
         let trace = parent
             .map(|p| p.child())
             .unwrap_or_else(TraceContext::new_root);
-        let request_id = headers::request_id(&parts.headers, || trace.trace_id_hex());
+        let traceparent = trace.header_bytes();
+        // A request without an id of its own takes its trace id (bytes 3..35 of traceparent).
+        let request_id = headers::request_id(&parts.headers, || {
+            HeaderValue::from_bytes(&traceparent[3..35]).unwrap_or(HeaderValue::from_static("-"))
+        });
 
         let routes = self.shared.routes.load();
         // Only worth lower-casing the host when some route matches on it.
@@ -168,11 +162,11 @@ impl Proxy {
                 .headers
                 .insert(http::header::UPGRADE, protocol.clone());
         }
-        headers::add_forwarding(&mut parts.headers, peer, https);
+        headers::add_forwarding(&mut parts.headers, client);
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
+        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
             parts.headers.insert(TRACEPARENT.clone(), value);
         }
 
@@ -261,7 +255,7 @@ impl Proxy {
             };
             let in_flight = endpoint.start();
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(timeout, self.client.request(request)).await;
+            let outcome = tokio::time::timeout(timeout, self.client.send(&endpoint, request)).await;
             endpoint.observe_latency(sent.elapsed());
             drop(in_flight);
             let may_retry = |reason: Retry| {
@@ -320,7 +314,7 @@ impl Proxy {
 
     fn relay(
         &self,
-        mut response: Response<Incoming>,
+        mut response: Response<PooledBody>,
         endpoint: &Endpoint,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
@@ -468,19 +462,23 @@ fn upstream_request(
     endpoint: &Endpoint,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, Problem> {
-    let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let path = route.upstream_path(original);
-    let path = path.as_ref();
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| Problem::bad_request("the request path is not valid"))?;
+    // HTTP/1.1 to the instance: the target in origin form, and the instance's own `Host`.
+    let original = parts.uri.path_and_query();
+    let original_text = original.map_or("/", |p| p.as_str());
+    let uri = match (route.upstream_path(original_text), original) {
+        // Unchanged: reuse the parsed path (a reference count, not a copy).
+        (std::borrow::Cow::Borrowed(path), Some(original)) if path.len() == original_text.len() => {
+            Uri::from(original.clone())
+        }
+        (path, _) => Uri::try_from(path.as_ref())
+            .map_err(|_| Problem::bad_request("the request path is not valid"))?,
+    };
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
-    *request.headers_mut() = parts.headers.clone();
+    let mut headers = parts.headers.clone();
+    headers.insert(http::header::HOST, endpoint.host.clone());
+    *request.headers_mut() = headers;
     Ok(request)
 }
 

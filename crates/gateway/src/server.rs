@@ -21,6 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::headers::ClientConnection;
 use crate::proxy::{Proxy, Shared};
 
 /// A TLS listener's settings: the address every worker binds, and the certificate.
@@ -218,9 +219,11 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let client = Arc::new(ClientConnection::new(peer, https));
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer, https).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

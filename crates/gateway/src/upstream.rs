@@ -26,11 +26,17 @@ const DEFAULT_LATENCY_NS: u64 = 1_000_000;
 const MAX_WEIGHT: u32 = 100;
 
 pub struct Endpoint {
+    /// A number no other endpoint of this process has had: the workers' connection pools are
+    /// keyed by it (an instance that leaves and comes back is a new endpoint, with new
+    /// connections).
+    pub key: u64,
     pub id: String,
     pub service: String,
     pub version: String,
     pub weight: u32,
     pub authority: Authority,
+    /// `Host` for requests to it: its authority, built once.
+    pub host: HeaderValue,
     /// `x-served-by: <service>/<instance-id>`, built once.
     pub served_by: HeaderValue,
     /// Circuit breaker and outlier detection: whether this endpoint gets traffic.
@@ -65,11 +71,14 @@ impl Endpoint {
             .and_then(|w| w.parse::<u32>().ok())
             .unwrap_or(1)
             .clamp(1, MAX_WEIGHT);
+        static KEYS: AtomicU64 = AtomicU64::new(1);
         Some(Self {
+            key: KEYS.fetch_add(1, Ordering::Relaxed),
             id: instance.id.clone(),
             service: instance.service.clone(),
             version: instance.version.clone(),
             weight,
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
             authority,
             served_by,
             breaker: Breaker::default(),

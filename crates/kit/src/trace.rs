@@ -2,8 +2,6 @@
 //!
 //! Format: `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`.
 
-use std::fmt::Write;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
     pub trace_id: u128,
@@ -60,24 +58,47 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        let mut out = [0u8; 32];
+        hex_into(&mut out, self.trace_id);
+        ascii(&out)
     }
 
     pub fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+        let mut out = [0u8; 16];
+        hex_into(&mut out, u128::from(self.span_id));
+        ascii(&out)
     }
 
     pub fn header_value(&self) -> String {
-        let mut out = String::with_capacity(55);
-        let _ = write!(
-            out,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        );
+        ascii(&self.header_bytes())
+    }
+
+    /// The `traceparent` value as bytes, without allocating: the gateway writes one per request,
+    /// and `format!` with `{:032x}` costs several times as much as this.
+    pub fn header_bytes(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut out[3..35], self.trace_id);
+        hex_into(&mut out[36..52], u128::from(self.span_id));
+        out[54] = if self.sampled { b'1' } else { b'0' };
         out
     }
+}
+
+/// Length of a version-00 `traceparent` value.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// Writes `value` as lower-case hex, right-aligned and zero-padded, filling all of `out`.
+fn hex_into(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+fn ascii(bytes: &[u8]) -> String {
+    // Only hex digits and dashes are ever written.
+    bytes.iter().map(|&b| b as char).collect()
 }
 
 fn nonzero_u64() -> u64 {
@@ -145,6 +166,31 @@ mod tests {
         ] {
             assert!(TraceContext::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hex_matches_the_formatter() {
+        for _ in 0..100 {
+            let context = TraceContext {
+                sampled: false,
+                ..TraceContext::new_root()
+            };
+            assert_eq!(context.trace_id_hex(), format!("{:032x}", context.trace_id));
+            assert_eq!(context.span_id_hex(), format!("{:016x}", context.span_id));
+            assert_eq!(
+                context.header_value(),
+                format!("00-{:032x}-{:016x}-00", context.trace_id, context.span_id)
+            );
+        }
+        let small = TraceContext {
+            trace_id: 1,
+            span_id: 2,
+            sampled: true,
+        };
+        assert_eq!(
+            small.header_value(),
+            "00-00000000000000000000000000000001-0000000000000002-01"
+        );
     }
 
     #[test]
