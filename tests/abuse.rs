@@ -110,3 +110,47 @@ async fn two_thousand_idle_connections_do_not_starve_other_clients() {
     drop(idle);
     ok(&system).await;
 }
+
+/// An idle keep-alive connection is parked after a second (its buffers freed) and served again
+/// when the client comes back, on the same connection, however long it idled within the
+/// keep-alive timeout. The header timeout (1 s here) must not cut an idle connection either:
+/// it applies from a request's first byte, not to the wait between requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_park_and_come_back() {
+    use std::io::{Read, Write};
+    let (system, _dir) = edge().await;
+    let port = system.gateway_port;
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut statuses = Vec::new();
+        for (round, idle_ms) in [0u64, 100, 1_500, 50, 2_500].into_iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(idle_ms));
+            let request = format!("GET /round/{round} HTTP/1.1\r\nHost: test\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !String::from_utf8_lossy(&response).contains(&format!("/round/{round}")) {
+                let n = stream
+                    .read(&mut buffer)
+                    .expect("an answer on the same connection");
+                assert!(
+                    n > 0,
+                    "the gateway closed the connection after idling {idle_ms} ms"
+                );
+                response.extend_from_slice(&buffer[..n]);
+            }
+            let text = String::from_utf8_lossy(&response).to_string();
+            statuses.push(text.lines().next().unwrap_or_default().to_string());
+        }
+        statuses
+    })
+    .await
+    .unwrap();
+    assert!(
+        statuses.iter().all(|s| s.starts_with("HTTP/1.1 200")),
+        "{statuses:?}"
+    );
+}

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod headers;
 pub mod health;
 pub mod l4;
+pub mod park;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
@@ -73,6 +74,11 @@ pub struct Args {
     /// A client must send a request's headers within this time (against slowloris).
     #[arg(long, env = "STRATUS_HEADER_TIMEOUT", default_value = "10s", value_parser = stratus_kit::duration::parse)]
     pub header_timeout: Duration,
+
+    /// An idle keep-alive client connection is closed after this long (idle connections are
+    /// parked after a second: a socket and a few hundred bytes each).
+    #[arg(long, env = "STRATUS_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = stratus_kit::duration::parse)]
+    pub keepalive_timeout: Duration,
 
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     #[arg(long, env = "STRATUS_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
@@ -193,6 +199,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(%address, workers, "gateway listening");
     let limits = server::Limits {
         header_timeout: args.header_timeout,
+        keepalive_timeout: args.keepalive_timeout,
         max_header_bytes: args.max_header_bytes,
         max_connections_per_worker: args.max_connections.div_ceil(workers),
         connect_timeout: args.connect_timeout,

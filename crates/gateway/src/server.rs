@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_connections_per_worker: usize,
     pub connect_timeout: Duration,
     pub grace: Duration,
+    /// How long an idle keep-alive client connection is kept open (parked) before it is closed.
+    pub keepalive_timeout: Duration,
 }
 
 /// A listening socket that other workers can bind to as well.
@@ -190,6 +192,8 @@ async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(
         limits.max_connections_per_worker.max(1),
     ));
+    // Each plain connection watches the stop signal itself (see park.rs).
+    let connection_stopped = stopped.clone();
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
@@ -218,24 +222,25 @@ async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
         let client = Arc::new(ClientConnection::new(peer, https));
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let outcome = match tls {
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-                Some(acceptor) => {
+        let proxy = proxy.clone();
+        match tls.clone() {
+            None => {
+                let stopped = connection_stopped.clone();
+                tokio::spawn(async move {
+                    crate::park::serve(stream, proxy, client, limits, stopped).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let service = service_fn(move |request| {
+                    let proxy = proxy.clone();
+                    let client = client.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
+                });
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
                     // The handshake gets the same deadline as request headers.
                     let handshake =
                         tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
@@ -249,18 +254,23 @@ async fn serve(
                     };
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-            };
-            if let Err(error) = outcome {
-                tracing::debug!(%error, "connection ended with an error");
+                    if let Err(error) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
     drop(listener);
+    // Every connection holds a permit until it is done: all permits back means all done.
+    let all = u32::try_from(limits.max_connections_per_worker.max(1)).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = connections.acquire_many(all).await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = drained => {}
         _ = tokio::time::sleep(limits.grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }

@@ -1,0 +1,418 @@
+//! Plain-TCP client connections, with idle keep-alive connections parked.
+//!
+//! An HTTP/1.1 connection served by hyper keeps its read and write buffers (8 to 16 KiB each)
+//! and its state machine for as long as it is open, busy or idle. Clients keep connections
+//! alive for minutes between requests, so ten thousand idle clients would cost the gateway a
+//! few hundred megabytes. nginx frees the buffers of an idle keep-alive connection; this module
+//! does the same: once a connection has been idle at a message boundary for [`PARK_AFTER`], its
+//! hyper session ends without closing the socket, and the socket waits alone (a few hundred
+//! bytes) until the client sends again, when a new session starts on it. A busy connection never
+//! parks: the next request arrives long before [`PARK_AFTER`].
+//!
+//! [`SessionIo`] sits between hyper and the socket and knows where the connection is:
+//! - between messages, idle: after [`PARK_AFTER`] it reports end-of-stream to hyper, which then
+//!   finishes cleanly (everything written is flushed first), and its shutdown of the socket is
+//!   skipped, so the socket survives the session;
+//! - part-way through a request head: the head must arrive within the header timeout (against
+//!   slowloris), or the connection is closed;
+//! - serving a request, or upgraded (WebSocket): no timers of its own.
+//!
+//! HTTP/2 connections (prior knowledge) multiplex and are served as they are.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::headers::ClientConnection;
+use crate::proxy::Proxy;
+use crate::server::Limits;
+
+/// Idle time at a message boundary after which a connection's session ends and it parks.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Where the connection is, shared by the session's I/O and the service answering it.
+#[derive(Default)]
+struct ConnState {
+    /// Requests handed to the proxy and not yet answered.
+    in_flight: AtomicU32,
+    /// Bytes of a new request head have arrived, and its request has not reached the proxy.
+    mid_head: AtomicBool,
+    /// The connection switched protocols: its bytes are a tunnel's from now on.
+    upgraded: AtomicBool,
+    /// The session reported end-of-stream to park the connection (not a client close).
+    parking: AtomicBool,
+    /// The socket, handed back by a parking session's I/O when hyper drops it.
+    returned: Mutex<Option<TcpStream>>,
+}
+
+/// Serves one plain-TCP client connection until the client leaves, the keep-alive timeout
+/// passes while parked, or the gateway stops.
+pub async fn serve(
+    stream: TcpStream,
+    proxy: Arc<Proxy>,
+    client: Arc<ClientConnection>,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    match opens_with_h2_preface(&stream, limits.header_timeout).await {
+        None => return, // nothing within the header timeout, or closed
+        Some(true) => {
+            // Boxed for the same reason as the HTTP/1 session below.
+            Box::pin(serve_h2(stream, proxy, client, limits, stopped)).await;
+            return;
+        }
+        Some(false) => {}
+    }
+    let state = Arc::new(ConnState::default());
+    let mut stream = stream;
+    loop {
+        // Boxed: the session's state (hyper's connection and the request in flight) is a
+        // separate allocation, freed when it ends, instead of part of this task's, which lives
+        // as long as the connection.
+        let session = Box::pin(serve_session(
+            stream,
+            &proxy,
+            &client,
+            &state,
+            &limits,
+            &mut stopped,
+        ));
+        let Some(parked) = session.await else { return };
+        release_freed_memory();
+        // Parked: only the socket is left. Wait for the client's next bytes.
+        tokio::select! {
+            ready = parked.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                let mut probe = [0u8; 1];
+                match parked.peek(&mut probe).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return, // the client closed it
+                }
+            }
+            _ = tokio::time::sleep(limits.keepalive_timeout) => return,
+            _ = stop_signal(&mut stopped) => return,
+        }
+        stream = parked;
+    }
+}
+
+/// One hyper session on the connection; the socket back if it parked.
+async fn serve_session(
+    stream: TcpStream,
+    proxy: &Arc<Proxy>,
+    client: &Arc<ClientConnection>,
+    state: &Arc<ConnState>,
+    limits: &Limits,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<TcpStream> {
+    state.parking.store(false, Ordering::Relaxed);
+    let io = SessionIo {
+        io: Some(stream),
+        state: state.clone(),
+        sleep: None,
+        armed: None,
+        header_timeout: limits.header_timeout,
+    };
+    let service = {
+        let proxy = proxy.clone();
+        let client = client.clone();
+        let state = state.clone();
+        service_fn(move |request| {
+            let proxy = proxy.clone();
+            let client = client.clone();
+            let state = state.clone();
+            state.mid_head.store(false, Ordering::Relaxed);
+            state.in_flight.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let response = proxy.handle(request, &client).await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    state.upgraded.store(true, Ordering::Relaxed);
+                }
+                state.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
+        // The head's deadline is SessionIo's (hyper's would also cut idle keep-alive).
+        .header_read_timeout(None)
+        .keep_alive(true);
+    let (outcome, stopping) = {
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(connection);
+        let mut stopping = false;
+        let outcome = loop {
+            tokio::select! {
+                outcome = connection.as_mut() => break outcome,
+                _ = stop_signal(stopped), if !stopping => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+            }
+        };
+        (outcome, stopping)
+        // The connection is dropped here, and with it the session's I/O, which hands the socket
+        // back if the session parked.
+    };
+    if let Err(error) = outcome {
+        tracing::debug!(%error, peer = %client.peer, "connection ended with an error");
+    }
+    if stopping || !state.parking.load(Ordering::Relaxed) {
+        return None;
+    }
+    state.returned.lock().ok()?.take()
+}
+
+/// Whether the client opens with the HTTP/2 preface (h2c with prior knowledge), looking
+/// without consuming: decided at the first byte that differs. `None` when the client sends
+/// nothing within the header timeout, or closes.
+async fn opens_with_h2_preface(stream: &TcpStream, within: Duration) -> Option<bool> {
+    let check = async {
+        let mut buffer = [0u8; H2_PREFACE.len()];
+        loop {
+            stream.readable().await.ok()?;
+            match stream.peek(&mut buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) if buffer[..n] != H2_PREFACE[..n] => return Some(false),
+                Ok(n) if n == H2_PREFACE.len() => return Some(true),
+                // A prefix of the preface so far: wait for more.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    };
+    tokio::time::timeout(within, check).await.ok().flatten()
+}
+
+async fn serve_h2(
+    stream: TcpStream,
+    proxy: Arc<Proxy>,
+    client: Arc<ClientConnection>,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            outcome = connection.as_mut() => {
+                if let Err(error) = outcome {
+                    tracing::debug!(%error, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            _ = stop_signal(&mut stopped), if !stopping => {
+                connection.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+        }
+    }
+}
+
+/// Hands memory freed by parked sessions back to the operating system, now and then.
+///
+/// glibc's allocator keeps freed memory in the middle of its heap resident; after a burst of
+/// clients goes idle, their sessions' buffers would stay in the process's RSS although nothing
+/// uses them. `malloc_trim` releases such pages; once per thousand parked sessions keeps its
+/// cost out of sight.
+fn release_freed_memory() {
+    use std::sync::atomic::AtomicUsize;
+    static PARKED: AtomicUsize = AtomicUsize::new(0);
+    if PARKED.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// Resolves once the gateway is stopping (never, if the signal's sender is gone).
+async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
+    while !*stopped.borrow_and_update() {
+        if stopped.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What a session's deadline is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The request head must be complete by then.
+    Head,
+    /// Idle until then: park.
+    Park,
+}
+
+/// The socket as one session of hyper sees it; see the module documentation.
+struct SessionIo {
+    io: Option<TcpStream>,
+    state: Arc<ConnState>,
+    /// One timer for the session, re-armed rather than re-made (no allocation per request).
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// What `sleep` is armed for, if anything.
+    armed: Option<Deadline>,
+    header_timeout: Duration,
+}
+
+impl SessionIo {
+    fn io(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self.io.as_mut() {
+            Some(io) => Ok(Pin::new(io)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Polls the deadline of `kind`, arming it first if another (or none) is armed.
+    fn poll_deadline(&mut self, kind: Deadline, cx: &mut Context<'_>) -> Poll<()> {
+        let after = match kind {
+            Deadline::Head => self.header_timeout,
+            Deadline::Park => PARK_AFTER,
+        };
+        let rearm = self.armed != Some(kind);
+        self.armed = Some(kind);
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        if rearm {
+            sleep.as_mut().reset(Instant::now() + after);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
+
+impl Read for SessionIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        // As hyper-util's TokioIo does: tokio reads into hyper's uninitialised buffer.
+        let polled = {
+            // SAFETY: tokio's ReadBuf only writes initialised bytes into it, and we advance the
+            // cursor by exactly the count it filled.
+            let unfilled = unsafe { buf.as_mut() };
+            let mut read_buf = tokio::io::ReadBuf::uninit(unfilled);
+            match tokio::io::AsyncRead::poll_read(this.io()?, cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            }
+        };
+        let state = &this.state;
+        match polled {
+            Poll::Ready(Ok(read)) => {
+                // SAFETY: `read` bytes were just filled (see above).
+                unsafe { buf.advance(read) };
+                // The first bytes of a new request: its head is due within the header timeout
+                // from now.
+                if read > 0
+                    && state.in_flight.load(Ordering::Relaxed) == 0
+                    && !state.mid_head.swap(true, Ordering::Relaxed)
+                {
+                    this.armed = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                if state.upgraded.load(Ordering::Relaxed)
+                    || state.in_flight.load(Ordering::Relaxed) > 0
+                {
+                    return Poll::Pending;
+                }
+                if state.mid_head.load(Ordering::Relaxed) {
+                    ready!(this.poll_deadline(Deadline::Head, cx));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the request head did not arrive in time",
+                    )));
+                }
+                ready!(this.poll_deadline(Deadline::Park, cx));
+                // Idle long enough: end the session; the socket stays open (see poll_shutdown).
+                this.state.parking.store(true, Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl Write for SessionIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(self.io()?, cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write_vectored(self.io()?, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io
+            .as_ref()
+            .is_some_and(tokio::io::AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_flush(self.io()?, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parking.load(Ordering::Relaxed) {
+            // The session ends, the connection does not.
+            return Poll::Ready(Ok(()));
+        }
+        tokio::io::AsyncWrite::poll_shutdown(self.io()?, cx)
+    }
+}
+
+impl Drop for SessionIo {
+    fn drop(&mut self) {
+        if !self.state.parking.load(Ordering::Relaxed) {
+            return;
+        }
+        if let (Some(io), Ok(mut slot)) = (self.io.take(), self.state.returned.lock()) {
+            *slot = Some(io);
+        }
+    }
+}
