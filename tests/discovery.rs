@@ -270,6 +270,17 @@ async fn the_kit_client_keeps_routing_while_the_registry_is_down() {
     )
     .await;
     assert!(discovery.registry_up());
+    // `a` and `b` were registered by hand and never come back: the view converges to what the
+    // restarted registry really holds.
+    eventually(
+        Duration::from_secs(15),
+        "the view converging",
+        || async move {
+            let instances = d.instances("shop");
+            instances.len() == 1 && instances[0].id == "c"
+        },
+    )
+    .await;
     let response = discovery.get("shop", "/anything").await.unwrap();
     assert_eq!(response.text().await.unwrap(), "c");
 }
@@ -320,4 +331,173 @@ async fn the_gateway_keeps_routing_while_the_registry_is_down() {
             "the new instance got no traffic"
         );
     }
+}
+
+/// Requests through the gateway, counted, until `stop` is set.
+async fn load(http: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
+    let mut sent = 0;
+    let mut failures = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        sent += 1;
+        match http.get(&url).send().await {
+            Ok(response) if response.status() == 200 => {}
+            Ok(response) => failures.push(format!("{}", response.status())),
+            Err(error) => failures.push(error.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (sent, failures)
+}
+
+/// The slow heartbeater's registration: a 60 s lease (so it renews rarely).
+async fn register_slow(system: &System, port: u16) -> u16 {
+    system
+        .http
+        .put(format!(
+            "{}/v1/services/slow/instances/hand",
+            system.registry_url()
+        ))
+        .json(&json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_registry_restart_under_load_fails_no_request_and_converges() {
+    // Besides the catalogs (which heartbeat every second), a service `slow` whose one instance
+    // renews its lease rarely, so it comes back to a restarted registry only at its next
+    // heartbeat, well after the restart: the view without it must never be adopted.
+    let routes = tempfile::NamedTempFile::new().unwrap();
+    let table = format!(
+        "{}\n[[routes]]\nname = \"slow\"\nprefix = \"/api/slow\"\nservice = \"slow\"\nauth = \"none\"\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stratus.toml")).unwrap()
+    );
+    std::fs::write(routes.path(), table).unwrap();
+    let extra = [(
+        "gateway",
+        "STRATUS_ROUTES",
+        routes.path().display().to_string(),
+    )];
+    let mut system = System::start_with(2, &extra).await;
+    let slow = support::backend::start("slow", Duration::ZERO).await;
+    assert_eq!(register_slow(&system, slow).await, 201);
+    system.wait_gateway_sees("slow", 1).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = [
+        tokio::spawn(load(
+            system.http.clone(),
+            system.url("/api/catalog/products"),
+            stop.clone(),
+        )),
+        tokio::spawn(load(
+            system.http.clone(),
+            system.url("/api/slow/anything"),
+            stop.clone(),
+        )),
+    ];
+    // A kit client follows the same registry; the smallest view it holds is recorded.
+    let discovery = Discovery::start(
+        RegistryClient::new(system.registry_url()).unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(
+        discovery
+            .wait_for("catalog", 2, Duration::from_secs(5))
+            .await
+    );
+    assert!(discovery.wait_for("slow", 1, Duration::from_secs(5)).await);
+    let discovery = Arc::new(discovery);
+    let smallest = {
+        let discovery = discovery.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut smallest = (usize::MAX, usize::MAX);
+            while !stop.load(Ordering::SeqCst) {
+                smallest.0 = smallest.0.min(discovery.instances("catalog").len());
+                smallest.1 = smallest.1.min(discovery.instances("slow").len());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            smallest
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    system.process("registry", 0).kill9();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let port = system.registry_port.to_string();
+    system.spawn("registry", &[("PORT", port.as_str())]);
+    system
+        .wait_http_ok(&format!("{}/readyz", system.registry_url()))
+        .await;
+    // Straight after the restart the registry is empty, and says it is warming.
+    let fresh: Value = system
+        .http
+        .get(format!("{}/v1/services", system.registry_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fresh["warming"], true, "{fresh}");
+
+    // The catalogs re-register by themselves (a heartbeat answered 404, or a failed one, makes
+    // them). The slow instance's next heartbeat comes 2 s later: a 404, so it registers again.
+    system.wait_registered("catalog", 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let beat = system
+        .http
+        .put(format!(
+            "{}/v1/services/slow/instances/hand/heartbeat",
+            system.registry_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 404);
+    assert_eq!(register_slow(&system, slow).await, 201);
+
+    // The registry settles once its warm-up is over, and every view converges on it.
+    let registry = &system.registry_url();
+    let http = &system.http;
+    eventually(
+        Duration::from_secs(15),
+        "the registry settling",
+        || async move {
+            let body: Value = match http.get(format!("{registry}/v1/services")).send().await {
+                Ok(response) => response.json().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            body.get("warming").is_none()
+                && body["services"]["catalog"].as_array().map(Vec::len) == Some(2)
+        },
+    )
+    .await;
+    system.wait_gateway_sees("catalog", 2).await;
+    system.wait_gateway_sees("slow", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for (what, task) in ["catalog", "slow"].into_iter().zip(traffic) {
+        let (sent, failures) = task.await.unwrap();
+        assert!(sent > 50, "only {sent} requests to {what}");
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} requests to {what} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+    let smallest = smallest.await.unwrap();
+    assert_eq!(
+        smallest,
+        (2, 1),
+        "the kit client's view shrank during the restart"
+    );
+    assert_eq!(discovery.instances("catalog").len(), 2);
+    assert_eq!(discovery.instances("slow").len(), 1);
 }

@@ -238,3 +238,121 @@ async fn the_gateway_never_routes_to_the_dead_on_etcd() {
     assert!(killed_at.elapsed() < Duration::from_secs(8));
     system.wait_gateway_sees("catalog", 1).await;
 }
+
+/// Reads catalog events until one lists exactly `ids` under `shop` (a change of health to
+/// `warning` is an event too, with the instance still listed).
+async fn until_listed(events: &mut support::registry::Events, within: Duration, ids: &[&str]) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let catalog = events.next_catalog(left).await;
+        if instance_ids(&catalog["services"]["shop"]) == ids {
+            return;
+        }
+    }
+}
+
+/// A backend whose `/healthz` answers 200 or 500 as `healthy` says; returns its port.
+async fn switchable_backend(healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let healthy = healthy.clone();
+            async move {
+                if healthy.load(Ordering::SeqCst) {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Active checks on etcd: one registry owns each check and writes the verdict into etcd, so an
+/// instance that fails its check leaves every registry's list and watch long before its lease
+/// would run out, and comes back when it passes. When the owning registry dies, another takes
+/// the check over.
+#[tokio::test]
+async fn active_checks_work_across_registries_on_etcd() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = etcd.url();
+    let mut first = Registry::start("registry-0", &store, dir.path()).await;
+    let second = Registry::start("registry-1", &store, dir.path()).await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let port = switchable_backend(healthy.clone()).await;
+
+    // A 60 s lease, so only the check can take the instance out within this test.
+    let registered = first
+        .http
+        .put(first.url("/v1/services/shop/instances/checked"))
+        .json(&serde_json::json!({
+            "address": "127.0.0.1", "port": port, "ttl_seconds": 60,
+            "check": {"http": "/healthz"}, "interval": "500ms",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    assert_eq!(first.register("shop", "plain", 9001, 60.0).await, 201);
+    assert_eq!(second.ids("shop").await, ["checked", "plain"]);
+    let mut events = second.events().await;
+    until_listed(&mut events, Duration::from_secs(5), &["checked", "plain"]).await;
+
+    // The instance starts failing its check.
+    healthy.store(false, Ordering::SeqCst);
+    let failed = Instant::now();
+    until_listed(&mut events, Duration::from_secs(5), &["plain"]).await;
+    let took = failed.elapsed();
+    eprintln!("failing check left the watch after {took:?}");
+    // Interval 500 ms, a confirming probe 100 ms later, then one etcd write: about 0.7 s.
+    assert!(took < Duration::from_millis(2000), "took {took:?}");
+    assert_eq!(first.ids("shop").await, ["plain"]);
+    assert_eq!(second.ids("shop").await, ["plain"]);
+    let one: Value = first
+        .http
+        .get(first.url("/v1/services/shop"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instance_ids(&one["instances"]), ["plain"]);
+    // Its lease is still alive: a heartbeat is accepted, and it stays out.
+    let beat = first
+        .http
+        .put(first.url("/v1/services/shop/instances/checked/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 204);
+
+    // It passes again: back in every list.
+    healthy.store(true, Ordering::SeqCst);
+    until_listed(&mut events, Duration::from_secs(5), &["checked", "plain"]).await;
+    assert_eq!(first.ids("shop").await, ["checked", "plain"]);
+
+    // Whichever registry owned the check, kill the first: the second runs every check now
+    // (at the latest once the first one's session lease has run out).
+    first.process.kill9();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    healthy.store(false, Ordering::SeqCst);
+    let failed = Instant::now();
+    until_listed(&mut events, Duration::from_secs(10), &["plain"]).await;
+    let took = failed.elapsed();
+    eprintln!("with the first registry dead: left after {took:?}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert_eq!(second.ids("shop").await, ["plain"]);
+    drop(etcd);
+}

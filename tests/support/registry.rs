@@ -35,6 +35,9 @@ impl Registry {
             .args(["serve", "registry"])
             .env("PORT", port.to_string())
             .env("STRATUS_REGISTRY_STORE", store)
+            // Registries driven by hand hold instances that never heartbeat, so no warm-up: the
+            // catalog is settled from the start (restarts with warming: tests/discovery.rs).
+            .env("STRATUS_REGISTRY_WARMUP", "0s")
             .env("STRATUS_DATA_DIR", dir)
             .env("STRATUS_LOG_FORMAT", "json")
             .env("STRATUS_LOG", "info")

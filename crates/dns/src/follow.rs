@@ -3,6 +3,8 @@
 //!
 //! While the registry is unreachable the last view keeps being served (fail static); before the
 //! first answer there is no view, and queries get SERVFAIL rather than a wrong NXDOMAIN.
+//! A restarted registry's `warming` view is merged into the last one
+//! ([`Catalog::merged_with`]), so its brief emptiness is never answered as NXDOMAIN.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,11 @@ pub async fn follow(client: RegistryClient, view: Arc<ArcSwapOption<Catalog>>) {
                     tracing::debug!(index = catalog.index, "registry view updated");
                 }
                 index = catalog.index;
-                view.store(Some(Arc::new(catalog)));
+                let merged = match view.load_full() {
+                    Some(previous) => catalog.merged_with(&previous),
+                    None => catalog,
+                };
+                view.store(Some(Arc::new(merged)));
             }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "registry unreachable; answering from the last known view");

@@ -37,7 +37,8 @@ use crate::upstream::Upstreams;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use stratus_kit::auth::Tokens;
-use stratus_kit::config::{CommonArgs, TokenArgs};
+use stratus_kit::config::{CommonArgs, DiscoverySource, TokenArgs};
+use stratus_kit::dns_discovery::DnsFollower;
 use stratus_kit::registry_client::RegistryClient;
 use stratus_kit::server::Service;
 
@@ -128,6 +129,9 @@ pub struct Args {
     pub tokens: TokenArgs,
 
     #[command(flatten)]
+    pub discovery: stratus_kit::config::DiscoveryArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -140,7 +144,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let registry = RegistryClient::new(&args.common.registry_url)?;
     let upstreams = Arc::new(Upstreams::new());
-    tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
+    // The DNS source needs the route table (the services to resolve), so it starts below.
+    let dns = match args.discovery.discovery {
+        DiscoverySource::Registry => {
+            tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
+            None
+        }
+        DiscoverySource::Dns => Some(DnsFollower::new(
+            args.discovery
+                .dns_settings()
+                .context("STRATUS_DISCOVERY=dns")?,
+        )),
+    };
 
     if !args.upstream_health_interval.is_zero() {
         let settings = health::Settings {
@@ -188,6 +203,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             served_by: args.served_by,
         },
     });
+
+    if let Some(follower) = dns {
+        tokio::spawn(discovery::follow_dns(follower, shared.clone()));
+    }
 
     let listener =
         server::reuseport_listener(std::net::SocketAddr::new(args.common.bind, args.port))?;

@@ -299,7 +299,7 @@ pub(crate) mod tests {
     fn catalog(index: u64, instances: Vec<Instance>) -> Catalog {
         let mut catalog = Catalog {
             index,
-            services: Default::default(),
+            ..Catalog::default()
         };
         catalog.services.insert("catalog".into(), instances);
         catalog

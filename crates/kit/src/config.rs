@@ -130,3 +130,71 @@ pub struct TokenArgs {
     #[arg(long, env = "STRATUS_JWKS_URL")]
     pub jwks_url: Option<String>,
 }
+
+/// Where a process finds the instances of other services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoverySource {
+    /// Follow the registry's blocking query (`STRATUS_REGISTRY_URL`).
+    Registry,
+    /// Ask DNS (SRV, then A/AAAA) for each service, where DNS is the registry (Kubernetes
+    /// headless services, Consul DNS, `stratus serve dns`).
+    Dns,
+}
+
+/// Settings for the discovery source, shared by the gateway and kit clients.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DiscoveryArgs {
+    /// Where instances come from: `registry` or `dns`.
+    #[arg(
+        long,
+        env = "STRATUS_DISCOVERY",
+        value_enum,
+        default_value = "registry"
+    )]
+    pub discovery: DiscoverySource,
+
+    /// With `dns`: the server to ask, as address:port (default: the first nameserver of
+    /// /etc/resolv.conf).
+    #[arg(long, env = "STRATUS_DNS_SERVER")]
+    pub dns_server: Option<std::net::SocketAddr>,
+
+    /// With `dns`: the name asked for a service; `{service}` is replaced by its name.
+    #[arg(
+        long,
+        env = "STRATUS_DNS_NAME_TEMPLATE",
+        default_value = "{service}.service.stratus"
+    )]
+    pub dns_name_template: String,
+
+    /// With `dns`: the port of instances found through A/AAAA records (no SRV).
+    #[arg(long, env = "STRATUS_DNS_DEFAULT_PORT", default_value_t = 80)]
+    pub dns_default_port: u16,
+
+    /// With `dns`: how often to ask again (longer if the records' TTL is longer, up to 30s).
+    #[arg(long, env = "STRATUS_DNS_REFRESH", default_value = "1s", value_parser = duration::parse)]
+    pub dns_refresh: Duration,
+
+    /// With `dns`: how long one DNS query may take.
+    #[arg(long, env = "STRATUS_DNS_TIMEOUT", default_value = "500ms", value_parser = duration::parse)]
+    pub dns_timeout: Duration,
+}
+
+impl DiscoveryArgs {
+    /// The DNS settings these arguments describe (the system resolver when no server is set).
+    pub fn dns_settings(&self) -> anyhow::Result<crate::dns_discovery::DnsSettings> {
+        if !self.dns_name_template.contains("{service}") {
+            anyhow::bail!("STRATUS_DNS_NAME_TEMPLATE must contain {{service}}");
+        }
+        let server = match self.dns_server {
+            Some(server) => server,
+            None => crate::dns_discovery::system_resolver()?,
+        };
+        Ok(crate::dns_discovery::DnsSettings {
+            server,
+            template: self.dns_name_template.clone(),
+            default_port: self.dns_default_port,
+            refresh: self.dns_refresh.max(Duration::from_millis(50)),
+            timeout: self.dns_timeout.max(Duration::from_millis(10)),
+        })
+    }
+}

@@ -9,7 +9,13 @@
 //! registry outage stops news from arriving but does not stop traffic. Two gauges tell how fresh
 //! the view is: `discovery_registry_up` (1 when the last call to the registry answered) and
 //! `discovery_view_age_seconds` (seconds since the registry last answered; while it is up this
-//! stays below the blocking query's wait).
+//! stays below the blocking query's wait). A restarted registry says it is `warming` until its
+//! instances have re-registered; until then its view is merged into the last one
+//! ([`Catalog::merged_with`]) rather than replacing it.
+//!
+//! [`Discovery::start_dns`] takes the instances from DNS instead ([`crate::dns_discovery`]),
+//! with the same view, the same fail static and the same gauges ("registry" then means the DNS
+//! server).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +25,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::config::{DiscoveryArgs, DiscoverySource};
+use crate::dns_discovery::{DnsFollower, DnsSettings};
 use crate::model::{Catalog, Instance};
 use crate::registry_client::RegistryClient;
 
@@ -63,6 +71,60 @@ struct Inner {
 impl Discovery {
     /// Starts following the registry behind `client`. Calls time out after `timeout`.
     pub fn start(client: RegistryClient, timeout: Duration) -> anyhow::Result<Self> {
+        let inner = Inner::new(timeout)?;
+        let follower = tokio::spawn(follow(client, inner.clone()));
+        Ok(Self::with_follower(inner, follower))
+    }
+
+    /// Starts asking DNS for the instances of `services` (DNS has no "every service" query, so
+    /// the caller names the ones it calls). Calls time out after `timeout`.
+    pub fn start_dns(
+        settings: DnsSettings,
+        services: Vec<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let inner = Inner::new(timeout)?;
+        let follower = tokio::spawn(follow_dns(
+            DnsFollower::new(settings),
+            services,
+            inner.clone(),
+        ));
+        Ok(Self::with_follower(inner, follower))
+    }
+
+    /// Starts the source `args` name: the registry behind `registry_url`, or DNS for `services`.
+    pub fn from_args(
+        args: &DiscoveryArgs,
+        registry_url: &str,
+        services: Vec<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        match args.discovery {
+            DiscoverySource::Registry => Self::start(RegistryClient::new(registry_url)?, timeout),
+            DiscoverySource::Dns => Self::start_dns(args.dns_settings()?, services, timeout),
+        }
+    }
+
+    fn with_follower(inner: Arc<Inner>, follower: tokio::task::JoinHandle<()>) -> Self {
+        let gauges = tokio::spawn({
+            let inner = inner.clone();
+            async move {
+                let mut ticker = tokio::time::interval(GAUGE_PERIOD);
+                loop {
+                    ticker.tick().await;
+                    inner.publish_gauges();
+                }
+            }
+        });
+        Self {
+            inner,
+            tasks: vec![follower, gauges],
+        }
+    }
+}
+
+impl Inner {
+    fn new(timeout: Duration) -> anyhow::Result<Arc<Inner>> {
         crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1).min(timeout))
@@ -77,23 +139,11 @@ impl Discovery {
             http,
             timeout,
         });
-        let follower = tokio::spawn(follow(client, inner.clone()));
-        let gauges = tokio::spawn({
-            let inner = inner.clone();
-            async move {
-                let mut ticker = tokio::time::interval(GAUGE_PERIOD);
-                loop {
-                    ticker.tick().await;
-                    inner.publish_gauges();
-                }
-            }
-        });
-        Ok(Self {
-            inner,
-            tasks: vec![follower, gauges],
-        })
+        Ok(inner)
     }
+}
 
+impl Discovery {
     /// The known instances of `service` (empty if none).
     pub fn instances(&self, service: &str) -> Arc<Vec<Instance>> {
         self.inner.instances(service)
@@ -238,6 +288,11 @@ impl Inner {
     fn answered(&self, catalog: &Catalog) {
         *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.registry_up.store(true, Ordering::SeqCst);
+        self.apply(catalog);
+    }
+
+    /// Installs `catalog` as the view, without saying anything about the source's health.
+    fn apply(&self, catalog: &Catalog) {
         let view: HashMap<String, Arc<Vec<Instance>>> = catalog
             .services
             .iter()
@@ -271,6 +326,8 @@ impl Inner {
 async fn follow(client: RegistryClient, inner: Arc<Inner>) {
     let mut index = 0;
     let mut backoff = Duration::from_millis(50);
+    // The view as last applied, for merging a warming registry's answers into.
+    let mut last = Catalog::default();
     loop {
         match client.watch(index, WAIT).await {
             Ok(catalog) => {
@@ -278,8 +335,13 @@ async fn follow(client: RegistryClient, inner: Arc<Inner>) {
                 if catalog.index < index {
                     tracing::info!("registry index went back (it restarted); taking its view");
                 }
-                inner.answered(&catalog);
+                if catalog.warming {
+                    tracing::debug!("registry warming; keeping instances it does not list yet");
+                }
+                let view = catalog.merged_with(&last);
+                inner.answered(&view);
                 index = catalog.index;
+                last = view;
             }
             Err(error) => {
                 if inner.registry_up.load(Ordering::SeqCst) {
@@ -292,6 +354,23 @@ async fn follow(client: RegistryClient, inner: Arc<Inner>) {
                 index = 0;
             }
         }
+    }
+}
+
+/// The DNS source: a round every refresh period; a service whose lookup failed keeps its last
+/// answer, and the source counts as down until a round answers completely.
+async fn follow_dns(mut follower: DnsFollower, services: Vec<String>, inner: Arc<Inner>) {
+    loop {
+        let round = follower.round(&services).await;
+        if round.complete {
+            inner.answered(&round.catalog);
+        } else {
+            if round.catalog.index > 0 {
+                inner.apply(&round.catalog);
+            }
+            inner.unreachable();
+        }
+        tokio::time::sleep(round.next).await;
     }
 }
 
@@ -388,7 +467,11 @@ mod tests {
                 .or_default()
                 .push(instance);
         }
-        Catalog { index, services }
+        Catalog {
+            index,
+            services,
+            ..Catalog::default()
+        }
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod discovery;
+pub mod dns_discovery;
 pub mod duration;
 pub mod events;
 pub mod health;

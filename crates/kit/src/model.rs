@@ -88,4 +88,123 @@ pub struct ServiceInstances {
 pub struct Catalog {
     pub index: u64,
     pub services: BTreeMap<String, Vec<Instance>>,
+    /// The registry started recently and instances are still re-registering with it: the view
+    /// may be missing live instances. Watchers keep what they knew until this turns false
+    /// (see [`Catalog::merged_with`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warming: bool,
+    /// Which run of the registry this view comes from (a new id each time a memory registry
+    /// starts; empty for etcd, whose view survives restarts). A watcher merges a warming view
+    /// only into one from an earlier run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+}
+
+impl Catalog {
+    /// The view a watcher should adopt when this catalog arrives after `previous`.
+    ///
+    /// A settled catalog is the truth and is taken as it is. A warming one from a restarted
+    /// memory registry may lack instances that are alive but have not heartbeated since the
+    /// restart, so when `previous` came from an earlier run of the registry it is merged:
+    /// everything it lists, plus every instance of `previous` it does not list (by id). The
+    /// merged view keeps the earlier run's epoch, so the next warming answers merge too;
+    /// instances that really left disappear when warming ends. A watcher that knew nothing
+    /// before, or whose view is from this same run, takes the catalog as it is (so removals
+    /// during a first start's warm-up are seen at once).
+    pub fn merged_with(&self, previous: &Catalog) -> Catalog {
+        if !self.warming || previous.epoch.is_empty() || previous.epoch == self.epoch {
+            return self.clone();
+        }
+        let mut merged = self.clone();
+        merged.epoch = previous.epoch.clone();
+        for (service, old) in &previous.services {
+            let instances = merged.services.entry(service.clone()).or_default();
+            for instance in old {
+                if !instances.iter().any(|i| i.id == instance.id) {
+                    instances.push(instance.clone());
+                }
+            }
+        }
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(service: &str, id: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            service: service.into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            version: "1".into(),
+            metadata: BTreeMap::new(),
+            health: Health::Passing,
+            ttl_seconds: 3.0,
+            registered_at: String::new(),
+        }
+    }
+
+    fn catalog(warming: bool, epoch: &str, instances: &[(&str, &str)]) -> Catalog {
+        let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        for (service, id) in instances {
+            services
+                .entry(service.to_string())
+                .or_default()
+                .push(instance(service, id));
+        }
+        Catalog {
+            index: 1,
+            services,
+            warming,
+            epoch: epoch.into(),
+        }
+    }
+
+    fn ids(catalog: &Catalog, service: &str) -> Vec<String> {
+        let mut ids: Vec<String> = catalog.services[service]
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_warming_view_keeps_what_it_does_not_list_yet() {
+        let before = catalog(false, "old", &[("a", "1"), ("a", "2"), ("b", "3")]);
+        let warming = catalog(true, "new", &[("a", "2"), ("a", "4")]);
+        let merged = warming.merged_with(&before);
+        assert_eq!(ids(&merged, "a"), ["1", "2", "4"]);
+        assert_eq!(ids(&merged, "b"), ["3"]);
+        // The next warming answer still merges (the kept instances are from the old run).
+        let later = catalog(true, "new", &[("a", "1")]);
+        assert_eq!(ids(&later.merged_with(&merged), "a"), ["1", "2", "4"]);
+        // Once settled, the registry's view is the truth.
+        let settled = catalog(false, "new", &[("a", "4")]);
+        let view = settled.merged_with(&merged);
+        assert_eq!(ids(&view, "a"), ["4"]);
+        assert!(!view.services.contains_key("b"));
+    }
+
+    #[test]
+    fn a_first_view_or_one_from_the_same_run_is_not_merged() {
+        let warming = catalog(true, "new", &[("a", "2")]);
+        assert_eq!(warming.merged_with(&Catalog::default()), warming);
+        let same_run = catalog(true, "new", &[("a", "1"), ("a", "2")]);
+        assert_eq!(ids(&warming.merged_with(&same_run), "a"), ["2"]);
+    }
+
+    #[test]
+    fn warming_is_left_out_of_the_json_when_false() {
+        let json = serde_json::to_value(catalog(false, "", &[])).unwrap();
+        assert!(json.get("warming").is_none());
+        assert!(json.get("epoch").is_none());
+        let json = serde_json::to_value(catalog(true, "x", &[])).unwrap();
+        assert_eq!(json["warming"], true);
+        let back: Catalog = serde_json::from_str(r#"{"index":3,"services":{}}"#).unwrap();
+        assert!(!back.warming);
+    }
 }

@@ -12,8 +12,9 @@
 //!   every watch until a probe passes again.
 //!
 //! Every change of health moves the registry's index, so blocking queries and the event stream
-//! tell every watcher at once. Checks run in the registry process that holds the instances
-//! (the memory store); see `ARCHITECTURE.md` for etcd.
+//! tell every watcher at once. With the memory store the one registry process probes every
+//! instance ([`run`]); with etcd, each check is owned by one of the registry processes and the
+//! verdict is written into etcd (`crate::etcd_checks`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod checks;
+pub mod etcd_checks;
 pub mod events;
 pub mod store;
 pub mod validate;
@@ -34,6 +35,13 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REGISTRY_STORE", default_value = "memory")]
     pub store: StoreConfig,
 
+    /// With the memory store: how long after start the catalog says `warming`, so watchers
+    /// keep the instances they knew while those re-register (a restarted registry starts
+    /// empty). At least the longest heartbeat period of any instance (a third of its TTL)
+    /// plus the registration back-off (2 s).
+    #[arg(long, env = "STRATUS_REGISTRY_WARMUP", default_value = "5s", value_parser = stratus_kit::duration::parse)]
+    pub warmup: Duration,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -41,7 +49,11 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match &args.store {
         StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::new());
+            let store = Arc::new(MemoryStore::warming_for(args.warmup));
+            tokio::spawn({
+                let store = store.clone();
+                async move { store.end_warming().await }
+            });
             tokio::spawn(store::memory::reap_expired(
                 store.clone(),
                 Duration::from_millis(100),
@@ -54,6 +66,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("connecting to etcd at {url} (STRATUS_REGISTRY_STORE)"))?;
             tracing::info!(etcd = %url, "keeping instances in etcd");
+            tokio::spawn(etcd_checks::run(
+                store.client().clone(),
+                etcd_checks::member_name().to_string(),
+            ));
             serve(store, &args).await
         }
     }

@@ -8,7 +8,10 @@
 //! - an instance that stops renewing is deleted by etcd when its lease runs out, whichever
 //!   registry process (if any) is still alive;
 //! - deregistering deletes the key and revokes its lease;
-//! - the change index is etcd's revision, which every write moves forward cluster-wide.
+//! - the change index is etcd's revision, which every write moves forward cluster-wide;
+//! - a declared check is kept beside the instance (`/stratus/checks/<service>/<id>`, on the same
+//!   lease) and its verdict in the instance's `health`, written by the registry that owns the
+//!   check (`crate::etcd_checks`); critical instances are left out of every answer.
 //!
 //! Blocking queries must not each open their own etcd watch (a gateway fleet would open thousands),
 //! so each registry process keeps exactly one watch stream on the prefix and turns its events into
@@ -20,10 +23,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stratus_kit::model::{Catalog, Instance, Registration, ServiceInstances};
+use stratus_kit::model::{Catalog, Health, Instance, Registration, ServiceInstances};
 use tokio::sync::watch;
 
 use super::etcd_api::{EtcdClient, KeyValue};
+use crate::checks::CheckSpec;
+use crate::etcd_checks::{self as checks, CheckRecord};
+
 use super::{instance_from, wait_past, Store, StoreError, StoreResult};
 
 /// Every Stratus key lives under this prefix, so etcd can be shared with other users.
@@ -72,12 +78,33 @@ impl EtcdStore {
             .await?
             .and_then(|kv| decode(&kv).map(|instance| (instance, kv.lease)));
         let registered_at = previous.as_ref().map(|(i, _)| i.registered_at.clone());
-        let instance = instance_from(service, id, registration, registered_at);
+        // The API validated the check; a registration made in-process with a bad one gets none.
+        let spec = CheckSpec::from_registration(&registration).unwrap_or(None);
+        let mut instance = instance_from(service, id, registration, registered_at);
+        let check = spec
+            .map(|spec| CheckRecord::new(&instance.authority(), &spec).encode())
+            .transpose()?;
+        let check_key = checks::check_key(service, id);
+        let old_check = match &previous {
+            Some(_) => self.client.get(&check_key).await?.map(|kv| kv.value),
+            None => None,
+        };
+
+        // The same target with the same check keeps what the probes found so far.
+        if let Some((old, _)) = &previous {
+            if old.address == instance.address && old.port == instance.port && old_check == check {
+                instance.health = old.health;
+            }
+        }
 
         // The same registration again (an instance re-registering after a restart of its
         // registry, say) only renews the lease: no write, no new revision, no watcher woken.
         if let Some((old, lease)) = &previous {
-            if *old == instance && *lease != 0 && self.client.keepalive(*lease).await? {
+            if *old == instance
+                && old_check == check
+                && *lease != 0
+                && self.client.keepalive(*lease).await?
+            {
                 return Ok((instance, false));
             }
         }
@@ -88,7 +115,16 @@ impl EtcdStore {
             .client
             .grant(lease_seconds(instance.ttl_seconds))
             .await?;
-        if let Err(error) = self.client.put(&key, &value, lease).await {
+        // The check rides on the instance's lease, so it goes when the instance does.
+        let written = async {
+            self.client.put(&key, &value, lease).await?;
+            match &check {
+                Some(check) => self.client.put(&check_key, check, lease).await.map(|_| ()),
+                None if old_check.is_some() => self.client.delete(&check_key).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        if let Err(error) = written.await {
             let _ = self.client.revoke(lease).await;
             return Err(error);
         }
@@ -125,7 +161,7 @@ impl EtcdStore {
     async fn read_catalog(&self) -> StoreResult<Catalog> {
         let (revision, kvs) = self.client.range_prefix(PREFIX).await?;
         let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-        for instance in kvs.iter().filter_map(decode) {
+        for instance in kvs.iter().filter_map(decode).filter(listed) {
             services
                 .entry(instance.service.clone())
                 .or_default()
@@ -134,6 +170,8 @@ impl EtcdStore {
         Ok(Catalog {
             index: as_index(revision),
             services,
+            // etcd keeps every instance across registry restarts: never warming.
+            ..Catalog::default()
         })
     }
 
@@ -145,8 +183,13 @@ impl EtcdStore {
         Ok(ServiceInstances {
             index: as_index(revision),
             name: name.to_string(),
-            instances: kvs.iter().filter_map(decode).collect(),
+            instances: kvs.iter().filter_map(decode).filter(listed).collect(),
         })
+    }
+
+    /// The etcd client, for the health-check runner that shares this store's etcd.
+    pub fn client(&self) -> &EtcdClient {
+        &self.client
     }
 
     async fn probe(&self) -> Result<(), String> {
@@ -270,7 +313,12 @@ fn advance(index: &watch::Sender<u64>, revision: i64) {
     });
 }
 
-fn key(service: &str, id: &str) -> String {
+/// Critical instances stay in etcd (their checks go on) but are left out of every answer.
+fn listed(instance: &Instance) -> bool {
+    instance.health != Health::Critical
+}
+
+pub(crate) fn key(service: &str, id: &str) -> String {
     format!("{PREFIX}{service}/{id}")
 }
 
@@ -286,7 +334,7 @@ fn as_index(revision: i64) -> u64 {
 
 /// An instance from its key's value. A value that is not an instance (written by something
 /// else under our prefix) is skipped with a warning rather than failing every read.
-fn decode(kv: &KeyValue) -> Option<Instance> {
+pub(crate) fn decode(kv: &KeyValue) -> Option<Instance> {
     match serde_json::from_slice(&kv.value) {
         Ok(instance) => Some(instance),
         Err(error) => {

@@ -67,6 +67,13 @@ struct DeleteResponse {
 }
 
 #[derive(Deserialize)]
+struct TxnResponse {
+    /// Absent (false) when a comparison failed: the JSON gateway leaves out default values.
+    #[serde(default)]
+    succeeded: bool,
+}
+
+#[derive(Deserialize)]
 struct LeaseGrantResponse {
     #[serde(rename = "ID", default, deserialize_with = "int64")]
     id: i64,
@@ -197,6 +204,46 @@ impl EtcdClient {
         });
         let response: PutResponse = self.call("/v3/kv/put", body).await?;
         Ok(response.header.revision)
+    }
+
+    /// Writes `key` only if it does not exist yet (one transaction), attached to `lease`.
+    /// Returns whether it was written.
+    pub async fn create(&self, key: &str, value: &[u8], lease: i64) -> StoreResult<bool> {
+        let body = json!({
+            "compare": [{
+                "target": "CREATE",
+                "result": "EQUAL",
+                "key": BASE64.encode(key),
+                "create_revision": "0",
+            }],
+            "success": [{ "request_put": {
+                "key": BASE64.encode(key),
+                "value": BASE64.encode(value),
+                "lease": lease.to_string(),
+            }}],
+        });
+        let response: TxnResponse = self.call("/v3/kv/txn", body).await?;
+        Ok(response.succeeded)
+    }
+
+    /// Replaces the value of `key` only if nobody wrote it since `mod_revision` (one
+    /// transaction), keeping the lease it has. Returns whether it was written.
+    pub async fn replace(&self, key: &str, mod_revision: i64, value: &[u8]) -> StoreResult<bool> {
+        let body = json!({
+            "compare": [{
+                "target": "MOD",
+                "result": "EQUAL",
+                "key": BASE64.encode(key),
+                "mod_revision": mod_revision.to_string(),
+            }],
+            "success": [{ "request_put": {
+                "key": BASE64.encode(key),
+                "value": BASE64.encode(value),
+                "ignore_lease": true,
+            }}],
+        });
+        let response: TxnResponse = self.call("/v3/kv/txn", body).await?;
+        Ok(response.succeeded)
     }
 
     /// Deletes `key`; returns what was there, if anything.

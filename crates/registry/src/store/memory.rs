@@ -43,6 +43,11 @@ fn listed(entry: &Entry) -> bool {
 pub struct MemoryStore {
     state: Mutex<State>,
     index: watch::Sender<u64>,
+    /// Until then the catalog says `warming`: a restarted registry starts empty, and the
+    /// instances that are alive come back only with their next heartbeat.
+    warm_at: Instant,
+    /// This run's id, in every catalog.
+    epoch: String,
 }
 
 impl Default for MemoryStore {
@@ -52,11 +57,32 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store that is settled from the start (nothing to wait for).
     pub fn new() -> Self {
+        Self::warming_for(Duration::ZERO)
+    }
+
+    /// A store whose catalog says `warming` for `warmup` after now. Call
+    /// [`MemoryStore::end_warming`] then, so watchers learn that the view is settled.
+    pub fn warming_for(warmup: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
             index: watch::Sender::new(1),
+            warm_at: Instant::now() + warmup,
+            epoch: stratus_kit::new_id(),
         }
+    }
+
+    /// Whether instances may still be missing because the registry started recently.
+    pub fn warming(&self) -> bool {
+        Instant::now() < self.warm_at
+    }
+
+    /// Waits until warming is over, then moves the index, so every blocking query returns with
+    /// the settled view (and watchers drop what they were keeping for instances that left).
+    pub async fn end_warming(&self) {
+        tokio::time::sleep_until(self.warm_at.into()).await;
+        self.bump();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -233,6 +259,8 @@ impl MemoryStore {
         let state = self.state();
         Catalog {
             index: self.index(),
+            warming: self.warming(),
+            epoch: self.epoch.clone(),
             services: state
                 .services
                 .iter()
