@@ -23,8 +23,10 @@ if ! need wrk || ! need redis-server; then
     echo "install wrk and redis-server first" >&2; exit 1
   fi
 fi
-[ -x target/release/stratus ] || cargo build --release -j2
-STRATUS=$PWD/target/release/stratus
+# STRATUS_BIN=target/debug/stratus measures a debug build instead (ratios only).
+STRATUS=${STRATUS_BIN:-$PWD/target/release/stratus}
+[ -x "$STRATUS" ] || cargo build --release -j2
+STRATUS=$(realpath "$STRATUS")
 
 work=$(mktemp -d)
 pids=()
