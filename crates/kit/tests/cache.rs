@@ -1,18 +1,18 @@
 //! The cache and its four patterns, on both stores: in-process (moka) and a real Redis.
 
-mod redis_server;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
 use serde::{Deserialize, Serialize};
 use stratus_kit::cache::{
     get_or_load, write_through, Cache, CacheArgs, Outcome, ReadThrough, WriteBack,
     WriteBackSettings,
 };
+use support::RedisServer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Item {
@@ -232,7 +232,7 @@ async fn redis_is_shared_between_instances() {
 
 #[tokio::test]
 async fn an_unreachable_redis_at_start_is_an_error() {
-    let port = redis_server::free_port();
+    let port = support::free_port();
     let error = Cache::open(
         "nowhere",
         &args(
