@@ -45,6 +45,8 @@ enum Component {
     Dns(stratus_dns::Args),
     /// Event sink: every hop's record, traces and per-service stats.
     Events(stratus_events::Args),
+    /// Shop: each customer's own profile.
+    Profile(stratus_profile::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +89,10 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Events(args) => {
             init("events", &args.common);
             stratus_events::run(args).await
+        }
+        Component::Profile(args) => {
+            init("profile", &args.common);
+            stratus_profile::run(args).await
         }
     };
     if let Err(error) = &result {

@@ -11,7 +11,9 @@ use serde::Deserialize;
 pub const DEFAULT: &str = include_str!("../stratus.toml");
 
 /// Components that are built into the `stratus` binary.
-pub const BUILT_IN: &[&str] = &["registry", "events", "gateway", "dns", "auth", "catalog"];
+pub const BUILT_IN: &[&str] = &[
+    "registry", "events", "gateway", "dns", "auth", "catalog", "profile",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -76,7 +78,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["registry", "events", "auth", "catalog", "gateway", "dns"]
+            ["registry", "events", "auth", "catalog", "profile", "gateway", "dns"]
         );
         assert_eq!(manifest.components[3].replicas, 2);
     }

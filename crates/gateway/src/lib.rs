@@ -20,6 +20,7 @@ pub mod l4;
 pub mod park;
 pub mod proxy;
 pub mod ratelimit;
+pub mod ratelimit_redis;
 pub mod reload;
 pub mod report;
 pub mod routes;
@@ -121,6 +122,15 @@ pub struct Args {
     #[arg(long, env = "STRATUS_GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
+    /// Redis shared by every gateway for route rate limits (`redis://host:port`); unset: each
+    /// gateway limits on its own. When Redis fails, limits fall back to per instance (fail open).
+    #[arg(long, env = "STRATUS_RATE_LIMIT_REDIS_URL")]
+    pub rate_limit_redis_url: Option<String>,
+
+    /// How long a rate-limit decision waits for Redis before falling back to the local limiter.
+    #[arg(long, env = "STRATUS_RATE_LIMIT_REDIS_TIMEOUT", default_value = "100ms", value_parser = stratus_kit::duration::parse)]
+    pub rate_limit_redis_timeout: Duration,
+
     /// Add `x-served-by: <service>/<instance>` to responses.
     #[arg(long, env = "STRATUS_SERVED_BY", default_value_t = true, action = clap::ArgAction::Set)]
     pub served_by: bool,
@@ -192,6 +202,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let rate_limit_redis = args
+        .rate_limit_redis_url
+        .clone()
+        .filter(|url| !url.is_empty());
+    if let Some(url) = &rate_limit_redis {
+        // A configured backing service that is not there at start-up is a clear error; later
+        // outages fail open (ratelimit_redis.rs).
+        stratus_kit::cache::connect_redis(url)
+            .await
+            .context("STRATUS_RATE_LIMIT_REDIS_URL")?;
+        tracing::info!("route rate limits are shared through Redis");
+    }
     let shared = Arc::new(Shared {
         reporter,
         routes: ArcSwap::from_pointee(table),
@@ -201,6 +223,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_body: args.max_body,
             timeout: args.upstream_timeout,
             served_by: args.served_by,
+            rate_limit_redis,
+            rate_limit_redis_timeout: args.rate_limit_redis_timeout,
         },
     });
 

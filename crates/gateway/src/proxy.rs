@@ -33,6 +33,10 @@ pub struct Settings {
     pub max_body: usize,
     pub timeout: Duration,
     pub served_by: bool,
+    /// Redis for rate limits shared across gateways (None: each gateway limits alone).
+    pub rate_limit_redis: Option<String>,
+    /// How long one shared rate-limit decision may wait for Redis.
+    pub rate_limit_redis_timeout: Duration,
 }
 
 /// What every worker thread shares: the route table, the instances, the token keys.
@@ -52,6 +56,8 @@ pub struct Proxy {
     client: Arc<Pool>,
     /// This worker's buffer of hop records for the event sink (None when reporting is off).
     pub events: Option<crate::report::WorkerEvents>,
+    /// This worker's connection to the shared rate limits (None: limits are local only).
+    shared_limits: Option<crate::ratelimit_redis::SharedLimits>,
 }
 
 /// Whether repeating the request is harmless (RFC 9110 section 9.2.2).
@@ -71,10 +77,17 @@ impl Proxy {
             .map(crate::report::WorkerEvents::new);
         let client = Pool::new(connect_timeout);
         client.spawn_sweeper();
+        let shared_limits = shared.settings.rate_limit_redis.as_deref().map(|url| {
+            crate::ratelimit_redis::SharedLimits::start(
+                url,
+                shared.settings.rate_limit_redis_timeout,
+            )
+        });
         Self {
             shared,
             client,
             events,
+            shared_limits,
         }
     }
 
@@ -120,7 +133,11 @@ impl Proxy {
             );
         };
         if let Some(limiter) = &route.rate_limit {
-            if let Err(limited) = limiter.check(peer.ip()) {
+            let verdict = match &self.shared_limits {
+                None => limiter.check(peer.ip()),
+                Some(shared) => shared.check(&route.name, limiter, peer.ip()).await,
+            };
+            if let Err(limited) = verdict {
                 route.metrics.record(429, 0.0);
                 let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let rejection = Problem::new(

@@ -4,6 +4,8 @@
 //! each key remembers a "theoretical arrival time" (TAT). A request is allowed if the TAT is not
 //! more than `burst` intervals ahead of now, and pushes the TAT one interval further. One atomic
 //! compare-and-swap per request for a route-wide limit; a small sharded map for per-client ones.
+//! With `STRATUS_RATE_LIMIT_REDIS_URL` the same algorithm runs in Redis, shared by every gateway
+//! ([`crate::ratelimit_redis`]), and this limiter is the fallback while Redis is away.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -72,6 +74,20 @@ impl RateLimiter {
             route_tat: AtomicU64::new(0),
             clients: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         })
+    }
+
+    /// Time between requests at the steady rate.
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
+    /// How far ahead of now the TAT may run (the burst, as time).
+    pub fn tolerance_ns(&self) -> u64 {
+        self.tolerance_ns
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 
     pub fn check(&self, client: IpAddr) -> Result<(), Limited> {

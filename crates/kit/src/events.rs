@@ -190,6 +190,12 @@ pub async fn record_requests(
         .unwrap_or_else(|| "unmatched".into());
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    // A handler that read through a cache says how it went (kit::cache::Outcome as a response
+    // part), and the record carries it.
+    let cache = response
+        .extensions()
+        .get::<crate::cache::Outcome>()
+        .map(|outcome| outcome.as_str().to_string());
     reporter.report(EventRecord {
         trace_id: context.trace_id_hex(),
         span_id: context.span_id_hex(),
@@ -204,7 +210,7 @@ pub async fn record_requests(
         started_at,
         duration_us: started.elapsed().as_micros() as u64,
         retries: None,
-        cache: None,
+        cache,
         topic: None,
         breaker: None,
     });

@@ -8,6 +8,7 @@
 //! drains and exits ([`server`]).
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod discovery;

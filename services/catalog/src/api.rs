@@ -1,4 +1,14 @@
 //! The catalog's HTTP API, under `/api/catalog`.
+//!
+//! Reading one product is **cache-aside** (`kit::cache::get_or_load`): look in the cache, on a
+//! miss read the database and fill the cache; `PUT` and `DELETE` write the database and then
+//! invalidate the product's key. Each such read answers `x-cache: hit|miss` and records the same
+//! in its event record. The product list is not cached: it changes with every write to any
+//! product, and paging makes its keys many.
+//!
+//! Each read by id also counts a **view**, write-back (`kit::cache::WriteBack`): the increment goes
+//! into memory and reaches the `views` column in batches (`flush_views`), which then invalidates
+//! the flushed products so their next read shows the new count.
 
 use std::sync::Arc;
 
@@ -10,6 +20,7 @@ use axum::Router;
 use serde::Deserialize;
 use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
+use stratus_kit::cache::{get_or_load, Cache, WriteBack};
 use stratus_kit::{Json, Problem};
 
 use crate::product::{Product, ProductInput};
@@ -22,6 +33,10 @@ const MAX_PAGE: i64 = 200;
 pub struct AppState {
     pub pool: AnyPool,
     pub tokens: Arc<Tokens>,
+    /// Products by id (cache-aside).
+    pub products: Cache,
+    /// View counts on their way to the database (write-back).
+    pub views: WriteBack,
 }
 
 impl FromRef<AppState> for Arc<Tokens> {
@@ -52,16 +67,49 @@ struct Page {
     offset: Option<i64>,
 }
 
-type Row = (String, String, String, i64, i64);
+type Row = (String, String, String, i64, i64, i64);
 
-fn product((id, name, description, price_cents, stock): Row) -> Product {
+const COLUMNS: &str = "id, name, description, price_cents, stock, views";
+
+fn product((id, name, description, price_cents, stock, views): Row) -> Product {
     Product {
         id,
         name,
         description,
         price_cents,
         stock,
+        views,
     }
+}
+
+async fn load(pool: &AnyPool, id: &str) -> Result<Option<Product>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM products WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(product))
+}
+
+/// Writes one batch of view increments in one transaction, then invalidates those products so
+/// their next read shows the new count.
+pub async fn flush_views(
+    pool: &AnyPool,
+    products: &Cache,
+    batch: Vec<(String, i64)>,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for (id, by) in &batch {
+        sqlx::query("UPDATE products SET views = views + $1 WHERE id = $2")
+            .bind(*by)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    for (id, _) in &batch {
+        products.invalidate(id).await;
+    }
+    Ok(())
 }
 
 async fn list(
@@ -75,9 +123,9 @@ async fn list(
             "limit must be 1-{MAX_PAGE} and offset at least 0"
         )));
     }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, name, description, price_cents, stock FROM products ORDER BY id LIMIT $1 OFFSET $2",
-    )
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2"
+    ))
     .bind(limit)
     .bind(offset)
     .fetch_all(&state.pool)
@@ -88,14 +136,10 @@ async fn list(
 }
 
 async fn fetch(State(state): Shared, Path(id): Path<String>) -> Result<impl IntoResponse, Problem> {
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT id, name, description, price_cents, stock FROM products WHERE id = $1",
-    )
-    .bind(&id)
-    .fetch_optional(&state.pool)
-    .await?;
-    row.map(|r| axum::Json(product(r)))
-        .ok_or_else(|| Problem::not_found(format!("no product {id}")))
+    let (found, outcome) = get_or_load(&state.products, &id, || load(&state.pool, &id)).await?;
+    let product = found.ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
+    state.views.add(&id, 1);
+    Ok((outcome, axum::Json(product)))
 }
 
 async fn create(
@@ -111,6 +155,7 @@ async fn create(
         description: input.description,
         price_cents: input.price_cents,
         stock: input.stock,
+        views: 0,
     };
     let now = stratus_kit::now_rfc3339();
     sqlx::query(
@@ -155,13 +200,12 @@ async fn update(
     if !stratus_kit::db::changed(&result) {
         return Err(Problem::not_found(format!("no product {id}")));
     }
-    Ok(axum::Json(Product {
-        id,
-        name: input.name.trim().to_string(),
-        description: input.description,
-        price_cents: input.price_cents,
-        stock: input.stock,
-    }))
+    // The database changed first, so a read that fills the cache from now on sees the new row.
+    state.products.invalidate(&id).await;
+    let updated = load(&state.pool, &id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
+    Ok(axum::Json(updated))
 }
 
 async fn remove(
@@ -177,5 +221,6 @@ async fn remove(
     if !stratus_kit::db::changed(&result) {
         return Err(Problem::not_found(format!("no product {id}")));
     }
+    state.products.invalidate(&id).await;
     Ok(StatusCode::NO_CONTENT)
 }

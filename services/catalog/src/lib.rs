@@ -8,7 +8,10 @@ pub mod api;
 pub mod product;
 pub mod schema;
 
+use std::time::Duration;
+
 use stratus_kit::auth::Tokens;
+use stratus_kit::cache::{Cache, CacheArgs, WriteBack, WriteBackSettings};
 use stratus_kit::config::{CommonArgs, TokenArgs};
 use stratus_kit::registry_client::RegistryClient;
 use stratus_kit::server::Service;
@@ -23,6 +26,17 @@ pub struct Args {
     /// Database URL (sqlite: or postgres:); default: a SQLite file in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// How often counted product views are written to the database (write-back).
+    #[arg(long, env = "CATALOG_VIEWS_FLUSH", default_value = "1s", value_parser = stratus_kit::duration::parse)]
+    pub views_flush: Duration,
+
+    /// Write the views early once this many products have uncounted views.
+    #[arg(long, env = "CATALOG_VIEWS_BATCH", default_value_t = 1000)]
+    pub views_batch: usize,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     #[command(flatten)]
     pub tokens: TokenArgs,
@@ -42,9 +56,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &args.tokens,
         RegistryClient::new(&args.common.registry_url)?,
     )?;
+    let products = Cache::open("products", &args.cache).await?;
+    let views = {
+        let (pool, products) = (pool.clone(), products.clone());
+        WriteBack::start(
+            "views",
+            WriteBackSettings {
+                every: args.views_flush,
+                max_pending: args.views_batch.max(1),
+            },
+            move |batch| {
+                let (pool, products) = (pool.clone(), products.clone());
+                Box::pin(async move { api::flush_views(&pool, &products, batch).await })
+            },
+        )
+    };
     let state = api::AppState {
         pool: pool.clone(),
         tokens,
+        products,
+        views: views.clone(),
     };
 
     let service = Service::new("catalog", args.port);
@@ -52,5 +83,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }
     });
-    service.run(&args.common, api::router(state)).await
+    let result = service.run(&args.common, api::router(state)).await;
+    // Views counted but not yet written go to the database before the process leaves.
+    views.close().await;
+    result
 }

@@ -12,6 +12,9 @@ pub struct Product {
     pub description: String,
     pub price_cents: i64,
     pub stock: i64,
+    /// Times the product was read by id, as of the last write-back flush.
+    #[serde(default)]
+    pub views: i64,
 }
 
 /// The body of `POST` and `PUT`. Unknown fields are refused, so a typo is an error, not a no-op.

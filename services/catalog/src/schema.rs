@@ -12,9 +12,20 @@ CREATE TABLE IF NOT EXISTS products (
 )
 ";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "products",
-    sqlite: V1,
-    postgres: V1,
-}];
+/// Views, counted write-back (`api.rs`): incremented in batches, never per request.
+const V2: &str = "ALTER TABLE products ADD COLUMN views BIGINT NOT NULL DEFAULT 0";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "products",
+        sqlite: V1,
+        postgres: V1,
+    },
+    Migration {
+        version: 2,
+        description: "product views",
+        sqlite: V2,
+        postgres: V2,
+    },
+];
