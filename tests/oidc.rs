@@ -95,7 +95,7 @@ async fn authlib_runs_client_credentials_and_authorization_code_with_pkce() {
 /// client, an unregistered redirect URI) and those it answers on the redirect (no PKCE).
 #[tokio::test]
 async fn the_authorization_endpoint_never_redirects_to_an_unregistered_uri() {
-    let system = System::start(0).await;
+    let system = System::start(1).await;
     let admin = system.admin_token().await;
     let app: Value = system
         .http
@@ -115,7 +115,7 @@ async fn the_authorization_endpoint_never_redirects_to_an_unregistered_uri() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let challenge = "SW3dTxOhCLudvPhY-uiJGWW-6Xn9g-DhimAnBOeKZTo";
     let get = |query: String| {
         no_redirects
             .get(system.url(&format!("/auth/authorize?{query}")))
@@ -164,7 +164,7 @@ async fn the_authorization_endpoint_never_redirects_to_an_unregistered_uri() {
         .split(['?', '&'])
         .find_map(|p| p.strip_prefix("code="))
         .unwrap();
-    // The RFC 7636 example verifier matches the challenge above; another client cannot use it.
+    // The verifier matches the challenge above; another client cannot use it.
     let exchange = |client_id: &str| {
         system
             .http
@@ -176,14 +176,15 @@ async fn the_authorization_endpoint_never_redirects_to_an_unregistered_uri() {
                 ("redirect_uri", "https://app.example/cb"),
                 (
                     "code_verifier",
-                    "dBjftJeZ4CVP-mJ92K9Ub4sdojaspK7UxVgz8yJ-aA",
+                    "stratus-test-verifier-0123456789abcdefghijklmnop",
                 ),
             ])
             .send()
     };
     let granted = exchange(id).await.unwrap();
-    assert_eq!(granted.status(), 200);
+    let status = granted.status();
     let tokens: Value = granted.json().await.unwrap();
+    assert_eq!(status, 200, "{tokens}");
     assert!(tokens["access_token"].is_string() && tokens["refresh_token"].is_string());
     assert!(
         tokens.get("id_token").is_none(),

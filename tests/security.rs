@@ -218,7 +218,7 @@ async fn refresh(system: &System, token: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_reused_refresh_token_revokes_its_whole_family() {
-    let system = System::start(0).await;
+    let system = System::start(1).await;
     system.customer_token("reuse@example.com").await;
     let login: Value = system
         .http
@@ -257,7 +257,7 @@ async fn a_reused_refresh_token_revokes_its_whole_family() {
 
 #[tokio::test]
 async fn a_revoked_access_token_is_inactive_at_introspection() {
-    let system = System::start(0).await;
+    let system = System::start(1).await;
     let admin = system.admin_token().await;
     let client: Value = system
         .http
@@ -339,7 +339,7 @@ async fn login_with(
 #[tokio::test]
 async fn totp_codes_are_required_checked_and_never_accepted_twice() {
     use stratus_auth::mfa::{base32_decode, code_at, STEP};
-    let system = System::start(0).await;
+    let system = System::start(1).await;
     let email = "mfa@example.com";
     let token = system.customer_token(email).await;
 

