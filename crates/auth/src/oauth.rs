@@ -366,6 +366,18 @@ pub(crate) enum Exchange {
     Invalid(&'static str),
 }
 
+/// client, user, redirect URI, challenge, scope, nonce, family, expiry.
+type CodeRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+);
+
 /// Redeems `code` for `client_id`: single use, in time, same redirect URI, and the verifier
 /// that hashes to the stored challenge.
 pub(crate) async fn redeem(
@@ -376,7 +388,7 @@ pub(crate) async fn redeem(
     verifier: Option<&str>,
 ) -> Result<Exchange, sqlx::Error> {
     let hash = digest(code);
-    let row: Option<(String, String, String, String, String, Option<String>, String, i64)> =
+    let row: Option<CodeRow> =
         sqlx::query_as(
             "SELECT client_id, user_id, redirect_uri, code_challenge, scope, nonce, family_id, expires_at FROM authorization_codes WHERE code_hash = $1",
         )
