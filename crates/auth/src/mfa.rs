@@ -14,7 +14,7 @@
 //!
 //! The secret is never returned once the factor is confirmed.
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use rand::RngCore;
@@ -26,7 +26,8 @@ use stratus_kit::{Json, Problem};
 use stratus_token::now_unix;
 
 use crate::admin::require_user;
-use crate::api::{digest, percent_encode, Shared};
+use crate::api::{client_address, digest, percent_encode, Shared};
+use crate::throttle;
 
 /// Seconds per TOTP step.
 pub const STEP: u64 = 30;
@@ -190,10 +191,13 @@ pub struct CodeBody {
 /// `POST /auth/mfa/totp/confirm {code}`: activates the factor and returns the recovery codes.
 pub async fn confirm(
     State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<CodeBody>,
 ) -> Result<impl IntoResponse, Problem> {
     let user = require_user(&state, &headers).await?;
+    let keys = throttle::keys(&user.email, client_address(&headers, peer));
+    throttle::check(&state.pool, &keys).await?;
     let row: Option<(String, i64)> =
         sqlx::query_as("SELECT secret, confirmed FROM mfa_totp WHERE user_id = $1")
             .bind(&user.id)
@@ -209,8 +213,11 @@ pub async fn confirm(
     let code = body.code.trim();
     let step = is_totp_shape(code)
         .then(|| base32_decode(&secret).and_then(|key| matching_step(&key, code, now_unix())))
-        .flatten()
-        .ok_or_else(invalid_problem)?;
+        .flatten();
+    let Some(step) = step else {
+        throttle::failed(&state.pool, &keys).await?;
+        return Err(invalid_problem());
+    };
 
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
     let mut tx = state.pool.begin().await?;
@@ -247,13 +254,20 @@ pub async fn confirm(
 /// so a stolen access token alone cannot remove it.
 pub async fn disable(
     State(state): Shared,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<CodeBody>,
 ) -> Result<StatusCode, Problem> {
     let user = require_user(&state, &headers).await?;
+    // Guessing codes with a stolen access token is throttled like guessing passwords.
+    let keys = throttle::keys(&user.email, client_address(&headers, peer));
+    throttle::check(&state.pool, &keys).await?;
     match check(&state.pool, &user.id, Some(&body.code)).await? {
         SecondFactor::Passed => {}
-        SecondFactor::Required | SecondFactor::Invalid => return Err(invalid_problem()),
+        SecondFactor::Required | SecondFactor::Invalid => {
+            throttle::failed(&state.pool, &keys).await?;
+            return Err(invalid_problem());
+        }
     }
     let removed = sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1 AND confirmed = 1")
         .bind(&user.id)
