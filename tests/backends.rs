@@ -85,3 +85,128 @@ fn an_unreachable_database_is_a_clear_error_at_start_up() {
         "no silent fallback to SQLite"
     );
 }
+
+/// The identity service's newer tables on PostgreSQL: key rotation, TOTP, authorization codes
+/// with PKCE and app-bound refresh tokens.
+#[tokio::test]
+async fn mfa_key_rotation_and_authorization_codes_work_on_postgres() {
+    use serde_json::Value;
+    use support::FormBody;
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let extra = [
+        ("auth", "DATABASE_URL", postgres.database("auth")),
+        ("catalog", "DATABASE_URL", postgres.database("catalog")),
+    ];
+    let system = System::start_with(1, &extra).await;
+    let admin = system.admin_token().await;
+    let post = |path: &str, token: &str, body: Value| {
+        system
+            .http
+            .post(system.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let rotated = post("/auth/admin/keys/rotate", &admin, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let jwks: Value = system
+        .http
+        .get(system.url("/auth/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+
+    let customer = system.customer_token("pg-mfa@example.com").await;
+    let enrolled: Value = post("/auth/mfa/totp/enroll", &customer, json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = stratus_auth::mfa::base32_decode(enrolled["secret"].as_str().unwrap()).unwrap();
+    let now = stratus_token::now_unix();
+    let confirmed = post(
+        "/auth/mfa/totp/confirm",
+        &customer,
+        json!({"code": stratus_auth::mfa::code_for(&key, now)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(confirmed.status(), 200);
+    let login = |totp: Option<String>| {
+        system
+            .http
+            .post(system.url("/auth/login"))
+            .json(&json!({"email": "pg-mfa@example.com", "password": "customer-password", "totp": totp}))
+            .send()
+    };
+    assert_eq!(login(None).await.unwrap().status(), 401);
+    let next = stratus_auth::mfa::code_for(&key, now + stratus_auth::mfa::STEP);
+    assert_eq!(login(Some(next.clone())).await.unwrap().status(), 200);
+    assert_eq!(login(Some(next)).await.unwrap().status(), 401);
+
+    let app: Value = post(
+        "/auth/clients",
+        &admin,
+        json!({"name": "pg-app", "kind": "public", "redirect_uris": ["https://app.example/cb"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = app["client_id"].as_str().unwrap();
+    let verifier = "stratus-test-verifier-0123456789abcdefghijklmnop";
+    let challenge = "SW3dTxOhCLudvPhY-uiJGWW-6Xn9g-DhimAnBOeKZTo";
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let other = system.customer_token("pg-app-user@example.com").await;
+    let response = no_redirects
+        .get(system.url(&format!("/auth/authorize?response_type=code&client_id={id}&scope=openid&code_challenge={challenge}&code_challenge_method=S256")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let code = location.split("code=").nth(1).unwrap();
+    let tokens: Value = system
+        .http
+        .post(system.url("/auth/token"))
+        .form_body(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("client_id", id),
+            ("redirect_uri", "https://app.example/cb"),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tokens["id_token"].is_string(), "{tokens}");
+    let refreshed = system
+        .http
+        .post(system.url("/auth/token"))
+        .form_body(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+}

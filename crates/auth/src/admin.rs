@@ -10,11 +10,12 @@ use stratus_token::{Claims, Verifier};
 
 use crate::api::{AppState, Shared};
 use crate::keys;
+use crate::users::{self, User};
 
 pub const MAX_ROLES: usize = 16;
 
-/// Verifies the caller's token against this service's own keys and requires `admin`.
-pub(crate) async fn require_admin(
+/// Verifies the caller's bearer token against this service's own keys.
+pub(crate) async fn verify_bearer(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Claims, Problem> {
@@ -31,13 +32,31 @@ pub(crate) async fn require_admin(
             Problem::unauthorized("expected an `Authorization: Bearer <token>` header")
         })?;
     let jwks = keys::jwks(&state.pool).await.map_err(Problem::internal)?;
-    let claims = Verifier::new(&jwks, &state.issuer, &state.audience)
+    Verifier::new(&jwks, &state.issuer, &state.audience)
         .verify(token)
-        .map_err(|e| Problem::unauthorized(format!("invalid bearer token: {e}")))?;
+        .map_err(|e| Problem::unauthorized(format!("invalid bearer token: {e}")))
+}
+
+/// Verifies the caller's token and requires `admin`.
+pub(crate) async fn require_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Claims, Problem> {
+    let claims = verify_bearer(state, headers).await?;
     if !claims.has_role("admin") {
         return Err(Problem::forbidden("this needs the role `admin`"));
     }
     Ok(claims)
+}
+
+/// Verifies the caller's token and requires it to name a user (not a service account) that
+/// still exists.
+pub(crate) async fn require_user(state: &AppState, headers: &HeaderMap) -> Result<User, Problem> {
+    let claims = verify_bearer(state, headers).await?;
+    users::by_id(&state.pool, &claims.sub)
+        .await
+        .map_err(Problem::internal)?
+        .ok_or_else(|| Problem::forbidden("only user accounts can do this"))
 }
 
 /// Role and permission names: short, lower case, `:`-separated words (`catalog:write`).
@@ -109,4 +128,20 @@ pub async fn set_roles(
     }
     tracing::info!(user = %id, by = %admin.sub, roles = %roles.join(","), "roles changed");
     Ok(axum::Json(json!({"id": id, "roles": roles})))
+}
+
+/// `POST /auth/admin/keys/rotate`: a new signing key becomes current; the old ones stay in the
+/// JWKS until the tokens they signed have expired (see `keys.rs`).
+pub async fn rotate_keys(
+    axum::extract::State(state): Shared,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Problem> {
+    let admin = require_admin(&state, &headers).await?;
+    let (key, retiring) = keys::rotate(&state.pool, state.access_ttl)
+        .await
+        .map_err(Problem::internal)?;
+    let kid = key.kid().to_string();
+    keys::install(&state.key, key);
+    tracing::info!(kid = %kid, by = %admin.sub, "signing key rotated by an admin");
+    Ok(axum::Json(json!({"kid": kid, "retiring": retiring})))
 }

@@ -18,27 +18,32 @@ use sqlx::AnyPool;
 use stratus_kit::{Json, Problem};
 #[allow(unused_imports)]
 use stratus_token::Verifier;
-use stratus_token::{now_unix, Claims, SigningKey};
+use stratus_token::{now_unix, Claims};
 
 use crate::users::{self, Created, User};
-use crate::{keys, passwords, throttle, Args};
+use crate::{keys, mfa, passwords, throttle, Args};
 
 const MAX_BODY: usize = 16 * 1024;
 
 pub struct AppState {
     pub(crate) pool: AnyPool,
-    key: SigningKey,
+    /// The key that signs, swapped on rotation (see `keys.rs`).
+    pub(crate) key: Arc<keys::CurrentKey>,
     pub(crate) issuer: String,
     pub(crate) audience: String,
-    access_ttl: Duration,
-    refresh_ttl: Duration,
+    pub(crate) access_ttl: Duration,
+    pub(crate) refresh_ttl: Duration,
     /// A real hash to verify against when the email is unknown, so a failed login takes as long
     /// whether or not the account exists.
     pub(crate) decoy_hash: String,
 }
 
 impl AppState {
-    pub async fn new(pool: AnyPool, key: SigningKey, args: &Args) -> anyhow::Result<Self> {
+    pub async fn new(
+        pool: AnyPool,
+        key: Arc<keys::CurrentKey>,
+        args: &Args,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             pool,
             key,
@@ -74,7 +79,7 @@ impl AppState {
             roles,
             permissions,
         };
-        (self.key.sign(&claims), self.access_ttl.as_secs())
+        (self.key.get().sign(&claims), self.access_ttl.as_secs())
     }
 }
 
@@ -85,12 +90,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/.well-known/jwks.json", get(jwks))
+        .route("/auth/mfa/totp/enroll", post(crate::mfa::enroll))
+        .route("/auth/mfa/totp/confirm", post(crate::mfa::confirm))
+        .route("/auth/mfa/totp", axum::routing::delete(crate::mfa::disable))
+        .route(
+            "/auth/authorize",
+            get(crate::oauth::authorize).post(crate::oauth::authorize_form),
+        )
         .route("/auth/users", get(crate::admin::list_users))
         .route(
             "/auth/users/{id}/roles",
             axum::routing::put(crate::admin::set_roles),
         )
         .route("/auth/clients", post(crate::clients::create))
+        .route("/auth/admin/keys/rotate", post(crate::admin::rotate_keys))
         .route("/auth/token", post(crate::clients::token))
         .route("/auth/revoke", post(crate::revocation::revoke))
         .route("/auth/introspect", post(crate::revocation::introspect))
@@ -107,17 +120,30 @@ pub fn router(state: Arc<AppState>) -> Router {
 struct Credentials {
     email: String,
     password: String,
+    /// The second factor, for accounts that have one: a TOTP code or a recovery code.
     #[serde(default)]
-    #[allow(dead_code)]
     totp: Option<String>,
 }
 
 #[derive(Serialize)]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     access_token: String,
     refresh_token: String,
     token_type: &'static str,
     expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+/// Who a token set is for beyond the user: the third-party app (authorization code flow) and
+/// what it asked for. First-party logins have none.
+#[derive(Default)]
+pub(crate) struct Grant<'a> {
+    pub client_id: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    pub nonce: Option<&'a str>,
 }
 
 async fn signup(
@@ -146,14 +172,39 @@ async fn login(
     headers: axum::http::HeaderMap,
     Json(body): Json<Credentials>,
 ) -> Result<impl IntoResponse, Problem> {
+    let user = authenticate_user(
+        &state,
+        &body.email,
+        body.password,
+        body.totp.as_deref(),
+        client_address(&headers, peer),
+    )
+    .await?;
+    tracing::info!(user = %user.id, "login");
+    let family = stratus_kit::new_id();
+    Ok(axum::Json(
+        issue(&state, &user, &family, &Grant::default()).await?,
+    ))
+}
+
+/// Checks a password (and the second factor, if the account has one), with throttling. A wrong
+/// password says only "invalid email or password", whether or not the account has MFA; only
+/// a right password earns the "MFA required" answer. A wrong code counts as a failed attempt.
+pub(crate) async fn authenticate_user(
+    state: &AppState,
+    email: &str,
+    password: String,
+    totp: Option<&str>,
+    address: std::net::IpAddr,
+) -> Result<User, Problem> {
     let invalid = || Problem::unauthorized("invalid email or password");
-    let Ok(email) = users::normalize_email(&body.email) else {
+    let Ok(email) = users::normalize_email(email) else {
         return Err(invalid());
     };
-    if body.password.len() > 4 * passwords::MAX_LENGTH {
+    if password.len() > 4 * passwords::MAX_LENGTH {
         return Err(invalid());
     }
-    let keys = throttle::keys(&email, client_address(&headers, peer));
+    let keys = throttle::keys(&email, address);
     throttle::check(&state.pool, &keys).await?;
     let user = users::by_email(&state.pool, &email)
         .await
@@ -161,14 +212,20 @@ async fn login(
     let stored = user
         .as_ref()
         .map_or(state.decoy_hash.clone(), |u| u.password_hash.clone());
-    let matches = passwords::verify(body.password, stored).await;
+    let matches = passwords::verify(password, stored).await;
     match user {
-        Some(user) if matches => {
-            tracing::info!(user = %user.id, "login");
-            throttle::succeeded(&state.pool, &email).await?;
-            let family = stratus_kit::new_id();
-            Ok(axum::Json(issue(&state, &user, &family).await?))
-        }
+        Some(user) if matches => match mfa::check(&state.pool, &user.id, totp).await? {
+            mfa::SecondFactor::Passed => {
+                throttle::succeeded(&state.pool, &email).await?;
+                Ok(user)
+            }
+            mfa::SecondFactor::Required => Err(mfa::required_problem()),
+            mfa::SecondFactor::Invalid => {
+                throttle::failed(&state.pool, &keys).await?;
+                tracing::warn!(user = %user.id, "wrong or replayed second factor");
+                Err(mfa::invalid_problem())
+            }
+        },
         _ => {
             throttle::failed(&state.pool, &keys).await?;
             Err(invalid())
@@ -178,7 +235,10 @@ async fn login(
 
 /// The client's address: the last `X-Forwarded-For` entry (the one the gateway appended from
 /// the connection), or the peer itself when called directly.
-fn client_address(headers: &axum::http::HeaderMap, peer: std::net::SocketAddr) -> std::net::IpAddr {
+pub(crate) fn client_address(
+    headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
+) -> std::net::IpAddr {
     headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -193,25 +253,38 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-/// Rotates a refresh token. A token used twice means it was stolen: the whole family (every token
-/// descended from the same login) is revoked.
+/// `POST /auth/refresh`: first-party refresh (tokens from `/auth/login`).
 async fn refresh(
     State(state): Shared,
     Json(body): Json<RefreshBody>,
 ) -> Result<impl IntoResponse, Problem> {
-    let invalid = || Problem::unauthorized("invalid refresh token");
-    let hash = digest(&body.refresh_token);
-    let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT user_id, family_id, expires_at, used, revoked FROM refresh_tokens WHERE token_hash = $1",
+    rotate_refresh_token(&state, &body.refresh_token, None)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| Problem::unauthorized("invalid refresh token"))
+}
+
+/// Rotates a refresh token: `None` when it is unknown, expired, revoked, reused, or was issued
+/// to another client (`client_id`: the app it must have been issued to; `None` for first-party
+/// tokens). A token used twice means it was stolen: the whole family (every token descended
+/// from the same login) is revoked.
+pub(crate) async fn rotate_refresh_token(
+    state: &AppState,
+    token: &str,
+    client_id: Option<&str>,
+) -> Result<Option<TokenResponse>, Problem> {
+    let hash = digest(token);
+    let row: Option<(String, String, i64, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT user_id, family_id, expires_at, used, revoked, client_id FROM refresh_tokens WHERE token_hash = $1",
     )
     .bind(&hash)
     .fetch_optional(&state.pool)
     .await?;
-    let Some((user_id, family, expires_at, used, revoked)) = row else {
-        return Err(invalid());
+    let Some((user_id, family, expires_at, used, revoked, owner)) = row else {
+        return Ok(None);
     };
-    if revoked != 0 || expires_at < now_unix() as i64 {
-        return Err(invalid());
+    if revoked != 0 || expires_at < now_unix() as i64 || owner.as_deref() != client_id {
+        return Ok(None);
     }
     let claimed =
         sqlx::query("UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1 AND used = 0")
@@ -219,18 +292,29 @@ async fn refresh(
             .execute(&state.pool)
             .await?;
     if used != 0 || !stratus_kit::db::changed(&claimed) {
-        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = $1")
-            .bind(&family)
-            .execute(&state.pool)
-            .await?;
+        revoke_family(&state.pool, &family).await?;
         tracing::warn!(user = %user_id, family = %family, "refresh token reused; family revoked");
-        return Err(invalid());
+        return Ok(None);
     }
-    let user = users::by_id(&state.pool, &user_id)
+    let Some(user) = users::by_id(&state.pool, &user_id)
         .await
         .map_err(Problem::internal)?
-        .ok_or_else(invalid)?;
-    Ok(axum::Json(issue(&state, &user, &family).await?))
+    else {
+        return Ok(None);
+    };
+    let grant = Grant {
+        client_id,
+        ..Grant::default()
+    };
+    Ok(Some(issue(state, &user, &family, &grant).await?))
+}
+
+pub(crate) async fn revoke_family(pool: &AnyPool, family: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = $1")
+        .bind(family)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 async fn logout(
@@ -253,22 +337,55 @@ async fn jwks(State(state): Shared) -> Result<impl IntoResponse, Problem> {
     Ok(([("cache-control", "public, max-age=60")], axum::Json(jwks)))
 }
 
-async fn openid_configuration(State(state): Shared) -> impl IntoResponse {
+/// The OpenID Provider metadata. Endpoints are absolute URLs on the address the client used
+/// (the gateway's, with its `X-Forwarded-Proto`), as OIDC clients expect.
+async fn openid_configuration(
+    State(state): Shared,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let base = public_base(&headers);
     axum::Json(json!({
         "issuer": state.issuer,
-        "jwks_uri": "/auth/.well-known/jwks.json",
-        "token_endpoint": "/auth/token",
-        "revocation_endpoint": "/auth/revoke",
-        "introspection_endpoint": "/auth/introspect",
+        "authorization_endpoint": format!("{base}/auth/authorize"),
+        "token_endpoint": format!("{base}/auth/token"),
+        "jwks_uri": format!("{base}/auth/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{base}/auth/revoke"),
+        "introspection_endpoint": format!("{base}/auth/introspect"),
         "id_token_signing_alg_values_supported": ["EdDSA"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
-        "response_types_supported": ["token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "email", "profile"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "email"],
         "subject_types_supported": ["public"],
     }))
 }
 
-async fn issue(state: &AppState, user: &User, family: &str) -> Result<TokenResponse, Problem> {
+/// `scheme://host` as the client addressed us.
+fn public_base(headers: &axum::http::HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = match header("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}
+
+pub(crate) async fn issue(
+    state: &AppState,
+    user: &User,
+    family: &str,
+    grant: &Grant<'_>,
+) -> Result<TokenResponse, Problem> {
     let now = now_unix();
     let (access_token, _) = state.access_token(
         &user.id,
@@ -281,21 +398,60 @@ async fn issue(state: &AppState, user: &User, family: &str) -> Result<TokenRespo
     rand::rng().fill_bytes(&mut secret);
     let refresh_token = URL_SAFE_NO_PAD.encode(secret);
     sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at, used, revoked, created_at) VALUES ($1, $2, $3, $4, 0, 0, $5)",
+        "INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at, used, revoked, created_at, client_id) VALUES ($1, $2, $3, $4, 0, 0, $5, $6)",
     )
     .bind(digest(&refresh_token))
     .bind(&user.id)
     .bind(family)
     .bind((now + state.refresh_ttl.as_secs()) as i64)
     .bind(stratus_kit::now_rfc3339())
+    .bind(grant.client_id)
     .execute(&state.pool)
     .await?;
+    // OpenID Connect: an ID token for the app, when it asked for `openid`. Its audience is the
+    // app, so it is never accepted as an access token anywhere.
+    let openid = grant
+        .scope
+        .is_some_and(|scope| scope.split(' ').any(|s| s == "openid"));
+    let id_token = match grant.client_id {
+        Some(client_id) if openid => {
+            let mut claims = json!({
+                "iss": state.issuer,
+                "sub": user.id,
+                "aud": client_id,
+                "exp": now + state.access_ttl.as_secs(),
+                "iat": now,
+                "auth_time": now,
+                "email": user.email,
+            });
+            if let Some(nonce) = grant.nonce {
+                claims["nonce"] = json!(nonce);
+            }
+            Some(state.key.get().sign_json(&claims))
+        }
+        _ => None,
+    };
     Ok(TokenResponse {
         access_token,
         refresh_token,
         token_type: "Bearer",
         expires_in: state.access_ttl.as_secs(),
+        id_token,
+        scope: grant.scope.map(str::to_string),
     })
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query values).
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Refresh tokens are stored as SHA-256 digests: a leaked table cannot be replayed.

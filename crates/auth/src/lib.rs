@@ -9,6 +9,8 @@ pub mod admin;
 pub mod api;
 pub mod clients;
 pub mod keys;
+pub mod mfa;
+pub mod oauth;
 pub mod passwords;
 pub mod revocation;
 pub mod schema;
@@ -47,6 +49,11 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REFRESH_TOKEN_TTL", default_value = "720h", value_parser = stratus_kit::duration::parse)]
     pub refresh_token_ttl: Duration,
 
+    /// Rotate the token signing key this often (e.g. `720h`); unset: only on
+    /// `POST /auth/admin/keys/rotate`.
+    #[arg(long, env = "STRATUS_KEY_ROTATION", value_parser = stratus_kit::duration::parse)]
+    pub key_rotation: Option<Duration>,
+
     #[command(flatten)]
     pub tokens: TokenArgs,
 
@@ -63,6 +70,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("loading the signing key")?;
     users::ensure_admin(&pool, args.admin_password.as_deref()).await?;
 
+    let signing_key = Arc::new(keys::CurrentKey::new(signing_key));
+    tokio::spawn(keys::maintain(
+        pool.clone(),
+        signing_key.clone(),
+        args.access_token_ttl,
+        args.key_rotation,
+    ));
     let state = api::AppState::new(pool.clone(), signing_key, &args).await?;
     tokio::spawn(revocation::prune(pool.clone()));
     let service = Service::new("auth", args.port);

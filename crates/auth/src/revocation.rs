@@ -119,5 +119,6 @@ pub async fn prune(pool: sqlx::AnyPool) {
             .bind(stratus_token::now_unix() as i64)
             .execute(&pool)
             .await;
+        let _ = crate::oauth::prune(&pool).await;
     }
 }

@@ -52,6 +52,45 @@ CREATE TABLE IF NOT EXISTS revoked_tokens (
 )
 ";
 
+const V5: &str = "
+ALTER TABLE signing_keys ADD COLUMN retire_at BIGINT;
+ALTER TABLE signing_keys ADD COLUMN created_unix BIGINT NOT NULL DEFAULT 0
+";
+
+const V6: &str = "
+CREATE TABLE IF NOT EXISTS mfa_totp (
+    user_id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    last_step BIGINT NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
+    code_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS mfa_recovery_codes_user ON mfa_recovery_codes (user_id)
+";
+
+const V7: &str = "
+ALTER TABLE clients ADD COLUMN kind TEXT NOT NULL DEFAULT 'service';
+ALTER TABLE clients ADD COLUMN redirect_uris TEXT NOT NULL DEFAULT '';
+ALTER TABLE refresh_tokens ADD COLUMN client_id TEXT;
+CREATE TABLE IF NOT EXISTS authorization_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    nonce TEXT,
+    family_id TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+)
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -76,5 +115,23 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "revoked access tokens",
         sqlite: V4,
         postgres: V4,
+    },
+    Migration {
+        version: 5,
+        description: "signing key rotation",
+        sqlite: V5,
+        postgres: V5,
+    },
+    Migration {
+        version: 6,
+        description: "TOTP second factor and recovery codes",
+        sqlite: V6,
+        postgres: V6,
+    },
+    Migration {
+        version: 7,
+        description: "third-party apps: authorization codes with PKCE",
+        sqlite: V7,
+        postgres: V7,
     },
 ];

@@ -101,23 +101,40 @@ impl Tokens {
         }
     }
 
-    /// Fetches the JWKS again unless that happened within the last second.
+    /// Fetches the JWKS again, at most once per [`MIN_REFRESH_INTERVAL`].
+    ///
+    /// A caller arriving within a second of the last fetch waits out the rest of that second
+    /// rather than giving up: that fetch may predate the key its token names (a token signed
+    /// just after a rotation), so skipping would refuse a good token. While it waits it holds
+    /// no lock, so forged key ids only delay their own requests. If another caller fetched after
+    /// this one arrived, that fetch already covers it.
     pub async fn refresh(&self) {
-        let mut last = self.last_refresh.lock().await;
-        if last.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+        let arrived = Instant::now();
+        loop {
+            let mut last = self.last_refresh.lock().await;
+            match *last {
+                Some(at) if at >= arrived => return,
+                Some(at) if at.elapsed() < MIN_REFRESH_INTERVAL => {
+                    let wait = MIN_REFRESH_INTERVAL.saturating_sub(at.elapsed());
+                    drop(last);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                _ => {}
+            }
+            *last = Some(Instant::now());
+            match self.fetch().await {
+                Ok(jwks) => {
+                    let verifier = Verifier::new(&jwks, &self.issuer, &self.audience);
+                    tracing::debug!(keys = verifier.key_count(), "token keys refreshed");
+                    self.verifier.store(Some(Arc::new(verifier)));
+                    self.verified.clear();
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "could not fetch token keys")
+                }
+            }
             return;
-        }
-        *last = Some(Instant::now());
-        match self.fetch().await {
-            Ok(jwks) => {
-                let verifier = Verifier::new(&jwks, &self.issuer, &self.audience);
-                tracing::debug!(keys = verifier.key_count(), "token keys refreshed");
-                self.verifier.store(Some(Arc::new(verifier)));
-                self.verified.clear();
-            }
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "could not fetch token keys")
-            }
         }
     }
 

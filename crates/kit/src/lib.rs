@@ -19,6 +19,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod problem;
 pub mod registration;
 pub mod registry_client;

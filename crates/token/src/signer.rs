@@ -67,6 +67,11 @@ impl SigningKey {
 
     /// A compact JWS: `header.payload.signature`.
     pub fn sign(&self, claims: &Claims) -> String {
+        self.sign_json(claims)
+    }
+
+    /// Signs any JSON payload (an OpenID Connect ID token, say) with this key.
+    pub fn sign_json<T: Serialize + ?Sized>(&self, claims: &T) -> String {
         let header = Header {
             alg: ALGORITHM,
             typ: "JWT",
