@@ -48,7 +48,7 @@ async fn the_dashboard_shows_live_topology_and_traces() {
     let dashboard = format!("http://127.0.0.1:{events_port}/");
     let page = system.http.get(&dashboard).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("/v1/stream"));
+    assert!(page.text().await.unwrap().contains("/dashboard/app.js"));
 
     // Steady load through the gateway for as long as the browser looks.
     let stop = Arc::new(AtomicBool::new(false));

@@ -12,13 +12,15 @@ const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 if (!url || !screenshot) throw new Error("DASHBOARD_URL and SCREENSHOT must be set");
 
 const profile = mkdtempSync(join(tmpdir(), "stratus-chromium-"));
-const browser = await chromium.launch({
+// A fresh profile directory (playwright passes it to Chromium as --user-data-dir).
+const browser = await chromium.launchPersistentContext(profile, {
   executablePath,
   headless: true,
+  viewport: { width: 1440, height: 1000 },
+  deviceScaleFactor: 1,
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    `--user-data-dir=${profile}`,
   ],
 });
 const fail = async (message) => {
@@ -27,7 +29,7 @@ const fail = async (message) => {
   console.error(`FAIL: ${message} (screenshot: ${screenshot})`);
   process.exit(1);
 };
-const page = await browser.newPage({ viewport: { width: 1440, height: 1000 }, deviceScaleFactor: 1 });
+const page = browser.pages()[0] || (await browser.newPage());
 const problems = [];
 page.on("pageerror", (error) => problems.push(String(error)));
 page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
@@ -58,8 +60,8 @@ if (!/\d/.test(first) || !/%/.test(first) || !/ms/.test(first)) await fail(`edge
 const shares = await page.$$eval('[data-service="catalog"] .inst', (rows) => rows.length);
 if (shares < 1) await fail("no catalog instances listed");
 
-// A trace with the gateway and the catalog opens into a waterfall of both.
-const row = page.locator("#traces tr", { hasText: "/api/catalog" }).first();
+// A trace through the gateway (its route is catalog-read) opens into a waterfall of both.
+const row = page.locator("#traces tr", { hasText: "gateway" }).first();
 try {
   await row.waitFor({ timeout: 15000 });
   await row.click();

@@ -287,7 +287,7 @@ async fn traces(
         None => now_us() - 3_600_000_000,
         Some(text) => since(text)?,
     };
-    let traces = store::traces(&state.pool, since_us, limit).await?;
+    let traces = store::traces(&state.pool, since_us, now_us(), limit).await?;
     Ok(axum::Json(json!({"traces": traces})))
 }
 

@@ -150,7 +150,7 @@ pub async fn snapshot(pool: &AnyPool, registry: &Registry) -> Result<String, sql
     .into_iter()
     .map(crate::record::Row::into_record)
     .collect::<Vec<_>>();
-    let traces = store::traces(pool, since, 25).await?;
+    let traces = store::traces(pool, since, now - 1_000_000, 15).await?;
     let body = json!({
         "time": crate::record::format_micros(now),
         "window_seconds": WINDOW.as_secs_f64(),

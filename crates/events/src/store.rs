@@ -304,19 +304,22 @@ pub struct TraceSummary {
     pub errors: i64,
 }
 
-/// The newest traces started since `since_us`, newest first.
+/// The newest traces started between `since_us` and `until_us`, newest first. (The dashboard
+/// lists traces a second old, so that their callers' records, which flush later, are in.)
 pub async fn traces(
     pool: &AnyPool,
     since_us: i64,
+    until_us: i64,
     limit: i64,
 ) -> Result<Vec<TraceSummary>, sqlx::Error> {
     type SummaryTuple = (String, i64, i64, i64, i64);
     let rows: Vec<SummaryTuple> = sqlx::query_as(&format!(
         "SELECT trace_id, MIN(started_us), MAX(started_us + duration_us), COUNT(*), \
          CAST(SUM(1 - ok) AS BIGINT) FROM events WHERE started_us >= $1 GROUP BY trace_id \
-         ORDER BY MIN(started_us) DESC LIMIT {limit}"
+         HAVING MIN(started_us) <= $2 ORDER BY MIN(started_us) DESC LIMIT {limit}"
     ))
     .bind(since_us)
+    .bind(until_us)
     .fetch_all(pool)
     .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -2,9 +2,11 @@
 //! parent and child spans.
 //!
 //! A record whose parent span belongs to service A while the record itself belongs to B is one
-//! call A -> B. A record with no parent in the window came from outside: `clients` -> B. Message
-//! hops go through the broker: a `producer` record is A -> `broker`, a `consumer` record is
-//! `broker` -> B. The edge's numbers are the callee's records: count, rate over the window,
+//! call A -> B. A record with no parent at all, or a gateway record whose parent is not in the
+//! window (the caller's own span), came from outside: `clients` -> B. Any other record whose
+//! parent is not (yet) in the window is left out: reporters flush on their own schedules, so a
+//! callee's record often arrives before its caller's. Message hops go through the broker: a
+//! `producer` record is A -> `broker`, a `consumer` record is `broker` -> B. The edge's numbers are the callee's records: count, rate over the window,
 //! errors and p99 latency.
 
 use std::collections::{BTreeMap, HashMap};
@@ -74,10 +76,12 @@ pub fn compute(hops: &[Hop], window_seconds: f64, extra: &[String]) -> Topology 
         let (from, to) = match hop.kind.as_str() {
             "producer" => (hop.service.as_str(), BROKER),
             "consumer" => (BROKER, hop.service.as_str()),
-            _ => match hop.parent_span_id.as_deref().and_then(|p| owner.get(p)) {
-                Some(parent) if *parent == hop.service => continue,
-                Some(parent) => (*parent, hop.service.as_str()),
+            _ => match hop.parent_span_id.as_deref().map(|p| owner.get(p)) {
+                Some(Some(parent)) if *parent == hop.service => continue,
+                Some(Some(parent)) => (*parent, hop.service.as_str()),
                 None => (CLIENTS, hop.service.as_str()),
+                Some(None) if hop.kind == "gateway" => (CLIENTS, hop.service.as_str()),
+                Some(None) => continue,
             },
         };
         let tally = edges.entry((from.to_string(), to.to_string())).or_default();
@@ -155,6 +159,8 @@ mod tests {
             hop("g2", None, "gateway", "gateway", false, 9000),
             hop("c2", Some("g2"), "catalog", "server", false, 8000),
             hop("c3", Some("c2"), "catalog", "client", true, 10),
+            // The caller's record has not arrived yet: no edge, not a client call.
+            hop("c4", Some("late"), "catalog", "server", true, 10),
             hop("o1", Some("x"), "orders", "producer", true, 100),
             hop("n1", Some("o1"), "notifications", "consumer", true, 200),
         ];
@@ -182,6 +188,10 @@ mod tests {
             assert!(ids.contains(&id), "{id} in {ids:?}");
         }
         let catalog = topology.nodes.iter().find(|n| n.id == "catalog").unwrap();
-        assert_eq!((catalog.count, catalog.errors), (3, 1));
+        assert_eq!((catalog.count, catalog.errors), (4, 1));
+        assert!(!topology
+            .edges
+            .iter()
+            .any(|e| e.from == CLIENTS && e.to == "catalog"));
     }
 }
