@@ -201,6 +201,82 @@ async fn a_sink_that_is_down_breaks_nothing() {
     }
 }
 
+/// The sink goes away under load and comes back: the gateway serves every request meanwhile,
+/// and records flow again (into the same database) once the sink is back.
+#[tokio::test]
+async fn the_sink_can_stop_and_restart_under_load() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let (mut system, events_port) = System::start_with_events(2, true).await;
+    let sink = format!("http://127.0.0.1:{events_port}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (http, url) = (system.http.clone(), system.url("/api/catalog/products"));
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(response) if response.status() == 200 => {
+                        served.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let catalog_count = |body: &Value| -> usize {
+        body["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["service"] == "catalog"))
+            .and_then(|s| s["count"].as_u64())
+            .unwrap_or(0) as usize
+    };
+    wait_for(&system, &format!("{sink}/v1/stats?window=1h"), |b| {
+        catalog_count(b) > 0
+    })
+    .await;
+
+    // Stop the sink (SIGKILL: no goodbye) and keep the load on for a while.
+    system.process("events", 0).kill9();
+    let before = served.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served.load(Ordering::Relaxed) < before + 500 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway stalled without the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed without the sink"
+    );
+
+    // Back on the same port and database: new records arrive.
+    let port = events_port.to_string();
+    system.spawn("events", &[("PORT", port.as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let (_, body) = get_json(&system, &format!("{sink}/v1/stats?window=1h")).await;
+    let after_restart = catalog_count(&body);
+    wait_for(&system, &format!("{sink}/v1/stats?window=1h"), |b| {
+        catalog_count(b) > after_restart + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed while the sink restarted"
+    );
+}
+
 fn record(trace_id: &str, span: u64) -> Value {
     json!({
         "trace_id": trace_id,

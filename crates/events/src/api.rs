@@ -3,18 +3,23 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use prost::Message;
 use serde_json::json;
 use sqlx::AnyPool;
 use stratus_kit::events::EventRecord;
 use stratus_kit::{Json, Problem};
 
+use crate::live::{self, Live};
 use crate::record::{is_hex, parse_time, validate_batch, Row};
-use crate::{otlp, stats, store};
+use crate::registry::Registry;
+use crate::writer::Writer;
+use crate::{dashboard, otlp, proto, stats, store};
 
 /// The largest ingest body: 4 MiB.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -26,6 +31,10 @@ const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 #[derive(Clone)]
 pub struct AppState {
     pub pool: AnyPool,
+    pub registry: Registry,
+    pub live: Live,
+    /// The one task that writes (and hands stored batches to the OTLP exporter, if any).
+    pub writer: Writer,
 }
 
 type Shared = State<AppState>;
@@ -33,9 +42,13 @@ type Shared = State<AppState>;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest).get(list))
-        .route("/v1/traces", post(ingest_otlp))
+        .route("/v1/traces", post(ingest_otlp).get(traces))
         .route("/v1/traces/{trace_id}", get(trace))
         .route("/v1/stats", get(stats))
+        .route("/v1/topology", get(topology))
+        .route("/v1/instances", get(instances))
+        .route("/v1/stream", get(stream))
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -48,9 +61,10 @@ async fn store_batch(state: &AppState, records: Vec<EventRecord>) -> Result<usiz
         ));
     }
     let rows = validate_batch(records).map_err(Problem::unprocessable)?;
-    store::insert(&state.pool, &rows).await?;
-    tracing::debug!(records = rows.len(), "stored");
-    Ok(rows.len())
+    let count = rows.len();
+    state.writer.write(rows).await.map_err(Problem::internal)?;
+    tracing::debug!(records = count, "stored");
+    Ok(count)
 }
 
 async fn ingest(
@@ -64,13 +78,31 @@ async fn ingest(
     ))
 }
 
-async fn ingest_otlp(
-    State(state): Shared,
-    Json(request): Json<otlp::ExportRequest>,
-) -> Result<impl IntoResponse, Problem> {
-    let records = otlp::records(request).map_err(Problem::unprocessable)?;
+/// OTLP/HTTP: protobuf (`application/x-protobuf`) or JSON (`application/json`), answered in kind.
+async fn ingest_otlp(State(state): Shared, request: Request) -> Result<Response, Problem> {
+    let protobuf = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-protobuf"));
+    if !protobuf {
+        let Json(body) = Json::<otlp::ExportRequest>::from_request(request, &()).await?;
+        let records = otlp::records(body).map_err(Problem::unprocessable)?;
+        store_batch(&state, records).await?;
+        return Ok(axum::Json(json!({"partialSuccess": {}})).into_response());
+    }
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let message = proto::ExportTraceServiceRequest::decode(bytes).map_err(|e| {
+        Problem::bad_request(format!(
+            "the body is not an OTLP ExportTraceServiceRequest: {e}"
+        ))
+    })?;
+    let records = otlp::records(otlp::from_proto(message)).map_err(Problem::unprocessable)?;
     store_batch(&state, records).await?;
-    Ok(axum::Json(json!({"partialSuccess": {}})))
+    let answer = proto::ExportTraceServiceResponse::default().encode_to_vec();
+    Ok(([(header::CONTENT_TYPE, "application/x-protobuf")], answer).into_response())
 }
 
 fn links(rows: Vec<Row>) -> Vec<serde_json::Value> {
@@ -194,20 +226,82 @@ async fn list(
     Ok(axum::Json(json!({"events": records})))
 }
 
+/// `window`: a duration like `60s` or `5m`, at most a day; `default` when absent.
+fn window(params: &HashMap<String, String>, default: Duration) -> Result<Duration, Problem> {
+    match params.get("window") {
+        None => Ok(default),
+        Some(text) => stratus_kit::duration::parse(text)
+            .ok()
+            .filter(|w| !w.is_zero() && *w <= MAX_WINDOW)
+            .ok_or_else(|| Problem::bad_request("window must be a duration like 5m, at most 24h")),
+    }
+}
+
+/// `GET /v1/topology?window=60s`: who called whom, how often, how often it failed, how slowly.
+async fn topology(
+    State(state): Shared,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    only(&params, &["window"])?;
+    let window = window(&params, live::WINDOW)?;
+    let hops = store::hops(&state.pool, now_us() - window.as_micros() as i64).await?;
+    Ok(axum::Json(live::topology_of(
+        &hops,
+        window,
+        &state.registry.snapshot(),
+    )))
+}
+
+/// `GET /v1/instances?window=60s`: every instance's health and share of its service's traffic.
+async fn instances(
+    State(state): Shared,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    only(&params, &["window"])?;
+    let window = window(&params, live::WINDOW)?;
+    let hops = store::hops(&state.pool, now_us() - window.as_micros() as i64).await?;
+    let view = state.registry.snapshot();
+    let services = stats::compute(live::stat_rows(&hops));
+    Ok(axum::Json(json!({
+        "window_seconds": window.as_secs_f64(),
+        "registry_reachable": view.reachable,
+        "services": live::instances(&view, &services),
+    })))
+}
+
+/// `GET /v1/traces?limit=25&since=15m`: the newest traces, newest first.
+async fn traces(
+    State(state): Shared,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    only(&params, &["limit", "since"])?;
+    let limit = match params.get("limit") {
+        None => 25,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| Problem::bad_request(format!("limit must be 1-{MAX_LIMIT}")))?,
+    };
+    let since_us = match params.get("since") {
+        None => now_us() - 3_600_000_000,
+        Some(text) => since(text)?,
+    };
+    let traces = store::traces(&state.pool, since_us, now_us(), limit).await?;
+    Ok(axum::Json(json!({"traces": traces})))
+}
+
+/// `GET /v1/stream`: server-sent events, one `snapshot` a second.
+async fn stream(State(state): Shared) -> impl IntoResponse {
+    state.live.stream()
+}
+
 async fn stats(
     State(state): Shared,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, Problem> {
     only(&params, &["window"])?;
-    let window = match params.get("window") {
-        None => Duration::from_secs(300),
-        Some(text) => stratus_kit::duration::parse(text)
-            .ok()
-            .filter(|w| !w.is_zero() && *w <= MAX_WINDOW)
-            .ok_or_else(|| {
-                Problem::bad_request("window must be a duration like 5m, at most 24h")
-            })?,
-    };
+    let window = window(&params, Duration::from_secs(300))?;
     let rows = store::window(&state.pool, now_us() - window.as_micros() as i64).await?;
     Ok(axum::Json(json!({
         "window_seconds": window.as_secs_f64(),

@@ -5,12 +5,22 @@
 //! Records arrive in batches on `POST /v1/events` (the kit's [`stratus_kit::events`] reporter)
 //! or as OTLP/HTTP JSON on `POST /v1/traces`. A batch is stored whole or not at all. A background
 //! task deletes records older than the retention period and the oldest beyond the row cap.
+//!
+//! The sink also serves the dashboard at `/` (topology, instances, traces; live over SSE), and
+//! forwards what it stores to an OpenTelemetry collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 pub mod api;
+pub mod dashboard;
+pub mod export;
+pub mod live;
 pub mod otlp;
+pub mod proto;
 pub mod record;
+pub mod registry;
 pub mod stats;
 pub mod store;
+pub mod topology;
+pub mod writer;
 
 use std::time::Duration;
 
@@ -36,6 +46,22 @@ pub struct Args {
     #[arg(long, env = "STRATUS_EVENTS_MAX_ROWS", default_value_t = 1_000_000)]
     pub max_rows: i64,
 
+    /// OTLP collector base URL; spans are exported to <endpoint>/v1/traces (protobuf).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP traces URL, used as is (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+
+    /// Headers for every export request: key=value,key2=value2 (values percent-encoded).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+
+    /// The instrumentation scope exported spans carry (default stratus-events).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -46,13 +72,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &args.common.data_dir,
     )?;
-    let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS).await?;
+    let (pool, backend) = stratus_kit::db::open(&url, store::MIGRATIONS).await?;
     tokio::spawn(retention(
         pool.clone(),
         args.retention,
         args.max_rows.max(1),
     ));
-    let state = api::AppState { pool: pool.clone() };
+    let export = export::Settings::from_env_values(
+        args.otlp_endpoint.as_deref(),
+        args.otlp_traces_endpoint.as_deref(),
+        args.otlp_headers.as_deref(),
+        args.otel_service_name.as_deref(),
+    )?
+    .map(export::Exporter::start)
+    .transpose()?;
+    let registry = registry::Registry::follow(&args.common.registry_url)?;
+    let state = api::AppState {
+        pool: pool.clone(),
+        live: live::Live::start(pool.clone(), registry.clone()),
+        registry,
+        writer: writer::Writer::start(
+            pool.clone(),
+            backend == stratus_kit::db::Backend::Sqlite,
+            export,
+        ),
+    };
     let service = Service::new("events", args.port).without_events();
     service.health.add_check("database", move || {
         let pool = pool.clone();

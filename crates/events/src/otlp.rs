@@ -8,11 +8,15 @@
 //! the method; `http.response.status_code` (or `http.status_code`) the status; a span is ok unless
 //! its status code is 2 (error) or its HTTP status is 5xx; `messaging.destination.name` gives the
 //! topic; start and end times (unix nanoseconds) give start and duration.
+//!
+//! OTLP/HTTP protobuf (`application/x-protobuf`) takes the same mapping: [`from_proto`] turns the
+//! binary message into the JSON form's structs (ids as hex, times as decimal strings) first.
 
 use serde::Deserialize;
 use serde_json::Value;
 use stratus_kit::events::EventRecord;
 
+use crate::proto;
 use crate::record::format_micros;
 
 #[derive(Deserialize)]
@@ -161,6 +165,73 @@ pub fn records(request: ExportRequest) -> Result<Vec<EventRecord>, String> {
     Ok(out)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+fn json_attributes(attributes: Vec<proto::KeyValue>) -> Vec<KeyValue> {
+    attributes
+        .into_iter()
+        .filter_map(|kv| {
+            let value = match kv.value?.value? {
+                proto::Value::StringValue(s) => serde_json::json!({"stringValue": s}),
+                proto::Value::IntValue(i) => serde_json::json!({"intValue": i.to_string()}),
+                proto::Value::BoolValue(b) => serde_json::json!({"boolValue": b}),
+                proto::Value::DoubleValue(d) => serde_json::json!({"doubleValue": d}),
+            };
+            Some(KeyValue { key: kv.key, value })
+        })
+        .collect()
+}
+
+/// The protobuf request in the JSON form's shape, so both take one mapping.
+pub fn from_proto(request: proto::ExportTraceServiceRequest) -> ExportRequest {
+    ExportRequest {
+        resource_spans: request
+            .resource_spans
+            .into_iter()
+            .map(|rs| ResourceSpans {
+                resource: rs.resource.map(|r| Resource {
+                    attributes: json_attributes(r.attributes),
+                }),
+                scope_spans: rs
+                    .scope_spans
+                    .into_iter()
+                    .map(|ss| ScopeSpans {
+                        spans: ss
+                            .spans
+                            .into_iter()
+                            .map(|span| Span {
+                                trace_id: hex(&span.trace_id),
+                                span_id: hex(&span.span_id),
+                                parent_span_id: hex(&span.parent_span_id),
+                                name: span.name,
+                                kind: i64::from(span.kind),
+                                start_time_unix_nano: Value::String(
+                                    span.start_time_unix_nano.to_string(),
+                                ),
+                                end_time_unix_nano: Value::String(
+                                    span.end_time_unix_nano.to_string(),
+                                ),
+                                attributes: json_attributes(span.attributes),
+                                status: span.status.map(|s| Status {
+                                    code: i64::from(s.code),
+                                }),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +309,45 @@ mod tests {
         }))
         .unwrap();
         assert!(records(request).unwrap_err().contains("startTimeUnixNano"));
+    }
+
+    #[test]
+    fn maps_a_protobuf_export() {
+        use prost::Message;
+        let request = proto::ExportTraceServiceRequest {
+            resource_spans: vec![proto::ResourceSpans {
+                resource: Some(proto::Resource {
+                    attributes: vec![proto::KeyValue::string("service.name", "orders")],
+                }),
+                scope_spans: vec![proto::ScopeSpans {
+                    spans: vec![proto::Span {
+                        trace_id: vec![0xab; 16],
+                        span_id: vec![0x01; 8],
+                        parent_span_id: vec![0x02; 8],
+                        name: "GET /api/orders".into(),
+                        kind: 2,
+                        start_time_unix_nano: 1_700_000_000_000_000_000,
+                        end_time_unix_nano: 1_700_000_000_002_000_000,
+                        attributes: vec![proto::KeyValue::int("http.response.status_code", 201)],
+                        status: None,
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let decoded =
+            proto::ExportTraceServiceRequest::decode(request.encode_to_vec().as_slice()).unwrap();
+        let records = records(from_proto(decoded)).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].trace_id, "ab".repeat(16));
+        assert_eq!(
+            records[0].parent_span_id.as_deref(),
+            Some("0202020202020202")
+        );
+        assert_eq!(records[0].service, "orders");
+        assert_eq!(records[0].status, 201);
+        assert_eq!(records[0].duration_us, 2000);
+        validate_batch(records).unwrap();
     }
 }

@@ -121,6 +121,15 @@ pub async fn insert(pool: &AnyPool, rows: &[Row]) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
+    insert_into(&mut tx, rows).await?;
+    tx.commit().await
+}
+
+/// Inserts rows inside a transaction the caller commits.
+pub async fn insert_into(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[Row],
+) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = insert_sql(chunk.len());
         let mut query = sqlx::query(&sql);
@@ -143,9 +152,9 @@ pub async fn insert(pool: &AnyPool, rows: &[Row]) -> Result<(), sqlx::Error> {
                 .bind(r.topic.as_deref())
                 .bind(r.breaker.as_deref());
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut **tx).await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// Every record of one trace, in start order.
@@ -228,6 +237,111 @@ pub async fn window(
         .into_iter()
         .map(|(s, i, ok, d)| (s, i, ok != 0, d))
         .collect())
+}
+
+/// What the topology needs of one record: its span, its parent and who handled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub instance: String,
+    pub kind: String,
+    pub ok: bool,
+    pub duration_us: i64,
+    pub topic: Option<String>,
+}
+
+/// The most records one window query reads: a dashboard over a busy minute stays bounded.
+pub const MAX_WINDOW_ROWS: i64 = 200_000;
+
+/// The newest records (up to [`MAX_WINDOW_ROWS`]) started since `since_us`, as hops.
+pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error> {
+    type HopTuple = (
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<String>,
+    );
+    let rows: Vec<HopTuple> = sqlx::query_as(&format!(
+        "SELECT span_id, parent_span_id, service, instance, kind, ok, duration_us, topic \
+         FROM events WHERE started_us >= $1 ORDER BY started_us DESC LIMIT {MAX_WINDOW_ROWS}"
+    ))
+    .bind(since_us)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(span_id, parent_span_id, service, instance, kind, ok, duration_us, topic)| Hop {
+                span_id,
+                parent_span_id,
+                service,
+                instance,
+                kind,
+                ok: ok != 0,
+                duration_us,
+                topic,
+            },
+        )
+        .collect())
+}
+
+/// One trace in the trace list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// The first record's service and name (normally the gateway's route).
+    pub service: String,
+    pub name: String,
+    pub started_us: i64,
+    pub duration_us: i64,
+    pub spans: i64,
+    pub errors: i64,
+}
+
+/// The newest traces started between `since_us` and `until_us`, newest first. (The dashboard
+/// lists traces a second old, so that their callers' records, which flush later, are in.)
+pub async fn traces(
+    pool: &AnyPool,
+    since_us: i64,
+    until_us: i64,
+    limit: i64,
+) -> Result<Vec<TraceSummary>, sqlx::Error> {
+    type SummaryTuple = (String, i64, i64, i64, i64);
+    let rows: Vec<SummaryTuple> = sqlx::query_as(&format!(
+        "SELECT trace_id, MIN(started_us), MAX(started_us + duration_us), COUNT(*), \
+         CAST(SUM(1 - ok) AS BIGINT) FROM events WHERE started_us >= $1 GROUP BY trace_id \
+         HAVING MIN(started_us) <= $2 ORDER BY MIN(started_us) DESC LIMIT {limit}"
+    ))
+    .bind(since_us)
+    .bind(until_us)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (trace_id, start, end, spans, errors) in rows {
+        let first: Option<(String, String)> = sqlx::query_as(
+            "SELECT service, name FROM events WHERE trace_id = $1 ORDER BY started_us, id LIMIT 1",
+        )
+        .bind(&trace_id)
+        .fetch_optional(pool)
+        .await?;
+        let (service, name) = first.unwrap_or_default();
+        out.push(TraceSummary {
+            trace_id,
+            service,
+            name,
+            started_us: start,
+            duration_us: end - start,
+            spans,
+            errors,
+        });
+    }
+    Ok(out)
 }
 
 /// Deletes records started before `before_us`, and the oldest beyond `max_rows`. Returns how many

@@ -1,0 +1,87 @@
+// Drives the event sink's dashboard in a real Chromium: the topology shows the gateway and the
+// catalog with numbers that change under load, a trace opens into its waterfall, and a
+// screenshot is saved. Run by tests/dashboard.rs with DASHBOARD_URL, SCREENSHOT and CHROMIUM set.
+import { chromium } from "playwright-core";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const url = process.env.DASHBOARD_URL;
+const screenshot = process.env.SCREENSHOT;
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+if (!url || !screenshot) throw new Error("DASHBOARD_URL and SCREENSHOT must be set");
+
+const profile = mkdtempSync(join(tmpdir(), "stratus-chromium-"));
+// A fresh profile directory (playwright passes it to Chromium as --user-data-dir).
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath,
+  headless: true,
+  viewport: { width: 1440, height: 1000 },
+  deviceScaleFactor: 1,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const fail = async (message) => {
+  await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
+  await browser.close();
+  console.error(`FAIL: ${message} (screenshot: ${screenshot})`);
+  process.exit(1);
+};
+const page = browser.pages()[0] || (await browser.newPage());
+const problems = [];
+page.on("pageerror", (error) => problems.push(String(error)));
+page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+
+await page.goto(url);
+const edge = '[data-edge="gateway->catalog"] text';
+try {
+  await page.waitForSelector("#conn.on", { timeout: 15000 });
+  await page.waitForSelector("#node-gateway", { timeout: 15000 });
+  await page.waitForSelector("#node-catalog", { timeout: 15000 });
+  await page.waitForSelector(edge, { timeout: 15000 });
+} catch (error) {
+  await fail(`the topology never showed gateway -> catalog: ${error.message}`);
+}
+
+// The numbers on the gateway -> catalog edge move while load runs.
+const first = await page.textContent(edge);
+let second = first;
+const deadline = Date.now() + 20000;
+while (second === first && Date.now() < deadline) {
+  await page.waitForTimeout(250);
+  second = await page.textContent(edge);
+}
+if (second === first) await fail(`the gateway -> catalog edge stayed at "${first}"`);
+if (!/\d/.test(first) || !/%/.test(first) || !/ms/.test(first)) await fail(`edge label without figures: "${first}"`);
+
+// Instances: the catalog's instances share its traffic.
+const shares = await page.$$eval('[data-service="catalog"] .inst', (rows) => rows.length);
+if (shares < 1) await fail("no catalog instances listed");
+
+// A trace through the gateway (its route is catalog-read) opens into a waterfall of both.
+const row = page.locator("#traces tr", { hasText: "gateway" }).first();
+try {
+  await row.waitFor({ timeout: 15000 });
+  await row.click();
+  await page.waitForFunction(() => document.querySelectorAll("#waterfall .wf-row").length >= 2, null, { timeout: 15000 });
+} catch (error) {
+  await fail(`no waterfall for a catalog trace: ${error.message}`);
+}
+const bars = await page.$$eval("#waterfall .wf-row", (rows) => rows.map((r) => ({
+  label: r.querySelector(".wf-label").textContent,
+  indent: parseFloat(r.querySelector(".wf-label").style.paddingLeft) || 0,
+  width: r.querySelector(".wf-bar").getBoundingClientRect().width,
+})));
+const gateway = bars.find((b) => b.label.startsWith("gateway"));
+const catalog = bars.find((b) => b.label.startsWith("catalog"));
+if (!gateway || !catalog) await fail(`waterfall rows: ${JSON.stringify(bars)}`);
+if (!(catalog.indent > gateway.indent)) await fail(`the catalog span is not under the gateway: ${JSON.stringify(bars)}`);
+if (!(gateway.width > 0 && catalog.width > 0)) await fail(`empty bars: ${JSON.stringify(bars)}`);
+if (problems.length) await fail(`page errors: ${problems.join("; ")}`);
+
+await page.waitForTimeout(300);
+await page.screenshot({ path: screenshot, fullPage: true });
+await browser.close();
+console.log(JSON.stringify({ ok: true, first, second, instances: shares, waterfall: bars, screenshot }));
