@@ -45,6 +45,12 @@ enum Component {
     Dns(stratus_dns::Args),
     /// Event sink: every hop's record, traces and per-service stats.
     Events(stratus_events::Args),
+    /// Shop: orders (the start of the order saga).
+    Orders(stratus_orders::Args),
+    /// Shop: payments (charges each order once).
+    Payments(stratus_payments::Args),
+    /// Shop: notifications (one per order outcome).
+    Notifications(stratus_notifications::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +93,18 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Events(args) => {
             init("events", &args.common);
             stratus_events::run(args).await
+        }
+        Component::Orders(args) => {
+            init("orders", &args.common);
+            stratus_orders::run(args).await
+        }
+        Component::Payments(args) => {
+            init("payments", &args.common);
+            stratus_payments::run(args).await
+        }
+        Component::Notifications(args) => {
+            init("notifications", &args.common);
+            stratus_notifications::run(args).await
         }
     };
     if let Err(error) = &result {

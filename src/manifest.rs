@@ -11,7 +11,17 @@ use serde::Deserialize;
 pub const DEFAULT: &str = include_str!("../stratus.toml");
 
 /// Components that are built into the `stratus` binary.
-pub const BUILT_IN: &[&str] = &["registry", "events", "gateway", "dns", "auth", "catalog"];
+pub const BUILT_IN: &[&str] = &[
+    "registry",
+    "events",
+    "gateway",
+    "dns",
+    "auth",
+    "catalog",
+    "orders",
+    "payments",
+    "notifications",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -76,7 +86,17 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["registry", "events", "auth", "catalog", "gateway", "dns"]
+            [
+                "registry",
+                "events",
+                "auth",
+                "catalog",
+                "orders",
+                "payments",
+                "notifications",
+                "gateway",
+                "dns"
+            ]
         );
         assert_eq!(manifest.components[3].replicas, 2);
     }

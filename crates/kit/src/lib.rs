@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod discovery;
 pub mod duration;
@@ -17,9 +18,11 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod problem;
 pub mod registration;
 pub mod registry_client;
+pub mod resilience;
 pub mod server;
 pub mod shutdown;
 pub mod trace;
