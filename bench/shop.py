@@ -68,7 +68,7 @@ def run(backend, broker_url):
 
     def spawn(component, **env):
         log = open(os.path.join(data, f"{component}-{len(procs)}.log"), "w")
-        procs.append(subprocess.Popen([BIN, "serve", component], env=dict(base, PORT="0", **env),
+        procs.append(subprocess.Popen([BIN, "serve", component], env=dict(base, **dict({"PORT": "0"}, **env)),
                                       stdout=log, stderr=log))
 
     try:
@@ -105,7 +105,7 @@ def run(backend, broker_url):
         for i in range(COUNT + 10):
             start = time.perf_counter()
             status, order = request(conn, "POST", "/api/orders", {"items": [{"product_id": product["id"], "quantity": 1}]},
-                                    token, {"idempotency-key": f"bench-{backend}-{i}"})
+                                    token, {"idempotency-key": f"bench-{backend.replace(' ', '-')}-{i}"})
             assert status == 201, (status, order)
             while request(conn, "GET", f"/api/orders/{order['id']}", token=token)[1]["status"] == "pending":
                 time.sleep(0.002)

@@ -42,6 +42,14 @@ CREATE TABLE IF NOT EXISTS processed_messages (
 )
 ";
 
+/// Sent outbox rows are kept this long (to look into), then deleted.
+const KEEP_SENT: Duration = Duration::from_secs(3600);
+/// Processed-message ids are kept longer than the broker keeps messages (7 days by default), so
+/// any redelivery still finds its id.
+const KEEP_PROCESSED: Duration = Duration::from_secs(8 * 24 * 3600);
+/// How often old rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Rows one relay pass publishes at most.
 const BATCH: i64 = 100;
 /// How often the relay looks for rows it was not woken for (another instance's, or left over
@@ -115,7 +123,14 @@ type Row = (String, String, String, Option<String>);
 
 async fn run(pool: AnyPool, broker: Broker, wake: Arc<Notify>) {
     let mut failures = 0u32;
+    let mut pruned = tokio::time::Instant::now();
     loop {
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = tokio::time::Instant::now();
+            if let Err(error) = prune(&pool).await {
+                tracing::warn!(%error, "pruning the outbox");
+            }
+        }
         match relay_once(&pool, &broker).await {
             Ok(sent) => {
                 failures = 0;
@@ -186,5 +201,114 @@ fn message((id, _, payload, traceparent): &Row) -> Message {
     match traceparent {
         Some(traceparent) => message.with_traceparent(traceparent.clone()),
         None => message,
+    }
+}
+
+/// Deletes sent outbox rows and processed-message ids past their keeping time.
+async fn prune(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let before = |age: Duration| {
+        let at = time::OffsetDateTime::now_utc() - age;
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    sqlx::query("DELETE FROM outbox WHERE sent = 1 AND sent_at < $1")
+        .bind(before(KEEP_SENT))
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM processed_messages WHERE processed_at < $1")
+        .bind(before(KEEP_PROCESSED))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{open, Migration};
+
+    const SCHEMA: &[Migration] = &[Migration {
+        version: 1,
+        description: "outbox",
+        sqlite: OUTBOX_SCHEMA,
+        postgres: OUTBOX_SCHEMA,
+    }];
+
+    async fn setup(dir: &std::path::Path) -> (AnyPool, Broker) {
+        let url = format!("sqlite://{}?mode=rwc", dir.join("service.db").display());
+        let (pool, _) = open(&url, SCHEMA).await.unwrap();
+        let broker_url = format!("sqlite://{}", dir.join("broker.db").display());
+        let broker = Broker::connect(&broker_url, Default::default())
+            .await
+            .unwrap();
+        (pool, broker)
+    }
+
+    #[tokio::test]
+    async fn committed_events_are_published_once_and_rolled_back_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, broker) = setup(dir.path()).await;
+        let mut subscription = broker.subscribe("order.placed", "test").await.unwrap();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+        let mut tx = pool.begin().await.unwrap();
+        enqueue(&mut tx, "order.placed", &serde_json::json!({"n": 1}), None)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        let id = enqueue(
+            &mut tx,
+            "order.placed",
+            &serde_json::json!({"n": 2}),
+            Some(traceparent),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        let relay = Relay::start(pool.clone(), broker.clone());
+        relay.wake();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .expect("the committed event is published")
+            .unwrap();
+        assert_eq!(
+            delivery.message.id, id,
+            "the message id is the outbox row's"
+        );
+        assert_eq!(delivery.message.traceparent(), Some(traceparent));
+        let body: serde_json::Value = delivery.message.decode().unwrap();
+        assert_eq!(body["n"], 2);
+        delivery.ack().await.unwrap();
+
+        // Marked sent: nothing more comes, the rolled-back event least of all.
+        let unsent: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent = 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut unsent = unsent.0;
+        while unsent > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            unsent = sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM outbox WHERE sent = 0")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .0;
+        }
+        assert_eq!(unsent, 0);
+        let more = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await;
+        assert!(more.is_err(), "one event, published once");
+    }
+
+    #[tokio::test]
+    async fn a_message_id_is_processed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = setup(dir.path()).await;
+        let mut conn = pool.acquire().await.unwrap();
+        assert!(mark_processed(&mut conn, "m-1", "t").await.unwrap());
+        assert!(!mark_processed(&mut conn, "m-1", "t").await.unwrap());
+        assert!(mark_processed(&mut conn, "m-2", "t").await.unwrap());
     }
 }
