@@ -47,6 +47,12 @@ enum Component {
     Events(stratus_events::Args),
     /// Shop: each customer's own profile.
     Profile(stratus_profile::Args),
+    /// Shop: orders (the start of the order saga).
+    Orders(stratus_orders::Args),
+    /// Shop: payments (charges each order once).
+    Payments(stratus_payments::Args),
+    /// Shop: notifications (one per order outcome).
+    Notifications(stratus_notifications::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +99,18 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Profile(args) => {
             init("profile", &args.common);
             stratus_profile::run(args).await
+        }
+        Component::Orders(args) => {
+            init("orders", &args.common);
+            stratus_orders::run(args).await
+        }
+        Component::Payments(args) => {
+            init("payments", &args.common);
+            stratus_payments::run(args).await
+        }
+        Component::Notifications(args) => {
+            init("notifications", &args.common);
+            stratus_notifications::run(args).await
         }
     };
     if let Err(error) = &result {

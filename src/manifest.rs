@@ -12,7 +12,16 @@ pub const DEFAULT: &str = include_str!("../stratus.toml");
 
 /// Components that are built into the `stratus` binary.
 pub const BUILT_IN: &[&str] = &[
-    "registry", "events", "gateway", "dns", "auth", "catalog", "profile",
+    "registry",
+    "events",
+    "gateway",
+    "dns",
+    "auth",
+    "catalog",
+    "profile",
+    "orders",
+    "payments",
+    "notifications",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,7 +87,18 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["registry", "events", "auth", "catalog", "profile", "gateway", "dns"]
+            [
+                "registry",
+                "events",
+                "auth",
+                "catalog",
+                "orders",
+                "payments",
+                "notifications",
+                "profile",
+                "gateway",
+                "dns"
+            ]
         );
         assert_eq!(manifest.components[3].replicas, 2);
     }

@@ -132,6 +132,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.events_port
         );
     }
+    if manifest.components.iter().any(|c| c.name == "orders") {
+        println!(
+            "  Shop           POST http://127.0.0.1:{}/api/orders (a token and an Idempotency-Key; README \"The shop\")",
+            args.gateway_port
+        );
+    }
     if manifest.components.iter().any(|c| c.name == "dns") {
         println!(
             "  DNS            dig @127.0.0.1 -p {} catalog.service.stratus SRV",

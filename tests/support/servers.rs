@@ -339,3 +339,79 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A NATS server with JetStream of our own, on a free loopback port with its store in a
+/// temporary directory. It can be stopped and started again on the same port and store, to
+/// play a broker outage.
+pub struct Nats {
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Option<Nats> {
+        let found = on_path("nats-server").or_else(|| {
+            let sbin = PathBuf::from("/usr/sbin/nats-server");
+            sbin.is_file().then_some(sbin)
+        });
+        let bin = require("nats-server (Debian package nats-server)", found)?;
+        let mut server = Nats {
+            port: free_port(),
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.resume();
+        Some(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`, as `BROKER_URL` takes it.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM, waiting for it to exit).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and store, and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .args(["-js", "-sd"])
+            .arg(self.dir.path().join("store"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

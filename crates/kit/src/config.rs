@@ -198,3 +198,42 @@ impl DiscoveryArgs {
         })
     }
 }
+
+/// Settings for services that publish or consume events through the broker.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// The broker: nats://host:port (JetStream), or sqlite://<path>; unset: the embedded queue
+    /// in <data dir>/broker.db, shared by every local process with the same data directory.
+    #[arg(long, env = "BROKER_URL")]
+    pub broker_url: Option<String>,
+
+    /// How long a message taken by a consumer stays hidden from the rest of its group; a
+    /// consumer that dies holding it gives it back after this long.
+    #[arg(long, env = "STRATUS_BROKER_VISIBILITY_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    pub broker_visibility_timeout: Duration,
+
+    /// Deliveries of one message to a group before it moves to `<topic>.dlq`.
+    #[arg(long, env = "STRATUS_BROKER_MAX_ATTEMPTS", default_value_t = 5)]
+    pub broker_max_attempts: u32,
+}
+
+impl BrokerArgs {
+    /// Connects to the configured broker. An unreachable NATS is an error, never a fallback.
+    pub async fn connect(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<stratus_broker::Broker> {
+        use anyhow::Context;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let url = stratus_broker::url_or_default(self.broker_url.as_deref(), data_dir);
+        let options = stratus_broker::Options {
+            visibility_timeout: self.broker_visibility_timeout,
+            max_attempts: self.broker_max_attempts,
+            ..Default::default()
+        };
+        stratus_broker::Broker::connect(&url, options)
+            .await
+            .with_context(|| format!("connecting to the broker at {}", crate::db::redact(&url)))
+    }
+}

@@ -182,6 +182,9 @@ pub async fn record_requests(
         Some(context) => (context.child(), Some(context.span_id_hex())),
         None => (TraceContext::new_root(), None),
     };
+    // Handlers continue the trace from this hop (see `trace::Hop`).
+    let mut request = request;
+    request.extensions_mut().insert(crate::trace::Hop(context));
     let method = request.method().as_str().to_owned();
     let route = request
         .extensions()

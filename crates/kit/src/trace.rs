@@ -201,3 +201,32 @@ mod tests {
         );
     }
 }
+
+/// This hop's trace context, for a handler that calls other services or publishes events:
+/// send `hop.0.header_value()` as their `traceparent`, so they appear as this hop's children.
+///
+/// The event middleware ([`crate::events::record_requests`]) puts the span it reports into the
+/// request; without it, the caller's `traceparent` is continued, or a new trace started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop(pub TraceContext);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Hop {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(hop) = parts.extensions.get::<Hop>() {
+            return Ok(*hop);
+        }
+        let context = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map(|c| c.child())
+            .unwrap_or_else(TraceContext::new_root);
+        Ok(Hop(context))
+    }
+}

@@ -1,0 +1,99 @@
+//! The notifications HTTP API: `GET /api/notifications`, the caller's own.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRef, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+use stratus_kit::auth::{Caller, Tokens};
+use stratus_kit::Problem;
+
+const MAX_PAGE: i64 = 1000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: AnyPool,
+    pub tokens: Arc<Tokens>,
+}
+
+impl FromRef<AppState> for Arc<Tokens> {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/notifications", get(list))
+        .route("/openapi.json", get(crate::openapi::document))
+        .with_state(state)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Notification {
+    pub id: String,
+    pub order_id: String,
+    pub kind: String,
+    pub message: String,
+    pub created_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    order_id: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    offset: Option<i64>,
+}
+
+type Row = (String, String, String, String, String);
+
+/// The caller's notifications, newest first; `?order_id=` narrows them to one order.
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    let offset = query.offset.unwrap_or(0);
+    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
+        return Err(Problem::bad_request(format!(
+            "limit must be 1-{MAX_PAGE} and offset at least 0"
+        )));
+    }
+    if query
+        .order_id
+        .as_ref()
+        .is_some_and(|o| o.is_empty() || o.len() > 64)
+    {
+        return Err(Problem::bad_request("order_id must be 1 to 64 characters"));
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, order_id, kind, message, created_at FROM notifications WHERE user_id = $1 AND ($2 = '' OR order_id = $2) ORDER BY id DESC LIMIT $3 OFFSET $4",
+    )
+    .bind(&caller.0.sub)
+    .bind(query.order_id.unwrap_or_default())
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.pool)
+    .await?;
+    let notifications: Vec<Notification> = rows
+        .into_iter()
+        .map(|(id, order_id, kind, message, created_at)| Notification {
+            id,
+            order_id,
+            kind,
+            message,
+            created_at,
+        })
+        .collect();
+    Ok(axum::Json(notifications))
+}
