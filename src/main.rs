@@ -32,6 +32,8 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up; boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Component {
     /// Service registry: register, heartbeat, list, watch.
     Registry(stratus_registry::Args),
