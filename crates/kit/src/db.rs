@@ -99,46 +99,72 @@ async fn migrate(pool: &AnyPool, backend: Backend, migrations: &[Migration]) -> 
     )
     .await?;
     for migration in migrations {
-        let applied: Option<(i64,)> =
-            sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(migration.version)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if applied.is_some() {
-            continue;
-        }
-        let script = match backend {
-            Backend::Sqlite => migration.sqlite,
-            Backend::Postgres => migration.postgres,
+        // SQLite: instances starting together on one file take turns here. `BEGIN IMMEDIATE`
+        // takes the write lock before the check (waiting out the busy timeout), so a second
+        // instance sees the first one's migration as applied instead of repeating it.
+        let begin = match backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
         };
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            tx.execute(statement).await.with_context(|| {
-                format!(
-                    "migration {} ({})",
-                    migration.version, migration.description
-                )
-            })?;
+        conn.execute(begin).await?;
+        match apply(&mut conn, backend, migration).await {
+            Ok(applied) => {
+                conn.execute("COMMIT").await?;
+                if applied {
+                    tracing::info!(
+                        version = migration.version,
+                        description = migration.description,
+                        "migrated"
+                    );
+                }
+            }
+            Err(error) => {
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(error);
+            }
         }
-        sqlx::query(
-            "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(migration.version)
-        .bind(migration.description)
-        .bind(crate::now_rfc3339())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(
-            version = migration.version,
-            description = migration.description,
-            "migrated"
-        );
     }
     if backend == Backend::Postgres {
         conn.execute("SELECT pg_advisory_unlock(7301)").await?;
     }
     Ok(())
+}
+
+/// Applies one migration inside the caller's transaction, unless it already is; whether it ran.
+async fn apply(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
+    migration: &Migration,
+) -> anyhow::Result<bool> {
+    let applied: Option<(i64,)> =
+        sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(migration.version)
+            .fetch_optional(&mut **conn)
+            .await?;
+    if applied.is_some() {
+        return Ok(false);
+    }
+    let script = match backend {
+        Backend::Sqlite => migration.sqlite,
+        Backend::Postgres => migration.postgres,
+    };
+    for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        conn.execute(statement).await.with_context(|| {
+            format!(
+                "migration {} ({})",
+                migration.version, migration.description
+            )
+        })?;
+    }
+    sqlx::query(
+        "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+    )
+    .bind(migration.version)
+    .bind(migration.description)
+    .bind(crate::now_rfc3339())
+    .execute(&mut **conn)
+    .await?;
+    Ok(true)
 }
 
 /// Whether an error is a unique-constraint violation (a duplicate key).
