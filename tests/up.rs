@@ -76,6 +76,15 @@ fn up_starts_the_system_and_stops_it_cleanly() {
             .await
             .unwrap();
         assert_eq!(products.status(), 200);
+        // The demo products, seeded once although two catalogs started together.
+        let products: Vec<serde_json::Value> = products.json().await.unwrap();
+        assert_eq!(products.len(), 6, "{products:?}");
+        let openapi = http
+            .get(format!("http://127.0.0.1:{gateway}/api/catalog/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(openapi.status(), 200);
         let login = http
             .post(format!("http://127.0.0.1:{gateway}/auth/login"))
             .json(&serde_json::json!({"email": "admin@stratus.local", "password": password.trim()}))

@@ -47,8 +47,17 @@ impl FromRef<AppState> for Arc<Tokens> {
 
 type Shared = State<AppState>;
 
+/// The catalog's OpenAPI document (also through the gateway, at `/api/catalog/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/api/catalog/openapi.json", get(openapi))
         .route("/api/catalog/products", get(list).post(create))
         .route(
             "/api/catalog/products/{id}",
@@ -223,4 +232,21 @@ async fn remove(
     }
     state.products.invalidate(&id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_route() {
+        let document: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        for (path, methods) in [
+            ("/api/catalog/products", &["get", "post"][..]),
+            ("/api/catalog/products/{id}", &["get", "put", "delete"][..]),
+        ] {
+            for method in methods {
+                assert!(paths[path][method].is_object(), "{method} {path}");
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! held to the same rules).
 
 pub mod api;
+pub mod demo;
 pub mod product;
 pub mod schema;
 
@@ -35,6 +36,10 @@ pub struct Args {
     #[arg(long, env = "CATALOG_VIEWS_BATCH", default_value_t = 1000)]
     pub views_batch: usize,
 
+    /// Seed a few demo products into an empty catalog at start-up (`stratus up` turns it on).
+    #[arg(long, env = "CATALOG_DEMO_DATA", default_value_t = false, action = clap::ArgAction::Set)]
+    pub demo_data: bool,
+
     #[command(flatten)]
     pub cache: CacheArgs,
 
@@ -52,6 +57,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &args.common.data_dir,
     )?;
     let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    if args.demo_data {
+        let seeded = demo::seed_if_empty(&pool).await?;
+        if seeded > 0 {
+            tracing::info!(products = seeded, "seeded the demo products");
+        }
+    }
     let tokens = Tokens::new(
         &args.tokens,
         RegistryClient::new(&args.common.registry_url)?,
