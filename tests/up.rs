@@ -80,7 +80,9 @@ fn up_starts_the_system_and_stops_it_cleanly() {
         let products: Vec<serde_json::Value> = products.json().await.unwrap();
         assert_eq!(products.len(), 6, "{products:?}");
         let openapi = http
-            .get(format!("http://127.0.0.1:{gateway}/api/catalog/openapi.json"))
+            .get(format!(
+                "http://127.0.0.1:{gateway}/api/catalog/openapi.json"
+            ))
             .send()
             .await
             .unwrap();
