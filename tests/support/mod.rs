@@ -131,6 +131,9 @@ impl System {
         system
             .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", system.admin_port))
             .await;
+        // Tests log in first thing: the gateway must route /auth before start returns, not
+        // merely the registry know of auth (the gateway learns of it a watch round later).
+        system.wait_gateway_sees("auth", 1).await;
         system.wait_gateway_sees("catalog", catalogs).await;
         system
     }
