@@ -317,6 +317,34 @@ impl System {
         }
     }
 
+    /// Starts `count` instances of each of `services` (with `env`) and waits until the gateway
+    /// routes to every one of them.
+    pub async fn add_services(&mut self, services: &[(&str, usize)], env: &[(&str, &str)]) {
+        for (service, count) in services {
+            for _ in 0..*count {
+                self.spawn(service, env);
+            }
+        }
+        for (service, count) in services {
+            self.wait_registered(service, *count).await;
+            self.wait_gateway_sees(service, *count).await;
+        }
+    }
+
+    /// The base URL of one registered instance of `service`: to call it directly, around the
+    /// gateway, as something inside the network could.
+    pub async fn instance_url(&self, service: &str) -> String {
+        let instances = self.registered(service).await;
+        let instance = instances
+            .first()
+            .unwrap_or_else(|| panic!("no instance of {service} registered"));
+        format!(
+            "http://{}:{}",
+            instance["address"].as_str().expect("an address"),
+            instance["port"].as_u64().expect("a port")
+        )
+    }
+
     /// Waits until the gateway's admin API lists `count` instances of `service`.
     pub async fn wait_gateway_sees(&self, service: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -16,7 +16,7 @@ use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
 use stratus_kit::outbox::{self, Relay};
 use stratus_kit::trace::Hop;
-use stratus_kit::{Json, Problem};
+use stratus_kit::{policy, Json, Problem};
 
 use crate::events::{OrderPlaced, ORDER_PLACED};
 use crate::order::{self, Item, Order, OrderInput};
@@ -52,14 +52,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn is_admin(caller: &Caller) -> bool {
-    caller.0.has_role("admin")
-}
-
-/// A customer sees only their own orders; an admin sees every order.
-fn may_read(caller: &Caller, owner: &str) -> bool {
-    caller.0.sub == owner || is_admin(caller)
-}
+/// The resource name in kit::policy's rules: `orders:read:any` lets a caller (an admin, or a
+/// support service account) read every order; everyone else reads their own.
+const RESOURCE: &str = "orders";
 
 async fn place(
     State(state): Shared,
@@ -223,11 +218,10 @@ async fn fetch(
         .bind(&id)
         .fetch_optional(&state.pool)
         .await?;
-    match row {
-        // Another customer's order is "not found", not "forbidden": its existence is private.
-        Some(row) if may_read(&caller, &row.1) => Ok(axum::Json(to_order(row)?)),
-        _ => Err(Problem::not_found(format!("no order {id}"))),
-    }
+    // Another customer's order is "not found", not "forbidden": its existence is private.
+    let row = row.ok_or_else(|| Problem::not_found(format!("no order {id}")))?;
+    policy::require_read(&caller.0, RESOURCE, &row.1)?;
+    Ok(axum::Json(to_order(row)?))
 }
 
 #[derive(Deserialize)]
@@ -255,8 +249,10 @@ async fn list(
         )));
     }
     let all = query.all.unwrap_or(false);
-    if all && !is_admin(&caller) {
-        return Err(Problem::forbidden("all=true needs the role `admin`"));
+    if all && policy::list_scope(&caller.0, RESOURCE).is_some() {
+        return Err(Problem::forbidden(
+            "all=true needs the role `admin` or the permission `orders:read:any`",
+        ));
     }
     let rows: Vec<Row> = if all {
         sqlx::query_as(&format!(

@@ -10,7 +10,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
-use stratus_kit::Problem;
+use stratus_kit::{policy, Problem};
 
 const MAX_PAGE: i64 = 1000;
 
@@ -86,7 +86,9 @@ async fn list(
             "limit must be 1-{MAX_PAGE} and offset at least 0"
         )));
     }
-    let admin = caller.0.has_role("admin");
+    // `payments:read:any` (admins have every permission) reaches everyone's payments; anyone
+    // else is scoped to their own (kit::policy, the rule every service shares).
+    let everyone = policy::list_scope(&caller.0, "payments").is_none();
     let rows: Vec<Row> = match &query.order_id {
         Some(order_id) if order_id.is_empty() || order_id.len() > 64 => {
             return Err(Problem::bad_request("order_id must be 1 to 64 characters"))
@@ -97,7 +99,7 @@ async fn list(
             ))
             .bind(order_id)
             .bind(&caller.0.sub)
-            .bind(i64::from(admin))
+            .bind(i64::from(everyone))
             .fetch_all(&state.pool)
             .await?
         }
