@@ -437,3 +437,161 @@ async fn every_shop_route_gives_each_caller_the_same_rights_at_the_gateway_and_a
         wrong.join("\n")
     );
 }
+
+/// Grants `roles` to the user behind `token` (as the admin) and returns a fresh token for them.
+async fn grant(matrix: &Matrix, email: &str, token: &str, roles: &[&str]) -> String {
+    let id = claims_of(token)["sub"]
+        .as_str()
+        .expect("a subject")
+        .to_string();
+    let (status, body) = matrix
+        .send(
+            Via::Gateway,
+            3,
+            Method::PUT,
+            "auth",
+            &format!("/auth/users/{id}/roles"),
+            Some(&json!({ "roles": roles })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    matrix.system.login(email, "customer-password").await
+}
+
+#[tokio::test]
+async fn roles_grant_permissions_that_every_service_honours() {
+    let mut matrix = start().await;
+    let product = matrix.product("Role lamp").await;
+    let order = anns_settled_order(&matrix, &product).await;
+
+    // The role catalogue: built-in admin and customer, and the shipped support and editor roles.
+    let (status, roles) = matrix
+        .send(Via::Gateway, 3, Method::GET, "auth", "/auth/roles", None)
+        .await;
+    assert_eq!(status, 200);
+    let support = roles
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "support"))
+        .expect("the support role");
+    assert_eq!(
+        support["permissions"],
+        json!(["orders:read:any", "payments:read:any"])
+    );
+    for (caller, expected) in [(0, 401), (2, 403)] {
+        let (status, _) = matrix
+            .send(
+                Via::Gateway,
+                caller,
+                Method::PUT,
+                "auth",
+                "/auth/roles/auditor",
+                Some(&json!({"permissions": ["orders:read:any"]})),
+            )
+            .await;
+        assert_eq!(status, expected, "defining a role as {}", CALLERS[caller]);
+    }
+    let (status, _) = matrix
+        .send(
+            Via::Gateway,
+            3,
+            Method::DELETE,
+            "auth",
+            "/auth/roles/admin",
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "admin is built in");
+
+    // Bob in support reads Ann's order and payment, at the gateway and at the services, but still
+    // may not edit the catalog, nor read Ann's notifications (no such permission).
+    let bob = grant(
+        &matrix,
+        "bob@example.com",
+        &matrix.tokens[1],
+        &["customer", "support"],
+    )
+    .await;
+    assert_eq!(
+        claims_of(&bob)["permissions"],
+        json!(["orders:read:any", "payments:read:any"])
+    );
+    matrix.tokens[1] = bob;
+    let support_rows = [
+        row(
+            Method::GET,
+            format!("/api/orders/{order}"),
+            "orders",
+            [401, 200, 200, 200],
+        ),
+        row(
+            Method::GET,
+            "/api/orders?all=true".into(),
+            "orders",
+            [401, 403, 200, 200],
+        ),
+        with_body(
+            row(
+                Method::POST,
+                "/api/catalog/products".into(),
+                "catalog",
+                [401, 403, 403, 201],
+            ),
+            json!({"name": "Not Bob's", "price_cents": 1, "stock": 1}),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for via in [Via::Gateway, Via::Direct] {
+        wrong.extend(matrix.check(via, &support_rows).await);
+        let bob_sees = visible(&matrix, via, 2, &order).await;
+        assert!(!bob_sees.0, "{via:?}: Ann's order is not in Bob's own list");
+        assert!(bob_sees.1 >= 1, "{via:?}: support reads Ann's payment");
+        assert_eq!(bob_sees.2, 0, "{via:?}: nor her notifications");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Narrowing the role reaches Bob with his next token: no more payments of others.
+    let (status, _) = matrix
+        .send(
+            Via::Gateway,
+            3,
+            Method::PUT,
+            "auth",
+            "/auth/roles/support",
+            Some(&json!({"permissions": ["orders:read:any"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    matrix.tokens[1] = matrix
+        .system
+        .login("bob@example.com", "customer-password")
+        .await;
+    let (_, payments) = matrix
+        .send(
+            Via::Direct,
+            2,
+            Method::GET,
+            "payments",
+            &format!("/api/payments?order_id={order}"),
+            None,
+        )
+        .await;
+    assert_eq!(payments, json!([]), "support no longer reads payments");
+
+    // A catalog editor (not an admin) edits the catalog, through the gateway and directly.
+    let carol = matrix.system.customer_token("carol@example.com").await;
+    let carol = grant(&matrix, "carol@example.com", &carol, &["catalog-editor"]).await;
+    matrix.tokens[0] = carol;
+    for via in [Via::Gateway, Via::Direct] {
+        let (status, body) = matrix
+            .send(
+                via,
+                1,
+                Method::POST,
+                "catalog",
+                "/api/catalog/products",
+                Some(&json!({"name": "Carol's", "price_cents": 5, "stock": 1})),
+            )
+            .await;
+        assert_eq!(status, 201, "{via:?} as a catalog editor: {body}");
+    }
+}

@@ -98,6 +98,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(crate::oauth::authorize).post(crate::oauth::authorize_form),
         )
         .route("/auth/users", get(crate::admin::list_users))
+        .route("/auth/roles", get(crate::roles::list))
+        .route(
+            "/auth/roles/{name}",
+            axum::routing::put(crate::roles::put).delete(crate::roles::delete),
+        )
         .route(
             "/auth/users/{id}/roles",
             axum::routing::put(crate::admin::set_roles),
@@ -387,11 +392,14 @@ pub(crate) async fn issue(
     grant: &Grant<'_>,
 ) -> Result<TokenResponse, Problem> {
     let now = now_unix();
+    // Read at every issue (login, refresh, code exchange): a role's new permissions, or a
+    // revoked role, reach the user with their next token.
+    let permissions = crate::roles::permissions_of(&state.pool, &user.roles).await?;
     let (access_token, _) = state.access_token(
         &user.id,
         Some(user.email.clone()),
         user.roles.clone(),
-        vec![],
+        permissions,
     );
 
     let mut secret = [0u8; 32];

@@ -13,6 +13,7 @@ pub mod mfa;
 pub mod oauth;
 pub mod passwords;
 pub mod revocation;
+pub mod roles;
 pub mod schema;
 pub mod throttle;
 pub mod users;

@@ -91,6 +91,20 @@ CREATE TABLE IF NOT EXISTS authorization_codes (
 )
 ";
 
+/// Roles name bundles of permissions. Two useful ones ship: `support` reads every order and
+/// payment (kit::policy's `<resource>:read:any`), `catalog-editor` edits the catalog.
+const V8: &str = "
+CREATE TABLE IF NOT EXISTS roles (
+    name TEXT PRIMARY KEY,
+    permissions TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+INSERT INTO roles (name, permissions, updated_at) VALUES
+    ('support', 'orders:read:any,payments:read:any', '2026-01-01T00:00:00Z'),
+    ('catalog-editor', 'catalog:write', '2026-01-01T00:00:00Z')
+ON CONFLICT (name) DO NOTHING
+";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -133,5 +147,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "third-party apps: authorization codes with PKCE",
         sqlite: V7,
         postgres: V7,
+    },
+    Migration {
+        version: 8,
+        description: "roles and the permissions they grant",
+        sqlite: V8,
+        postgres: V8,
     },
 ];
