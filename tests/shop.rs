@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::servers::{Nats, Postgres};
+use support::servers::{Nats, Postgres, Redis};
 use support::System;
 
 /// Everything the saga needs, started and waited for.
@@ -214,6 +214,52 @@ fn is_uuid_v7(id: &str) -> bool {
 #[tokio::test]
 async fn an_order_is_paid_or_declined_and_notified_once() {
     let shop = Shop::start(vec![], &[]).await;
+    order_flow(&shop).await;
+}
+
+/// The same flow with every backing service real: each service's database on PostgreSQL, the
+/// caches on Redis, the broker on NATS JetStream.
+#[tokio::test]
+async fn on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let env = vec![("BROKER_URL", nats.url()), ("CACHE_URL", redis.url())];
+    let mut per_service: Vec<(&str, &str, String)> =
+        ["auth", "catalog", "orders", "payments", "notifications"]
+            .into_iter()
+            .map(|service| (service, "DATABASE_URL", postgres.database(service)))
+            .collect();
+    per_service.push(("catalog", "CACHE_URL", redis.url()));
+    let shop = Shop::start(env, &per_service).await;
+    order_flow(&shop).await;
+    // Nothing fell back to an embedded store: no SQLite file was created for any service.
+    for service in [
+        "auth",
+        "catalog",
+        "orders",
+        "payments",
+        "notifications",
+        "broker",
+    ] {
+        let file = shop.system.dir.path().join(format!("{service}.db"));
+        assert!(!file.exists(), "{} exists", file.display());
+    }
+    let catalog_log = std::fs::read_to_string(shop.system.log_path("catalog", 0)).unwrap();
+    assert!(
+        catalog_log.contains(r#""store":"redis""#),
+        "the catalog's cache is not on Redis"
+    );
+}
+
+/// Order, pay, decline, notify, deduplicate and scope, through the gateway.
+async fn order_flow(shop: &Shop) {
     let tea = shop.product("Tea", 250).await;
     let pot = shop.product("Teapot", 1000).await;
     let ann = shop.system.customer_token("ann@example.com").await;
