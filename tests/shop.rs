@@ -589,8 +589,8 @@ async fn on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing() {
     let placed = {
         let stopped = stopped.clone();
         let nats = &mut nats;
-        shop.burst(&ann, &tea, 120, move |i| {
-            if i == 30 {
+        shop.burst(&ann, &tea, 200, move |i| {
+            if i == 50 {
                 nats.stop();
                 *stopped.lock().unwrap() = Some(Instant::now());
             }
@@ -603,7 +603,7 @@ async fn on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing() {
         tokio::time::sleep(Duration::from_secs(10) - since).await;
     }
     let (status, pending) = shop
-        .get(&ann, &format!("/api/orders/{}", placed[100].0))
+        .get(&ann, &format!("/api/orders/{}", placed[150].0))
         .await;
     assert_eq!(status, 200, "reads work while the broker is down");
     assert_eq!(pending["status"], "pending", "no broker, no payment yet");
