@@ -666,3 +666,54 @@ async fn pooled_connections_closed_by_the_instance_cost_no_request() {
     }
     assert!(failures.is_empty(), "failed requests: {failures:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_instance_costs_an_idempotent_request_one_per_try_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/pair\"\nservice = \"pair\"\nauth = \"none\"\ntimeout = \"300ms\"\nretries = 1\n\n\
+         [[routes]]\nprefix = \"/alone\"\nservice = \"alone\"\nauth = \"none\"\ntimeout = \"300ms\"\nretries = 1\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    // "stuck" accepts connections and never answers in time, as a stopped or deadlocked
+    // process would.
+    let stuck = backend::start("stuck", Duration::from_secs(60)).await;
+    let good = backend::start("good", Duration::ZERO).await;
+    system.register("pair", "good", good, json!({})).await;
+    system.register("pair", "stuck", stuck, json!({})).await;
+    system.register("alone", "stuck", stuck, json!({})).await;
+    system.wait_gateway_sees("pair", 2).await;
+    system.wait_gateway_sees("alone", 1).await;
+
+    // A POST may have reached the instance: never retried, its timeout is the client's 504.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = system
+            .http
+            .post(system.url("/pair/x"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert!(statuses.contains(&504), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 504),
+        "{statuses:?}"
+    );
+
+    // A GET that times out on the stuck instance is tried again on the good one.
+    for i in 0..12 {
+        assert_eq!(
+            body(&system, "/pair/x").await,
+            (200, "good".into()),
+            "GET {i}"
+        );
+    }
+
+    // With nowhere else to go, the timeout is what the client hears (not "no instance").
+    let (status, _) = body(&system, "/alone/x").await;
+    assert_eq!(status, 504);
+}

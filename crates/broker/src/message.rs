@@ -80,7 +80,7 @@ impl Message {
 
     /// Checks what both backends can carry: header names are HTTP-style tokens, values one line,
     /// and names starting with `nats-` are the server's own.
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         if uuid::Uuid::parse_str(&self.id).is_err() {
             return Err(Error::InvalidHeader {
                 name: "id".into(),

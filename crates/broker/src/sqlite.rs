@@ -485,19 +485,28 @@ where
         .map_err(Error::sqlite("reading messages"))?;
     rows.into_iter()
         .map(|(seq, id, payload, headers, published_at)| {
-            let headers = serde_json::from_str(&headers)
-                .map_err(|e| Error::Malformed(format!("headers of message {id}: {e}")))?;
-            Ok((
-                seq,
-                Message {
-                    id,
-                    payload: payload.into(),
-                    headers,
-                    published_at: message::parse_rfc3339(&published_at)?,
-                },
-            ))
+            Ok((seq, decode_row(id, payload, &headers, &published_at)?))
         })
         .collect()
+}
+
+/// A stored row back into a message. The file is shared by every local process (and anyone can
+/// open it), so a row is input like any other: a malformed one is an error for that delivery,
+/// never a panic in the consumer. (Fuzzed by `fuzz/fuzz_targets/broker_message.rs`.)
+pub fn decode_row(
+    id: String,
+    payload: Vec<u8>,
+    headers: &str,
+    published_at: &str,
+) -> Result<Message> {
+    let headers = serde_json::from_str(headers)
+        .map_err(|e| Error::Malformed(format!("headers of message {id}: {e}")))?;
+    Ok(Message {
+        id,
+        payload: payload.into(),
+        headers,
+        published_at: message::parse_rfc3339(published_at)?,
+    })
 }
 
 /// The right to settle one delivery: valid while `attempts` in the row is still ours.

@@ -260,11 +260,17 @@ impl Proxy {
         route.retry_budget.deposit();
         let mut failed: Option<Arc<Endpoint>> = None;
         let mut attempt = 0;
+        let mut timed_out = None;
         loop {
             let Some(endpoint) =
                 pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
             else {
-                return problem(no_instance(&route.service));
+                // No other instance to retry on: the client hears what went wrong with the
+                // last one (a timeout stays a 504), or that there is none at all.
+                return problem(match timed_out {
+                    Some(timeout) => gateway_timeout(&route.service, timeout),
+                    None => no_instance(&route.service),
+                });
             };
             let request = match upstream_request(parts, route, &endpoint, body.clone()) {
                 Ok(request) => request,
@@ -312,11 +318,15 @@ impl Proxy {
                     reason
                 }
                 Err(_) => {
+                    // The timeout is per try: a hung instance (stopped, swapping, deadlocked)
+                    // costs an idempotent request one timeout, not the request.
                     endpoint.record(false);
-                    return problem(Problem::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("{} did not answer within {timeout:?}", route.service),
-                    ));
+                    route.metrics.upstream_failures.increment(1);
+                    if !may_retry(Retry::Failed) {
+                        return problem(gateway_timeout(&route.service, timeout));
+                    }
+                    timed_out = Some(timeout);
+                    Retry::Failed
                 }
             };
             route.metrics.retries.increment(1);
@@ -383,6 +393,13 @@ enum Retry {
     NotSent,
     /// The instance may have seen it.
     Failed,
+}
+
+fn gateway_timeout(service: &str, timeout: Duration) -> Problem {
+    Problem::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("{service} did not answer within {timeout:?}"),
+    )
 }
 
 /// Exponential back-off with full jitter: a random wait below 25 ms x 2^attempt (at most 250 ms),
