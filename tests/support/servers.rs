@@ -39,7 +39,7 @@ pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
     dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl Postgres {
@@ -68,32 +68,47 @@ impl Postgres {
             .status()
             .expect("running initdb");
         assert!(initdb.success(), "initdb failed");
-        let port = free_port();
-        let child = as_postgres(&bin.join("postgres"))
+        let mut server = Postgres {
+            port: free_port(),
+            bin,
+            dir,
+            child: None,
+        };
+        server.resume();
+        Some(server)
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and data, and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let child = as_postgres(&self.bin.join("postgres"))
             .arg("-D")
-            .arg(&data)
+            .arg(self.dir.path().join("data"))
             .args([
                 "-p",
-                &port.to_string(),
+                &self.port.to_string(),
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "fsync=off",
             ])
             .arg("-k")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting postgres");
-        let server = Postgres {
-            port,
-            bin,
-            dir,
-            child,
-        };
-        server.wait_ready();
-        Some(server)
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -144,10 +159,12 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGQUIT);
+            }
+            let _ = child.wait();
         }
-        let _ = self.child.wait();
     }
 }
 
@@ -323,6 +340,12 @@ impl Redis {
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
             && &reply == b"+PONG\r\n"
+    }
+
+    /// Starts a killed server again on the same port (empty: this Redis keeps nothing on disk).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     /// Kills the server (SIGKILL): open connections break, new ones are refused.
