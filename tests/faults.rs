@@ -489,17 +489,16 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
     }
     let distinct: HashSet<&str> = acked.iter().map(|(_, id)| id.as_str()).collect();
 
-    println!();
-    println!(
-        "{:<24} {:>6} {:>6} {:>7} {:>7} {:>6} {:>5} {:>5} {:>6}",
+    let mut table = format!(
+        "{:<24} {:>6} {:>6} {:>7} {:>7} {:>6} {:>5} {:>5} {:>6}\n",
         "scenario", "GETs", "failed", "orders", "retried", "acked", "lost", "dup", "secs"
     );
     let mut wrong = Vec::new();
     for (phase, row) in rows.iter().enumerate() {
         let [reads, read_failures, writes, write_failures] = row.counters;
         let acked_here = acked.iter().filter(|(p, _)| *p == phase).count();
-        println!(
-            "{:<24} {:>6} {:>6} {:>7} {:>7} {:>6} {:>5} {:>5} {:>6.1}",
+        table.push_str(&format!(
+            "{:<24} {:>6} {:>6} {:>7} {:>7} {:>6} {:>5} {:>5} {:>6.1}\n",
             row.name,
             reads,
             read_failures,
@@ -509,7 +508,7 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
             lost[phase],
             doubled[phase],
             row.seconds
-        );
+        ));
         if row.reads_must_pass && read_failures > 0 {
             wrong.push(format!("{}: {read_failures} GETs failed", row.name));
         }
@@ -520,20 +519,27 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
             ));
         }
     }
-    println!(
-        "{} orders acknowledged ({} distinct), {} keys tried, {} orders stored",
+    table.push_str(&format!(
+        "{} orders acknowledged ({} distinct), {} keys tried, {} orders stored\n",
         acked.len(),
         distinct.len(),
         load.keys.load(Ordering::SeqCst),
         orders.len()
-    );
+    ));
     let samples = load.samples.lock().unwrap().clone();
     if !samples.is_empty() {
-        println!("first failures seen by the clients:");
+        table.push_str("first failures seen by the clients:\n");
         for sample in &samples {
-            println!("  {sample}");
+            table.push_str(&format!("  {sample}\n"));
         }
     }
+    // Printed (shown with --nocapture or on failure) and kept in target/tmp, where .ci/run
+    // prints it after the suite.
+    println!("\n{table}");
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-table.txt"),
+        &table,
+    );
     assert_eq!(distinct.len(), acked.len(), "one key acknowledged twice");
     // No key made two orders: there are never more orders than keys tried.
     assert!(orders.len() as u64 <= load.keys.load(Ordering::SeqCst));
