@@ -8,8 +8,9 @@
 #
 # Starts `stratus up` in a temp dir (registry, auth, catalog x3, orders x2, gateway) on free
 # loopback ports, then two wrk runs for DURATION seconds: GET /api/catalog/products and GET
-# /api/orders (as admin). While they run: `stratus rollout catalog`, `stratus rollout orders`,
-# `stratus scale catalog=1`. wrk's non-2xx responses and socket errors are the failed requests.
+# /api/orders (as admin). While they run, round after round: `stratus rollout catalog`, `stratus
+# rollout orders`, `stratus scale catalog=1`, `stratus scale catalog=3`. wrk's non-2xx responses
+# and socket errors are the failed requests.
 # Needs wrk and curl, and a release build (built when missing). Stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,15 +88,20 @@ wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $T
 W2=$!
 
 START=$(date +%s)
-sleep 5
-echo "== stratus rollout catalog"; ctl rollout catalog
-echo "== stratus rollout orders"; ctl rollout orders
-echo "== stratus scale catalog=1"; ctl scale catalog=1
-for _ in $(seq 1 300); do
-  [ "$(ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(len(c["replicas"]) for c in s["components"] if c["name"]=="catalog"))')" = 1 ] && break
-  sleep 0.1
+catalogs() {
+  ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for c in s["components"] if c["name"]=="catalog" for r in c["replicas"] if r["health"]=="ready"))'
+}
+wait_catalogs() { for _ in $(seq 1 300); do [ "$(catalogs)" = "$1" ] && return; sleep 0.1; done; echo "catalog never reached $1" >&2; exit 1; }
+sleep 3
+ROUNDS=0
+# Round after round until the load ends: two rollouts, a scale down 3 -> 1, and back up.
+while [ $(( $(date +%s) - START )) -lt $(( DURATION - 15 )) ]; do
+  ROUNDS=$((ROUNDS + 1))
+  echo "== round $ROUNDS: stratus rollout catalog"; ctl rollout catalog
+  echo "== round $ROUNDS: stratus rollout orders"; ctl rollout orders
+  echo "== round $ROUNDS: stratus scale catalog=1"; ctl scale catalog=1; wait_catalogs 1
+  echo "== round $ROUNDS: stratus scale catalog=3"; ctl scale catalog=3; wait_catalogs 3
 done
-echo "== catalog at 1 replica after $(( $(date +%s) - START )) s of load"
 ctl status
 wait $W1 $W2
 
@@ -115,5 +121,6 @@ for target in catalog orders; do
   echo "| GET /api/$target | $requests | $rps | $p50 | $p99 | $non2xx | $errors |"
 done
 echo
+echo "rounds (rollout catalog, rollout orders, catalog 3 -> 1 -> 3): $ROUNDS"
 echo "failed requests: $FAILED (load average $(cut -d' ' -f1 /proc/loadavg))"
 [ "$FAILED" = 0 ]

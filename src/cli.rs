@@ -186,8 +186,14 @@ fn table(view: &Value) -> String {
                 text("ordinal"),
                 text("pid"),
                 text("port"),
-                text("instance_id").chars().take(12).collect(),
-                text("health"),
+                short_id(&text("instance_id")),
+                match replica["registry"].as_str() {
+                    // Running, but the registry's checks say otherwise: show that.
+                    Some(registry @ ("warning" | "critical")) => {
+                        format!("{} ({registry})", text("health"))
+                    }
+                    _ => text("health"),
+                },
                 text("restarts"),
                 uptime(replica["uptime_seconds"].as_f64().unwrap_or(0.0)),
                 text("last_exit"),
@@ -215,6 +221,13 @@ fn table(view: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The last 12 characters of an instance id: ids are UUIDv7, whose first characters are the
+/// start time and alike for replicas started together; the end is random.
+fn short_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    chars[chars.len().saturating_sub(12)..].iter().collect()
 }
 
 fn uptime(seconds: f64) -> String {

@@ -57,7 +57,15 @@ impl From<Refusal> for Problem {
 }
 
 async fn status(State(control): State<Control>) -> Result<Response, Problem> {
-    let view = control.handle.status().await.ok_or_else(stopping)?;
+    let mut view = control.handle.status().await.ok_or_else(stopping)?;
+    let health = control.launcher.registry_health().await;
+    for replica in view
+        .components
+        .iter_mut()
+        .flat_map(|c| c.replicas.iter_mut())
+    {
+        replica.registry = health.get(&replica.instance_id).cloned();
+    }
     Ok(axum::Json(view).into_response())
 }
 

@@ -196,6 +196,27 @@ impl Launcher {
         }
     }
 
+    /// Every registered instance's health (passing | warning | critical), by instance id; empty
+    /// when the registry does not answer.
+    pub async fn registry_health(&self) -> std::collections::HashMap<String, String> {
+        let url = format!("{}/v1/services", self.registry_url);
+        let catalog = match self.http.get(url).send().await {
+            Ok(response) => response.json::<stratus_kit::model::Catalog>().await.ok(),
+            Err(_) => None,
+        };
+        catalog
+            .into_iter()
+            .flat_map(|c| c.services.into_values().flatten())
+            .map(|i| {
+                let health = serde_json::to_value(i.health)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (i.id, health)
+            })
+            .collect()
+    }
+
     /// Whether the gateway's admin API lists `instance_id` of `service` as up, i.e. routes to it.
     pub async fn gateway_routes_to(&self, service: &str, instance_id: &str) -> bool {
         let url = format!("http://127.0.0.1:{}/v1/upstreams", self.admin_port);

@@ -111,6 +111,9 @@ pub struct ReplicaView {
     pub instance_id: String,
     /// starting | ready | stopping | restarting
     pub health: &'static str,
+    /// The registry's view of this instance (passing | warning | critical), or None when the
+    /// registry does not list it; filled in by the control API.
+    pub registry: Option<String>,
     pub restarts: u32,
     pub uptime_seconds: f64,
     pub last_exit: Option<String>,
@@ -220,6 +223,7 @@ impl Replica {
                 State::Stopping { .. } => "stopping",
                 State::Restarting { .. } => "restarting",
             },
+            registry: None,
             restarts: self.restarts,
             uptime_seconds: match self.state {
                 State::Restarting { .. } => 0.0,
@@ -865,15 +869,12 @@ fn terminate(replica: &mut Replica) {
         since: Instant::now(),
         killed: false,
     };
-    match replica.child.as_ref().and_then(|c| c.id()) {
-        Some(pid) => {
-            #[cfg(unix)]
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
+    // Waiting out a back-off, nothing runs: `reap` forgets it.
+    if let Some(pid) = replica.child.as_ref().and_then(|c| c.id()) {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
         }
-        // Waiting out a back-off: nothing runs; `reap` forgets it.
-        None => {}
     }
 }
 

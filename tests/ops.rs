@@ -235,6 +235,10 @@ async fn kill_9_comes_back_and_status_shows_the_restart() {
     assert_eq!(catalog["restarts"], 0);
     let pid = catalog["pid"].as_u64().unwrap();
     assert!(catalog["port"].as_u64().is_some(), "{before:#}");
+    assert!(
+        catalog["registry"].is_string(),
+        "the registry lists it: {before:#}"
+    );
 
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
