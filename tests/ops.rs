@@ -646,3 +646,60 @@ async fn a_changed_file_is_reconciled_and_a_broken_one_refused() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_backs_off_and_logs_follow_it() {
+    let up = Up::start(
+        r#"
+[[components]]
+name = "registry"
+
+[[components]]
+name = "crasher"
+replicas = 0
+command = ["sh", "-c", "echo boom; exit 3"]
+"#,
+    );
+    // Start it while running: it exits at once, again and again.
+    let (ok, _, stderr) = up.cli(&["scale", "crasher=1"]).await;
+    assert!(ok, "{stderr}");
+    let mut follow = tokio::process::Command::new(binary())
+        .args(["logs", "crasher", "-f", "-n", "0"])
+        .env("STRATUS_DATA_DIR", up.data_dir())
+        .env_remove("STRATUS_CONTROL_ADDR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = up
+        .wait_status("crasher restarted twice", Duration::from_secs(30), |s| {
+            replicas(s, "crasher")
+                .first()
+                .is_some_and(|r| r["restarts"].as_u64() >= Some(2))
+        })
+        .await;
+    let crasher = &replicas(&status, "crasher")[0];
+    assert_eq!(crasher["last_exit"], "exit code 3", "{status:#}");
+    // Back-off doubles: 1 s after the first exit, 2 s after the second.
+    up.wait_output(
+        "crasher #0 exited (exit code 3); restarting in 2 s",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        up.output().contains("restarting in 1 s (restart 1)"),
+        "{}",
+        up.output()
+    );
+
+    // `logs -f` prints what each new process writes, as it writes it.
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a followed line within the back-off")
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "crasher-0 | boom");
+    follow.kill().await.unwrap();
+}
