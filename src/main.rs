@@ -2,9 +2,16 @@
 //!
 //! `stratus serve <component>` runs one component in the foreground, configured from the
 //! environment. `stratus up` starts the whole system described by `stratus.toml`, each component
-//! as its own child process.
+//! as its own child process, and keeps it so; `stratus status | scale | rollout | logs` talk to
+//! the running `up` through its control API.
 
+mod cli;
+mod control;
+mod launch;
+mod logs;
 mod manifest;
+mod rollout;
+mod supervisor;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +36,14 @@ enum Command {
     },
     /// Start the whole system on this machine and keep it running until Ctrl-C.
     Up(up::Args),
+    /// Show every component and replica of the running `stratus up` (table, or --json).
+    Status(cli::StatusArgs),
+    /// Set replica counts while running: `stratus scale catalog=3 orders=2`.
+    Scale(cli::ScaleArgs),
+    /// Replace a component's replicas one at a time, with no failed request.
+    Rollout(cli::RolloutArgs),
+    /// Print the last lines of the replicas' logs; -f keeps following.
+    Logs(cli::LogsArgs),
 }
 
 #[derive(Subcommand)]
@@ -66,6 +81,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Status(args) => cli::status(args).await,
+            Command::Scale(args) => cli::scale(args).await,
+            Command::Rollout(args) => cli::rollout(args).await,
+            Command::Logs(args) => cli::logs(args).await,
             Command::Serve { component } => serve(*component).await,
         }
     })

@@ -28,9 +28,20 @@ pub const BUILT_IN: &[&str] = &[
 pub struct Manifest {
     #[serde(default)]
     pub components: Vec<ComponentSpec>,
+    /// The gateway reads the routes in full; `up` needs only which services they send to (a
+    /// rollout waits until the gateway routes to a new instance of those).
+    #[serde(default)]
+    pub routes: Vec<RouteRef>,
 }
 
+/// The part of a `[[routes]]` entry that `up` looks at; every other field is the gateway's.
 #[derive(Debug, Clone, Deserialize)]
+pub struct RouteRef {
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentSpec {
     pub name: String,
@@ -47,10 +58,38 @@ fn one() -> usize {
     1
 }
 
+/// Components that listen on a port `up` assigns (so at most one replica, restarted in place).
+pub const FIXED_PORT: &[&str] = &["registry", "events", "gateway", "dns"];
+
+/// The most replicas one component may have.
+pub const MAX_REPLICAS: usize = 32;
+
+impl ComponentSpec {
+    pub fn fixed_port(&self) -> bool {
+        self.command.is_none() && FIXED_PORT.contains(&self.name.as_str())
+    }
+}
+
 impl Manifest {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let manifest: Manifest = toml::from_str(text).context("parsing stratus.toml")?;
+        let mut seen = std::collections::HashSet::new();
         for component in &manifest.components {
+            if !seen.insert(component.name.as_str()) {
+                anyhow::bail!("component `{}` is listed twice", component.name);
+            }
+            if component.replicas > MAX_REPLICAS {
+                anyhow::bail!(
+                    "component `{}`: at most {MAX_REPLICAS} replicas",
+                    component.name
+                );
+            }
+            if component.fixed_port() && component.replicas > 1 {
+                anyhow::bail!(
+                    "component `{}` listens on a fixed port: one replica only",
+                    component.name
+                );
+            }
             let known = BUILT_IN.contains(&component.name.as_str());
             if !known && component.command.as_ref().is_none_or(|c| c.is_empty()) {
                 anyhow::bail!(
@@ -61,6 +100,17 @@ impl Manifest {
             }
         }
         Ok(manifest)
+    }
+
+    pub fn component(&self, name: &str) -> Option<&ComponentSpec> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// Whether some route sends requests to `service`.
+    pub fn routed(&self, service: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.service.as_deref() == Some(service))
     }
 
     pub fn load(path: &Path) -> anyhow::Result<(Self, String)> {
@@ -101,6 +151,19 @@ mod tests {
             ]
         );
         assert_eq!(manifest.components[3].replicas, 2);
+    }
+
+    #[test]
+    fn replicas_are_bounded_and_names_unique() {
+        assert!(Manifest::parse("[[components]]\nname = \"gateway\"\nreplicas = 2").is_err());
+        assert!(Manifest::parse("[[components]]\nname = \"catalog\"\nreplicas = 99").is_err());
+        assert!(Manifest::parse(
+            "[[components]]\nname = \"catalog\"\n[[components]]\nname = \"catalog\""
+        )
+        .is_err());
+        let manifest = Manifest::parse(DEFAULT).unwrap();
+        assert!(manifest.routed("catalog"));
+        assert!(!manifest.routed("registry"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn up_starts_the_system_and_stops_it_cleanly() {
         .env("STRATUS_REGISTRY_PORT", registry.to_string())
         .env("STRATUS_DNS_PORT", dns.to_string())
         .env("STRATUS_EVENTS_PORT", events.to_string())
+        .env("STRATUS_CONTROL_ADDR", "127.0.0.1:0")
         .env_remove("STRATUS_ADMIN_PASSWORD")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())

@@ -1,0 +1,168 @@
+//! The control API of `stratus up`, on loopback only (`STRATUS_CONTROL_ADDR`), for the CLI:
+//!
+//! ```text
+//! GET  /v1/status                      every component and replica (JSON)
+//! POST /v1/scale    {"catalog": 3}     set replica counts (all or nothing)
+//! POST /v1/rollout/{component}         rolling restart; progress lines as they happen
+//! GET  /v1/logs?component=&lines=&follow=true   the replicas' logs, prefixed per replica
+//! ```
+//!
+//! Handlers hold no state of their own: they ask the supervisor over its channel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use stratus_kit::problem::{Json, Problem};
+use tokio::sync::mpsc;
+
+use crate::launch::Launcher;
+use crate::supervisor::{Handle, Refusal};
+
+#[derive(Clone)]
+struct Control {
+    handle: Handle,
+    launcher: Arc<Launcher>,
+}
+
+pub fn router(handle: Handle, launcher: Arc<Launcher>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/scale", post(scale))
+        .route("/v1/rollout/{component}", post(rollout))
+        .route("/v1/logs", get(logs))
+        .fallback(stratus_kit::problem::not_found)
+        .with_state(Control { handle, launcher })
+}
+
+fn stopping() -> Problem {
+    Problem::unavailable("stratus up is stopping", 1)
+}
+
+impl From<Refusal> for Problem {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound(detail) => Problem::not_found(detail),
+            Refusal::Invalid(detail) => Problem::unprocessable(detail),
+            Refusal::Conflict(detail) => Problem::conflict(detail),
+        }
+    }
+}
+
+async fn status(State(control): State<Control>) -> Result<Response, Problem> {
+    let mut view = control.handle.status().await.ok_or_else(stopping)?;
+    let health = control.launcher.registry_health().await;
+    for replica in view
+        .components
+        .iter_mut()
+        .flat_map(|c| c.replicas.iter_mut())
+    {
+        replica.registry = health.get(&replica.instance_id).cloned();
+    }
+    Ok(axum::Json(view).into_response())
+}
+
+/// `{"replicas": {"catalog": 3, "orders": 2}}`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleRequest {
+    replicas: BTreeMap<String, usize>,
+}
+
+async fn scale(
+    State(control): State<Control>,
+    Json(request): Json<ScaleRequest>,
+) -> Result<Response, Problem> {
+    let done = control
+        .handle
+        .scale(request.replicas)
+        .await
+        .ok_or_else(stopping)??;
+    Ok(axum::Json(serde_json::json!({ "scaled": done })).into_response())
+}
+
+async fn rollout(
+    State(control): State<Control>,
+    Path(component): Path<String>,
+) -> Result<Response, Problem> {
+    let plan = control
+        .handle
+        .begin_rollout(&component)
+        .await
+        .ok_or_else(stopping)??;
+    let (say, lines) = mpsc::channel(16);
+    // The rollout runs to the end even if the client hangs up.
+    tokio::spawn(crate::rollout::run(
+        control.handle.clone(),
+        control.launcher.clone(),
+        component,
+        plan,
+        say,
+    ));
+    Ok(text_stream(lines))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    component: Option<String>,
+    lines: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(control): State<Control>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let dir: PathBuf = control.launcher.log_dir.clone();
+    if let Some(component) = &query.component {
+        let known = control
+            .handle
+            .status()
+            .await
+            .ok_or_else(stopping)?
+            .components
+            .iter()
+            .any(|c| &c.name == component);
+        if !known && crate::logs::files(&dir, Some(component)).is_empty() {
+            return Err(Problem::not_found(format!(
+                "there is no component `{component}` (see `stratus status`)"
+            )));
+        }
+    }
+    let lines = query.lines.unwrap_or(20).min(10_000);
+    let (out, read) = mpsc::channel(256);
+    tokio::spawn(crate::logs::stream(
+        dir,
+        query.component,
+        lines,
+        query.follow,
+        out,
+    ));
+    Ok(text_stream(read))
+}
+
+/// A `text/plain` body that sends each line as it arrives and ends when the sender is dropped.
+fn text_stream(lines: mpsc::Receiver<String>) -> Response {
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        lines
+            .recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), lines))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
