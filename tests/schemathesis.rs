@@ -16,9 +16,17 @@ use std::time::Instant;
 
 use support::System;
 
-fn schemathesis() -> Option<&'static str> {
-    ["st", "schemathesis"].into_iter().find(|program| {
-        Command::new(program)
+/// The command that runs schemathesis: its `st` script, or the module through python3 when the
+/// script is not on the PATH (pip's user scripts directory often is not).
+fn schemathesis() -> Option<&'static [&'static str]> {
+    const CANDIDATES: [&[&str]; 3] = [
+        &["st"],
+        &["schemathesis"],
+        &["python3", "-m", "schemathesis.cli"],
+    ];
+    CANDIDATES.into_iter().find(|command| {
+        Command::new(command[0])
+            .args(&command[1..])
             .arg("--version")
             .output()
             .map(|o| o.status.success())
@@ -50,7 +58,7 @@ struct Run {
 /// Runs schemathesis against the document at `base` + `document` as `token`'s holder (no token
 /// when empty), with `extra` arguments (operations to leave out).
 fn fuzz(
-    program: &str,
+    program: &[&str],
     system: &System,
     label: &str,
     (base, document): (&str, &str),
@@ -64,8 +72,9 @@ fn fuzz(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/schemathesis/schemathesis.toml"
     );
-    let mut command = Command::new(program);
+    let mut command = Command::new(program[0]);
     command
+        .args(&program[1..])
         .args(["--config-file", config, "run"])
         .arg(format!("{base}{document}"))
         .args(["--url", base]);
