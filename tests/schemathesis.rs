@@ -37,7 +37,22 @@ fn schemathesis() -> Option<&'static [&'static str]> {
 /// A system with every shop service: registry, auth, catalog, orders, payments, notifications,
 /// profile, the gateway and an event sink they report to. Returns the sink's port.
 async fn shop() -> (System, u16) {
-    let (mut system, events_port) = System::start_with_events(1, true).await;
+    let events_port = support::free_port();
+    let sink = format!("http://127.0.0.1:{events_port}");
+    let mut extra: Vec<(&str, &str, String)> = ["auth", "catalog", "gateway"]
+        .into_iter()
+        .map(|service| (service, "STRATUS_EVENTS_URL", sink.clone()))
+        .collect();
+    // Fuzzing loads a small machine hard (argon2 on every signup and login): a /healthz answer
+    // slower than the default 300 ms must not take the one auth instance out of rotation
+    // mid-run, which the gateway would rightly answer with a 503 that is no fault of auth's.
+    extra.push(("auth", "STRATUS_HEALTH_TIMEOUT", "2s".to_string()));
+    extra.push(("auth", "STRATUS_HEALTH_INTERVAL", "2s".to_string()));
+    let mut system = System::start_with(1, &extra).await;
+    let port = events_port.to_string();
+    system.spawn("events", &[("PORT", port.as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    system.wait_registered("events", 1).await;
     for service in ["orders", "payments", "notifications", "profile"] {
         system.spawn(service, &[]);
     }
