@@ -39,6 +39,9 @@ pub struct AppState {
 
 type Shared = State<AppState>;
 
+/// The event sink's API as an OpenAPI 3.0 document, at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest).get(list))
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances", get(instances))
         .route("/v1/stream", get(stream))
         .merge(dashboard::routes())
+        .merge(stratus_kit::openapi::routes("", OPENAPI))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -312,6 +316,25 @@ async fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let routes = [
+            ("/v1/events", "post"),
+            ("/v1/events", "get"),
+            ("/v1/traces", "post"),
+            ("/v1/traces", "get"),
+            ("/v1/traces/{trace_id}", "get"),
+            ("/v1/stats", "get"),
+            ("/v1/topology", "get"),
+            ("/v1/instances", "get"),
+            ("/v1/stream", "get"),
+            ("/", "get"),
+            ("/dashboard/app.js", "get"),
+            ("/dashboard/style.css", "get"),
+        ];
+        stratus_kit::openapi::check(OPENAPI, &routes).unwrap();
+    }
 
     #[test]
     fn statuses() {

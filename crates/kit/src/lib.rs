@@ -20,6 +20,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod outbox;
 pub mod policy;
 pub mod problem;
