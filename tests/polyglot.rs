@@ -197,8 +197,9 @@ async fn the_python_service_is_discovered_balanced_protected_and_traced() {
         if response.status() == 200 {
             let body: Value = response.json().await.unwrap();
             let records = body["records"].as_array().cloned().unwrap_or_default();
-            let has = |service: &str| records.iter().any(|r| r["service"] == service);
-            if has("gateway") && has("hello") && has("auth") {
+            let count = |service: &str| records.iter().filter(|r| r["service"] == service).count();
+            // Both requests' gateway and Python hops, and the introspection under the second.
+            if count("gateway") >= 2 && count("hello") >= 2 && count("auth") >= 1 {
                 break records;
             }
         }
@@ -220,9 +221,13 @@ async fn the_python_service_is_discovered_balanced_protected_and_traced() {
         && r["status"] == 200
         && gateway.contains(&r["parent_span_id"].as_str().unwrap().to_string())));
     let hello_spans: Vec<String> = hello.iter().map(|r| span(r)).collect();
-    assert!(records.iter().filter(|r| r["service"] == "auth").all(
-        |r| hello_spans.contains(&r["parent_span_id"].as_str().unwrap_or_default().to_string())
-    ));
+    for record in records.iter().filter(|r| r["service"] == "auth") {
+        let parent = record["parent_span_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(hello_spans.contains(&parent), "{record} in {records:#?}");
+    }
 
     // SIGTERM: the instance leaves the registry before it stops; the rest keeps serving.
     let stopping = system
