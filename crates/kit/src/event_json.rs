@@ -33,6 +33,9 @@ pub struct RecordRef<'a> {
 impl RecordRef<'_> {
     /// Appends this record as one JSON object (no separator before or after it).
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Fixed-width parts are formatted on the stack and copied in one piece: a push per byte
+        // checks the capacity every time.
+        out.reserve(320);
         out.extend_from_slice(b"{\"trace_id\":\"");
         hex(out, self.trace_id, 32);
         out.extend_from_slice(b"\",\"span_id\":\"");
@@ -101,17 +104,20 @@ fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Lower-case hex, zero-padded to `digits`.
-fn hex(out: &mut Vec<u8>, value: u128, digits: usize) {
+/// Lower-case hex, zero-padded to `digits` (at most 32).
+fn hex(out: &mut Vec<u8>, mut value: u128, digits: usize) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..digits).rev() {
-        out.push(DIGITS[((value >> (shift * 4)) & 0xf) as usize]);
+    let mut buffer = [0u8; 32];
+    for byte in buffer[..digits].iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
+    out.extend_from_slice(&buffer[..digits]);
 }
 
-fn two(out: &mut Vec<u8>, value: u32) {
-    out.push(b'0' + (value / 10) as u8);
-    out.push(b'0' + (value % 10) as u8);
+fn two(out: &mut [u8], value: u32) {
+    out[0] = b'0' + (value / 10) as u8;
+    out[1] = b'0' + (value % 10) as u8;
 }
 
 /// `2026-01-01T12:00:00.123456Z` from microseconds since the epoch (years 0-9999). The civil
@@ -131,25 +137,20 @@ pub fn rfc3339_micros(out: &mut Vec<u8>, micros: i64) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999) as u32;
-    two(out, year / 100);
-    two(out, year % 100);
-    out.push(b'-');
-    two(out, month);
-    out.push(b'-');
-    two(out, day);
-    out.push(b'T');
-    two(out, of_day / 3600);
-    out.push(b':');
-    two(out, of_day / 60 % 60);
-    out.push(b':');
-    two(out, of_day % 60);
-    out.push(b'.');
-    let mut divisor = 100_000;
-    while divisor > 0 {
-        out.push(b'0' + (fraction / divisor % 10) as u8);
-        divisor /= 10;
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    two(&mut text[0..2], year / 100);
+    two(&mut text[2..4], year % 100);
+    two(&mut text[5..7], month);
+    two(&mut text[8..10], day);
+    two(&mut text[11..13], of_day / 3600);
+    two(&mut text[14..16], of_day / 60 % 60);
+    two(&mut text[17..19], of_day % 60);
+    let mut fraction = fraction;
+    for digit in text[20..26].iter_mut().rev() {
+        *digit = b'0' + (fraction % 10) as u8;
+        fraction /= 10;
     }
-    out.push(b'Z');
+    out.extend_from_slice(&text);
 }
 
 #[cfg(test)]
