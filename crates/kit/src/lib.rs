@@ -15,6 +15,7 @@ pub mod db;
 pub mod discovery;
 pub mod dns_discovery;
 pub mod duration;
+pub mod event_json;
 pub mod events;
 pub mod health;
 pub mod logging;
