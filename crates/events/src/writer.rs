@@ -239,9 +239,9 @@ mod tests {
         let mut tasks = Vec::new();
         for tag in 0..20 {
             let writer = writer.clone();
-            tasks.push(tokio::spawn(async move {
-                writer.write(batch(500, tag)).await
-            }));
+            tasks.push(tokio::spawn(
+                async move { writer.write(batch(500, tag)).await },
+            ));
         }
         for task in tasks {
             task.await.unwrap().unwrap();

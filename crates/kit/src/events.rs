@@ -64,10 +64,16 @@ pub struct EventRecord {
 }
 
 /// What the sending task receives: one record, or records a caller already wrote as JSON.
+// Records are by far the common message; boxing them to shrink the rare `Encoded` would cost an
+// allocation per record.
+#[allow(clippy::large_enum_variant)]
 enum Outgoing {
     Record(EventRecord),
     /// JSON objects separated by commas ([`crate::event_json`]), and how many there are.
-    Encoded { json: Vec<u8>, records: usize },
+    Encoded {
+        json: Vec<u8>,
+        records: usize,
+    },
 }
 
 /// The handle services report through. Cheap to clone.
