@@ -193,6 +193,10 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failed run keeps its logs: the assertion message names this directory.
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+        }
     }
 }
 

@@ -42,6 +42,13 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REGISTRY_WARMUP", default_value = "5s", value_parser = stratus_kit::duration::parse)]
     pub warmup: Duration,
 
+    /// With the memory store: when most instances fall silent at once (this registry cut off
+    /// from them, or paused), hold their lapsed leases for at most this long instead of
+    /// dropping them, so watchers are not handed an empty view the moment the network heals.
+    /// `0s` turns it off.
+    #[arg(long, env = "STRATUS_REGISTRY_PRESERVE_FOR", default_value = "60s", value_parser = stratus_kit::duration::parse)]
+    pub preserve_for: Duration,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -49,7 +56,8 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match &args.store {
         StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::warming_for(args.warmup));
+            let store =
+                Arc::new(MemoryStore::warming_for(args.warmup).preserving_for(args.preserve_for));
             tokio::spawn({
                 let store = store.clone();
                 async move { store.end_warming().await }

@@ -2,6 +2,16 @@
 //!
 //! Everything lives in this process, so it is gone when the process is; instances re-register
 //! within one heartbeat of a restart (a 404 on heartbeat tells them to).
+//!
+//! **Self-preservation** (Eureka's name for it). One instance going silent is a crash; most of
+//! them going silent at once is far more likely to be this registry cut off from the network
+//! (or paused) while they all run on. Dropping them would hand every watcher an empty view the
+//! moment the network heals, and requests would fail until each instance re-registered. So
+//! when a lease lapses while most leases are silent, nothing is dropped: the registry holds
+//! the lapsed instances, as listed, until heartbeats come back (then each gets one more lease
+//! to renew, and the dead ones expire a TTL later), or for at most `preserve_for`, after which
+//! the lapsed are dropped as usual. Watchers meanwhile protect themselves from an instance
+//! that really died with their own checks (the gateway's outlier detection and retries).
 
 use std::collections::BTreeMap;
 use std::future::{ready, Future};
@@ -28,10 +38,66 @@ struct Entry {
     generation: u64,
 }
 
+impl Entry {
+    /// Silent for more than half its lease: it has missed at least one heartbeat (three go out
+    /// per TTL), where a live instance on a working network is never silent for more than one.
+    fn silent(&self, now: Instant) -> bool {
+        now + self.ttl / 2 > self.expires_at
+    }
+}
+
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, BTreeMap<String, Entry>>,
     generations: u64,
+    /// Since when lapsed leases are held instead of dropped (see the module docs).
+    preserving_since: Option<Instant>,
+}
+
+impl State {
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.services
+            .values()
+            .flat_map(|instances| instances.values())
+    }
+
+    /// Whether a lapse now looks like this registry's own isolation: at least two instances
+    /// silent, and more than half of all.
+    fn mostly_silent(&self, now: Instant) -> bool {
+        let total = self.entries().count();
+        let silent = self.entries().filter(|e| e.silent(now)).count();
+        silent >= 2 && silent * 2 > total
+    }
+
+    /// Whether most instances with an active check are failing it: at least two, and more
+    /// than half.
+    fn mostly_failing(&self) -> bool {
+        let checked = self.entries().filter(|e| e.check.is_some());
+        let (total, failing) = checked.fold((0, 0), |(total, failing), e| {
+            (total + 1, failing + usize::from(e.failures > 0))
+        });
+        failing >= 2 && failing * 2 > total
+    }
+
+    /// Gives every checked instance the health its failures say (what self-preservation held).
+    fn apply_held_health(&mut self) {
+        for entry in self.services.values_mut().flat_map(|s| s.values_mut()) {
+            if entry.check.is_some() {
+                entry.instance.health = CheckSpec::health_after(entry.failures);
+            }
+        }
+    }
+
+    /// Ends self-preservation: every held lease gets one more TTL from `now`, so the instances
+    /// that are alive renew it and the dead ones lapse (alone, this time) a TTL later.
+    fn stop_preserving(&mut self, now: Instant) {
+        self.preserving_since = None;
+        for entry in self.services.values_mut().flat_map(|s| s.values_mut()) {
+            if entry.expires_at <= now {
+                entry.expires_at = now + entry.ttl;
+            }
+        }
+    }
 }
 
 /// Critical instances are kept (their checks go on) but left out of every answer.
@@ -48,7 +114,12 @@ pub struct MemoryStore {
     warm_at: Instant,
     /// This run's id, in every catalog.
     epoch: String,
+    /// The longest self-preservation lasts; zero turns it off.
+    preserve_for: Duration,
 }
+
+/// How long lapsed leases are held at most when most instances fall silent at once.
+pub const DEFAULT_PRESERVE_FOR: Duration = Duration::from_secs(60);
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -70,7 +141,20 @@ impl MemoryStore {
             index: watch::Sender::new(1),
             warm_at: Instant::now() + warmup,
             epoch: stratus_kit::new_id(),
+            preserve_for: DEFAULT_PRESERVE_FOR,
         }
+    }
+
+    /// Holds lapsed leases for at most `preserve_for` when most instances fall silent at once
+    /// (zero: never; see the module docs).
+    pub fn preserving_for(mut self, preserve_for: Duration) -> Self {
+        self.preserve_for = preserve_for;
+        self
+    }
+
+    /// Whether lapsed leases are being held because most instances fell silent at once.
+    pub fn preserving(&self) -> bool {
+        self.state().preserving_since.is_some()
     }
 
     /// Whether instances may still be missing because the registry started recently.
@@ -158,15 +242,25 @@ impl MemoryStore {
     }
 
     /// Renews a lease. `false` if the instance is unknown.
+    ///
+    /// A heartbeat from an instance whose lease was being held ends self-preservation: the
+    /// network is back.
     pub fn heartbeat(&self, service: &str, id: &str) -> bool {
+        self.heartbeat_at(service, id, Instant::now())
+    }
+
+    fn heartbeat_at(&self, service: &str, id: &str, now: Instant) -> bool {
         let mut state = self.state();
-        match state.services.get_mut(service).and_then(|s| s.get_mut(id)) {
-            Some(entry) => {
-                entry.expires_at = Instant::now() + entry.ttl;
-                true
-            }
-            None => false,
+        let Some(entry) = state.services.get_mut(service).and_then(|s| s.get_mut(id)) else {
+            return false;
+        };
+        let was_held = entry.expires_at <= now;
+        entry.expires_at = now + entry.ttl;
+        if was_held && state.preserving_since.is_some() {
+            state.stop_preserving(now);
+            tracing::info!(%service, %id, "a held instance's heartbeat is back; self-preservation over, the others get one more lease");
         }
+        true
     }
 
     pub fn deregister(&self, service: &str, id: &str) -> bool {
@@ -179,13 +273,30 @@ impl MemoryStore {
         removed
     }
 
-    /// Drops every instance whose lease has run out; returns them.
+    /// Drops every instance whose lease has run out; returns them. Holds them instead while
+    /// most instances are silent (self-preservation, see the module docs).
     pub fn expire(&self, now: Instant) -> Vec<Instance> {
         let mut state = self.state();
+        let lapsed = state.entries().any(|entry| entry.expires_at <= now);
+        let mut released = false;
+        if let Some(since) = state.preserving_since {
+            if now.saturating_duration_since(since) < self.preserve_for {
+                return Vec::new();
+            }
+            state.preserving_since = None;
+            state.apply_held_health();
+            released = true;
+            tracing::warn!(held_for = ?self.preserve_for, "no held instance came back; self-preservation over, dropping the lapsed");
+        } else if lapsed && !self.preserve_for.is_zero() && state.mostly_silent(now) {
+            state.preserving_since = Some(now);
+            tracing::warn!(
+                "most instances fell silent at once: this registry is more likely cut off than they are dead; \
+                 holding their leases (self-preservation) until heartbeats come back"
+            );
+            return Vec::new();
+        }
         let expired: Vec<Instance> = state
-            .services
-            .values()
-            .flat_map(|instances| instances.values())
+            .entries()
             .filter(|entry| entry.expires_at <= now)
             .map(|entry| entry.instance.clone())
             .collect();
@@ -193,7 +304,7 @@ impl MemoryStore {
             remove(&mut state, &instance.service, &instance.id);
         }
         drop(state);
-        if !expired.is_empty() {
+        if released || !expired.is_empty() {
             self.bump();
         }
         expired
@@ -237,6 +348,7 @@ impl MemoryStore {
             .and_then(|s| s.get_mut(id))
             .filter(|e| e.generation == generation)?;
         let spec = entry.check.as_ref()?;
+        let recovered = passed && entry.failures > 0;
         entry.probing = false;
         entry.failures = if passed {
             0
@@ -246,13 +358,40 @@ impl MemoryStore {
         entry.next_check = now + spec.next_delay(entry.failures);
         let before = entry.instance.health;
         let after = CheckSpec::health_after(entry.failures);
+        if recovered && state.preserving_since.is_some() {
+            state.stop_preserving(now);
+            tracing::info!(%service, %id, "a failing check passes again; self-preservation over");
+        }
         if before == after {
             return None;
         }
+        // Most checked instances failing at once looks like this registry cut off, as most
+        // leases lapsing at once does: their health is held, not made critical.
+        if after == Health::Critical && self.hold_failing(&mut state, now) {
+            return None;
+        }
+        let entry = state.services.get_mut(service)?.get_mut(id)?;
         entry.instance.health = after;
         drop(state);
         self.bump();
         Some((before, after))
+    }
+
+    /// Whether a check failing now is held instead of making its instance critical: during
+    /// self-preservation, or when most checked instances are failing (which starts it).
+    fn hold_failing(&self, state: &mut State, now: Instant) -> bool {
+        if state.preserving_since.is_some() {
+            return true;
+        }
+        if self.preserve_for.is_zero() || !state.mostly_failing() {
+            return false;
+        }
+        state.preserving_since = Some(now);
+        tracing::warn!(
+            "most checked instances failed at once: this registry is more likely cut off than they \
+             are down; holding their health (self-preservation) until a check passes again"
+        );
+        true
     }
 
     pub fn catalog(&self) -> Catalog {
@@ -363,6 +502,8 @@ pub async fn reap_expired(store: Arc<MemoryStore>, period: Duration) {
         for instance in store.expire(Instant::now()) {
             tracing::warn!(service = %instance.service, id = %instance.id, "lease expired; instance dropped");
         }
+        let preserving = if store.preserving() { 1.0 } else { 0.0 };
+        metrics::gauge!("registry_self_preservation").set(preserving);
     }
 }
 
@@ -509,6 +650,129 @@ mod tests {
             1
         );
         assert!(store.catalog().services.is_empty());
+    }
+
+    fn four_instances(store: &MemoryStore) {
+        for (port, id) in [(1000, "a"), (1001, "b"), (1002, "c"), (1003, "d")] {
+            store.register("catalog", id, registration(port, 3.0));
+        }
+    }
+
+    #[test]
+    fn most_leases_lapsing_at_once_are_held_until_a_heartbeat_comes_back() {
+        let store = MemoryStore::new();
+        four_instances(&store);
+        let cut_off = Instant::now() + Duration::from_secs(4);
+        assert!(store.expire(cut_off).is_empty(), "all four silent: held");
+        assert!(store.preserving());
+        assert_eq!(store.catalog().services["catalog"].len(), 4, "still listed");
+        assert!(store.expire(cut_off + Duration::from_secs(20)).is_empty());
+
+        // The network heals: one heartbeat ends it, and the rest get one more lease.
+        let healed = cut_off + Duration::from_secs(30);
+        assert!(store.heartbeat_at("catalog", "a", healed));
+        assert!(!store.preserving());
+        assert!(store.heartbeat_at("catalog", "b", healed + Duration::from_secs(1)));
+        assert!(store.expire(healed + Duration::from_secs(2)).is_empty());
+        for id in ["a", "b"] {
+            assert!(store.heartbeat_at("catalog", id, healed + Duration::from_secs(2)));
+        }
+        // c and d never renew: they lapse a TTL later and, with a and b heard, are dropped.
+        let mut dropped: Vec<_> = store
+            .expire(healed + Duration::from_secs(3))
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        dropped.sort();
+        assert_eq!(dropped, ["c", "d"]);
+        assert!(!store.preserving());
+    }
+
+    /// Probes every checked instance once at `at`, failing those in `failing`.
+    fn probe(store: &MemoryStore, at: Instant, failing: &[&str]) -> Vec<(String, Health)> {
+        let mut changes = Vec::new();
+        for due in store.due_checks(at) {
+            let passed = !failing.contains(&due.id.as_str());
+            if let Some((_, after)) =
+                store.record_check(&due.service, &due.id, due.generation, passed, at)
+            {
+                changes.push((due.id.clone(), after));
+            }
+        }
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes
+    }
+
+    #[test]
+    fn most_checks_failing_at_once_hold_health_until_one_passes() {
+        let store = MemoryStore::new();
+        for (port, id) in [(1000, "a"), (1001, "b"), (1002, "c"), (1003, "d")] {
+            store.register("catalog", id, checked(port));
+        }
+        let mut at = Instant::now() + Duration::from_secs(6);
+        // One failing instance among four is made critical as usual.
+        probe(&store, at, &["d"]);
+        at += Duration::from_secs(6);
+        assert_eq!(probe(&store, at, &["d"]), [("d".into(), Health::Critical)]);
+        assert!(!store.preserving());
+        // Three failing at once: warning, then held there instead of critical.
+        at += Duration::from_secs(6);
+        let first = probe(&store, at, &["a", "b", "d"]);
+        assert_eq!(first.len(), 2, "a and b warn: {first:?}");
+        at += Duration::from_secs(6);
+        assert!(probe(&store, at, &["a", "b", "d"]).is_empty());
+        assert!(store.preserving());
+        assert_eq!(
+            store.catalog().services["catalog"].len(),
+            3,
+            "a, b, c listed"
+        );
+        // The network is back: a passes, and b, still failing, is judged as usual again.
+        at += Duration::from_secs(6);
+        let healed = probe(&store, at, &["b", "d"]);
+        assert!(!store.preserving());
+        assert_eq!(
+            healed,
+            [
+                ("a".into(), Health::Passing),
+                ("b".into(), Health::Critical)
+            ]
+        );
+    }
+
+    #[test]
+    fn held_leases_are_dropped_after_preserve_for() {
+        let store = MemoryStore::new().preserving_for(Duration::from_secs(10));
+        four_instances(&store);
+        let cut_off = Instant::now() + Duration::from_secs(4);
+        assert!(store.expire(cut_off).is_empty());
+        assert_eq!(store.expire(cut_off + Duration::from_secs(11)).len(), 4);
+        assert!(!store.preserving());
+        assert!(store.catalog().services.is_empty());
+    }
+
+    #[test]
+    fn without_self_preservation_lapsed_leases_go_at_once() {
+        let store = MemoryStore::new().preserving_for(Duration::ZERO);
+        four_instances(&store);
+        assert_eq!(
+            store.expire(Instant::now() + Duration::from_secs(4)).len(),
+            4
+        );
+    }
+
+    #[test]
+    fn one_silent_instance_among_many_is_dropped_as_usual() {
+        let store = MemoryStore::new();
+        four_instances(&store);
+        let later = Instant::now() + Duration::from_secs(4);
+        for id in ["a", "b", "c"] {
+            assert!(store.heartbeat_at("catalog", id, later - Duration::from_millis(500)));
+        }
+        let dropped = store.expire(later);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].id, "d");
+        assert!(!store.preserving());
     }
 
     #[tokio::test]
