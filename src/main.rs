@@ -10,6 +10,7 @@ mod control;
 mod launch;
 mod logs;
 mod manifest;
+mod memory;
 mod rollout;
 mod supervisor;
 mod up;
@@ -73,6 +74,7 @@ enum Component {
 }
 
 fn main() -> anyhow::Result<()> {
+    memory::tune();
     stratus_kit::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

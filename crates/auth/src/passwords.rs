@@ -2,6 +2,10 @@
 //!
 //! Parameters: 19 MiB of memory, 2 passes, 1 lane: OWASP's recommended minimum for argon2id. The
 //! parameters are stored inside each PHC hash string, so raising them later keeps old hashes valid.
+//!
+//! At most one hash per core runs at a time ([`slots`]); the rest wait their turn. Without the
+//! bound, a burst of logins would start up to 512 blocking threads at 19 MiB each: gigabytes of
+//! memory and no answer any sooner, since the cores are the limit.
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -9,6 +13,15 @@ use argon2::{Algorithm, Argon2, Params, Version};
 
 pub const MIN_LENGTH: usize = 8;
 pub const MAX_LENGTH: usize = 128;
+
+/// One slot per core for hashing.
+fn slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
 
 fn argon2() -> Argon2<'static> {
     let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
@@ -32,6 +45,7 @@ pub fn check_policy(password: &str) -> Result<(), String> {
 
 /// Hashes on the blocking pool: argon2 is deliberately slow and would stall the runtime.
 pub async fn hash(password: String) -> anyhow::Result<String> {
+    let _slot = slots().acquire().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         argon2()
@@ -44,6 +58,9 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 
 /// Constant-time verification against a stored PHC string.
 pub async fn verify(password: String, stored: String) -> bool {
+    let Ok(_slot) = slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&stored)
             .map(|parsed| {
