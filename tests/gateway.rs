@@ -254,6 +254,7 @@ async fn rate_limits_answer_429_and_strip_prefix_rewrites_the_path() {
         "[[routes]]\nprefix = \"/limited\"\nservice = \"echo\"\nauth = \"none\"\n\
          rate_limit = { requests_per_second = 2, burst = 5, per = \"client\" }\n\n\
          [[routes]]\nprefix = \"/svc\"\nservice = \"echo\"\nauth = \"none\"\nstrip_prefix = true\n\n\
+         [[routes]]\nprefix = \"/read-only\"\nservice = \"echo\"\nauth = \"none\"\nmethods = [\"GET\", \"HEAD\"]\n\n\
          [[routes]]\nprefix = \"/\"\nhost = \"admin.example\"\nservice = \"echo\"\nauth = \"none\"\n",
     );
     let system = System::start_edge(Some(&routes)).await;
@@ -309,6 +310,20 @@ async fn rate_limits_answer_429_and_strip_prefix_rewrites_the_path() {
         .unwrap();
     assert_eq!(by_host.status(), 200);
     assert_eq!(by_host.text().await.unwrap(), "/other");
+
+    // A path routed only for other methods: 405 naming them, not 404.
+    let refused = system
+        .http
+        .delete(system.url("/read-only/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET, HEAD");
+    assert_eq!(
+        body(&system, "/read-only/x").await,
+        (200, "/read-only/x".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

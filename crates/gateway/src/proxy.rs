@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body as _, Incoming};
@@ -130,10 +130,7 @@ impl Proxy {
             headers: &parts.headers,
         };
         let Some(route) = routes.find(&view) else {
-            return finish(
-                problem(Problem::not_found("no route matches this path")),
-                &request_id,
-            );
+            return finish(no_route(&routes, &view), &request_id);
         };
         if let Some(limiter) = &route.rate_limit {
             let verdict = match &self.shared_limits {
@@ -522,6 +519,27 @@ fn upstream_request(
     headers.insert(http::header::HOST, endpoint.host.clone());
     *request.headers_mut() = headers;
     Ok(request)
+}
+
+/// 405 with `Allow` when routes take this path for other methods (RFC 9110 15.5.6), else 404.
+fn no_route(routes: &RouteTable, view: &RequestView<'_>) -> Response<Body> {
+    let allowed = routes.allowed_methods(view);
+    if allowed.is_empty() {
+        return problem(Problem::not_found("no route matches this path"));
+    }
+    let list = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = problem(Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not routed here; this path takes {list}", view.method),
+    ));
+    if let Ok(value) = HeaderValue::from_str(&list) {
+        response.headers_mut().insert(ALLOW, value);
+    }
+    response
 }
 
 fn problem(problem: Problem) -> Response<Body> {

@@ -232,8 +232,15 @@ impl std::fmt::Debug for RouteMetrics {
 
 impl Route {
     fn matches(&self, request: &RequestView<'_>) -> bool {
+        self.allows(request.method) && self.matches_all_but_method(request)
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+
+    fn matches_all_but_method(&self, request: &RequestView<'_>) -> bool {
         self.path.matches(request.path)
-            && (self.methods.is_empty() || self.methods.contains(request.method))
             && self
                 .host
                 .as_deref()
@@ -486,11 +493,53 @@ impl RouteTable {
     pub fn find(&self, request: &RequestView<'_>) -> Option<&Route> {
         self.routes.iter().find(|route| route.matches(request))
     }
+
+    /// For a request no route took: the methods that routes matching it in every other respect
+    /// accept (empty when none does, so the answer is 404 rather than 405). Off the hot path:
+    /// only asked after [`RouteTable::find`] came back empty.
+    pub fn allowed_methods(&self, request: &RequestView<'_>) -> Vec<Method> {
+        let mut allowed: Vec<Method> = Vec::new();
+        for route in self
+            .routes
+            .iter()
+            .filter(|r| r.matches_all_but_method(request))
+        {
+            for method in &route.methods {
+                if !allowed.contains(method) {
+                    allowed.push(method.clone());
+                }
+            }
+        }
+        allowed
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_served_only_for_other_methods_names_them() {
+        let table = RouteTable::parse(
+            "[[routes]]\nprefix = \"/api/report\"\nservice = \"r\"\nmethods = [\"GET\", \"HEAD\"]\n\
+             [[routes]]\nprefix = \"/api/report\"\nservice = \"w\"\nmethods = [\"POST\", \"GET\"]\n",
+        )
+        .unwrap();
+        let headers = HeaderMap::new();
+        let delete = Method::DELETE;
+        let view = |path| RequestView {
+            method: &delete,
+            path,
+            host: None,
+            headers: &headers,
+        };
+        assert!(table.find(&view("/api/report/1")).is_none());
+        assert_eq!(
+            table.allowed_methods(&view("/api/report/1")),
+            [Method::GET, Method::HEAD, Method::POST]
+        );
+        assert!(table.allowed_methods(&view("/elsewhere")).is_empty());
+    }
 
     const ROUTES: &str = r#"
         [[routes]]
