@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod outbox;
+pub mod paging;
 pub mod policy;
 pub mod problem;
 pub mod registration;
@@ -30,6 +31,7 @@ pub mod registry_client;
 pub mod resilience;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod trace;
 
 pub use problem::{Json, Problem};

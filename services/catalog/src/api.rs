@@ -22,6 +22,7 @@ use serde::Deserialize;
 use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
 use stratus_kit::cache::{get_or_load, Cache, WriteBack};
+use stratus_kit::paging::Paging;
 use stratus_kit::{Json, Problem};
 
 use crate::product::{Product, ProductInput};
@@ -123,13 +124,7 @@ async fn list(
 ) -> Result<impl IntoResponse, Problem> {
     // axum's own rejection is plain text; a client of this API gets problem+json for every error.
     let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let limit = page.limit.unwrap_or(100);
-    let offset = page.offset.unwrap_or(0);
-    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
-        return Err(Problem::bad_request(format!(
-            "limit must be 1-{MAX_PAGE} and offset at least 0"
-        )));
-    }
+    let Paging { limit, offset } = Paging::checked(page.limit, page.offset, MAX_PAGE)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2"
     ))

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
 use stratus_kit::outbox::{self, Relay};
+use stratus_kit::paging::Paging;
 use stratus_kit::trace::Hop;
 use stratus_kit::{policy, Json, Problem};
 
@@ -244,13 +245,7 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    let offset = query.offset.unwrap_or(0);
-    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
-        return Err(Problem::bad_request(format!(
-            "limit must be 1-{MAX_PAGE} and offset at least 0"
-        )));
-    }
+    let Paging { limit, offset } = Paging::checked(query.limit, query.offset, MAX_PAGE)?;
     let all = query.all.unwrap_or(false);
     if all && policy::list_scope(&caller.0, RESOURCE).is_some() {
         return Err(Problem::forbidden(

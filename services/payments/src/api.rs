@@ -1,30 +1,19 @@
 //! The payments HTTP API, under `/api/payments`: read-only; payments are made by the consumer.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use sqlx::AnyPool;
-use stratus_kit::auth::{Caller, Tokens};
+use stratus_kit::auth::Caller;
+use stratus_kit::paging::Paging;
 use stratus_kit::{policy, Problem};
 
 const MAX_PAGE: i64 = 1000;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: AnyPool,
-    pub tokens: Arc<Tokens>,
-}
-
-impl FromRef<AppState> for Arc<Tokens> {
-    fn from_ref(state: &AppState) -> Self {
-        state.tokens.clone()
-    }
-}
+/// The router's state: the payments database and the token checker.
+pub use stratus_kit::state::PoolAndTokens as AppState;
 
 /// The payments API as an OpenAPI 3.0 document (`/openapi.json`, `/api/payments/openapi.json`).
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -82,13 +71,7 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    let offset = query.offset.unwrap_or(0);
-    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
-        return Err(Problem::bad_request(format!(
-            "limit must be 1-{MAX_PAGE} and offset at least 0"
-        )));
-    }
+    let Paging { limit, offset } = Paging::checked(query.limit, query.offset, MAX_PAGE)?;
     // `payments:read:any` (admins have every permission) reaches everyone's payments; anyone
     // else is scoped to their own (kit::policy, the rule every service shares).
     let everyone = policy::list_scope(&caller.0, "payments").is_none();
