@@ -156,7 +156,6 @@ async fn postgres_rows(url: &str) -> BTreeMap<String, Vec<String>> {
 struct Up {
     child: Child,
     gateway: u16,
-    password: String,
     http: reqwest::Client,
 }
 
@@ -203,7 +202,6 @@ impl Up {
         Up {
             child,
             gateway,
-            password: "admin-password-1".into(),
             http: reqwest::Client::new(),
         }
     }
