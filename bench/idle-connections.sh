@@ -12,8 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-10000}
-[ -x target/release/stratus ] || cargo build --release -j2
-STRATUS=$PWD/target/release/stratus
+STRATUS=${STRATUS_BIN:-target/release/stratus}
+[ -x "$STRATUS" ] || cargo build --release -j2
+STRATUS=$(cd "$(dirname "$STRATUS")" && pwd)/$(basename "$STRATUS")
 ulimit -n $((CONNECTIONS + 1000))
 
 work=$(mktemp -d); chmod 755 "$work"
@@ -46,9 +47,9 @@ wait_port "$GW"
 until curl -sf "http://127.0.0.1:$GW/small" >/dev/null; do sleep 0.05; done
 before=$(rss_kb "$GW_PID")
 
-python3 - "$GW" "$CONNECTIONS" "$GW_PID" "${SILENT:-0}" <<'PY'
-import socket, sys, time
-port, count, pid, silent = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+python3 - "$GW" "$CONNECTIONS" "$GW_PID" "${SILENT:-0}" "$ADMIN" <<'PY'
+import socket, sys, time, urllib.request
+port, count, pid, silent, admin = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5]
 request = b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n"
 sockets, failed = [], 0
 for _ in range(count):
@@ -66,9 +67,11 @@ for _ in range(count):
     if b" 200 " not in data.split(b"\r\n", 1)[0]:
         failed += 1
     sockets.append(s)
-time.sleep(2)
+time.sleep(float(__import__("os").environ.get("SETTLE", "2")))
 rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
-print(f"open: {len(sockets)} connections, {failed} failed requests; gateway RSS {int(rss)/1024:.1f} MB")
+metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
+parked = next((l.split()[1] for l in metrics.splitlines() if l.startswith("gateway_connections_parked ")), "0")
+print(f"open: {len(sockets)} connections, {failed} failed requests, {parked} parked; gateway RSS {int(rss)/1024:.1f} MB")
 # A last request on every tenth connection: idle connections still work.
 ok = 0
 for s in sockets[::10]:

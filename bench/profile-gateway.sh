@@ -5,7 +5,7 @@
 #
 #   bench/profile-gateway.sh                # 13-byte responses, 4000 requests per target
 #   REQUESTS=10000 TARGETS="stratus" bench/profile-gateway.sh
-#   EXTRA_ENV="STRATUS_EVENTS=on" bench/profile-gateway.sh
+#   EVENTS=on TARGETS=stratus bench/profile-gateway.sh   # the gateway reporting every request to a sink
 #
 # Counts only user-space instructions of the proxy process (the kernel's share, syscalls and
 # wake-ups, is not in it). The gateway's profile is kept in bench/results/callgrind.stratus.out;
@@ -16,6 +16,7 @@ REQUESTS=${REQUESTS:-4000}
 CONNECTIONS=${CONNECTIONS:-8}
 TARGETS=${TARGETS:-"stratus haproxy nginx"}
 SIZE=${SIZE:-small}
+EVENTS=${EVENTS:-off}
 [ -x target/release/stratus ] || cargo build --release -j2
 STRATUS=$PWD/target/release/stratus
 command -v valgrind >/dev/null || { echo "install valgrind" >&2; exit 1; }
@@ -78,7 +79,14 @@ for target in $TARGETS; do
       wait_port "$REG"
       curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/b1" -H 'content-type: application/json' \
         -d "{\"address\":\"127.0.0.1\",\"port\":$B1,\"ttl_seconds\":3600}" >/dev/null
-      env STRATUS_EVENTS=off STRATUS_DATA_DIR=$work/data STRATUS_LOG=warn STRATUS_GATEWAY_WORKERS=1 PORT=$port \
+      # EVENTS=on: a real sink (not under callgrind) stores the gateway's records.
+      SINK=$(free_port)
+      if [ "$EVENTS" = on ]; then
+        STRATUS_DATA_DIR=$work/data STRATUS_LOG=warn STRATUS_REGISTRY_URL=http://127.0.0.1:$REG PORT=$SINK \
+          "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+        wait_port "$SINK"
+      fi
+      env STRATUS_EVENTS=$EVENTS STRATUS_EVENTS_URL=http://127.0.0.1:$SINK STRATUS_DATA_DIR=$work/data STRATUS_LOG=warn STRATUS_GATEWAY_WORKERS=1 PORT=$port \
         STRATUS_ADMIN_PORT=$ADMIN STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$work/routes.toml ${EXTRA_ENV:-} \
         valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$target.out" "$STRATUS" serve gateway > "$work/gateway.log" 2>&1 &
       ;;
@@ -113,5 +121,8 @@ CONF
   dump=$(ls "$work"/callgrind."$target".out.* | head -1)
   ir=$(count_file "$dump")
   printf '%-8s %8.0f instructions per request (%s requests)\n' "$target" "$(awk -v a="$ir" -v n="$REQUESTS" 'BEGIN{print a/n}')" "$REQUESTS"
-  if [ "$target" = stratus ]; then mkdir -p bench/results; cp "$dump" bench/results/callgrind.stratus.out; fi
+  if [ "$target" = stratus ]; then
+    mkdir -p bench/results
+    cp "$dump" "bench/results/callgrind.stratus$([ "$EVENTS" = on ] && echo -events).out"
+  fi
 done

@@ -154,3 +154,65 @@ async fn idle_keep_alive_connections_park_and_come_back() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_parks_and_frees_its_session() {
+    use std::io::{Read, Write};
+    let (system, _dir) = edge().await;
+    let port = system.gateway_port;
+    let parked = || async {
+        let metrics = system
+            .http
+            .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_connections_parked "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut streams = Vec::new();
+    for round in 0..3 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let request = format!("GET /park/{round} HTTP/1.1\r\nHost: test\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut buffer = [0u8; 4096];
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        streams.push(stream);
+    }
+    // Parked within a moment of the park delay (one second), with nothing more sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while parked().await < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle connections never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A parked connection wakes for its next request, and parks again after it.
+    let mut stream = streams.pop().unwrap();
+    stream
+        .write_all(b"GET /again HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    let n = stream.read(&mut buffer).unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    drop(streams);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while parked().await != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections should leave the parked count, the woken one park again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

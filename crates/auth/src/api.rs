@@ -116,9 +116,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/auth/.well-known/openid-configuration",
             get(openid_configuration),
         )
+        .merge(stratus_kit::openapi::routes("/auth", OPENAPI))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
+
+/// The auth API as an OpenAPI 3.0 document (`/openapi.json`, `/auth/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -468,4 +472,32 @@ pub(crate) fn digest(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let routes = [
+            ("/auth/signup", "post"),
+            ("/auth/login", "post"),
+            ("/auth/refresh", "post"),
+            ("/auth/logout", "post"),
+            ("/auth/.well-known/jwks.json", "get"),
+            ("/auth/.well-known/openid-configuration", "get"),
+            ("/auth/mfa/totp/enroll", "post"),
+            ("/auth/mfa/totp/confirm", "post"),
+            ("/auth/mfa/totp", "delete"),
+            ("/auth/authorize", "get"),
+            ("/auth/authorize", "post"),
+            ("/auth/users", "get"),
+            ("/auth/users/{id}/roles", "put"),
+            ("/auth/clients", "post"),
+            ("/auth/admin/keys/rotate", "post"),
+            ("/auth/token", "post"),
+            ("/auth/revoke", "post"),
+            ("/auth/introspect", "post"),
+        ];
+        stratus_kit::openapi::check(super::OPENAPI, &routes).unwrap();
+    }
 }

@@ -7,6 +7,7 @@
 //! service-account credentials) reports it inactive. Revoking a refresh token revokes its whole
 //! family, so no new access tokens can be minted from it.
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,13 @@ pub struct TokenForm {
     client_secret: Option<String>,
 }
 
+/// The form, or a problem document saying what is wrong with it (axum's own rejection is plain
+/// text): 415 without the form content type, 422 without `token`, 400 for a malformed body.
+fn form_or_problem(form: Result<Form<TokenForm>, FormRejection>) -> Result<TokenForm, Problem> {
+    form.map(|Form(form)| form)
+        .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))
+}
+
 /// Access-token claims if `token` is one of ours with a valid signature, expired or not.
 async fn access_claims(
     state: &AppState,
@@ -43,8 +51,9 @@ async fn access_claims(
 /// also for unknown tokens, as RFC 7009 asks.
 pub async fn revoke(
     State(state): Shared,
-    Form(form): Form<TokenForm>,
+    form: Result<Form<TokenForm>, FormRejection>,
 ) -> Result<Response, Problem> {
+    let form = form_or_problem(form)?;
     if let Some(claims) = access_claims(&state, &form.token).await? {
         sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
             .bind(&claims.jti)
@@ -67,8 +76,9 @@ pub async fn revoke(
 pub async fn introspect(
     State(state): Shared,
     headers: HeaderMap,
-    Form(form): Form<TokenForm>,
+    form: Result<Form<TokenForm>, FormRejection>,
 ) -> Result<Response, Problem> {
+    let form = form_or_problem(form)?;
     if authenticate(
         &state,
         &headers,

@@ -114,8 +114,11 @@ pub async fn ensure_admin(pool: &AnyPool, configured: Option<&str>) -> anyhow::R
 
 /// Normalises and checks an email address: trimmed, lower case, one `@`, a dotted domain.
 pub fn normalize_email(email: &str) -> Result<String, String> {
+    // At most 254 characters as sent (white space included), and 254 bytes once normalised.
+    let sent = email.chars().count();
     let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
+    let valid = sent <= 254
+        && email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && match email.split_once('@') {
             Some((local, domain)) => {

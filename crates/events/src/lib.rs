@@ -17,6 +17,7 @@ pub mod otlp;
 pub mod proto;
 pub mod record;
 pub mod registry;
+pub mod sqlite;
 pub mod stats;
 pub mod store;
 pub mod topology;
@@ -86,16 +87,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )?
     .map(export::Exporter::start)
     .transpose()?;
+    let sqlite = backend == stratus_kit::db::Backend::Sqlite;
+    let writer_target = match sqlite.then(|| sqlite::file_of(&url)).flatten() {
+        Some(file) => writer::Target::SqliteFile(file),
+        None => writer::Target::Pool {
+            pool: pool.clone(),
+            sqlite,
+        },
+    };
     let registry = registry::Registry::follow(&args.common.registry_url)?;
     let state = api::AppState {
         pool: pool.clone(),
         live: live::Live::start(pool.clone(), registry.clone()),
         registry,
-        writer: writer::Writer::start(
-            pool.clone(),
-            backend == stratus_kit::db::Backend::Sqlite,
-            export,
-        ),
+        writer: writer::Writer::start(writer_target, export)?,
     };
     let service = Service::new("events", args.port).without_events();
     service.health.add_check("database", move || {

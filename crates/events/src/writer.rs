@@ -1,14 +1,17 @@
-//! The one task that writes records: batches from concurrent requests are merged into large
-//! transactions, so the database pays for one commit per burst instead of one per request.
+//! The one writer: batches from concurrent requests are merged into large transactions, so the
+//! database pays for one commit per burst instead of one per request.
 //!
-//! Each request validates its batch, hands it over and waits for the answer; the writer takes
-//! whatever has queued up (to [`MAX_ROWS_PER_TRANSACTION`]), stores it in one transaction and
-//! answers every request. If a merged transaction fails, each batch is retried alone, so one
+//! Each request validates its batch, hands the whole batch over through a bounded channel and
+//! waits for the answer; the writer takes whatever has queued up (to
+//! [`MAX_ROWS_PER_TRANSACTION`]), stores it in one transaction and answers every request, so a
+//! 202 means committed. If a merged transaction fails, each batch is retried alone, so one
 //! request's failure never becomes another's: a batch is still stored whole or not at all.
 //!
-//! The writer keeps its own connection. On SQLite (one writer at a time anyway) that connection
-//! runs with `synchronous = NORMAL`: in WAL mode a commit then waits for no fsync; a power cut
-//! can lose the last commits but never corrupts the file, which suits telemetry.
+//! SQLite files are written by [`crate::sqlite::SqliteWriter`] on a thread of its own (prepared
+//! statement, no async driver in between); PostgreSQL (and an in-memory SQLite) through the sqlx
+//! pool with multi-row `INSERT`s ([`store::insert_into`]).
+
+use std::path::PathBuf;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection};
@@ -16,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::export::Exporter;
 use crate::record::Row;
+use crate::sqlite::SqliteWriter;
 use crate::store;
 
 /// Rows one merged transaction may carry.
@@ -33,11 +37,32 @@ pub struct Writer {
     queue: mpsc::Sender<Job>,
 }
 
+/// Where the writer stores.
+pub enum Target {
+    /// A SQLite database file, written by a connection of the writer's own.
+    SqliteFile(PathBuf),
+    /// The pool (PostgreSQL, or an in-memory SQLite only the pool can see).
+    Pool { pool: AnyPool, sqlite: bool },
+}
+
 impl Writer {
-    pub fn start(pool: AnyPool, sqlite: bool, export: Option<Exporter>) -> Self {
+    pub fn start(target: Target, export: Option<Exporter>) -> anyhow::Result<Self> {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, sqlite, export, receiver));
-        Self { queue }
+        match target {
+            Target::SqliteFile(path) => {
+                // Open once here, so a file that cannot be written fails start-up clearly.
+                let writer = SqliteWriter::open(&path).map_err(|error| {
+                    anyhow::anyhow!("opening {} for writing: {error}", path.display())
+                })?;
+                std::thread::Builder::new()
+                    .name("events-writer".into())
+                    .spawn(move || run_sqlite(path, writer, export, receiver))?;
+            }
+            Target::Pool { pool, sqlite } => {
+                tokio::spawn(run_pool(pool, sqlite, export, receiver));
+            }
+        }
+        Ok(Self { queue })
     }
 
     /// Stores one batch (all or nothing) and returns once it is committed.
@@ -50,6 +75,68 @@ impl Writer {
         answer
             .await
             .map_err(|_| "the writer has stopped".to_string())?
+    }
+}
+
+/// The first job and whatever else is queued, up to [`MAX_ROWS_PER_TRANSACTION`] rows.
+fn gather(first: Job, receiver: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut rows = first.rows.len();
+    let mut jobs = vec![first];
+    while rows < MAX_ROWS_PER_TRANSACTION {
+        match receiver.try_recv() {
+            Ok(job) => {
+                rows += job.rows.len();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
+/// Answers every request, and hands what was stored to the exporter.
+fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, export: Option<&Exporter>) {
+    for (job, result) in jobs.into_iter().zip(results) {
+        match &result {
+            Ok(()) => {
+                if let Some(export) = export {
+                    export.offer(&job.rows);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, records = job.rows.len(), "storing a batch failed");
+            }
+        }
+        let _ = job.done.send(result);
+    }
+}
+
+fn run_sqlite(
+    path: PathBuf,
+    writer: SqliteWriter,
+    export: Option<Exporter>,
+    mut receiver: mpsc::Receiver<Job>,
+) {
+    let mut writer = Some(writer);
+    // Stores some batches in one transaction; a failed connection is reopened next time.
+    let mut store = |batches: &[&[Row]]| -> Result<(), String> {
+        let mut current = match writer.take() {
+            Some(current) => current,
+            None => SqliteWriter::open(&path).map_err(|e| e.to_string())?,
+        };
+        let result = current.store(batches).map_err(|e| e.to_string());
+        writer = Some(current);
+        result
+    };
+    while let Some(first) = receiver.blocking_recv() {
+        let jobs = gather(first, &mut receiver);
+        let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
+        let results = match store(&batches) {
+            Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+            Err(error) if jobs.len() == 1 => vec![Err(error)],
+            Err(_) => batches.iter().map(|rows| store(&[*rows])).collect(),
+        };
+        answer(jobs, results, export.as_ref());
     }
 }
 
@@ -90,7 +177,7 @@ async fn store_all(
     result
 }
 
-async fn run(
+async fn run_pool(
     pool: AnyPool,
     sqlite: bool,
     export: Option<Exporter>,
@@ -98,17 +185,7 @@ async fn run(
 ) {
     let mut connection = None;
     while let Some(first) = receiver.recv().await {
-        let mut rows = first.rows.len();
-        let mut jobs = vec![first];
-        while rows < MAX_ROWS_PER_TRANSACTION {
-            match receiver.try_recv() {
-                Ok(job) => {
-                    rows += job.rows.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        let jobs = gather(first, &mut receiver);
         let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
         let merged = store_all(&mut connection, &pool, sqlite, &batches).await;
         let results: Vec<Result<(), String>> = match merged {
@@ -116,22 +193,84 @@ async fn run(
             Err(error) if jobs.len() == 1 => vec![Err(error.to_string())],
             Err(_) => {
                 let mut each = Vec::with_capacity(jobs.len());
-                for job in &jobs {
-                    let alone = store_all(&mut connection, &pool, sqlite, &[&job.rows]).await;
+                for rows in &batches {
+                    let alone = store_all(&mut connection, &pool, sqlite, &[*rows]).await;
                     each.push(alone.map_err(|e| e.to_string()));
                 }
                 each
             }
         };
-        for (job, result) in jobs.into_iter().zip(results) {
-            if result.is_ok() {
-                if let Some(export) = &export {
-                    export.offer(&job.rows);
-                }
-            } else if let Err(error) = &result {
-                tracing::warn!(%error, records = job.rows.len(), "storing a batch failed");
-            }
-            let _ = job.done.send(result);
+        answer(jobs, results, export.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::record;
+    use crate::record::validate;
+
+    fn batch(n: usize, tag: usize) -> Vec<Row> {
+        let base = validate(record()).unwrap();
+        (0..n)
+            .map(|i| {
+                let mut r = base.clone();
+                r.trace_id = format!("{:016x}{:016x}", tag + 1, i / 2 + 1);
+                r.span_id = format!("{:016x}", i + 1);
+                r.started_us += i as i64;
+                r.parent_span_id = (i % 2 == 1).then(|| format!("{i:016x}"));
+                r.cache = None;
+                r
+            })
+            .collect()
+    }
+
+    /// Concurrent batches through the SQLite file writer: every acknowledged batch is in the
+    /// database, whole, with every field as sent.
+    #[tokio::test]
+    async fn every_acknowledged_batch_is_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
+        let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
+            .await
+            .unwrap();
+        let file = crate::sqlite::file_of(&url).unwrap();
+        let writer = Writer::start(Target::SqliteFile(file), None).unwrap();
+        let mut tasks = Vec::new();
+        for tag in 0..20 {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(
+                async move { writer.write(batch(500, tag)).await },
+            ));
         }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(store::count(&pool).await.unwrap(), 10_000);
+        let trace = store::trace(&pool, &format!("{:016x}{:016x}", 8, 3))
+            .await
+            .unwrap();
+        assert_eq!(trace, batch(500, 7)[4..6].to_vec());
+    }
+
+    /// The pool writer (PostgreSQL's path; here on a SQLite file) stores the same way.
+    #[tokio::test]
+    async fn the_pool_writer_stores_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
+        let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
+            .await
+            .unwrap();
+        let writer = Writer::start(
+            Target::Pool {
+                pool: pool.clone(),
+                sqlite: true,
+            },
+            None,
+        )
+        .unwrap();
+        writer.write(batch(1200, 0)).await.unwrap();
+        writer.write(batch(3, 1)).await.unwrap();
+        assert_eq!(store::count(&pool).await.unwrap(), 1203);
     }
 }

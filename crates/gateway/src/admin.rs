@@ -1,11 +1,19 @@
-//! The admin API on its own port: the route table and every upstream instance's state.
+//! The admin API on its own port: the route table and every upstream instance's state, and
+//! the deployment controls: a route's split between versions can be read
+//! (`GET /v1/routes/{name}/split`), replaced (`PUT`, the same fields as `split` in the route
+//! file), removed (`DELETE`: every instance again) and its canary rolled back
+//! (`POST /v1/routes/{name}/rollback`: every request to the stable version at once).
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
+use stratus_kit::Problem;
+
+use crate::deploy::SplitSpec;
 
 use crate::proxy::Shared;
 use crate::reload::SharedStatus;
@@ -20,6 +28,11 @@ pub fn router(proxy: Arc<Shared>, reload: SharedStatus) -> Router {
     Router::new()
         .route("/v1/routes", get(routes))
         .route("/v1/upstreams", get(upstreams))
+        .route(
+            "/v1/routes/{name}/split",
+            get(get_split).put(put_split).delete(delete_split),
+        )
+        .route("/v1/routes/{name}/rollback", post(rollback))
         .with_state(AdminState { proxy, reload })
 }
 
@@ -38,6 +51,7 @@ async fn routes(State(AdminState { proxy, reload }): State<AdminState>) -> axum:
                 "roles": r.roles,
                 "auth": format!("{:?}", r.auth).to_lowercase(),
                 "balance": format!("{:?}", r.balance.algorithm),
+                "deployment": r.deployment.describe(),
             })
         })
         .collect();
@@ -69,4 +83,59 @@ async fn upstreams(State(AdminState { proxy, .. }): State<AdminState>) -> axum::
         services.insert(name.clone(), Value::Array(instances));
     }
     axum::Json(json!({ "registry_index": proxy.upstreams.index(), "services": services }))
+}
+
+/// The route named `name` in the table in force, or a 404 that says so.
+fn deployment_of(proxy: &Shared, name: &str) -> Result<Arc<crate::deploy::Deployment>, Problem> {
+    proxy
+        .routes
+        .load()
+        .named(name)
+        .map(|route| route.deployment.clone())
+        .ok_or_else(|| Problem::not_found(format!("no route is named `{name}`")))
+}
+
+async fn get_split(
+    State(AdminState { proxy, .. }): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, Problem> {
+    Ok(axum::Json(deployment_of(&proxy, &name)?.describe()))
+}
+
+async fn put_split(
+    State(AdminState { proxy, .. }): State<AdminState>,
+    Path(name): Path<String>,
+    stratus_kit::Json(spec): stratus_kit::Json<SplitSpec>,
+) -> Result<axum::Json<Value>, Problem> {
+    let deployment = deployment_of(&proxy, &name)?;
+    deployment
+        .set(Some(spec))
+        .map_err(|e| Problem::unprocessable(format!("split: {e}")))?;
+    tracing::info!(route = %name, split = %deployment.describe()["split"], "split changed through the admin API");
+    Ok(axum::Json(deployment.describe()))
+}
+
+async fn delete_split(
+    State(AdminState { proxy, .. }): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, Problem> {
+    let deployment = deployment_of(&proxy, &name)?;
+    deployment
+        .set(None)
+        .map_err(|e| Problem::unprocessable(format!("split: {e}")))?;
+    tracing::info!(route = %name, "split removed through the admin API");
+    Ok(axum::Json(deployment.describe()))
+}
+
+async fn rollback(
+    State(AdminState { proxy, .. }): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, Problem> {
+    let deployment = deployment_of(&proxy, &name)?;
+    let rollback = deployment
+        .rollback()
+        .map_err(|e| Problem::new(StatusCode::CONFLICT, e))?;
+    tracing::warn!(route = %name, canary = %rollback.canary, stable = %rollback.stable, "canary rolled back through the admin API");
+    metrics::counter!("gateway_canary_rollbacks_total", "route" => name).increment(1);
+    Ok(axum::Json(deployment.describe()))
 }

@@ -135,7 +135,7 @@ impl Pool {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let upgrading = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                    let slot = (!upgrading).then(|| Slot {
+                    let slot = (!upgrading && reusable(&response)).then(|| Slot {
                         pool: Arc::downgrade(self),
                         key: endpoint.key,
                         sender,
@@ -251,6 +251,27 @@ impl Pool {
             }
         });
     }
+}
+
+/// Whether the connection may carry another request after this response. Not when the
+/// instance said it will close it (`Connection: close`), nor after a 413 or 408: the instance
+/// answered without reading the whole request, and closes the connection behind the answer. Put
+/// back in the pool, such a connection would fail the next request sent on it, which for a POST
+/// cannot be retried.
+fn reusable(response: &Response<Incoming>) -> bool {
+    if matches!(response.status().as_u16(), 408 | 413) {
+        return false;
+    }
+    response
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .all(|value| {
+            !value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
 }
 
 /// Where a connection goes back when its response is done.

@@ -7,12 +7,14 @@
 //!
 //! Map: [`routes`] (the table), [`upstream`] (instances and balancing), [`discovery`] (following
 //! the registry), [`proxy`] (the per-request path), [`headers`], [`server`] (the listener),
-//! [`admin`] (the admin API).
+//! [`admin`] (the admin API), [`deploy`] (canary, A/B and blue-green splits by version, and
+//! the automatic rollback of a failing canary).
 
 pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod deploy;
 pub mod discovery;
 pub mod headers;
 pub mod health;
@@ -231,6 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(follower) = dns {
         tokio::spawn(discovery::follow_dns(follower, shared.clone()));
     }
+    tokio::spawn(deploy::watch(shared.clone()));
 
     let listener =
         server::reuseport_listener(std::net::SocketAddr::new(args.common.bind, args.port))?;

@@ -95,6 +95,7 @@ pub async fn serve(
         let Some(parked) = session.await else { return };
         release_freed_memory();
         // Parked: only the socket is left. Wait for the client's next bytes.
+        let _parked = ParkedGauge::enter();
         tokio::select! {
             ready = parked.readable() => {
                 if ready.is_err() {
@@ -110,6 +111,22 @@ pub async fn serve(
             _ = stop_signal(&mut stopped) => return,
         }
         stream = parked;
+    }
+}
+
+/// Counts parked connections in `gateway_connections_parked` while alive.
+struct ParkedGauge;
+
+impl ParkedGauge {
+    fn enter() -> Self {
+        metrics::gauge!("gateway_connections_parked").increment(1.0);
+        ParkedGauge
+    }
+}
+
+impl Drop for ParkedGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_connections_parked").decrement(1.0);
     }
 }
 
@@ -349,9 +366,7 @@ impl Read for SessionIo {
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             Poll::Pending => {
-                if state.upgraded.load(Ordering::Relaxed)
-                    || state.in_flight.load(Ordering::Relaxed) > 0
-                {
+                if state.upgraded.load(Ordering::Relaxed) {
                     return Poll::Pending;
                 }
                 if state.mid_head.load(Ordering::Relaxed) {
@@ -361,7 +376,18 @@ impl Read for SessionIo {
                         "the request head did not arrive in time",
                     )));
                 }
+                // Idle, or answering a request: either way the park deadline stays armed.
+                // hyper polls the read side only when woken, and the last time it does so for
+                // a request is usually while the request is still being answered (it reads,
+                // then writes the response, then sleeps until the socket is readable). The
+                // deadline's wake-up is what brings it back to find the session idle.
                 ready!(this.poll_deadline(Deadline::Park, cx));
+                if this.state.in_flight.load(Ordering::Relaxed) > 0 {
+                    // Still answering when the deadline came: not idle; start over.
+                    this.armed = None;
+                    let _ = this.poll_deadline(Deadline::Park, cx);
+                    return Poll::Pending;
+                }
                 // Idle long enough: end the session; the socket stays open (see poll_shutdown).
                 this.state.parking.store(true, Ordering::Relaxed);
                 Poll::Ready(Ok(()))

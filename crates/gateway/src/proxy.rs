@@ -5,6 +5,9 @@
 //!        <─ response + x-served-by, x-request-id <─ forward (timeout) ─┘  └─ retry once elsewhere
 //! ```
 //!
+//! A route split between versions (`deploy.rs`) first chooses the version, then balances over
+//! that version's instances.
+//!
 //! Nothing here blocks: the route table and the instance lists are atomic snapshots, token keys
 //! are cached, and the only awaits are the client's body and the upstream call.
 
@@ -251,9 +254,11 @@ impl Proxy {
         retries: &mut u32,
     ) -> Response<Body> {
         let settings = &self.shared.settings;
-        let Some(pool) = self.shared.upstreams.pool(&route.service) else {
+        let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
             return problem(no_instance(&route.service));
         };
+        // A route split between versions balances inside the chosen version's pool.
+        let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
         let key = route.balance.key(&parts.headers, client);
         let timeout = route.timeout.unwrap_or(settings.timeout);
         let idempotent = idempotent(&parts.method);
@@ -293,6 +298,7 @@ impl Proxy {
                 Ok(Ok(response)) => {
                     let status = response.status();
                     endpoint.record(status.as_u16() < 500);
+                    route.deployment.record(group, status.as_u16() >= 500);
                     let retryable = matches!(status.as_u16(), 502..=504);
                     if !(retryable && may_retry(Retry::Failed)) {
                         return self.relay(response, &endpoint, client_upgrade.take());
@@ -301,6 +307,7 @@ impl Proxy {
                 }
                 Ok(Err(error)) => {
                     route.metrics.upstream_failures.increment(1);
+                    route.deployment.record(group, true);
                     tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
                     let reason = if error.is_connect() {
                         endpoint.trip();
@@ -321,6 +328,7 @@ impl Proxy {
                     // The timeout is per try: a hung instance (stopped, swapping, deadlocked)
                     // costs an idempotent request one timeout, not the request.
                     endpoint.record(false);
+                    route.deployment.record(group, true);
                     route.metrics.upstream_failures.increment(1);
                     if !may_retry(Retry::Failed) {
                         return problem(gateway_timeout(&route.service, timeout));

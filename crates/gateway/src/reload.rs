@@ -2,6 +2,8 @@
 //! parses replaces the table in one atomic swap. Requests already matched keep the table they
 //! started with; new requests see the new one; no connection is touched. A file that does not
 //! parse is refused with its error logged and shown on the admin API, and the old table stays.
+//! A route whose `split` the new file leaves as it was keeps its deployment state (what the admin
+//! API or a canary rollback changed since), see [`RouteTable::carry_over`].
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,7 +44,8 @@ pub async fn watch(path: PathBuf, shared: Arc<Shared>, status: SharedStatus) {
             .and_then(|text| RouteTable::parse(text).map_err(|e| e.to_string()));
         let mut report = status.lock().unwrap_or_else(|p| p.into_inner());
         match parsed {
-            Ok(table) => {
+            Ok(mut table) => {
+                table.carry_over(&shared.routes.load());
                 tracing::info!(routes = table.routes.len(), file = %path.display(), "route table reloaded");
                 shared.routes.store(Arc::new(table));
                 report.reloads += 1;

@@ -1,20 +1,26 @@
 //! The gateway's hop records for the event sink: which route, which status, how long, how many
 //! retries, under which trace.
 //!
-//! Each worker thread buffers its records and hands them to the shared reporter in batches (or
-//! every 200 ms), so the request path pays for building one record and pushing it onto a local
-//! vector, never for waking another thread. The reporter drops (and counts) what the sink cannot
-//! take; reporting never slows or fails a request.
+//! Each worker thread writes its records as JSON straight into a buffer of its own
+//! ([`stratus_kit::event_json`]: ids and times stay numbers until they are written, nothing is
+//! allocated per record) and hands the buffer to the shared reporter every [`BATCH`] records or
+//! every 200 ms. So the request path pays for formatting one small JSON object into memory it
+//! already has; waking the sending task and building the POST happen once per batch. The
+//! reporter drops (and counts) what its queue or the sink cannot take; reporting never slows or
+//! fails a request.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use stratus_kit::events::{EventRecord, EventReporter};
+use stratus_kit::event_json::RecordRef;
+use stratus_kit::events::EventReporter;
 use stratus_kit::trace::TraceContext;
 
 /// Records a worker hands over at once.
 const BATCH: usize = 128;
+/// Bytes reserved for a batch's buffer (a record is about 300 bytes).
+const BATCH_BYTES: usize = BATCH * 320;
 /// How often a worker hands over a partial batch.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -29,36 +35,46 @@ pub struct Hop<'a> {
     pub retries: u32,
 }
 
+/// A worker's records not handed over yet: JSON objects separated by commas.
+struct Pending {
+    json: Vec<u8>,
+    records: usize,
+}
+
 pub struct WorkerEvents {
     reporter: EventReporter,
-    pending: Mutex<Vec<EventRecord>>,
+    pending: Mutex<Pending>,
 }
 
 impl WorkerEvents {
     pub fn new(reporter: EventReporter) -> Self {
         Self {
             reporter,
-            pending: Mutex::new(Vec::with_capacity(BATCH)),
+            pending: Mutex::new(Pending {
+                json: Vec::with_capacity(BATCH_BYTES),
+                records: 0,
+            }),
         }
     }
 
     pub fn record(&self, hop: Hop<'_>) {
-        let started = time::OffsetDateTime::now_utc() - hop.elapsed;
-        let record = EventRecord {
-            trace_id: hop.trace.trace_id_hex(),
-            span_id: hop.trace.span_id_hex(),
-            parent_span_id: hop.parent.map(|p| p.span_id_hex()),
-            service: self.reporter.service().to_string(),
-            instance: self.reporter.instance().to_string(),
-            kind: "gateway".into(),
-            name: hop.route.to_string(),
-            method: Some(hop.method.as_str().to_string()),
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let duration_us = hop.elapsed.as_micros() as u64;
+        let record = RecordRef {
+            trace_id: hop.trace.trace_id,
+            span_id: hop.trace.span_id,
+            parent_span_id: hop.parent.map(|p| p.span_id),
+            service: self.reporter.service(),
+            instance: self.reporter.instance(),
+            kind: "gateway",
+            name: hop.route,
+            method: Some(hop.method.as_str()),
             status: hop.status,
             ok: hop.status < 500,
-            started_at: started
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            duration_us: hop.elapsed.as_micros() as u64,
+            started_us: now_us - duration_us as i64,
+            duration_us,
             retries: (hop.retries > 0).then_some(hop.retries),
             cache: None,
             topic: None,
@@ -68,27 +84,29 @@ impl WorkerEvents {
             let Ok(mut pending) = self.pending.lock() else {
                 return;
             };
-            pending.push(record);
-            (pending.len() >= BATCH)
-                .then(|| std::mem::replace(&mut *pending, Vec::with_capacity(BATCH)))
+            if pending.records > 0 {
+                pending.json.push(b',');
+            }
+            record.write_json(&mut pending.json);
+            pending.records += 1;
+            (pending.records >= BATCH).then(|| take(&mut pending))
         };
-        if let Some(batch) = full {
-            self.hand_over(batch);
+        if let Some((json, records)) = full {
+            self.reporter.report_encoded(json, records);
         }
     }
 
     /// Hands whatever is buffered to the reporter.
     pub fn flush(&self) {
         let batch = match self.pending.lock() {
-            Ok(mut pending) if !pending.is_empty() => std::mem::take(&mut *pending),
+            Ok(mut pending) if pending.records > 0 => take(&mut pending),
             _ => return,
         };
-        self.hand_over(batch);
+        self.reporter.report_encoded(batch.0, batch.1);
     }
+}
 
-    fn hand_over(&self, batch: Vec<EventRecord>) {
-        for record in batch {
-            self.reporter.report(record);
-        }
-    }
+fn take(pending: &mut Pending) -> (Vec<u8>, usize) {
+    let json = std::mem::replace(&mut pending.json, Vec::with_capacity(BATCH_BYTES));
+    (json, std::mem::take(&mut pending.records))
 }

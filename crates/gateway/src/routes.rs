@@ -12,6 +12,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::balance::{Algorithm, Balance, HashOn};
+use crate::deploy::{Deployment, SplitSpec};
 use crate::ratelimit::{RateLimitSpec, RateLimiter};
 use serde::Deserialize;
 use std::path::Path;
@@ -70,6 +71,9 @@ struct RouteSpec {
     /// How many times a failed request may be retried on another instance (default 1).
     #[serde(default = "default_retries")]
     retries: u32,
+    /// How traffic is split between versions of the service (see `deploy.rs`).
+    #[serde(default)]
+    split: Option<SplitSpec>,
 }
 
 fn default_retries() -> u32 {
@@ -147,6 +151,8 @@ pub struct Route {
     pub retries: u32,
     pub retry_budget: Arc<RetryBudget>,
     pub metrics: RouteMetrics,
+    /// The split between versions in force, shared with the reloaded tables that keep it.
+    pub deployment: Arc<Deployment>,
 }
 
 /// Retries may add at most 20% to a route's load (Finagle's retry budget), so when an upstream
@@ -407,7 +413,11 @@ impl RouteTable {
             if spec.retries > 5 {
                 return Err(invalid("retries may be at most 5".into()));
             }
+            let deployment = Arc::new(
+                Deployment::new(spec.split.clone()).map_err(|e| invalid(format!("split: {e}")))?,
+            );
             routes.push(Route {
+                deployment,
                 balance: Balance {
                     algorithm: spec.balance,
                     hash_on,
@@ -451,6 +461,25 @@ impl RouteTable {
             tcp,
             matches_hosts,
         })
+    }
+
+    /// Keeps the deployments of `previous` for the routes whose name and file `split` did not
+    /// change, so what the admin API or a rollback did survives an unrelated edit of the file.
+    pub fn carry_over(&mut self, previous: &RouteTable) {
+        for route in &mut self.routes {
+            let kept = previous.routes.iter().find(|old| {
+                old.name == route.name
+                    && old.deployment.same_file_spec(route.deployment.file_spec())
+            });
+            if let Some(old) = kept {
+                route.deployment = old.deployment.clone();
+            }
+        }
+    }
+
+    /// The route named `name`.
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 
     /// The first route that fits, in file order.
@@ -602,6 +631,41 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_a_deployment_unless_the_file_changed_its_split() {
+        let file = |weight: u32, timeout: &str| {
+            format!(
+                "[[routes]]\nname = \"web\"\nprefix = \"/\"\nservice = \"web\"\ntimeout = \"{timeout}\"\n\
+                 split = {{ stable = \"1\", canary = \"2\", canary_weight = {weight} }}\n"
+            )
+        };
+        let first = RouteTable::parse(&file(10, "1s")).unwrap();
+        first.routes[0].deployment.rollback().unwrap();
+        // Another setting changed: the rolled-back deployment stays.
+        let mut second = RouteTable::parse(&file(10, "2s")).unwrap();
+        second.carry_over(&first);
+        assert!(Arc::ptr_eq(
+            &first.routes[0].deployment,
+            &second.routes[0].deployment
+        ));
+        // The split itself changed: the file wins.
+        let mut third = RouteTable::parse(&file(20, "2s")).unwrap();
+        third.carry_over(&second);
+        assert!(!Arc::ptr_eq(
+            &second.routes[0].deployment,
+            &third.routes[0].deployment
+        ));
+        assert_eq!(
+            third.routes[0]
+                .deployment
+                .plan()
+                .unwrap()
+                .spec
+                .canary_weight,
+            20.0
+        );
+    }
+
+    #[test]
     fn the_retry_budget_allows_about_one_retry_in_five_requests() {
         let budget = RetryBudget::default();
         let mut granted = 0;
@@ -628,6 +692,8 @@ mod tests {
             ("[[routes]]\nregex = \"/a(\"\nservice = \"x\"", "regex"),
             ("[[routes]]\npath = \"/a\"\nservice = \"x\"\nstrip_prefix = true", "needs a prefix"),
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nrate_limit = { requests_per_second = 0 }", "above 0"),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nsplit = { stable = \"1\", canary_weight = 5 }", "split: "),
+            ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nsplit = { stable = \"1\", colour = 5 }", "unknown field"),
         ] {
             let error = RouteTable::parse(text).unwrap_err().to_string();
             assert!(error.contains(expect), "{error}");

@@ -193,17 +193,56 @@ pub struct Pool {
     /// Maglev consistent-hashing table (indexes into `endpoints`).
     pub maglev: Vec<u16>,
     next: AtomicUsize,
+    /// The version of every endpoint, when they all have the same one.
+    uniform_version: Option<String>,
+    /// When the endpoints run more than one version: a pool per version, with its own schedule,
+    /// table and position, so a route split between versions balances evenly inside each.
+    by_version: Vec<(String, Arc<Pool>)>,
 }
 
 impl Pool {
     pub fn new(endpoints: Vec<Arc<Endpoint>>, next: usize) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let mut versions: Vec<&str> = endpoints.iter().map(|e| e.version.as_str()).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let (uniform_version, by_version) = match versions.as_slice() {
+            [] => (None, Vec::new()),
+            [only] => (Some(only.to_string()), Vec::new()),
+            many => {
+                let pools = many
+                    .iter()
+                    .map(|version| {
+                        let members = endpoints
+                            .iter()
+                            .filter(|e| e.version == *version)
+                            .cloned()
+                            .collect();
+                        (version.to_string(), Arc::new(Pool::new(members, next)))
+                    })
+                    .collect();
+                (None, pools)
+            }
+        };
         Self {
             schedule: weighted_schedule(&weights),
             maglev: maglev_table(&endpoints),
             endpoints,
             next: AtomicUsize::new(next),
+            uniform_version,
+            by_version,
         }
+    }
+
+    /// The endpoints running `version`, as a pool of their own (None: no such instance).
+    pub fn version(&self, version: &str) -> Option<&Pool> {
+        if self.uniform_version.as_deref() == Some(version) {
+            return Some(self);
+        }
+        self.by_version
+            .iter()
+            .find(|(v, _)| v == version)
+            .map(|(_, pool)| &**pool)
     }
 
     /// The round-robin position, advanced by one.
@@ -303,6 +342,32 @@ pub(crate) mod tests {
         };
         catalog.services.insert("catalog".into(), instances);
         catalog
+    }
+
+    /// A pool of `(id, version)` endpoints, for the deployment tests.
+    pub fn versioned_pool(specs: &[(&str, &str)]) -> Arc<Pool> {
+        let upstreams = Upstreams::new();
+        let instances = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (id, version))| Instance {
+                version: version.to_string(),
+                ..instance(id, 9000 + i as u16, 1)
+            })
+            .collect();
+        upstreams.apply(&catalog(1, instances));
+        upstreams.pool("catalog").unwrap()
+    }
+
+    #[test]
+    fn a_pool_of_several_versions_has_a_pool_per_version() {
+        let pool = versioned_pool(&[("a", "1.0"), ("b", "1.1"), ("c", "1.0")]);
+        let ids = |p: &Pool| p.endpoints.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(pool.version("1.0").unwrap()), ["a", "c"]);
+        assert_eq!(ids(pool.version("1.1").unwrap()), ["b"]);
+        assert!(pool.version("2.0").is_none());
+        let single = versioned_pool(&[("a", "1.0")]);
+        assert!(std::ptr::eq(single.version("1.0").unwrap(), &*single));
     }
 
     /// A pool of `(id, weight)` endpoints, for the balancing tests.

@@ -22,10 +22,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("`{text}` is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    // `try_`: a duration too long for `Duration` (`99999999999999999999h`) is an error, where
+    // `from_secs_f64` would panic on input a client sent.
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a valid duration"))
 }
 
 #[cfg(test)]
@@ -40,5 +39,12 @@ mod tests {
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert!(parse("fast").is_err());
         assert!(parse("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_or_negative_are_errors_not_panics() {
+        assert!(parse("99999999999999999999h").is_err());
+        assert!(parse("1e300").is_err());
+        assert!(parse("-1s").is_err());
     }
 }

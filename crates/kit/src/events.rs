@@ -8,6 +8,8 @@
 //! sink does not take is dropped and counted too: no retries, so a sink that is down costs one
 //! failed connection per batch and nothing else.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -20,7 +22,8 @@ use crate::trace::TraceContext;
 
 /// Records waiting to be sent; beyond this, new records are dropped.
 pub const QUEUE: usize = 10_000;
-/// The most records one POST carries.
+/// A POST is sent once it carries this many records (a little more when the last hand-over was
+/// a pre-encoded batch; the gateway's are at most 128).
 pub const MAX_BATCH: usize = 1_000;
 /// A partial batch is sent after this long.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -60,10 +63,27 @@ pub struct EventRecord {
     pub breaker: Option<String>,
 }
 
+/// What the sending task receives: one record, or records a caller already wrote as JSON.
+// Records are by far the common message; boxing them to shrink the rare `Encoded` would cost an
+// allocation per record.
+#[allow(clippy::large_enum_variant)]
+enum Outgoing {
+    Record(EventRecord),
+    /// JSON objects separated by commas ([`crate::event_json`]), and how many there are.
+    Encoded {
+        json: Vec<u8>,
+        records: usize,
+    },
+}
+
 /// The handle services report through. Cheap to clone.
+///
+/// The queue is bounded in records, not messages: a counter of records queued and not yet
+/// taken by the sending task, checked before each hand-over.
 #[derive(Clone)]
 pub struct EventReporter {
-    queue: mpsc::Sender<EventRecord>,
+    queue: mpsc::UnboundedSender<Outgoing>,
+    queued: Arc<AtomicUsize>,
     service: String,
     instance: String,
 }
@@ -77,10 +97,12 @@ impl EventReporter {
             .timeout(SEND_TIMEOUT)
             .connect_timeout(Duration::from_millis(500))
             .build()?;
-        let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(send_loop(client, url, receiver));
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(send_loop(client, url, receiver, queued.clone()));
         Ok(Self {
             queue,
+            queued,
             service: service.to_string(),
             instance: instance.to_string(),
         })
@@ -94,10 +116,71 @@ impl EventReporter {
         &self.instance
     }
 
+    /// Counts `records` into the queue if they fit.
+    fn reserve(&self, records: usize) -> bool {
+        let before = self.queued.fetch_add(records, Ordering::Relaxed);
+        if before + records > QUEUE {
+            self.queued.fetch_sub(records, Ordering::Relaxed);
+            metrics::counter!("events_dropped_total", "reason" => "queue_full")
+                .increment(records as u64);
+            return false;
+        }
+        true
+    }
+
+    fn hand_over(&self, outgoing: Outgoing, records: usize) {
+        if self.queue.send(outgoing).is_err() {
+            // The sending task is gone (the runtime is shutting down).
+            self.queued.fetch_sub(records, Ordering::Relaxed);
+            metrics::counter!("events_dropped_total", "reason" => "queue_full")
+                .increment(records as u64);
+        }
+    }
+
     /// Queues a record; never waits. A full queue drops it (counted).
     pub fn report(&self, record: EventRecord) {
-        if self.queue.try_send(record).is_err() {
-            metrics::counter!("events_dropped_total", "reason" => "queue_full").increment(1);
+        if self.reserve(1) {
+            self.hand_over(Outgoing::Record(record), 1);
+        }
+    }
+
+    /// Queues `records` records already written as JSON objects separated by commas (see
+    /// [`crate::event_json::RecordRef::write_json`]); never waits. If they do not all fit in
+    /// the queue, they are all dropped (counted).
+    pub fn report_encoded(&self, json: Vec<u8>, records: usize) {
+        if records > 0 && self.reserve(records) {
+            self.hand_over(Outgoing::Encoded { json, records }, records);
+        }
+    }
+}
+
+/// One POST's body being built: a JSON array of records.
+struct Body {
+    json: Vec<u8>,
+    records: usize,
+}
+
+impl Body {
+    fn new() -> Self {
+        let mut json = Vec::with_capacity(64 * 1024);
+        json.push(b'[');
+        Self { json, records: 0 }
+    }
+
+    fn add(&mut self, outgoing: Outgoing) {
+        if self.records > 0 {
+            self.json.push(b',');
+        }
+        match outgoing {
+            Outgoing::Record(record) => {
+                // Writing to a Vec cannot fail, and an EventRecord always serialises.
+                let _ = serde_json::to_writer(&mut self.json, &record);
+                self.records += 1;
+            }
+            Outgoing::Encoded { json, records } => {
+                self.json.extend_from_slice(&json);
+                self.records += records;
+            }
         }
     }
 }
@@ -105,37 +188,55 @@ impl EventReporter {
 async fn send_loop(
     client: reqwest::Client,
     url: String,
-    mut receiver: mpsc::Receiver<EventRecord>,
+    mut receiver: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
 ) {
-    let mut batch: Vec<EventRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut body = Body::new();
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             received = receiver.recv() => match received {
-                Some(record) => {
-                    batch.push(record);
-                    if batch.len() >= MAX_BATCH {
-                        send(&client, &url, &mut batch).await;
+                Some(outgoing) => {
+                    let records = match &outgoing {
+                        Outgoing::Record(_) => 1,
+                        Outgoing::Encoded { records, .. } => *records,
+                    };
+                    if records == 0 {
+                        continue;
+                    }
+                    queued.fetch_sub(records, Ordering::Relaxed);
+                    body.add(outgoing);
+                    if body.records >= MAX_BATCH {
+                        send(&client, &url, std::mem::replace(&mut body, Body::new())).await;
                     }
                 }
                 None => {
-                    send(&client, &url, &mut batch).await;
+                    send(&client, &url, body).await;
                     return;
                 }
             },
-            _ = ticker.tick() => send(&client, &url, &mut batch).await,
+            _ = ticker.tick() => {
+                if body.records > 0 {
+                    send(&client, &url, std::mem::replace(&mut body, Body::new())).await;
+                }
+            }
         }
     }
 }
 
-async fn send(client: &reqwest::Client, url: &str, batch: &mut Vec<EventRecord>) {
-    if batch.is_empty() {
+async fn send(client: &reqwest::Client, url: &str, mut body: Body) {
+    if body.records == 0 {
         return;
     }
-    let count = batch.len() as u64;
-    let result = client.post(url).json(&*batch).send().await;
-    batch.clear();
+    let count = body.records as u64;
+    body.json.push(b']');
+    let result = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.json)
+        .send()
+        .await;
     match result {
         Ok(response) if response.status().is_success() => {
             metrics::counter!("events_sent_total").increment(count);
@@ -263,6 +364,82 @@ mod tests {
             reporter.report(record());
         }
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// Records reported one by one and records handed over already encoded reach the sink in
+    /// one JSON array that reads back as the same records.
+    #[tokio::test]
+    async fn reported_and_encoded_records_arrive_as_one_array() {
+        use std::sync::Mutex;
+        let received: Arc<Mutex<Vec<EventRecord>>> = Arc::default();
+        let app = axum::Router::new().route(
+            "/v1/events",
+            axum::routing::post({
+                let received = received.clone();
+                move |axum::Json(batch): axum::Json<Vec<EventRecord>>| async move {
+                    received.lock().unwrap().extend(batch);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let reporter = EventReporter::start(&format!("http://{address}"), "gw", "i-1").unwrap();
+        reporter.report(record());
+        let mut json = Vec::new();
+        let encoded = crate::event_json::RecordRef {
+            trace_id: 7,
+            span_id: 9,
+            parent_span_id: None,
+            service: "gw",
+            instance: "i-1",
+            kind: "gateway",
+            name: "catalog",
+            method: Some("GET"),
+            status: 502,
+            ok: false,
+            started_us: 1_767_225_600_000_000,
+            duration_us: 5,
+            retries: Some(1),
+            cache: None,
+            topic: None,
+            breaker: None,
+        };
+        encoded.write_json(&mut json);
+        json.push(b',');
+        encoded.write_json(&mut json);
+        reporter.report_encoded(json, 2);
+        reporter.report(record());
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received.lock().unwrap().len() < 4 {
+            assert!(Instant::now() < deadline, "the records never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let received = received.lock().unwrap().clone();
+        assert_eq!(received.len(), 4);
+        assert_eq!(received[0], record());
+        assert_eq!(received[1].trace_id, format!("{:032x}", 7));
+        assert_eq!(received[1].started_at, "2026-01-01T00:00:00.000000Z");
+        assert_eq!(received[1].retries, Some(1));
+        assert_eq!(received[1], received[2]);
+        assert_eq!(received[3], record());
+        assert_eq!(reporter.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_records() {
+        let reporter = EventReporter::start("http://127.0.0.1:9", "gw", "i-1").unwrap();
+        // Nothing is taken off the queue before this task yields.
+        reporter.report_encoded(b"{}".to_vec(), QUEUE - 1);
+        reporter.report_encoded(b"{},{}".to_vec(), 2);
+        assert_eq!(reporter.queued.load(Ordering::Relaxed), QUEUE - 1);
+        reporter.report(record());
+        assert_eq!(reporter.queued.load(Ordering::Relaxed), QUEUE);
+        reporter.report(record());
+        assert_eq!(reporter.queued.load(Ordering::Relaxed), QUEUE);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -20,6 +21,9 @@ const MAX_BODY: usize = 64 * 1024;
 /// The longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// The registry API as an OpenAPI 3.0 document, at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router<S: Store>(store: Arc<S>) -> Router {
     Router::new()
         .route("/v1/services", get(list_services::<S>))
@@ -33,12 +37,14 @@ pub fn router<S: Store>(store: Arc<S>) -> Router {
             put(heartbeat::<S>),
         )
         .route("/v1/watch", get(events::watch::<S>))
+        .merge(stratus_kit::openapi::routes("", OPENAPI))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(store)
 }
 
 /// `?index=N&wait=30s`: answer once the registry's index passes N, or after `wait`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WatchQuery {
     index: Option<u64>,
     wait: Option<String>,
@@ -60,8 +66,9 @@ impl WatchQuery {
 
 async fn list_services<S: Store>(
     State(store): State<Arc<S>>,
-    Query(query): Query<WatchQuery>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*store).await?;
     Ok(axum::Json(store.catalog().await.map_err(store_problem)?))
 }
@@ -69,9 +76,10 @@ async fn list_services<S: Store>(
 async fn get_service<S: Store>(
     State(store): State<Arc<S>>,
     Path(name): Path<String>,
-    Query(query): Query<WatchQuery>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     validate::service_name(&name).map_err(Problem::bad_request)?;
+    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*store).await?;
     Ok(axum::Json(
         store.service(&name).await.map_err(store_problem)?,
@@ -139,5 +147,21 @@ pub(crate) fn store_problem(error: StoreError) -> Problem {
             Problem::unavailable("the registry cannot reach its store; try again shortly", 1)
         }
         StoreError::Corrupt(_) => Problem::internal(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let routes = [
+            ("/v1/services", "get"),
+            ("/v1/services/{name}", "get"),
+            ("/v1/services/{name}/instances/{id}", "put"),
+            ("/v1/services/{name}/instances/{id}", "delete"),
+            ("/v1/services/{name}/instances/{id}/heartbeat", "put"),
+            ("/v1/watch", "get"),
+        ];
+        stratus_kit::openapi::check(super::OPENAPI, &routes).unwrap();
     }
 }

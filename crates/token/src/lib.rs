@@ -16,7 +16,7 @@ mod verifier;
 pub use claims::Claims;
 pub use jwk::{Jwk, Jwks};
 pub use signer::{KeyError, SigningKey};
-pub use verifier::{TokenError, Verifier};
+pub use verifier::{TokenError, Verifier, LEEWAY};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -31,7 +31,7 @@ pub enum TokenError {
 /// Largest token accepted: well above any Stratus token, far below anything abusive.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-const LEEWAY: u64 = 30;
+pub const LEEWAY: u64 = 30;
 
 #[derive(Deserialize)]
 struct Header {
@@ -112,10 +112,14 @@ impl Verifier {
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         let times: TimeClaims =
             serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if claims.exp + LEEWAY <= now {
+        // Saturating: `exp` is the signer's number, and u64::MAX must not wrap (or panic).
+        if claims.exp.saturating_add(LEEWAY) <= now {
             return Err(TokenError::Expired);
         }
-        if times.nbf.is_some_and(|nbf| nbf > now + LEEWAY) {
+        if times
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY))
+        {
             return Err(TokenError::NotYetValid);
         }
         if claims.iss != self.issuer {
@@ -158,6 +162,21 @@ fn parse_header(header_b64: &str) -> Result<Header, TokenError> {
 mod tests {
     use super::*;
     use crate::{b64_encode, SigningKey};
+
+    #[test]
+    fn an_expiry_at_the_end_of_time_neither_wraps_nor_panics() {
+        // `exp + LEEWAY` would overflow: a panic in debug builds, "expired" in release.
+        let key = SigningKey::generate("k1").unwrap();
+        let verifier = Verifier::new(
+            &Jwks {
+                keys: vec![key.jwk()],
+            },
+            "stratus",
+            "api",
+        );
+        let token = key.sign(&claims(u64::MAX));
+        assert!(verifier.verify_at(&token, 1_800_000_000).is_ok());
+    }
 
     fn claims(exp: u64) -> Claims {
         Claims {

@@ -30,6 +30,10 @@ pub struct ProductInput {
 
 impl ProductInput {
     pub fn validate(&self) -> Result<(), String> {
+        // Lengths count the text as sent, as the OpenAPI document says.
+        if self.name.chars().count() > MAX_NAME {
+            return Err(format!("name must be at most {MAX_NAME} characters"));
+        }
         let name = self.name.trim();
         if name.is_empty() {
             return Err("name must not be empty".into());
@@ -82,6 +86,12 @@ mod tests {
         .is_err());
         assert!(ProductInput {
             stock: -5,
+            ..input()
+        }
+        .validate()
+        .is_err());
+        assert!(ProductInput {
+            name: format!("x{}", " ".repeat(200)),
             ..input()
         }
         .validate()

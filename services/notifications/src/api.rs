@@ -26,10 +26,13 @@ impl FromRef<AppState> for Arc<Tokens> {
     }
 }
 
+/// The notifications API as an OpenAPI 3.0 document (`/openapi.json`, `/api/notifications/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/notifications", get(list))
-        .route("/openapi.json", get(crate::openapi::document))
+        .merge(stratus_kit::openapi::routes("/api/notifications", OPENAPI))
         .with_state(state)
 }
 
@@ -96,4 +99,12 @@ async fn list(
         })
         .collect();
     Ok(axum::Json(notifications))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        stratus_kit::openapi::check(super::OPENAPI, &[("/api/notifications", "get")]).unwrap();
+    }
 }

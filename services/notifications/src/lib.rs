@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod consume;
-pub mod openapi;
 pub mod schema;
 
 use stratus_kit::auth::Tokens;

@@ -43,11 +43,14 @@ impl FromRef<AppState> for Arc<Tokens> {
 
 type Shared = State<AppState>;
 
+/// The orders API as an OpenAPI 3.0 document (`/openapi.json`, `/api/orders/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/orders", get(list).post(place))
         .route("/api/orders/{id}", get(fetch))
-        .route("/openapi.json", get(crate::openapi::document))
+        .merge(stratus_kit::openapi::routes("/api/orders", OPENAPI))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -277,4 +280,17 @@ async fn list(
         .map(to_order)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(axum::Json(orders))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let routes = [
+            ("/api/orders", "get"),
+            ("/api/orders", "post"),
+            ("/api/orders/{id}", "get"),
+        ];
+        stratus_kit::openapi::check(super::OPENAPI, &routes).unwrap();
+    }
 }

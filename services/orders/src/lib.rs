@@ -10,7 +10,6 @@
 pub mod api;
 pub mod consume;
 pub mod events;
-pub mod openapi;
 pub mod order;
 pub mod pricing;
 pub mod schema;

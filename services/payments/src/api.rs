@@ -26,10 +26,13 @@ impl FromRef<AppState> for Arc<Tokens> {
     }
 }
 
+/// The payments API as an OpenAPI 3.0 document (`/openapi.json`, `/api/payments/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/payments", get(list))
-        .route("/openapi.json", get(crate::openapi::document))
+        .merge(stratus_kit::openapi::routes("/api/payments", OPENAPI))
         .with_state(state)
 }
 
@@ -117,4 +120,12 @@ async fn list(
     Ok(axum::Json(
         rows.into_iter().map(payment).collect::<Vec<_>>(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        stratus_kit::openapi::check(super::OPENAPI, &[("/api/payments", "get")]).unwrap();
+    }
 }

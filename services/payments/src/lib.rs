@@ -7,7 +7,6 @@
 pub mod api;
 pub mod card;
 pub mod consume;
-pub mod openapi;
 pub mod schema;
 
 use stratus_kit::auth::Tokens;

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef, State};
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -22,7 +21,7 @@ use crate::profile::{Profile, ProfileInput};
 /// A profile is well under a KiB.
 const MAX_BODY: usize = 16 * 1024;
 
-/// The hand-written OpenAPI 3 description of this API.
+/// The profile API as an OpenAPI 3.0 document (`/openapi.json`, `/api/profile/openapi.json`).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Clone)]
@@ -49,8 +48,7 @@ pub fn profiles(cache: Cache, pool: AnyPool) -> ReadThrough<Profile, sqlx::Error
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/profile/me", get(fetch).put(store))
-        .route("/api/profile/openapi.json", get(openapi))
-        .route("/openapi.json", get(openapi))
+        .merge(stratus_kit::openapi::routes("/api/profile", OPENAPI))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -121,17 +119,11 @@ async fn upsert(pool: &AnyPool, profile: Profile) -> Result<Profile, sqlx::Error
     Ok(profile)
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_openapi_document_is_json_and_names_every_route() {
-        let document: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
-        assert!(document["openapi"].as_str().unwrap().starts_with("3."));
-        let me = &document["paths"]["/api/profile/me"];
-        assert!(me["get"].is_object() && me["put"].is_object());
+    fn the_openapi_document_names_every_route() {
+        let routes = [("/api/profile/me", "get"), ("/api/profile/me", "put")];
+        stratus_kit::openapi::check(super::OPENAPI, &routes).unwrap();
     }
 }

@@ -30,7 +30,22 @@ pub struct ProfileInput {
 
 impl ProfileInput {
     /// The input trimmed, with empty optional fields as absent, or what is wrong with it.
+    ///
+    /// Lengths count the text as sent, white space included, as the OpenAPI document says.
     pub fn validate(self) -> Result<ProfileInput, String> {
+        if self.display_name.chars().count() > MAX_DISPLAY_NAME {
+            return Err(format!(
+                "display_name must be 1 to {MAX_DISPLAY_NAME} characters"
+            ));
+        }
+        for (field, value, max) in [
+            ("address", &self.address, MAX_ADDRESS),
+            ("phone", &self.phone, MAX_PHONE),
+        ] {
+            if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+                return Err(format!("{field} must be at most {max} characters"));
+            }
+        }
         let display_name = self.display_name.trim().to_string();
         let length = display_name.chars().count();
         if !(1..=MAX_DISPLAY_NAME).contains(&length) {
@@ -117,6 +132,12 @@ mod tests {
             ..input("Ann")
         };
         assert!(long.validate().is_err());
+        let padded = ProfileInput {
+            phone: Some(format!("{}123", " ".repeat(30))),
+            ..input("Ann")
+        };
+        assert!(padded.validate().is_err(), "33 characters as sent");
+        assert!(input(&format!("Ann{}", " ".repeat(98))).validate().is_err());
     }
 
     #[test]

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# What event reporting costs the gateway: its throughput with reporting on vs off, and the
+# instructions per proxied request (callgrind) on vs off.
+#
+#   bench/events-overhead.sh                       # 5 rounds x 10 s each way, 64 connections
+#   ROUNDS=7 DURATION=20s bench/events-overhead.sh
+#   CALLGRIND=0 bench/events-overhead.sh           # wall clock only
+#
+# Wall clock: one nginx backend answering 13 bytes, a registry, the sink (SQLite, release) and two
+# gateways (release, 2 workers each) over the same backend: one reports every proxied request to
+# the sink (STRATUS_EVENTS_URL), the other has reporting off (STRATUS_EVENTS=off). wrk (2 threads)
+# alternates between them, off then on, ROUNDS times (ABAB), and the medians give the loss. The sink
+# runs on the same 2 cores, so the "on" figure also pays for storing every record; a gateway
+# reporting to a sink on another machine would lose less.
+#
+# Instructions: bench/profile-gateway.sh (one worker under callgrind, 4,000 requests) with
+# EVENTS=off and EVENTS=on. The count repeats to within a few per cent however busy the machine
+# is, which the wall-clock figure does not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+CALLGRIND=${CALLGRIND:-1}
+command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "install wrk and nginx" >&2; exit 1; }
+[ -x target/release/stratus ] || cargo build --release -j2
+STRATUS=$PWD/target/release/stratus
+
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+B=$(free_port); REG=$(free_port); SINK=$(free_port); ON=$(free_port); OFF=$(free_port)
+ON_ADMIN=$(free_port); OFF_ADMIN=$(free_port)
+cat > "$work/backend.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend-error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$B; location / { return 200 "hello, world\n"; } } }
+CONF
+nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+printf '[[routes]]\nprefix = "/"\nservice = "bench"\nauth = "none"\n' > "$work/routes.toml"
+export STRATUS_DATA_DIR=$work STRATUS_LOG=warn STRATUS_REGISTRY_URL=http://127.0.0.1:$REG
+PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
+wait_port "$REG"; wait_port "$B"
+curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend" \
+  -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$B,\"ttl_seconds\":3600}" >/dev/null
+PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+for mode in on off; do
+  gw=$([ $mode = on ] && echo "$ON" || echo "$OFF")
+  admin=$([ $mode = on ] && echo "$ON_ADMIN" || echo "$OFF_ADMIN")
+  STRATUS_EVENTS=$mode STRATUS_EVENTS_URL=http://127.0.0.1:$SINK STRATUS_GATEWAY_WORKERS=2 PORT=$gw \
+    STRATUS_ADMIN_PORT=$admin STRATUS_ROUTES=$work/routes.toml \
+    "$STRATUS" serve gateway > "$work/gateway-$mode.log" 2>&1 & pids+=($!)
+done
+for p in "$SINK" "$ON" "$OFF"; do wait_port "$p"; done
+for p in "$ON" "$OFF"; do until curl -sf "http://127.0.0.1:$p/x" >/dev/null; do sleep 0.05; done; done
+
+: > "$work/rps"
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in off on; do
+    gw=$([ $mode = on ] && echo "$ON" || echo "$OFF")
+    out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$gw/x")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    echo "round $round, reporting $mode: $rps requests/s (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+    echo "$mode $rps $requests" >> "$work/rps"
+  done
+done
+med() { awk -v m="$1" '$1==m {print $2}' "$work/rps" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+on=$(med on); off=$(med off)
+sent=$(awk '$1=="on" {s+=$3} END {print s}' "$work/rps")
+# Every record the reporting gateway made is either stored or counted as dropped.
+sleep 1
+metric() { curl -sf "http://127.0.0.1:$ON_ADMIN/metrics" | awk -v m="$1" 'index($0, m)==1 {s+=$NF} END {print s+0}'; }
+dropped=$(metric events_dropped_total)
+stored=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT COUNT(*) FROM events").fetchone()[0])' "$work/events.db")
+printf 'gateway with event reporting: off %.0f rps, on %.0f rps (medians of %s x %s, ABAB): %.1f%% loss\n' \
+  "$off" "$on" "$ROUNDS" "$DURATION" "$(awk -v a="$on" -v b="$off" 'BEGIN{print (1-a/b)*100}')"
+printf 'records: %s requests through the reporting gateway, %s stored by the sink, %s dropped (counted); load average %s\n' \
+  "$sent" "$stored" "$dropped" "$(cut -d' ' -f1 /proc/loadavg)"
+
+if [ "$CALLGRIND" = 1 ]; then
+  for mode in off on; do
+    printf 'callgrind, reporting %-3s: ' "$mode"
+    EVENTS=$mode TARGETS=stratus bench/profile-gateway.sh
+  done
+fi
