@@ -3,7 +3,8 @@
 //! The image is `FROM scratch` (the static binary alone: no shell, no curl), so a compose or
 //! Docker `HEALTHCHECK` runs the binary itself: `stratus probe` asks `/healthz` on the
 //! component's own port and exits 0 on a 2xx, 1 otherwise. `--tcp` only connects (for DNS,
-//! which has no HTTP port).
+//! which has no HTTP port). The gateway answers `/healthz` on its admin port
+//! (`STRATUS_ADMIN_PORT`), not on the client port it routes, so its check is `probe --port 8081`.
 
 use std::time::Duration;
 

@@ -152,6 +152,68 @@ async fn postgres_rows(url: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// A PostgreSQL client program: the newest /usr/lib/postgresql/*/bin, else the PATH.
+fn pg_tool(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.is_file())
+        .collect();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The rows of a plain-text dump's `COPY ... FROM stdin` blocks: table -> rows in COPY's own
+/// text format (exact for every type), sorted. Reads a dump file with `pg_restore --file=-`, or
+/// a live database with `pg_dump`, so the two can be compared without either side's rendering.
+fn copy_rows(mut command: Command) -> BTreeMap<String, Vec<String>> {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut tables = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in text.lines() {
+        match current.as_mut() {
+            Some(_) if line == "\\." => {
+                let (table, mut rows) = current.take().unwrap();
+                rows.sort();
+                tables.insert(table, rows);
+            }
+            Some((_, rows)) => rows.push(line.to_string()),
+            None => {
+                if let Some(rest) = line.strip_prefix("COPY ") {
+                    let table = rest.split(' ').next().unwrap().to_string();
+                    current = Some((table, Vec::new()));
+                }
+            }
+        }
+    }
+    assert!(current.is_none(), "an unterminated COPY block");
+    tables
+}
+
+/// What a `pg_dump` file holds, row for row.
+fn dump_file_rows(file: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut command = Command::new(pg_tool("pg_restore"));
+    command.args(["--data-only", "--file=-"]).arg(file);
+    copy_rows(command)
+}
+
+/// What a live PostgreSQL database holds, row for row, in the same format.
+fn database_rows(url: &str) -> BTreeMap<String, Vec<String>> {
+    let mut command = Command::new(pg_tool("pg_dump"));
+    command
+        .args(["--data-only", "--format=plain"])
+        .arg(format!("--dbname={url}"));
+    copy_rows(command)
+}
+
 /// A running `stratus up`.
 struct Up {
     child: Child,
@@ -440,6 +502,35 @@ async fn backup_and_restore(source: Setup, fresh: Setup, copy: Setup, root: &Pat
         "restore into a fresh data dir",
     );
     let restored = fresh.rows().await;
+    // The restored databases are exactly what the backup holds, every row of every table: each
+    // SQLite file read directly, each PostgreSQL dump read by pg_restore and the restored
+    // database by pg_dump, compared before the new system starts and writes.
+    for entry in entries {
+        let service = entry["service"].as_str().unwrap();
+        let file = online.join(entry["file"].as_str().unwrap());
+        match entry["backend"].as_str().unwrap() {
+            "sqlite" => {
+                let in_backup = sqlite_rows(&file).await;
+                assert!(!in_backup.is_empty(), "{service}: no tables in the backup");
+                for (table, rows) in in_backup {
+                    assert_eq!(
+                        restored.get(&format!("{service}/{table}")),
+                        Some(&rows),
+                        "{service}/{table}: the restored rows are the backup's"
+                    );
+                }
+            }
+            _ => {
+                let in_backup = dump_file_rows(&file);
+                assert!(!in_backup.is_empty(), "{service}: no tables in the dump");
+                assert_eq!(
+                    database_rows(&fresh.postgres[service]),
+                    in_backup,
+                    "{service}: the restored rows are the dump's"
+                );
+            }
+        }
+    }
     {
         let up = Up::start(&fresh);
         let ann = up.login("ann@example.com", "ann-password-1").await;
