@@ -4,6 +4,11 @@
 #   docker run -p 8080:8080 stratus serve gateway
 #
 # Build stage: a static binary (musl), so the runtime stage needs nothing but the file.
+# Why musl and scratch rather than a static-pie glibc build on distroless/static: the binary
+# has no C dependency that wants glibc (rustls/ring for TLS, sqlx's bundled SQLite, no
+# OpenSSL), musl links it fully static with the stable toolchain, and an image with one file
+# has nothing else to patch or scan. The price is musl's slower allocator under contention;
+# measure before switching (see bench/). Health checks run the binary too: `stratus probe`.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \

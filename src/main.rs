@@ -5,12 +5,14 @@
 //! as its own child process, and keeps it so; `stratus status | scale | rollout | logs` talk to
 //! the running `up` through its control API.
 
+mod backup;
 mod cli;
 mod control;
 mod launch;
 mod logs;
 mod manifest;
 mod memory;
+mod probe;
 mod rollout;
 mod supervisor;
 mod up;
@@ -45,6 +47,12 @@ enum Command {
     Rollout(cli::RolloutArgs),
     /// Print the last lines of the replicas' logs; -f keeps following.
     Logs(cli::LogsArgs),
+    /// Copy every service database (consistently, while running) into a new directory.
+    Backup(backup::BackupArgs),
+    /// Put a backup's databases back (the system stopped, or a fresh data dir).
+    Restore(backup::RestoreArgs),
+    /// Exit 0 when the component on $PORT answers /healthz (a container health check).
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,6 +95,9 @@ fn main() -> anyhow::Result<()> {
             Command::Scale(args) => cli::scale(args).await,
             Command::Rollout(args) => cli::rollout(args).await,
             Command::Logs(args) => cli::logs(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
+            Command::Probe(args) => probe::probe(args).await,
             Command::Serve { component } => serve(*component).await,
         }
     })
