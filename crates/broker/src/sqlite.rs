@@ -135,7 +135,10 @@ impl SqliteBroker {
             // Readers (the polls) run beside the one writer.
             .journal_mode(SqliteJournalMode::Wal)
             // Several processes write the file: wait for the lock rather than fail.
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // 1 MiB of page cache per connection, as for the services' own databases
+            // (kit::db::SQLITE_CACHE): memory stays flat as the queue file grows.
+            .pragma("cache_size", "-1024");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(15))

@@ -49,10 +49,13 @@ impl SqliteWriter {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(Duration::from_secs(5))?;
-        // journal_mode is WAL already (kit::db sets it, and it stays with the file). A 64 MiB page
-        // cache keeps the trace_id index, whose inserts land anywhere in it, mostly in memory.
+        // journal_mode is WAL already (kit::db sets it, and it stays with the file). A 16 MiB page
+        // cache keeps the hot end of the indexes in memory; the trace_id index's inserts land
+        // anywhere in it, and what misses comes from the OS's cache of the file. It is the
+        // sink's largest memory use: 64 MiB made the sink grow by half again as the database
+        // filled (bench/README.md, soak).
         connection.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
         )?;
         Ok(Self { connection })
     }

@@ -61,6 +61,9 @@ pub fn url_for(
     ))
 }
 
+/// The page cache of each SQLite connection: 1 MiB.
+pub const SQLITE_CACHE: &str = "PRAGMA cache_size = -1024";
+
 /// Connects (failing clearly if the database is unreachable) and applies pending migrations.
 pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();
@@ -76,6 +79,10 @@ pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPoo
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // A bounded page cache per connection (SQLite's default is 2 MiB): the OS
+                    // caches the file anyway, and a process's memory stays flat as the
+                    // database grows instead of filling every connection's cache in turn.
+                    conn.execute(SQLITE_CACHE).await?;
                 }
                 Ok(())
             })
