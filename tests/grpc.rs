@@ -89,6 +89,7 @@ async fn answer(
             let path = request.uri().path().to_string();
             let body = request.into_body().collect().await.map(|b| b.to_bytes());
             let said = messages(body.unwrap_or_default()).join(",");
+            let slow = path == "/echo.Echo/Slow";
             tokio::spawn(async move {
                 match path.as_str() {
                     "/echo.Echo/Say" => {
@@ -111,7 +112,7 @@ async fn answer(
                 }
                 let _ = sender.send(trailers(0)).await;
             });
-            if path == "/echo.Echo/Slow" {
+            if slow {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
         }
