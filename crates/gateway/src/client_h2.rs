@@ -37,8 +37,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request got no response, and whether it may be sent elsewhere.
 pub enum Failure {
-    /// The instance never saw the request: here it is back, for another instance.
-    NotSent(SendError, Request<Incoming>),
+    /// The instance never saw the request: here it is back, for another instance (boxed: the
+    /// result of every call is no bigger for this rare case).
+    NotSent(SendError, Box<Request<Incoming>>),
     /// It may have been seen (and its body is partly sent): it must not be repeated.
     Failed(SendError),
 }
@@ -86,12 +87,12 @@ impl H2Pool {
         for _ in 0..2 {
             let (mut sender, generation, fresh) = match self.checkout(&slot, endpoint).await {
                 Ok(connection) => connection,
-                Err(error) => return Err(Failure::NotSent(error, request)),
+                Err(error) => return Err(Failure::NotSent(error, Box::new(request))),
             };
             if sender.ready().await.is_err() {
                 self.forget(&slot, generation).await;
                 if fresh {
-                    return Err(Failure::NotSent(closed(endpoint), request));
+                    return Err(Failure::NotSent(closed(endpoint), Box::new(request)));
                 }
                 continue;
             }
@@ -107,13 +108,13 @@ impl H2Pool {
                     };
                     match unsent {
                         Some(unsent) if !fresh => request = unsent,
-                        Some(unsent) => return Err(Failure::NotSent(error, unsent)),
+                        Some(unsent) => return Err(Failure::NotSent(error, Box::new(unsent))),
                         None => return Err(Failure::Failed(error)),
                     }
                 }
             }
         }
-        Err(Failure::NotSent(closed(endpoint), request))
+        Err(Failure::NotSent(closed(endpoint), Box::new(request)))
     }
 
     fn slot(&self, key: u64) -> Arc<Slot> {

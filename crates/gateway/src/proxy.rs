@@ -373,7 +373,7 @@ impl Proxy {
                     if !(attempt < route.retries && route.retry_budget.withdraw()) {
                         return refusal(grpc, bad_gateway(&route.service));
                     }
-                    request = unsent;
+                    request = *unsent;
                 }
                 Ok(Err(Failure::Failed(error))) => {
                     route.metrics.upstream_failures.increment(1);
