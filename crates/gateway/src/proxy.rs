@@ -178,7 +178,8 @@ impl Proxy {
                 traceparent,
                 request_id,
             };
-            return self.handle_h2(route, parts, body, client, call).await;
+            // Boxed: inline, its state would make every HTTP/1.1 request's future larger.
+            return Box::pin(self.handle_h2(route, parts, body, client, call)).await;
         }
         let body = match read_body(body, self.shared.settings.max_body).await {
             Ok(body) => body,
