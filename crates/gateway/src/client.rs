@@ -290,6 +290,11 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// A body whose connection is not this pool's to keep: an HTTP/2 stream's (`client_h2.rs`).
+    pub fn unpooled(inner: Incoming) -> Self {
+        Self::new(inner, None)
+    }
+
     fn new(inner: Incoming, slot: Option<Slot>) -> Self {
         let finished = inner.is_end_stream();
         Self {

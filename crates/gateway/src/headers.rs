@@ -82,6 +82,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the client's `TE` header accepts trailers. `TE` is hop-by-hop and is removed with the
+/// others; over HTTP/2 it may still say `trailers` (RFC 9113 section 8.2.2), which gRPC servers
+/// expect, so the HTTP/2 upstream path puts that back when the client asked for it.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// What the gateway knows of a client connection, worked out once when it is accepted rather
 /// than on each of the requests that keep-alive brings over it.
 pub struct ClientConnection {
@@ -227,6 +243,16 @@ mod tests {
         headers.insert(TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn te_trailers_is_recognised() {
+        let mut headers = HeaderMap::new();
+        assert!(!accepts_trailers(&headers));
+        headers.insert(TE, HeaderValue::from_static("gzip, Trailers"));
+        assert!(accepts_trailers(&headers));
+        headers.insert(TE, HeaderValue::from_static("gzip;q=0.5"));
+        assert!(!accepts_trailers(&headers));
     }
 
     #[test]

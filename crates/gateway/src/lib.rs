@@ -8,14 +8,17 @@
 //! Map: [`routes`] (the table), [`upstream`] (instances and balancing), [`discovery`] (following
 //! the registry), [`proxy`] (the per-request path), [`headers`], [`server`] (the listener),
 //! [`admin`] (the admin API), [`deploy`] (canary, A/B and blue-green splits by version, and
-//! the automatic rollback of a failing canary).
+//! the automatic rollback of a failing canary), [`client_h2`] and [`grpc`] (HTTP/2 to instances,
+//! for gRPC and routes with `upstream_protocol = "h2c"`).
 
 pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod client_h2;
 pub mod deploy;
 pub mod discovery;
+pub mod grpc;
 pub mod headers;
 pub mod health;
 pub mod l4;

@@ -8,6 +8,10 @@
 //! A route split between versions (`deploy.rs`) first chooses the version, then balances over
 //! that version's instances.
 //!
+//! gRPC calls and routes with `upstream_protocol = "h2c"` branch off after the role check to
+//! [`Proxy::handle_h2`]: no body is read first (it streams to the instance over HTTP/2, see
+//! `client_h2.rs`), so a retry is possible only while the request has not left the gateway.
+//!
 //! Nothing here blocks: the route table and the instance lists are atomic snapshots, token keys
 //! are cached, and the only awaits are the client's body and the upstream call.
 
@@ -25,6 +29,8 @@ use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
 use crate::client::{Pool, PooledBody};
+use crate::client_h2::{Failure, H2Pool};
+use crate::grpc;
 use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
 use crate::report::Hop;
 use crate::routes::{AuthMode, RequestView, Route, RouteTable};
@@ -57,6 +63,8 @@ pub struct Shared {
 pub struct Proxy {
     pub shared: Arc<Shared>,
     client: Arc<Pool>,
+    /// This worker's HTTP/2 connections, one per instance (gRPC and h2c routes).
+    h2: Arc<H2Pool>,
     /// This worker's buffer of hop records for the event sink (None when reporting is off).
     pub events: Option<crate::report::WorkerEvents>,
     /// This worker's connection to the shared rate limits (None: limits are local only).
@@ -80,6 +88,8 @@ impl Proxy {
             .map(crate::report::WorkerEvents::new);
         let client = Pool::new(connect_timeout);
         client.spawn_sweeper();
+        let h2 = H2Pool::new(connect_timeout);
+        h2.spawn_sweeper();
         let shared_limits = shared.settings.rate_limit_redis.as_deref().map(|url| {
             crate::ratelimit_redis::SharedLimits::start(
                 url,
@@ -89,6 +99,7 @@ impl Proxy {
         Self {
             shared,
             client,
+            h2,
             events,
             shared_limits,
         }
@@ -130,6 +141,10 @@ impl Proxy {
             headers: &parts.headers,
         };
         let Some(route) = routes.find(&view) else {
+            if grpc::is_grpc(&parts.headers) {
+                let unrouted = Problem::not_found("no route matches this method");
+                return finish(refusal(true, unrouted), &request_id);
+            }
             return finish(no_route(&routes, &view), &request_id);
         };
         if let Some(limiter) = &route.rate_limit {
@@ -145,11 +160,26 @@ impl Proxy {
                     "rate limit exceeded; slow down",
                 )
                 .with_retry_after(seconds);
-                return finish(problem(rejection), &request_id);
+                let grpc = grpc::is_grpc(&parts.headers);
+                return finish(refusal(grpc, rejection), &request_id);
             }
         }
         if let Err(rejection) = self.authorize(route, &parts.headers).await {
-            return finish(problem(rejection), &request_id);
+            let grpc = grpc::is_grpc(&parts.headers);
+            return finish(refusal(grpc, rejection), &request_id);
+        }
+        // HTTP/2 to the instance, bodies streamed: the route asks for it, or this is gRPC (which
+        // only ever comes over HTTP/2, so an HTTP/1.1 request never looks at its content type).
+        if route.h2c || (parts.version == http::Version::HTTP_2 && grpc::is_grpc(&parts.headers)) {
+            let call = Call {
+                started,
+                trace,
+                parent,
+                traceparent,
+                request_id,
+            };
+            // Boxed: inline, its state would make every HTTP/1.1 request's future larger.
+            return Box::pin(self.handle_h2(route, parts, body, client, call)).await;
         }
         let body = match read_body(body, self.shared.settings.max_body).await {
             Ok(body) => body,
@@ -206,6 +236,167 @@ impl Proxy {
             });
         }
         finish(response, &request_id)
+    }
+
+    /// The HTTP/2 path: the same header handling as HTTP/1.1, but the body streams to the
+    /// instance as it arrives and the response's trailers come back.
+    async fn handle_h2(
+        &self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        client: &ClientConnection,
+        call: Call,
+    ) -> Response<Body> {
+        let grpc = grpc::is_grpc(&parts.headers);
+        // A body is not read before it is sent, so it is not capped (a gRPC stream may run for
+        // hours); one whose declared length is over the limit is still refused up front.
+        let max = self.shared.settings.max_body;
+        if body.size_hint().lower() > max as u64 {
+            discard(body).await;
+            let too_large = Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over the limit of {max} bytes"),
+            );
+            return finish(refusal(grpc, too_large), &call.request_id);
+        }
+        let trailers = grpc || headers::accepts_trailers(&parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        // `te: trailers` is the one hop-by-hop header HTTP/2 keeps: gRPC servers look for it.
+        if trailers {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        headers::add_forwarding(&mut parts.headers, client);
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), call.request_id.clone());
+        if let Ok(value) = HeaderValue::from_bytes(&call.traceparent) {
+            parts.headers.insert(TRACEPARENT.clone(), value);
+        }
+
+        let mut retries = 0;
+        let method = parts.method.clone();
+        let response = self
+            .forward_h2(route, parts, body, client.peer.ip(), grpc, &mut retries)
+            .await;
+        let status = response.status().as_u16();
+        let elapsed = call.started.elapsed();
+        route.metrics.record(status, elapsed.as_secs_f64());
+        if let Some(events) = &self.events {
+            events.record(Hop {
+                trace: call.trace,
+                parent: call.parent,
+                route: &route.name,
+                method: &method,
+                status,
+                elapsed,
+                retries,
+            });
+        }
+        finish(response, &call.request_id)
+    }
+
+    /// Sends over HTTP/2 to one instance; when the request never left the gateway (no
+    /// connection, or the connection closed before the request went out), to another.
+    /// Anything else is not retried: the body has gone, and a gRPC call is not idempotent.
+    async fn forward_h2(
+        &self,
+        route: &Route,
+        parts: http::request::Parts,
+        body: Incoming,
+        client: std::net::IpAddr,
+        grpc: bool,
+        retries: &mut u32,
+    ) -> Response<Body> {
+        let settings = &self.shared.settings;
+        let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
+            return refusal(grpc, no_instance(&route.service));
+        };
+        let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
+        let key = route.balance.key(&parts.headers, client);
+        let timeout = route.timeout.unwrap_or(settings.timeout);
+        let path = match upstream_path(&parts, route) {
+            Ok(path) => path,
+            Err(rejection) => return refusal(grpc, rejection),
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method;
+        *request.headers_mut() = parts.headers;
+        route.retry_budget.deposit();
+        let mut failed: Option<Arc<Endpoint>> = None;
+        let mut attempt = 0;
+        loop {
+            let Some(endpoint) =
+                pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
+            else {
+                return refusal(grpc, no_instance(&route.service));
+            };
+            // HTTP/2 names the instance in the `:authority` of an absolute URI.
+            let uri = Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(endpoint.authority.clone())
+                .path_and_query(path.clone())
+                .build();
+            match uri {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => {
+                    return refusal(grpc, Problem::bad_request("the request path is not valid"))
+                }
+            }
+            let in_flight = endpoint.start();
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(timeout, self.h2.send(&endpoint, request)).await;
+            endpoint.observe_latency(sent.elapsed());
+            drop(in_flight);
+            match outcome {
+                Ok(Ok(response)) => {
+                    // A gRPC server that says UNAVAILABLE is failing as surely as a 503.
+                    let failing = response.status().is_server_error()
+                        || response
+                            .headers()
+                            .get(&grpc::GRPC_STATUS)
+                            .is_some_and(|s| s.as_bytes() == b"14");
+                    endpoint.record(!failing);
+                    route.deployment.record(group, failing);
+                    return self.relay(response.map(PooledBody::unpooled), &endpoint, None);
+                }
+                Ok(Err(Failure::NotSent(error, unsent))) => {
+                    route.metrics.upstream_failures.increment(1);
+                    route.deployment.record(group, true);
+                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
+                    if error.is_connect() {
+                        endpoint.trip();
+                    } else {
+                        endpoint.record(false);
+                    }
+                    if !(attempt < route.retries && route.retry_budget.withdraw()) {
+                        return refusal(grpc, bad_gateway(&route.service));
+                    }
+                    request = *unsent;
+                }
+                Ok(Err(Failure::Failed(error))) => {
+                    route.metrics.upstream_failures.increment(1);
+                    route.deployment.record(group, true);
+                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
+                    endpoint.record(false);
+                    return refusal(grpc, bad_gateway(&route.service));
+                }
+                Err(_) => {
+                    // Dropping the call resets its stream (RST_STREAM CANCEL); the connection
+                    // and the other calls on it carry on.
+                    endpoint.record(false);
+                    route.deployment.record(group, true);
+                    route.metrics.upstream_failures.increment(1);
+                    return refusal(grpc, gateway_timeout(&route.service, timeout));
+                }
+            }
+            route.metrics.retries.increment(1);
+            attempt += 1;
+            *retries = attempt;
+            failed = Some(endpoint);
+        }
     }
 
     async fn authorize(&self, route: &Route, headers: &http::HeaderMap) -> Result<(), Problem> {
@@ -314,10 +505,7 @@ impl Proxy {
                         Retry::Failed
                     };
                     if !may_retry(reason) {
-                        return problem(Problem::new(
-                            StatusCode::BAD_GATEWAY,
-                            format!("{} failed to answer", route.service),
-                        ));
+                        return problem(bad_gateway(&route.service));
                     }
                     reason
                 }
@@ -392,6 +580,15 @@ async fn tunnel(
     }
 }
 
+/// What the HTTP/2 path carries over from the start of [`Proxy::handle`].
+struct Call {
+    started: Instant,
+    trace: TraceContext,
+    parent: Option<TraceContext>,
+    traceparent: [u8; stratus_kit::trace::TRACEPARENT_LEN],
+    request_id: HeaderValue,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Retry {
     /// The connection was refused: the instance never saw the request.
@@ -412,6 +609,22 @@ fn gateway_timeout(service: &str, timeout: Duration) -> Problem {
 fn backoff(attempt: u32) -> Duration {
     let ceiling = (25u64 << attempt.min(4)).min(250);
     Duration::from_millis(crate::balance::random_u64() % (ceiling + 1))
+}
+
+fn bad_gateway(service: &str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        format!("{service} failed to answer"),
+    )
+}
+
+/// The gateway's refusal as a gRPC client understands it (`grpc.rs`), or as a problem+json.
+fn refusal(grpc: bool, rejection: Problem) -> Response<Body> {
+    if grpc {
+        grpc::trailers_only(&rejection).map(Either::Right)
+    } else {
+        problem(rejection)
+    }
 }
 
 fn no_instance(service: &str) -> Problem {
@@ -493,6 +706,22 @@ fn request_host(parts: &http::request::Parts) -> Option<String> {
         }
     };
     Some(host.to_ascii_lowercase())
+}
+
+/// The path and query to send upstream: the client's, less the route's prefix if it strips it.
+fn upstream_path(
+    parts: &http::request::Parts,
+    route: &Route,
+) -> Result<http::uri::PathAndQuery, Problem> {
+    let original = parts.uri.path_and_query();
+    let original_text = original.map_or("/", |p| p.as_str());
+    match (route.upstream_path(original_text), original) {
+        (std::borrow::Cow::Borrowed(path), Some(original)) if path.len() == original_text.len() => {
+            Ok(original.clone())
+        }
+        (path, _) => http::uri::PathAndQuery::try_from(path.as_ref())
+            .map_err(|_| Problem::bad_request("the request path is not valid")),
+    }
 }
 
 fn upstream_request(

@@ -5,6 +5,13 @@
 //! `prefix`, exact `path`, or `regex`) and, when given, the `methods`, the `host` (exact or
 //! `*.example.com`) and `headers` (exact values). A prefix matches whole path segments:
 //! `/api/catalog` matches `/api/catalog` and `/api/catalog/x`, never `/api/catalogue`.
+//!
+//! Requests go to instances over HTTP/1.1, from a pool of keep-alive connections, unless the
+//! route says `upstream_protocol = "h2c"`: then over HTTP/2 in cleartext (prior knowledge), one
+//! multiplexed connection per instance, with bodies streamed both ways and trailers passed back.
+//! gRPC calls (`content-type: application/grpc...` over HTTP/2) take that path whatever the
+//! route says, since gRPC needs HTTP/2 and trailers; a gRPC call the gateway cannot forward is
+//! answered in gRPC's own form (`grpc-status` 14 when no instance is there, 4 on a timeout).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +23,18 @@ use crate::deploy::{Deployment, SplitSpec};
 use crate::ratelimit::{RateLimitSpec, RateLimiter};
 use serde::Deserialize;
 use std::path::Path;
+
+/// How the gateway talks to a route's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections; bodies up to STRATUS_MAX_BODY are read
+    /// whole first, so a failed request can be retried elsewhere.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext: streamed bodies and trailers (gRPC).
+    H2c,
+}
 
 /// Who must present a token on a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,6 +93,9 @@ struct RouteSpec {
     /// How traffic is split between versions of the service (see `deploy.rs`).
     #[serde(default)]
     split: Option<SplitSpec>,
+    /// `"http1"` (default) or `"h2c"`.
+    #[serde(default)]
+    upstream_protocol: UpstreamProtocol,
 }
 
 fn default_retries() -> u32 {
@@ -153,6 +175,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// The split between versions in force, shared with the reloaded tables that keep it.
     pub deployment: Arc<Deployment>,
+    /// HTTP/2 (h2c) to the instances rather than HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// Retries may add at most 20% to a route's load (Finagle's retry budget), so when an upstream
@@ -424,6 +448,7 @@ impl RouteTable {
                 Deployment::new(spec.split.clone()).map_err(|e| invalid(format!("split: {e}")))?,
             );
             routes.push(Route {
+                h2c: spec.upstream_protocol == UpstreamProtocol::H2c,
                 deployment,
                 balance: Balance {
                     algorithm: spec.balance,
@@ -517,6 +542,26 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_protocol_is_http1_unless_a_route_asks_for_h2c() {
+        let table = RouteTable::parse(
+            "[[routes]]\nprefix = \"/a\"\nservice = \"a\"\n\
+             [[routes]]\nprefix = \"/b\"\nservice = \"b\"\nupstream_protocol = \"h2c\"\n",
+        )
+        .unwrap();
+        assert!(!table.routes[0].h2c);
+        assert!(table.routes[1].h2c);
+        let refused = RouteTable::parse(
+            "[[routes]]\nprefix = \"/c\"\nservice = \"c\"\nupstream_protocol = \"h3\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("h3") && refused.contains("h2c"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_path_served_only_for_other_methods_names_them() {

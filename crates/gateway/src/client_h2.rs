@@ -1,0 +1,247 @@
+//! The HTTP/2 upstream side, for routes with `upstream_protocol = "h2c"` and for gRPC calls: one
+//! multiplexed connection per instance and worker, shared by every request to that instance.
+//!
+//! HTTP/1.1 carries one request at a time per connection, hence the pool of idle connections in
+//! `client.rs`. HTTP/2 carries many at once, as streams of one connection, so a worker keeps a
+//! single connection per instance, in cleartext with prior knowledge (the gateway speaks HTTP/2
+//! from the first byte, RFC 9113 section 3.3, as gRPC servers expect). Bodies stream both ways:
+//! the client's request body is handed to the connection as it arrives, and the instance's
+//! response body, trailers included, goes back the same way.
+//!
+//! A connection that fails (the instance restarted, or stopped answering pings) is noticed by
+//! the next request, which opens a new one. Requests in flight on a failed connection fail with
+//! it; one that hyper hands back unsent never reached the instance, and may go elsewhere.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::client::SendError;
+use crate::upstream::Endpoint;
+
+type Sender = SendRequest<Incoming>;
+
+/// A connection unused for this long is let go (the instance's own idle timeout is longer).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pings on a connection that carries requests, so a dead instance is noticed within seconds
+/// rather than when the kernel gives up on the socket.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request got no response, and whether it may be sent elsewhere.
+pub enum Failure {
+    /// The instance never saw the request: here it is back, for another instance (boxed: the
+    /// result of every call is no bigger for this rare case).
+    NotSent(SendError, Box<Request<Incoming>>),
+    /// It may have been seen (and its body is partly sent): it must not be repeated.
+    Failed(SendError),
+}
+
+/// The connection to one instance; the async lock makes concurrent first requests share one
+/// new connection instead of each opening its own.
+#[derive(Default)]
+struct Slot {
+    current: tokio::sync::Mutex<Option<Connection>>,
+}
+
+struct Connection {
+    sender: Sender,
+    /// Which connection this is, so a request that saw it fail forgets it and not a newer one.
+    generation: u64,
+    used: Instant,
+}
+
+/// One worker's HTTP/2 upstream connections.
+pub struct H2Pool {
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    generations: AtomicU64,
+    connect_timeout: Duration,
+}
+
+impl H2Pool {
+    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+            connect_timeout,
+        })
+    }
+
+    /// Sends `request` (its URI in absolute form) to `endpoint` as a new stream of the shared
+    /// connection, opening that connection first if there is none or it has failed. Returns at
+    /// the response's head; its body streams from the instance as the client reads it.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let slot = self.slot(endpoint.key);
+        // At most two tries: a connection that turns out closed is replaced once.
+        for _ in 0..2 {
+            let (mut sender, generation, fresh) = match self.checkout(&slot, endpoint).await {
+                Ok(connection) => connection,
+                Err(error) => return Err(Failure::NotSent(error, Box::new(request))),
+            };
+            if sender.ready().await.is_err() {
+                self.forget(&slot, generation).await;
+                if fresh {
+                    return Err(Failure::NotSent(closed(endpoint), Box::new(request)));
+                }
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut failed) => {
+                    let unsent = failed.take_message();
+                    let source = failed.into_error();
+                    self.forget(&slot, generation).await;
+                    let error = SendError::Request {
+                        authority: endpoint.authority.to_string(),
+                        source,
+                    };
+                    match unsent {
+                        Some(unsent) if !fresh => request = unsent,
+                        Some(unsent) => return Err(Failure::NotSent(error, Box::new(unsent))),
+                        None => return Err(Failure::Failed(error)),
+                    }
+                }
+            }
+        }
+        Err(Failure::NotSent(closed(endpoint), Box::new(request)))
+    }
+
+    fn slot(&self, key: u64) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(key).or_default().clone()
+    }
+
+    /// The live connection to `endpoint`, or a new one: (sender, generation, whether new).
+    async fn checkout(
+        &self,
+        slot: &Slot,
+        endpoint: &Endpoint,
+    ) -> Result<(Sender, u64, bool), SendError> {
+        let mut current = slot.current.lock().await;
+        if let Some(connection) = current.as_mut() {
+            if !connection.sender.is_closed() {
+                connection.used = Instant::now();
+                return Ok((connection.sender.clone(), connection.generation, false));
+            }
+        }
+        let sender = self.connect(endpoint).await?;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        *current = Some(Connection {
+            sender: sender.clone(),
+            generation,
+            used: Instant::now(),
+        });
+        Ok((sender, generation, true))
+    }
+
+    async fn forget(&self, slot: &Slot, generation: u64) {
+        let mut current = slot.current.lock().await;
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
+            *current = None;
+        }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, SendError> {
+        let authority = endpoint.authority.as_str();
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => {
+                    return Err(SendError::Connect {
+                        authority: authority.to_string(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(SendError::ConnectTimeout {
+                        authority: authority.to_string(),
+                        after: self.connect_timeout,
+                    })
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT);
+        // The handshake is the preface and SETTINGS; an instance that accepts the connection
+        // but never answers them is as good as one that refused it.
+        let handshake = builder.handshake(TokioIo::new(stream));
+        let (sender, connection) = match tokio::time::timeout(self.connect_timeout, handshake).await
+        {
+            Ok(Ok(both)) => both,
+            Ok(Err(source)) => {
+                return Err(SendError::Handshake {
+                    authority: authority.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(SendError::ConnectTimeout {
+                    authority: authority.to_string(),
+                    after: self.connect_timeout,
+                })
+            }
+        };
+        let service = endpoint.service.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %service, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Lets go of connections that failed or sat unused for [`IDLE_TIMEOUT`], and of instances
+    /// with none. A connection let go closes once its streams in flight are done.
+    pub fn sweep(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, slot| {
+            // A slot in use right now is kept as it is, and looked at next time.
+            let Ok(mut current) = slot.current.try_lock() else {
+                return true;
+            };
+            if current
+                .as_ref()
+                .is_some_and(|c| c.sender.is_closed() || c.used.elapsed() > IDLE_TIMEOUT)
+            {
+                *current = None;
+            }
+            current.is_some()
+        });
+    }
+
+    /// Sweeps every few seconds for as long as the pool is alive.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(IDLE_TIMEOUT / 6);
+            loop {
+                ticker.tick().await;
+                match pool.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+fn closed(endpoint: &Endpoint) -> SendError {
+    SendError::Connect {
+        authority: endpoint.authority.to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+    }
+}
