@@ -184,23 +184,7 @@ impl Pool {
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, SendError> {
         let authority = endpoint.authority.as_str();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    return Err(SendError::Connect {
-                        authority: authority.to_string(),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(SendError::ConnectTimeout {
-                        authority: authority.to_string(),
-                        after: self.connect_timeout,
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(authority, self.connect_timeout).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -343,4 +327,29 @@ impl Drop for PooledBody {
             }
         }
     }
+}
+
+/// Opens a TCP connection to an instance within `timeout`, with Nagle off (requests and
+/// answers are written whole). Shared by the HTTP/1.1 pool and the HTTP/2 one.
+pub(crate) async fn connect_tcp(
+    authority: &str,
+    timeout: Duration,
+) -> Result<TcpStream, SendError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(SendError::Connect {
+                authority: authority.to_string(),
+                source,
+            })
+        }
+        Err(_) => {
+            return Err(SendError::ConnectTimeout {
+                authority: authority.to_string(),
+                after: timeout,
+            })
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }

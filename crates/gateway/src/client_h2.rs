@@ -21,8 +21,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
+use crate::client::connect_tcp;
 use crate::client::SendError;
 use crate::upstream::Endpoint;
 
@@ -154,23 +154,7 @@ impl H2Pool {
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, SendError> {
         let authority = endpoint.authority.as_str();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    return Err(SendError::Connect {
-                        authority: authority.to_string(),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(SendError::ConnectTimeout {
-                        authority: authority.to_string(),
-                        after: self.connect_timeout,
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(authority, self.connect_timeout).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
