@@ -247,6 +247,9 @@ impl System {
             .env("STRATUS_LOG_FORMAT", "json")
             .env("STRATUS_LOG", "info")
             .env("PORT", "0")
+            // A process that fails to start prints its error, not a page of backtrace that
+            // pushes the error out of the log tails a failing test shows.
+            .env("RUST_LIB_BACKTRACE", "0")
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -436,6 +439,17 @@ impl Drop for System {
             if entry.path().extension().is_some_and(|e| e == "log") {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let errors: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(r#""level":"ERROR""#) || l.starts_with("Error: "))
+                    .take(5)
+                    .collect();
+                if !errors.is_empty() {
+                    eprintln!("--- {} (first errors)", entry.path().display());
+                    for line in errors {
+                        eprintln!("{line}");
+                    }
+                }
                 eprintln!("--- {} (last lines)", entry.path().display());
                 for line in tail.into_iter().rev() {
                     eprintln!("{line}");

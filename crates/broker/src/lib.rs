@@ -78,12 +78,14 @@ mod message;
 mod metrics;
 mod nats;
 pub mod sqlite;
+mod sqlite_wal;
 
 use std::path::Path;
 use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use message::{dlq_headers, dlq_topic, Message, TRACEPARENT};
+pub use sqlite_wal::switch_to_wal;
 
 /// Tuning shared by both backends.
 #[derive(Debug, Clone)]

@@ -59,9 +59,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, SqlitePool};
 use tokio::sync::Notify;
 
@@ -132,14 +130,15 @@ impl SqliteBroker {
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            // Readers (the polls) run beside the one writer.
-            .journal_mode(SqliteJournalMode::Wal)
             // Several processes write the file: wait for the lock rather than fail.
             .busy_timeout(Duration::from_secs(10))
             // 1 MiB of page cache per connection, as for the services' own databases
             // (kit::db::SQLITE_CACHE): memory stays flat as the queue file grows.
             .pragma("cache_size", "-1024");
+        // Readers (the polls) run beside the one writer: write-ahead logging, entered with
+        // `switch_to_wal` because processes starting together race for it.
         let pool = SqlitePoolOptions::new()
+            .after_connect(|conn, _| Box::pin(crate::switch_to_wal(conn)))
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(connect.clone().synchronous(SqliteSynchronous::Normal))
@@ -147,6 +146,7 @@ impl SqliteBroker {
             .map_err(opening(path))?;
         // Publishing: Ok means on disk.
         let durable = SqlitePoolOptions::new()
+            .after_connect(|conn, _| Box::pin(crate::switch_to_wal(conn)))
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(connect.synchronous(SqliteSynchronous::Full))

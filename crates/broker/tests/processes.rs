@@ -93,3 +93,27 @@ async fn processes_sharing_one_file_claim_each_message_once() {
         N as f64 / published.as_secs_f64()
     );
 }
+
+/// Every local process opens the broker file as it starts, and `stratus up` starts them together:
+/// the first opens create the file and switch it to WAL at the same moment. SQLite answers that
+/// race with an immediate "database is locked" (the busy timeout does not cover a journal-mode
+/// change), which must be waited out, not turned into a process that fails to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_handles_opening_a_new_file_at_once_all_succeed() {
+    if std::env::var(CHILD_URL).is_ok() {
+        return;
+    }
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+        let opens = (0..6).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Broker::connect(&url, Options::default()).await })
+        });
+        for open in futures_util::future::join_all(opens).await {
+            if let Err(error) = open.unwrap() {
+                panic!("round {round}: opening a new broker file failed: {error}");
+            }
+        }
+    }
+}

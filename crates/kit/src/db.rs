@@ -6,11 +6,13 @@
 //! fallback to SQLite.
 
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
-use sqlx::{AnyPool, Executor};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AnyPool, Connection, Executor};
 
 /// One schema change, in both dialects.
 pub struct Migration {
@@ -68,6 +70,11 @@ pub const SQLITE_CACHE: &str = "PRAGMA cache_size = -1024";
 pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
+    if backend == Backend::Sqlite {
+        enter_wal(url)
+            .await
+            .with_context(|| format!("switching {} to write-ahead logging", redact(url)))?;
+    }
     let options = AnyPoolOptions::new()
         .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
         .acquire_timeout(Duration::from_secs(5))
@@ -76,8 +83,8 @@ pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPoo
                 if backend == Backend::Sqlite {
                     // Several instances of one service share the file: wait for locks rather
                     // than fail, and let readers run beside the writer.
+                    // (WAL itself is a setting of the file, made once by `enter_wal`.)
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     // A bounded page cache per connection (SQLite's default is 2 MiB): the OS
                     // caches the file anyway, and a process's memory stays flat as the
@@ -93,6 +100,16 @@ pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPoo
         .with_context(|| format!("connecting to the database at {}", redact(url)))?;
     migrate(&pool, backend, migrations).await?;
     Ok((pool, backend))
+}
+
+/// Puts the SQLite file in WAL mode (a setting stored in the file) before the pool opens, waiting
+/// out the other instances of the service that start at the same moment and race to do the same.
+async fn enter_wal(url: &str) -> anyhow::Result<()> {
+    let options = SqliteConnectOptions::from_str(url)?.busy_timeout(Duration::from_secs(5));
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    stratus_broker::switch_to_wal(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
 }
 
 async fn migrate(pool: &AnyPool, backend: Backend, migrations: &[Migration]) -> anyhow::Result<()> {
@@ -215,5 +232,44 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    const ITEMS: &[Migration] = &[Migration {
+        version: 1,
+        description: "items",
+        sqlite: "CREATE TABLE items (id INTEGER PRIMARY KEY)",
+        postgres: "CREATE TABLE items (id BIGINT PRIMARY KEY)",
+    }];
+
+    /// Instances of one service start together on one new file: every one of them opens it, the
+    /// migration runs once, and the file ends in WAL mode (SQLite answers the race to enter WAL
+    /// with an immediate "database is locked", which `enter_wal` waits out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_starting_together_on_a_new_file_all_open_it() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = url_for("items", None, dir.path()).unwrap();
+            let opens = (0..6).map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { open(&url, ITEMS).await })
+            });
+            let mut pools = Vec::new();
+            for open in futures_util::future::join_all(opens).await {
+                match open.unwrap() {
+                    Ok((pool, _)) => pools.push(pool),
+                    Err(error) => panic!("round {round}: an instance failed to open: {error:#}"),
+                }
+            }
+            let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+                .fetch_one(&pools[0])
+                .await
+                .unwrap();
+            assert_eq!(applied, 1);
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&pools[0])
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 }
