@@ -5,6 +5,9 @@
 #   bench/events-overhead.sh                       # 5 rounds x 10 s each way, 64 connections
 #   ROUNDS=7 DURATION=20s bench/events-overhead.sh
 #   CALLGRIND=0 bench/events-overhead.sh           # wall clock only
+#   SINK_NICE=19 bench/events-overhead.sh          # the sink only on CPU time nothing else wants,
+#                                                  # as if it ran on another machine (what it
+#                                                  # cannot store in time is dropped and counted)
 #
 # Wall clock: one nginx backend answering 13 bytes, a registry, the sink (SQLite, release) and two
 # gateways (release, 2 workers each) over the same backend: one reports every proxied request to
@@ -22,6 +25,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 CALLGRIND=${CALLGRIND:-1}
+SINK_NICE=${SINK_NICE:-0}
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "install wrk and nginx" >&2; exit 1; }
 [ -x target/release/stratus ] || cargo build --release -j2
 STRATUS=$PWD/target/release/stratus
@@ -56,7 +60,7 @@ PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
 wait_port "$REG"; wait_port "$B"
 curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend" \
   -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$B,\"ttl_seconds\":3600}" >/dev/null
-PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 nice -n "$SINK_NICE" "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
 for mode in on off; do
   gw=$([ $mode = on ] && echo "$ON" || echo "$OFF")
   admin=$([ $mode = on ] && echo "$ON_ADMIN" || echo "$OFF_ADMIN")

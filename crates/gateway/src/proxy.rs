@@ -228,7 +228,7 @@ impl Proxy {
             events.record(Hop {
                 trace,
                 parent,
-                route: &route.name,
+                route: &route.event_name,
                 method: &parts.method,
                 status,
                 elapsed,
@@ -288,7 +288,7 @@ impl Proxy {
             events.record(Hop {
                 trace: call.trace,
                 parent: call.parent,
-                route: &route.name,
+                route: &route.event_name,
                 method: &method,
                 status,
                 elapsed,

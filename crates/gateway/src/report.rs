@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use stratus_kit::event_json::RecordRef;
+use stratus_kit::event_json::{Field, Origin, RecordRef};
 use stratus_kit::events::EventReporter;
 use stratus_kit::trace::TraceContext;
 
@@ -28,7 +28,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 pub struct Hop<'a> {
     pub trace: TraceContext,
     pub parent: Option<TraceContext>,
-    pub route: &'a str,
+    /// The route's name as the record's `name` field.
+    pub route: &'a Field,
     pub method: &'a Method,
     pub status: u16,
     pub elapsed: Duration,
@@ -43,12 +44,15 @@ struct Pending {
 
 pub struct WorkerEvents {
     reporter: EventReporter,
+    /// This gateway's service, instance and kind, encoded once.
+    origin: Origin,
     pending: Mutex<Pending>,
 }
 
 impl WorkerEvents {
     pub fn new(reporter: EventReporter) -> Self {
         Self {
+            origin: Origin::new(reporter.service(), reporter.instance(), "gateway"),
             reporter,
             pending: Mutex::new(Pending {
                 json: Vec::with_capacity(BATCH_BYTES),
@@ -66,9 +70,7 @@ impl WorkerEvents {
             trace_id: hop.trace.trace_id,
             span_id: hop.trace.span_id,
             parent_span_id: hop.parent.map(|p| p.span_id),
-            service: self.reporter.service(),
-            instance: self.reporter.instance(),
-            kind: "gateway",
+            origin: &self.origin,
             name: hop.route,
             method: Some(hop.method.as_str()),
             status: hop.status,
