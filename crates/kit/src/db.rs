@@ -233,43 +233,4 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
     }
-
-    const ITEMS: &[Migration] = &[Migration {
-        version: 1,
-        description: "items",
-        sqlite: "CREATE TABLE items (id INTEGER PRIMARY KEY)",
-        postgres: "CREATE TABLE items (id BIGINT PRIMARY KEY)",
-    }];
-
-    /// Instances of one service start together on one new file: every one of them opens it, the
-    /// migration runs once, and the file ends in WAL mode (SQLite answers the race to enter WAL
-    /// with an immediate "database is locked", which `enter_wal` waits out).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn instances_starting_together_on_a_new_file_all_open_it() {
-        for round in 0..20 {
-            let dir = tempfile::tempdir().unwrap();
-            let url = url_for("items", None, dir.path()).unwrap();
-            let opens = (0..6).map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { open(&url, ITEMS).await })
-            });
-            let mut pools = Vec::new();
-            for open in futures_util::future::join_all(opens).await {
-                match open.unwrap() {
-                    Ok((pool, _)) => pools.push(pool),
-                    Err(error) => panic!("round {round}: an instance failed to open: {error:#}"),
-                }
-            }
-            let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
-                .fetch_one(&pools[0])
-                .await
-                .unwrap();
-            assert_eq!(applied, 1);
-            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-                .fetch_one(&pools[0])
-                .await
-                .unwrap();
-            assert_eq!(mode, "wal");
-        }
-    }
 }

@@ -1,5 +1,7 @@
 //! Several instances of one service start together on one SQLite file (as `stratus up` starts
-//! two catalogs): each migration must run once, and every instance must start.
+//! two catalogs): each migration must run once, every instance must start, and the file ends in
+//! WAL mode (SQLite answers the race to enter WAL with an immediate "database is locked", which
+//! `kit::db::open` waits out).
 
 use stratus_kit::db::{open, Migration};
 
@@ -21,13 +23,13 @@ const MIGRATIONS: &[Migration] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_starting_together_migrate_once() {
-    for round in 0..5 {
+    for round in 0..20 {
         let dir = tempfile::tempdir().unwrap();
         let url = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("shared.db").display()
         );
-        let starts: Vec<_> = (0..4)
+        let starts: Vec<_> = (0..6)
             .map(|_| {
                 let url = url.clone();
                 tokio::spawn(async move { open(&url, MIGRATIONS).await.map(|_| ()) })
@@ -43,5 +45,10 @@ async fn instances_starting_together_migrate_once() {
             .await
             .unwrap();
         assert_eq!(applied, 2);
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 }
