@@ -69,6 +69,8 @@ for _ in range(count):
     sockets.append(s)
 time.sleep(float(__import__("os").environ.get("SETTLE", "2")))
 rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+for l in open(f"/proc/{pid}/status"):
+    if l.startswith(("RssAnon", "RssFile")): print(l.strip())
 metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
 parked = next((l.split()[1] for l in metrics.splitlines() if l.startswith("gateway_connections_parked ")), "0")
 print(f"open: {len(sockets)} connections, {failed} failed requests, {parked} parked; gateway RSS {int(rss)/1024:.1f} MB")
