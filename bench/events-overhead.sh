@@ -5,6 +5,8 @@
 #   bench/events-overhead.sh                       # 5 rounds x 10 s each way, 64 connections
 #   ROUNDS=7 DURATION=20s bench/events-overhead.sh
 #   CALLGRIND=0 bench/events-overhead.sh           # wall clock only
+#   SPLIT=1 bench/events-overhead.sh               # the sink alone on CPU 1; nginx, both gateways
+#                                                  # and wrk on CPU 0 (the sink on "another machine")
 #   SINK_NICE=19 bench/events-overhead.sh          # the sink only on CPU time nothing else wants,
 #                                                  # as if it ran on another machine (what it
 #                                                  # cannot store in time is dropped and counted)
@@ -26,6 +28,10 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 CALLGRIND=${CALLGRIND:-1}
 SINK_NICE=${SINK_NICE:-0}
+SPLIT=${SPLIT:-0}
+# SPLIT=1: `on_cpu 1 cmd` runs cmd on CPU 1 only, `on_cpu 0 cmd` on CPU 0 only. It execs, so use it
+# only in a subshell (`&` or `$(...)`): the PID saved for clean-up is then the server's own.
+on_cpu() { if [ "$SPLIT" = 1 ]; then local cpu=$1; shift; exec taskset -c "$cpu" "$@"; else shift; exec "$@"; fi; }
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "install wrk and nginx" >&2; exit 1; }
 [ -x target/release/stratus ] || cargo build --release -j2
 STRATUS=$PWD/target/release/stratus
@@ -53,20 +59,20 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$B; location / { return 200 "hello, world\n"; } } }
 CONF
-nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+on_cpu 0 nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 printf '[[routes]]\nprefix = "/"\nservice = "bench"\nauth = "none"\n' > "$work/routes.toml"
 export STRATUS_DATA_DIR=$work STRATUS_LOG=warn STRATUS_REGISTRY_URL=http://127.0.0.1:$REG
 PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
 wait_port "$REG"; wait_port "$B"
 curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend" \
   -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$B,\"ttl_seconds\":3600}" >/dev/null
-PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 nice -n "$SINK_NICE" "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 on_cpu 1 nice -n "$SINK_NICE" "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
 for mode in on off; do
   gw=$([ $mode = on ] && echo "$ON" || echo "$OFF")
   admin=$([ $mode = on ] && echo "$ON_ADMIN" || echo "$OFF_ADMIN")
   STRATUS_EVENTS=$mode STRATUS_EVENTS_URL=http://127.0.0.1:$SINK STRATUS_GATEWAY_WORKERS=2 PORT=$gw \
     STRATUS_ADMIN_PORT=$admin STRATUS_ROUTES=$work/routes.toml \
-    "$STRATUS" serve gateway > "$work/gateway-$mode.log" 2>&1 & pids+=($!)
+    on_cpu 0 "$STRATUS" serve gateway > "$work/gateway-$mode.log" 2>&1 & pids+=($!)
 done
 for p in "$SINK" "$ON" "$OFF"; do wait_port "$p"; done
 for p in "$ON" "$OFF"; do until curl -sf "http://127.0.0.1:$p/x" >/dev/null; do sleep 0.05; done; done
@@ -75,7 +81,7 @@ for p in "$ON" "$OFF"; do until curl -sf "http://127.0.0.1:$p/x" >/dev/null; do 
 for round in $(seq 1 "$ROUNDS"); do
   for mode in off on; do
     gw=$([ $mode = on ] && echo "$ON" || echo "$OFF")
-    out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$gw/x")
+    out=$(on_cpu 0 wrk -t2 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$gw/x")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     echo "round $round, reporting $mode: $rps requests/s (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
