@@ -225,6 +225,7 @@ mod tests {
             cache: r.cache.map(Into::into),
             topic: r.topic.map(Into::into),
             breaker: r.breaker.map(Into::into),
+            peer: None,
         };
         let bare = RecordRef {
             parent_span_id: None,

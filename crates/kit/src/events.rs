@@ -7,6 +7,11 @@
 //! [`FLUSH_EVERY`]) to `POST {STRATUS_EVENTS_URL}/v1/events` with a short timeout. A batch the
 //! sink does not take is dropped and counted too: no retries, so a sink that is down costs one
 //! failed connection per batch and nothing else.
+//!
+//! A request that used the service's database or a Redis cache is followed by one `client` record
+//! per backing service ([`EventReporter::report_calls`], from the request's [`crate::tally`]):
+//! `peer` names the node it called (`orders-db`, `redis`), the name what it speaks (`sqlite`,
+//! `postgres`, `redis`), the duration is the calls' summed time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,6 +66,12 @@ pub struct EventRecord {
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<String>,
+    /// The node a `client` record called, when it is not a service that reports its own records
+    /// (OpenTelemetry's `peer.service`): `orders-db`, `redis`. The topology draws an edge
+    /// service -> peer; the record's name says what the peer is (`sqlite`, `postgres`: a
+    /// database; `redis`: a cache; `dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// What the sending task receives: one record, or records a caller already wrote as JSON.
@@ -141,6 +152,44 @@ impl EventReporter {
     pub fn report(&self, record: EventRecord) {
         if self.reserve(1) {
             self.hand_over(Outgoing::Record(record), 1);
+        }
+    }
+
+    /// Reports what one request or message (the hop `context`, which started at `started`, wall
+    /// clock `wall`) spent on its backing services: one `client` record per database or cache
+    /// it called, a child of the hop, timed as the sum of its calls and failed if any call did.
+    /// The record starts when the first call did.
+    pub fn report_calls(
+        &self,
+        context: &TraceContext,
+        started: Instant,
+        wall: time::OffsetDateTime,
+        spent: crate::tally::Finished,
+    ) {
+        for (peer, counts) in [spent.db, spent.cache].into_iter().flatten() {
+            let offset = counts
+                .first
+                .map(|first| first.saturating_duration_since(started))
+                .unwrap_or_default();
+            self.report(EventRecord {
+                trace_id: context.trace_id_hex(),
+                span_id: context.child().span_id_hex(),
+                parent_span_id: Some(context.span_id_hex()),
+                service: self.service.clone(),
+                instance: self.instance.clone(),
+                kind: "client".into(),
+                name: peer.system.to_string(),
+                method: None,
+                status: 0,
+                ok: counts.errors == 0,
+                started_at: rfc3339(wall + offset),
+                duration_us: counts.total_us,
+                retries: None,
+                cache: None,
+                topic: None,
+                breaker: None,
+                peer: Some(peer.name.clone()),
+            });
         }
     }
 
@@ -255,6 +304,11 @@ async fn send(client: &reqwest::Client, url: &str, mut body: Body) {
     }
 }
 
+fn rfc3339(time: time::OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Paths that are about the process itself, not requests worth a record.
 fn is_internal(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
@@ -273,7 +327,8 @@ pub async fn record_requests(
         return next.run(request).await;
     }
     let started = Instant::now();
-    let started_at = crate::now_rfc3339();
+    let wall = time::OffsetDateTime::now_utc();
+    let started_at = rfc3339(wall);
     let incoming = request
         .headers()
         .get("traceparent")
@@ -292,7 +347,8 @@ pub async fn record_requests(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let response = next.run(request).await;
+    // The handler's database and cache calls are counted in its task (`tally`).
+    let (response, spent) = crate::tally::scope(next.run(request)).await;
     let status = response.status().as_u16();
     // A handler that read through a cache says how it went (kit::cache::Outcome as a response
     // part), and the record carries it.
@@ -317,7 +373,9 @@ pub async fn record_requests(
         cache,
         topic: None,
         breaker: None,
+        peer: None,
     });
+    reporter.report_calls(&context, started, wall, spent);
     response
 }
 
@@ -343,6 +401,7 @@ mod tests {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
         }
     }
 
@@ -427,6 +486,81 @@ mod tests {
         assert_eq!(received[1], received[2]);
         assert_eq!(received[3], record());
         assert_eq!(reporter.queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// A request whose handler called the database is followed by a `client` record: a child
+    /// of the request's span, naming the database, timed as the calls' sum.
+    #[tokio::test]
+    async fn database_calls_follow_the_request_as_a_client_record() {
+        use std::sync::Mutex;
+        let received: Arc<Mutex<Vec<EventRecord>>> = Arc::default();
+        let sink = axum::Router::new().route(
+            "/v1/events",
+            axum::routing::post({
+                let received = received.clone();
+                move |axum::Json(batch): axum::Json<Vec<EventRecord>>| async move {
+                    received.lock().unwrap().extend(batch);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        let reporter =
+            EventReporter::start(&format!("http://{sink_address}"), "orders", "o-1").unwrap();
+
+        let peer = Arc::new(crate::tally::Peer {
+            name: "orders-db".into(),
+            system: "postgres",
+        });
+        let app = axum::Router::new()
+            .route(
+                "/work",
+                axum::routing::get(move || {
+                    let peer = peer.clone();
+                    async move {
+                        let kind = crate::tally::Kind::Database;
+                        let earlier = Instant::now() - Duration::from_millis(2);
+                        crate::tally::record(kind, &peer, earlier, true);
+                        crate::tally::record(kind, &peer, Instant::now(), false);
+                        "done"
+                    }
+                }),
+            )
+            .route("/idle", axum::routing::get(|| async { "nothing" }))
+            .layer(axum::middleware::from_fn_with_state(
+                reporter,
+                record_requests,
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        crate::install_crypto_provider();
+        let client = reqwest::Client::new();
+        for path in ["/work", "/idle"] {
+            let response = client.get(format!("http://{address}{path}")).send().await;
+            assert_eq!(response.unwrap().status(), 200);
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received.lock().unwrap().len() < 3 {
+            assert!(Instant::now() < deadline, "the records never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(FLUSH_EVERY * 2).await;
+        let received = received.lock().unwrap().clone();
+        // /work: its record and one for the database; /idle: its record alone.
+        assert_eq!(received.len(), 3, "{received:#?}");
+        let work = received.iter().find(|r| r.name == "/work").unwrap();
+        let call = received.iter().find(|r| r.kind == "client").unwrap();
+        assert_eq!(call.parent_span_id.as_ref(), Some(&work.span_id));
+        assert_eq!(call.trace_id, work.trace_id);
+        assert_ne!(call.span_id, work.span_id);
+        assert_eq!(call.peer.as_deref(), Some("orders-db"));
+        assert_eq!((call.name.as_str(), call.ok), ("postgres", false));
+        assert!(call.duration_us >= 2_000, "{call:?}");
+        assert_eq!(work.peer, None);
     }
 
     #[tokio::test]
