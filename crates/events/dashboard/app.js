@@ -344,7 +344,9 @@ function drawWaterfall(records) {
     const row = el("div", { class: "wf-row", "data-span": s.span_id });
     const label = el("div", { class: "wf-label" });
     label.style.paddingLeft = `${depthOf(s) * 14}px`;
-    label.append(el("b", {}, s.service), el("span", {}, ` ${s.method || ""} ${s.name}`));
+    // A call to a database or cache names the node it called: "orders → orders-db (sqlite)".
+    const what = s.peer ? ` → ${s.peer} (${s.name})` : ` ${s.method || ""} ${s.name}`;
+    label.append(el("b", {}, s.service), el("span", {}, what));
     label.title = `${s.service} (${s.instance}) ${s.kind} ${s.status}`;
     const track = el("div", { class: "wf-track" });
     const left = ((s.start - t0) / total) * 100;
@@ -353,7 +355,7 @@ function drawWaterfall(records) {
     bar.style.left = `${left}%`;
     bar.style.width = `${width}%`;
     bar.style.background = colour(s.service);
-    const time = el("span", { class: "wf-time" }, `${fmtMs(s.duration_us / 1000)} · ${s.status}`);
+    const time = el("span", { class: "wf-time" }, fmtMs(s.duration_us / 1000) + (s.status ? ` · ${s.status}` : ""));
     if (left + width > 70) {
       time.classList.add("inside");
       time.style.right = `${Math.max(0, 100 - left - width)}%`;
