@@ -79,6 +79,7 @@ impl WorkerEvents {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
         };
         let full = {
             let Ok(mut pending) = self.pending.lock() else {

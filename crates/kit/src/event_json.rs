@@ -28,6 +28,8 @@ pub struct RecordRef<'a> {
     pub cache: Option<&'a str>,
     pub topic: Option<&'a str>,
     pub breaker: Option<&'a str>,
+    /// The node a `client` record called (`orders-db`).
+    pub peer: Option<&'a str>,
 }
 
 impl RecordRef<'_> {
@@ -76,6 +78,9 @@ impl RecordRef<'_> {
         }
         if let Some(breaker) = self.breaker {
             text(out, "breaker", breaker);
+        }
+        if let Some(peer) = self.peer {
+            text(out, "peer", peer);
         }
         out.push(b'}');
     }
@@ -207,6 +212,7 @@ mod tests {
             cache: Some("hit"),
             topic: Some("order.placed"),
             breaker: Some("open"),
+            peer: Some("orders-db"),
         };
         let owned = |r: &RecordRef| EventRecord {
             trace_id: format!("{:032x}", r.trace_id),
@@ -225,7 +231,7 @@ mod tests {
             cache: r.cache.map(Into::into),
             topic: r.topic.map(Into::into),
             breaker: r.breaker.map(Into::into),
-            peer: None,
+            peer: r.peer.map(Into::into),
         };
         let bare = RecordRef {
             parent_span_id: None,
@@ -234,6 +240,7 @@ mod tests {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
             ok: true,
             status: 200,
             instance: "gw-1",

@@ -159,6 +159,9 @@ impl EventReporter {
     /// clock `wall`) spent on its backing services: one `client` record per database or cache
     /// it called, a child of the hop, timed as the sum of its calls and failed if any call did.
     /// The record starts when the first call did.
+    ///
+    /// Written straight to JSON ([`crate::event_json`]): ids and times from numbers, no
+    /// `EventRecord` of owned strings for serde to walk again.
     pub fn report_calls(
         &self,
         context: &TraceContext,
@@ -166,31 +169,40 @@ impl EventReporter {
         wall: time::OffsetDateTime,
         spent: crate::tally::Finished,
     ) {
+        let wall_us = (wall.unix_timestamp_nanos() / 1000) as i64;
+        let mut json = Vec::new();
+        let mut records = 0;
         for (peer, counts) in [spent.db, spent.cache].into_iter().flatten() {
             let offset = counts
                 .first
                 .map(|first| first.saturating_duration_since(started))
                 .unwrap_or_default();
-            self.report(EventRecord {
-                trace_id: context.trace_id_hex(),
-                span_id: context.child().span_id_hex(),
-                parent_span_id: Some(context.span_id_hex()),
-                service: self.service.clone(),
-                instance: self.instance.clone(),
-                kind: "client".into(),
-                name: peer.system.to_string(),
+            if records > 0 {
+                json.push(b',');
+            }
+            crate::event_json::RecordRef {
+                trace_id: context.trace_id,
+                span_id: context.child().span_id,
+                parent_span_id: Some(context.span_id),
+                service: &self.service,
+                instance: &self.instance,
+                kind: "client",
+                name: peer.system,
                 method: None,
                 status: 0,
                 ok: counts.errors == 0,
-                started_at: rfc3339(wall + offset),
+                started_us: wall_us + offset.as_micros() as i64,
                 duration_us: counts.total_us,
                 retries: None,
                 cache: None,
                 topic: None,
                 breaker: None,
-                peer: Some(peer.name.clone()),
-            });
+                peer: Some(&peer.name),
+            }
+            .write_json(&mut json);
+            records += 1;
         }
+        self.report_encoded(json, records);
     }
 
     /// Queues `records` records already written as JSON objects separated by commas (see
@@ -465,6 +477,7 @@ mod tests {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
         };
         encoded.write_json(&mut json);
         json.push(b',');
