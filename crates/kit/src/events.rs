@@ -169,9 +169,23 @@ impl EventReporter {
         wall: time::OffsetDateTime,
         spent: crate::tally::Finished,
     ) {
-        let wall_us = (wall.unix_timestamp_nanos() / 1000) as i64;
         let mut json = Vec::new();
-        let mut records = 0;
+        let records = self.write_calls(&mut json, 0, context, started, wall, spent);
+        self.report_encoded(json, records);
+    }
+
+    /// Appends the `client` records of [`EventReporter::report_calls`] to `json`, which holds
+    /// `records` records already; returns how many it holds now.
+    fn write_calls(
+        &self,
+        json: &mut Vec<u8>,
+        mut records: usize,
+        context: &TraceContext,
+        started: Instant,
+        wall: time::OffsetDateTime,
+        spent: crate::tally::Finished,
+    ) -> usize {
+        let wall_us = (wall.unix_timestamp_nanos() / 1000) as i64;
         for (peer, counts) in [spent.db, spent.cache].into_iter().flatten() {
             let offset = counts
                 .first
@@ -199,10 +213,10 @@ impl EventReporter {
                 breaker: None,
                 peer: Some(&peer.name),
             }
-            .write_json(&mut json);
+            .write_json(json);
             records += 1;
         }
-        self.report_encoded(json, records);
+        records
     }
 
     /// Queues `records` records already written as JSON objects separated by commas (see
@@ -316,20 +330,17 @@ async fn send(client: &reqwest::Client, url: &str, mut body: Body) {
     }
 }
 
-fn rfc3339(time: time::OffsetDateTime) -> String {
-    time.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Paths that are about the process itself, not requests worth a record.
 fn is_internal(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// Middleware: one `server` record per request (health, readiness and metrics excepted).
+/// Middleware: one `server` record per request (health, readiness and metrics excepted), and
+/// after it the request's calls to databases and caches ([`EventReporter::report_calls`]).
 ///
 /// The trace id comes from the incoming `traceparent` (a new trace when there is none), the
-/// parent span is the caller's span, and this hop gets a span id of its own.
+/// parent span is the caller's span, and this hop gets a span id of its own. The records are
+/// written straight to JSON ([`crate::event_json`]) and handed over together.
 pub async fn record_requests(
     State(reporter): State<EventReporter>,
     request: Request,
@@ -340,20 +351,19 @@ pub async fn record_requests(
     }
     let started = Instant::now();
     let wall = time::OffsetDateTime::now_utc();
-    let started_at = rfc3339(wall);
     let incoming = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
     let (context, parent) = match incoming {
-        Some(context) => (context.child(), Some(context.span_id_hex())),
+        Some(context) => (context.child(), Some(context.span_id)),
         None => (TraceContext::new_root(), None),
     };
     // Handlers continue the trace from this hop (see `trace::Hop`).
     let mut request = request;
     request.extensions_mut().insert(crate::trace::Hop(context));
-    let method = request.method().as_str().to_owned();
+    let method = request.method().clone();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -367,27 +377,30 @@ pub async fn record_requests(
     let cache = response
         .extensions()
         .get::<crate::cache::Outcome>()
-        .map(|outcome| outcome.as_str().to_string());
-    reporter.report(EventRecord {
-        trace_id: context.trace_id_hex(),
-        span_id: context.span_id_hex(),
+        .map(|outcome| outcome.as_str());
+    let mut json = Vec::new();
+    crate::event_json::RecordRef {
+        trace_id: context.trace_id,
+        span_id: context.span_id,
         parent_span_id: parent,
-        service: reporter.service.clone(),
-        instance: reporter.instance.clone(),
-        kind: "server".into(),
-        name: route,
-        method: Some(method),
+        service: &reporter.service,
+        instance: &reporter.instance,
+        kind: "server",
+        name: &route,
+        method: Some(method.as_str()),
         status,
         ok: status < 500,
-        started_at,
+        started_us: (wall.unix_timestamp_nanos() / 1000) as i64,
         duration_us: started.elapsed().as_micros() as u64,
         retries: None,
         cache,
         topic: None,
         breaker: None,
         peer: None,
-    });
-    reporter.report_calls(&context, started, wall, spent);
+    }
+    .write_json(&mut json);
+    let records = reporter.write_calls(&mut json, 1, &context, started, wall, spent);
+    reporter.report_encoded(json, records);
     response
 }
 
