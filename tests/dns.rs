@@ -206,3 +206,80 @@ async fn a_killed_instance_leaves_dns_within_the_detection_time() {
     })
     .await;
 }
+
+/// With the event sink on, each query is a `server` record of the service `dns` named by its
+/// type, so the topology shows `clients -> dns`.
+#[tokio::test]
+async fn queries_are_reported_to_the_event_sink() {
+    let mut system = support::System::start_edge(None).await;
+    let events_port = support::free_port();
+    let sink = format!("http://127.0.0.1:{events_port}");
+    let events_port_text = events_port.to_string();
+    system.spawn("events", &[("PORT", events_port_text.as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let port = support::free_port();
+    let port_text = port.to_string();
+    system.spawn(
+        "dns",
+        &[
+            ("PORT", port_text.as_str()),
+            ("STRATUS_EVENTS_URL", sink.as_str()),
+        ],
+    );
+    let name = "gateway.service.stratus.";
+    until(port, name, RecordType::A, |m| !m.answers().is_empty()).await;
+    udp(port, name, RecordType::SRV)
+        .await
+        .expect("an SRV answer");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let topology = loop {
+        let topology: serde_json::Value = system
+            .http
+            .get(format!("{sink}/v1/topology?window=5m"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let edge =
+            topology["edges"].as_array().unwrap().iter().any(|e| {
+                e["from"] == "clients" && e["to"] == "dns" && e["count"].as_u64() >= Some(2)
+            });
+        if edge {
+            break topology;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clients -> dns edge: {topology}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let node = topology["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "dns")
+        .unwrap();
+    assert_eq!(node["kind"], "dns");
+    let events: serde_json::Value = system
+        .http
+        .get(format!("{sink}/v1/events?service=dns&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["kind"], "server");
+            e["name"].as_str().unwrap()
+        })
+        .collect();
+    assert!(names.contains(&"A") && names.contains(&"SRV"), "{names:?}");
+}

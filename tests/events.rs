@@ -67,6 +67,12 @@ async fn services_report_every_request_to_the_sink() {
         .collect();
     for event in events {
         assert_eq!(event["service"], "catalog");
+        if event["kind"] == "client" {
+            // A request's database work: one record after the request's own, naming the peer.
+            assert_eq!(event["peer"], "catalog-db", "{event}");
+            assert_eq!(event["name"], "sqlite", "{event}");
+            continue;
+        }
         assert_eq!(event["kind"], "server");
         assert!(
             catalogs.contains(&event["instance"].as_str().unwrap().to_string()),
@@ -98,16 +104,31 @@ async fn services_report_every_request_to_the_sink() {
     // The trace the client started groups the catalog's records.
     // The gateway hands its records over in batches, a little later than the services.
     let trace = wait_for(&system, &format!("{sink}/v1/traces/{trace_id}"), |body| {
-        body["records"]
-            .as_array()
-            .is_some_and(|r| r.iter().filter(|r| r["service"] == "gateway").count() >= 6)
+        body["records"].as_array().is_some_and(|r| {
+            r.iter().filter(|r| r["service"] == "gateway").count() >= 6
+                && r.iter().filter(|r| r["kind"] == "client").count() >= 6
+        })
     })
     .await;
     let records = trace["records"].as_array().unwrap();
-    assert_eq!(
-        records.iter().filter(|r| r["service"] == "catalog").count(),
-        6
-    );
+    let served = |r: &&Value| r["service"] == "catalog" && r["kind"] == "server";
+    assert_eq!(records.iter().filter(served).count(), 6);
+    // Each request's database work hangs under that request: catalog -> catalog-db.
+    let catalog_spans: Vec<&str> = records
+        .iter()
+        .filter(served)
+        .map(|r| r["span_id"].as_str().unwrap())
+        .collect();
+    let calls: Vec<&Value> = records.iter().filter(|r| r["kind"] == "client").collect();
+    assert_eq!(calls.len(), 6, "{trace}");
+    for call in calls {
+        assert_eq!(call["service"], "catalog");
+        assert_eq!(call["peer"], "catalog-db");
+        assert!(
+            catalog_spans.contains(&call["parent_span_id"].as_str().unwrap()),
+            "{call}"
+        );
+    }
     for record in records {
         assert_eq!(record["trace_id"], trace_id);
         assert_eq!(record["parent_span_id"].as_str().unwrap().len(), 16);
@@ -125,7 +146,7 @@ async fn services_report_every_request_to_the_sink() {
         })
         .collect();
     assert_eq!(gateway_spans.len(), 6, "{trace}");
-    for record in records.iter().filter(|r| r["service"] == "catalog") {
+    for record in records.iter().filter(served) {
         assert!(
             gateway_spans.contains(&record["parent_span_id"].as_str().unwrap()),
             "{record}"

@@ -877,4 +877,70 @@ async fn one_trace_follows_the_order_through_every_service() {
     assert_eq!(payments["topic"], "order.placed");
     assert_eq!(notified["parent_span_id"], payments["span_id"]);
     assert_eq!(settled["parent_span_id"], payments["span_id"]);
+
+    // The orders service's database work is one `client` record under its request, naming the
+    // database it called; the topology draws that as an edge orders -> orders-db.
+    let until = Instant::now() + Duration::from_secs(10);
+    let database = loop {
+        let records: Vec<Value> = shop
+            .system
+            .http
+            .get(format!("{sink}/v1/traces/{trace}"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["records"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let found = records.into_iter().find(|r| {
+            r["service"] == "orders"
+                && r["kind"] == "client"
+                && r["peer"] == "orders-db"
+                && r["parent_span_id"] == orders["span_id"]
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < until,
+            "no orders -> orders-db record in the trace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(database["name"], "sqlite");
+    assert_eq!(database["ok"], true);
+    assert!(database["duration_us"].as_u64().unwrap() > 0);
+    assert!(
+        database["duration_us"].as_u64().unwrap() <= orders["duration_us"].as_u64().unwrap(),
+        "the database time fits in the request: {database} in {orders}"
+    );
+    let topology: Value = shop
+        .system
+        .http
+        .get(format!("{sink}/v1/topology?window=5m"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let edge = topology["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["from"] == "orders" && e["to"] == "orders-db")
+        .unwrap_or_else(|| panic!("no edge orders -> orders-db: {topology:#}"))
+        .clone();
+    assert!(edge["count"].as_u64().unwrap() >= 1, "{edge}");
+    let node = topology["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "orders-db")
+        .unwrap()
+        .clone();
+    assert_eq!(node["kind"], "database");
 }

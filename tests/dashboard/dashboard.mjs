@@ -1,5 +1,5 @@
-// Drives the event sink's dashboard in a real Chromium: the topology shows the gateway and the
-// catalog with numbers that change under load, a trace opens into its waterfall, and a
+// Drives the event sink's dashboard in a real Chromium: the topology shows the gateway, the
+// catalog and the catalog's database with numbers that change under load, a trace opens into its waterfall, and a
 // screenshot is saved. Run by tests/dashboard.rs with DASHBOARD_URL, SCREENSHOT and CHROMIUM set.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
@@ -44,6 +44,16 @@ try {
 } catch (error) {
   await fail(`the topology never showed gateway -> catalog: ${error.message}`);
 }
+
+// The catalog's database is a node of its own (drawn as a database), with a measured edge.
+try {
+  await page.waitForSelector("#node-catalog-db.database", { timeout: 15000 });
+  await page.waitForSelector('[data-edge="catalog->catalog-db"] text', { timeout: 15000 });
+} catch (error) {
+  await fail(`the topology never showed catalog -> catalog-db: ${error.message}`);
+}
+const legend = await page.$$eval("#legend .item", (items) => items.map((i) => i.dataset.kind));
+if (!legend.includes("database") || !legend.includes("cache")) await fail(`legend: ${JSON.stringify(legend)}`);
 
 // The numbers on the gateway -> catalog edge move while load runs.
 const first = await page.textContent(edge);

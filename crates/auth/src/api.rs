@@ -14,7 +14,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::AnyPool;
+use stratus_kit::db::Db;
 use stratus_kit::{Json, Problem};
 #[allow(unused_imports)]
 use stratus_token::Verifier;
@@ -26,7 +26,7 @@ use crate::{keys, mfa, passwords, throttle, Args};
 const MAX_BODY: usize = 16 * 1024;
 
 pub struct AppState {
-    pub(crate) pool: AnyPool,
+    pub(crate) pool: Db,
     /// The key that signs, swapped on rotation (see `keys.rs`).
     pub(crate) key: Arc<keys::CurrentKey>,
     pub(crate) issuer: String,
@@ -39,11 +39,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(
-        pool: AnyPool,
-        key: Arc<keys::CurrentKey>,
-        args: &Args,
-    ) -> anyhow::Result<Self> {
+    pub async fn new(pool: Db, key: Arc<keys::CurrentKey>, args: &Args) -> anyhow::Result<Self> {
         Ok(Self {
             pool,
             key,
@@ -318,7 +314,7 @@ pub(crate) async fn rotate_refresh_token(
     Ok(Some(issue(state, &user, &family, &grant).await?))
 }
 
-pub(crate) async fn revoke_family(pool: &AnyPool, family: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn revoke_family(pool: &Db, family: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = $1")
         .bind(family)
         .execute(pool)

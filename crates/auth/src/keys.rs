@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use sqlx::AnyPool;
+use stratus_kit::db::Db;
 use stratus_token::{now_unix, Jwks, SigningKey};
 
 /// Extra time an old key stays published after the last token it could have signed expires:
@@ -50,7 +50,7 @@ impl CurrentKey {
 }
 
 /// The current stored key, creating one if there is none.
-pub async fn current_or_create(pool: &AnyPool) -> anyhow::Result<SigningKey> {
+pub async fn current_or_create(pool: &Db) -> anyhow::Result<SigningKey> {
     if let Some(key) = current(pool).await? {
         return Ok(key);
     }
@@ -81,7 +81,7 @@ async fn insert(
 }
 
 /// The newest key that is not retiring, with its creation time.
-async fn current_row(pool: &AnyPool) -> anyhow::Result<Option<(SigningKey, i64)>> {
+async fn current_row(pool: &Db) -> anyhow::Result<Option<(SigningKey, i64)>> {
     let row: Option<(String, String, i64)> = sqlx::query_as(
         "SELECT kid, pkcs8, created_unix FROM signing_keys WHERE retire_at IS NULL \
          ORDER BY created_unix DESC, created_at DESC, kid DESC LIMIT 1",
@@ -95,7 +95,7 @@ async fn current_row(pool: &AnyPool) -> anyhow::Result<Option<(SigningKey, i64)>
     .transpose()
 }
 
-pub async fn current(pool: &AnyPool) -> anyhow::Result<Option<SigningKey>> {
+pub async fn current(pool: &Db) -> anyhow::Result<Option<SigningKey>> {
     Ok(current_row(pool).await?.map(|(key, _)| key))
 }
 
@@ -108,10 +108,7 @@ pub struct Retiring {
 
 /// Makes a new key current. Every key that was current is retired at `now + token_ttl +`
 /// [`RETIRE_MARGIN`]. One transaction, so concurrent rotations leave exactly one current key.
-pub async fn rotate(
-    pool: &AnyPool,
-    token_ttl: Duration,
-) -> anyhow::Result<(SigningKey, Vec<Retiring>)> {
+pub async fn rotate(pool: &Db, token_ttl: Duration) -> anyhow::Result<(SigningKey, Vec<Retiring>)> {
     let key = SigningKey::generate(new_kid())?;
     let retire_at = (now_unix() + token_ttl.as_secs() + RETIRE_MARGIN.as_secs()) as i64;
     let mut tx = pool.begin().await?;
@@ -134,7 +131,7 @@ pub async fn rotate(
 }
 
 /// The public half of every key that may still have signed a live token.
-pub async fn jwks(pool: &AnyPool) -> anyhow::Result<Jwks> {
+pub async fn jwks(pool: &Db) -> anyhow::Result<Jwks> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT kid, pkcs8 FROM signing_keys WHERE retire_at IS NULL OR retire_at > $1 \
          ORDER BY created_unix DESC, created_at DESC",
@@ -150,7 +147,7 @@ pub async fn jwks(pool: &AnyPool) -> anyhow::Result<Jwks> {
 }
 
 /// Deletes keys whose every token has expired.
-pub async fn prune(pool: &AnyPool) -> anyhow::Result<u64> {
+pub async fn prune(pool: &Db) -> anyhow::Result<u64> {
     let deleted =
         sqlx::query("DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= $1")
             .bind(now_unix() as i64)
@@ -162,7 +159,7 @@ pub async fn prune(pool: &AnyPool) -> anyhow::Result<u64> {
 /// Keeps this instance's signing key in step with the table, rotates on schedule (when
 /// `every` is set) and prunes retired keys. Runs for the life of the process.
 pub async fn maintain(
-    pool: AnyPool,
+    pool: Db,
     key: Arc<CurrentKey>,
     token_ttl: Duration,
     every: Option<Duration>,
@@ -177,7 +174,7 @@ pub async fn maintain(
 }
 
 async fn sync(
-    pool: &AnyPool,
+    pool: &Db,
     key: &CurrentKey,
     token_ttl: Duration,
     every: Option<Duration>,

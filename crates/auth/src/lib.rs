@@ -65,7 +65,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let url =
         stratus_kit::db::url_for("auth", args.database_url.as_deref(), &args.common.data_dir)?;
-    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let pool = stratus_kit::db::Db::open("auth", &url, schema::MIGRATIONS).await?;
     let signing_key = keys::current_or_create(&pool)
         .await
         .context("loading the signing key")?;

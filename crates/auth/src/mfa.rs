@@ -21,7 +21,7 @@ use rand::RngCore;
 use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::AnyPool;
+use stratus_kit::db::Db;
 use stratus_kit::{Json, Problem};
 use stratus_token::now_unix;
 
@@ -73,7 +73,7 @@ pub fn invalid_problem() -> Problem {
 
 /// Checks (and spends) the second factor of a user whose password was right.
 pub async fn check(
-    pool: &AnyPool,
+    pool: &Db,
     user_id: &str,
     code: Option<&str>,
 ) -> Result<SecondFactor, sqlx::Error> {
@@ -104,7 +104,7 @@ pub async fn check(
 }
 
 /// Records `step` as used; false if it (or a later one) was used already: a replay.
-async fn spend_step(pool: &AnyPool, user_id: &str, step: u64) -> Result<bool, sqlx::Error> {
+async fn spend_step(pool: &Db, user_id: &str, step: u64) -> Result<bool, sqlx::Error> {
     let result =
         sqlx::query("UPDATE mfa_totp SET last_step = $1 WHERE user_id = $2 AND last_step < $1")
             .bind(step as i64)
@@ -114,11 +114,7 @@ async fn spend_step(pool: &AnyPool, user_id: &str, step: u64) -> Result<bool, sq
     Ok(stratus_kit::db::changed(&result))
 }
 
-async fn spend_recovery_code(
-    pool: &AnyPool,
-    user_id: &str,
-    code: &str,
-) -> Result<bool, sqlx::Error> {
+async fn spend_recovery_code(pool: &Db, user_id: &str, code: &str) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
         "UPDATE mfa_recovery_codes SET used = 1 WHERE code_hash = $1 AND user_id = $2 AND used = 0",
     )

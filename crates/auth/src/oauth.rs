@@ -451,7 +451,7 @@ pub fn s256(verifier: &str) -> String {
 }
 
 /// Forgets codes long expired.
-pub async fn prune(pool: &sqlx::AnyPool) -> Result<(), sqlx::Error> {
+pub async fn prune(pool: &stratus_kit::db::Db) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM authorization_codes WHERE expires_at < $1")
         .bind(now_unix() as i64 - 3600)
         .execute(pool)

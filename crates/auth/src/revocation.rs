@@ -121,7 +121,7 @@ pub async fn introspect(
 }
 
 /// Forgets revoked ids whose tokens have expired anyway.
-pub async fn prune(pool: sqlx::AnyPool) {
+pub async fn prune(pool: stratus_kit::db::Db) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         ticker.tick().await;

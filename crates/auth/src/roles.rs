@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::AnyPool;
+use stratus_kit::db::Db;
 use stratus_kit::{Json, Problem};
 
 use crate::admin::{check_names, require_admin};
@@ -24,7 +24,7 @@ use crate::api::Shared;
 const BUILT_IN: [&str; 2] = ["admin", "customer"];
 
 /// The permissions `roles` grant together, sorted and without repeats.
-pub async fn permissions_of(pool: &AnyPool, roles: &[String]) -> Result<Vec<String>, sqlx::Error> {
+pub async fn permissions_of(pool: &Db, roles: &[String]) -> Result<Vec<String>, sqlx::Error> {
     let mut permissions = Vec::new();
     // A user holds a handful of roles at most (admin::MAX_ROLES), so one indexed lookup each
     // costs less than building an IN list the two SQL dialects agree on.

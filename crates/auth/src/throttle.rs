@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use sqlx::AnyPool;
+use stratus_kit::db::Db;
 use stratus_kit::Problem;
 
 pub const ACCOUNT_LIMIT: i64 = 5;
@@ -33,7 +33,7 @@ fn now() -> i64 {
 }
 
 /// 429 with `Retry-After` if any of the keys is locked now.
-pub async fn check(pool: &AnyPool, keys: &[(String, i64)]) -> Result<(), Problem> {
+pub async fn check(pool: &Db, keys: &[(String, i64)]) -> Result<(), Problem> {
     let now = now();
     for (key, _) in keys {
         let locked: Option<(i64,)> =
@@ -55,7 +55,7 @@ pub async fn check(pool: &AnyPool, keys: &[(String, i64)]) -> Result<(), Problem
 }
 
 /// Counts a failure against every key, locking those past their limit.
-pub async fn failed(pool: &AnyPool, keys: &[(String, i64)]) -> Result<(), sqlx::Error> {
+pub async fn failed(pool: &Db, keys: &[(String, i64)]) -> Result<(), sqlx::Error> {
     let now = now();
     for (key, limit) in keys {
         let row: Option<(i64, i64)> =
@@ -91,7 +91,7 @@ pub async fn failed(pool: &AnyPool, keys: &[(String, i64)]) -> Result<(), sqlx::
 }
 
 /// A successful login clears the account's count (the address keeps its own).
-pub async fn succeeded(pool: &AnyPool, email: &str) -> Result<(), sqlx::Error> {
+pub async fn succeeded(pool: &Db, email: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM login_attempts WHERE key = $1")
         .bind(format!("account:{email}"))
         .execute(pool)

@@ -1,8 +1,8 @@
 //! Users: creation, lookup, and the admin account made on first start.
 
 use rand::distr::{Alphanumeric, SampleString};
-use sqlx::AnyPool;
 use stratus_kit::db::is_unique_violation;
+use stratus_kit::db::Db;
 
 use crate::passwords;
 use crate::ADMIN_EMAIL;
@@ -28,7 +28,7 @@ fn roles_from(text: &str) -> Vec<String> {
 }
 
 pub async fn create(
-    pool: &AnyPool,
+    pool: &Db,
     email: &str,
     password: &str,
     roles: &[&str],
@@ -56,7 +56,7 @@ pub async fn create(
     }
 }
 
-pub async fn by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option<User>> {
+pub async fn by_email(pool: &Db, email: &str) -> anyhow::Result<Option<User>> {
     find(
         pool,
         "SELECT id, email, password_hash, roles FROM users WHERE email = $1",
@@ -65,7 +65,7 @@ pub async fn by_email(pool: &AnyPool, email: &str) -> anyhow::Result<Option<User
     .await
 }
 
-pub async fn by_id(pool: &AnyPool, id: &str) -> anyhow::Result<Option<User>> {
+pub async fn by_id(pool: &Db, id: &str) -> anyhow::Result<Option<User>> {
     find(
         pool,
         "SELECT id, email, password_hash, roles FROM users WHERE id = $1",
@@ -74,7 +74,7 @@ pub async fn by_id(pool: &AnyPool, id: &str) -> anyhow::Result<Option<User>> {
     .await
 }
 
-async fn find(pool: &AnyPool, query: &str, key: &str) -> anyhow::Result<Option<User>> {
+async fn find(pool: &Db, query: &str, key: &str) -> anyhow::Result<Option<User>> {
     let row: Option<(String, String, String, String)> =
         sqlx::query_as(query).bind(key).fetch_optional(pool).await?;
     Ok(row.map(|(id, email, password_hash, roles)| User {
@@ -87,7 +87,7 @@ async fn find(pool: &AnyPool, query: &str, key: &str) -> anyhow::Result<Option<U
 
 /// Creates `admin@stratus.local` if it does not exist. With no password configured, one is
 /// generated and printed once: secrets never have defaults in code.
-pub async fn ensure_admin(pool: &AnyPool, configured: Option<&str>) -> anyhow::Result<()> {
+pub async fn ensure_admin(pool: &Db, configured: Option<&str>) -> anyhow::Result<()> {
     if by_email(pool, ADMIN_EMAIL).await?.is_some() {
         return Ok(());
     }

@@ -56,9 +56,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = RegistryClient::new(&args.common.registry_url)?;
     tokio::spawn(follow::follow(client, view.clone()));
 
+    let reporter = if args.common.events {
+        let id = args.common.instance_id();
+        Some(stratus_kit::events::EventReporter::start(
+            &args.common.events_url,
+            "dns",
+            &id,
+        )?)
+    } else {
+        None
+    };
     let mut server = ServerFuture::new(handler::Handler {
         view,
         gateway_name: args.gateway_name.to_ascii_lowercase(),
+        reporter,
     });
     server.register_socket(udp);
     server.register_listener(tcp, TCP_TIMEOUT);

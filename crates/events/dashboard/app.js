@@ -41,13 +41,20 @@ function micros(text) {
 
 // ---- topology -------------------------------------------------------------------------------
 
-// Columns by distance from the clients; DNS beside the clients, the platform under the gateway.
-const rank = (id) => (id === "dns" || PLATFORM.has(id) ? 1 : 0);
+// Layers, left to right: clients and DNS, the gateway (the platform's registry and sink under
+// it), auth, the services (by how deep behind the gateway they are called), and last what the
+// services use: databases, caches and the broker.
+const BACKING = new Set(["database", "cache", "broker"]);
+const rank = (kind, id) => (kind === "dns" || PLATFORM.has(id) ? 1 : 0);
 function layout(topology) {
+  const kinds = new Map(topology.nodes.map((n) => [n.id, n.kind]));
+  const kindOf = (id) => kinds.get(id) || (id === "clients" ? "clients" : id === "dns" ? "dns" : "service");
   const ids = topology.nodes.map((n) => n.id);
   if (ids.includes("dns") && !ids.includes("clients")) ids.push("clients");
+  // Service-to-service calls only: a broker or a database is never a step deeper.
   const next = new Map();
   for (const e of topology.edges) {
+    if (BACKING.has(kindOf(e.from)) || BACKING.has(kindOf(e.to))) continue;
     if (!next.has(e.from)) next.set(e.from, []);
     next.get(e.from).push(e.to);
   }
@@ -62,30 +69,83 @@ function layout(topology) {
       }
     }
   }
-  const reached = Math.max(2, ...[...depth.values()]);
-  // DNS sits with the clients, the registry and the sink under the gateway.
+  const column = new Map();
   for (const id of ids) {
-    if (depth.has(id)) continue;
-    if (id === "dns") depth.set(id, 0);
-    else if (id === "gateway" || PLATFORM.has(id)) depth.set(id, 1);
-    else depth.set(id, Math.min(2, reached));
+    const kind = kindOf(id);
+    if (kind === "clients" || kind === "dns") column.set(id, 0);
+    else if (id === "gateway" || PLATFORM.has(id)) column.set(id, 1);
+    else if (id === "auth") column.set(id, 2);
+    else if (!BACKING.has(kind)) column.set(id, 3 + Math.max(0, (depth.get(id) || 2) - 2));
   }
+  const last = Math.max(3, ...column.values()) + 1;
+  for (const id of ids) if (!column.has(id)) column.set(id, last);
   const columns = [];
   for (const id of ids) {
-    const d = depth.get(id);
-    (columns[d] = columns[d] || []).push(id);
+    const c = column.get(id);
+    (columns[c] = columns[c] || []).push(id);
   }
-  return columns.filter(Boolean).map((c) =>
-    c.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)));
+  const order = { broker: 0, cache: 1, database: 2 };
+  return columns.filter(Boolean).map((c) => c.sort((a, b) =>
+    rank(kindOf(a), a) - rank(kindOf(b), b) ||
+    (order[kindOf(a)] ?? 0) - (order[kindOf(b)] ?? 0) || a.localeCompare(b)));
+}
+
+// How each kind of node is drawn: a rounded box (services), a cylinder (databases), a pill
+// (caches), a box with a double border (the broker), a dashed box (clients) or a hexagon (DNS). The legend under the graph uses the same shapes.
+function nodeShape(kind, w, h) {
+  const shapes = [];
+  if (kind === "database") {
+    const ry = 7;
+    shapes.push(el("svg:path", {
+      class: "shape",
+      d: `M0,${ry} A${w / 2},${ry} 0 0 1 ${w},${ry} V${h - ry} A${w / 2},${ry} 0 0 1 0,${h - ry} Z`,
+    }));
+    shapes.push(el("svg:path", { class: "rim", d: `M0,${ry} A${w / 2},${ry} 0 0 0 ${w},${ry}` }));
+  } else if (kind === "cache") {
+    shapes.push(el("svg:rect", { class: "shape", width: w, height: h, rx: h / 2 }));
+  } else if (kind === "dns") {
+    const c = 12;
+    shapes.push(el("svg:path", {
+      class: "shape",
+      d: `M${c},0 H${w - c} L${w},${h / 2} L${w - c},${h} H${c} L0,${h / 2} Z`,
+    }));
+  } else {
+    shapes.push(el("svg:rect", { class: "shape", width: w, height: h, rx: 10 }));
+    if (kind === "broker") {
+      shapes.push(el("svg:rect", { class: "rim", x: 3, y: 3, width: w - 6, height: h - 6, rx: 8 }));
+    }
+  }
+  return shapes;
+}
+
+const LEGEND = [
+  ["clients", "clients"], ["dns", "DNS"], ["service", "service"],
+  ["database", "database"], ["cache", "cache"], ["broker", "broker"],
+];
+function drawLegend() {
+  const root = $("legend");
+  if (!root || root.childElementCount) return;
+  for (const [kind, text] of LEGEND) {
+    const item = el("span", { class: "item", "data-kind": kind });
+    const svg = el("svg:svg", { width: 30, height: 16, viewBox: "0 0 30 16" });
+    const g = el("svg:g", { class: `node ${kind}` });
+    g.append(...nodeShape(kind, 30, 16));
+    svg.append(g);
+    item.append(svg, el("span", {}, text));
+    root.append(item);
+  }
 }
 
 function drawTopology(topology, instances) {
   const svg = $("graph");
+  const columns = layout(topology);
+  // Tall enough for the fullest column (the databases, with many services).
+  const rows = Math.max(1, ...columns.map((c) => c.length));
+  svg.style.height = `${Math.max(420, rows * 64)}px`;
   const width = svg.clientWidth || 900;
   const height = svg.clientHeight || 420;
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.replaceChildren();
-  const columns = layout(topology);
   const colW = (width - 20) / Math.max(1, columns.length);
   const nodeW = Math.min(150, colW * 0.56), nodeH = 52;
   const pos = new Map();
@@ -103,6 +163,12 @@ function drawTopology(topology, instances) {
   const edgeLayer = el("svg:g"), labelLayer = el("svg:g"), nodeLayer = el("svg:g");
   svg.append(edgeLayer, nodeLayer, labelLayer);
   const curve = (a, b) => {
+    if (Math.abs(a.x - b.x) < 1) {
+      // Within one column (clients -> DNS): bottom of one to the top of the other.
+      const x = a.x + nodeW / 2;
+      const [y1, y2] = a.y < b.y ? [a.y + nodeH, b.y] : [a.y, b.y + nodeH];
+      return { d: `M${x},${y1} L${x},${y2}`, mx: x, my: (y1 + y2) / 2 };
+    }
     const x1 = a.x + nodeW, y1 = a.y + nodeH / 2, x2 = b.x, y2 = b.y + nodeH / 2;
     const mx = (x1 + x2) / 2;
     return { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, mx, my: (y1 + y2) / 2 };
@@ -138,7 +204,7 @@ function drawTopology(topology, instances) {
     labelLayer.append(label);
   }
   for (const [id, p] of pos) {
-    const n = byId.get(id) || { id, kind: id === "clients" ? "clients" : "service", rate: 0, count: 0 };
+    const n = byId.get(id) || { id, kind: id === "clients" ? "clients" : id === "dns" ? "dns" : "service", rate: 0, count: 0 };
     const live = health.get(id) || [];
     const registered = live.filter((i) => i.health !== "gone");
     const g = el("svg:g", {
@@ -146,13 +212,15 @@ function drawTopology(topology, instances) {
       class: `node ${n.kind}` + (n.count === 0 && n.kind === "service" ? " idle" : ""),
       id: `node-${safeId(id)}`, transform: `translate(${p.x},${p.y})`,
     });
-    g.append(el("svg:rect", { width: nodeW, height: nodeH, rx: 10 }));
+    g.append(...nodeShape(n.kind, nodeW, nodeH));
     const room = Math.max(4, Math.floor((nodeW - 20) / 7.5));
     g.append(el("svg:text", { class: "name", x: 12, y: 22 }, id.length > room ? id.slice(0, room - 1) + "…" : id));
-    g.append(el("svg:title", {}, id));
-    const stat = n.kind === "service"
+    g.append(el("svg:title", {}, n.label ? `${id} (${n.kind}: ${n.label})` : `${id} (${n.kind})`));
+    const stat = n.kind === "service" || n.kind === "dns"
       ? (n.count ? fmtRate(n.rate) : "idle")
-      : n.kind === "clients" ? "outside callers" : "messages";
+      : n.kind === "clients" ? "outside callers"
+      : n.kind === "broker" ? (n.label ? `messages · ${n.label}` : "messages")
+      : `${n.label || n.kind} · ${fmtRate(n.rate)}`;
     g.append(el("svg:text", { class: "stat", x: 12, y: 41 }, stat));
     registered.slice(0, 8).forEach((inst, i) => {
       const fill = { passing: "#3ecf8e", warning: "#f5b841", critical: "#f0616d" }[inst.health] || "#8a96ad";
@@ -276,7 +344,9 @@ function drawWaterfall(records) {
     const row = el("div", { class: "wf-row", "data-span": s.span_id });
     const label = el("div", { class: "wf-label" });
     label.style.paddingLeft = `${depthOf(s) * 14}px`;
-    label.append(el("b", {}, s.service), el("span", {}, ` ${s.method || ""} ${s.name}`));
+    // A call to a database or cache names the node it called: "orders → orders-db (sqlite)".
+    const what = s.peer ? ` → ${s.peer} (${s.name})` : ` ${s.method || ""} ${s.name}`;
+    label.append(el("b", {}, s.service), el("span", {}, what));
     label.title = `${s.service} (${s.instance}) ${s.kind} ${s.status}`;
     const track = el("div", { class: "wf-track" });
     const left = ((s.start - t0) / total) * 100;
@@ -285,7 +355,7 @@ function drawWaterfall(records) {
     bar.style.left = `${left}%`;
     bar.style.width = `${width}%`;
     bar.style.background = colour(s.service);
-    const time = el("span", { class: "wf-time" }, `${fmtMs(s.duration_us / 1000)} · ${s.status}`);
+    const time = el("span", { class: "wf-time" }, fmtMs(s.duration_us / 1000) + (s.status ? ` · ${s.status}` : ""));
     if (left + width > 70) {
       time.classList.add("inside");
       time.style.right = `${Math.max(0, 100 - left - width)}%`;
@@ -305,6 +375,7 @@ function render() {
   if (!latest) return;
   $("clock").textContent = new Date(micros(latest.time) / 1000).toLocaleTimeString();
   $("window").textContent = `last ${latest.window_seconds} s`;
+  drawLegend();
   drawTopology(latest.topology, latest.instances);
   drawInstances(latest.instances);
   drawTraces(latest.traces);

@@ -219,6 +219,9 @@ fn span(row: Row) -> proto::Span {
     if let Some(breaker) = row.breaker {
         attributes.push(proto::KeyValue::string("stratus.breaker", breaker));
     }
+    if let Some(peer) = row.peer {
+        attributes.push(proto::KeyValue::string("peer.service", peer));
+    }
     proto::Span {
         trace_id: bytes_of_hex(&row.trace_id),
         span_id: bytes_of_hex(&row.span_id),

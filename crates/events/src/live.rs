@@ -113,15 +113,20 @@ pub fn instances(registry: &RegistryView, stats: &[ServiceStats]) -> Vec<Service
     out.into_values().collect()
 }
 
-/// The window's topology, with every registered service as a node.
+/// The window's topology, with every registered service as a node and the broker's backend.
 pub fn topology_of(hops: &[Hop], window: Duration, registry: &RegistryView) -> Topology {
-    let known: Vec<String> = registry.services.keys().cloned().collect();
+    let known = topology::Known {
+        services: registry.services.keys().cloned().collect(),
+        broker: registry.broker.clone(),
+    };
     topology::compute(hops, window.as_secs_f64(), &known)
 }
 
-/// (service, instance, ok, duration) rows for [`stats::compute`].
+/// (service, instance, ok, duration) rows for [`stats::compute`]: the hops services handled
+/// (their calls to databases and caches, records with a `peer`, are not among them).
 pub fn stat_rows(hops: &[Hop]) -> Vec<(String, String, bool, i64)> {
     hops.iter()
+        .filter(|h| h.peer.is_none())
         .map(|h| (h.service.clone(), h.instance.clone(), h.ok, h.duration_us))
         .collect()
 }

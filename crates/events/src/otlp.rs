@@ -141,6 +141,10 @@ pub fn records(request: ExportRequest) -> Result<Vec<EventRecord>, String> {
             .unwrap_or(0);
             let error = span.status.as_ref().is_some_and(|s| s.code == 2);
             let topic = attribute(&span.attributes, &["messaging.destination.name"]);
+            // A call to a database or cache: the node it called, and (as the name) what it is.
+            let peer = attribute(&span.attributes, &["peer.service"]);
+            let system = attribute(&span.attributes, &["db.system.name", "db.system"])
+                .filter(|_| peer.is_some());
             out.push(EventRecord {
                 trace_id: span.trace_id.to_ascii_lowercase(),
                 span_id: span.span_id.to_ascii_lowercase(),
@@ -149,7 +153,9 @@ pub fn records(request: ExportRequest) -> Result<Vec<EventRecord>, String> {
                 service: service.clone(),
                 instance: instance.clone(),
                 kind: kind(span.kind).into(),
-                name: attribute(&span.attributes, &["http.route"]).unwrap_or(span.name),
+                name: system
+                    .or_else(|| attribute(&span.attributes, &["http.route"]))
+                    .unwrap_or(span.name),
                 method: attribute(&span.attributes, &["http.request.method", "http.method"]),
                 status,
                 ok: !error && status < 500,
@@ -159,6 +165,7 @@ pub fn records(request: ExportRequest) -> Result<Vec<EventRecord>, String> {
                 cache: None,
                 topic,
                 breaker: None,
+                peer,
             });
         }
     }

@@ -28,6 +28,7 @@ pub struct Row {
     pub cache: Option<String>,
     pub topic: Option<String>,
     pub breaker: Option<String>,
+    pub peer: Option<String>,
 }
 
 impl Row {
@@ -49,6 +50,7 @@ impl Row {
             cache: self.cache,
             topic: self.topic,
             breaker: self.breaker,
+            peer: self.peer,
         }
     }
 }
@@ -126,6 +128,7 @@ pub fn validate(record: EventRecord) -> Result<Row, String> {
     }
     optional("topic", &record.topic, 256)?;
     optional("breaker", &record.breaker, 32)?;
+    optional("peer", &record.peer, 128)?;
     Ok(Row {
         trace_id: record.trace_id,
         span_id: record.span_id,
@@ -143,6 +146,7 @@ pub fn validate(record: EventRecord) -> Result<Row, String> {
         cache: record.cache,
         topic: record.topic,
         breaker: record.breaker,
+        peer: record.peer,
     })
 }
 
@@ -177,6 +181,7 @@ pub(crate) mod tests {
             cache: Some("hit".into()),
             topic: None,
             breaker: None,
+            peer: None,
         }
     }
 
@@ -207,6 +212,9 @@ pub(crate) mod tests {
             (|r| r.started_at = "yesterday".into(), "started_at"),
             (|r| r.duration_us = u64::MAX, "duration_us"),
             (|r| r.cache = Some("warm".into()), "cache"),
+            (|r| r.peer = Some("".into()), "peer"),
+            (|r| r.peer = Some("x".repeat(129)), "peer"),
+            (|r| r.peer = Some("orders\u{7f}db".into()), "peer"),
         ];
         for (change, field) in cases {
             let mut bad = record();
@@ -214,6 +222,17 @@ pub(crate) mod tests {
             let error = validate(bad).unwrap_err();
             assert!(error.starts_with(field), "{field}: {error}");
         }
+    }
+
+    #[test]
+    fn a_peer_round_trips() {
+        let mut call = record();
+        call.kind = "client".into();
+        call.name = "postgres".into();
+        call.peer = Some("orders-db".into());
+        let row = validate(call.clone()).unwrap();
+        assert_eq!(row.peer.as_deref(), Some("orders-db"));
+        assert_eq!(row.into_record(), call);
     }
 
     #[test]

@@ -27,12 +27,21 @@ pub struct RegistryView {
     /// False until the registry has answered once, and while it does not answer.
     pub reachable: bool,
     pub services: std::collections::BTreeMap<String, Vec<InstanceView>>,
+    /// The broker the instances say they use (registration metadata `broker`: `nats`,
+    /// `sqlite`); the first one found, as one system shares one broker.
+    pub broker: Option<String>,
 }
 
 impl RegistryView {
     fn from_catalog(catalog: Catalog) -> Self {
+        let broker = catalog
+            .services
+            .values()
+            .flatten()
+            .find_map(|i| i.metadata.get("broker").cloned());
         Self {
             reachable: true,
+            broker,
             services: catalog
                 .services
                 .into_iter()

@@ -1,7 +1,8 @@
 //! The sink's own database: one `events` table, written in batches, read by trace, by filter and
 //! for stats, and kept within its retention bound.
 
-use sqlx::AnyPool;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row as _};
 use stratus_kit::db::Migration;
 
 use crate::record::Row;
@@ -37,59 +38,53 @@ macro_rules! events_schema {
     };
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "events",
-    sqlite: events_schema!("INTEGER PRIMARY KEY"),
-    postgres: events_schema!("BIGSERIAL PRIMARY KEY"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "events",
+        sqlite: events_schema!("INTEGER PRIMARY KEY"),
+        postgres: events_schema!("BIGSERIAL PRIMARY KEY"),
+    },
+    // The node a `client` record called (`orders-db`, `redis`): an edge of the topology.
+    Migration {
+        version: 2,
+        description: "events.peer",
+        sqlite: "ALTER TABLE events ADD COLUMN peer TEXT",
+        postgres: "ALTER TABLE events ADD COLUMN peer TEXT",
+    },
+];
 
-const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker";
-const PER_ROW: usize = 16;
+const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer";
+const PER_ROW: usize = 17;
 /// Rows per INSERT statement through the pool. PostgreSQL takes up to 65,535 parameters a
-/// statement; 500 rows is 8,000. SQLite files are written by `sqlite.rs` instead; an in-memory
+/// statement; 500 rows is 8,500. SQLite files are written by `sqlite.rs` instead; an in-memory
 /// SQLite gets anonymous `?` parameters, because binding `$N` names costs SQLite a linear lookup
 /// per parameter (quadratic in the statement's length: 1,000 `$N` rows a statement stored 2,300
 /// records/s, 32 rows 31,000/s).
 const ROWS_PER_STATEMENT: usize = 500;
 
-type Tuple = (
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
-fn row((t, s, p, svc, i, k, n, m, st, ok, start, d, r, c, topic, b): Tuple) -> Row {
-    Row {
-        trace_id: t,
-        span_id: s,
-        parent_span_id: p,
-        service: svc,
-        instance: i,
-        kind: k,
-        name: n,
-        method: m,
-        status: st,
-        ok: ok != 0,
-        started_us: start,
-        duration_us: d,
-        retries: r,
-        cache: c,
-        topic,
-        breaker: b,
+/// A stored row, read by column position (17 columns: more than sqlx's tuples take).
+impl<'r> sqlx::FromRow<'r, AnyRow> for Row {
+    fn from_row(r: &'r AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Row {
+            trace_id: r.try_get(0)?,
+            span_id: r.try_get(1)?,
+            parent_span_id: r.try_get(2)?,
+            service: r.try_get(3)?,
+            instance: r.try_get(4)?,
+            kind: r.try_get(5)?,
+            name: r.try_get(6)?,
+            method: r.try_get(7)?,
+            status: r.try_get(8)?,
+            ok: r.try_get::<i64, _>(9)? != 0,
+            started_us: r.try_get(10)?,
+            duration_us: r.try_get(11)?,
+            retries: r.try_get(12)?,
+            cache: r.try_get(13)?,
+            topic: r.try_get(14)?,
+            breaker: r.try_get(15)?,
+            peer: r.try_get(16)?,
+        })
     }
 }
 
@@ -158,7 +153,8 @@ pub async fn insert_into(
                 .bind(r.retries)
                 .bind(r.cache.as_deref())
                 .bind(r.topic.as_deref())
-                .bind(r.breaker.as_deref());
+                .bind(r.breaker.as_deref())
+                .bind(r.peer.as_deref());
         }
         query.execute(&mut **tx).await?;
     }
@@ -170,8 +166,7 @@ pub async fn trace(pool: &AnyPool, trace_id: &str) -> Result<Vec<Row>, sqlx::Err
     let sql = format!(
         "SELECT {COLUMNS} FROM events WHERE trace_id = $1 ORDER BY started_us, id LIMIT 10000"
     );
-    let rows: Vec<Tuple> = sqlx::query_as(&sql).bind(trace_id).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(row).collect())
+    sqlx::query_as(&sql).bind(trace_id).fetch_all(pool).await
 }
 
 /// Filters for [`events`].
@@ -220,23 +215,25 @@ pub async fn events(pool: &AnyPool, filter: &Filter) -> Result<Vec<Row>, sqlx::E
         " ORDER BY started_us DESC, id DESC LIMIT {}",
         filter.limit
     ));
-    let mut query = sqlx::query_as::<_, Tuple>(&sql);
+    let mut query = sqlx::query_as::<_, Row>(&sql);
     for bind in binds {
         query = match bind {
             Bind::Text(text) => query.bind(text),
             Bind::Int(value) => query.bind(value),
         };
     }
-    Ok(query.fetch_all(pool).await?.into_iter().map(row).collect())
+    query.fetch_all(pool).await
 }
 
-/// (service, instance, ok, duration_us) of every record started since `since_us`.
+/// (service, instance, ok, duration_us) of every record started since `since_us`: the hops
+/// services handled (a `client` record of calls to a database or cache, which has a `peer`, is
+/// not one).
 pub async fn window(
     pool: &AnyPool,
     since_us: i64,
 ) -> Result<Vec<(String, String, bool, i64)>, sqlx::Error> {
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT service, instance, ok, duration_us FROM events WHERE started_us >= $1",
+        "SELECT service, instance, ok, duration_us FROM events WHERE started_us >= $1 AND peer IS NULL",
     )
     .bind(since_us)
     .fetch_all(pool)
@@ -258,6 +255,10 @@ pub struct Hop {
     pub ok: bool,
     pub duration_us: i64,
     pub topic: Option<String>,
+    /// The record's name: the route, the topic, or for a call to a peer what the peer is.
+    pub name: String,
+    /// The node a `client` record called (`orders-db`).
+    pub peer: Option<String>,
 }
 
 /// The most records one window query reads: a dashboard over a busy minute stays bounded.
@@ -274,10 +275,12 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
         i64,
         i64,
         Option<String>,
+        String,
+        Option<String>,
     );
     let rows: Vec<HopTuple> = sqlx::query_as(&format!(
-        "SELECT span_id, parent_span_id, service, instance, kind, ok, duration_us, topic \
-         FROM events WHERE started_us >= $1 ORDER BY started_us DESC LIMIT {MAX_WINDOW_ROWS}"
+        "SELECT span_id, parent_span_id, service, instance, kind, ok, duration_us, topic, name, \
+         peer FROM events WHERE started_us >= $1 ORDER BY started_us DESC LIMIT {MAX_WINDOW_ROWS}"
     ))
     .bind(since_us)
     .fetch_all(pool)
@@ -285,7 +288,18 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
     Ok(rows
         .into_iter()
         .map(
-            |(span_id, parent_span_id, service, instance, kind, ok, duration_us, topic)| Hop {
+            |(
+                span_id,
+                parent_span_id,
+                service,
+                instance,
+                kind,
+                ok,
+                duration_us,
+                topic,
+                name,
+                peer,
+            )| Hop {
                 span_id,
                 parent_span_id,
                 service,
@@ -294,6 +308,8 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
                 ok: ok != 0,
                 duration_us,
                 topic,
+                name,
+                peer,
             },
         )
         .collect())
@@ -414,10 +430,10 @@ mod tests {
     #[test]
     fn insert_statements_number_their_parameters() {
         let sql = insert_sql(2, true);
-        assert!(
-            sql.ends_with("$16),($17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32)")
-        );
-        assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+        assert!(sql.ends_with(
+            "$17),($18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34)"
+        ));
+        assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 
     #[tokio::test]

@@ -547,6 +547,7 @@ fn report(reporter: &stratus_kit::events::EventReporter, route: &str, rollback: 
         cache: None,
         topic: None,
         breaker: None,
+        peer: None,
     });
 }
 

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use stratus_kit::event_json::{Field, Origin, RecordRef};
+use stratus_kit::event_json::{Field, Name, Origin, RecordRef};
 use stratus_kit::events::EventReporter;
 use stratus_kit::trace::TraceContext;
 
@@ -71,7 +71,7 @@ impl WorkerEvents {
             span_id: hop.trace.span_id,
             parent_span_id: hop.parent.map(|p| p.span_id),
             origin: &self.origin,
-            name: hop.route,
+            name: Name::Encoded(hop.route),
             method: Some(hop.method.as_str()),
             status: hop.status,
             ok: hop.status < 500,
@@ -81,6 +81,7 @@ impl WorkerEvents {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
         };
         let full = {
             let Ok(mut pending) = self.pending.lock() else {

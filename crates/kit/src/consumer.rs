@@ -5,7 +5,8 @@
 //!
 //! - **trace context**: the message's `traceparent` is continued as a child span, which the
 //!   handler gets (to put on whatever it publishes in turn), and one `consumer` event record per
-//!   message hop is reported with the topic, so a trace follows the event from service to service;
+//!   message hop is reported with the topic, so a trace follows the event from service to service,
+//!   and after it one `client` record per database or cache the handler called (`tally`);
 //! - **settling**: `Ok` acks; `Err` nacks with exponential back-off, and after the broker's
 //!   `max_attempts` the message moves to `<topic>.dlq`. A poison message (one that cannot be
 //!   decoded) therefore costs a few attempts and then waits in the dead-letter topic: it never
@@ -91,14 +92,16 @@ where
                 }
             };
             let started = Instant::now();
-            let started_at = crate::now_rfc3339();
+            let wall = time::OffsetDateTime::now_utc();
             let incoming = delivery.message.traceparent().and_then(TraceContext::parse);
             let (context, parent) = match incoming {
                 Some(incoming) => (incoming.child(), Some(incoming.span_id_hex())),
                 None => (TraceContext::new_root(), None),
             };
             let attempt = delivery.attempt;
-            let outcome = handler(delivery.message.clone(), context).await;
+            // The handler's database and cache calls are counted in this task (`tally`).
+            let (outcome, spent) =
+                crate::tally::scope(handler(delivery.message.clone(), context)).await;
             let ok = outcome.is_ok();
             let settled = match outcome {
                 Ok(()) => delivery.ack().await,
@@ -126,13 +129,17 @@ where
                     method: None,
                     status: 0,
                     ok,
-                    started_at,
+                    started_at: wall
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
                     duration_us: started.elapsed().as_micros() as u64,
                     retries: (attempt > 1).then(|| attempt - 1),
                     cache: None,
                     topic: Some(topic.to_string()),
                     breaker: None,
+                    peer: None,
                 });
+                reporter.report_calls(&context, started, wall, spent);
             }
         }
     }))

@@ -4,6 +4,9 @@
 //! and run through sqlx's `Any` driver. Migrations carry one script per backend where the dialects
 //! differ. A configured database that cannot be reached is an error at start-up, never a silent
 //! fallback to SQLite.
+//!
+//! Services hold a [`Db`]: the pool, counting and timing each call into the request's tally
+//! (`timed.rs`), so the sink sees `<service> -> <service>-db` with its latency.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,6 +16,9 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AnyPool, Connection, Executor};
+
+mod timed;
+pub use timed::{Db, Tx};
 
 /// One schema change, in both dialects.
 pub struct Migration {

@@ -61,6 +61,23 @@ impl Field {
     }
 }
 
+/// A record's `name`: encoded once for names that repeat (a gateway route's), or any text.
+#[derive(Debug, Clone, Copy)]
+pub enum Name<'a> {
+    /// A [`Field`] made with the key `name`.
+    Encoded(&'a Field),
+    Text(&'a str),
+}
+
+impl Name<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Name::Encoded(field) => field.value(),
+            Name::Text(text) => text,
+        }
+    }
+}
+
 /// One record, borrowed: what [`crate::events::EventRecord`] holds, without owning any of it.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
@@ -68,8 +85,7 @@ pub struct RecordRef<'a> {
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
     pub origin: &'a Origin,
-    /// The `name` field, encoded when the route table was loaded.
-    pub name: &'a Field,
+    pub name: Name<'a>,
     /// An HTTP method: a token (RFC 9110), which never needs escaping.
     pub method: Option<&'a str>,
     pub status: u16,
@@ -81,6 +97,8 @@ pub struct RecordRef<'a> {
     pub cache: Option<&'a str>,
     pub topic: Option<&'a str>,
     pub breaker: Option<&'a str>,
+    /// The node a `client` record called (`orders-db`).
+    pub peer: Option<&'a str>,
 }
 
 impl RecordRef<'_> {
@@ -100,7 +118,10 @@ impl RecordRef<'_> {
             out.extend_from_slice(&field);
         }
         out.extend_from_slice(&self.origin.json);
-        out.extend_from_slice(&self.name.json);
+        match self.name {
+            Name::Encoded(field) => out.extend_from_slice(&field.json),
+            Name::Text(name) => text(out, "name", name),
+        }
         if let Some(method) = self.method {
             write_method(out, method);
         }
@@ -138,6 +159,9 @@ impl RecordRef<'_> {
         }
         if let Some(breaker) = self.breaker {
             text(out, "breaker", breaker);
+        }
+        if let Some(peer) = self.peer {
+            text(out, "peer", peer);
         }
         out.push(b'}');
     }
@@ -328,7 +352,7 @@ mod tests {
             span_id: 0xf067aa0ba902b7,
             parent_span_id: Some(1),
             origin: &full_origin,
-            name: &name,
+            name: Name::Encoded(&name),
             method: Some("GET"),
             status: 503,
             ok: false,
@@ -338,6 +362,7 @@ mod tests {
             cache: Some("hit"),
             topic: Some("order.placed"),
             breaker: Some("open"),
+            peer: Some("orders-db"),
         };
         let owned = |r: &RecordRef| EventRecord {
             trace_id: format!("{:032x}", r.trace_id),
@@ -346,7 +371,7 @@ mod tests {
             service: r.origin.service.clone(),
             instance: r.origin.instance.clone(),
             kind: r.origin.kind.into(),
-            name: r.name.value().into(),
+            name: r.name.as_str().into(),
             method: r.method.map(Into::into),
             status: r.status,
             ok: r.ok,
@@ -356,6 +381,7 @@ mod tests {
             cache: r.cache.map(Into::into),
             topic: r.topic.map(Into::into),
             breaker: r.breaker.map(Into::into),
+            peer: r.peer.map(Into::into),
         };
         let bare = RecordRef {
             parent_span_id: None,
@@ -364,6 +390,7 @@ mod tests {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
             ok: true,
             status: 200,
             origin: &bare_origin,

@@ -7,6 +7,11 @@
 //! [`FLUSH_EVERY`]) to `POST {STRATUS_EVENTS_URL}/v1/events` with a short timeout. A batch the
 //! sink does not take is dropped and counted too: no retries, so a sink that is down costs one
 //! failed connection per batch and nothing else.
+//!
+//! A request that used the service's database or a Redis cache is followed by one `client` record
+//! per backing service ([`EventReporter::report_calls`], from the request's [`crate::tally`]):
+//! `peer` names the node it called (`orders-db`, `redis`), the name what it speaks (`sqlite`,
+//! `postgres`, `redis`), the duration is the calls' summed time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,6 +67,12 @@ pub struct EventRecord {
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<String>,
+    /// The node a `client` record called, when it is not a service that reports its own records
+    /// (OpenTelemetry's `peer.service`): `orders-db`, `redis`. The topology draws an edge
+    /// service -> peer; the record's name says what the peer is (`sqlite`, `postgres`: a
+    /// database; `redis`: a cache; `dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// What the sending task receives: one record, or records a caller already wrote as JSON.
@@ -85,8 +96,14 @@ enum Outgoing {
 pub struct EventReporter {
     queue: mpsc::UnboundedSender<Outgoing>,
     queued: Arc<AtomicUsize>,
-    service: String,
-    instance: String,
+    /// Behind an `Arc`: the request layer takes the reporter as axum `State`, a clone per request.
+    origins: Arc<Origins>,
+}
+
+/// Who reports, encoded once per kind of record a service writes itself.
+struct Origins {
+    server: crate::event_json::Origin,
+    client: crate::event_json::Origin,
 }
 
 impl EventReporter {
@@ -104,17 +121,19 @@ impl EventReporter {
         Ok(Self {
             queue,
             queued,
-            service: service.to_string(),
-            instance: instance.to_string(),
+            origins: Arc::new(Origins {
+                server: crate::event_json::Origin::new(service, instance, "server"),
+                client: crate::event_json::Origin::new(service, instance, "client"),
+            }),
         })
     }
 
     pub fn service(&self) -> &str {
-        &self.service
+        &self.origins.server.service
     }
 
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.origins.server.instance
     }
 
     /// Counts `records` into the queue if they fit.
@@ -143,6 +162,68 @@ impl EventReporter {
         if self.reserve(1) {
             self.hand_over(Outgoing::Record(record), 1);
         }
+    }
+
+    /// Reports what one request or message (the hop `context`, which started at `started`, wall
+    /// clock `wall`) spent on its backing services: one `client` record per database or cache
+    /// it called, a child of the hop, timed as the sum of its calls and failed if any call did.
+    /// The record starts when the first call did.
+    ///
+    /// Written straight to JSON ([`crate::event_json`]): ids and times from numbers, no
+    /// `EventRecord` of owned strings for serde to walk again.
+    pub fn report_calls(
+        &self,
+        context: &TraceContext,
+        started: Instant,
+        wall: time::OffsetDateTime,
+        spent: crate::tally::Finished,
+    ) {
+        let mut json = Vec::new();
+        let records = self.write_calls(&mut json, 0, context, started, wall, spent);
+        self.report_encoded(json, records);
+    }
+
+    /// Appends the `client` records of [`EventReporter::report_calls`] to `json`, which holds
+    /// `records` records already; returns how many it holds now.
+    fn write_calls(
+        &self,
+        json: &mut Vec<u8>,
+        mut records: usize,
+        context: &TraceContext,
+        started: Instant,
+        wall: time::OffsetDateTime,
+        spent: crate::tally::Finished,
+    ) -> usize {
+        let wall_us = (wall.unix_timestamp_nanos() / 1000) as i64;
+        for (peer, counts) in [spent.db, spent.cache].into_iter().flatten() {
+            let offset = counts
+                .first
+                .map(|first| first.saturating_duration_since(started))
+                .unwrap_or_default();
+            if records > 0 {
+                json.push(b',');
+            }
+            crate::event_json::RecordRef {
+                trace_id: context.trace_id,
+                span_id: context.child().span_id,
+                parent_span_id: Some(context.span_id),
+                origin: &self.origins.client,
+                name: crate::event_json::Name::Text(peer.system),
+                method: None,
+                status: 0,
+                ok: counts.errors == 0,
+                started_us: wall_us + offset.as_micros() as i64,
+                duration_us: counts.total_us,
+                retries: None,
+                cache: None,
+                topic: None,
+                breaker: None,
+                peer: Some(&peer.name),
+            }
+            .write_json(json);
+            records += 1;
+        }
+        records
     }
 
     /// Queues `records` records already written as JSON objects separated by commas (see
@@ -311,10 +392,12 @@ fn is_internal(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// Middleware: one `server` record per request (health, readiness and metrics excepted).
+/// Middleware: one `server` record per request (health, readiness and metrics excepted), and
+/// after it the request's calls to databases and caches ([`EventReporter::report_calls`]).
 ///
 /// The trace id comes from the incoming `traceparent` (a new trace when there is none), the
-/// parent span is the caller's span, and this hop gets a span id of its own.
+/// parent span is the caller's span, and this hop gets a span id of its own. The records are
+/// written straight to JSON ([`crate::event_json`]) and handed over together.
 pub async fn record_requests(
     State(reporter): State<EventReporter>,
     request: Request,
@@ -324,51 +407,55 @@ pub async fn record_requests(
         return next.run(request).await;
     }
     let started = Instant::now();
-    let started_at = crate::now_rfc3339();
+    let wall = time::OffsetDateTime::now_utc();
     let incoming = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
     let (context, parent) = match incoming {
-        Some(context) => (context.child(), Some(context.span_id_hex())),
+        Some(context) => (context.child(), Some(context.span_id)),
         None => (TraceContext::new_root(), None),
     };
     // Handlers continue the trace from this hop (see `trace::Hop`).
     let mut request = request;
     request.extensions_mut().insert(crate::trace::Hop(context));
-    let method = request.method().as_str().to_owned();
+    let method = request.method().clone();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let response = next.run(request).await;
+    // The handler's database and cache calls are counted in its task (`tally`).
+    let (response, spent) = crate::tally::scope(next.run(request)).await;
     let status = response.status().as_u16();
     // A handler that read through a cache says how it went (kit::cache::Outcome as a response
     // part), and the record carries it.
     let cache = response
         .extensions()
         .get::<crate::cache::Outcome>()
-        .map(|outcome| outcome.as_str().to_string());
-    reporter.report(EventRecord {
-        trace_id: context.trace_id_hex(),
-        span_id: context.span_id_hex(),
+        .map(|outcome| outcome.as_str());
+    let mut json = Vec::new();
+    crate::event_json::RecordRef {
+        trace_id: context.trace_id,
+        span_id: context.span_id,
         parent_span_id: parent,
-        service: reporter.service.clone(),
-        instance: reporter.instance.clone(),
-        kind: "server".into(),
-        name: route,
-        method: Some(method),
+        origin: &reporter.origins.server,
+        name: crate::event_json::Name::Text(&route),
+        method: Some(method.as_str()),
         status,
         ok: status < 500,
-        started_at,
+        started_us: (wall.unix_timestamp_nanos() / 1000) as i64,
         duration_us: started.elapsed().as_micros() as u64,
         retries: None,
         cache,
         topic: None,
         breaker: None,
-    });
+        peer: None,
+    }
+    .write_json(&mut json);
+    let records = reporter.write_calls(&mut json, 1, &context, started, wall, spent);
+    reporter.report_encoded(json, records);
     response
 }
 
@@ -394,6 +481,7 @@ mod tests {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
         }
     }
 
@@ -445,7 +533,9 @@ mod tests {
             span_id: 9,
             parent_span_id: None,
             origin: &crate::event_json::Origin::new("gw", "i-1", "gateway"),
-            name: &crate::event_json::Field::new("name", "catalog"),
+            name: crate::event_json::Name::Encoded(&crate::event_json::Field::new(
+                "name", "catalog",
+            )),
             method: Some("GET"),
             status: 502,
             ok: false,
@@ -455,6 +545,7 @@ mod tests {
             cache: None,
             topic: None,
             breaker: None,
+            peer: None,
         };
         encoded.write_json(&mut json);
         json.push(b',');
@@ -476,6 +567,81 @@ mod tests {
         assert_eq!(received[1], received[2]);
         assert_eq!(received[3], record());
         assert_eq!(reporter.queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// A request whose handler called the database is followed by a `client` record: a child
+    /// of the request's span, naming the database, timed as the calls' sum.
+    #[tokio::test]
+    async fn database_calls_follow_the_request_as_a_client_record() {
+        use std::sync::Mutex;
+        let received: Arc<Mutex<Vec<EventRecord>>> = Arc::default();
+        let sink = axum::Router::new().route(
+            "/v1/events",
+            axum::routing::post({
+                let received = received.clone();
+                move |axum::Json(batch): axum::Json<Vec<EventRecord>>| async move {
+                    received.lock().unwrap().extend(batch);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        let reporter =
+            EventReporter::start(&format!("http://{sink_address}"), "orders", "o-1").unwrap();
+
+        let peer = Arc::new(crate::tally::Peer {
+            name: "orders-db".into(),
+            system: "postgres",
+        });
+        let app = axum::Router::new()
+            .route(
+                "/work",
+                axum::routing::get(move || {
+                    let peer = peer.clone();
+                    async move {
+                        let kind = crate::tally::Kind::Database;
+                        let earlier = Instant::now() - Duration::from_millis(2);
+                        crate::tally::record(kind, &peer, earlier, true);
+                        crate::tally::record(kind, &peer, Instant::now(), false);
+                        "done"
+                    }
+                }),
+            )
+            .route("/idle", axum::routing::get(|| async { "nothing" }))
+            .layer(axum::middleware::from_fn_with_state(
+                reporter,
+                record_requests,
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        crate::install_crypto_provider();
+        let client = reqwest::Client::new();
+        for path in ["/work", "/idle"] {
+            let response = client.get(format!("http://{address}{path}")).send().await;
+            assert_eq!(response.unwrap().status(), 200);
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received.lock().unwrap().len() < 3 {
+            assert!(Instant::now() < deadline, "the records never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(FLUSH_EVERY * 2).await;
+        let received = received.lock().unwrap().clone();
+        // /work: its record and one for the database; /idle: its record alone.
+        assert_eq!(received.len(), 3, "{received:#?}");
+        let work = received.iter().find(|r| r.name == "/work").unwrap();
+        let call = received.iter().find(|r| r.kind == "client").unwrap();
+        assert_eq!(call.parent_span_id.as_ref(), Some(&work.span_id));
+        assert_eq!(call.trace_id, work.trace_id);
+        assert_ne!(call.span_id, work.span_id);
+        assert_eq!(call.peer.as_deref(), Some("orders-db"));
+        assert_eq!((call.name.as_str(), call.ok), ("postgres", false));
+        assert!(call.duration_us >= 2_000, "{call:?}");
+        assert_eq!(work.peer, None);
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ pub mod resilience;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tally;
 pub mod trace;
 
 pub use problem::{Json, Problem};

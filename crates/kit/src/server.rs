@@ -35,6 +35,8 @@ pub struct Service {
     pub health: Health,
     /// Whether to report a record per request to the event sink (when `STRATUS_EVENTS` is on).
     events: bool,
+    /// Registered with the instance (`broker = nats|sqlite`: the dashboard names the broker).
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl Service {
@@ -45,7 +47,14 @@ impl Service {
             register: true,
             health: Health::new(),
             events: true,
+            metadata: Default::default(),
         }
+    }
+
+    /// Adds `key = value` to the instance's registration metadata.
+    pub fn with_metadata(mut self, key: &str, value: &str) -> Self {
+        self.metadata.insert(key.to_string(), value.to_string());
+        self
     }
 
     /// Never reports requests to the event sink (the sink itself, which would report to itself).
@@ -95,7 +104,7 @@ impl Service {
                 address: common.advertised_address(),
                 port: local.port(),
                 version: Some(common.version.clone()),
-                metadata: Default::default(),
+                metadata: self.metadata.clone(),
                 ttl_seconds: Some(common.ttl.as_secs_f64()),
                 check: common
                     .health_check

@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use sqlx::AnyPool;
 
 use crate::auth::Tokens;
+use crate::db::Db;
 
 /// A database pool and the token checker, for routers that need no more. The `FromRef` lets
 /// the `Caller` extractor find the token checker in it.
 #[derive(Clone)]
 pub struct PoolAndTokens {
-    pub pool: AnyPool,
+    pub pool: Db,
     pub tokens: Arc<Tokens>,
 }
 

@@ -19,9 +19,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
 use stratus_kit::cache::{get_or_load, Cache, WriteBack};
+use stratus_kit::db::Db;
 use stratus_kit::paging::Paging;
 use stratus_kit::{Json, Problem};
 
@@ -33,7 +33,7 @@ const MAX_PAGE: i64 = 200;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: AnyPool,
+    pub pool: Db,
     pub tokens: Arc<Tokens>,
     /// Products by id (cache-aside).
     pub products: Cache,
@@ -88,7 +88,7 @@ fn product((id, name, description, price_cents, stock, views): Row) -> Product {
     }
 }
 
-async fn load(pool: &AnyPool, id: &str) -> Result<Option<Product>, sqlx::Error> {
+async fn load(pool: &Db, id: &str) -> Result<Option<Product>, sqlx::Error> {
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM products WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
@@ -99,7 +99,7 @@ async fn load(pool: &AnyPool, id: &str) -> Result<Option<Product>, sqlx::Error> 
 /// Writes one batch of view increments in one transaction, then invalidates those products so
 /// their next read shows the new count.
 pub async fn flush_views(
-    pool: &AnyPool,
+    pool: &Db,
     products: &Cache,
     batch: Vec<(String, i64)>,
 ) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! stratus.toml does). Several instances start together: each product has a fixed id and is
 //! inserted with `ON CONFLICT DO NOTHING`, so racing instances seed each product once.
 
-use sqlx::AnyPool;
+use stratus_kit::db::Db;
 
 /// (id, name, description, price in cents, stock). Fixed ids (UUIDv7 layout, 2026-01-01).
 const PRODUCTS: &[(&str, &str, &str, i64, i64)] = &[
@@ -53,7 +53,7 @@ const PRODUCTS: &[(&str, &str, &str, i64, i64)] = &[
 ];
 
 /// Seeds the demo products if the catalog has none; returns how many this call inserted.
-pub async fn seed_if_empty(pool: &AnyPool) -> anyhow::Result<u64> {
+pub async fn seed_if_empty(pool: &Db) -> anyhow::Result<u64> {
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products")
         .fetch_one(pool)
         .await?;

@@ -56,7 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &args.common.data_dir,
     )?;
-    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let pool = stratus_kit::db::Db::open("catalog", &url, schema::MIGRATIONS).await?;
     if args.demo_data {
         let seeded = demo::seed_if_empty(&pool).await?;
         if seeded > 0 {

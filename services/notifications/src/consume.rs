@@ -6,9 +6,9 @@
 //! comes.
 
 use serde::Deserialize;
-use sqlx::AnyPool;
 use stratus_broker::Message;
 use stratus_kit::consumer::HandlerError;
+use stratus_kit::db::Db;
 use stratus_kit::outbox;
 
 pub const PAYMENT_COMPLETED: &str = "payment.completed";
@@ -23,7 +23,7 @@ struct PaymentOutcome {
     reason: Option<String>,
 }
 
-pub async fn notify(pool: &AnyPool, topic: &str, message: &Message) -> Result<(), HandlerError> {
+pub async fn notify(pool: &Db, topic: &str, message: &Message) -> Result<(), HandlerError> {
     let payment: PaymentOutcome = message
         .decode()
         .map_err(|e| HandlerError::Poison(e.to_string()))?;

@@ -43,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &common.data_dir,
     )?;
-    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let pool = stratus_kit::db::Db::open("notifications", &url, schema::MIGRATIONS).await?;
     let broker = args.broker.connect(&common.data_dir).await?;
     let tokens = Tokens::new(&args.tokens, RegistryClient::new(&common.registry_url)?)?;
 
@@ -67,7 +67,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pool: pool.clone(),
         tokens,
     };
-    let service = Service::new("notifications", args.port);
+    let service =
+        Service::new("notifications", args.port).with_metadata("broker", broker.backend_name());
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

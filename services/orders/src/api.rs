@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
+use stratus_kit::db::Db;
 use stratus_kit::outbox::{self, Relay};
 use stratus_kit::paging::Paging;
 use stratus_kit::trace::Hop;
@@ -30,7 +30,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: AnyPool,
+    pub pool: Db,
     pub tokens: Arc<Tokens>,
     pub catalog: Arc<Catalog>,
     pub relay: Relay,
@@ -161,7 +161,7 @@ async fn place(
 /// The first answer to `(user, key)`, if there was one: 200 with the same body. The same key
 /// with a different body is refused, since it cannot mean a retry.
 async fn replay(
-    pool: &AnyPool,
+    pool: &Db,
     user: &str,
     key: &str,
     request: &str,

@@ -6,15 +6,15 @@
 //! consumer) changes nothing. The update only moves orders that are still `pending`, so an order
 //! never flips between outcomes.
 
-use sqlx::AnyPool;
 use stratus_broker::Message;
 use stratus_kit::consumer::HandlerError;
+use stratus_kit::db::Db;
 use stratus_kit::outbox;
 
 use crate::events::{PaymentOutcome, PAYMENT_COMPLETED};
 use crate::order;
 
-pub async fn apply(pool: &AnyPool, topic: &str, message: &Message) -> Result<(), HandlerError> {
+pub async fn apply(pool: &Db, topic: &str, message: &Message) -> Result<(), HandlerError> {
     let outcome: PaymentOutcome = message
         .decode()
         .map_err(|e| HandlerError::Poison(e.to_string()))?;

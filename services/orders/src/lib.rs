@@ -64,7 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut common = args.common.clone();
     common.instance_id = Some(common.instance_id());
     let url = stratus_kit::db::url_for("orders", args.database_url.as_deref(), &common.data_dir)?;
-    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let pool = stratus_kit::db::Db::open("orders", &url, schema::MIGRATIONS).await?;
     let broker = args.broker.connect(&common.data_dir).await?;
     let registry = RegistryClient::new(&common.registry_url)?;
     let tokens = Tokens::new(&args.tokens, registry.clone())?;
@@ -75,7 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.catalog_breaker_open,
         )),
     });
-    let relay = Relay::start(pool.clone(), broker.clone());
+    let relay = Relay::start(pool.pool().clone(), broker.clone());
 
     let reporter = stratus_kit::consumer::reporter(&common, "orders")?;
     for topic in [PAYMENT_COMPLETED, PAYMENT_FAILED] {
@@ -99,7 +99,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         catalog,
         relay,
     };
-    let service = Service::new("orders", args.port);
+    let service = Service::new("orders", args.port).with_metadata("broker", broker.backend_name());
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

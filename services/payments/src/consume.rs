@@ -7,9 +7,9 @@
 //! unique `order_id` of `payments` (another message about the same order). A crash anywhere
 //! before the commit leaves nothing behind, and the message comes back to be charged then.
 
-use sqlx::AnyPool;
 use stratus_broker::Message;
 use stratus_kit::consumer::HandlerError;
+use stratus_kit::db::Db;
 use stratus_kit::outbox::{self, Relay};
 use stratus_kit::trace::TraceContext;
 
@@ -20,7 +20,7 @@ pub const PAYMENT_COMPLETED: &str = "payment.completed";
 pub const PAYMENT_FAILED: &str = "payment.failed";
 
 pub async fn charge(
-    pool: &AnyPool,
+    pool: &Db,
     relay: &Relay,
     message: &Message,
     hop: TraceContext,

@@ -40,10 +40,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut common = args.common.clone();
     common.instance_id = Some(common.instance_id());
     let url = stratus_kit::db::url_for("payments", args.database_url.as_deref(), &common.data_dir)?;
-    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let pool = stratus_kit::db::Db::open("payments", &url, schema::MIGRATIONS).await?;
     let broker = args.broker.connect(&common.data_dir).await?;
     let tokens = Tokens::new(&args.tokens, RegistryClient::new(&common.registry_url)?)?;
-    let relay = Relay::start(pool.clone(), broker.clone());
+    let relay = Relay::start(pool.pool().clone(), broker.clone());
 
     let reporter = stratus_kit::consumer::reporter(&common, "payments")?;
     {
@@ -65,7 +65,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pool: pool.clone(),
         tokens,
     };
-    let service = Service::new("payments", args.port);
+    let service =
+        Service::new("payments", args.port).with_metadata("broker", broker.backend_name());
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

@@ -11,9 +11,9 @@ use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use sqlx::AnyPool;
 use stratus_kit::auth::{Caller, Tokens};
 use stratus_kit::cache::{write_through, Cache, ReadThrough};
+use stratus_kit::db::Db;
 use stratus_kit::{Json, Problem};
 
 use crate::profile::{Profile, ProfileInput};
@@ -26,7 +26,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: AnyPool,
+    pub pool: Db,
     pub tokens: Arc<Tokens>,
     pub profiles: ReadThrough<Profile, sqlx::Error>,
 }
@@ -38,7 +38,7 @@ impl FromRef<AppState> for Arc<Tokens> {
 }
 
 /// Profiles by `sub`, loaded from `pool` on a miss.
-pub fn profiles(cache: Cache, pool: AnyPool) -> ReadThrough<Profile, sqlx::Error> {
+pub fn profiles(cache: Cache, pool: Db) -> ReadThrough<Profile, sqlx::Error> {
     ReadThrough::new(cache, move |sub: String| {
         let pool = pool.clone();
         Box::pin(async move { load(&pool, &sub).await })
@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
 
 type Row = (String, String, Option<String>, Option<String>, String);
 
-async fn load(pool: &AnyPool, sub: &str) -> Result<Option<Profile>, sqlx::Error> {
+async fn load(pool: &Db, sub: &str) -> Result<Option<Profile>, sqlx::Error> {
     let row: Option<Row> = sqlx::query_as(
         "SELECT sub, display_name, address, phone, updated_at FROM profiles WHERE sub = $1",
     )
@@ -103,7 +103,7 @@ async fn store(
     Ok(axum::Json(stored))
 }
 
-async fn upsert(pool: &AnyPool, profile: Profile) -> Result<Profile, sqlx::Error> {
+async fn upsert(pool: &Db, profile: Profile) -> Result<Profile, sqlx::Error> {
     sqlx::query(
         "INSERT INTO profiles (sub, display_name, address, phone, updated_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (sub) DO UPDATE SET display_name = excluded.display_name, address = excluded.address, \

@@ -42,7 +42,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &args.common.data_dir,
     )?;
-    let (pool, _) = stratus_kit::db::open(&url, schema::MIGRATIONS).await?;
+    let pool = stratus_kit::db::Db::open("profile", &url, schema::MIGRATIONS).await?;
     let tokens = Tokens::new(
         &args.tokens,
         RegistryClient::new(&args.common.registry_url)?,

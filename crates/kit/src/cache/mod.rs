@@ -108,6 +108,9 @@ struct Inner {
     prefix: String,
     ttl: Duration,
     store: Store,
+    /// What Redis calls are counted against in the request's tally (`crate::tally`): the node
+    /// `redis` (an in-process cache is not a node of the topology).
+    peer: Arc<crate::tally::Peer>,
     /// Milliseconds since `epoch` when an error was last logged (0: never).
     last_logged: AtomicU64,
     epoch: Instant,
@@ -151,6 +154,10 @@ impl Cache {
                 prefix: format!("stratus:{name}:"),
                 ttl,
                 store,
+                peer: Arc::new(crate::tally::Peer {
+                    name: "redis".into(),
+                    system: "redis",
+                }),
                 last_logged: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
@@ -196,7 +203,7 @@ impl Cache {
         match &self.inner.store {
             Store::Memory(memory) => memory.remove(&key).await,
             Store::Redis(redis) => {
-                if let Err(error) = redis.remove(&key).await {
+                if let Err(error) = self.timed(redis.remove(&key)).await {
                     self.failed("invalidate", &error);
                 }
             }
@@ -208,7 +215,7 @@ impl Cache {
         let key = self.key(key);
         match &self.inner.store {
             Store::Memory(memory) => memory.get(&key).await,
-            Store::Redis(redis) => match redis.get(&key).await {
+            Store::Redis(redis) => match self.timed(redis.get(&key)).await {
                 Ok(found) => found.map(Arc::from),
                 Err(error) => {
                     self.failed("get", &error);
@@ -224,12 +231,31 @@ impl Cache {
         match &self.inner.store {
             Store::Memory(memory) => memory.put(key, Arc::from(bytes)).await,
             Store::Redis(redis) => {
-                if let Err(error) = redis.put(&key, bytes, self.inner.ttl).await {
+                if let Err(error) = self.timed(redis.put(&key, bytes, self.inner.ttl)).await {
                     self.failed("set", &error);
                 }
             }
             Store::Off => {}
         }
+    }
+
+    /// Runs one Redis call, adding it to the request's tally (when there is one).
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+    ) -> ::redis::RedisResult<T> {
+        if !crate::tally::active() {
+            return call.await;
+        }
+        let started = Instant::now();
+        let result = call.await;
+        crate::tally::record(
+            crate::tally::Kind::Cache,
+            &self.inner.peer,
+            started,
+            result.is_ok(),
+        );
+        result
     }
 
     fn key(&self, key: &str) -> String {
