@@ -235,14 +235,8 @@ async fn queries_are_reported_to_the_event_sink() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let topology = loop {
         let topology: serde_json::Value = system
-            .http
-            .get(format!("{sink}/v1/topology?window=5m"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(format!("{sink}/v1/topology?window=5m"))
+            .await;
         let edge =
             topology["edges"].as_array().unwrap().iter().any(|e| {
                 e["from"] == "clients" && e["to"] == "dns" && e["count"].as_u64() >= Some(2)
@@ -264,14 +258,8 @@ async fn queries_are_reported_to_the_event_sink() {
         .unwrap();
     assert_eq!(node["kind"], "dns");
     let events: serde_json::Value = system
-        .http
-        .get(format!("{sink}/v1/events?service=dns&limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{sink}/v1/events?service=dns&limit=1000"))
+        .await;
     let names: Vec<&str> = events["events"]
         .as_array()
         .unwrap()

@@ -211,14 +211,8 @@ async fn the_sink_takes_otlp_protobuf() {
 
     let trace_hex = hex(&trace);
     let body: Value = system
-        .http
-        .get(format!("{sink}/v1/traces/{trace_hex}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{sink}/v1/traces/{trace_hex}"))
+        .await;
     let records = body["records"].as_array().unwrap();
     assert_eq!(records.len(), 2, "{body}");
     assert_eq!(records[0]["service"], "orders");

@@ -417,16 +417,7 @@ async fn order_flow(shop: &Shop) {
             instance["address"].as_str().unwrap(),
             instance["port"]
         );
-        let document: Value = shop
-            .system
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let document: Value = shop.system.get_json(url).await;
         assert_eq!(document["openapi"], "3.0.3");
         assert!(document["paths"][path].is_object(), "{service}");
         // And through the gateway, without a token.
@@ -919,14 +910,8 @@ async fn one_trace_follows_the_order_through_every_service() {
     );
     let topology: Value = shop
         .system
-        .http
-        .get(format!("{sink}/v1/topology?window=5m"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(format!("{sink}/v1/topology?window=5m"))
+        .await;
     let edge = topology["edges"]
         .as_array()
         .unwrap()

@@ -274,6 +274,14 @@ impl System {
             .expect("such a process")
     }
 
+    /// GETs `url` and returns its JSON body; any other answer than a 2xx with JSON fails the test.
+    pub async fn get_json(&self, url: impl reqwest::IntoUrl) -> Value {
+        let response = self.http.get(url).send().await.expect("GET");
+        let status = response.status();
+        assert!(status.is_success(), "GET {}: {status}", response.url());
+        response.json().await.expect("a JSON body")
+    }
+
     pub async fn wait_http_ok(&self, url: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
