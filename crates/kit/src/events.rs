@@ -505,12 +505,12 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
-    /// Records reported one by one and records handed over already encoded reach the sink in
-    /// one JSON array that reads back as the same records.
-    #[tokio::test]
-    async fn reported_and_encoded_records_arrive_as_one_array() {
-        use std::sync::Mutex;
-        let received: Arc<Mutex<Vec<EventRecord>>> = Arc::default();
+    /// A stand-in sink on a free port that keeps every record posted to it.
+    async fn test_sink() -> (
+        std::net::SocketAddr,
+        Arc<std::sync::Mutex<Vec<EventRecord>>>,
+    ) {
+        let received: Arc<std::sync::Mutex<Vec<EventRecord>>> = Arc::default();
         let app = axum::Router::new().route(
             "/v1/events",
             axum::routing::post({
@@ -524,6 +524,14 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
+        (address, received)
+    }
+
+    /// Records reported one by one and records handed over already encoded reach the sink in
+    /// one JSON array that reads back as the same records.
+    #[tokio::test]
+    async fn reported_and_encoded_records_arrive_as_one_array() {
+        let (address, received) = test_sink().await;
 
         let reporter = EventReporter::start(&format!("http://{address}"), "gw", "i-1").unwrap();
         reporter.report(record());
@@ -573,21 +581,7 @@ mod tests {
     /// of the request's span, naming the database, timed as the calls' sum.
     #[tokio::test]
     async fn database_calls_follow_the_request_as_a_client_record() {
-        use std::sync::Mutex;
-        let received: Arc<Mutex<Vec<EventRecord>>> = Arc::default();
-        let sink = axum::Router::new().route(
-            "/v1/events",
-            axum::routing::post({
-                let received = received.clone();
-                move |axum::Json(batch): axum::Json<Vec<EventRecord>>| async move {
-                    received.lock().unwrap().extend(batch);
-                    axum::http::StatusCode::ACCEPTED
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sink_address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, sink).await });
+        let (sink_address, received) = test_sink().await;
         let reporter =
             EventReporter::start(&format!("http://{sink_address}"), "orders", "o-1").unwrap();
 
