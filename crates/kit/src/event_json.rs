@@ -107,15 +107,21 @@ impl RecordRef<'_> {
         // Fixed-width parts are formatted on the stack and copied in one piece: a push per byte
         // checks the capacity every time.
         out.reserve(320);
-        let mut ids =
-            *b"{\"trace_id\":\"################################\",\"span_id\":\"################\"";
-        hex(&mut ids[13..45], &self.trace_id.to_be_bytes());
-        hex(&mut ids[58..74], &self.span_id.to_be_bytes());
-        out.extend_from_slice(&ids);
+        // The ids in one piece: with the parent, or without it.
+        let trace = self.trace_id.to_be_bytes();
+        let span = self.span_id.to_be_bytes();
         if let Some(parent) = self.parent_span_id {
-            let mut field = *b",\"parent_span_id\":\"################\"";
-            hex(&mut field[19..35], &parent.to_be_bytes());
-            out.extend_from_slice(&field);
+            let mut ids = *b"{\"trace_id\":\"################################\",\"span_id\":\"################\",\"parent_span_id\":\"################\"";
+            hex(&mut ids[13..45], &trace);
+            hex(&mut ids[58..74], &span);
+            hex(&mut ids[94..110], &parent.to_be_bytes());
+            out.extend_from_slice(&ids);
+        } else {
+            let mut ids =
+                *b"{\"trace_id\":\"################################\",\"span_id\":\"################\"";
+            hex(&mut ids[13..45], &trace);
+            hex(&mut ids[58..74], &span);
+            out.extend_from_slice(&ids);
         }
         out.extend_from_slice(&self.origin.json);
         match self.name {
@@ -125,21 +131,24 @@ impl RecordRef<'_> {
         if let Some(method) = self.method {
             write_method(out, method);
         }
-        out.extend_from_slice(if self.ok {
-            b",\"ok\":true"
-        } else {
-            b",\"ok\":false"
-        });
         if (100..1000).contains(&self.status) {
-            // The common case in one piece: a three-digit status, the time, the next key.
-            let mut middle =
-                *b",\"status\":000,\"started_at\":\"0000-00-00T00:00:00.000000Z\",\"duration_us\":";
+            // The common case in one piece: `ok` (`true` padded with a space to the length of
+            // `false`, which JSON allows), a three-digit status, the time, the next key.
+            let mut middle = *b",\"ok\":false,\"status\":000,\"started_at\":\"0000-00-00T00:00:00.000000Z\",\"duration_us\":";
+            if self.ok {
+                middle[6..11].copy_from_slice(b"true ");
+            }
             let status = u32::from(self.status);
-            middle[10] = b'0' + (status / 100) as u8;
-            two(&mut middle[11..13], status);
-            rfc3339_into(&mut middle[28..55], self.started_us);
+            middle[21] = b'0' + (status / 100) as u8;
+            two(&mut middle[22..24], status);
+            rfc3339_into(&mut middle[39..66], self.started_us);
             out.extend_from_slice(&middle);
         } else {
+            out.extend_from_slice(if self.ok {
+                b",\"ok\":true"
+            } else {
+                b",\"ok\":false"
+            });
             out.extend_from_slice(b",\"status\":");
             number(out, self.status);
             out.extend_from_slice(b",\"started_at\":\"");
