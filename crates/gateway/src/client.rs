@@ -223,17 +223,7 @@ impl Pool {
 
     /// Sweeps every few seconds for as long as the pool is alive.
     pub fn spawn_sweeper(self: &Arc<Self>) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(IDLE_TIMEOUT / 6);
-            loop {
-                ticker.tick().await;
-                match pool.upgrade() {
-                    Some(pool) => pool.sweep(),
-                    None => return,
-                }
-            }
-        });
+        sweep_every(self, IDLE_TIMEOUT / 6, Self::sweep);
     }
 }
 
@@ -352,4 +342,20 @@ pub(crate) async fn connect_tcp(
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Runs `sweep` on `pool` every `every` for as long as the pool is alive (both upstream pools
+/// close their idle connections this way).
+pub(crate) fn sweep_every<T: Send + Sync + 'static>(pool: &Arc<T>, every: Duration, sweep: fn(&T)) {
+    let pool = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            match pool.upgrade() {
+                Some(pool) => sweep(&pool),
+                None => return,
+            }
+        }
+    });
 }

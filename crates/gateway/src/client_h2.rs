@@ -209,17 +209,7 @@ impl H2Pool {
 
     /// Sweeps every few seconds for as long as the pool is alive.
     pub fn spawn_sweeper(self: &Arc<Self>) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(IDLE_TIMEOUT / 6);
-            loop {
-                ticker.tick().await;
-                match pool.upgrade() {
-                    Some(pool) => pool.sweep(),
-                    None => return,
-                }
-            }
-        });
+        crate::client::sweep_every(self, IDLE_TIMEOUT / 6, Self::sweep);
     }
 }
 
