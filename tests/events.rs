@@ -55,7 +55,14 @@ async fn services_report_every_request_to_the_sink() {
     let body = wait_for(
         &system,
         &format!("{sink}/v1/events?service=catalog&limit=1000"),
-        |body| body["events"].as_array().is_some_and(|e| e.len() >= 7),
+        // Both instances hand their records over on their own, so wait for every request's
+        // own record (six listings and the 404), not for a count that client records can fill.
+        |body| {
+            body["events"].as_array().is_some_and(|e| {
+                e.iter().filter(|e| e["kind"] == "server").count() >= 7
+                    && e.iter().any(|e| e["status"] == 404)
+            })
+        },
     )
     .await;
     let events = body["events"].as_array().unwrap();
@@ -107,6 +114,7 @@ async fn services_report_every_request_to_the_sink() {
         body["records"].as_array().is_some_and(|r| {
             r.iter().filter(|r| r["service"] == "gateway").count() >= 6
                 && r.iter().filter(|r| r["kind"] == "client").count() >= 6
+                && r.iter().filter(|r| r["kind"] == "server").count() >= 6
         })
     })
     .await;
