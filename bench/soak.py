@@ -10,7 +10,9 @@ Faults, one every FAULT_MINUTES, in turn: kill -9 of a random service replica (`
 brings it back), SIGSTOP of one for 3 s, and a rolling restart (`stratus rollout`) of catalog.
 
 Memory: every 30 s the RSS of every process and its anonymous part (heap and stacks, from
-/proc/<pid>/status). A process's growth is measured from
+/proc/<pid>/status), and from the process's `/metrics` what SQLite holds (page caches,
+statements) and what glibc's malloc has handed out and keeps free: that tells a cache filling
+toward its bound, or allocator fragmentation, from a leak. A process's growth is measured from
 the end of the warm-up (WARMUP_MINUTES) to the end of the run, for processes that lived through
 both; a replica restarted by a fault starts a new line. The run passes when every such process
 grew by less than 10%.
@@ -123,13 +125,13 @@ def status():
 
 
 def processes():
-    """(component, ordinal, pid) of every running replica."""
+    """(component, ordinal, pid, port) of every running replica."""
     view = status()
     found = []
     for component in (view or {}).get("components", []):
         for replica in component["replicas"]:
             if replica.get("pid"):
-                found.append((component["name"], replica["ordinal"], replica["pid"]))
+                found.append((component["name"], replica["ordinal"], replica["pid"], replica.get("port")))
     return found
 
 
@@ -151,6 +153,30 @@ def rss_kib(pid):
     return found["VmRSS"], found.get("RssAnon", found["VmRSS"])
 
 
+MEMORY_GAUGES = ("sqlite_memory_bytes", "malloc_in_use_bytes", "malloc_free_bytes")
+
+
+def memory_gauges(port):
+    """(SQLite, malloc in use, malloc free) in KiB from the process's /metrics, or Nones."""
+    found = {}
+    if port:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/metrics")
+            for line in conn.getresponse().read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in MEMORY_GAUGES:
+                    found[name] = float(value) / 1024
+            conn.close()
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+    return tuple(found.get(name) for name in MEMORY_GAUGES)
+
+
+def mib(kib):
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
 def faults(log):
     kinds = ["kill", "stop", "rollout"]
     turn = 0
@@ -164,7 +190,7 @@ def faults(log):
         victims = [p for p in processes() if p[0] in ("catalog", "orders", "payments", "notifications", "profile", "auth")]
         if not victims:
             continue
-        name, ordinal, pid = random.choice(victims)
+        name, ordinal, pid, _ = random.choice(victims)
         stamp = time.strftime("%H:%M:%S")
         if kind == "kill":
             os.kill(pid, signal.SIGKILL)
@@ -219,10 +245,11 @@ def main():
         samples = {}  # (component, ordinal, pid) -> [(minute, rss)]
         while time.time() - started < MINUTES * 60:
             minute = (time.time() - started) / 60
-            for name, ordinal, pid in processes():
+            for name, ordinal, pid, port in processes():
                 rss = rss_kib(pid)
                 if rss:
-                    samples.setdefault((name, ordinal, pid), []).append((minute, rss))
+                    sample = rss + memory_gauges(port)
+                    samples.setdefault((name, ordinal, pid), []).append((minute, sample))
             with lock:
                 sent, failed = requests[0], sum(errors.values())
             print(f"{minute:6.1f} min  {sent} requests, {failed} errors, {len(samples)} processes seen", flush=True)
@@ -239,20 +266,23 @@ def main():
         print("faults:")
         for line in fault_log:
             print(f"- {line}")
-        print("\n| process | pid | RSS after warm-up (MiB) | RSS at end (MiB) | growth | anonymous after warm-up (MiB) | at end | growth |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| process | pid | RSS after warm-up (MiB) | RSS at end (MiB) | growth "
+              "| anonymous after warm-up (MiB) | at end | growth "
+              "| SQLite after warm-up / at end (MiB) | malloc in use | malloc free |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         worst = worst_anon = 0.0
         for (name, ordinal, pid), series in sorted(samples.items()):
             warm = [sample for minute, sample in series if minute >= WARMUP]
             if len(warm) < 2 or series[-1][0] < MINUTES - 1:
                 continue  # did not live through the whole measured span
-            (rss0, anon0), (rss1, anon1) = warm[0], warm[-1]
+            (rss0, anon0, *gauges0), (rss1, anon1, *gauges1) = warm[0], warm[-1]
             growth = (rss1 - rss0) / rss0 * 100
             anon_growth = (anon1 - anon0) / anon0 * 100
             worst = max(worst, growth)
             worst_anon = max(worst_anon, anon_growth)
             print(f"| {name}#{ordinal} | {pid} | {rss0 / 1024:.1f} | {rss1 / 1024:.1f} | {growth:+.1f}% "
-                  f"| {anon0 / 1024:.1f} | {anon1 / 1024:.1f} | {anon_growth:+.1f}% |")
+                  f"| {anon0 / 1024:.1f} | {anon1 / 1024:.1f} | {anon_growth:+.1f}% "
+                  + "".join(f"| {mib(a)} / {mib(b)} " for a, b in zip(gauges0, gauges1)) + "|")
         print(f"\nlargest growth after warm-up: RSS {worst:+.1f}%, anonymous {worst_anon:+.1f}% (limit +10%)")
         sys.exit(0 if worst < 10 else 1)
     finally:

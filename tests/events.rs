@@ -230,6 +230,49 @@ async fn a_sink_that_is_down_breaks_nothing() {
     }
 }
 
+/// `/metrics` says where a process's memory goes: resident and anonymous, SQLite's caches and
+/// statements, and malloc's in-use and free bytes (what tells a leak from a cache filling up).
+#[tokio::test]
+async fn every_process_reports_where_its_memory_goes() {
+    let (system, _) = System::start_with_events(1, false).await;
+    let response = system
+        .http
+        .get(system.url("/api/catalog/products"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let catalog = system.registered("catalog").await[0].clone();
+    let text = system
+        .http
+        .get(format!(
+            "http://{}:{}/metrics",
+            catalog["address"].as_str().unwrap(),
+            catalog["port"]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let resident = gauge("process_resident_memory_bytes");
+    let anonymous = gauge("process_anonymous_memory_bytes");
+    assert!(
+        resident > 1e6 && anonymous > 0.0 && anonymous < resident,
+        "{text}"
+    );
+    // The catalog has served a read from its SQLite file: SQLite holds pages and statements.
+    assert!(gauge("sqlite_memory_bytes") > 10_000.0, "{text}");
+    assert!(gauge("malloc_in_use_bytes") > 0.0, "{text}");
+    assert!(gauge("malloc_free_bytes") >= 0.0, "{text}");
+}
+
 /// The sink goes away under load and comes back: the gateway serves every request meanwhile,
 /// and records flow again (into the same database) once the sink is back.
 #[tokio::test]

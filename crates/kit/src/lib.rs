@@ -19,6 +19,7 @@ pub mod event_json;
 pub mod events;
 pub mod health;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

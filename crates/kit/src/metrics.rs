@@ -37,7 +37,13 @@ pub fn handle() -> PrometheusHandle {
 
 pub fn routes() -> Router {
     let handle = handle();
-    Router::new().route("/metrics", get(move || std::future::ready(handle.render())))
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            crate::memory::record();
+            std::future::ready(handle.render())
+        }),
+    )
 }
 
 /// Middleware: `http_server_requests_total` and `http_server_request_duration_seconds`, labelled
