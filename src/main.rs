@@ -85,6 +85,10 @@ fn main() -> anyhow::Result<()> {
     memory::tune();
     stratus_kit::install_crypto_provider();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. } | Command::Up(_)) {
+        // Long-running: hand memory freed by bursts back to the system now and then.
+        stratus_kit::memory::spawn_trimmer(memory::TRIM_EVERY);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

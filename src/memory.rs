@@ -11,7 +11,14 @@
 //! Capping the number of arenas (8 per core by default) bounds the per-thread heaps that the
 //! blocking pools (database drivers, password hashing) would otherwise multiply.
 //!
+//! Freed blocks in the middle of a heap stay resident as well; every `serve` and `up` process
+//! runs a trimmer thread that hands them back (`stratus_kit::memory::spawn_trimmer`).
+//!
 //! glibc's own `MALLOC_MMAP_THRESHOLD_` and `MALLOC_ARENA_MAX` variables still win when set.
+
+/// How often a long-running process looks for freed memory to hand back
+/// (`stratus_kit::memory::spawn_trimmer`).
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Allocations from this size up are mapped on their own and returned to the system on free.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
