@@ -11,6 +11,8 @@ mod support;
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
+use serde_json::{json, Value};
 use support::System;
 use tokio::sync::{mpsc, oneshot};
 
@@ -385,4 +387,153 @@ async fn a_call_with_no_instance_left_gets_unavailable_and_a_slow_one_deadline_e
         plain.status()
     );
     assert_eq!(plain.headers()["content-type"], "application/problem+json");
+}
+
+/// A gRPC-only instance (HTTP/2 and nothing else) answering the standard health service,
+/// `grpc.health.v1.Health/Check`, with whatever `serving` holds: 1 SERVING, 2 NOT_SERVING.
+async fn start_health_server(serving: Arc<AtomicU8>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let serving = serving.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let status = serving.load(Ordering::Relaxed);
+                    async move {
+                        let (sender, receiver) = mpsc::channel(2);
+                        let mut response = Response::new(ChannelBody(receiver));
+                        if request.uri().path() == "/grpc.health.v1.Health/Check" {
+                            response.headers_mut().insert(
+                                "content-type",
+                                HeaderValue::from_static("application/grpc"),
+                            );
+                            let _ = sender.send(Frame::data(frame(&[0x08, status]))).await;
+                            let _ = sender.send(trailers(0)).await;
+                        } else {
+                            let _ = sender.send(trailers(12)).await;
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// The gateway's view of one instance, from its admin API.
+async fn upstream(system: &System, service: &str, id: &str) -> Value {
+    let report: Value = system
+        .http
+        .get(format!(
+            "http://127.0.0.1:{}/v1/upstreams",
+            system.admin_port
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report["services"][service]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Polls the gateway's view of `id` until its active check says `verdict`.
+async fn wait_check(system: &System, service: &str, id: &str, verdict: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = upstream(system, service, id).await;
+        if seen["health_check"] == verdict {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}'s check never said {verdict}: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An instance registered with `health_check = "grpc"` is probed with gRPC's own health service
+/// over HTTP/2: in rotation while it says SERVING, out while NOT_SERVING, back after. The same
+/// gRPC-only server probed the default way (`GET /healthz` over HTTP/1.1) cannot answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_instances_are_probed_with_the_grpc_health_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, ROUTES).unwrap();
+    let system = System::start_edge_with(
+        Some(&routes),
+        &[("STRATUS_UPSTREAM_HEALTH_INTERVAL", "100ms")],
+    )
+    .await;
+    let serving = Arc::new(AtomicU8::new(1));
+    let port = start_health_server(serving.clone()).await;
+    system
+        .register(
+            "echo",
+            "grpc-checked",
+            port,
+            json!({"health_check": "grpc"}),
+        )
+        .await;
+    system
+        .register("echo", "http-checked", port, json!({}))
+        .await;
+    system.wait_gateway_sees("echo", 2).await;
+
+    let unanswerable = wait_check(&system, "echo", "http-checked", "failing").await;
+    assert_eq!(unanswerable["check"], "http");
+    // Several probe rounds later the gRPC-checked one is still in rotation.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checked = upstream(&system, "echo", "grpc-checked").await;
+    assert_eq!(checked["check"], "grpc");
+    assert_eq!(checked["health_check"], "passing", "{checked}");
+
+    serving.store(2, Ordering::Relaxed);
+    wait_check(&system, "echo", "grpc-checked", "failing").await;
+    serving.store(1, Ordering::Relaxed);
+    wait_check(&system, "echo", "grpc-checked", "passing").await;
+}
+
+/// `health_check = "tcp"`: in rotation while the port accepts connections, out once it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checked_instances_leave_when_their_port_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, ROUTES).unwrap();
+    let system = System::start_edge_with(
+        Some(&routes),
+        &[("STRATUS_UPSTREAM_HEALTH_INTERVAL", "100ms")],
+    )
+    .await;
+    let mut instance = Instance::start("tcp").await;
+    system
+        .register(
+            "echo",
+            "tcp-checked",
+            instance.port,
+            json!({"health_check": "tcp"}),
+        )
+        .await;
+    system.wait_gateway_sees("echo", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = upstream(&system, "echo", "tcp-checked").await;
+    assert_eq!(
+        (seen["check"].as_str(), seen["health_check"].as_str()),
+        (Some("tcp"), Some("passing")),
+        "{seen}"
+    );
+    instance.kill();
+    wait_check(&system, "echo", "tcp-checked", "failing").await;
 }

@@ -74,6 +74,7 @@ async fn upstreams(State(AdminState { proxy, .. }): State<AdminState>) -> axum::
                     "state": if e.is_down() { "down" } else { "up" },
                     "breaker": e.breaker_state(),
                     "health_check": if e.is_actively_healthy() { "passing" } else { "failing" },
+                    "check": e.check.as_str(),
                     "weight": e.weight,
                     "in_flight": e.in_flight(),
                     "latency_ewma_ms": e.latency_ewma().as_secs_f64() * 1000.0,

@@ -16,7 +16,7 @@ use stratus_kit::model::{Catalog, Instance};
 
 use crate::balance::{maglev_table, weighted_schedule};
 use crate::breaker::{Breaker, State as BreakerState};
-use crate::health::Probe;
+use crate::health::{Check, Probe};
 
 /// How fast old latency samples lose weight in the EWMA (Linkerd uses 10 s).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -41,7 +41,9 @@ pub struct Endpoint {
     pub served_by: HeaderValue,
     /// Circuit breaker and outlier detection: whether this endpoint gets traffic.
     pub breaker: Breaker,
-    /// Active health checking: consecutive probe outcomes, and the verdict.
+    /// Active health checking: how this instance is asked (metadata `health_check`),
+    /// consecutive probe outcomes, and the verdict.
+    pub check: Check,
     pub probe: Probe,
     actively_healthy: AtomicBool,
     in_flight: AtomicUsize,
@@ -82,6 +84,7 @@ impl Endpoint {
             authority,
             served_by,
             breaker: Breaker::default(),
+            check: Check::of(instance),
             probe: Probe::default(),
             actively_healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
@@ -182,6 +185,7 @@ impl Endpoint {
                 .unwrap_or(1)
                 .clamp(1, MAX_WEIGHT)
                 == self.weight
+            && Check::of(instance) == self.check
     }
 }
 
