@@ -161,6 +161,61 @@ async fn a_failing_check_hides_an_instance_from_lists_and_watchers_until_it_pass
     }
 }
 
+/// A gRPC-only instance declares `{"grpc": ""}`: the registry asks gRPC's health service over
+/// HTTP/2, lists the instance while it says SERVING and hides it while NOT_SERVING.
+#[tokio::test]
+async fn a_grpc_check_asks_the_standard_health_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    // Two steady instances, so one failing check is that instance's failure and not a sign
+    // of the registry being cut off (which would make it hold every verdict).
+    for id in ["steady-1", "steady-2"] {
+        let port = support::backend::start("steady", Duration::ZERO).await;
+        let steady = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
+            "check": {"tcp": true}, "interval": "100ms"});
+        assert_eq!(put_registration(&registry, "rpc", id, steady).await, 201);
+    }
+    let serving = Arc::new(std::sync::atomic::AtomicU8::new(1));
+    let port = support::backend::start_grpc_health(serving.clone()).await;
+    let checked = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
+        "check": {"grpc": ""}, "interval": "100ms"});
+    assert_eq!(
+        put_registration(&registry, "rpc", "grpc-only", checked).await,
+        201
+    );
+    // The same server checked over HTTP/1.1 cannot answer: it is hidden within a few probes.
+    let asked_wrongly = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
+        "check": {"http": "/healthz"}, "interval": "100ms"});
+    assert_eq!(
+        put_registration(&registry, "rpc", "asked-wrongly", asked_wrongly).await,
+        201
+    );
+    let r = &registry;
+    let all = ["grpc-only", "steady-1", "steady-2"];
+    eventually(
+        Duration::from_secs(3),
+        "the HTTP-checked one hidden",
+        || async move { r.ids("rpc").await == all },
+    )
+    .await;
+    // A few more rounds: the gRPC-checked one stays listed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(registry.ids("rpc").await, all);
+
+    serving.store(2, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(3),
+        "NOT_SERVING hidden",
+        || async move { r.ids("rpc").await == ["steady-1", "steady-2"] },
+    )
+    .await;
+    serving.store(1, Ordering::SeqCst);
+    eventually(Duration::from_secs(3), "SERVING again", || async move {
+        r.ids("rpc").await == all
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn bad_checks_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +226,9 @@ async fn bad_checks_are_refused() {
         json!({"check": {"http": "/healthz"}, "interval": "1s", "timeout": "2s"}),
         json!({"check": {"http": "/healthz"}, "interval": "often"}),
         json!({"check": {"tcp": false}}),
-        json!({"check": {"grpc": "x"}}),
+        json!({"check": {"grpc": 5}}),
+        json!({"check": {"grpc": "two words"}}),
+        json!({"check": {"sql": "SELECT 1"}}),
         json!({"interval": "1s"}),
     ] {
         let mut body = json!({"address": "127.0.0.1", "port": 9});
@@ -251,8 +308,17 @@ async fn the_kit_client_keeps_routing_while_the_registry_is_down() {
     }
     assert!(served.contains(&"a".to_string()) && served.contains(&"b".to_string()));
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // The gauge is the process's: another test's Discovery in this process, whose registry is
+    // up, sets it to 1 now and then, while this one sets 0 at each failed retry (at least
+    // once a second). So wait to see this one's 0 rather than read it once.
+    let m = &metrics;
+    eventually(
+        Duration::from_secs(5),
+        "discovery_registry_up 0",
+        || async move { m.render().contains("discovery_registry_up 0") },
+    )
+    .await;
     let rendered = metrics.render();
-    assert!(rendered.contains("discovery_registry_up 0"), "{rendered}");
     assert!(
         rendered.contains("discovery_view_age_seconds"),
         "{rendered}"

@@ -389,45 +389,6 @@ async fn a_call_with_no_instance_left_gets_unavailable_and_a_slow_one_deadline_e
     assert_eq!(plain.headers()["content-type"], "application/problem+json");
 }
 
-/// A gRPC-only instance (HTTP/2 and nothing else) answering the standard health service,
-/// `grpc.health.v1.Health/Check`, with whatever `serving` holds: 1 SERVING, 2 NOT_SERVING.
-async fn start_health_server(serving: Arc<AtomicU8>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let serving = serving.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let status = serving.load(Ordering::Relaxed);
-                    async move {
-                        let (sender, receiver) = mpsc::channel(2);
-                        let mut response = Response::new(ChannelBody(receiver));
-                        if request.uri().path() == "/grpc.health.v1.Health/Check" {
-                            response.headers_mut().insert(
-                                "content-type",
-                                HeaderValue::from_static("application/grpc"),
-                            );
-                            let _ = sender.send(Frame::data(frame(&[0x08, status]))).await;
-                            let _ = sender.send(trailers(0)).await;
-                        } else {
-                            let _ = sender.send(trailers(12)).await;
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
 /// The gateway's view of one instance, from its admin API.
 async fn upstream(system: &System, service: &str, id: &str) -> Value {
     let report: Value = system
@@ -478,7 +439,7 @@ async fn grpc_instances_are_probed_with_the_grpc_health_service() {
     )
     .await;
     let serving = Arc::new(AtomicU8::new(1));
-    let port = start_health_server(serving.clone()).await;
+    let port = support::backend::start_grpc_health(serving.clone()).await;
     system
         .register(
             "echo",

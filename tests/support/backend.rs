@@ -191,3 +191,51 @@ pub async fn start_closing_after(idle: Duration) -> u16 {
     });
     port
 }
+
+/// Starts a gRPC-only server (HTTP/2 with prior knowledge, nothing else) that answers the
+/// standard health service, `grpc.health.v1.Health/Check`, with the status `serving` holds
+/// (1 SERVING, 2 NOT_SERVING) and `grpc-status: 12` (unimplemented) to anything else; returns
+/// its port.
+pub async fn start_grpc_health(serving: std::sync::Arc<std::sync::atomic::AtomicU8>) -> u16 {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let serving = serving.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let status = serving.load(std::sync::atomic::Ordering::Relaxed);
+                        async move {
+                            let health = request.uri().path() == "/grpc.health.v1.Health/Check";
+                            let _ = request.into_body().collect().await;
+                            let mut trailers = http::HeaderMap::new();
+                            let mut response = http::Response::builder();
+                            let message = if health {
+                                trailers.insert("grpc-status", http::HeaderValue::from(0));
+                                response = response.header("content-type", "application/grpc");
+                                // One uncompressed message: field 1 (status), a varint.
+                                bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status])
+                            } else {
+                                trailers.insert("grpc-status", http::HeaderValue::from(12));
+                                bytes::Bytes::new()
+                            };
+                            let body = http_body_util::Full::new(message)
+                                .with_trailers(async move { Some(Ok(trailers)) });
+                            Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
+                        }
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    port
+}

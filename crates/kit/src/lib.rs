@@ -17,6 +17,7 @@ pub mod dns_discovery;
 pub mod duration;
 pub mod event_json;
 pub mod events;
+pub mod grpc_health;
 pub mod health;
 pub mod logging;
 pub mod memory;

@@ -28,13 +28,15 @@ pub struct Registration {
     pub timeout: Option<String>,
 }
 
-/// An active health check: `{"http": "/healthz"}` (a GET that must answer 2xx) or
-/// `{"tcp": true}` (a TCP connection that must open).
+/// An active health check: `{"http": "/healthz"}` (a GET that must answer 2xx),
+/// `{"tcp": true}` (a TCP connection that must open) or `{"grpc": ""}` (gRPC's standard health
+/// service over h2c must answer SERVING; the string names the service, "" the whole server).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Check {
     Http(String),
     Tcp(bool),
+    Grpc(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,9 @@
 //! Active health checks: the registry probes the instances that declare a check.
 //!
-//! A registration may carry `"check": {"http": "/healthz"}` (a GET that must answer 2xx) or
-//! `"check": {"tcp": true}` (a connection that must open), with `interval` (default 500ms) and
+//! A registration may carry `"check": {"http": "/healthz"}` (a GET that must answer 2xx),
+//! `"check": {"tcp": true}` (a connection that must open) or `"check": {"grpc": ""}` (gRPC's
+//! standard health service must answer SERVING for the named service, "" for the whole server:
+//! `stratus_kit::grpc_health`), with `interval` (default 500ms) and
 //! `timeout` (default 300ms, or the interval if shorter). Each probe's outcome moves the
 //! instance's health:
 //!
@@ -67,6 +69,16 @@ impl CheckSpec {
             Check::Tcp(true) => {}
             Check::Tcp(false) => {
                 return Err("check.tcp must be true (leave out `check` for no check)".into())
+            }
+            Check::Grpc(service) => {
+                let ok = service.len() <= stratus_kit::grpc_health::MAX_SERVICE_NAME
+                    && service.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    return Err(
+                        "check.grpc must name a service in at most 200 visible characters (\"\" for the whole server)"
+                            .into(),
+                    );
+                }
             }
         }
         let interval = parse(
@@ -136,13 +148,8 @@ pub struct Due {
 /// Background task: runs every due check of `store`, each probe in its own task so a slow
 /// instance delays no other.
 pub async fn run(store: Arc<MemoryStore>) {
-    let http = match reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .user_agent("stratus-registry-check")
-        .build()
-    {
-        Ok(http) => http,
+    let probes = match Probes::new() {
+        Ok(probes) => probes,
         Err(error) => {
             tracing::error!(%error, "cannot build the health-check client; checks are off");
             return;
@@ -154,9 +161,9 @@ pub async fn run(store: Arc<MemoryStore>) {
         ticker.tick().await;
         for due in store.due_checks(Instant::now()) {
             let store = store.clone();
-            let http = http.clone();
+            let probes = probes.clone();
             tokio::spawn(async move {
-                let outcome = probe(&http, &due).await;
+                let outcome = probe(&probes, &due).await;
                 let passed = outcome.is_ok();
                 if let Some((before, after)) = store.record_check(
                     &due.service,
@@ -177,12 +184,33 @@ pub async fn run(store: Arc<MemoryStore>) {
     }
 }
 
+/// The clients probes go out on: HTTP/1.1 (reqwest) and gRPC's health service over h2c.
+#[derive(Clone)]
+pub struct Probes {
+    http: reqwest::Client,
+    grpc: stratus_kit::grpc_health::Prober,
+}
+
+impl Probes {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent("stratus-registry-check")
+            .build()?;
+        Ok(Self {
+            http,
+            grpc: stratus_kit::grpc_health::Prober::new(MAX_INTERVAL),
+        })
+    }
+}
+
 /// Runs one probe: `Ok` if it passed, else why not.
-pub async fn probe(http: &reqwest::Client, due: &Due) -> Result<(), String> {
+pub async fn probe(probes: &Probes, due: &Due) -> Result<(), String> {
     match &due.spec.check {
         Check::Http(path) => {
             let url = format!("http://{}{path}", due.authority);
-            match http.get(&url).timeout(due.spec.timeout).send().await {
+            match probes.http.get(&url).timeout(due.spec.timeout).send().await {
                 Ok(response) if response.status().is_success() => Ok(()),
                 Ok(response) => Err(format!("{url} answered {}", response.status())),
                 Err(error) if error.is_timeout() => Err(format!("{url}: no answer in time")),
@@ -199,6 +227,13 @@ pub async fn probe(http: &reqwest::Client, due: &Due) -> Result<(), String> {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(error)) => Err(format!("tcp {}: {error}", due.authority)),
                 Err(_) => Err(format!("tcp {}: no connection in time", due.authority)),
+            }
+        }
+        Check::Grpc(service) => {
+            let asked = probes.grpc.check(&due.authority, service);
+            match tokio::time::timeout(due.spec.timeout, asked).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("grpc {}: no answer in time", due.authority)),
             }
         }
     }
@@ -276,7 +311,10 @@ mod tests {
         let body = r#"{"address":"127.0.0.1","port":1,"check":{"tcp":true}}"#;
         let registration: Registration = serde_json::from_str(body).unwrap();
         assert_eq!(registration.check, Some(Check::Tcp(true)));
-        let body = r#"{"address":"127.0.0.1","port":1,"check":{"grpc":"x"}}"#;
+        let body = r#"{"address":"127.0.0.1","port":1,"check":{"grpc":"shop.Orders"}}"#;
+        let registration: Registration = serde_json::from_str(body).unwrap();
+        assert_eq!(registration.check, Some(Check::Grpc("shop.Orders".into())));
+        let body = r#"{"address":"127.0.0.1","port":1,"check":{"exec":"true"}}"#;
         assert!(serde_json::from_str::<Registration>(body).is_err());
     }
 }

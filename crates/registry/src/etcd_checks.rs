@@ -107,13 +107,8 @@ struct Outcome {
 /// Background task: this registry process's share of the checks. `member` names it in the
 /// owner keys (for operators reading etcd).
 pub async fn run(client: EtcdClient, member: String) {
-    let http = match reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .user_agent("stratus-registry-check")
-        .build()
-    {
-        Ok(http) => http,
+    let probes = match checks::Probes::new() {
+        Ok(probes) => probes,
         Err(error) => {
             tracing::error!(%error, "cannot build the health-check client; checks are off");
             return;
@@ -158,11 +153,11 @@ pub async fn run(client: EtcdClient, member: String) {
                 spec: state.record.spec(),
                 generation: state.generation,
             };
-            let http = http.clone();
+            let probes = probes.clone();
             let report = report.clone();
             let name = name.clone();
             tokio::spawn(async move {
-                let result = checks::probe(&http, &due).await;
+                let result = checks::probe(&probes, &due).await;
                 let _ = report.send(Outcome {
                     name,
                     generation: due.generation,
