@@ -177,10 +177,13 @@ async fn exchange(conn: &mut Conn, request: &Request<Bytes>) -> Result<h1::Head,
             written: true,
             answered,
         };
-        match h1::parse_head(&mut conn.read).map_err(failed)? {
-            Some(head) if head.status.is_informational() && head.status != 101 => continue,
-            Some(head) => return Ok(head),
-            None => {}
+        // (Nothing to parse before the first read: the buffer starts empty.)
+        if !conn.read.is_empty() {
+            match h1::parse_head(&mut conn.read).map_err(failed)? {
+                Some(head) if head.status.is_informational() && head.status != 101 => continue,
+                Some(head) => return Ok(head),
+                None => {}
+            }
         }
         match conn.fill().await {
             Ok(0) => return Err(failed(h1::Error::Closed)),
