@@ -773,7 +773,8 @@ mod tests {
         }
     }
 
-    const OK_HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Served: yes\r\n\r\nhello";
+    const OK_HELLO: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Served: yes\r\n\r\nhello";
 
     #[tokio::test]
     async fn content_length_bodies_and_keep_alive_reuse() {
@@ -783,6 +784,7 @@ mod tests {
             let response = pool.send(&fake.endpoint, get("/a?b=c")).await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["x-served"], "yes");
+            assert!(response.headers().get("connection").is_none(), "hop-by-hop");
             assert_eq!(response.body().size_hint().exact(), Some(5));
             assert_eq!(body(response).await.unwrap(), "hello");
             assert_eq!(pool.idle_count(), 1);

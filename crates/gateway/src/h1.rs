@@ -203,13 +203,14 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         close: false,
         keep_alive: false,
     };
-    let count = response.headers.len();
-    for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
+    // `Transfer-Encoding`, and a `Connection` that only says keep-alive or close, are read here
+    // for framing and persistence but left out of the map: they are hop-by-hop, and the proxy
+    // would only remove them again. (Not from a 101: the tunnel's answer keeps its headers.)
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut count = 0;
+    for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        *span = Span {
-            name: offset(name),
-            value: offset(header.value),
-        };
+        let mut keep = true;
         if name.eq_ignore_ascii_case(b"content-length") {
             let length = content_length(header.value)?;
             if head.content_length.is_some_and(|seen| seen != length) {
@@ -219,12 +220,25 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = header.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
             head.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            keep = switching;
         } else if name.eq_ignore_ascii_case(b"connection") {
+            let mut only_usual = true;
             for option in header.value.split(|b| *b == b',') {
                 let option = option.trim_ascii();
-                head.close |= option.eq_ignore_ascii_case(b"close");
-                head.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                let close = option.eq_ignore_ascii_case(b"close");
+                let keep_alive = option.eq_ignore_ascii_case(b"keep-alive");
+                head.close |= close;
+                head.keep_alive |= keep_alive;
+                only_usual &= close || keep_alive || option.is_empty();
             }
+            keep = switching || !only_usual;
+        }
+        if keep {
+            spans[count] = Span {
+                name: offset(name),
+                value: offset(header.value),
+            };
+            count += 1;
         }
     }
 
@@ -420,6 +434,26 @@ mod tests {
         assert!(!old.persistent());
         let closing = head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n");
         assert!(!closing.persistent());
+    }
+
+    #[test]
+    fn usual_hop_by_hop_headers_stay_out_of_the_map_except_on_101() {
+        let head = |text: &[u8]| parse(text).unwrap().unwrap();
+        let usual = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n",
+        );
+        assert_eq!(usual.framing(&Method::GET), Framing::Chunked);
+        assert_eq!(usual.headers.len(), 1);
+        let naming =
+            head(b"HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nX-Private: 1\r\n\r\n");
+        assert!(!naming.persistent());
+        assert_eq!(naming.headers["connection"], "close, x-private");
+        let switching =
+            head(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(switching.headers["connection"], "Upgrade");
+        assert_eq!(switching.headers["upgrade"], "websocket");
+        let closing = head(b"HTTP/1.1 101 Switching Protocols\r\nConnection: close\r\n\r\n");
+        assert_eq!(closing.headers["connection"], "close");
     }
 
     #[test]
