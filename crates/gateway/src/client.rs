@@ -5,36 +5,47 @@
 //! the connection serving it never leave the worker's thread and the pool needs no shared lock:
 //! the mutex below is only ever taken by one thread, which makes it a few instructions.
 //!
-//! A connection goes back to the pool when its response body has been read to the end (see
-//! [`PooledBody`]); one whose body was abandoned half-way, or that switched protocols, is closed
-//! instead, since the next request could not start on it cleanly. hyper-util's general-purpose
-//! client does the same job with a shared, hashed pool and a task per response to notice when
-//! the connection is free again; this one is keyed by the endpoint's number and needs neither.
+//! A pooled connection is a socket and its read buffer, owned by whoever is using it: no task
+//! runs per connection. [`Pool::send`] writes the request and reads the response head in the
+//! caller's task; the body is read by [`PooledBody::poll_frame`] in the task that polls it (the
+//! client connection's), so a request and its response never cross tasks. A small response
+//! usually arrives whole with its head, and then the connection is back in the pool before the
+//! response even leaves `send`.
+//!
+//! A connection goes back to the pool when its response body has been read exactly to the end
+//! (see [`PooledBody`]); one whose body was abandoned half-way, that the instance said it would
+//! close, or that switched protocols, is closed instead, since the next request could not start
+//! on it cleanly. The wire format itself (writing the request, parsing the head, chunked
+//! bodies) is `h1.rs`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::h1::{self, ChunkedDecoder, Decoded, Framing};
 use crate::upstream::Endpoint;
 
 /// Idle connections kept per instance and worker; more are closed when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// An idle connection older than this is closed by the sweep (instances close theirs too).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-type Sender = SendRequest<Full<Bytes>>;
+/// A connection's read buffer to start with, and what a read that finds less room adds.
+const READ_BUFFER: usize = 8 * 1024;
+/// A read is given at least this much room.
+const MIN_READ: usize = 1024;
+/// The most a body read adds to the buffer at once (for a long Content-Length body).
+const MAX_READ: usize = 64 * 1024;
 
 /// Why a request got no response. The difference matters for retries: a request that was never
 /// sent may go to another instance whatever its method.
@@ -52,10 +63,17 @@ pub enum SendError {
         authority: String,
         source: hyper::Error,
     },
+    /// An HTTP/2 request failed (`client_h2.rs`).
     #[error("the request to {authority} failed: {source}")]
     Request {
         authority: String,
         source: hyper::Error,
+    },
+    /// An HTTP/1.1 exchange failed: writing the request, or reading a usable response head.
+    #[error("the request to {authority} failed: {source}")]
+    Exchange {
+        authority: String,
+        source: h1::Error,
     },
 }
 
@@ -69,8 +87,114 @@ impl SendError {
     }
 }
 
+/// A connection to an instance: the socket, the bytes read from it and not yet used, and a
+/// buffer requests are written from (both kept from one request to the next).
+struct Conn {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            read: BytesMut::with_capacity(READ_BUFFER),
+            write: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Whether an idle connection is still good for a request: the instance has neither closed
+    /// it nor sent anything unasked. A non-blocking read says which: "would block" is the
+    /// only good answer. (It costs no system call while the socket is known not readable.)
+    fn alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads what the socket has into the buffer, with room for at least `want` bytes (within
+    /// [`MIN_READ`]..[`MAX_READ`]). `Ok(0)`: the instance closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        let room = (want as usize).clamp(MIN_READ, MAX_READ);
+        if self.read.capacity() - self.read.len() < room {
+            self.read.reserve(room.max(READ_BUFFER));
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.read) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
+    }
+
+    /// Writes the request; on failure, says whether any of it went out.
+    async fn write_request(&mut self, request: &Request<Bytes>) -> Result<(), (io::Error, bool)> {
+        self.write.clear();
+        let separate = h1::encode_request(&mut self.write, request);
+        let mut written = 0;
+        while written < self.write.len() {
+            match self.stream.write(&self.write[written..]).await {
+                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written > 0)),
+                Ok(n) => written += n,
+                Err(error) => return Err((error, written > 0)),
+            }
+        }
+        if let Some(body) = separate {
+            self.stream.write_all(&body).await.map_err(|e| (e, true))?;
+        }
+        Ok(())
+    }
+}
+
+/// How one exchange on a connection failed.
+struct Failed {
+    error: h1::Error,
+    /// Some of the request went out.
+    written: bool,
+    /// Some of an answer came back.
+    answered: bool,
+}
+
+/// Writes `request` on `conn` and reads the response head, passing over informational (1xx)
+/// responses other than 101.
+async fn exchange(conn: &mut Conn, request: &Request<Bytes>) -> Result<h1::Head, Failed> {
+    if let Err((error, written)) = conn.write_request(request).await {
+        return Err(Failed {
+            error: error.into(),
+            written,
+            answered: false,
+        });
+    }
+    let mut answered = false;
+    loop {
+        let failed = move |error| Failed {
+            error,
+            written: true,
+            answered,
+        };
+        // (Nothing to parse before the first read: the buffer starts empty.)
+        if !conn.read.is_empty() {
+            match h1::parse_head(&mut conn.read).map_err(failed)? {
+                Some(head) if head.status.is_informational() && head.status != 101 => continue,
+                Some(head) => return Ok(head),
+                None => {}
+            }
+        }
+        match conn.fill().await {
+            Ok(0) => return Err(failed(h1::Error::Closed)),
+            Ok(_) => answered = true,
+            Err(error) => return Err(failed(error.into())),
+        }
+    }
+}
+
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -108,106 +232,139 @@ impl Pool {
         })
     }
 
-    /// Sends `request` to `endpoint` over an idle connection, or a new one.
+    /// Sends `request` to `endpoint` over an idle connection, or a new one, and returns at the
+    /// response's head.
     ///
-    /// A pooled connection can turn out to be closed by the instance while it sat idle; hyper
-    /// then hands the request back unsent and it goes out on the next connection, so an
-    /// instance's idle timeout never costs a client an error.
+    /// A pooled connection can turn out to be closed by the instance while it sat idle. Most
+    /// are noticed before use ([`Conn::alive`]); one that fails the write, or ends before a
+    /// single byte of answer, is let go and the request goes out on the next connection, so an
+    /// instance's idle timeout never costs a client an error. A new connection that fails is a
+    /// real failure: a connection error if nothing was written, else a failed request.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Endpoint,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
-            let (mut sender, fresh) = match self.checkout(endpoint.key) {
-                Some(sender) => (sender, false),
+            let (mut conn, fresh) = match self.checkout(endpoint.key) {
+                Some(conn) => (conn, false),
                 None => (self.connect(endpoint).await?, true),
             };
-            if sender.ready().await.is_err() {
-                if fresh {
+            match exchange(&mut conn, &request).await {
+                Ok(head) => return Ok(self.respond(conn, endpoint.key, request.method(), head)),
+                Err(failed) if !fresh && !failed.answered => continue,
+                Err(failed) if !failed.written => {
+                    let source = match failed.error {
+                        h1::Error::Io(error) => error,
+                        other => io::Error::other(other),
+                    };
                     return Err(SendError::Connect {
                         authority: endpoint.authority.to_string(),
-                        source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+                        source,
                     });
                 }
-                continue;
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let upgrading = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                    let slot = (!upgrading && reusable(&response)).then(|| Slot {
-                        pool: Arc::downgrade(self),
-                        key: endpoint.key,
-                        sender,
-                    });
-                    return Ok(response.map(|body| PooledBody::new(body, slot)));
+                Err(failed) => {
+                    return Err(SendError::Exchange {
+                        authority: endpoint.authority.to_string(),
+                        source: failed.error,
+                    })
                 }
-                Err(mut failed) => match failed.take_message() {
-                    // Never written: the pooled connection had closed. Try the next one.
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => {
-                        return Err(SendError::Request {
-                            authority: endpoint.authority.to_string(),
-                            source: failed.into_error(),
-                        })
-                    }
-                },
             }
         }
     }
 
-    fn checkout(&self, key: u64) -> Option<Sender> {
+    /// The response for `head`, its body framed as the head says. A body already whole in the
+    /// buffer is taken at once and the connection goes straight back to the pool.
+    fn respond(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        key: u64,
+        method: &Method,
+        head: h1::Head,
+    ) -> Response<PooledBody> {
+        let reusable = head.persistent() && !matches!(head.status.as_u16(), 408 | 413);
+        let framing = head.framing(method);
+        let mut response = Response::new(PooledBody::whole(None));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let leftover = conn.read.split().freeze();
+            response
+                .extensions_mut()
+                .insert(UpstreamUpgrade::new(conn.stream, leftover));
+            return response;
+        }
+        let home = reusable.then(|| Home {
+            pool: Arc::downgrade(self),
+            key,
+        });
+        let reading = match framing {
+            Framing::Empty => {
+                if let Some(home) = home {
+                    home.put_back(conn);
+                }
+                return response;
+            }
+            Framing::Length(length) if conn.read.len() as u64 >= length => {
+                let data = conn.read.split_to(length as usize).freeze();
+                if let Some(home) = home {
+                    home.put_back(conn);
+                }
+                *response.body_mut() = PooledBody::whole(Some(data));
+                return response;
+            }
+            Framing::Length(length) => Reading::Length(length),
+            Framing::Chunked => Reading::Chunked(ChunkedDecoder::default()),
+            Framing::Close => Reading::Close,
+        };
+        *response.body_mut() = PooledBody(Source::Streaming(Box::new(Streaming {
+            conn: Some(conn),
+            reading,
+            home: if framing == Framing::Close {
+                None
+            } else {
+                home
+            },
+        })));
+        response
+    }
+
+    fn checkout(&self, key: u64) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&key)?;
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
+            if entry.conn.alive() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, key: u64, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, key: u64, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() < MAX_IDLE_PER_ENDPOINT {
                 list.push(Idle {
-                    sender,
+                    conn,
                     since: Instant::now(),
                 });
             }
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, SendError> {
-        let authority = endpoint.authority.as_str();
-        let stream = connect_tcp(authority, self.connect_timeout).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| SendError::Handshake {
-                authority: authority.to_string(),
-                source,
-            })?;
-        let service = endpoint.service.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, %service, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Conn, SendError> {
+        let stream = connect_tcp(endpoint.authority.as_str(), self.connect_timeout).await?;
+        Ok(Conn::new(stream))
     }
 
-    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] and forgets instances with none.
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by their instance,
+    /// and forgets instances with none.
     pub fn sweep(&self) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain(|_, list| {
-                list.retain(|entry| {
-                    entry.since.elapsed() < IDLE_TIMEOUT && !entry.sender.is_closed()
-                });
+                list.retain(|entry| entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.alive());
                 !list.is_empty()
             });
         }
@@ -227,94 +384,204 @@ impl Pool {
     }
 }
 
-/// Whether the connection may carry another request after this response. Not when the
-/// instance said it will close it (`Connection: close`), nor after a 413 or 408: the instance
-/// answered without reading the whole request, and closes the connection behind the answer. Put
-/// back in the pool, such a connection would fail the next request sent on it, which for a POST
-/// cannot be retried.
-fn reusable(response: &Response<Incoming>) -> bool {
-    if matches!(response.status().as_u16(), 408 | 413) {
-        return false;
-    }
-    response
-        .headers()
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .all(|value| {
-            !value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
-}
-
 /// Where a connection goes back when its response is done.
-struct Slot {
+struct Home {
     pool: Weak<Pool>,
     key: u64,
-    sender: Sender,
 }
 
-/// A response body from an instance that returns its connection to the pool once read to the
-/// end, and closes it if dropped before that.
-pub struct PooledBody {
-    inner: Incoming,
-    slot: Option<Slot>,
-    finished: bool,
+impl Home {
+    /// Pools `conn`, unless the instance sent more than the response (nothing may come before
+    /// the next request).
+    fn put_back(self, conn: Conn) {
+        if !conn.read.is_empty() {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            pool.checkin(self.key, conn);
+        }
+    }
+}
+
+/// The instance's side of a connection that switched protocols (101, e.g. WebSocket), in the
+/// response's extensions: the socket, and whatever the instance sent after the head.
+/// (Extensions must be `Clone`, hence the shared slot; it is taken once.)
+#[derive(Clone)]
+pub struct UpstreamUpgrade(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+
+impl UpstreamUpgrade {
+    fn new(stream: TcpStream, leftover: Bytes) -> Self {
+        Self(Arc::new(Mutex::new(Some((stream, leftover)))))
+    }
+
+    /// The socket and the bytes already read from it, the first time.
+    pub fn take(&self) -> Option<(TcpStream, Bytes)> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the response body: {0}")]
+    Http1(#[from] h1::Error),
+    #[error("reading the response body: {0}")]
+    Http2(#[from] hyper::Error),
+}
+
+/// A response body from an instance. Over HTTP/1.1 its connection goes back to the pool once
+/// the body is read to the end, and is closed if the body is dropped before that.
+pub struct PooledBody(Source);
+
+enum Source {
+    /// Read already (or none): the connection is back in the pool.
+    Whole(Option<Bytes>),
+    /// Read from the connection as it is polled (boxed: most responses are whole).
+    Streaming(Box<Streaming>),
+    /// An HTTP/2 stream's, whose connection is not this pool's to keep (`client_h2.rs`).
+    Http2(Incoming),
+}
+
+struct Streaming {
+    /// `None` once the body has ended or failed.
+    conn: Option<Conn>,
+    reading: Reading,
+    /// Where the connection goes at the body's end; `None` if it is not to be reused.
+    home: Option<Home>,
+}
+
+enum Reading {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the instance closes.
+    Close,
 }
 
 impl PooledBody {
     /// A body whose connection is not this pool's to keep: an HTTP/2 stream's (`client_h2.rs`).
     pub fn unpooled(inner: Incoming) -> Self {
-        Self::new(inner, None)
+        Self(Source::Http2(inner))
     }
 
-    fn new(inner: Incoming, slot: Option<Slot>) -> Self {
-        let finished = inner.is_end_stream();
-        Self {
-            inner,
-            slot,
-            finished,
+    fn whole(data: Option<Bytes>) -> Self {
+        Self(Source::Whole(data.filter(|d| !d.is_empty())))
+    }
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.0 {
+            Source::Whole(_) => "whole",
+            Source::Streaming(_) => "streaming",
+            Source::Http2(_) => "http2",
+        };
+        f.debug_tuple("PooledBody").field(&source).finish()
+    }
+}
+
+impl Streaming {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, h1::Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let want = match &mut self.reading {
+                Reading::Length(left) => {
+                    if !conn.read.is_empty() {
+                        let take = (*left).min(conn.read.len() as u64);
+                        let data = conn.read.split_to(take as usize).freeze();
+                        *left -= take;
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    *left
+                }
+                Reading::Chunked(decoder) => match decoder.decode(&mut conn.read) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Decoded::End) => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => 0,
+                    Err(error) => return Poll::Ready(Some(Err(self.fail(error)))),
+                },
+                Reading::Close => {
+                    if !conn.read.is_empty() {
+                        return Poll::Ready(Some(Ok(conn.read.split().freeze())));
+                    }
+                    0
+                }
+            };
+            match ready!(conn.poll_fill(cx, want)) {
+                Ok(0) if matches!(self.reading, Reading::Close) => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(self.fail(h1::Error::Closed)))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(self.fail(error.into())))),
+            }
+        }
+    }
+
+    /// The body is read to its end: the connection goes home, if it has one.
+    fn finish(&mut self) {
+        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
+            home.put_back(conn);
+        }
+    }
+
+    fn fail(&mut self, error: h1::Error) -> h1::Error {
+        self.conn = None;
+        error
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.conn, &self.reading) {
+            (None, _) => SizeHint::with_exact(0),
+            (Some(_), Reading::Length(left)) => SizeHint::with_exact(*left),
+            (Some(_), _) => SizeHint::default(),
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finished = true,
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finished = true,
-            Poll::Ready(Some(Err(_))) => self.slot = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.0 {
+            Source::Whole(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            Source::Streaming(streaming) => streaming
+                .poll_frame(cx)
+                .map(|polled| polled.map(|read| read.map(Frame::data).map_err(Into::into))),
+            Source::Http2(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|polled| polled.map(|frame| frame.map_err(Into::into))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
+        match &self.0 {
+            Source::Whole(data) => data.is_none(),
+            Source::Streaming(streaming) => streaming.conn.is_none(),
+            Source::Http2(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if !(self.finished || self.inner.is_end_stream()) {
-            return;
-        }
-        if let Some(slot) = self.slot.take() {
-            if let Some(pool) = slot.pool.upgrade() {
-                pool.checkin(slot.key, slot.sender);
+        match &self.0 {
+            Source::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Source::Streaming(streaming) => streaming.size_hint(),
+            Source::Http2(inner) => inner.size_hint(),
         }
     }
 }
@@ -358,4 +625,476 @@ pub(crate) fn sweep_every<T: Send + Sync + 'static>(pool: &Arc<T>, every: Durati
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a raw TCP "instance" that answers each request with hand-written bytes.
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::tests::endpoint;
+
+    /// One scripted answer.
+    struct Answer {
+        bytes: Vec<u8>,
+        /// Written a byte at a time, so the client sees it across many reads.
+        bytewise: bool,
+        /// The instance closes the connection after writing it.
+        close: bool,
+    }
+
+    fn answer(bytes: &[u8]) -> Answer {
+        Answer {
+            bytes: bytes.to_vec(),
+            bytewise: false,
+            close: false,
+        }
+    }
+
+    /// A fake instance: counts accepted connections, records requests (head and body), and
+    /// answers them in order from the script.
+    struct Instance {
+        endpoint: Endpoint,
+        accepts: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    async fn instance(script: Vec<Answer>) -> Instance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let (a, c, r) = (accepts.clone(), closed.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (script, closed, requests) = (script.clone(), c.clone(), r.clone());
+                tokio::spawn(async move {
+                    serve(stream, script, requests).await;
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Instance {
+            endpoint: endpoint(port),
+            accepts,
+            closed,
+            requests,
+        }
+    }
+
+    async fn serve(
+        mut stream: TcpStream,
+        script: Arc<Mutex<VecDeque<Answer>>>,
+        requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    ) {
+        stream.set_nodelay(true).unwrap();
+        let mut buf = Vec::new();
+        loop {
+            // A request: its head, then as many bytes as its content-length says.
+            let head_end = loop {
+                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+            while buf.len() < head_end + length {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            requests
+                .lock()
+                .unwrap()
+                .push(buf.drain(..head_end + length).collect());
+            let Some(answer) = script.lock().unwrap().pop_front() else {
+                return;
+            };
+            if answer.bytewise {
+                for byte in &answer.bytes {
+                    stream.write_all(&[*byte]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            } else {
+                stream.write_all(&answer.bytes).await.unwrap();
+            }
+            if answer.close {
+                return;
+            }
+        }
+    }
+
+    fn get(path: &str) -> Request<Bytes> {
+        let mut request = Request::new(Bytes::new());
+        *request.uri_mut() = path.parse().unwrap();
+        request
+    }
+
+    fn with_method(method: Method, path: &str) -> Request<Bytes> {
+        let mut request = get(path);
+        *request.method_mut() = method;
+        request
+    }
+
+    async fn body(response: Response<PooledBody>) -> Result<Bytes, BodyError> {
+        Ok(response.into_body().collect().await?.to_bytes())
+    }
+
+    /// Polls `what` until true, for up to 5 s.
+    async fn eventually(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() {
+            assert!(Instant::now() < deadline, "condition never became true");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    const OK_HELLO: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Served: yes\r\n\r\nhello";
+
+    #[tokio::test]
+    async fn content_length_bodies_and_keep_alive_reuse() {
+        let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        for _ in 0..2 {
+            let response = pool.send(&fake.endpoint, get("/a?b=c")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["x-served"], "yes");
+            assert!(response.headers().get("connection").is_none(), "hop-by-hop");
+            assert_eq!(response.body().size_hint().exact(), Some(5));
+            assert_eq!(body(response).await.unwrap(), "hello");
+            assert_eq!(pool.idle_count(), 1);
+        }
+        assert_eq!(
+            fake.accepts.load(Ordering::SeqCst),
+            1,
+            "one connection for both"
+        );
+        let requests = fake.requests.lock().unwrap();
+        let first = String::from_utf8_lossy(&requests[0]);
+        assert!(first.starts_with("GET /a?b=c HTTP/1.1\r\n"), "{first}");
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_out_with_their_length() {
+        let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let mut request = with_method(Method::POST, "/items");
+        *request.body_mut() = Bytes::from_static(b"{\"a\":1}");
+        body(pool.send(&fake.endpoint, request).await.unwrap())
+            .await
+            .unwrap();
+        let mut large = with_method(Method::PUT, "/big");
+        *large.body_mut() = Bytes::from(vec![b'z'; h1::INLINE_BODY * 3]);
+        body(pool.send(&fake.endpoint, large).await.unwrap())
+            .await
+            .unwrap();
+        let requests = fake.requests.lock().unwrap();
+        assert!(requests[0].ends_with(b"content-length: 7\r\n\r\n{\"a\":1}"));
+        assert!(requests[1].starts_with(b"PUT /big HTTP/1.1\r\n"));
+        assert_eq!(
+            requests[1].iter().filter(|b| **b == b'z').count(),
+            h1::INLINE_BODY * 3
+        );
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_with_extensions_and_trailers_across_reads() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        5;name=value\r\nhello\r\n7\r\n, world\r\n0\r\nX-Checksum: 1\r\n\r\n";
+        let fake = instance(vec![
+            Answer {
+                bytewise: true,
+                ..answer(chunked)
+            },
+            answer(OK_HELLO),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(response.body().size_hint().exact(), None);
+        assert_eq!(body(response).await.unwrap(), "hello, world");
+        assert_eq!(pool.idle_count(), 1, "read to its end: reused");
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(fake.accepts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_split_byte_by_byte() {
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n{}",
+            "y".repeat(3000)
+        );
+        let fake = instance(vec![Answer {
+            bytewise: true,
+            ..answer(long.as_bytes())
+        }])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(response.body().size_hint().upper(), Some(3000));
+        assert_eq!(body(response).await.unwrap(), "y".repeat(3000));
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body() {
+        let fake = instance(vec![
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            answer(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            answer(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+            answer(OK_HELLO),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let head = pool
+            .send(&fake.endpoint, with_method(Method::HEAD, "/"))
+            .await
+            .unwrap();
+        assert_eq!(head.headers()["content-length"], "5");
+        assert!(head.body().is_end_stream());
+        assert_eq!(body(head).await.unwrap(), "");
+        for status in [204, 304] {
+            let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+            assert_eq!(response.status(), status);
+            assert_eq!(body(response).await.unwrap(), "");
+        }
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(
+            fake.accepts.load(Ordering::SeqCst),
+            1,
+            "all on one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_delimited_body_is_read_to_the_end_and_not_reused() {
+        let fake = instance(vec![
+            Answer {
+                close: true,
+                ..answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+            },
+            answer(OK_HELLO),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "until the end");
+        assert_eq!(pool.idle_count(), 0);
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(fake.accepts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_not_reused() {
+        let fake = instance(vec![
+            answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+            answer(OK_HELLO),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        assert_eq!(pool.idle_count(), 0);
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(fake.accepts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn continue_before_the_answer_is_passed_over() {
+        let fake = instance(vec![answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        )])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool
+            .send(&fake.endpoint, with_method(Method::POST, "/"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert!(response.headers().get("link").is_none());
+        assert_eq!(body(response).await.unwrap(), "ok");
+    }
+
+    /// A response the proxy cannot use is a failed request (502), never a connection error,
+    /// and its connection is not kept.
+    async fn fails(bytes: &[u8]) -> SendError {
+        let fake = instance(vec![answer(bytes)]).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let error = pool.send(&fake.endpoint, get("/")).await.unwrap_err();
+        assert!(!error.is_connect(), "{error}");
+        assert!(error.to_string().contains(fake.endpoint.authority.as_str()));
+        assert_eq!(pool.idle_count(), 0);
+        error
+    }
+
+    #[tokio::test]
+    async fn malformed_over_long_and_conflicting_heads_are_errors() {
+        let error = fails(b"HTTP/1.1 OK 200\r\n\r\n").await;
+        assert!(matches!(
+            error,
+            SendError::Exchange {
+                source: h1::Error::Malformed(_),
+                ..
+            }
+        ));
+        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while long.len() <= h1::MAX_HEAD {
+            long.extend_from_slice(format!("x-filler: {}\r\n", "f".repeat(4000)).as_bytes());
+        }
+        long.extend_from_slice(b"\r\n");
+        let error = fails(&long).await;
+        assert!(matches!(
+            error,
+            SendError::Exchange {
+                source: h1::Error::HeadTooLarge,
+                ..
+            }
+        ));
+        let error =
+            fails(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab").await;
+        assert!(matches!(
+            error,
+            SendError::Exchange {
+                source: h1::Error::BadContentLength,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_instance_closing_mid_body_is_an_error_and_not_reused() {
+        let fake = instance(vec![Answer {
+            close: true,
+            ..answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        }])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let error = body(response).await.unwrap_err();
+        assert!(
+            matches!(error, BodyError::Http1(h1::Error::Closed)),
+            "{error}"
+        );
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_half_read_closes_its_connection() {
+        let fake = instance(vec![answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart",
+        )])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let mut response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let frame = response.body_mut().frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "part");
+        drop(response);
+        assert_eq!(pool.idle_count(), 0);
+        eventually(|| fake.closed.load(Ordering::SeqCst) == 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_costs_no_error() {
+        let fake = instance(vec![
+            Answer {
+                close: true,
+                ..answer(OK_HELLO)
+            },
+            answer(OK_HELLO),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(pool.idle_count(), 1, "nothing said it would close");
+        eventually(|| fake.closed.load(Ordering::SeqCst) == 1).await;
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(fake.accepts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_connection_found_only_by_the_write_is_replaced() {
+        let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        // Replace the pooled connection with one whose far end has just gone, with no turn of
+        // the runtime since: the probe cannot know yet, so the exchange finds out.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        drop(listener.accept().await.unwrap());
+        drop(listener);
+        {
+            let mut idle = pool.idle.lock().unwrap();
+            let list = idle.get_mut(&fake.endpoint.key).unwrap();
+            list[0].conn = Conn::new(stream);
+        }
+        let response = pool
+            .send(&fake.endpoint, with_method(Method::POST, "/"))
+            .await
+            .unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let pool = Pool::new(Duration::from_secs(1));
+        let error = pool.send(&endpoint(port), get("/")).await.unwrap_err();
+        assert!(error.is_connect(), "{error}");
+    }
+
+    #[tokio::test]
+    async fn switching_protocols_hands_over_the_socket_and_early_bytes() {
+        let fake = instance(vec![answer(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
+        )])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let mut response = pool.send(&fake.endpoint, get("/ws")).await.unwrap();
+        assert_eq!(response.status(), 101);
+        let upgrade = response
+            .extensions_mut()
+            .remove::<UpstreamUpgrade>()
+            .unwrap();
+        let (_stream, leftover) = upgrade.take().unwrap();
+        assert!(upgrade.take().is_none(), "taken once");
+        // The early bytes may come with the head or just after it.
+        assert!(b"\x81\x02hi".starts_with(&leftover));
+        assert_eq!(pool.idle_count(), 0);
+    }
 }

@@ -28,7 +28,7 @@ use stratus_kit::auth::Tokens;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use crate::client::{Pool, PooledBody};
+use crate::client::{Pool, PooledBody, UpstreamUpgrade};
 use crate::client_h2::{Failure, H2Pool};
 use crate::grpc;
 use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
@@ -539,9 +539,12 @@ impl Proxy {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = client_upgrade {
-                let upstream = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client, upstream, endpoint.service.clone()));
+            let upstream = response
+                .extensions_mut()
+                .remove::<UpstreamUpgrade>()
+                .and_then(|upgrade| upgrade.take());
+            if let (Some(client), Some((upstream, leftover))) = (client_upgrade, upstream) {
+                tokio::spawn(tunnel(client, upstream, leftover, endpoint.service.clone()));
                 let (mut head, body) = response.into_parts();
                 if self.shared.settings.served_by {
                     head.headers
@@ -561,20 +564,29 @@ impl Proxy {
 }
 
 /// Once both sides have switched protocols, copies bytes both ways until either side closes.
+/// The instance's side is its socket as the upstream client left it, and the bytes it had
+/// already read past the 101 head, which go to the client first.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    mut upstream: tokio::net::TcpStream,
+    leftover: Bytes,
     service: String,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
+    use tokio::io::AsyncWriteExt;
+    let client = match client.await {
+        Ok(client) => client,
         Err(error) => {
             tracing::debug!(%error, %service, "protocol upgrade failed");
             return;
         }
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if !leftover.is_empty() {
+        if let Err(error) = client.write_all(&leftover).await {
+            tracing::debug!(%error, %service, "upgraded connection ended with an error");
+            return;
+        }
+    }
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%error, %service, "upgraded connection ended with an error");
     }
@@ -729,7 +741,7 @@ fn upstream_request(
     route: &Route,
     endpoint: &Endpoint,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, Problem> {
+) -> Result<Request<Bytes>, Problem> {
     // HTTP/1.1 to the instance: the target in origin form, and the instance's own `Host`.
     let original = parts.uri.path_and_query();
     let original_text = original.map_or("/", |p| p.as_str());
@@ -741,7 +753,7 @@ fn upstream_request(
         (path, _) => Uri::try_from(path.as_ref())
             .map_err(|_| Problem::bad_request("the request path is not valid"))?,
     };
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     let mut headers = parts.headers.clone();

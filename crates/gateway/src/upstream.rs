@@ -339,6 +339,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// An endpoint for an instance listening on 127.0.0.1:`port`.
+    pub fn endpoint(port: u16) -> Endpoint {
+        Endpoint::from_instance(&instance("i-1", port, 1), Instant::now()).unwrap()
+    }
+
     fn catalog(index: u64, instances: Vec<Instance>) -> Catalog {
         let mut catalog = Catalog {
             index,
