@@ -36,6 +36,8 @@ use tokio::net::TcpStream;
 use crate::h1::{self, ChunkedDecoder, Decoded, Framing};
 use crate::upstream::Endpoint;
 
+/// An idle connection unused for this long is checked with the kernel before reuse.
+const ASK_THE_KERNEL_AFTER: Duration = Duration::from_millis(1);
 /// Idle connections kept per instance and worker; more are closed when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// An idle connection older than this is closed by the sweep (instances close theirs too).
@@ -106,10 +108,21 @@ impl Conn {
 
     /// Whether an idle connection is still good for a request: the instance has neither closed
     /// it nor sent anything unasked. A non-blocking read says which: "would block" is the
-    /// only good answer. (It costs no system call while the socket is known not readable.)
+    /// only good answer. It costs no system call while the runtime knows the socket is not
+    /// readable, but it knows only what its last turn saw.
     fn alive(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// [`Conn::alive`], asking the kernel itself (a non-blocking peek, one system call): a
+    /// close that arrived since the runtime's last turn is seen too.
+    fn alive_now(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.stream).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 
     /// Reads what the socket has into the buffer, with room for at least `want` bytes (within
@@ -224,6 +237,23 @@ pub struct Pool {
     connect_timeout: Duration,
 }
 
+/// Whether sending `request` a second time is harmless: an idempotent method (RFC 9110 9.2.2),
+/// or a request carrying an `Idempotency-Key`, which tells the instance to answer a repeat
+/// with the first outcome.
+pub fn replayable(request: &Request<Bytes>) -> bool {
+    idempotent(request.method()) || request.headers().contains_key(&IDEMPOTENCY_KEY)
+}
+
+/// RFC 9110 9.2.2: methods whose effect is the same however many times they are sent.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
@@ -236,10 +266,15 @@ impl Pool {
     /// response's head.
     ///
     /// A pooled connection can turn out to be closed by the instance while it sat idle. Most
-    /// are noticed before use ([`Conn::alive`]); one that fails the write, or ends before a
-    /// single byte of answer, is let go and the request goes out on the next connection, so an
-    /// instance's idle timeout never costs a client an error. A new connection that fails is a
-    /// real failure: a connection error if nothing was written, else a failed request.
+    /// are noticed before use ([`Conn::alive`]); one that fails before a byte of the request
+    /// left is let go and the request goes out on the next connection, so an instance's idle
+    /// timeout never costs a client an error. One that took the request and then ended before
+    /// a single byte of answer is ambiguous: the instance closed it idle just as the request
+    /// arrived, or it took the request and crashed. The request goes out again only if doing
+    /// it twice is harmless ([`replayable`]), the rule Go's HTTP client follows; otherwise
+    /// the client hears of the failure rather than risk a second order. A new connection that
+    /// fails is a real failure: a connection error if nothing was written, else a failed
+    /// request.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Endpoint,
@@ -252,7 +287,11 @@ impl Pool {
             };
             match exchange(&mut conn, &request).await {
                 Ok(head) => return Ok(self.respond(conn, endpoint.key, request.method(), head)),
-                Err(failed) if !fresh && !failed.answered => continue,
+                Err(failed)
+                    if !fresh && !failed.answered && (!failed.written || replayable(&request)) =>
+                {
+                    continue
+                }
                 Err(failed) if !failed.written => {
                     let source = match failed.error {
                         h1::Error::Io(error) => error,
@@ -331,11 +370,23 @@ impl Pool {
         response
     }
 
+    /// The most recently used idle connection that is still good.
+    ///
+    /// A connection taken up again at once (under load, within microseconds) cannot have been
+    /// closed by an instance's idle timeout, and the runtime's view is enough. One that sat
+    /// idle longer may have been closed just now, before the runtime turned: the kernel is
+    /// asked. Catching that close here matters, because afterwards a request that was written
+    /// and got no answer can be sent again only if it is [`replayable`].
     fn checkout(&self, key: u64) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&key)?;
         while let Some(entry) = list.pop() {
-            if entry.conn.alive() {
+            let alive = if entry.since.elapsed() < ASK_THE_KERNEL_AFTER {
+                entry.conn.alive()
+            } else {
+                entry.conn.alive_now()
+            };
+            if alive {
                 return Some(entry.conn);
             }
         }
@@ -764,6 +815,46 @@ mod tests {
         Ok(response.into_body().collect().await?.to_bytes())
     }
 
+    /// A pooled connection that takes the second request and closes without a byte of answer
+    /// (the instance crashed on it, or closed it idle just as it arrived): what `send` does
+    /// with `second`, and how many connections the instance saw.
+    async fn taken_then_closed(second: Request<Bytes>) -> (Result<Bytes, String>, usize) {
+        let silent = Answer {
+            bytes: Vec::new(),
+            bytewise: false,
+            close: true,
+        };
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let instance = instance(vec![answer(ok), silent, answer(ok)]).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let first = pool.send(&instance.endpoint, get("/first")).await.unwrap();
+        assert_eq!(body(first).await.unwrap(), "ok");
+        assert_eq!(pool.idle_count(), 1);
+        let outcome = match pool.send(&instance.endpoint, second).await {
+            Ok(response) => body(response).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        (outcome, instance.accepts.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_request_taken_and_unanswered_is_sent_again_only_if_that_is_harmless() {
+        // GET: idempotent, so it goes out again on a fresh connection.
+        let (outcome, accepts) = taken_then_closed(get("/again")).await;
+        assert_eq!((outcome.as_deref().ok(), accepts), (Some(&b"ok"[..]), 2));
+        // POST: the instance may have acted on it; the failure is the client's to hear.
+        let mut post = with_method(Method::POST, "/orders");
+        *post.body_mut() = Bytes::from_static(b"{}");
+        let (outcome, accepts) = taken_then_closed(post.clone()).await;
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert_eq!(accepts, 1, "no second connection for a POST");
+        // POST with an Idempotency-Key: the instance answers a repeat with the first outcome.
+        post.headers_mut()
+            .insert("idempotency-key", http::HeaderValue::from_static("k-1"));
+        let (outcome, accepts) = taken_then_closed(post).await;
+        assert_eq!((outcome.as_deref().ok(), accepts), (Some(&b"ok"[..]), 2));
+    }
+
     /// Polls `what` until true, for up to 5 s.
     async fn eventually(what: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1061,11 +1152,41 @@ mod tests {
             let list = idle.get_mut(&fake.endpoint.key).unwrap();
             list[0].conn = Conn::new(stream);
         }
+        // A GET: had the instance taken it before closing, a second one would do no harm.
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_found_before_a_post_is_written() {
+        let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "hello");
+        // As above, a pooled connection closed by its far end with no turn of the runtime
+        // since, but idle for a while: the kernel is asked before the POST goes out on it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        drop(listener.accept().await.unwrap());
+        drop(listener);
+        std::thread::sleep(ASK_THE_KERNEL_AFTER * 2);
+        {
+            let mut idle = pool.idle.lock().unwrap();
+            let list = idle.get_mut(&fake.endpoint.key).unwrap();
+            list[0].conn = Conn::new(stream);
+        }
         let response = pool
             .send(&fake.endpoint, with_method(Method::POST, "/"))
             .await
             .unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
+        assert_eq!(
+            fake.requests.lock().unwrap().len(),
+            2,
+            "one POST, sent once"
+        );
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use stratus_kit::auth::Tokens;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use crate::client::{Pool, PooledBody, UpstreamUpgrade};
+use crate::client::{idempotent, Pool, PooledBody, UpstreamUpgrade};
 use crate::client_h2::{Failure, H2Pool};
 use crate::grpc;
 use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
@@ -69,14 +69,6 @@ pub struct Proxy {
     pub events: Option<crate::report::WorkerEvents>,
     /// This worker's connection to the shared rate limits (None: limits are local only).
     shared_limits: Option<crate::ratelimit_redis::SharedLimits>,
-}
-
-/// Whether repeating the request is harmless (RFC 9110 section 9.2.2).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 impl Proxy {
