@@ -13,9 +13,11 @@ Memory: every 30 s the RSS of every process and its anonymous part (heap and sta
 /proc/<pid>/status), and from the process's `/metrics` what SQLite holds (page caches,
 statements) and what glibc's malloc has handed out and keeps free: that tells a cache filling
 toward its bound, or allocator fragmentation, from a leak. A process's growth is measured from
-the end of the warm-up (WARMUP_MINUTES) to the end of the run, for processes that lived through
-both; a replica restarted by a fault starts a new line. The run passes when every such process
-grew by less than 10%.
+the end of its own warm-up (WARMUP_MINUTES after its first sample: the run's start, or its
+restart after a fault) to the end of the run, for processes still alive at the end and measured
+for at least MIN_SPAN_MINUTES after their warm-up; a replica restarted by a fault starts a new
+line, and one restarted too late to be measured that long is listed but not judged. The run
+passes when every judged process grew by less than 10%.
 """
 
 import http.client
@@ -33,6 +35,7 @@ import uuid
 BIN = sys.argv[1]
 MINUTES = float(os.environ.get("SOAK_MINUTES", "60"))
 WARMUP = float(os.environ.get("WARMUP_MINUTES", "5"))
+MIN_SPAN = float(os.environ.get("MIN_SPAN_MINUTES", "20"))
 FAULT_EVERY = float(os.environ.get("FAULT_MINUTES", "4"))
 CLIENTS = int(os.environ.get("CLIENTS", "4"))
 BASE = int(os.environ.get("SOAK_PORT_BASE", "18000"))
@@ -256,7 +259,12 @@ def main():
             time.sleep(30)
         stop.set()
 
+        raw = os.path.join(data, "memory-samples.json")
+        with open(raw, "w") as f:
+            json.dump([{"process": f"{n}#{o}", "pid": p, "samples": series}
+                       for (n, o, p), series in sorted(samples.items())], f)
         print(f"\n## Soak: {MINUTES:.0f} min, {CLIENTS} clients, a fault every {FAULT_EVERY:g} min\n")
+        print(f"every memory sample (minute, [RSS, anonymous, SQLite, malloc in use, malloc free] KiB): {raw}\n")
         print(f"requests: {requests[0]}, errors: {sum(errors.values())}\n")
         if errors:
             print("| request | error | count |\n|---|---|---|")
@@ -271,10 +279,16 @@ def main():
               "| SQLite after warm-up / at end (MiB) | malloc in use | malloc free |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         worst = worst_anon = 0.0
+        short = []
         for (name, ordinal, pid), series in sorted(samples.items()):
-            warm = [sample for minute, sample in series if minute >= WARMUP]
-            if len(warm) < 2 or series[-1][0] < MINUTES - 1:
-                continue  # did not live through the whole measured span
+            if series[-1][0] < MINUTES - 1:
+                continue  # gone before the end (killed by a fault, or replaced by a rollout)
+            born = series[0][0]
+            warm = [(minute, sample) for minute, sample in series if minute >= born + WARMUP]
+            if len(warm) < 2 or warm[-1][0] - warm[0][0] < MIN_SPAN:
+                short.append(f"{name}#{ordinal} (pid {pid}, first seen at minute {born:.0f})")
+                continue
+            warm = [sample for _, sample in warm]
             (rss0, anon0, *gauges0), (rss1, anon1, *gauges1) = warm[0], warm[-1]
             growth = (rss1 - rss0) / rss0 * 100
             anon_growth = (anon1 - anon0) / anon0 * 100
@@ -283,6 +297,8 @@ def main():
             print(f"| {name}#{ordinal} | {pid} | {rss0 / 1024:.1f} | {rss1 / 1024:.1f} | {growth:+.1f}% "
                   f"| {anon0 / 1024:.1f} | {anon1 / 1024:.1f} | {anon_growth:+.1f}% "
                   + "".join(f"| {mib(a)} / {mib(b)} " for a, b in zip(gauges0, gauges1)) + "|")
+        if short:
+            print(f"\nrestarted too late to be measured {MIN_SPAN:g} min after warm-up: {', '.join(short)}")
         print(f"\nlargest growth after warm-up: RSS {worst:+.1f}%, anonymous {worst_anon:+.1f}% (limit +10%)")
         sys.exit(0 if worst < 10 else 1)
     finally:
