@@ -344,7 +344,7 @@ impl ChunkedDecoder {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailers(seen) => {
-                    let Some(line) = take_line(buf, MAX_HEAD - seen)? else {
+                    let Some(line) = take_line(buf, MAX_HEAD.saturating_sub(seen))? else {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
@@ -360,16 +360,17 @@ impl ChunkedDecoder {
 }
 
 /// Takes one CRLF-terminated line (without its CRLF) off the front of `buf`, or `None` if it
-/// is not all there yet; a line longer than `max` is an error.
+/// is not all there yet; a line longer than `max` bytes, its CRLF counted, is an error (so a
+/// caller adding up lines against a budget never goes past it).
 fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> {
     let Some(newline) = buf.iter().position(|b| *b == b'\n') else {
-        return if buf.len() > max {
+        return if buf.len() >= max {
             Err(Error::BadChunk)
         } else {
             Ok(None)
         };
     };
-    if newline == 0 || buf[newline - 1] != b'\r' || newline > max {
+    if newline == 0 || buf[newline - 1] != b'\r' || newline + 1 > max {
         return Err(Error::BadChunk);
     }
     let mut line = buf.split_to(newline + 1);
@@ -538,6 +539,35 @@ mod tests {
             assert_eq!(body, b"hello world", "pieces of {piece}");
             assert!(buf.is_empty());
         }
+    }
+
+    /// Trailers share the head's bound, CRLFs counted: a trailer line that ends past it is
+    /// refused, so the count never passes the bound (where the budget left would wrap around
+    /// in a release build, and an instance streaming bytes with no end of line could grow the
+    /// buffer without limit).
+    #[test]
+    fn trailers_cannot_run_past_their_bound() {
+        // A trailer line whose CRLF ends one byte past the bound.
+        let mut wire = b"0\r\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'x', MAX_HEAD - 1));
+        wire.extend_from_slice(b"\r\n");
+        wire.extend(std::iter::repeat_n(b'y', 100));
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut decoder = ChunkedDecoder::default();
+        let outcome = loop {
+            match decoder.decode(&mut buf) {
+                Ok(Decoded::Data(_)) => continue,
+                other => break other,
+            }
+        };
+        assert!(outcome.is_err(), "{:?}", outcome.map(|_| ()));
+        // One byte under the bound, the body still ends.
+        let mut wire = b"0\r\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'x', MAX_HEAD - 5));
+        wire.extend_from_slice(b"\r\n\r\n");
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut decoder = ChunkedDecoder::default();
+        assert!(matches!(decoder.decode(&mut buf), Ok(Decoded::End)));
     }
 
     #[test]
