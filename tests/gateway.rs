@@ -390,6 +390,97 @@ async fn websocket_echo_through_the_gateway() {
     assert_eq!(echoed, ["hello", "through the gateway"]);
 }
 
+/// Only WebSocket is tunnelled. An `Upgrade: h2c` request is served as a plain request with
+/// the Upgrade dropped (after a 101 to h2c every later request on the connection would bypass
+/// routing, tokens and rate limits), and a 101 the client did not ask for is a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_are_tunnelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/echo\"\nservice = \"echo\"\nauth = \"none\"\nstrip_prefix = true\n\
+         [[routes]]\nprefix = \"/rogue\"\nservice = \"rogue\"\nauth = \"none\"\n",
+    );
+    let system = System::start_edge(Some(&routes)).await;
+    system
+        .register(
+            "echo",
+            "echo-1",
+            backend::start_header_echo("upgrade").await,
+            json!({}),
+        )
+        .await;
+    // An instance that switches protocols whatever it is asked.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rogue = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                let _ = stream.read(&mut chunk).await;
+            });
+        }
+    });
+    system.register("rogue", "rogue-1", rogue, json!({})).await;
+    system.wait_gateway_sees("echo", 1).await;
+    system.wait_gateway_sees("rogue", 1).await;
+
+    let port = system.gateway_port;
+    let (smuggled, rogue_head) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let exchange = |request: &[u8]| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            stream.write_all(request).unwrap();
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read until the head and a short body are in (the gateway keeps the connection).
+            loop {
+                let n = stream.read(&mut chunk).unwrap();
+                answer.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&answer).to_string();
+                if let Some(at) = text.find("\r\n\r\n") {
+                    let length = text[..at]
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|n| n.trim().parse::<usize>().unwrap()))
+                        .unwrap_or(0);
+                    if answer.len() >= at + 4 + length {
+                        return text;
+                    }
+                }
+                if n == 0 {
+                    return text;
+                }
+            }
+        };
+        (
+            exchange(b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"),
+            exchange(b"GET /rogue HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        )
+    })
+    .await
+    .unwrap();
+    // Served as a plain request: 200, and the instance saw no Upgrade header (empty echo).
+    assert!(smuggled.starts_with("HTTP/1.1 200"), "{smuggled}");
+    assert!(
+        smuggled.ends_with("\r\n\r\n"),
+        "the instance saw an Upgrade: {smuggled}"
+    );
+    assert!(rogue_head.starts_with("HTTP/1.1 502"), "{rogue_head}");
+}
+
 #[test]
 fn http2_prior_knowledge_with_curl() {
     // curl speaks h2c with prior knowledge; if it is not installed, there is nothing to drive.

@@ -178,11 +178,15 @@ impl Proxy {
             Err(rejection) => return finish(problem(rejection), &request_id),
         };
 
-        // A protocol upgrade (WebSocket) keeps its Upgrade header, which is otherwise hop-by-hop,
-        // and takes the client side of the connection along for the tunnel.
+        // A WebSocket upgrade keeps its Upgrade header, which is otherwise hop-by-hop, and takes
+        // the client side of the connection along for the tunnel. Only WebSocket: after a 101
+        // the gateway copies bytes blindly, so an upgrade to anything else (`h2c` above all)
+        // would let every later request on that connection past routing, tokens and rate
+        // limits. Any other Upgrade is dropped as hop-by-hop and the request served as usual.
         let upgrade = parts
             .headers
             .get(http::header::UPGRADE)
+            .filter(|value| is_websocket(value))
             .cloned()
             .filter(|_| {
                 parts.version == http::Version::HTTP_11
@@ -535,15 +539,25 @@ impl Proxy {
                 .extensions_mut()
                 .remove::<UpstreamUpgrade>()
                 .and_then(|upgrade| upgrade.take());
-            if let (Some(client), Some((upstream, leftover))) = (client_upgrade, upstream) {
-                tokio::spawn(tunnel(client, upstream, leftover, endpoint.service.clone()));
-                let (mut head, body) = response.into_parts();
-                if self.shared.settings.served_by {
-                    head.headers
-                        .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
-                }
-                return Response::from_parts(head, Either::Left(body));
+            let to_websocket = response
+                .headers()
+                .get(http::header::UPGRADE)
+                .is_some_and(is_websocket);
+            // A switch the client did not ask for, or to another protocol than WebSocket, has
+            // nothing sound to relay: the instance is answering out of turn.
+            let (Some(client), Some((upstream, leftover)), true) =
+                (client_upgrade, upstream, to_websocket)
+            else {
+                tracing::warn!(service = %endpoint.service, instance = %endpoint.id, "a 101 the client did not ask for");
+                return problem(bad_gateway(&endpoint.service));
+            };
+            tokio::spawn(tunnel(client, upstream, leftover, endpoint.service.clone()));
+            let (mut head, body) = response.into_parts();
+            if self.shared.settings.served_by {
+                head.headers
+                    .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
             }
+            return Response::from_parts(head, Either::Left(body));
         }
         let (mut head, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut head.headers);
@@ -553,6 +567,14 @@ impl Proxy {
         }
         Response::from_parts(head, Either::Left(body))
     }
+}
+
+/// Whether an `Upgrade` value names WebSocket (the one protocol the gateway tunnels).
+fn is_websocket(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
 }
 
 /// Once both sides have switched protocols, copies bytes both ways until either side closes.
