@@ -140,6 +140,11 @@ impl SqliteBroker {
         let pool = SqlitePoolOptions::new()
             .after_connect(|conn, _| Box::pin(crate::switch_to_wal(conn)))
             .max_connections(4)
+            // A fixed set of connections for the process's life (see kit::db::open): no
+            // connection threads opened by a burst and closed later, fragmenting the heap.
+            .min_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(connect.clone().synchronous(SqliteSynchronous::Normal))
             .await
@@ -148,6 +153,9 @@ impl SqliteBroker {
         let durable = SqlitePoolOptions::new()
             .after_connect(|conn, _| Box::pin(crate::switch_to_wal(conn)))
             .max_connections(2)
+            .min_connections(2)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(connect.synchronous(SqliteSynchronous::Full))
             .await

@@ -69,6 +69,9 @@ pub fn url_for(
     ))
 }
 
+/// How many connections a service keeps open to its SQLite file (all of them, always).
+pub const SQLITE_CONNECTIONS: u32 = 4;
+
 /// The page cache of each SQLite connection: 1 MiB.
 pub const SQLITE_CACHE: &str = "PRAGMA cache_size = -1024";
 
@@ -81,25 +84,39 @@ pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPoo
             .await
             .with_context(|| format!("switching {} to write-ahead logging", redact(url)))?;
     }
-    let options = AnyPoolOptions::new()
-        .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
-        .acquire_timeout(Duration::from_secs(5))
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    // Several instances of one service share the file: wait for locks rather
-                    // than fail, and let readers run beside the writer.
-                    // (WAL itself is a setting of the file, made once by `enter_wal`.)
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    // A bounded page cache per connection (SQLite's default is 2 MiB): the OS
-                    // caches the file anyway, and a process's memory stays flat as the
-                    // database grows instead of filling every connection's cache in turn.
-                    conn.execute(SQLITE_CACHE).await?;
-                }
-                Ok(())
-            })
-        });
+    let mut options = AnyPoolOptions::new()
+        .max_connections(if backend == Backend::Sqlite {
+            SQLITE_CONNECTIONS
+        } else {
+            10
+        })
+        .acquire_timeout(Duration::from_secs(5));
+    if backend == Backend::Sqlite {
+        // Every SQLite connection is a thread with its own page cache and statement cache.
+        // A fixed set, opened at start-up and never closed, keeps the process's footprint
+        // set from the first minute: with sqlx's defaults a burst opens connections that the
+        // idle timeout closes minutes later, and the churn leaves the heap fragmented.
+        options = options
+            .min_connections(SQLITE_CONNECTIONS)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    let options = options.after_connect(move |conn, _| {
+        Box::pin(async move {
+            if backend == Backend::Sqlite {
+                // Several instances of one service share the file: wait for locks rather
+                // than fail, and let readers run beside the writer.
+                // (WAL itself is a setting of the file, made once by `enter_wal`.)
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                // A bounded page cache per connection (SQLite's default is 2 MiB): the OS
+                // caches the file anyway, and a process's memory stays flat as the
+                // database grows instead of filling every connection's cache in turn.
+                conn.execute(SQLITE_CACHE).await?;
+            }
+            Ok(())
+        })
+    });
     let pool = options
         .connect(url)
         .await
