@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Event sink ingest speed: a fresh `stratus serve events` (SQLite in a temp dir, or PostgreSQL
-# with DATABASE_URL set) loaded by REPORTERS concurrent reporters, each posting JSON batches of
-# BATCH records to POST /v1/events the way kit's reporter does (one POST at a time per reporter,
-# the next one as soon as the sink answers). Every batch has fresh trace and span ids.
+# with DATABASE_URL set) loaded by REPORTERS concurrent reporters, each posting batches of BATCH
+# records to POST /v1/events the way kit's reporter does (one POST at a time per reporter, the
+# next one as soon as the sink answers): in the binary batch format Stratus's processes send
+# (FORMAT=binary, the default; kit/src/event_wire.rs) or as JSON (FORMAT=json). Every batch has
+# fresh trace and span ids.
 #
 # The figure is records durably stored per second: the rows counted in the sink's database after
 # the run (not the requests accepted), over the time from the first POST to the last answer. The
@@ -10,6 +12,7 @@
 #
 #   bench/events.sh                                  # release build, 8 reporters, 1000-record batches, 10 s
 #   REPORTERS=16 BATCH=500 DURATION=20 bench/events.sh
+#   FORMAT=json bench/events.sh                      # JSON batches, as other reporters send
 #   DATABASE_URL=postgres://user@127.0.0.1:5432/events bench/events.sh
 #   PROFILE=debug bench/events.sh                    # the debug binary (no release build needed)
 #   CALLGRIND=1 DURATION=5 bench/events.sh           # the sink under callgrind: instructions per record
@@ -24,6 +27,7 @@ REPORTERS=${REPORTERS:-8}
 BATCH=${BATCH:-1000}
 DURATION=${DURATION:-10}
 PROFILE=${PROFILE:-release}
+FORMAT=${FORMAT:-binary}
 
 if [ "$PROFILE" = release ]; then
   [ -x target/release/stratus ] || cargo build --release -j2
@@ -67,12 +71,34 @@ done
 before=$(count_rows)
 [ -n "${CALLGRIND:-}" ] && callgrind_control -z "$pid" >/dev/null 2>&1
 
-python3 - "$port" "$REPORTERS" "$BATCH" "$DURATION" > "$work/result" <<'PY'
-import http.client, json, multiprocessing, random, sys, time
+python3 - "$port" "$REPORTERS" "$BATCH" "$DURATION" "$FORMAT" > "$work/result" <<'PY'
+import http.client, json, multiprocessing, random, struct, sys, time
 from datetime import datetime, timezone
 
-port, reporters, batch, duration = (int(a) for a in sys.argv[1:])
-MARK = b"@@@@@@@@"  # replaced by a per-POST counter, so every batch has fresh ids
+port, reporters, batch, duration = (int(a) for a in sys.argv[1:5])
+FORMAT = sys.argv[5]
+# Replaced by a per-POST counter, so every batch has fresh ids: eight hex digits in JSON, their
+# four bytes in the binary format.
+MARK = b"@@@@@@@@" if FORMAT == "json" else b"@@@@"
+CONTENT_TYPE = "application/json" if FORMAT == "json" else "application/vnd.stratus.events"
+
+def binary(records):
+    """The records in the binary batch format (kit/src/event_wire.rs)."""
+    def text(value):
+        data = (value or "").encode()
+        return struct.pack("<H", len(data)) + data
+    out = [b"SEV1"]
+    for r in records:
+        flags = (1 if "parent_span_id" in r else 0) | (2 if r["ok"] else 0)
+        ids = bytes.fromhex(r["trace_id"].replace("@@@@@@@@", "40404040")) + \
+            bytes.fromhex(r["span_id"].replace("@@@@@@@@", "40404040")) + \
+            bytes.fromhex(r.get("parent_span_id", "0" * 16))
+        started = int(datetime.strptime(r["started_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                      .replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+        out.append(bytes([flags]) + ids + struct.pack("<qQHI", started, r["duration_us"], r["status"], 0))
+        for field in ("service", "instance", "kind", "name", "method", "cache", "topic", "breaker", "peer"):
+            out.append(text(r.get(field)))
+    return b"".join(out)
 
 def template(seed):
     """A batch as kit's reporter serialises it: gateway hops and the service hops under them."""
@@ -99,7 +125,9 @@ def template(seed):
         if i % 7 == 0:
             record["cache"] = "hit"
         records.append(record)
-    return json.dumps(records, separators=(",", ":")).encode()
+    if FORMAT == "json":
+        return json.dumps(records, separators=(",", ":")).encode()
+    return binary(records)
 
 def reporter(index, start, result):
     templates = [template(index * 100 + k) for k in range(4)]
@@ -109,9 +137,10 @@ def reporter(index, start, result):
     deadline = time.monotonic() + duration
     k = 0
     while time.monotonic() < deadline:
-        stamp = b"%08x" % ((index << 24) | k)
+        counter = (index << 24) | k
+        stamp = b"%08x" % counter if FORMAT == "json" else struct.pack(">I", counter)
         body = templates[k % len(templates)].replace(MARK, stamp)
-        conn.request("POST", "/v1/events", body, {"content-type": "application/json"})
+        conn.request("POST", "/v1/events", body, {"content-type": CONTENT_TYPE})
         response = conn.getresponse()
         response.read()
         if response.status == 202:
@@ -139,8 +168,8 @@ read -r acked refused elapsed < "$work/result"
 after=$(count_rows)
 stored=$((after - before))
 backend=$([ -n "${DATABASE_URL:-}" ] && echo PostgreSQL || echo SQLite)
-printf 'events ingest (%s): %d records stored in %.1f s = %.0f records/s (%d reporters, batches of %d, %d refused batches, load average %s)\n' \
-  "$backend" "$stored" "$elapsed" "$(awk -v s="$stored" -v e="$elapsed" 'BEGIN{print s/e}')" \
+printf 'events ingest (%s, %s): %d records stored in %.1f s = %.0f records/s (%d reporters, batches of %d, %d refused batches, load average %s)\n' \
+  "$backend" "$FORMAT" "$stored" "$elapsed" "$(awk -v s="$stored" -v e="$elapsed" 'BEGIN{print s/e}')" \
   "$REPORTERS" "$BATCH" "$refused" "$(cut -d' ' -f1 /proc/loadavg)"
 [ "$stored" -eq "$acked" ] || echo "WARNING: $acked records acknowledged but $stored stored" >&2
 if [ -n "${CALLGRIND:-}" ]; then

@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use stratus_kit::event_wire;
 use support::System;
 
 async fn get_json(system: &System, url: &str) -> (u16, Value) {
@@ -349,6 +350,37 @@ async fn the_sink_can_stop_and_restart_under_load() {
     );
 }
 
+/// Checks a refusal: its status, and a problem whose detail says `detail`.
+async fn assert_refused(response: reqwest::Response, status: u16, detail: &str) {
+    assert_eq!(response.status(), status);
+    let problem: Value = response.json().await.unwrap();
+    let text = problem["detail"].as_str().unwrap_or_default();
+    assert!(text.contains(detail), "{problem}");
+}
+
+/// [`record`] in the binary format, under a trace of its own.
+fn binary_record(span: u64) -> event_wire::RecordRef<'static> {
+    event_wire::RecordRef {
+        trace_id: 0x1af7651916cd43dd8448eb211c80319c,
+        span_id: span,
+        parent_span_id: None,
+        service: "orders",
+        instance: "o-1",
+        kind: "server",
+        name: "/api/orders",
+        method: Some("POST"),
+        status: 201,
+        ok: true,
+        started_us: 4_070_908_800_500_000,
+        duration_us: 1500,
+        retries: Some(2),
+        cache: None,
+        topic: None,
+        breaker: None,
+        peer: None,
+    }
+}
+
 fn record(trace_id: &str, span: u64) -> Value {
     json!({
         "trace_id": trace_id,
@@ -406,16 +438,7 @@ async fn bad_batches_are_refused_whole() {
     let mut bad_trace = record("not-hex", 1);
     bad_trace["trace_id"] = json!("XYZ");
     let batch = serde_json::to_vec(&json!([record(trace, 1), bad_trace])).unwrap();
-    let refused = post(batch).await.unwrap();
-    assert_eq!(refused.status(), 422);
-    let problem: Value = refused.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("record 1: trace_id"),
-        "{problem}"
-    );
+    assert_refused(post(batch).await.unwrap(), 422, "record 1: trace_id").await;
     match post(vec![b' '; 10 * 1024 * 1024]).await {
         Ok(response) => assert_eq!(response.status(), 413),
         // The sink may close the connection before the client has written it all.
@@ -432,12 +455,63 @@ async fn bad_batches_are_refused_whole() {
         .await
         .unwrap();
     assert_eq!(plain.status(), 415);
+
+    // The binary format (what Stratus's own processes send): framing errors are 400, bad
+    // values 422 naming the record, and a batch is stored whole or not at all.
+    let post_binary = |body: Vec<u8>| {
+        fresh
+            .post(&ingest)
+            .header("content-type", event_wire::CONTENT_TYPE)
+            .body(body)
+            .send()
+    };
+    let mut good_binary = event_wire::Batch::with_capacity(0);
+    good_binary.push(&binary_record(4));
+    good_binary.push(&binary_record(5));
+    let whole = good_binary.bytes.clone();
+    for cut in [0, 3, 4 + 10, whole.len() - 1] {
+        let refused = post_binary(whole[..cut].to_vec()).await.unwrap();
+        let expected = if cut == 4 { 202 } else { 400 };
+        assert_eq!(refused.status(), expected, "cut at {cut}");
+        if expected == 400 {
+            assert_eq!(
+                refused.headers()["content-type"],
+                "application/problem+json"
+            );
+        }
+    }
+    let mut bad_kind = good_binary.bytes.clone();
+    bad_kind.extend_from_slice(&{
+        let mut batch = event_wire::Batch::with_capacity(0);
+        batch.push(&event_wire::RecordRef {
+            kind: "internal",
+            ..binary_record(6)
+        });
+        batch.records_bytes().to_vec()
+    });
+    assert_refused(post_binary(bad_kind).await.unwrap(), 422, "record 2: kind").await;
     assert_eq!(stored(&system).await, 0, "nothing stored from bad batches");
 
     let good: Vec<Value> = (1..=3).map(|i| record(trace, i)).collect();
     let accepted = post(serde_json::to_vec(&good).unwrap()).await.unwrap();
     assert_eq!(accepted.status(), 202);
     assert_eq!(stored(&system).await, 3);
+    let accepted = post_binary(whole).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(stored(&system).await, 5);
+    // Read back in the JSON form, with the ids and the time as the binary record had them.
+    let (_, body) = get_json(&system, &format!("{sink}/v1/events?limit=1000")).await;
+    let span = format!("{:016x}", 4);
+    let four = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["span_id"] == span.as_str())
+        .expect("the binary record is stored");
+    assert_eq!(four["trace_id"], "1af7651916cd43dd8448eb211c80319c");
+    assert_eq!(four["started_at"], "2099-01-01T00:00:00.5Z");
+    assert_eq!(four["retries"], 2);
+    assert_eq!(four["parent_span_id"], Value::Null);
 
     // OTLP/HTTP JSON, as an OpenTelemetry SDK sends it.
     let otlp = json!({"resourceSpans": [{

@@ -12,11 +12,12 @@ use axum::Router;
 use prost::Message;
 use serde_json::json;
 use sqlx::AnyPool;
+use stratus_kit::event_wire;
 use stratus_kit::events::EventRecord;
 use stratus_kit::{Json, Problem};
 
 use crate::live::{self, Live};
-use crate::record::{is_hex, parse_time, validate_batch, Row};
+use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
 use crate::writer::Writer;
 use crate::{dashboard, otlp, proto, stats, store};
@@ -59,12 +60,20 @@ pub fn router(state: AppState) -> Router {
 
 async fn store_batch(state: &AppState, records: Vec<EventRecord>) -> Result<usize, Problem> {
     if records.len() > MAX_BATCH {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a batch may carry at most {MAX_BATCH} records"),
-        ));
+        return Err(too_many());
     }
     let rows = validate_batch(records).map_err(Problem::unprocessable)?;
+    store_rows(state, rows).await
+}
+
+fn too_many() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("a batch may carry at most {MAX_BATCH} records"),
+    )
+}
+
+async fn store_rows(state: &AppState, rows: Vec<Row>) -> Result<usize, Problem> {
     let count = rows.len();
     state.writer.write(rows).await.map_err(Problem::internal)?;
     tracing::debug!(records = count, "stored");
@@ -72,12 +81,34 @@ async fn store_batch(state: &AppState, records: Vec<EventRecord>) -> Result<usiz
 }
 
 async fn ingest(State(state): Shared, request: Request) -> Result<impl IntoResponse, Problem> {
-    let records = decode_batch(request).await?;
-    let accepted = store_batch(&state, records).await?;
+    let binary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(event_wire::CONTENT_TYPE));
+    let accepted = if binary {
+        let rows = decode_wire(request).await?;
+        store_rows(&state, rows).await?
+    } else {
+        let records = decode_batch(request).await?;
+        store_batch(&state, records).await?
+    };
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": accepted})),
     ))
+}
+
+/// A binary batch ([`event_wire`]): framing checked, then every record as a JSON one is.
+async fn decode_wire(request: Request) -> Result<Vec<Row>, Problem> {
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let records = event_wire::read_batch(&bytes, MAX_BATCH).map_err(|e| match e {
+        event_wire::WireError::TooMany { .. } => too_many(),
+        other => Problem::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    validate_wire_batch(&records).map_err(Problem::unprocessable)
 }
 
 /// A JSON batch, parsed straight from the body with serde_json. axum's `Json` (behind

@@ -1,5 +1,6 @@
 //! Checking records before anything is stored, and the row form they are stored in.
 
+use stratus_kit::event_wire::{hex_id, RecordRef};
 use stratus_kit::events::EventRecord;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -86,49 +87,90 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn optional(field: &str, value: &Option<String>, max: usize) -> Result<(), String> {
+fn optional(field: &str, value: Option<&str>, max: usize) -> Result<(), String> {
     match value {
         Some(value) => text(field, value, max),
         None => Ok(()),
     }
 }
 
-/// Checks one record and turns it into a row; the error names the field.
-pub fn validate(record: EventRecord) -> Result<Row, String> {
-    if !is_hex(&record.trace_id, 32) {
-        return Err("trace_id must be 32 lowercase hex digits, not all zero".into());
+/// Reads a JSON id: `len` lower-case hex digits, not all zero.
+fn parse_id(field: &str, text: &str, len: usize) -> Result<u128, String> {
+    if !is_hex(text, len) {
+        return Err(format!(
+            "{field} must be {len} lowercase hex digits, not all zero"
+        ));
     }
-    if !is_hex(&record.span_id, 16) {
-        return Err("span_id must be 16 lowercase hex digits, not all zero".into());
+    u128::from_str_radix(text, 16).map_err(|e| format!("{field}: {e}"))
+}
+
+/// What every record must be, however it came (JSON or the binary format).
+fn check(record: &RecordRef<'_>) -> Result<(), String> {
+    if record.trace_id == 0 {
+        return Err("trace_id must not be all zero".into());
     }
-    if let Some(parent) = &record.parent_span_id {
-        if !is_hex(parent, 16) {
-            return Err("parent_span_id must be 16 lowercase hex digits, not all zero".into());
-        }
+    if record.span_id == 0 {
+        return Err("span_id must not be all zero".into());
     }
-    text("service", &record.service, 128)?;
-    text("instance", &record.instance, 128)?;
-    if !KINDS.contains(&record.kind.as_str()) {
+    if record.parent_span_id == Some(0) {
+        return Err("parent_span_id must not be all zero".into());
+    }
+    text("service", record.service, 128)?;
+    text("instance", record.instance, 128)?;
+    if !KINDS.contains(&record.kind) {
         return Err(format!("kind must be one of {}", KINDS.join(", ")));
     }
-    text("name", &record.name, 512)?;
-    optional("method", &record.method, 16)?;
+    text("name", record.name, 512)?;
+    optional("method", record.method, 16)?;
     if record.status > 999 {
         return Err("status must be an HTTP status (100-999) or 0 for messages".into());
     }
-    let started_us = parse_time(&record.started_at)
-        .ok_or("started_at must be an RFC 3339 time, like 2026-01-01T12:00:00.123Z")?;
+    if OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.started_us) * 1000).is_err() {
+        return Err("started_us is out of range".into());
+    }
     if record.duration_us > MAX_DURATION_US {
         return Err(format!("duration_us must be at most {MAX_DURATION_US}"));
     }
-    if let Some(cache) = &record.cache {
+    if let Some(cache) = record.cache {
         if cache != "hit" && cache != "miss" {
             return Err("cache must be hit or miss".into());
         }
     }
-    optional("topic", &record.topic, 256)?;
-    optional("breaker", &record.breaker, 32)?;
-    optional("peer", &record.peer, 128)?;
+    optional("topic", record.topic, 256)?;
+    optional("breaker", record.breaker, 32)?;
+    optional("peer", record.peer, 128)?;
+    Ok(())
+}
+
+/// Checks one JSON record and turns it into a row; the error names the field.
+pub fn validate(record: EventRecord) -> Result<Row, String> {
+    let trace_id = parse_id("trace_id", &record.trace_id, 32)?;
+    let span_id = parse_id("span_id", &record.span_id, 16)? as u64;
+    let parent_span_id = match &record.parent_span_id {
+        Some(parent) => Some(parent_id(parent)?),
+        None => None,
+    };
+    let started_us = parse_time(&record.started_at)
+        .ok_or("started_at must be an RFC 3339 time, like 2026-01-01T12:00:00.123Z")?;
+    check(&RecordRef {
+        trace_id,
+        span_id,
+        parent_span_id,
+        service: &record.service,
+        instance: &record.instance,
+        kind: &record.kind,
+        name: &record.name,
+        method: record.method.as_deref(),
+        status: record.status,
+        ok: record.ok,
+        started_us,
+        duration_us: record.duration_us,
+        retries: record.retries,
+        cache: record.cache.as_deref(),
+        topic: record.topic.as_deref(),
+        breaker: record.breaker.as_deref(),
+        peer: record.peer.as_deref(),
+    })?;
     Ok(Row {
         trace_id: record.trace_id,
         span_id: record.span_id,
@@ -150,12 +192,50 @@ pub fn validate(record: EventRecord) -> Result<Row, String> {
     })
 }
 
+fn parent_id(text: &str) -> Result<u64, String> {
+    Ok(parse_id("parent_span_id", text, 16)? as u64)
+}
+
+/// Checks one record of a binary batch and turns it into a row; the error names the field.
+pub fn validate_wire(record: &RecordRef<'_>) -> Result<Row, String> {
+    check(record)?;
+    let owned = |text: Option<&str>| text.map(str::to_owned);
+    Ok(Row {
+        trace_id: hex_id(record.trace_id.to_be_bytes()),
+        span_id: hex_id(record.span_id.to_be_bytes()),
+        parent_span_id: record.parent_span_id.map(|p| hex_id(p.to_be_bytes())),
+        service: record.service.into(),
+        instance: record.instance.into(),
+        kind: record.kind.into(),
+        name: record.name.into(),
+        method: owned(record.method),
+        status: i64::from(record.status),
+        ok: record.ok,
+        started_us: record.started_us,
+        duration_us: record.duration_us as i64,
+        retries: record.retries.map(i64::from),
+        cache: owned(record.cache),
+        topic: owned(record.topic),
+        breaker: owned(record.breaker),
+        peer: owned(record.peer),
+    })
+}
+
 /// Checks a whole batch: every record valid, or an error naming the first bad one.
 pub fn validate_batch(records: Vec<EventRecord>) -> Result<Vec<Row>, String> {
     records
         .into_iter()
         .enumerate()
         .map(|(index, record)| validate(record).map_err(|e| format!("record {index}: {e}")))
+        .collect()
+}
+
+/// [`validate_batch`] for the records of a binary batch.
+pub fn validate_wire_batch(records: &[RecordRef<'_>]) -> Result<Vec<Row>, String> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| validate_wire(record).map_err(|e| format!("record {index}: {e}")))
         .collect()
 }
 

@@ -224,7 +224,7 @@ impl Proxy {
             events.record(Hop {
                 trace,
                 parent,
-                route: &route.event_name,
+                route: &route.name,
                 method: &parts.method,
                 status,
                 elapsed,
@@ -284,7 +284,7 @@ impl Proxy {
             events.record(Hop {
                 trace: call.trace,
                 parent: call.parent,
-                route: &route.event_name,
+                route: &route.name,
                 method: &method,
                 status,
                 elapsed,

@@ -1,26 +1,26 @@
 //! The gateway's hop records for the event sink: which route, which status, how long, how many
 //! retries, under which trace.
 //!
-//! Each worker thread writes its records as JSON straight into a buffer of its own
-//! ([`stratus_kit::event_json`]: ids and times stay numbers until they are written, nothing is
-//! allocated per record) and hands the buffer to the shared reporter every [`BATCH`] records or
-//! every 200 ms. So the request path pays for formatting one small JSON object into memory it
-//! already has; waking the sending task and building the POST happen once per batch. The
-//! reporter drops (and counts) what its queue or the sink cannot take; reporting never slows or
-//! fails a request.
+//! Each worker thread writes its records in the binary batch format
+//! ([`stratus_kit::event_wire`]: ids and times as fixed-width numbers, texts length-prefixed,
+//! nothing allocated per record) into a buffer of its own, and hands the buffer to the shared
+//! reporter every [`BATCH`] records or every 200 ms. So the request path pays for a few copies
+//! into memory it already has; waking the sending task and building the POST happen once per
+//! batch. The reporter drops (and counts) what its queue or the sink cannot take; reporting
+//! never slows or fails a request.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use stratus_kit::event_json::{Field, Name, Origin, RecordRef};
+use stratus_kit::event_wire::{Batch, RecordRef};
 use stratus_kit::events::EventReporter;
 use stratus_kit::trace::TraceContext;
 
 /// Records a worker hands over at once.
 const BATCH: usize = 128;
-/// Bytes reserved for a batch's buffer (a record is about 300 bytes).
-const BATCH_BYTES: usize = BATCH * 320;
+/// Bytes reserved for a batch's buffer (a record is about 120 bytes).
+const BATCH_BYTES: usize = BATCH * 160;
 /// How often a worker hands over a partial batch.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -28,36 +28,25 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 pub struct Hop<'a> {
     pub trace: TraceContext,
     pub parent: Option<TraceContext>,
-    /// The route's name as the record's `name` field.
-    pub route: &'a Field,
+    /// The route's name, the record's `name`.
+    pub route: &'a str,
     pub method: &'a Method,
     pub status: u16,
     pub elapsed: Duration,
     pub retries: u32,
 }
 
-/// A worker's records not handed over yet: JSON objects separated by commas.
-struct Pending {
-    json: Vec<u8>,
-    records: usize,
-}
-
 pub struct WorkerEvents {
     reporter: EventReporter,
-    /// This gateway's service, instance and kind, encoded once.
-    origin: Origin,
-    pending: Mutex<Pending>,
+    /// The records not handed over yet.
+    pending: Mutex<Batch>,
 }
 
 impl WorkerEvents {
     pub fn new(reporter: EventReporter) -> Self {
         Self {
-            origin: Origin::new(reporter.service(), reporter.instance(), "gateway"),
             reporter,
-            pending: Mutex::new(Pending {
-                json: Vec::with_capacity(BATCH_BYTES),
-                records: 0,
-            }),
+            pending: Mutex::new(Batch::with_capacity(BATCH_BYTES)),
         }
     }
 
@@ -70,8 +59,10 @@ impl WorkerEvents {
             trace_id: hop.trace.trace_id,
             span_id: hop.trace.span_id,
             parent_span_id: hop.parent.map(|p| p.span_id),
-            origin: &self.origin,
-            name: Name::Encoded(hop.route),
+            service: self.reporter.service(),
+            instance: self.reporter.instance(),
+            kind: "gateway",
+            name: hop.route,
             method: Some(hop.method.as_str()),
             status: hop.status,
             ok: hop.status < 500,
@@ -87,15 +78,11 @@ impl WorkerEvents {
             let Ok(mut pending) = self.pending.lock() else {
                 return;
             };
-            if pending.records > 0 {
-                pending.json.push(b',');
-            }
-            record.write_json(&mut pending.json);
-            pending.records += 1;
+            pending.push(&record);
             (pending.records >= BATCH).then(|| take(&mut pending))
         };
-        if let Some((json, records)) = full {
-            self.reporter.report_encoded(json, records);
+        if let Some(batch) = full {
+            self.reporter.report_encoded(batch);
         }
     }
 
@@ -105,11 +92,10 @@ impl WorkerEvents {
             Ok(mut pending) if pending.records > 0 => take(&mut pending),
             _ => return,
         };
-        self.reporter.report_encoded(batch.0, batch.1);
+        self.reporter.report_encoded(batch);
     }
 }
 
-fn take(pending: &mut Pending) -> (Vec<u8>, usize) {
-    let json = std::mem::replace(&mut pending.json, Vec::with_capacity(BATCH_BYTES));
-    (json, std::mem::take(&mut pending.records))
+fn take(pending: &mut Batch) -> Batch {
+    std::mem::replace(pending, Batch::with_capacity(BATCH_BYTES))
 }

@@ -157,8 +157,6 @@ impl PathMatch {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    /// `name` as the event records' `name` field, encoded once.
-    pub event_name: stratus_kit::event_json::Field,
     pub path: PathMatch,
     /// Lower-case host, or `.example.com` for `*.example.com`.
     pub host: Option<String>,
@@ -460,7 +458,6 @@ impl RouteTable {
                 retries: spec.retries,
                 retry_budget: Arc::new(RetryBudget::default()),
                 metrics: RouteMetrics::new(&name, &spec.service),
-                event_name: stratus_kit::event_json::Field::new("name", &name),
                 name,
                 path,
                 host,

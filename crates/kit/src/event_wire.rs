@@ -1,92 +1,50 @@
-//! Event records written straight into a JSON buffer, for callers that make one per request.
+//! Event records in Stratus's binary batch format: what the gateway and the services send the
+//! event sink for every request.
 //!
-//! The gateway reports every proxied request. Building an [`EventRecord`] for that costs a dozen
-//! small allocations (hex ids, the RFC 3339 time, copies of names) and serde then walks it again
-//! to send it. [`RecordRef`] borrows everything and keeps ids and times as numbers;
-//! [`RecordRef::write_json`] appends the same JSON object serde would write for the equivalent
-//! `EventRecord` (the tests hold the two to that) to a buffer that is reused batch after batch.
-//! What is the same for every record of a reporter (service, instance, kind) is encoded once
-//! ([`Origin`]); ids go through a byte-to-hex-pair table; a time reuses the calendar part of the
-//! previous one when both fall in the same second.
+//! JSON costs on both ends of a record made per request: hex ids, RFC 3339 times and quoted
+//! keys to write, and at the sink a parser that allocates a `String` per field. Here a record is
+//! its numbers in fixed width and its texts length-prefixed: writing one is a few copies into a
+//! buffer reused batch after batch ([`RecordRef::write`]), reading one borrows every text from
+//! the body ([`read_batch`]). The sink takes JSON as well (`EventRecord`), for anything else
+//! that reports.
 //!
-//! [`EventRecord`]: crate::events::EventRecord
+//! `POST /v1/events` with `content-type: application/vnd.stratus.events` ([`CONTENT_TYPE`]):
+//!
+//! ```text
+//! batch  = "SEV1" record*
+//! record = flags:u8 trace_id:[16] span_id:[8] parent_span_id:[8]
+//!          started_us:i64 duration_us:u64 status:u16 retries:u32
+//!          service instance kind name method cache topic breaker peer      (9 texts)
+//! text   = length:u16 UTF-8 bytes; length 0 = absent (for the optional five)
+//! ```
+//!
+//! Integers are little-endian; ids are big-endian, byte for byte their hex form. `flags`: 1 the
+//! parent span id is present, 2 the hop succeeded (`ok`), 4 `retries` is present; other bits
+//! are 0. An absent id or count is written as zeros.
 
-/// Who reports: the service, the instance and the kind of hop, the same for every record a
-/// reporter writes. Encoded as JSON once, when the reporter starts, and copied into each record
-/// in one piece.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub service: String,
-    pub instance: String,
-    pub kind: &'static str,
-    /// `,"service":"…","instance":"…","kind":"…"`
-    json: Box<[u8]>,
-}
+/// The media type of a binary batch.
+pub const CONTENT_TYPE: &str = "application/vnd.stratus.events";
+/// The first four bytes of a batch (the format's version is the digit).
+pub const MAGIC: &[u8; 4] = b"SEV1";
 
-impl Origin {
-    pub fn new(service: &str, instance: &str, kind: &'static str) -> Self {
-        let mut json = Vec::new();
-        text(&mut json, "service", service);
-        text(&mut json, "instance", instance);
-        text(&mut json, "kind", kind);
-        Self {
-            service: service.into(),
-            instance: instance.into(),
-            kind,
-            json: json.into_boxed_slice(),
-        }
-    }
-}
+const HAS_PARENT: u8 = 1;
+const OK: u8 = 2;
+const HAS_RETRIES: u8 = 4;
+/// flags, trace, span, parent, started, duration, status, retries.
+const FIXED: usize = 1 + 16 + 8 + 8 + 8 + 8 + 2 + 4;
 
-/// A field whose value repeats from record to record (a route's name), written as JSON once:
-/// `,"key":"value"`.
-#[derive(Debug, Clone)]
-pub struct Field {
-    value: String,
-    json: Box<[u8]>,
-}
-
-impl Field {
-    pub fn new(key: &str, value: &str) -> Self {
-        let mut json = Vec::new();
-        text(&mut json, key, value);
-        Self {
-            value: value.into(),
-            json: json.into_boxed_slice(),
-        }
-    }
-
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-}
-
-/// A record's `name`: encoded once for names that repeat (a gateway route's), or any text.
-#[derive(Debug, Clone, Copy)]
-pub enum Name<'a> {
-    /// A [`Field`] made with the key `name`.
-    Encoded(&'a Field),
-    Text(&'a str),
-}
-
-impl Name<'_> {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Name::Encoded(field) => field.value(),
-            Name::Text(text) => text,
-        }
-    }
-}
-
-/// One record, borrowed: what [`crate::events::EventRecord`] holds, without owning any of it.
-#[derive(Debug, Clone, Copy)]
+/// One record, borrowed: what [`crate::events::EventRecord`] holds, with ids and times as the
+/// numbers they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
-    pub origin: &'a Origin,
-    pub name: Name<'a>,
-    /// An HTTP method: a token (RFC 9110), which never needs escaping.
+    pub service: &'a str,
+    pub instance: &'a str,
+    /// `server`, `client`, `consumer`, `producer` or `gateway`.
+    pub kind: &'a str,
+    pub name: &'a str,
     pub method: Option<&'a str>,
     pub status: u16,
     pub ok: bool,
@@ -102,266 +60,208 @@ pub struct RecordRef<'a> {
 }
 
 impl RecordRef<'_> {
-    /// Appends this record as one JSON object (no separator before or after it).
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Fixed-width parts are formatted on the stack and copied in one piece: a push per byte
-        // checks the capacity every time.
-        out.reserve(320);
-        // The ids in one piece: with the parent, or without it.
-        let trace = self.trace_id.to_be_bytes();
-        let span = self.span_id.to_be_bytes();
-        if let Some(parent) = self.parent_span_id {
-            let mut ids = *b"{\"trace_id\":\"################################\",\"span_id\":\"################\",\"parent_span_id\":\"################\"";
-            hex(&mut ids[13..45], &trace);
-            hex(&mut ids[58..74], &span);
-            hex(&mut ids[94..110], &parent.to_be_bytes());
-            out.extend_from_slice(&ids);
-        } else {
-            let mut ids =
-                *b"{\"trace_id\":\"################################\",\"span_id\":\"################\"";
-            hex(&mut ids[13..45], &trace);
-            hex(&mut ids[58..74], &span);
-            out.extend_from_slice(&ids);
+    /// Appends this record to a batch (after [`MAGIC`], which the caller writes once).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        // The fixed-width part is put together on the stack and copied in one piece.
+        let mut fixed = [0u8; FIXED];
+        let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+        fixed[0] = flag(self.parent_span_id.is_some(), HAS_PARENT)
+            | flag(self.ok, OK)
+            | flag(self.retries.is_some(), HAS_RETRIES);
+        fixed[1..17].copy_from_slice(&self.trace_id.to_be_bytes());
+        fixed[17..25].copy_from_slice(&self.span_id.to_be_bytes());
+        fixed[25..33].copy_from_slice(&self.parent_span_id.unwrap_or(0).to_be_bytes());
+        fixed[33..41].copy_from_slice(&self.started_us.to_le_bytes());
+        fixed[41..49].copy_from_slice(&self.duration_us.to_le_bytes());
+        fixed[49..51].copy_from_slice(&self.status.to_le_bytes());
+        fixed[51..55].copy_from_slice(&self.retries.unwrap_or(0).to_le_bytes());
+        out.reserve(
+            FIXED
+                + 18
+                + self.service.len()
+                + self.instance.len()
+                + self.kind.len()
+                + self.name.len()
+                + self.method.map_or(0, str::len),
+        );
+        out.extend_from_slice(&fixed);
+        text(out, self.service);
+        text(out, self.instance);
+        text(out, self.kind);
+        text(out, self.name);
+        for optional in [self.method, self.cache, self.topic, self.breaker, self.peer] {
+            text(out, optional.unwrap_or(""));
         }
-        out.extend_from_slice(&self.origin.json);
-        match self.name {
-            Name::Encoded(field) => out.extend_from_slice(&field.json),
-            Name::Text(name) => text(out, "name", name),
+    }
+}
+
+/// A text: its length (at most 65,535 bytes; longer is cut at a character boundary, and the
+/// sink refuses texts that long anyway) and its bytes.
+fn text(out: &mut Vec<u8>, value: &str) {
+    let mut len = value.len().min(usize::from(u16::MAX));
+    while !value.is_char_boundary(len) {
+        len -= 1;
+    }
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&value.as_bytes()[..len]);
+}
+
+/// Why a body is not a batch. Nothing of a batch that fails is to be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("a binary event batch starts with \"SEV1\"")]
+    Magic,
+    #[error("record {record}: the body ends inside it")]
+    Truncated { record: usize },
+    #[error("record {record}: unknown flags {flags:#04x}")]
+    Flags { record: usize, flags: u8 },
+    #[error("record {record}: {field} is not UTF-8")]
+    Utf8 { record: usize, field: &'static str },
+    #[error("a batch may carry at most {max} records")]
+    TooMany { max: usize },
+}
+
+/// The records of a batch, borrowing their texts from `body`; at most `max` of them. Checks the
+/// framing only: what the values may be is the reader's business.
+pub fn read_batch(body: &[u8], max: usize) -> Result<Vec<RecordRef<'_>>, WireError> {
+    let mut rest = body.strip_prefix(MAGIC).ok_or(WireError::Magic)?;
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        if records.len() == max {
+            return Err(WireError::TooMany { max });
         }
-        if let Some(method) = self.method {
-            write_method(out, method);
-        }
-        if (100..1000).contains(&self.status) {
-            // The common case in one piece: `ok` (`true` padded with a space to the length of
-            // `false`, which JSON allows), a three-digit status, the time, the next key.
-            let mut middle = *b",\"ok\":false,\"status\":000,\"started_at\":\"0000-00-00T00:00:00.000000Z\",\"duration_us\":";
-            if self.ok {
-                middle[6..11].copy_from_slice(b"true ");
-            }
-            let status = u32::from(self.status);
-            middle[21] = b'0' + (status / 100) as u8;
-            two(&mut middle[22..24], status);
-            rfc3339_into(&mut middle[39..66], self.started_us);
-            out.extend_from_slice(&middle);
-        } else {
-            out.extend_from_slice(if self.ok {
-                b",\"ok\":true"
-            } else {
-                b",\"ok\":false"
+        let record = records.len();
+        let mut reader = Reader { rest, record };
+        records.push(reader.record()?);
+        rest = reader.rest;
+    }
+    Ok(records)
+}
+
+/// A cursor over one record.
+struct Reader<'a> {
+    rest: &'a [u8],
+    record: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let (head, rest) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or(WireError::Truncated {
+                record: self.record,
+            })?;
+        self.rest = rest;
+        Ok(*head)
+    }
+
+    fn text(&mut self, field: &'static str) -> Result<&'a str, WireError> {
+        let len = usize::from(u16::from_le_bytes(self.take()?));
+        if self.rest.len() < len {
+            return Err(WireError::Truncated {
+                record: self.record,
             });
-            out.extend_from_slice(b",\"status\":");
-            number(out, self.status);
-            out.extend_from_slice(b",\"started_at\":\"");
-            rfc3339_micros(out, self.started_us);
-            out.extend_from_slice(b"\",\"duration_us\":");
         }
-        number(out, self.duration_us);
-        if let Some(retries) = self.retries {
-            out.extend_from_slice(b",\"retries\":");
-            number(out, retries);
+        let (bytes, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        std::str::from_utf8(bytes).map_err(|_| WireError::Utf8 {
+            record: self.record,
+            field,
+        })
+    }
+
+    fn optional(&mut self, field: &'static str) -> Result<Option<&'a str>, WireError> {
+        Ok(Some(self.text(field)?).filter(|t| !t.is_empty()))
+    }
+
+    fn record(&mut self) -> Result<RecordRef<'a>, WireError> {
+        let [flags] = self.take()?;
+        if flags & !(HAS_PARENT | OK | HAS_RETRIES) != 0 {
+            return Err(WireError::Flags {
+                record: self.record,
+                flags,
+            });
         }
-        if let Some(cache) = self.cache {
-            text(out, "cache", cache);
-        }
-        if let Some(topic) = self.topic {
-            text(out, "topic", topic);
-        }
-        if let Some(breaker) = self.breaker {
-            text(out, "breaker", breaker);
-        }
-        if let Some(peer) = self.peer {
-            text(out, "peer", peer);
-        }
-        out.push(b'}');
+        let trace_id = u128::from_be_bytes(self.take()?);
+        let span_id = u64::from_be_bytes(self.take()?);
+        let parent = u64::from_be_bytes(self.take()?);
+        let started_us = i64::from_le_bytes(self.take()?);
+        let duration_us = u64::from_le_bytes(self.take()?);
+        let status = u16::from_le_bytes(self.take()?);
+        let retries = u32::from_le_bytes(self.take()?);
+        Ok(RecordRef {
+            trace_id,
+            span_id,
+            parent_span_id: (flags & HAS_PARENT != 0).then_some(parent),
+            started_us,
+            duration_us,
+            status,
+            ok: flags & OK != 0,
+            retries: (flags & HAS_RETRIES != 0).then_some(retries),
+            service: self.text("service")?,
+            instance: self.text("instance")?,
+            kind: self.text("kind")?,
+            name: self.text("name")?,
+            method: self.optional("method")?,
+            cache: self.optional("cache")?,
+            topic: self.optional("topic")?,
+            breaker: self.optional("breaker")?,
+            peer: self.optional("peer")?,
+        })
     }
 }
 
-/// `,"method":"GET"`: the common methods as one piece each.
-fn write_method(out: &mut Vec<u8>, method: &str) {
-    let field: &[u8] = match method {
-        "GET" => b",\"method\":\"GET\"",
-        "POST" => b",\"method\":\"POST\"",
-        "PUT" => b",\"method\":\"PUT\"",
-        "DELETE" => b",\"method\":\"DELETE\"",
-        "PATCH" => b",\"method\":\"PATCH\"",
-        "HEAD" => b",\"method\":\"HEAD\"",
-        "OPTIONS" => b",\"method\":\"OPTIONS\"",
-        other => return text(out, "method", other),
-    };
-    out.extend_from_slice(field);
+/// A batch being written: [`MAGIC`] then records, and how many.
+#[derive(Debug)]
+pub struct Batch {
+    pub bytes: Vec<u8>,
+    pub records: usize,
 }
 
-/// True if `value` goes into a JSON string as it is. Written as a fold without early exit, so the
-/// compiler checks many bytes at once.
-fn is_plain(value: &str) -> bool {
-    value.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\') & (b != 0x7f)
-    })
-}
+impl Batch {
+    /// An empty batch with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut bytes = Vec::with_capacity(capacity.max(MAGIC.len()));
+        bytes.extend_from_slice(MAGIC);
+        Self { bytes, records: 0 }
+    }
 
-/// `,"key":"value"`, the value escaped as JSON requires.
-fn text(out: &mut Vec<u8>, key: &str, value: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
-    if is_plain(value) {
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
-    } else {
-        // Rare (names come from configuration): let serde_json do the escaping. Writing to a
-        // Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, value);
+    pub fn push(&mut self, record: &RecordRef<'_>) {
+        record.write(&mut self.bytes);
+        self.records += 1;
+    }
+
+    /// The records alone, without the [`MAGIC`] in front.
+    pub fn records_bytes(&self) -> &[u8] {
+        &self.bytes[MAGIC.len()..]
     }
 }
 
-fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-/// Every byte's two lower-case hex digits.
-const HEX_PAIRS: [[u8; 2]; 256] = {
+/// Lower-case hex of an id, as JSON and the sink's queries show it.
+pub fn hex_id<const N: usize>(id: [u8; N]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
-        i += 1;
+    let mut out = String::with_capacity(N * 2);
+    for byte in id {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
-    table
-};
-
-/// Lower-case hex of `bytes` (big-endian) into `out`, which is twice as long.
-fn hex(out: &mut [u8], bytes: &[u8]) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-    }
-}
-
-/// Two decimal digits: a table is one load where `/ 10` and `% 10` are two multiplications.
-const DECIMAL_PAIRS: [[u8; 2]; 100] = {
-    let mut table = [[0u8; 2]; 100];
-    let mut i = 0;
-    while i < 100 {
-        table[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
-        i += 1;
-    }
-    table
-};
-
-fn two(out: &mut [u8], value: u32) {
-    out[..2].copy_from_slice(&DECIMAL_PAIRS[(value % 100) as usize]);
-}
-
-thread_local! {
-    /// The last second written and its `YYYY-MM-DDTHH:MM:SS`: records come in bursts within
-    /// one second, and the calendar arithmetic is the costly part of a time.
-    static LAST_SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((i64::MIN, [0; 19])) };
-}
-
-/// `2026-01-01T12:00:00.123456Z` from microseconds since the epoch (years 0-9999).
-pub fn rfc3339_micros(out: &mut Vec<u8>, micros: i64) {
-    let mut text = [0u8; 27];
-    rfc3339_into(&mut text, micros);
-    out.extend_from_slice(&text);
-}
-
-/// [`rfc3339_micros`] into the 27 bytes of `text`.
-fn rfc3339_into(text: &mut [u8], micros: i64) {
-    let seconds = micros.div_euclid(1_000_000);
-    let fraction = micros.rem_euclid(1_000_000) as u32;
-    let date_time = LAST_SECOND.with(|last| {
-        let (second, text) = last.get();
-        if second == seconds {
-            return text;
-        }
-        let text = date_time(seconds);
-        last.set((seconds, text));
-        text
-    });
-    text[..19].copy_from_slice(&date_time);
-    text[19] = b'.';
-    two(&mut text[20..22], fraction / 10_000);
-    two(&mut text[22..24], fraction / 100);
-    two(&mut text[24..26], fraction);
-    text[26] = b'Z';
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch. The civil date comes from Howard Hinnant's
-/// `civil_from_days`: a few integer operations instead of a calendar library's formatter.
-fn date_time(seconds: i64) -> [u8; 19] {
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999) as u32;
-    let mut text = *b"0000-00-00T00:00:00";
-    two(&mut text[0..2], year / 100);
-    two(&mut text[2..4], year % 100);
-    two(&mut text[5..7], month);
-    two(&mut text[8..10], day);
-    two(&mut text[11..13], of_day / 3600);
-    two(&mut text[14..16], of_day / 60 % 60);
-    two(&mut text[17..19], of_day % 60);
-    text
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventRecord;
-    use time::format_description::well_known::Rfc3339;
-    use time::OffsetDateTime;
 
-    fn parse_us(text: &str) -> i64 {
-        (OffsetDateTime::parse(text, &Rfc3339)
-            .unwrap()
-            .unix_timestamp_nanos()
-            / 1000) as i64
-    }
-
-    #[test]
-    fn times_match_a_calendar_library() {
-        let mut micros: i64 = -62_135_596_800_000_000; // 0001-01-01
-        let mut seen = 0;
-        while micros < 253_402_300_799_000_000 {
-            let mut out = Vec::new();
-            rfc3339_micros(&mut out, micros);
-            let text = String::from_utf8(out).unwrap();
-            assert_eq!(parse_us(&text), micros, "{text}");
-            micros += 86_399_999_937 * 29 + 123_457; // about a month, a different time of day each
-            seen += 1;
-        }
-        assert!(seen > 100_000);
-        let mut out = Vec::new();
-        rfc3339_micros(&mut out, 1_767_225_600_000_250);
-        assert_eq!(out, b"2026-01-01T00:00:00.000250Z");
-        // The same second again: the calendar part is reused, the fraction is not.
-        let mut out = Vec::new();
-        rfc3339_micros(&mut out, 1_767_225_600_999_999);
-        assert_eq!(out, b"2026-01-01T00:00:00.999999Z");
-        let mut out = Vec::new();
-        rfc3339_micros(&mut out, 951_782_400_000_000 + 86_399_999_999);
-        assert_eq!(out, b"2000-02-29T23:59:59.999999Z");
-    }
-
-    #[test]
-    fn the_json_is_what_serde_writes_for_the_same_record() {
-        let full_origin = Origin::new("gateway", "gw-\"1\"\n\\é", "gateway");
-        let bare_origin = Origin::new("gateway", "gw-1", "gateway");
-        let name = Field::new("name", "/api/catalog/{id}");
-        let full = RecordRef {
+    fn full() -> RecordRef<'static> {
+        RecordRef {
             trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
             span_id: 0xf067aa0ba902b7,
             parent_span_id: Some(1),
-            origin: &full_origin,
-            name: Name::Encoded(&name),
+            service: "gateway",
+            instance: "gw-\"1\"\n\\é",
+            kind: "gateway",
+            name: "/api/catalog/{id}",
             method: Some("GET"),
             status: 503,
             ok: false,
@@ -372,27 +272,11 @@ mod tests {
             topic: Some("order.placed"),
             breaker: Some("open"),
             peer: Some("orders-db"),
-        };
-        let owned = |r: &RecordRef| EventRecord {
-            trace_id: format!("{:032x}", r.trace_id),
-            span_id: format!("{:016x}", r.span_id),
-            parent_span_id: r.parent_span_id.map(|p| format!("{p:016x}")),
-            service: r.origin.service.clone(),
-            instance: r.origin.instance.clone(),
-            kind: r.origin.kind.into(),
-            name: r.name.as_str().into(),
-            method: r.method.map(Into::into),
-            status: r.status,
-            ok: r.ok,
-            started_at: "2026-01-01T00:00:00.000250Z".into(),
-            duration_us: r.duration_us,
-            retries: r.retries,
-            cache: r.cache.map(Into::into),
-            topic: r.topic.map(Into::into),
-            breaker: r.breaker.map(Into::into),
-            peer: r.peer.map(Into::into),
-        };
-        let bare = RecordRef {
+        }
+    }
+
+    fn bare() -> RecordRef<'static> {
+        RecordRef {
             parent_span_id: None,
             method: None,
             retries: None,
@@ -401,20 +285,107 @@ mod tests {
             breaker: None,
             peer: None,
             ok: true,
-            status: 200,
-            origin: &bare_origin,
-            ..full
-        };
-        // A message hop has status 0, outside the three-digit fast path.
-        let message = RecordRef { status: 0, ..bare };
-        for record in [full, bare, message] {
-            let mut out = Vec::new();
-            record.write_json(&mut out);
-            let written: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!(written, serde_json::to_value(owned(&record)).unwrap());
-            // And it reads back as the record it was written from.
-            let back: EventRecord = serde_json::from_slice(&out).unwrap();
-            assert_eq!(back, owned(&record));
+            status: 0,
+            started_us: -5,
+            ..full()
         }
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        let mut batch = Batch::with_capacity(0);
+        for record in [full(), bare(), full()] {
+            batch.push(&record);
+        }
+        assert_eq!(batch.records, 3);
+        let read = read_batch(&batch.bytes, 10).unwrap();
+        assert_eq!(read, vec![full(), bare(), full()]);
+        // Retries of zero and a parent of zero are still "present".
+        let zeros = RecordRef {
+            retries: Some(0),
+            parent_span_id: Some(0),
+            ..bare()
+        };
+        let mut batch = Batch::with_capacity(0);
+        batch.push(&zeros);
+        assert_eq!(read_batch(&batch.bytes, 1).unwrap(), vec![zeros]);
+        assert_eq!(read_batch(MAGIC, 1).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn every_cut_of_a_batch_is_refused_or_reads_whole_records() {
+        let mut batch = Batch::with_capacity(0);
+        batch.push(&full());
+        let one = batch.bytes.len();
+        batch.push(&bare());
+        for cut in 0..batch.bytes.len() {
+            let result = read_batch(&batch.bytes[..cut], 10);
+            match cut {
+                4 => assert_eq!(result.unwrap(), vec![]),
+                _ if cut == one => assert_eq!(result.unwrap(), vec![full()]),
+                0..4 => assert_eq!(result.unwrap_err(), WireError::Magic),
+                _ => assert!(
+                    matches!(result, Err(WireError::Truncated { record }) if record == usize::from(cut > one)),
+                    "cut at {cut}: {result:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_framing_is_named() {
+        let mut batch = Batch::with_capacity(0);
+        batch.push(&bare());
+        batch.push(&bare());
+        assert_eq!(
+            read_batch(&batch.bytes, 1).unwrap_err(),
+            WireError::TooMany { max: 1 }
+        );
+        let mut flags = batch.bytes.clone();
+        flags[4] |= 0x80;
+        assert_eq!(
+            read_batch(&flags, 2).unwrap_err(),
+            WireError::Flags {
+                record: 0,
+                flags: 0x82
+            }
+        );
+        // The service's text is the first after the fixed part: make its first byte invalid.
+        let mut utf8 = batch.bytes.clone();
+        utf8[4 + FIXED + 2] = 0xff;
+        assert_eq!(
+            read_batch(&utf8, 2).unwrap_err(),
+            WireError::Utf8 {
+                record: 0,
+                field: "service"
+            }
+        );
+        assert_eq!(read_batch(b"[{}]", 2).unwrap_err(), WireError::Magic);
+    }
+
+    #[test]
+    fn overlong_texts_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(40_000);
+        let record = RecordRef {
+            name: &long,
+            ..bare()
+        };
+        let mut batch = Batch::with_capacity(0);
+        batch.push(&record);
+        let read = read_batch(&batch.bytes, 1).unwrap();
+        assert_eq!(read[0].name.len(), 65_534);
+        assert!(long.starts_with(read[0].name));
+    }
+
+    #[test]
+    fn ids_are_lower_case_hex() {
+        assert_eq!(
+            hex_id(0xf067aa0ba902b7u64.to_be_bytes()),
+            "00f067aa0ba902b7"
+        );
+        assert_eq!(
+            hex_id(0x4bf92f3577b34da6a3ce929d0e0e4736u128.to_be_bytes()),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 }

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::event_wire::{hex_id, Batch, RecordRef, CONTENT_TYPE, MAGIC};
 use crate::trace::TraceContext;
 
 /// Records waiting to be sent; beyond this, new records are dropped.
@@ -75,17 +76,54 @@ pub struct EventRecord {
     pub peer: Option<String>,
 }
 
-/// What the sending task receives: one record, or records a caller already wrote as JSON.
-// Records are by far the common message; boxing them to shrink the rare `Encoded` would cost an
-// allocation per record.
+impl From<&RecordRef<'_>> for EventRecord {
+    /// The JSON form of a binary record: ids in hex, the start as RFC 3339.
+    fn from(record: &RecordRef<'_>) -> Self {
+        use time::format_description::well_known::Rfc3339;
+        let started_at =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.started_us) * 1000)
+                .ok()
+                .and_then(|t| t.format(&Rfc3339).ok())
+                .unwrap_or_default();
+        let owned = |text: Option<&str>| text.map(str::to_owned);
+        EventRecord {
+            trace_id: hex_id(record.trace_id.to_be_bytes()),
+            span_id: hex_id(record.span_id.to_be_bytes()),
+            parent_span_id: record.parent_span_id.map(|p| hex_id(p.to_be_bytes())),
+            service: record.service.into(),
+            instance: record.instance.into(),
+            kind: record.kind.into(),
+            name: record.name.into(),
+            method: owned(record.method),
+            status: record.status,
+            ok: record.ok,
+            started_at,
+            duration_us: record.duration_us,
+            retries: record.retries,
+            cache: owned(record.cache),
+            topic: owned(record.topic),
+            breaker: owned(record.breaker),
+            peer: owned(record.peer),
+        }
+    }
+}
+
+/// What the sending task receives: one record, or records a caller already wrote in the binary
+/// batch format ([`crate::event_wire`]).
+// Boxing the record to shrink the enum would cost an allocation per record.
 #[allow(clippy::large_enum_variant)]
 enum Outgoing {
     Record(EventRecord),
-    /// JSON objects separated by commas ([`crate::event_json`]), and how many there are.
-    Encoded {
-        json: Vec<u8>,
-        records: usize,
-    },
+    Encoded(Batch),
+}
+
+impl Outgoing {
+    fn records(&self) -> usize {
+        match self {
+            Outgoing::Record(_) => 1,
+            Outgoing::Encoded(batch) => batch.records,
+        }
+    }
 }
 
 /// The handle services report through. Cheap to clone.
@@ -97,13 +135,13 @@ pub struct EventReporter {
     queue: mpsc::UnboundedSender<Outgoing>,
     queued: Arc<AtomicUsize>,
     /// Behind an `Arc`: the request layer takes the reporter as axum `State`, a clone per request.
-    origins: Arc<Origins>,
+    origin: Arc<Origin>,
 }
 
-/// Who reports, encoded once per kind of record a service writes itself.
-struct Origins {
-    server: crate::event_json::Origin,
-    client: crate::event_json::Origin,
+/// Who reports.
+struct Origin {
+    service: String,
+    instance: String,
 }
 
 impl EventReporter {
@@ -121,19 +159,19 @@ impl EventReporter {
         Ok(Self {
             queue,
             queued,
-            origins: Arc::new(Origins {
-                server: crate::event_json::Origin::new(service, instance, "server"),
-                client: crate::event_json::Origin::new(service, instance, "client"),
+            origin: Arc::new(Origin {
+                service: service.into(),
+                instance: instance.into(),
             }),
         })
     }
 
     pub fn service(&self) -> &str {
-        &self.origins.server.service
+        &self.origin.service
     }
 
     pub fn instance(&self) -> &str {
-        &self.origins.server.instance
+        &self.origin.instance
     }
 
     /// Counts `records` into the queue if they fit.
@@ -169,8 +207,8 @@ impl EventReporter {
     /// it called, a child of the hop, timed as the sum of its calls and failed if any call did.
     /// The record starts when the first call did.
     ///
-    /// Written straight to JSON ([`crate::event_json`]): ids and times from numbers, no
-    /// `EventRecord` of owned strings for serde to walk again.
+    /// Written straight into a binary batch ([`crate::event_wire`]): ids and times as numbers,
+    /// no `EventRecord` of owned strings for serde to walk.
     pub fn report_calls(
         &self,
         context: &TraceContext,
@@ -178,37 +216,34 @@ impl EventReporter {
         wall: time::OffsetDateTime,
         spent: crate::tally::Finished,
     ) {
-        let mut json = Vec::new();
-        let records = self.write_calls(&mut json, 0, context, started, wall, spent);
-        self.report_encoded(json, records);
+        let mut batch = Batch::with_capacity(256);
+        self.write_calls(&mut batch, context, started, wall, spent);
+        self.report_encoded(batch);
     }
 
-    /// Appends the `client` records of [`EventReporter::report_calls`] to `json`, which holds
-    /// `records` records already; returns how many it holds now.
+    /// Appends the `client` records of [`EventReporter::report_calls`] to `batch`.
     fn write_calls(
         &self,
-        json: &mut Vec<u8>,
-        mut records: usize,
+        batch: &mut Batch,
         context: &TraceContext,
         started: Instant,
         wall: time::OffsetDateTime,
         spent: crate::tally::Finished,
-    ) -> usize {
+    ) {
         let wall_us = (wall.unix_timestamp_nanos() / 1000) as i64;
         for (peer, counts) in [spent.db, spent.cache].into_iter().flatten() {
             let offset = counts
                 .first
                 .map(|first| first.saturating_duration_since(started))
                 .unwrap_or_default();
-            if records > 0 {
-                json.push(b',');
-            }
-            crate::event_json::RecordRef {
+            batch.push(&RecordRef {
                 trace_id: context.trace_id,
                 span_id: context.child().span_id,
                 parent_span_id: Some(context.span_id),
-                origin: &self.origins.client,
-                name: crate::event_json::Name::Text(peer.system),
+                service: &self.origin.service,
+                instance: &self.origin.instance,
+                kind: "client",
+                name: peer.system,
                 method: None,
                 status: 0,
                 ok: counts.errors == 0,
@@ -219,71 +254,84 @@ impl EventReporter {
                 topic: None,
                 breaker: None,
                 peer: Some(&peer.name),
-            }
-            .write_json(json);
-            records += 1;
+            });
         }
-        records
     }
 
-    /// Queues `records` records already written as JSON objects separated by commas (see
-    /// [`crate::event_json::RecordRef::write_json`]); never waits. If they do not all fit in
-    /// the queue, they are all dropped (counted).
-    pub fn report_encoded(&self, json: Vec<u8>, records: usize) {
+    /// Queues records already written in the binary batch format; never waits. If they do not
+    /// all fit in the queue, they are all dropped (counted).
+    pub fn report_encoded(&self, batch: Batch) {
+        let records = batch.records;
         if records > 0 && self.reserve(records) {
-            self.hand_over(Outgoing::Encoded { json, records }, records);
+            self.hand_over(Outgoing::Encoded(batch), records);
         }
     }
 }
 
-/// One POST's body being built: a JSON array of records.
+/// What one flush sends: the records reported one by one as a JSON array, and the binary
+/// batches one after another behind a single [`MAGIC`] (a POST each, when there are both).
 ///
-/// Batches a caller wrote as JSON (the gateway's, 128 records each) are kept as they came and
-/// sent one after another ([`Chunks`]), not copied into one buffer: that copy was a quarter of
-/// what reporting cost the gateway per request. Records serialised here, and the brackets and
-/// commas between batches, go into `current`, which becomes a chunk of its own.
+/// Binary batches (the gateway's, 128 records each) are kept as they came and sent in order
+/// ([`Chunks`]), not copied into one buffer: that copy was a quarter of what reporting cost the
+/// gateway per request.
 struct Body {
-    chunks: Vec<Bytes>,
-    current: Vec<u8>,
-    records: usize,
+    json: Vec<u8>,
+    json_records: usize,
+    binary: Vec<Bytes>,
+    binary_records: usize,
 }
 
 impl Body {
     fn new() -> Self {
         Self {
-            chunks: Vec::new(),
-            current: b"[".to_vec(),
-            records: 0,
+            json: Vec::new(),
+            json_records: 0,
+            binary: Vec::new(),
+            binary_records: 0,
         }
+    }
+
+    fn records(&self) -> usize {
+        self.json_records + self.binary_records
     }
 
     fn add(&mut self, outgoing: Outgoing) {
-        if self.records > 0 {
-            self.current.push(b',');
-        }
         match outgoing {
             Outgoing::Record(record) => {
+                self.json
+                    .push(if self.json_records == 0 { b'[' } else { b',' });
                 // Writing to a Vec cannot fail, and an EventRecord always serialises.
-                let _ = serde_json::to_writer(&mut self.current, &record);
-                self.records += 1;
+                let _ = serde_json::to_writer(&mut self.json, &record);
+                self.json_records += 1;
             }
-            Outgoing::Encoded { json, records } => {
-                self.chunks
-                    .push(Bytes::from(std::mem::take(&mut self.current)));
-                self.chunks.push(Bytes::from(json));
-                self.records += records;
+            Outgoing::Encoded(batch) => {
+                if self.binary.is_empty() {
+                    self.binary.push(Bytes::from_static(MAGIC));
+                }
+                let records = batch.records;
+                // The batch's records without its own magic: no copy, a view of the same buffer.
+                self.binary
+                    .push(Bytes::from(batch.bytes).slice(MAGIC.len()..));
+                self.binary_records += records;
             }
         }
     }
 
-    /// Closes the array: the chunks of one JSON document.
-    fn finish(mut self) -> Chunks {
-        self.current.push(b']');
-        self.chunks.push(Bytes::from(self.current));
-        let chunks: std::collections::VecDeque<Bytes> =
-            self.chunks.into_iter().filter(|c| !c.is_empty()).collect();
-        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        Chunks { chunks, remaining }
+    /// The POSTs to send: content type, body and how many records it carries.
+    fn finish(mut self) -> Vec<(&'static str, Chunks, usize)> {
+        let mut posts = Vec::with_capacity(2);
+        if self.json_records > 0 {
+            self.json.push(b']');
+            posts.push((
+                "application/json",
+                Chunks::new(vec![Bytes::from(self.json)]),
+                self.json_records,
+            ));
+        }
+        if self.binary_records > 0 {
+            posts.push((CONTENT_TYPE, Chunks::new(self.binary), self.binary_records));
+        }
+        posts
     }
 }
 
@@ -292,6 +340,15 @@ impl Body {
 struct Chunks {
     chunks: std::collections::VecDeque<Bytes>,
     remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        let chunks: std::collections::VecDeque<Bytes> =
+            chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Self { chunks, remaining }
+    }
 }
 
 impl http_body::Body for Chunks {
@@ -331,16 +388,13 @@ async fn send_loop(
         tokio::select! {
             received = receiver.recv() => match received {
                 Some(outgoing) => {
-                    let records = match &outgoing {
-                        Outgoing::Record(_) => 1,
-                        Outgoing::Encoded { records, .. } => *records,
-                    };
+                    let records = outgoing.records();
                     if records == 0 {
                         continue;
                     }
                     queued.fetch_sub(records, Ordering::Relaxed);
                     body.add(outgoing);
-                    if body.records >= MAX_BATCH {
+                    if body.records() >= MAX_BATCH {
                         send(&client, &url, std::mem::replace(&mut body, Body::new())).await;
                     }
                 }
@@ -350,7 +404,7 @@ async fn send_loop(
                 }
             },
             _ = ticker.tick() => {
-                if body.records > 0 {
+                if body.records() > 0 {
                     send(&client, &url, std::mem::replace(&mut body, Body::new())).await;
                 }
             }
@@ -359,14 +413,22 @@ async fn send_loop(
 }
 
 async fn send(client: &reqwest::Client, url: &str, body: Body) {
-    if body.records == 0 {
-        return;
+    for (content_type, chunks, records) in body.finish() {
+        send_one(client, url, content_type, chunks, records as u64).await;
     }
-    let count = body.records as u64;
+}
+
+async fn send_one(
+    client: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    chunks: Chunks,
+    count: u64,
+) {
     let result = client
         .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(reqwest::Body::wrap(body.finish()))
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(reqwest::Body::wrap(chunks))
         .send()
         .await;
     match result {
@@ -397,7 +459,7 @@ fn is_internal(path: &str) -> bool {
 ///
 /// The trace id comes from the incoming `traceparent` (a new trace when there is none), the
 /// parent span is the caller's span, and this hop gets a span id of its own. The records are
-/// written straight to JSON ([`crate::event_json`]) and handed over together.
+/// written straight into a binary batch ([`crate::event_wire`]) and handed over together.
 pub async fn record_requests(
     State(reporter): State<EventReporter>,
     request: Request,
@@ -435,13 +497,15 @@ pub async fn record_requests(
         .extensions()
         .get::<crate::cache::Outcome>()
         .map(|outcome| outcome.as_str());
-    let mut json = Vec::new();
-    crate::event_json::RecordRef {
+    let mut batch = Batch::with_capacity(256);
+    batch.push(&RecordRef {
         trace_id: context.trace_id,
         span_id: context.span_id,
         parent_span_id: parent,
-        origin: &reporter.origins.server,
-        name: crate::event_json::Name::Text(&route),
+        service: &reporter.origin.service,
+        instance: &reporter.origin.instance,
+        kind: "server",
+        name: &route,
         method: Some(method.as_str()),
         status,
         ok: status < 500,
@@ -452,10 +516,9 @@ pub async fn record_requests(
         topic: None,
         breaker: None,
         peer: None,
-    }
-    .write_json(&mut json);
-    let records = reporter.write_calls(&mut json, 1, &context, started, wall, spent);
-    reporter.report_encoded(json, records);
+    });
+    reporter.write_calls(&mut batch, &context, started, wall, spent);
+    reporter.report_encoded(batch);
     response
 }
 
@@ -515,7 +578,14 @@ mod tests {
             "/v1/events",
             axum::routing::post({
                 let received = received.clone();
-                move |axum::Json(batch): axum::Json<Vec<EventRecord>>| async move {
+                move |headers: axum::http::HeaderMap, body: Bytes| async move {
+                    let binary = headers[axum::http::header::CONTENT_TYPE] == CONTENT_TYPE;
+                    let batch: Vec<EventRecord> = if binary {
+                        let records = crate::event_wire::read_batch(&body, 10_000).unwrap();
+                        records.iter().map(EventRecord::from).collect()
+                    } else {
+                        serde_json::from_slice(&body).unwrap()
+                    };
                     received.lock().unwrap().extend(batch);
                     axum::http::StatusCode::ACCEPTED
                 }
@@ -527,23 +597,22 @@ mod tests {
         (address, received)
     }
 
-    /// Records reported one by one and records handed over already encoded reach the sink in
-    /// one JSON array that reads back as the same records.
+    /// Records reported one by one and records handed over already encoded reach the sink (a
+    /// JSON array and one binary batch) and read back as the same records.
     #[tokio::test]
-    async fn reported_and_encoded_records_arrive_as_one_array() {
+    async fn reported_and_encoded_records_arrive_in_order_of_their_kind() {
         let (address, received) = test_sink().await;
 
         let reporter = EventReporter::start(&format!("http://{address}"), "gw", "i-1").unwrap();
         reporter.report(record());
-        let mut json = Vec::new();
-        let encoded = crate::event_json::RecordRef {
+        let encoded = RecordRef {
             trace_id: 7,
             span_id: 9,
             parent_span_id: None,
-            origin: &crate::event_json::Origin::new("gw", "i-1", "gateway"),
-            name: crate::event_json::Name::Encoded(&crate::event_json::Field::new(
-                "name", "catalog",
-            )),
+            service: "gw",
+            instance: "i-1",
+            kind: "gateway",
+            name: "catalog",
             method: Some("GET"),
             status: 502,
             ok: false,
@@ -555,25 +624,27 @@ mod tests {
             breaker: None,
             peer: None,
         };
-        encoded.write_json(&mut json);
-        json.push(b',');
-        encoded.write_json(&mut json);
-        reporter.report_encoded(json, 2);
+        for _ in 0..2 {
+            let mut batch = Batch::with_capacity(0);
+            batch.push(&encoded);
+            batch.push(&encoded);
+            reporter.report_encoded(batch);
+        }
         reporter.report(record());
 
         let deadline = Instant::now() + Duration::from_secs(5);
-        while received.lock().unwrap().len() < 4 {
+        while received.lock().unwrap().len() < 6 {
             assert!(Instant::now() < deadline, "the records never arrived");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let received = received.lock().unwrap().clone();
-        assert_eq!(received.len(), 4);
-        assert_eq!(received[0], record());
-        assert_eq!(received[1].trace_id, format!("{:032x}", 7));
-        assert_eq!(received[1].started_at, "2026-01-01T00:00:00.000000Z");
-        assert_eq!(received[1].retries, Some(1));
-        assert_eq!(received[1], received[2]);
-        assert_eq!(received[3], record());
+        assert_eq!(received.len(), 6);
+        // One flush: the JSON POST, then the binary one with both batches behind one magic.
+        assert_eq!(&received[..2], &[record(), record()]);
+        assert_eq!(received[2].trace_id, format!("{:032x}", 7));
+        assert_eq!(received[2].started_at, "2026-01-01T00:00:00Z");
+        assert_eq!(received[2].retries, Some(1));
+        assert!(received[3..].iter().all(|r| *r == received[2]));
         assert_eq!(reporter.queued.load(Ordering::Relaxed), 0);
     }
 
@@ -642,8 +713,12 @@ mod tests {
     async fn the_queue_is_bounded_in_records() {
         let reporter = EventReporter::start("http://127.0.0.1:9", "gw", "i-1").unwrap();
         // Nothing is taken off the queue before this task yields.
-        reporter.report_encoded(b"{}".to_vec(), QUEUE - 1);
-        reporter.report_encoded(b"{},{}".to_vec(), 2);
+        let batch = |records| Batch {
+            bytes: MAGIC.to_vec(),
+            records,
+        };
+        reporter.report_encoded(batch(QUEUE - 1));
+        reporter.report_encoded(batch(2));
         assert_eq!(reporter.queued.load(Ordering::Relaxed), QUEUE - 1);
         reporter.report(record());
         assert_eq!(reporter.queued.load(Ordering::Relaxed), QUEUE);

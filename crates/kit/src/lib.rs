@@ -15,7 +15,7 @@ pub mod db;
 pub mod discovery;
 pub mod dns_discovery;
 pub mod duration;
-pub mod event_json;
+pub mod event_wire;
 pub mod events;
 pub mod grpc_health;
 pub mod health;
