@@ -2,8 +2,8 @@
 //! retries, under which trace.
 //!
 //! Each worker thread writes its records in the binary batch format
-//! ([`stratus_kit::event_wire`]: ids and times as fixed-width numbers, texts length-prefixed,
-//! nothing allocated per record) into a buffer of its own, and hands the buffer to the shared
+//! ([`stratus_kit::event_wire`]: ids and times as fixed-width numbers, its origin and the
+//! route's name encoded once, nothing allocated per record) into a buffer of its own, and hands the buffer to the shared
 //! reporter every [`BATCH`] records or every 200 ms. So the request path pays for a few copies
 //! into memory it already has; waking the sending task and building the POST happen once per
 //! batch. The reporter drops (and counts) what its queue or the sink cannot take; reporting
@@ -13,10 +13,12 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use stratus_kit::event_wire::{Batch, RecordRef};
+use stratus_kit::event_wire::{Batch, Encoded, RecordRef};
 use stratus_kit::events::EventReporter;
 use stratus_kit::trace::TraceContext;
 
+/// The kind of hop the gateway reports.
+const KIND: &str = "gateway";
 /// Records a worker hands over at once.
 const BATCH: usize = 128;
 /// Bytes reserved for a batch's buffer (a record is about 120 bytes).
@@ -30,6 +32,8 @@ pub struct Hop<'a> {
     pub parent: Option<TraceContext>,
     /// The route's name, the record's `name`.
     pub route: &'a str,
+    /// The same, encoded once when the route table loaded.
+    pub route_encoded: &'a Encoded,
     pub method: &'a Method,
     pub status: u16,
     pub elapsed: Duration,
@@ -38,6 +42,8 @@ pub struct Hop<'a> {
 
 pub struct WorkerEvents {
     reporter: EventReporter,
+    /// This gateway's service, instance and kind, encoded once.
+    origin: Encoded,
     /// The records not handed over yet.
     pending: Mutex<Batch>,
 }
@@ -45,6 +51,7 @@ pub struct WorkerEvents {
 impl WorkerEvents {
     pub fn new(reporter: EventReporter) -> Self {
         Self {
+            origin: Encoded::origin(reporter.service(), reporter.instance(), KIND),
             reporter,
             pending: Mutex::new(Batch::with_capacity(BATCH_BYTES)),
         }
@@ -61,7 +68,7 @@ impl WorkerEvents {
             parent_span_id: hop.parent.map(|p| p.span_id),
             service: self.reporter.service(),
             instance: self.reporter.instance(),
-            kind: "gateway",
+            kind: KIND,
             name: hop.route,
             method: Some(hop.method.as_str()),
             status: hop.status,
@@ -78,7 +85,7 @@ impl WorkerEvents {
             let Ok(mut pending) = self.pending.lock() else {
                 return;
             };
-            pending.push(&record);
+            pending.push_with(&record, &self.origin, hop.route_encoded);
             (pending.records >= BATCH).then(|| take(&mut pending))
         };
         if let Some(batch) = full {

@@ -157,6 +157,8 @@ impl PathMatch {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// `name` as event records carry it, encoded once.
+    pub event_name: stratus_kit::event_wire::Encoded,
     pub path: PathMatch,
     /// Lower-case host, or `.example.com` for `*.example.com`.
     pub host: Option<String>,
@@ -458,6 +460,7 @@ impl RouteTable {
                 retries: spec.retries,
                 retry_budget: Arc::new(RetryBudget::default()),
                 metrics: RouteMetrics::new(&name, &spec.service),
+                event_name: stratus_kit::event_wire::Encoded::text(&name),
                 name,
                 path,
                 host,

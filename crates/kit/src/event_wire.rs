@@ -62,6 +62,14 @@ pub struct RecordRef<'a> {
 impl RecordRef<'_> {
     /// Appends this record to a batch (after [`MAGIC`], which the caller writes once).
     pub fn write(&self, out: &mut Vec<u8>) {
+        self.write_with(out, None, None);
+    }
+
+    /// [`RecordRef::write`] with texts encoded beforehand: `origin` holds this record's service,
+    /// instance and kind ([`Encoded::origin`]), `name` its name ([`Encoded::text`]). For a
+    /// caller that writes a record per request with the same few texts (the gateway: its own
+    /// origin, a route's name), each is then one copy instead of a length and a copy per text.
+    pub fn write_with(&self, out: &mut Vec<u8>, origin: Option<&Encoded>, name: Option<&Encoded>) {
         // The fixed-width part is put together on the stack and copied in one piece.
         let mut fixed = [0u8; FIXED];
         let flag = |set: bool, bit: u8| if set { bit } else { 0 };
@@ -85,14 +93,75 @@ impl RecordRef<'_> {
                 + self.method.map_or(0, str::len),
         );
         out.extend_from_slice(&fixed);
-        text(out, self.service);
-        text(out, self.instance);
-        text(out, self.kind);
-        text(out, self.name);
-        for optional in [self.method, self.cache, self.topic, self.breaker, self.peer] {
-            text(out, optional.unwrap_or(""));
+        match origin {
+            Some(origin) => {
+                debug_assert_eq!(
+                    origin.0,
+                    Encoded::origin(self.service, self.instance, self.kind).0
+                );
+                out.extend_from_slice(&origin.0);
+            }
+            None => {
+                text(out, self.service);
+                text(out, self.instance);
+                text(out, self.kind);
+            }
+        }
+        match name {
+            Some(name) => {
+                debug_assert_eq!(name.0, Encoded::text(self.name).0);
+                out.extend_from_slice(&name.0);
+            }
+            None => text(out, self.name),
+        }
+        method(out, self.method);
+        if let (None, None, None, None) = (self.cache, self.topic, self.breaker, self.peer) {
+            // The usual case: four absent texts in one piece.
+            out.extend_from_slice(&[0; 8]);
+        } else {
+            for optional in [self.cache, self.topic, self.breaker, self.peer] {
+                text(out, optional.unwrap_or(""));
+            }
         }
     }
+}
+
+/// Texts written once and copied into every record that carries them (see
+/// [`RecordRef::write_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded(Box<[u8]>);
+
+impl Encoded {
+    /// A record's service, instance and kind, in that order.
+    pub fn origin(service: &str, instance: &str, kind: &str) -> Self {
+        let mut out = Vec::new();
+        for value in [service, instance, kind] {
+            text(&mut out, value);
+        }
+        Self(out.into_boxed_slice())
+    }
+
+    /// One text.
+    pub fn text(value: &str) -> Self {
+        let mut out = Vec::new();
+        text(&mut out, value);
+        Self(out.into_boxed_slice())
+    }
+}
+
+/// The method's text: the common methods as constant pieces (a length and the letters).
+fn method(out: &mut Vec<u8>, method: Option<&str>) {
+    let piece: &[u8] = match method {
+        Some("GET") => b"\x03\x00GET",
+        Some("POST") => b"\x04\x00POST",
+        Some("PUT") => b"\x03\x00PUT",
+        Some("DELETE") => b"\x06\x00DELETE",
+        Some("PATCH") => b"\x05\x00PATCH",
+        Some("HEAD") => b"\x04\x00HEAD",
+        None => b"\x00\x00",
+        Some(other) => return text(out, other),
+    };
+    out.extend_from_slice(piece);
 }
 
 /// A text: its length (at most 65,535 bytes; longer is cut at a character boundary, and the
@@ -232,6 +301,13 @@ impl Batch {
         self.records += 1;
     }
 
+    /// [`Batch::push`] with the origin and the name encoded beforehand
+    /// ([`RecordRef::write_with`]).
+    pub fn push_with(&mut self, record: &RecordRef<'_>, origin: &Encoded, name: &Encoded) {
+        record.write_with(&mut self.bytes, Some(origin), Some(name));
+        self.records += 1;
+    }
+
     /// The records alone, without the [`MAGIC`] in front.
     pub fn records_bytes(&self) -> &[u8] {
         &self.bytes[MAGIC.len()..]
@@ -310,6 +386,34 @@ mod tests {
         batch.push(&zeros);
         assert_eq!(read_batch(&batch.bytes, 1).unwrap(), vec![zeros]);
         assert_eq!(read_batch(MAGIC, 1).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn texts_encoded_beforehand_write_the_same_bytes() {
+        for record in [full(), bare()] {
+            for method in [
+                None,
+                Some("GET"),
+                Some("POST"),
+                Some("PUT"),
+                Some("DELETE"),
+                Some("PATCH"),
+                Some("HEAD"),
+                Some("PURGE"),
+            ] {
+                let record = RecordRef { method, ..record };
+                let mut plain = Vec::new();
+                record.write(&mut plain);
+                let origin = Encoded::origin(record.service, record.instance, record.kind);
+                let name = Encoded::text(record.name);
+                let mut encoded = Vec::new();
+                record.write_with(&mut encoded, Some(&origin), Some(&name));
+                assert_eq!(plain, encoded);
+                let mut batch = MAGIC.to_vec();
+                batch.extend_from_slice(&encoded);
+                assert_eq!(read_batch(&batch, 1).unwrap(), vec![record]);
+            }
+        }
     }
 
     #[test]
