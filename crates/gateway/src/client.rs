@@ -235,6 +235,8 @@ type IdleMap = HashMap<u64, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
 pub struct Pool {
     idle: Mutex<IdleMap>,
     connect_timeout: Duration,
+    /// How long an instance may send nothing in the middle of a response body.
+    body_idle_timeout: Duration,
 }
 
 /// Whether sending `request` a second time is harmless: an idempotent method (RFC 9110 9.2.2),
@@ -255,10 +257,13 @@ pub fn idempotent(method: &Method) -> bool {
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+    /// `body_idle_timeout`: an instance that sends nothing for this long while a response body
+    /// streams (after its head) is cut off; the body ends in an error, the connection closes.
+    pub fn new(connect_timeout: Duration, body_idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::default()),
             connect_timeout,
+            body_idle_timeout,
         })
     }
 
@@ -361,6 +366,9 @@ impl Pool {
         *response.body_mut() = PooledBody(Source::Streaming(Box::new(Streaming {
             conn: Some(conn),
             reading,
+            idle_timeout: self.body_idle_timeout,
+            stall: None,
+            progressed: false,
             home: if framing == Framing::Close {
                 None
             } else {
@@ -497,6 +505,11 @@ struct Streaming {
     /// `None` once the body has ended or failed.
     conn: Option<Conn>,
     reading: Reading,
+    /// How long the instance may send nothing; `stall` is the deadline, armed the first time
+    /// a read has to wait and pushed back when one waits again after progress.
+    idle_timeout: Duration,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
     /// Where the connection goes at the body's end; `None` if it is not to be reused.
     home: Option<Home>,
 }
@@ -566,7 +579,14 @@ impl Streaming {
                     0
                 }
             };
-            match ready!(conn.poll_fill(cx, want)) {
+            let filled = match conn.poll_fill(cx, want) {
+                Poll::Ready(filled) => {
+                    self.progressed = true;
+                    filled
+                }
+                Poll::Pending => return self.wait(cx),
+            };
+            match filled {
                 Ok(0) if matches!(self.reading, Reading::Close) => {
                     self.conn = None;
                     return Poll::Ready(None);
@@ -576,6 +596,26 @@ impl Streaming {
                 Err(error) => return Poll::Ready(Some(Err(self.fail(error.into())))),
             }
         }
+    }
+
+    /// The socket has nothing to read: pending, unless the instance has been silent for the
+    /// idle timeout (a stalled instance must not hold the client's response open for ever).
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, h1::Error>>> {
+        let idle = self.idle_timeout;
+        let stall = match &mut self.stall {
+            Some(stall) => {
+                if std::mem::take(&mut self.progressed) {
+                    stall.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                stall
+            }
+            None => {
+                self.progressed = false;
+                self.stall.insert(Box::pin(tokio::time::sleep(idle)))
+            }
+        };
+        ready!(std::future::Future::poll(stall.as_mut(), cx));
+        Poll::Ready(Some(Err(self.fail(h1::Error::Stalled(idle)))))
     }
 
     /// The body is read to its end: the connection goes home, if it has one.
@@ -826,7 +866,7 @@ mod tests {
         };
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let instance = instance(vec![answer(ok), silent, answer(ok)]).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let first = pool.send(&instance.endpoint, get("/first")).await.unwrap();
         assert_eq!(body(first).await.unwrap(), "ok");
         assert_eq!(pool.idle_count(), 1);
@@ -870,7 +910,7 @@ mod tests {
     #[tokio::test]
     async fn content_length_bodies_and_keep_alive_reuse() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         for _ in 0..2 {
             let response = pool.send(&fake.endpoint, get("/a?b=c")).await.unwrap();
             assert_eq!(response.status(), 200);
@@ -893,7 +933,7 @@ mod tests {
     #[tokio::test]
     async fn request_bodies_go_out_with_their_length() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut request = with_method(Method::POST, "/items");
         *request.body_mut() = Bytes::from_static(b"{\"a\":1}");
         body(pool.send(&fake.endpoint, request).await.unwrap())
@@ -925,7 +965,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(response.body().size_hint().exact(), None);
         assert_eq!(body(response).await.unwrap(), "hello, world");
@@ -946,7 +986,7 @@ mod tests {
             ..answer(long.as_bytes())
         }])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(response.body().size_hint().upper(), Some(3000));
         assert_eq!(body(response).await.unwrap(), "y".repeat(3000));
@@ -962,7 +1002,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let head = pool
             .send(&fake.endpoint, with_method(Method::HEAD, "/"))
             .await
@@ -994,7 +1034,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "until the end");
         assert_eq!(pool.idle_count(), 0);
@@ -1010,7 +1050,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "ok");
         assert_eq!(pool.idle_count(), 0);
@@ -1025,7 +1065,7 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
         )])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool
             .send(&fake.endpoint, with_method(Method::POST, "/"))
             .await
@@ -1039,7 +1079,7 @@ mod tests {
     /// and its connection is not kept.
     async fn fails(bytes: &[u8]) -> SendError {
         let fake = instance(vec![answer(bytes)]).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let error = pool.send(&fake.endpoint, get("/")).await.unwrap_err();
         assert!(!error.is_connect(), "{error}");
         assert!(error.to_string().contains(fake.endpoint.authority.as_str()));
@@ -1088,7 +1128,7 @@ mod tests {
             ..answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
         }])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         let error = body(response).await.unwrap_err();
         assert!(
@@ -1099,12 +1139,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_instance_silent_mid_body_is_cut_off_after_the_idle_timeout() {
+        // Bytes trickle in faster than the timeout (each arrival pushes the deadline back),
+        // then the instance goes quiet with the body unfinished.
+        let fake = instance(vec![Answer {
+            bytewise: true,
+            ..answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome of it")
+        }])
+        .await;
+        let idle = Duration::from_millis(300);
+        let pool = Pool::new(Duration::from_secs(1), idle);
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(5), body(response))
+            .await
+            .expect("the stalled body was never cut off")
+            .unwrap_err();
+        assert!(
+            matches!(error, BodyError::Http1(h1::Error::Stalled(after)) if after == idle),
+            "{error}"
+        );
+        assert_eq!(pool.idle_count(), 0);
+        eventually(|| fake.closed.load(Ordering::SeqCst) == 1).await;
+    }
+
+    #[tokio::test]
     async fn a_body_dropped_half_read_closes_its_connection() {
         let fake = instance(vec![answer(
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart",
         )])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         let frame = response.body_mut().frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "part");
@@ -1123,7 +1187,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(pool.idle_count(), 1, "nothing said it would close");
@@ -1136,7 +1200,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_connection_found_only_by_the_write_is_replaced() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         // Replace the pooled connection with one whose far end has just gone, with no turn of
@@ -1160,7 +1224,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_found_before_a_post_is_written() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         // As above, a pooled connection closed by its far end with no turn of the runtime
@@ -1194,7 +1258,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let error = pool.send(&endpoint(port), get("/")).await.unwrap_err();
         assert!(error.is_connect(), "{error}");
     }
@@ -1205,7 +1269,7 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
         )])
         .await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut response = pool.send(&fake.endpoint, get("/ws")).await.unwrap();
         assert_eq!(response.status(), 101);
         let upgrade = response

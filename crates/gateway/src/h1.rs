@@ -41,6 +41,8 @@ pub enum Error {
     BadContentLength,
     #[error("the response's chunked body is malformed")]
     BadChunk,
+    #[error("the instance sent nothing for {0:?} in the middle of the response body")]
+    Stalled(std::time::Duration),
 }
 
 /// Appends `request`'s head (and its body, when small) to `out`, and returns the body when it

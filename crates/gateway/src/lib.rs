@@ -79,6 +79,12 @@ pub struct Args {
     #[arg(long, env = "STRATUS_CONNECT_TIMEOUT", default_value = "1s", value_parser = stratus_kit::duration::parse)]
     pub connect_timeout: Duration,
 
+    /// An instance that sends nothing for this long in the middle of a response body (after
+    /// its head) is cut off: the client's response ends in an error and both connections
+    /// close. Long-lived streams (server-sent events) must send something more often.
+    #[arg(long, env = "STRATUS_UPSTREAM_IDLE_TIMEOUT", default_value = "300s", value_parser = stratus_kit::duration::parse)]
+    pub upstream_idle_timeout: Duration,
+
     /// A client must send a request's headers within this time (against slowloris).
     #[arg(long, env = "STRATUS_HEADER_TIMEOUT", default_value = "10s", value_parser = stratus_kit::duration::parse)]
     pub header_timeout: Duration,
@@ -253,6 +259,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         max_connections_per_worker: args.max_connections.div_ceil(workers),
         connect_timeout: args.connect_timeout,
+        upstream_idle_timeout: args.upstream_idle_timeout,
         grace: args.common.grace,
     };
     let tls_source = match (&args.tls_cert, &args.tls_key) {

@@ -73,12 +73,16 @@ pub struct Proxy {
 
 impl Proxy {
     /// Called on the worker's own runtime: the pool's sweeper runs there.
-    pub fn new(shared: Arc<Shared>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        connect_timeout: Duration,
+        body_idle_timeout: Duration,
+    ) -> Self {
         let events = shared
             .reporter
             .clone()
             .map(crate::report::WorkerEvents::new);
-        let client = Pool::new(connect_timeout);
+        let client = Pool::new(connect_timeout, body_idle_timeout);
         client.spawn_sweeper();
         let h2 = H2Pool::new(connect_timeout);
         h2.spawn_sweeper();

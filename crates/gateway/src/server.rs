@@ -40,6 +40,8 @@ pub struct Limits {
     /// Open client connections per worker; past it, new connections wait in the kernel's backlog.
     pub max_connections_per_worker: usize,
     pub connect_timeout: Duration,
+    /// How long an instance may send nothing in the middle of a response body.
+    pub upstream_idle_timeout: Duration,
     pub grace: Duration,
     /// How long an idle keep-alive client connection is kept open (parked) before it is closed.
     pub keepalive_timeout: Duration,
@@ -112,7 +114,11 @@ impl Workers {
                         }
                     };
                     runtime.block_on(async move {
-                        let proxy = Arc::new(Proxy::new(shared, limits.connect_timeout));
+                        let proxy = Arc::new(Proxy::new(
+                            shared,
+                            limits.connect_timeout,
+                            limits.upstream_idle_timeout,
+                        ));
                         if proxy.events.is_some() {
                             let flusher = proxy.clone();
                             tokio::spawn(async move {
