@@ -184,6 +184,7 @@ async fn exchange(conn: &mut Conn, request: &Request<Bytes>) -> Result<h1::Head,
         });
     }
     let mut answered = false;
+    let mut informational = 0;
     loop {
         let failed = move |error| Failed {
             error,
@@ -193,7 +194,13 @@ async fn exchange(conn: &mut Conn, request: &Request<Bytes>) -> Result<h1::Head,
         // (Nothing to parse before the first read: the buffer starts empty.)
         if !conn.read.is_empty() {
             match h1::parse_head(&mut conn.read).map_err(failed)? {
-                Some(head) if head.status.is_informational() && head.status != 101 => continue,
+                Some(head) if head.status.is_informational() && head.status != 101 => {
+                    informational += 1;
+                    if informational > h1::MAX_INFORMATIONAL {
+                        return Err(failed(h1::Error::TooManyInformational));
+                    }
+                    continue;
+                }
                 Some(head) => return Ok(head),
                 None => {}
             }
@@ -1085,6 +1092,29 @@ mod tests {
         assert!(error.to_string().contains(fake.endpoint.authority.as_str()));
         assert_eq!(pool.idle_count(), 0);
         error
+    }
+
+    #[tokio::test]
+    async fn an_endless_run_of_informational_responses_is_an_error() {
+        let mut wire = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(h1::MAX_INFORMATIONAL);
+        let fine = [
+            wire.as_slice(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]
+        .concat();
+        let fake = instance(vec![answer(&fine)]).await;
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        assert_eq!(body(response).await.unwrap(), "ok");
+        wire.extend_from_slice(b"HTTP/1.1 102 Processing\r\n\r\n");
+        let error = fails(&wire).await;
+        assert!(matches!(
+            error,
+            SendError::Exchange {
+                source: h1::Error::TooManyInformational,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

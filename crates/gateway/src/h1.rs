@@ -16,6 +16,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Vers
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a response head may carry.
 pub const MAX_HEADERS: usize = 128;
+/// Most informational (1xx) responses taken before the final one.
+pub const MAX_INFORMATIONAL: usize = 8;
 /// A request body up to this size is copied behind the head, so head and body go out in one
 /// write; a larger one is written on its own rather than copied.
 pub const INLINE_BODY: usize = 16 * 1024;
@@ -41,6 +43,10 @@ pub enum Error {
     BadContentLength,
     #[error("the response's chunked body is malformed")]
     BadChunk,
+    #[error("the response's transfer coding is not supported (only chunked is)")]
+    UnsupportedCoding,
+    #[error("the instance sent over {MAX_INFORMATIONAL} informational (1xx) responses")]
+    TooManyInformational,
     #[error("the instance sent nothing for {0:?} in the middle of the response body")]
     Stalled(std::time::Duration),
 }
@@ -220,8 +226,13 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
             }
             head.content_length = Some(length);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = header.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            head.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Only `chunked` (as nginx): the coding is taken off here and the header dropped,
+            // so any other coding (gzip) would reach the client undeclared.
+            let chunked = header.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            if !switching && !chunked {
+                return Err(Error::UnsupportedCoding);
+            }
+            head.transfer_encoding = Some(chunked);
             keep = switching;
         } else if name.eq_ignore_ascii_case(b"connection") {
             let mut only_usual = true;
@@ -244,10 +255,16 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         }
     }
 
+    // With `Transfer-Encoding` the body's length is the chunks' (RFC 9112 6.3): a
+    // `Content-Length` beside it is wrong, and passed on it would frame the client's response.
+    let drop_length = head.transfer_encoding.is_some() && !switching;
     let bytes = buf.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for span in &spans[..count] {
         let (start, end) = (span.name.0 as usize, span.name.1 as usize);
+        if drop_length && bytes[start..end].eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
         let name = HeaderName::from_bytes(&bytes[start..end]).map_err(|_| Error::BadHeader)?;
         let (start, end) = (span.value.0 as usize, span.value.1 as usize);
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
@@ -386,7 +403,12 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     if digits == 0 || digits > 15 {
         return Err(Error::BadChunk);
     }
-    let rest = line[digits..].trim_ascii_start();
+    // RFC 9112 7.1.1: only spaces and tabs (BWS) before an extension.
+    let blank = line[digits..]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let rest = &line[digits + blank..];
     if !(rest.is_empty() || rest[0] == b';') {
         return Err(Error::BadChunk);
     }
@@ -425,8 +447,19 @@ mod tests {
             head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(chunked.framing(&Method::GET), Framing::Chunked);
         assert!(!chunked.persistent(), "TE and CL together: not reused");
-        let gzip = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
-        assert_eq!(gzip.framing(&Method::GET), Framing::Close);
+        assert!(
+            chunked.headers.get(CONTENT_LENGTH).is_none(),
+            "the Content-Length beside chunked is not passed on"
+        );
+        // Codings other than chunked would reach the client undeclared once the header is
+        // dropped: refused, as nginx does.
+        for coding in ["gzip", "gzip, chunked", "chunked, chunked", "identity"] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
+            assert!(
+                matches!(parse(text.as_bytes()), Err(Error::UnsupportedCoding)),
+                "{coding}"
+            );
+        }
         let none = head(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(none.framing(&Method::GET), Framing::Close);
         let no_content = head(b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n");
@@ -578,6 +611,9 @@ mod tests {
             &b"zz\r\n"[..],
             b"5\r\nhelloXX",
             b"5 x\r\n",
+            // Only spaces and tabs may stand before an extension: not a bare CR or a form feed.
+            b"5\r;a\r\n",
+            b"5\x0c;a\r\n",
             b"5\n",
             b"ffffffffffffffff0\r\n",
         ] {

@@ -106,6 +106,13 @@ impl Proxy {
         request: Request<Incoming>,
         client: &ClientConnection,
     ) -> Response<Body> {
+        if request.method() == Method::CONNECT {
+            // The gateway routes requests; it is not a forward proxy that opens tunnels.
+            return problem(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: the gateway is not a forward proxy",
+            ));
+        }
         let peer = client.peer;
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
