@@ -1,0 +1,22 @@
+#![no_main]
+//! The event sink's binary batch reader. Anything on the network can post to the sink, so a
+//! body is untrusted: reading it gives records or an error, never a panic, and the sink's checks
+//! take whatever was read. Writing the records again gives a batch that reads back the same.
+
+use libfuzzer_sys::fuzz_target;
+use stratus_events::record::validate_wire;
+use stratus_kit::event_wire::{read_batch, Batch};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(records) = read_batch(data, 10_000) else {
+        return;
+    };
+    let mut again = Batch::with_capacity(data.len());
+    for record in &records {
+        let _ = validate_wire(record);
+        again.push(record);
+    }
+    assert_eq!(again.records, records.len());
+    let reread = read_batch(&again.bytes, 10_000).expect("a written batch reads back");
+    assert_eq!(reread, records);
+});
