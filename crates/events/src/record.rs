@@ -7,6 +7,11 @@ use time::OffsetDateTime;
 
 pub const KINDS: &[&str] = &["server", "client", "consumer", "producer", "gateway"];
 
+/// The first and last microseconds RFC 3339 can write (0000-01-01 and 9999-12-31, UTC): a
+/// start outside them could be stored but never shown.
+const EARLIEST_US: i64 = -62_167_219_200_000_000;
+const LATEST_US: i64 = 253_402_300_799_999_999;
+
 /// The longest a recorded hop may last: one day.
 const MAX_DURATION_US: u64 = 86_400_000_000;
 
@@ -125,8 +130,8 @@ fn check(record: &RecordRef<'_>) -> Result<(), String> {
     if record.status > 999 {
         return Err("status must be an HTTP status (100-999) or 0 for messages".into());
     }
-    if OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.started_us) * 1000).is_err() {
-        return Err("started_us is out of range".into());
+    if !(EARLIEST_US..=LATEST_US).contains(&record.started_us) {
+        return Err("started_at must fall in the years 0000-9999 (UTC)".into());
     }
     if record.duration_us > MAX_DURATION_US {
         return Err(format!("duration_us must be at most {MAX_DURATION_US}"));
@@ -290,6 +295,10 @@ pub(crate) mod tests {
             (|r| r.name = "a\nb".into(), "name"),
             (|r| r.status = 1000, "status"),
             (|r| r.started_at = "yesterday".into(), "started_at"),
+            (
+                |r| r.started_at = "0000-01-01T00:00:00+05:00".into(),
+                "started_at",
+            ),
             (|r| r.duration_us = u64::MAX, "duration_us"),
             (|r| r.cache = Some("warm".into()), "cache"),
             (|r| r.peer = Some("".into()), "peer"),

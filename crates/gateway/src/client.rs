@@ -607,12 +607,19 @@ impl Streaming {
 
     /// The socket has nothing to read: pending, unless the instance has been silent for the
     /// idle timeout (a stalled instance must not hold the client's response open for ever).
+    /// An idle timeout of zero means none.
     fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, h1::Error>>> {
         let idle = self.idle_timeout;
+        if idle.is_zero() {
+            return Poll::Pending;
+        }
         let stall = match &mut self.stall {
             Some(stall) => {
                 if std::mem::take(&mut self.progressed) {
-                    stall.as_mut().reset(tokio::time::Instant::now() + idle);
+                    // (A deadline past what the clock can hold is no deadline: keep the old.)
+                    if let Some(deadline) = tokio::time::Instant::now().checked_add(idle) {
+                        stall.as_mut().reset(deadline);
+                    }
                 }
                 stall
             }
@@ -1170,20 +1177,39 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_silent_mid_body_is_cut_off_after_the_idle_timeout() {
-        // Bytes trickle in faster than the timeout (each arrival pushes the deadline back),
-        // then the instance goes quiet with the body unfinished.
+        // 300 bytes trickle in a byte a millisecond or slower, longer in all than the timeout
+        // (each arrival pushes the deadline back), then the instance goes quiet with the body
+        // unfinished.
+        let wire = [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"[..],
+            &[b'x'; 300],
+        ]
+        .concat();
         let fake = instance(vec![Answer {
             bytewise: true,
-            ..answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome of it")
+            ..answer(&wire)
         }])
         .await;
-        let idle = Duration::from_millis(300);
+        let idle = Duration::from_millis(150);
         let pool = Pool::new(Duration::from_secs(1), idle);
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
-        let error = tokio::time::timeout(Duration::from_secs(5), body(response))
-            .await
-            .expect("the stalled body was never cut off")
-            .unwrap_err();
+        let started = Instant::now();
+        let mut response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let mut received = 0;
+        let error = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), response.body_mut().frame())
+                .await
+                .expect("the stalled body was never cut off");
+            match frame {
+                Some(Ok(frame)) => received += frame.into_data().unwrap().len(),
+                Some(Err(error)) => break error,
+                None => panic!("the body ended"),
+            }
+        };
+        assert!(
+            started.elapsed() > idle * 2,
+            "the trickle outlasted the timeout"
+        );
+        assert_eq!(received, 300, "cut off while bytes were still coming");
         assert!(
             matches!(error, BodyError::Http1(h1::Error::Stalled(after)) if after == idle),
             "{error}"

@@ -112,7 +112,8 @@ pub struct Head {
     pub version: Version,
     pub headers: HeaderMap,
     content_length: Option<u64>,
-    /// `Some(true)` when `Transfer-Encoding` ends in `chunked`, `Some(false)` for any other.
+    /// `Some(true)` when `Transfer-Encoding` is `chunked`; `Some(false)` for any other coding,
+    /// which only a 101 may carry (anywhere else it is an error).
     transfer_encoding: Option<bool>,
     close: bool,
     keep_alive: bool,
@@ -228,8 +229,9 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only `chunked` (as nginx): the coding is taken off here and the header dropped,
             // so any other coding (gzip) would reach the client undeclared.
+            // (Two header lines would be chunked applied twice.)
             let chunked = header.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            if !switching && !chunked {
+            if !switching && (!chunked || head.transfer_encoding.is_some()) {
                 return Err(Error::UnsupportedCoding);
             }
             head.transfer_encoding = Some(chunked);
@@ -453,7 +455,13 @@ mod tests {
         );
         // Codings other than chunked would reach the client undeclared once the header is
         // dropped: refused, as nginx does.
-        for coding in ["gzip", "gzip, chunked", "chunked, chunked", "identity"] {
+        for coding in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
             let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
             assert!(
                 matches!(parse(text.as_bytes()), Err(Error::UnsupportedCoding)),

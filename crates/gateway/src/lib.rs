@@ -79,9 +79,10 @@ pub struct Args {
     #[arg(long, env = "STRATUS_CONNECT_TIMEOUT", default_value = "1s", value_parser = stratus_kit::duration::parse)]
     pub connect_timeout: Duration,
 
-    /// An instance that sends nothing for this long in the middle of a response body (after
-    /// its head) is cut off: the client's response ends in an error and both connections
-    /// close. Long-lived streams (server-sent events) must send something more often.
+    /// An HTTP/1.1 instance that sends nothing for this long in the middle of a response body
+    /// (after its head) is cut off: its connection closes and the client's response ends in an
+    /// error. Long-lived streams (server-sent events) must send something more often. 0: no
+    /// limit.
     #[arg(long, env = "STRATUS_UPSTREAM_IDLE_TIMEOUT", default_value = "300s", value_parser = stratus_kit::duration::parse)]
     pub upstream_idle_timeout: Duration,
 

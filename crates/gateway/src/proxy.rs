@@ -107,11 +107,16 @@ impl Proxy {
         client: &ClientConnection,
     ) -> Response<Body> {
         if request.method() == Method::CONNECT {
-            // The gateway routes requests; it is not a forward proxy that opens tunnels.
-            return problem(Problem::new(
+            // The gateway routes requests; it is not a forward proxy that opens tunnels. (An
+            // empty `Allow`: no method is served for an authority-form target.)
+            let mut refused = problem(Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported: the gateway is not a forward proxy",
             ));
+            refused
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(""));
+            return refused;
         }
         let peer = client.peer;
         let started = Instant::now();

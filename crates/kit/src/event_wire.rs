@@ -149,7 +149,12 @@ impl Encoded {
     }
 }
 
-/// The method's text: the common methods as constant pieces (a length and the letters).
+/// The longest method a record carries (the sink's limit); longer is written as `OTHER`.
+pub const MAX_METHOD: usize = 16;
+
+/// The method's text: the common methods as constant pieces (a length and the letters). A
+/// method is the client's to choose: one longer than the sink takes would get the whole batch,
+/// everyone's records, refused.
 fn method(out: &mut Vec<u8>, method: Option<&str>) {
     let piece: &[u8] = match method {
         Some("GET") => b"\x03\x00GET",
@@ -159,7 +164,8 @@ fn method(out: &mut Vec<u8>, method: Option<&str>) {
         Some("PATCH") => b"\x05\x00PATCH",
         Some("HEAD") => b"\x04\x00HEAD",
         None => b"\x00\x00",
-        Some(other) => return text(out, other),
+        Some(other) if other.len() <= MAX_METHOD => return text(out, other),
+        Some(_) => b"\x05\x00OTHER",
     };
     out.extend_from_slice(piece);
 }
@@ -413,6 +419,20 @@ mod tests {
                 batch.extend_from_slice(&encoded);
                 assert_eq!(read_batch(&batch, 1).unwrap(), vec![record]);
             }
+        }
+    }
+
+    #[test]
+    fn a_method_longer_than_the_sink_takes_is_written_as_other() {
+        let long = "A".repeat(MAX_METHOD + 1);
+        let fits = "B".repeat(MAX_METHOD);
+        for (method, read) in [(long.as_str(), "OTHER"), (fits.as_str(), fits.as_str())] {
+            let mut batch = Batch::with_capacity(0);
+            batch.push(&RecordRef {
+                method: Some(method),
+                ..bare()
+            });
+            assert_eq!(read_batch(&batch.bytes, 1).unwrap()[0].method, Some(read));
         }
     }
 
