@@ -1,6 +1,6 @@
 //! Checking records before anything is stored, and the row form they are stored in.
 
-use stratus_kit::event_wire::{hex_id, RecordRef};
+use stratus_kit::event_wire::{hex_id, RecordRef, MAX_METHOD};
 use stratus_kit::events::EventRecord;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -126,7 +126,7 @@ fn check(record: &RecordRef<'_>) -> Result<(), String> {
         return Err(format!("kind must be one of {}", KINDS.join(", ")));
     }
     text("name", record.name, 512)?;
-    optional("method", record.method, 16)?;
+    optional("method", record.method, MAX_METHOD)?;
     if record.status > 999 {
         return Err("status must be an HTTP status (100-999) or 0 for messages".into());
     }
@@ -151,10 +151,11 @@ fn check(record: &RecordRef<'_>) -> Result<(), String> {
 pub fn validate(record: EventRecord) -> Result<Row, String> {
     let trace_id = parse_id("trace_id", &record.trace_id, 32)?;
     let span_id = parse_id("span_id", &record.span_id, 16)? as u64;
-    let parent_span_id = match &record.parent_span_id {
-        Some(parent) => Some(parent_id(parent)?),
-        None => None,
-    };
+    let parent_span_id = record
+        .parent_span_id
+        .as_deref()
+        .map(|parent| parse_id("parent_span_id", parent, 16).map(|id| id as u64))
+        .transpose()?;
     let started_us = parse_time(&record.started_at)
         .ok_or("started_at must be an RFC 3339 time, like 2026-01-01T12:00:00.123Z")?;
     check(&RecordRef {
@@ -195,10 +196,6 @@ pub fn validate(record: EventRecord) -> Result<Row, String> {
         breaker: record.breaker,
         peer: record.peer,
     })
-}
-
-fn parent_id(text: &str) -> Result<u64, String> {
-    Ok(parse_id("parent_span_id", text, 16)? as u64)
 }
 
 /// Checks one record of a binary batch and turns it into a row; the error names the field.

@@ -149,7 +149,7 @@ impl Encoded {
     }
 }
 
-/// The longest method a record carries (the sink's limit); longer is written as `OTHER`.
+/// The longest method a record carries (the sink refuses longer); longer is written as `OTHER`.
 pub const MAX_METHOD: usize = 16;
 
 /// The method's text: the common methods as constant pieces (a length and the letters). A
