@@ -205,8 +205,11 @@ impl Pool {
                 .or_else(|| self.choose(balance.algorithm, key, exclude, false))
         };
         let chosen = chosen.cloned()?;
-        // Claims the trial request if the instance's breaker is half-open.
-        chosen.breaker.allows(chosen.now_ns());
+        // Claims the trial request if the instance's breaker is half-open (a closed one needs
+        // no clock read).
+        if !chosen.breaker.is_closed() {
+            chosen.breaker.allows(chosen.now_ns());
+        }
         Some(chosen)
     }
 

@@ -42,6 +42,12 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// Closed: every request may pass, whatever the time. Callers check this first, so the
+    /// common case costs no clock read.
+    pub fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+
     pub fn state(&self, now: u64) -> State {
         match self.state.load(Ordering::Acquire) {
             OPEN if now >= self.open_until.load(Ordering::Acquire) => State::HalfOpen,

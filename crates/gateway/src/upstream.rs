@@ -102,7 +102,8 @@ impl Endpoint {
     /// Out of rotation: its breaker is open (or half-open with a trial out), or its active
     /// health check is failing.
     pub fn is_down(&self) -> bool {
-        !self.is_actively_healthy() || !self.breaker.available(self.now_ns())
+        !self.is_actively_healthy()
+            || (!self.breaker.is_closed() && !self.breaker.available(self.now_ns()))
     }
 
     pub fn is_actively_healthy(&self) -> bool {
