@@ -96,6 +96,7 @@ backend be
   server b2 127.0.0.1:$B2
 CONF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+HAP_PID=$!
 
 # Stratus: a registry with the two backends registered, and a gateway routing / to them.
 cat > "$work/routes.toml" <<CONF
@@ -118,6 +119,15 @@ for p in "$B1" "$B2" "$NGX" "$HAP" "$GW"; do wait_port "$p"; done
 until curl -sf "http://127.0.0.1:$GW/small" >/dev/null; do sleep 0.05; done
 
 declare -A PORT_OF=([direct]=$B1 [nginx]=$NGX [haproxy]=$HAP [stratus]=$GW)
+# The processes of each proxy (nginx: its workers), for what they cost per request.
+NGX_PID=$(cat "$work/nginx.pid" 2>/dev/null || true)
+declare -A PIDS_OF=([direct]=$(pgrep -d, -P "$(cat "$work/backend.pid")" || true)
+  [nginx]=$(pgrep -d, -P "$NGX_PID" || true) [haproxy]=$HAP_PID [stratus]=$GW_PID)
+# With perf (linux-perf): each proxy's CPU time, context switches and system calls per request,
+# counted by the kernel while wrk runs. CPU time per request is what a proxy costs whatever else
+# shares the machine; the ratios of rps are what it achieves on this one.
+COUNT=0
+if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter -p "$GW_PID" -- sleep 0.1 >/dev/null 2>&1; then COUNT=1; fi
 targets=(direct nginx haproxy stratus)
 
 # wrk's latency figures to microseconds.
@@ -132,13 +142,26 @@ for round in $(seq 1 "$ROUNDS"); do
   order=("${targets[@]:$shift_by}" "${targets[@]:0:$shift_by}")
   for size in small big; do
     for target in "${order[@]}"; do
+      if [ "$COUNT" = 1 ]; then
+        perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "${PIDS_OF[$target]}" \
+          -o "$work/perf" -- sleep "${DURATION%s}" & perf_pid=$!
+      fi
       out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$size")
+      cost=""
+      if [ "$COUNT" = 1 ]; then
+        wait "$perf_pid" || true
+        requests=$(awk '/requests in/ {print $1}' <<<"$out")
+        # us of CPU, context switches and system calls per request
+        cost=$(awk -F, -v n="$requests" '$3=="task-clock" {c=$1} $3=="context-switches" {x=$1} $3=="raw_syscalls:sys_enter" {y=$1}
+          END {printf "%.2f\t%.2f\t%.2f", c*1000/n, x/n, y/n}' "$work/perf")
+      fi
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
       p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
       errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" >> "$results"
-      printf 'round %s %-5s %-8s %10s rps  p50 %6s us  p99 %6s us %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "$errors" >&2
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "${cost:-$'0\t0\t0'}" >> "$results"
+      printf 'round %s %-5s %-8s %10s rps  p50 %6s us  p99 %6s us  %s %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" \
+        "${cost:+(cpu us, switches, syscalls a request: $(tr '\t' ' ' <<<"$cost"))}" "$errors" >&2
     done
   done
 done
@@ -150,15 +173,16 @@ report=bench/results/gateway-$(date -u +%Y%m%dT%H%M%SZ).txt
   echo "Gateway benchmark: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, proxies at $PROXY_THREADS threads/workers"
   echo "machine: $(nproc) cores, $(uname -r); medians over rounds; ratio = target / stratus"
   echo
-  printf '%-6s %-8s %12s %9s %9s %10s %10s\n' size target rps p50_us p99_us rps_ratio p99_ratio
+  printf '%-6s %-8s %12s %9s %9s %10s %10s %8s %8s %8s\n' size target rps p50_us p99_us rps_ratio p99_ratio cpu_us switches syscalls
   for size in small big; do
     s_rps=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $4}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     s_p99=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $6}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     for target in "${targets[@]}"; do
       med() { awk -F'\t' -v s="$size" -v t="$target" -v c="$1" '$2==s && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-      rps=$(med 4); p50=$(med 5); p99=$(med 6)
-      printf '%-6s %-8s %12.0f %9s %9s %10.2f %10.2f\n' "$size" "$target" "$rps" "$p50" "$p99" \
-        "$(awk -v a="$rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$s_p99" 'BEGIN{print a/b}')"
+      rps=$(med 4); p50=$(med 5); p99=$(med 6); cpu=$(med 7); switches=$(med 8); syscalls=$(med 9)
+      printf '%-6s %-8s %12.0f %9s %9s %10.2f %10.2f %8s %8s %8s\n' "$size" "$target" "$rps" "$p50" "$p99" \
+        "$(awk -v a="$rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$s_p99" 'BEGIN{print a/b}')" \
+        "$cpu" "$switches" "$syscalls"
     done
   done
   echo

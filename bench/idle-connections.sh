@@ -72,7 +72,11 @@ rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split
 for l in open(f"/proc/{pid}/status"):
     if l.startswith(("RssAnon", "RssFile")): print(l.strip())
 metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
-parked = next((l.split()[1] for l in metrics.splitlines() if l.startswith("gateway_connections_parked ")), "0")
+def gauge(name):
+    return next((l.split()[1] for l in metrics.splitlines() if l.startswith(name + " ")), "0")
+parked = gauge("gateway_connections_parked")
+# What the allocator holds: handed out (in use) and kept free inside its arenas (fragmentation).
+print(f"malloc: {float(gauge('malloc_in_use_bytes'))/2**20:.1f} MiB in use, {float(gauge('malloc_free_bytes'))/2**20:.1f} MiB free in its arenas")
 print(f"open: {len(sockets)} connections, {failed} failed requests, {parked} parked; gateway RSS {int(rss)/1024:.1f} MB")
 # A last request on every tenth connection: idle connections still work.
 ok = 0
