@@ -111,7 +111,8 @@ async fn two_thousand_idle_connections_do_not_starve_other_clients() {
     ok(&system).await;
 }
 
-/// An idle keep-alive connection is parked after a second (its buffers freed) and served again
+/// An idle keep-alive connection is parked after `STRATUS_PARK_AFTER` (1 s; its session and
+/// buffers freed) and served again
 /// when the client comes back, on the same connection, however long it idled within the
 /// keep-alive timeout. The header timeout (1 s here) must not cut an idle connection either:
 /// it applies from a request's first byte, not to the wait between requests.

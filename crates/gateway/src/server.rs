@@ -45,6 +45,8 @@ pub struct Limits {
     pub grace: Duration,
     /// How long an idle keep-alive client connection is kept open (parked) before it is closed.
     pub keepalive_timeout: Duration,
+    /// Idle time at a message boundary after which a connection's session ends and it parks.
+    pub park_after: Duration,
 }
 
 /// A listening socket that other workers can bind to as well.
@@ -205,6 +207,8 @@ async fn serve(
     };
     tokio::pin!(shutdown);
     let https = tls.is_some();
+    // One copy for all of this worker's connections (a parked connection keeps a pointer).
+    let shared_limits = Arc::new(limits);
     loop {
         // At the connection limit, stop accepting: new clients queue in the kernel's backlog
         // instead of being accepted and starved.
@@ -233,10 +237,10 @@ async fn serve(
         match tls.clone() {
             None => {
                 let stopped = connection_stopped.clone();
-                tokio::spawn(async move {
-                    crate::park::serve(stream, proxy, client, limits, stopped).await;
-                    drop(permit);
-                });
+                let limits = shared_limits.clone();
+                tokio::spawn(crate::park::serve(
+                    stream, proxy, client, limits, stopped, permit,
+                ));
             }
             Some(acceptor) => {
                 let service = service_fn(move |request| {
