@@ -7,6 +7,7 @@
 #   CALLGRIND=0 bench/events-overhead.sh           # wall clock only
 #   SPLIT=1 bench/events-overhead.sh               # the sink alone on CPU 1; nginx, both gateways
 #                                                  # and wrk on CPU 0 (the sink on "another machine")
+#   SINK_DOWN=1 bench/events-overhead.sh           # then kill the sink and measure again (paired)
 #   PAIRED=1 bench/events-overhead.sh              # both gateways loaded at once in every round, so
 #                                                  # whatever else the machine does weighs on both
 #   SINK_NICE=19 bench/events-overhead.sh          # the sink only on CPU time nothing else wants,
@@ -70,6 +71,7 @@ wait_port "$REG"; wait_port "$B"
 curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend" \
   -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$B,\"ttl_seconds\":3600}" >/dev/null
 PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 on_cpu 1 nice -n "$SINK_NICE" "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+SINK_PID=$!
 declare -A gw_pid
 for mode in on off; do
   gw=$([ $mode = on ] && echo "$ON" || echo "$OFF")
@@ -103,7 +105,9 @@ tally() {
   requests=$(awk '/requests in/ {print $1}' "$work/wrk-$mode")
   cpu=$(tr -d '\n' < "$work/cpu-$mode" | awk -v n="$requests" '{printf "%.3f", ($2-$1)/n/1000}')
   echo "round $round, reporting $mode: $rps requests/s, gateway CPU $cpu us a request (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
-  echo "$mode $rps $requests $cpu" >> "$work/rps"
+  # Requests that did not get a 2xx: wrk's non-2xx responses and socket errors.
+  errors=$(awk '/Non-2xx/ {e+=$NF} /Socket errors/ {gsub(/[^0-9 ]/," "); split($0,a," "); e+=a[1]+a[2]+a[3]+a[4]} END {print e+0}' "$work/wrk-$mode")
+  echo "$mode $rps $requests $cpu $errors" >> "$work/rps"
 }
 for round in $(seq 1 "$ROUNDS"); do
   if [ "$PAIRED" = 1 ]; then
@@ -136,6 +140,30 @@ paired=$(awk '$1=="off" {off=$4} $1=="on" {print ($4/off-1)*100}' "$work/rps" | 
 printf 'gateway CPU time per request, round by round: median %.1f%% more with reporting on\n' "$paired"
 printf 'records: %s requests through the reporting gateway, %s stored by the sink, %s dropped (counted); load average %s\n' \
   "$sent" "$stored" "$dropped" "$(cut -d' ' -f1 /proc/loadavg)"
+
+# SINK_DOWN=1: kill the sink (SIGKILL) and load both gateways again, both at once, for as many
+# rounds: the reporting gateway's throughput, CPU time and errors against the other's, with the
+# sink gone, and what it dropped (and counted) meanwhile.
+if [ "${SINK_DOWN:-0}" = 1 ]; then
+  kill -9 "$SINK_PID"
+  sleep 1
+  dropped_before=$(metric events_dropped_total)
+  mv "$work/rps" "$work/rps-up"
+  : > "$work/rps"
+  for round in $(seq 1 "$ROUNDS"); do
+    load off & a=$!
+    load on & b=$!
+    wait "$a" "$b"
+    tally off; tally on
+  done
+  down_on=$(med on); down_off=$(med off)
+  down_cpu_on=$(med on 4); down_cpu_off=$(med off 4)
+  errors=$(awk '$1=="on" {e+=$5} END {print e+0}' "$work/rps")
+  printf 'sink down: off %.0f rps, on %.0f rps (medians of %s x %s, both at once): %.1f%% loss; CPU per request off %.3f us, on %.3f us (%.1f%% more); %s requests not 2xx through the reporting gateway; %s records dropped (counted)\n' \
+    "$down_off" "$down_on" "$ROUNDS" "$DURATION" "$(awk -v a="$down_on" -v b="$down_off" 'BEGIN{print (1-a/b)*100}')" \
+    "$down_cpu_off" "$down_cpu_on" "$(awk -v a="$down_cpu_on" -v b="$down_cpu_off" 'BEGIN{print (a/b-1)*100}')" \
+    "$errors" "$(( $(metric events_dropped_total) - dropped_before ))"
+fi
 
 if [ "$CALLGRIND" = 1 ]; then
   for mode in off on; do

@@ -17,7 +17,10 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 PROXY_THREADS=${PROXY_THREADS:-2}
-VARIANTS=${VARIANTS:-"plain"}
+# full: a second Stratus gateway that verifies a JWT on every request and reports every request
+# to the event sink (the sink at nice 19, taking only CPU nothing else wants, as if on a
+# machine of its own; what it cannot store in time is dropped and counted).
+VARIANTS=${VARIANTS:-"plain full"}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need haproxy; then
@@ -119,16 +122,42 @@ for p in "$B1" "$B2" "$NGX" "$HAP" "$GW"; do wait_port "$p"; done
 until curl -sf "http://127.0.0.1:$GW/small" >/dev/null; do sleep 0.05; done
 
 declare -A PORT_OF=([direct]=$B1 [nginx]=$NGX [haproxy]=$HAP [stratus]=$GW)
+declare -A HEADER_OF=()
+targets=(direct nginx haproxy stratus)
+if [[ " $VARIANTS " == *" full "* ]]; then
+  # The auth service (its keys, found through the registry), a customer's access token, the
+  # sink, and a gateway whose route requires a valid token and that reports every request.
+  AUTH=$(free_port); SINK=$(free_port); GWF=$(free_port); GWFA=$(free_port)
+  PORT=$AUTH STRATUS_REGISTRY_URL=http://127.0.0.1:$REG "$STRATUS" serve auth > "$work/auth.log" 2>&1 & pids+=($!)
+  PORT=$SINK STRATUS_REGISTRY_URL=http://127.0.0.1:$REG nice -n 19 "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+  wait_port "$AUTH"; wait_port "$SINK"
+  until curl -sf "http://127.0.0.1:$AUTH/readyz" >/dev/null; do sleep 0.05; done
+  credentials='{"email":"bench@example.com","password":"a long bench password"}'
+  curl -sf -X POST "http://127.0.0.1:$AUTH/auth/signup" -H 'content-type: application/json' -d "$credentials" >/dev/null
+  TOKEN=$(curl -sf -X POST "http://127.0.0.1:$AUTH/auth/login" -H 'content-type: application/json' -d "$credentials" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  printf '[[routes]]\nprefix = "/"\nservice = "bench"\nauth = "required"\n' > "$work/routes-full.toml"
+  STRATUS_EVENTS=on STRATUS_EVENTS_URL=http://127.0.0.1:$SINK STRATUS_GATEWAY_WORKERS=$PROXY_THREADS PORT=$GWF \
+    STRATUS_ADMIN_PORT=$GWFA STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$work/routes-full.toml \
+    "$STRATUS" serve gateway > "$work/gateway-full.log" 2>&1 & pids+=($!)
+  GWF_PID=$!
+  wait_port "$GWF"
+  until curl -sf -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$GWF/small" >/dev/null; do sleep 0.05; done
+  # Without the token: refused (the route really checks).
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GWF/small")" = 401 ] || { echo "the full gateway let a request without a token through" >&2; exit 1; }
+  PORT_OF[stratus-full]=$GWF
+  HEADER_OF[stratus-full]="authorization: Bearer $TOKEN"
+  targets+=(stratus-full)
+fi
 # The processes of each proxy (nginx: its workers), for what they cost per request.
 NGX_PID=$(cat "$work/nginx.pid" 2>/dev/null || true)
 declare -A PIDS_OF=([direct]=$(pgrep -d, -P "$(cat "$work/backend.pid")" || true)
-  [nginx]=$(pgrep -d, -P "$NGX_PID" || true) [haproxy]=$HAP_PID [stratus]=$GW_PID)
+  [nginx]=$(pgrep -d, -P "$NGX_PID" || true) [haproxy]=$HAP_PID [stratus]=$GW_PID [stratus-full]=${GWF_PID:-})
 # With perf (linux-perf): each proxy's CPU time, context switches and system calls per request,
 # counted by the kernel while wrk runs. CPU time per request is what a proxy costs whatever else
 # shares the machine; the ratios of rps are what it achieves on this one.
 COUNT=0
 if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter -p "$GW_PID" -- sleep 0.1 >/dev/null 2>&1; then COUNT=1; fi
-targets=(direct nginx haproxy stratus)
 
 # wrk's latency figures to microseconds.
 to_us() { awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
@@ -146,7 +175,9 @@ for round in $(seq 1 "$ROUNDS"); do
         perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "${PIDS_OF[$target]}" \
           -o "$work/perf" -- sleep "${DURATION%s}" & perf_pid=$!
       fi
-      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$size")
+      header=()
+      [ -n "${HEADER_OF[$target]:-}" ] && header=(-H "${HEADER_OF[$target]}")
+      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:${PORT_OF[$target]}/$size")
       cost=""
       if [ "$COUNT" = 1 ]; then
         wait "$perf_pid" || true
@@ -160,7 +191,7 @@ for round in $(seq 1 "$ROUNDS"); do
       p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
       errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "${cost:-$'0\t0\t0'}" >> "$results"
-      printf 'round %s %-5s %-8s %10s rps  p50 %6s us  p99 %6s us  %s %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" \
+      printf 'round %s %-5s %-12s %10s rps  p50 %6s us  p99 %6s us  %s %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" \
         "${cost:+(cpu us, switches, syscalls a request: $(tr '\t' ' ' <<<"$cost"))}" "$errors" >&2
     done
   done
@@ -173,18 +204,22 @@ report=bench/results/gateway-$(date -u +%Y%m%dT%H%M%SZ).txt
   echo "Gateway benchmark: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, proxies at $PROXY_THREADS threads/workers"
   echo "machine: $(nproc) cores, $(uname -r); medians over rounds; ratio = target / stratus"
   echo
-  printf '%-6s %-8s %12s %9s %9s %10s %10s %8s %8s %8s\n' size target rps p50_us p99_us rps_ratio p99_ratio cpu_us switches syscalls
+  printf '%-6s %-12s %12s %9s %9s %10s %10s %8s %8s %8s\n' size target rps p50_us p99_us rps_ratio p99_ratio cpu_us switches syscalls
   for size in small big; do
     s_rps=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $4}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     s_p99=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $6}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     for target in "${targets[@]}"; do
       med() { awk -F'\t' -v s="$size" -v t="$target" -v c="$1" '$2==s && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
       rps=$(med 4); p50=$(med 5); p99=$(med 6); cpu=$(med 7); switches=$(med 8); syscalls=$(med 9)
-      printf '%-6s %-8s %12.0f %9s %9s %10.2f %10.2f %8s %8s %8s\n' "$size" "$target" "$rps" "$p50" "$p99" \
+      printf '%-6s %-12s %12.0f %9s %9s %10.2f %10.2f %8s %8s %8s\n' "$size" "$target" "$rps" "$p50" "$p99" \
         "$(awk -v a="$rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$s_p99" 'BEGIN{print a/b}')" \
         "$cpu" "$switches" "$syscalls"
     done
   done
   echo
   echo "stratus gateway RSS after the run: ${GW_RSS} kB"
+  if [ -n "${GWF_PID:-}" ]; then
+    records=$(curl -sf "http://127.0.0.1:$GWFA/metrics" | awk '/^events_(sent|dropped)_total/ {split($1,n,"{"); s[n[1]]+=$NF} END {printf "%.0f sent to the sink, %.0f dropped (counted)", s["events_sent_total"], s["events_dropped_total"]}')
+    echo "stratus-full: every request's token verified; its event records: $records"
+  fi
 } | tee "$report"
