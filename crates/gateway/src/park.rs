@@ -91,7 +91,7 @@ pub async fn serve(
                 client,
                 limits,
                 stopped,
-                permit,
+                _permit: permit,
             })
             .await
         }
@@ -106,7 +106,9 @@ struct Parked {
     client: Arc<ClientConnection>,
     limits: Arc<Limits>,
     stopped: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+    /// The connection's place under the worker's connection limit: held, never read; it is
+    /// given back when the connection is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Serves HTTP/1.1 on the connection until it closes or parks. Parking ends this task: the
@@ -119,25 +121,17 @@ fn serve_http1(connection: Parked) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(serve_http1_inner(connection))
 }
 
-async fn serve_http1_inner(connection: Parked) {
-    let Parked {
-        stream,
-        proxy,
-        client,
-        limits,
-        mut stopped,
-        permit,
-    } = connection;
+async fn serve_http1_inner(mut connection: Parked) {
     let state = Arc::new(ConnState::default());
     // Boxed: the session's state (hyper's connection and the request in flight) is a separate
     // allocation, freed when it ends.
     let session = Box::pin(serve_session(
-        stream,
-        &proxy,
-        &client,
+        connection.stream,
+        &connection.proxy,
+        &connection.client,
         &state,
-        &limits,
-        &mut stopped,
+        &connection.limits,
+        &mut connection.stopped,
     ));
     let Some(stream) = session.await else { return };
     // The session's memory is free now, in the middle of the heap. What the connection keeps
@@ -147,27 +141,26 @@ async fn serve_http1_inner(connection: Parked) {
     let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) else {
         return;
     };
-    let client = Arc::new(ClientConnection::new(client.peer, client.https));
+    let client = Arc::new(ClientConnection::new(
+        connection.client.peer,
+        connection.client.https,
+    ));
     drop(state);
     release_freed_memory();
     tokio::spawn(wait_parked(Parked {
         stream,
-        proxy,
         client,
-        limits,
-        stopped,
-        permit,
+        ..connection
     }));
 }
 
 /// A parked connection: only the socket (and what a new session needs) is left. Waits for the
 /// client's next bytes, then serves them in a new connection task.
-async fn wait_parked(parked: Parked) {
+async fn wait_parked(mut parked: Parked) {
     let _parked = ParkedGauge::enter();
-    let mut stopped = parked.stopped.clone();
     tokio::select! {
         biased;
-        _ = stop_signal(&mut stopped) => return,
+        _ = stop_signal(&mut parked.stopped) => return,
         _ = tokio::time::sleep(parked.limits.keepalive_timeout) => return,
         readable = wait_for_data(&parked.stream) => {
             if !readable {
