@@ -12,6 +12,10 @@ use support::{backend, System};
 
 /// The edge with an echo backend; the temp dir holds its route file and must live as long.
 async fn edge() -> (System, tempfile::TempDir) {
+    edge_with(&[]).await
+}
+
+async fn edge_with(settings: &[(&str, &str)]) -> (System, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
     std::fs::write(
@@ -19,7 +23,9 @@ async fn edge() -> (System, tempfile::TempDir) {
         "[[routes]]\nprefix = \"/\"\nservice = \"echo\"\nauth = \"none\"\n",
     )
     .unwrap();
-    let system = System::start_edge_with(Some(&routes), &[("STRATUS_HEADER_TIMEOUT", "1s")]).await;
+    let mut settings = settings.to_vec();
+    settings.push(("STRATUS_HEADER_TIMEOUT", "1s"));
+    let system = System::start_edge_with(Some(&routes), &settings).await;
     system
         .register("echo", "echo-1", backend::start_echo().await, json!({}))
         .await;
@@ -216,6 +222,52 @@ async fn an_idle_keep_alive_connection_parks_and_frees_its_session() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A parked connection whose client stays silent past the keep-alive timeout is closed (and
+/// leaves the parked count); one that speaks within it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_after_the_keep_alive_timeout() {
+    let (system, _dir) = edge_with(&[
+        ("STRATUS_PARK_AFTER", "200ms"),
+        ("STRATUS_KEEPALIVE_TIMEOUT", "2s"),
+    ])
+    .await;
+    let port = system.gateway_port;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let request = |stream: &mut TcpStream, path: &str| {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut buffer = [0u8; 4096];
+            let n = stream.read(&mut buffer).unwrap();
+            String::from_utf8_lossy(&buffer[..n]).to_string()
+        };
+        let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut talkative = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for stream in [&mut silent, &mut talkative] {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(request(stream, "/first").starts_with("HTTP/1.1 200"));
+        }
+        // Both park (200 ms); the talkative one comes back within the timeout, twice.
+        std::thread::sleep(Duration::from_millis(1_200));
+        assert!(request(&mut talkative, "/second").starts_with("HTTP/1.1 200"));
+        let waited = Instant::now();
+        let mut buffer = [0u8; 16];
+        let closed = matches!(silent.read(&mut buffer), Ok(0));
+        let silent_for = waited.elapsed() + Duration::from_millis(1_200);
+        assert!(request(&mut talkative, "/third").starts_with("HTTP/1.1 200"));
+        (closed, silent_for)
+    })
+    .await
+    .unwrap();
+    let (closed, silent_for) = outcome;
+    assert!(closed, "the silent connection was not closed");
+    assert!(
+        silent_for >= Duration::from_millis(1_900) && silent_for < Duration::from_secs(6),
+        "closed after {silent_for:?} of silence (keep-alive timeout 2 s, checked every second)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

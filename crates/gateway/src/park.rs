@@ -5,18 +5,16 @@
 //! alive for minutes between requests, so ten thousand idle clients would cost the gateway a
 //! few hundred megabytes. nginx frees the buffers of an idle keep-alive connection; this module
 //! does the same: once a connection has been idle at a message boundary for `park_after`
-//! (`STRATUS_PARK_AFTER`, 1 s), its hyper session ends without closing the socket, and the
-//! connection's task ends with it. What is left, the socket and a small task waiting for it to
-//! become readable ([`wait_parked`]), is allocated afresh at that moment, so it fills the gaps
-//! the session left rather than pinning the pages around them. When the client sends again, a
-//! new connection task starts a new session on the socket. A busy connection never parks: the
-//! next request arrives long before `park_after`.
+//! (`STRATUS_PARK_AFTER`, 1 s), its hyper session ends without closing the socket, the
+//! connection's task ends with it, and the socket waits in the worker's parking lot
+//! (`lot.rs`), which keeps under a hundred bytes for it and no task. When the client sends
+//! again, the lot hands the socket to a new connection task and a new session. A busy
+//! connection never parks: the next request arrives long before `park_after`.
 //!
 //! The delay is a trade. The sessions of every client that went idle within the last
-//! `park_after` are alive at once, so in a burst of new clients their buffers grow the heap,
-//! and what is parked meanwhile stays scattered across it (`bench/idle-connections.sh`, 10,000
-//! idle clients: RSS 52.7 MB with 1 s, 40.7 MB with 250 ms, 36.9 MB with 100 ms). But a client
-//! that pauses longer than `park_after` between requests pays for a new session at each pause:
+//! `park_after` are alive at once, so a burst of new clients grows the heap for a moment (the
+//! pages are given back as sessions park, see [`release_freed_memory`]). But a client that
+//! pauses longer than `park_after` between requests pays for a new session at each pause:
 //! about 30 us of gateway CPU, as much again as proxying its request.
 //!
 //! [`SessionIo`] sits between hyper and the socket and knows where the connection is:
@@ -46,6 +44,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use crate::headers::ClientConnection;
+use crate::lot::{Lot, Woken};
 use crate::proxy::Proxy;
 use crate::server::Limits;
 
@@ -67,145 +66,89 @@ struct ConnState {
     returned: Mutex<Option<TcpStream>>,
 }
 
-/// Serves one plain-TCP client connection until the client leaves, the keep-alive timeout
-/// passes while parked, or the gateway stops. `permit` is the connection's place under the
-/// worker's connection limit, held for as long as the connection is open.
+/// Serves one plain-TCP client connection until the client leaves or the connection parks
+/// (it then waits in the worker's [`Lot`], which serves it again when the client sends more).
+/// `permit` is the connection's place under the worker's connection limit, held for as long as
+/// the connection is open.
 pub async fn serve(
     stream: TcpStream,
-    proxy: Arc<Proxy>,
+    lot: Arc<Lot>,
     client: Arc<ClientConnection>,
-    limits: Arc<Limits>,
-    stopped: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
-    match opens_with_h2_preface(&stream, limits.header_timeout).await {
+    let stopped = lot.stopped.clone();
+    match opens_with_h2_preface(&stream, lot.limits.header_timeout).await {
         None => {} // nothing within the header timeout, or closed
         Some(true) => {
             // Boxed for the same reason as the HTTP/1 session below.
-            Box::pin(serve_h2(stream, proxy, client, &limits, stopped)).await;
+            Box::pin(serve_h2(
+                stream,
+                lot.proxy.clone(),
+                client,
+                &lot.limits,
+                stopped,
+            ))
+            .await;
         }
         Some(false) => {
-            serve_http1(Parked {
+            serve_http1(Connection {
                 stream,
-                proxy,
                 client,
-                limits,
+                lot,
                 stopped,
-                _permit: permit,
+                permit,
             })
             .await
         }
     }
 }
 
-/// A connection with no session: what a parked connection keeps, and all a session needs to
-/// start.
-struct Parked {
-    stream: TcpStream,
-    proxy: Arc<Proxy>,
-    client: Arc<ClientConnection>,
-    limits: Arc<Limits>,
-    stopped: watch::Receiver<bool>,
-    /// The connection's place under the worker's connection limit: held, never read; it is
-    /// given back when the connection is dropped.
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Serves HTTP/1.1 on the connection until it closes or parks. Parking ends this task: the
-/// connection goes on in a task of its own, [`wait_parked`], which is a few hundred bytes
-/// where this one (the session's futures, hyper's state) is a few kilobytes.
-///
-/// A boxed `dyn` future rather than an `async fn`: this task and [`wait_parked`]'s spawn each
-/// other, and the compiler cannot prove two opaque futures that name each other `Send`.
-fn serve_http1(connection: Parked) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(serve_http1_inner(connection))
-}
-
-async fn serve_http1_inner(mut connection: Parked) {
-    let state = Arc::new(ConnState::default());
-    // Boxed: the session's state (hyper's connection and the request in flight) is a separate
-    // allocation, freed when it ends.
-    let session = Box::pin(serve_session(
-        connection.stream,
-        &connection.proxy,
-        &connection.client,
-        &state,
-        &connection.limits,
-        &mut connection.stopped,
-    ));
-    let Some(stream) = session.await else { return };
-    // The session's memory is free now, in the middle of the heap. What the connection keeps
-    // while parked is allocated afresh, so it lands in such gaps instead of pinning the pages
-    // around them: the socket's registration with the runtime (deregistered and registered
-    // again: two system calls a park) and the client's details.
-    let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) else {
-        return;
-    };
-    let client = Arc::new(ClientConnection::new(
-        connection.client.peer,
-        connection.client.https,
-    ));
-    drop(state);
-    release_freed_memory();
-    tokio::spawn(wait_parked(Parked {
-        stream,
-        client,
-        ..connection
+/// Starts a new session on a parked connection whose client sent again.
+pub fn resume(lot: &Arc<Lot>, woken: Woken) {
+    tokio::spawn(serve_http1(Connection {
+        stream: woken.stream,
+        client: Arc::new(ClientConnection::new(woken.peer, false)),
+        lot: lot.clone(),
+        stopped: lot.stopped.clone(),
+        permit: woken.permit,
     }));
 }
 
-/// A parked connection: only the socket (and what a new session needs) is left. Waits for the
-/// client's next bytes, then serves them in a new connection task.
-async fn wait_parked(mut parked: Parked) {
-    let _parked = ParkedGauge::enter();
-    tokio::select! {
-        biased;
-        _ = stop_signal(&mut parked.stopped) => return,
-        _ = tokio::time::sleep(parked.limits.keepalive_timeout) => return,
-        readable = wait_for_data(&parked.stream) => {
-            if !readable {
-                return; // the client closed it
-            }
-        }
-    }
-    drop(_parked);
-    tokio::spawn(serve_http1(parked));
+/// An HTTP/1.1 connection between sessions: all a session needs to start.
+struct Connection {
+    stream: TcpStream,
+    client: Arc<ClientConnection>,
+    /// Where the connection parks, and the worker's proxy and limits.
+    lot: Arc<Lot>,
+    stopped: watch::Receiver<bool>,
+    /// The connection's place under the worker's connection limit.
+    permit: OwnedSemaphorePermit,
 }
 
-/// Whether the client sent something (rather than closing the connection).
-async fn wait_for_data(stream: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    loop {
-        if stream.readable().await.is_err() {
-            return false;
-        }
-        // Looked at without taking it: the bytes are the next session's. Inside `try_io`, so a
-        // readiness the socket no longer has ("would block") is cleared, and we wait again.
-        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
-            socket2::SockRef::from(stream).peek(&mut probe)
-        });
-        match peeked {
-            Ok(n) => return n > 0,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return false,
-        }
-    }
+/// Serves HTTP/1.1 on the connection until it closes or parks. Parking ends this task: the
+/// socket waits in the worker's [`Lot`] with no task of its own.
+///
+/// A boxed future: its state (hyper's session and the request in flight) is a separate
+/// allocation, freed when it ends; and a parked connection's next session is spawned from the
+/// lot's task, which would otherwise have to name this future's type.
+fn serve_http1(connection: Connection) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(serve_http1_inner(connection))
 }
 
-/// Counts parked connections in `gateway_connections_parked` while alive.
-struct ParkedGauge;
-
-impl ParkedGauge {
-    fn enter() -> Self {
-        metrics::gauge!("gateway_connections_parked").increment(1.0);
-        ParkedGauge
-    }
-}
-
-impl Drop for ParkedGauge {
-    fn drop(&mut self) {
-        metrics::gauge!("gateway_connections_parked").decrement(1.0);
-    }
+async fn serve_http1_inner(mut connection: Connection) {
+    let state = Arc::new(ConnState::default());
+    let lot = connection.lot;
+    let session = serve_session(
+        connection.stream,
+        &lot.proxy,
+        &connection.client,
+        &state,
+        &lot.limits,
+        &mut connection.stopped,
+    );
+    let Some(stream) = session.await else { return };
+    lot.park(stream, connection.client.peer, connection.permit);
+    release_freed_memory();
 }
 
 /// One hyper session on the connection; the socket back if it parked.
@@ -355,7 +298,7 @@ fn release_freed_memory() {
 }
 
 /// Resolves once the gateway is stopping (never, if the signal's sender is gone).
-async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
+pub(crate) async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
     while !*stopped.borrow_and_update() {
         if stopped.changed().await.is_err() {
             std::future::pending::<()>().await;

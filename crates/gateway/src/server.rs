@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::headers::ClientConnection;
+use crate::lot::Lot;
 use crate::proxy::{Proxy, Shared};
 
 /// A TLS listener's settings: the address every worker binds, and the certificate.
@@ -200,15 +201,27 @@ async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(
         limits.max_connections_per_worker.max(1),
     ));
-    // Each plain connection watches the stop signal itself (see park.rs).
-    let connection_stopped = stopped.clone();
+    // Plain connections park in this worker's lot between sessions (see lot.rs); each watches
+    // the stop signal itself.
+    let lot = if tls.is_none() {
+        match Lot::new(proxy.clone(), Arc::new(limits), stopped.clone()) {
+            Ok(lot) => {
+                tokio::spawn(lot.clone().run(crate::park::resume));
+                Some(lot)
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not create the parking lot");
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     tokio::pin!(shutdown);
     let https = tls.is_some();
-    // One copy for all of this worker's connections (a parked connection keeps a pointer).
-    let shared_limits = Arc::new(limits);
     loop {
         // At the connection limit, stop accepting: new clients queue in the kernel's backlog
         // instead of being accepted and starved.
@@ -234,15 +247,12 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let client = Arc::new(ClientConnection::new(peer, https));
         let proxy = proxy.clone();
-        match tls.clone() {
-            None => {
-                let stopped = connection_stopped.clone();
-                let limits = shared_limits.clone();
-                tokio::spawn(crate::park::serve(
-                    stream, proxy, client, limits, stopped, permit,
-                ));
+        match (tls.clone(), &lot) {
+            (None, Some(lot)) => {
+                tokio::spawn(crate::park::serve(stream, lot.clone(), client, permit));
             }
-            Some(acceptor) => {
+            (None, None) => {}
+            (Some(acceptor), _) => {
                 let service = service_fn(move |request| {
                     let proxy = proxy.clone();
                     let client = client.clone();
