@@ -270,6 +270,92 @@ async fn a_parked_connection_is_closed_after_the_keep_alive_timeout() {
     );
 }
 
+/// A new connection that sends nothing for the park delay waits in the lot: if its request
+/// starts within the header timeout (1 s here, from the connection), it is served; a connection
+/// that never sends is closed at that deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_new_connection_parks_until_its_header_deadline() {
+    let (system, _dir) = edge_with(&[("STRATUS_PARK_AFTER", "200ms")]).await;
+    let port = system.gateway_port;
+    let mut late = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let connected = Instant::now();
+    // Parked after 200 ms of silence.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let metrics = system
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parked = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_connections_parked "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(
+        parked,
+        Some(2.0),
+        "both silent connections wait in the lot: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("connections"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (late_answer, silent_for) = tokio::task::spawn_blocking(move || {
+        for stream in [&mut late, &mut silent] {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+        }
+        // The request comes at 600 ms.
+        std::thread::sleep(Duration::from_millis(600).saturating_sub(connected.elapsed()));
+        late.write_all(b"GET /late HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut buffer = [0u8; 4096];
+        let n = late.read(&mut buffer).unwrap();
+        let late_answer = String::from_utf8_lossy(&buffer[..n]).to_string();
+        let closed = matches!(silent.read(&mut buffer), Ok(0));
+        assert!(closed, "the silent connection was not closed");
+        (late_answer, connected.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(late_answer.starts_with("HTTP/1.1 200"), "{late_answer}");
+    assert!(
+        silent_for >= Duration::from_millis(900) && silent_for < Duration::from_secs(4),
+        "a connection silent since it opened was closed after {silent_for:?} (header timeout 1 s)"
+    );
+}
+
+/// A client may send its request and then close its side of the connection (a half-close,
+/// as `nc -N` does) while it waits for the answer: it still gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_still_gets_its_answer() {
+    let (system, _dir) = edge().await;
+    let port = system.gateway_port;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /half-closed HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("/half-closed"), "{answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_is_refused_the_gateway_is_no_forward_proxy() {
     let (system, _dir) = edge().await;

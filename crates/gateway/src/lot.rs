@@ -16,6 +16,10 @@
 //! goes back to tokio and a new session starts on it; when it closes, or stays silent past the
 //! keep-alive timeout, the socket is closed.
 //!
+//! A client that connects and sends nothing for `park_after` waits here too, until its header
+//! deadline: ten thousand silent connections (a slowloris variant) cost a table, not ten
+//! thousand tasks.
+//!
 //! Every socket is added with `EPOLLONESHOT`: once it has reported, the lot's set ignores it
 //! until it parks again (`EPOLL_CTL_MOD`), so a woken connection costs no system call to leave
 //! the set. The kernel drops the entry when the socket is closed.
@@ -37,8 +41,8 @@ use crate::server::Limits;
 
 /// Events read from the lot's set per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 64;
-/// How often parked connections are checked against the keep-alive timeout, at most: a parked
-/// connection may outstay the timeout by up to this much.
+/// How often parked connections are checked against their deadlines, at least: a parked
+/// connection may outstay its deadline by up to this much.
 const SWEEP_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 /// One parked connection.
@@ -48,17 +52,34 @@ struct Spot {
     peer: SocketAddr,
     /// Its place under the worker's connection limit, held while parked.
     permit: OwnedSemaphorePermit,
-    since: Instant,
+    /// Closed if still silent then: the keep-alive timeout after parking, or for a connection
+    /// that has not sent its first request yet, the header timeout after it was accepted.
+    until: Instant,
+    fresh: bool,
 }
 
 /// One worker's parking lot for plain-TCP HTTP/1.1 connections.
+///
+/// Used only on its worker's thread (each worker's runtime is single-threaded): the mutex is
+/// there for the type system and is never contended, and nothing parks or closes between an
+/// `epoll_wait` and the removal of what it reported, so an event cannot name a socket that was
+/// closed and whose descriptor number was reused (closing a socket also takes it out of the
+/// set, with any event it had pending).
 pub struct Lot {
     epoll: AsyncFd<OwnedFd>,
-    spots: Mutex<HashMap<RawFd, Spot>>,
+    spots: Mutex<Spots>,
     /// What a woken connection's new session needs.
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) limits: Arc<Limits>,
     pub(crate) stopped: watch::Receiver<bool>,
+}
+
+/// The parked connections, by socket.
+#[derive(Default)]
+struct Spots {
+    by_fd: HashMap<RawFd, Spot>,
+    /// The lot has stopped watching (the gateway is stopping): nothing parks any more.
+    closed: bool,
 }
 
 /// A parked connection that has something to say: its socket is back with tokio.
@@ -66,6 +87,10 @@ pub struct Woken {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub permit: OwnedSemaphorePermit,
+    /// It had not sent its first request before it parked.
+    pub fresh: bool,
+    /// Its deadline in the lot (for a fresh connection, when its first request is due).
+    pub until: Instant,
 }
 
 impl Lot {
@@ -90,17 +115,41 @@ impl Lot {
                 .map_err(|error| io::Error::other(error.to_string()))?;
         Ok(Arc::new(Self {
             epoll,
-            spots: Mutex::new(HashMap::new()),
+            spots: Mutex::new(Spots::default()),
             proxy,
             limits,
             stopped,
         }))
     }
 
-    /// Parks `stream`: it leaves tokio's reactor and waits in the lot. On failure the
-    /// connection is closed (dropped), which is what a client of an idle connection must
-    /// always be ready for.
+    /// Parks `stream` between requests: it leaves tokio's reactor and waits in the lot for up
+    /// to the keep-alive timeout. On failure the connection is closed (dropped), which is what
+    /// a client of an idle connection must always be ready for.
     pub fn park(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let until = after(self.limits.keepalive_timeout);
+        self.park_until(stream, peer, permit, until, false);
+    }
+
+    /// Parks a connection that has not sent its first request yet; it is closed if it sends
+    /// nothing by `until` (its header deadline).
+    pub fn park_fresh(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        until: Instant,
+    ) {
+        self.park_until(stream, peer, permit, until, true);
+    }
+
+    fn park_until(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        until: Instant,
+        fresh: bool,
+    ) {
         let Ok(stream) = stream.into_std() else {
             return;
         };
@@ -108,6 +157,9 @@ impl Lot {
         let Ok(mut spots) = self.spots.lock() else {
             return;
         };
+        if spots.closed {
+            return; // stopping: an idle connection is simply closed
+        }
         if let Err(error) = self.watch(fd) {
             tracing::debug!(%error, %peer, "could not park a connection; closing it");
             return;
@@ -116,9 +168,10 @@ impl Lot {
             stream,
             peer,
             permit,
-            since: Instant::now(),
+            until,
+            fresh,
         };
-        if spots.insert(fd, spot).is_none() {
+        if spots.by_fd.insert(fd, spot).is_none() {
             metrics::gauge!("gateway_connections_parked").increment(1.0);
         }
     }
@@ -152,21 +205,25 @@ impl Lot {
     /// Watches the lot until the gateway stops, handing each woken connection to `wake`.
     pub async fn run(self: Arc<Self>, wake: impl Fn(&Arc<Self>, Woken)) {
         let mut stopped = self.stopped.clone();
-        let keepalive = self.limits.keepalive_timeout;
-        let mut sweep = tokio::time::interval(SWEEP_AT_MOST_EVERY.min(keepalive));
+        let every = SWEEP_AT_MOST_EVERY
+            .min(self.limits.keepalive_timeout)
+            .min(self.limits.header_timeout)
+            .max(Duration::from_millis(10));
+        let mut sweep = tokio::time::interval(every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = Vec::with_capacity(EVENTS_PER_WAIT);
         loop {
             tokio::select! {
                 biased;
                 _ = crate::park::stop_signal(&mut stopped) => break,
-                _ = sweep.tick() => self.sweep(keepalive),
+                _ = sweep.tick() => self.sweep(),
                 ready = self.epoll.readable() => {
                     let Ok(mut guard) = ready else { break };
                     // Drains the set; the last, empty, wait clears the readiness.
                     while let Ok(waited) = guard.try_io(|epoll| wait(epoll.as_raw_fd(), &mut events)) {
                         if let Err(error) = waited {
                             tracing::warn!(%error, "waiting on parked connections failed");
+                            guard.clear_ready();
                             break;
                         }
                         for event in &events {
@@ -186,7 +243,7 @@ impl Lot {
     /// dropped here.
     fn take(&self, event: &libc::epoll_event) -> Option<Woken> {
         let fd = event.u64 as RawFd;
-        let spot = self.spots.lock().ok()?.remove(&fd)?;
+        let spot = self.spots.lock().ok()?.by_fd.remove(&fd)?;
         metrics::gauge!("gateway_connections_parked").decrement(1.0);
         let flags = event.events as i32;
         if flags & (libc::EPOLLERR | libc::EPOLLHUP) != 0 {
@@ -201,18 +258,20 @@ impl Lot {
             stream,
             peer: spot.peer,
             permit: spot.permit,
+            fresh: spot.fresh,
+            until: spot.until,
         })
     }
 
-    /// Closes the connections parked longer than the keep-alive timeout.
-    fn sweep(&self, keepalive: Duration) {
+    /// Closes the connections silent past their deadline.
+    fn sweep(&self) {
         let Ok(mut spots) = self.spots.lock() else {
             return;
         };
-        let before = spots.len();
+        let before = spots.by_fd.len();
         let now = Instant::now();
-        spots.retain(|_, spot| now.duration_since(spot.since) < keepalive);
-        let closed = before - spots.len();
+        spots.by_fd.retain(|_, spot| now < spot.until);
+        let closed = before - spots.by_fd.len();
         if closed > 0 {
             metrics::gauge!("gateway_connections_parked").decrement(closed as f64);
         }
@@ -220,9 +279,9 @@ impl Lot {
 
     fn close_all(&self) {
         if let Ok(mut spots) = self.spots.lock() {
-            metrics::gauge!("gateway_connections_parked").decrement(spots.len() as f64);
-            spots.clear();
-            spots.shrink_to_fit();
+            spots.closed = true;
+            metrics::gauge!("gateway_connections_parked").decrement(spots.by_fd.len() as f64);
+            spots.by_fd = HashMap::new();
         }
     }
 }
@@ -263,4 +322,11 @@ fn wait(epoll: RawFd, events: &mut Vec<libc::epoll_event>) -> io::Result<()> {
 fn has_data(stream: &std::net::TcpStream) -> bool {
     let mut probe = [0u8; 1];
     matches!(stream.peek(&mut probe), Ok(n) if n > 0)
+}
+
+/// `duration` from now, or a time too far off to matter if that is past what a clock can say.
+pub fn after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -76,10 +76,28 @@ pub async fn serve(
     client: Arc<ClientConnection>,
     permit: OwnedSemaphorePermit,
 ) {
+    let deadline = crate::lot::after(lot.limits.header_timeout);
+    serve_from(stream, lot, client, permit, deadline).await
+}
+
+/// [`serve`] for a connection whose first request must begin by `deadline`.
+async fn serve_from(
+    stream: TcpStream,
+    lot: Arc<Lot>,
+    client: Arc<ClientConnection>,
+    permit: OwnedSemaphorePermit,
+    deadline: Instant,
+) {
+    // A client silent for `park_after` waits for its first bytes in the lot, not in a task.
+    let quiet_until = crate::lot::after(lot.limits.park_after).min(deadline);
     let stopped = lot.stopped.clone();
-    match opens_with_h2_preface(&stream, lot.limits.header_timeout).await {
-        None => {} // nothing within the header timeout, or closed
-        Some(true) => {
+    match opening(&stream, quiet_until, deadline).await {
+        Opening::Gone => {}
+        Opening::Silent => {
+            lot.park_fresh(stream, client.peer, permit, deadline);
+            release_freed_memory();
+        }
+        Opening::H2 => {
             // Boxed for the same reason as the HTTP/1 session below.
             Box::pin(serve_h2(
                 stream,
@@ -90,7 +108,7 @@ pub async fn serve(
             ))
             .await;
         }
-        Some(false) => {
+        Opening::Http1 => {
             serve_http1(Connection {
                 stream,
                 client,
@@ -105,9 +123,16 @@ pub async fn serve(
 
 /// Starts a new session on a parked connection whose client sent again.
 pub fn resume(lot: &Arc<Lot>, woken: Woken) {
+    let client = Arc::new(ClientConnection::new(woken.peer, false));
+    if woken.fresh {
+        // Its first bytes: HTTP/2 or HTTP/1.1 is still to be seen, by the same deadline.
+        let serving = serve_from(woken.stream, lot.clone(), client, woken.permit, woken.until);
+        tokio::spawn(Box::pin(serving) as Pin<Box<dyn Future<Output = ()> + Send>>);
+        return;
+    }
     tokio::spawn(serve_http1(Connection {
         stream: woken.stream,
-        client: Arc::new(ClientConnection::new(woken.peer, false)),
+        client,
         lot: lot.clone(),
         stopped: lot.stopped.clone(),
         permit: woken.permit,
@@ -196,7 +221,9 @@ async fn serve_session(
         .max_header_size(limits.max_header_bytes)
         // The head's deadline is SessionIo's (hyper's would also cut idle keep-alive).
         .header_read_timeout(None)
-        .keep_alive(true);
+        .keep_alive(true)
+        // A client may close its side once its request is sent, and still wait for the answer.
+        .half_close(true);
     let (outcome, stopping) = {
         let connection = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(connection);
@@ -224,24 +251,37 @@ async fn serve_session(
     state.returned.lock().ok()?.take()
 }
 
-/// Whether the client opens with the HTTP/2 preface (h2c with prior knowledge), looking
-/// without consuming: decided at the first byte that differs. `None` when the client sends
-/// nothing within the header timeout, or closes.
-async fn opens_with_h2_preface(stream: &TcpStream, within: Duration) -> Option<bool> {
-    let check = async {
-        let mut buffer = [0u8; H2_PREFACE.len()];
-        loop {
-            stream.readable().await.ok()?;
-            match stream.peek(&mut buffer).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) if buffer[..n] != H2_PREFACE[..n] => return Some(false),
-                Ok(n) if n == H2_PREFACE.len() => return Some(true),
-                // A prefix of the preface so far: wait for more.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+/// How a new connection opens.
+enum Opening {
+    /// With the HTTP/2 preface (h2c with prior knowledge).
+    H2,
+    /// With anything else: HTTP/1.1.
+    Http1,
+    /// Nothing yet, and its deadline not reached: it waits in the lot.
+    Silent,
+    /// Closed, failed, or nothing by its deadline.
+    Gone,
+}
+
+/// Looks at a new connection's first bytes without consuming them, deciding at the first byte
+/// that differs from the HTTP/2 preface. Nothing by `quiet_until` is [`Opening::Silent`]
+/// (unless that is the `deadline` too); a partial preface must be completed by `deadline`.
+async fn opening(stream: &TcpStream, quiet_until: Instant, deadline: Instant) -> Opening {
+    let mut buffer = [0u8; H2_PREFACE.len()];
+    let mut by = quiet_until;
+    loop {
+        match tokio::time::timeout_at(by, stream.peek(&mut buffer)).await {
+            Err(_) if by < deadline => return Opening::Silent,
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Opening::Gone,
+            Ok(Ok(n)) if buffer[..n] != H2_PREFACE[..n] => return Opening::Http1,
+            Ok(Ok(n)) if n == H2_PREFACE.len() => return Opening::H2,
+            // A prefix of the preface so far: wait for more.
+            Ok(Ok(_)) => {
+                by = deadline;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-    };
-    tokio::time::timeout(within, check).await.ok().flatten()
+    }
 }
 
 async fn serve_h2(
@@ -279,7 +319,7 @@ async fn serve_h2(
     }
 }
 
-/// Hands memory freed by parked sessions back to the operating system, now and then.
+/// Hands memory freed by parked connections' tasks back to the operating system, now and then.
 ///
 /// glibc's allocator keeps freed memory in the middle of its heap resident; after a burst of
 /// clients goes idle, their sessions' buffers would stay in the process's RSS although nothing

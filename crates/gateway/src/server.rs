@@ -192,7 +192,8 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())
