@@ -381,5 +381,9 @@ async fn connect_is_refused_the_gateway_is_no_forward_proxy() {
     .await
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nx-request-id: "),
+        "a refused request is still traceable by its id: {answer}"
+    );
     ok(&system).await;
 }

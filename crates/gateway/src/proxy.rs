@@ -106,18 +106,6 @@ impl Proxy {
         request: Request<Incoming>,
         client: &ClientConnection,
     ) -> Response<Body> {
-        if request.method() == Method::CONNECT {
-            // The gateway routes requests; it is not a forward proxy that opens tunnels. (An
-            // empty `Allow`: no method is served for an authority-form target.)
-            let mut refused = problem(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not supported: the gateway is not a forward proxy",
-            ));
-            refused
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(""));
-            return refused;
-        }
         let peer = client.peer;
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
@@ -135,6 +123,18 @@ impl Proxy {
             HeaderValue::from_bytes(&traceparent[3..35]).unwrap_or(HeaderValue::from_static("-"))
         });
 
+        if parts.method == Method::CONNECT {
+            // The gateway routes requests; it is not a forward proxy that opens tunnels. (An
+            // empty `Allow`: no method is served for an authority-form target.)
+            let mut refused = problem(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: the gateway is not a forward proxy",
+            ));
+            refused
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(""));
+            return finish(refused, &request_id);
+        }
         let routes = self.shared.routes.load();
         // Only worth lower-casing the host when some route matches on it.
         let host = if routes.matches_hosts {
