@@ -20,6 +20,10 @@ PROXY_THREADS=${PROXY_THREADS:-2}
 # full: a second Stratus gateway that verifies a JWT on every request and reports every request
 # to the event sink (the sink at nice 19, taking only CPU nothing else wants, as if on a
 # machine of its own; what it cannot store in time is dropped and counted).
+# l4: HAProxy in `mode tcp` and the gateway's own layer-4 listener, each client connection
+# tied to one backend connection and bytes copied both ways: no parsing, no routing, the same
+# four socket calls a request as the HTTP proxies. What they reach bounds what any HTTP proxy
+# can reach on this machine (VARIANTS="plain full l4").
 VARIANTS=${VARIANTS:-"plain full"}
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -42,7 +46,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
-B1=$(free_port); B2=$(free_port); NGX=$(free_port); HAP=$(free_port)
+B1=$(free_port); B2=$(free_port); NGX=$(free_port); HAP=$(free_port); HAP4=$(free_port); GW4=$(free_port)
 REG=$(free_port); GW=$(free_port); GWA=$(free_port)
 head -c 16384 /dev/zero | tr '\0' 'x' > "$work/big"
 
@@ -100,6 +104,11 @@ backend be
 CONF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 HAP_PID=$!
+if [[ " $VARIANTS " == *" l4 "* ]]; then
+  sed -e 's/mode http/mode tcp/' -e '/http-reuse/d' -e "s/:$HAP\$/:$HAP4/" "$work/haproxy.cfg" > "$work/haproxy-l4.cfg"
+  haproxy -f "$work/haproxy-l4.cfg" -db & pids+=($!)
+  HAP4_PID=$!
+fi
 
 # Stratus: a registry with the two backends registered, and a gateway routing / to them.
 cat > "$work/routes.toml" <<CONF
@@ -108,6 +117,7 @@ prefix = "/"
 service = "bench"
 auth = "none"
 CONF
+[[ " $VARIANTS " == *" l4 "* ]] && printf '\n[[tcp]]\nlisten = "127.0.0.1:%s"\nservice = "bench"\n' "$GW4" >> "$work/routes.toml"
 export STRATUS_DATA_DIR=$work/data STRATUS_LOG=warn STRATUS_LOG_FORMAT=json
 PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
 wait_port "$REG"
@@ -124,6 +134,12 @@ until curl -sf "http://127.0.0.1:$GW/small" >/dev/null; do sleep 0.05; done
 declare -A PORT_OF=([direct]=$B1 [nginx]=$NGX [haproxy]=$HAP [stratus]=$GW)
 declare -A HEADER_OF=()
 targets=(direct nginx haproxy stratus)
+if [[ " $VARIANTS " == *" l4 "* ]]; then
+  wait_port "$HAP4"; wait_port "$GW4"
+  until curl -sf "http://127.0.0.1:$GW4/small" >/dev/null; do sleep 0.05; done
+  PORT_OF[haproxy-l4]=$HAP4; PORT_OF[stratus-l4]=$GW4
+  targets+=(haproxy-l4 stratus-l4)
+fi
 if [[ " $VARIANTS " == *" full "* ]]; then
   # The auth service (its keys, found through the registry), a customer's access token, the
   # sink, and a gateway whose route requires a valid token and that reports every request.
@@ -152,7 +168,8 @@ fi
 # The processes of each proxy (nginx: its workers), for what they cost per request.
 NGX_PID=$(cat "$work/nginx.pid" 2>/dev/null || true)
 declare -A PIDS_OF=([direct]=$(pgrep -d, -P "$(cat "$work/backend.pid")" || true)
-  [nginx]=$(pgrep -d, -P "$NGX_PID" || true) [haproxy]=$HAP_PID [stratus]=$GW_PID [stratus-full]=${GWF_PID:-})
+  [nginx]=$(pgrep -d, -P "$NGX_PID" || true) [haproxy]=$HAP_PID [stratus]=$GW_PID [stratus-full]=${GWF_PID:-}
+  [haproxy-l4]=${HAP4_PID:-} [stratus-l4]=$GW_PID)
 # With perf (linux-perf): each proxy's CPU time, context switches and system calls per request,
 # counted by the kernel while wrk runs. CPU time per request is what a proxy costs whatever else
 # shares the machine; the ratios of rps are what it achieves on this one.

@@ -422,7 +422,7 @@ impl Proxy {
             None => return Err(Problem::unauthorized("a bearer token is required")),
             Some(value) => bearer_token(value)?,
         };
-        let claims = self.shared.tokens.verify(token).await?;
+        let claims = self.shared.tokens.verify_shared(token).await?;
         let restricted = !route.roles.is_empty() || !route.permissions.is_empty();
         let allowed = !restricted
             || claims.has_role("admin")

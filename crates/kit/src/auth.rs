@@ -76,6 +76,12 @@ impl Tokens {
 
     /// Verifies `token`, fetching keys first if none are known or the token names a new key.
     pub async fn verify(&self, token: &str) -> Result<Claims, Problem> {
+        self.verify_shared(token).await.map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Tokens::verify`], with the claims shared with the verified-token cache rather than
+    /// copied: a cache hit allocates nothing (the gateway checks a token on every request).
+    pub async fn verify_shared(&self, token: &str) -> Result<Arc<Claims>, Problem> {
         let now = stratus_token::now_unix();
         if let Some(claims) = self.verified.get(token, now) {
             return Ok(claims);
@@ -84,10 +90,11 @@ impl Tokens {
             match verifier.verify(token) {
                 Err(TokenError::UnknownKey) => {}
                 Ok(claims) => {
+                    let claims = Arc::new(claims);
                     self.verified.insert(token, &claims);
                     return Ok(claims);
                 }
-                outcome => return outcome.map_err(reject),
+                Err(error) => return Err(reject(error)),
             }
         } else {
             // Nothing to check with yet: reject what is not even a well-formed EdDSA token before
@@ -96,7 +103,7 @@ impl Tokens {
         }
         self.refresh().await;
         match self.verifier.load_full() {
-            Some(verifier) => verifier.verify(token).map_err(reject),
+            Some(verifier) => verifier.verify(token).map(Arc::new).map_err(reject),
             None => Err(Problem::unavailable("token keys are not available yet", 1)),
         }
     }
@@ -180,7 +187,7 @@ const CACHE_SHARD_CAPACITY: usize = 4096;
 /// Verified tokens and their claims, in shards so worker threads rarely meet on one lock. A full
 /// shard is simply emptied: re-verifying is cheap enough that nothing cleverer is needed.
 struct VerifiedCache {
-    shards: Vec<std::sync::Mutex<std::collections::HashMap<Box<str>, Claims>>>,
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<Claims>>>>,
 }
 
 impl Default for VerifiedCache {
@@ -192,19 +199,22 @@ impl Default for VerifiedCache {
 }
 
 impl VerifiedCache {
-    fn shard(&self, token: &str) -> &std::sync::Mutex<std::collections::HashMap<Box<str>, Claims>> {
+    fn shard(
+        &self,
+        token: &str,
+    ) -> &std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<Claims>>> {
         // The last characters are signature bytes: already uniformly random.
         let last = token.as_bytes().last().copied().unwrap_or(0) as usize;
         &self.shards[last % CACHE_SHARDS]
     }
 
-    fn get(&self, token: &str, now: u64) -> Option<Claims> {
+    fn get(&self, token: &str, now: u64) -> Option<Arc<Claims>> {
         let shard = self.shard(token).lock().ok()?;
         // Expiry is checked on every hit: a cached token stops working the moment it expires.
         shard.get(token).filter(|claims| claims.exp > now).cloned()
     }
 
-    fn insert(&self, token: &str, claims: &Claims) {
+    fn insert(&self, token: &str, claims: &Arc<Claims>) {
         if let Ok(mut shard) = self.shard(token).lock() {
             if shard.len() >= CACHE_SHARD_CAPACITY {
                 shard.clear();
@@ -323,8 +333,12 @@ mod tests {
     #[test]
     fn cached_claims_expire_with_the_token() {
         let cache = VerifiedCache::default();
-        cache.insert("a.b.c", &claims(100));
-        assert!(cache.get("a.b.c", 99).is_some());
+        let cached = Arc::new(claims(100));
+        cache.insert("a.b.c", &cached);
+        // A hit shares the cached claims; nothing is copied.
+        assert!(cache
+            .get("a.b.c", 99)
+            .is_some_and(|hit| Arc::ptr_eq(&hit, &cached)));
         assert!(cache.get("a.b.c", 100).is_none());
         assert!(cache.get("a.b.d", 50).is_none());
         cache.clear();
