@@ -27,13 +27,13 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::h1::{self, ChunkedDecoder, Decoded, Framing};
+use crate::h1::{self, ChunkedDecoder, Decoded, Framing, Outgoing};
 use crate::upstream::Endpoint;
 
 /// An idle connection unused for this long is checked with the kernel before reuse.
@@ -159,7 +159,7 @@ impl Conn {
     }
 
     /// Writes the request; on failure, says whether any of it went out.
-    async fn write_request(&mut self, request: &Request<Bytes>) -> Result<(), (io::Error, bool)> {
+    async fn write_request(&mut self, request: &Outgoing<'_>) -> Result<(), (io::Error, bool)> {
         self.write.clear();
         let separate = h1::encode_request(&mut self.write, request);
         let mut written = 0;
@@ -188,7 +188,7 @@ struct Failed {
 
 /// Writes `request` on `conn` and reads the response head, passing over informational (1xx)
 /// responses other than 101.
-async fn exchange(conn: &mut Conn, request: &Request<Bytes>) -> Result<h1::Head, Failed> {
+async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<h1::Head, Failed> {
     if let Err((error, written)) = conn.write_request(request).await {
         return Err(Failed {
             error: error.into(),
@@ -262,8 +262,8 @@ pub struct Pool {
 /// Whether sending `request` a second time is harmless: an idempotent method (RFC 9110 9.2.2),
 /// or a request carrying an `Idempotency-Key`, which tells the instance to answer a repeat
 /// with the first outcome.
-pub fn replayable(request: &Request<Bytes>) -> bool {
-    idempotent(request.method()) || request.headers().contains_key(&IDEMPOTENCY_KEY)
+pub fn replayable(request: &Outgoing<'_>) -> bool {
+    idempotent(request.method) || request.headers.contains_key(&IDEMPOTENCY_KEY)
 }
 
 /// RFC 9110 9.2.2: methods whose effect is the same however many times they are sent.
@@ -303,7 +303,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Endpoint,
-        request: Request<Bytes>,
+        request: Outgoing<'_>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (mut conn, fresh) = match self.checkout(endpoint.key) {
@@ -311,7 +311,7 @@ impl Pool {
                 None => (self.connect(endpoint).await?, true),
             };
             match exchange(&mut conn, &request).await {
-                Ok(head) => return Ok(self.respond(conn, endpoint.key, request.method(), head)),
+                Ok(head) => return Ok(self.respond(conn, endpoint.key, request.method, head)),
                 Err(failed)
                     if !fresh && !failed.answered && (!failed.written || replayable(&request)) =>
                 {
@@ -752,6 +752,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::Request;
     use http_body_util::BodyExt;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
@@ -894,10 +895,13 @@ mod tests {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let instance = instance(vec![answer(ok), silent, answer(ok)]).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let first = pool.send(&instance.endpoint, get("/first")).await.unwrap();
+        let first = pool
+            .send(&instance.endpoint, (&get("/first")).into())
+            .await
+            .unwrap();
         assert_eq!(body(first).await.unwrap(), "ok");
         assert_eq!(pool.idle_count(), 1);
-        let outcome = match pool.send(&instance.endpoint, second).await {
+        let outcome = match pool.send(&instance.endpoint, (&second).into()).await {
             Ok(response) => body(response).await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
@@ -939,7 +943,10 @@ mod tests {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         for _ in 0..2 {
-            let response = pool.send(&fake.endpoint, get("/a?b=c")).await.unwrap();
+            let response = pool
+                .send(&fake.endpoint, (&get("/a?b=c")).into())
+                .await
+                .unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["x-served"], "yes");
             assert!(response.headers().get("connection").is_none(), "hop-by-hop");
@@ -963,12 +970,12 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut request = with_method(Method::POST, "/items");
         *request.body_mut() = Bytes::from_static(b"{\"a\":1}");
-        body(pool.send(&fake.endpoint, request).await.unwrap())
+        body(pool.send(&fake.endpoint, (&request).into()).await.unwrap())
             .await
             .unwrap();
         let mut large = with_method(Method::PUT, "/big");
         *large.body_mut() = Bytes::from(vec![b'z'; h1::INLINE_BODY * 3]);
-        body(pool.send(&fake.endpoint, large).await.unwrap())
+        body(pool.send(&fake.endpoint, (&large).into()).await.unwrap())
             .await
             .unwrap();
         let requests = fake.requests.lock().unwrap();
@@ -993,11 +1000,11 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(response.body().size_hint().exact(), None);
         assert_eq!(body(response).await.unwrap(), "hello, world");
         assert_eq!(pool.idle_count(), 1, "read to its end: reused");
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(fake.accepts.load(Ordering::SeqCst), 1);
     }
@@ -1014,7 +1021,7 @@ mod tests {
         }])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(response.body().size_hint().upper(), Some(3000));
         assert_eq!(body(response).await.unwrap(), "y".repeat(3000));
         assert_eq!(pool.idle_count(), 1);
@@ -1031,18 +1038,18 @@ mod tests {
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let head = pool
-            .send(&fake.endpoint, with_method(Method::HEAD, "/"))
+            .send(&fake.endpoint, (&with_method(Method::HEAD, "/")).into())
             .await
             .unwrap();
         assert_eq!(head.headers()["content-length"], "5");
         assert!(head.body().is_end_stream());
         assert_eq!(body(head).await.unwrap(), "");
         for status in [204, 304] {
-            let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+            let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
             assert_eq!(response.status(), status);
             assert_eq!(body(response).await.unwrap(), "");
         }
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(
             fake.accepts.load(Ordering::SeqCst),
@@ -1062,10 +1069,10 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "until the end");
         assert_eq!(pool.idle_count(), 0);
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(fake.accepts.load(Ordering::SeqCst), 2);
     }
@@ -1078,10 +1085,10 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "ok");
         assert_eq!(pool.idle_count(), 0);
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(fake.accepts.load(Ordering::SeqCst), 2);
     }
@@ -1094,7 +1101,7 @@ mod tests {
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool
-            .send(&fake.endpoint, with_method(Method::POST, "/"))
+            .send(&fake.endpoint, (&with_method(Method::POST, "/")).into())
             .await
             .unwrap();
         assert_eq!(response.status(), 201);
@@ -1107,7 +1114,10 @@ mod tests {
     async fn fails(bytes: &[u8]) -> SendError {
         let fake = instance(vec![answer(bytes)]).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let error = pool.send(&fake.endpoint, get("/")).await.unwrap_err();
+        let error = pool
+            .send(&fake.endpoint, (&get("/")).into())
+            .await
+            .unwrap_err();
         assert!(!error.is_connect(), "{error}");
         assert!(error.to_string().contains(fake.endpoint.authority.as_str()));
         assert_eq!(pool.idle_count(), 0);
@@ -1124,7 +1134,7 @@ mod tests {
         .concat();
         let fake = instance(vec![answer(&fine)]).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "ok");
         wire.extend_from_slice(b"HTTP/1.1 102 Processing\r\n\r\n");
         let error = fails(&wire).await;
@@ -1179,7 +1189,7 @@ mod tests {
         }])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         let error = body(response).await.unwrap_err();
         assert!(
             matches!(error, BodyError::Http1(h1::Error::Closed)),
@@ -1206,7 +1216,7 @@ mod tests {
         let idle = Duration::from_millis(150);
         let pool = Pool::new(Duration::from_secs(1), idle);
         let started = Instant::now();
-        let mut response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let mut response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         let mut received = 0;
         let error = loop {
             let frame = tokio::time::timeout(Duration::from_secs(5), response.body_mut().frame())
@@ -1238,7 +1248,7 @@ mod tests {
         )])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let mut response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let mut response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         let frame = response.body_mut().frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "part");
         drop(response);
@@ -1257,11 +1267,11 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(pool.idle_count(), 1, "nothing said it would close");
         eventually(|| fake.closed.load(Ordering::SeqCst) == 1).await;
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(fake.accepts.load(Ordering::SeqCst), 2);
     }
@@ -1270,7 +1280,7 @@ mod tests {
     async fn a_stale_connection_found_only_by_the_write_is_replaced() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         // Replace the pooled connection with one whose far end has just gone, with no turn of
         // the runtime since: the probe cannot know yet, so the exchange finds out.
@@ -1286,7 +1296,7 @@ mod tests {
             list[0].conn = Conn::new(stream);
         }
         // A GET: had the instance taken it before closing, a second one would do no harm.
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
     }
 
@@ -1294,7 +1304,7 @@ mod tests {
     async fn a_connection_closed_while_idle_is_found_before_a_post_is_written() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let response = pool.send(&fake.endpoint, get("/")).await.unwrap();
+        let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         // As above, a pooled connection closed by its far end with no turn of the runtime
         // since, but idle for a while: the kernel is asked before the POST goes out on it.
@@ -1311,7 +1321,7 @@ mod tests {
             list[0].conn = Conn::new(stream);
         }
         let response = pool
-            .send(&fake.endpoint, with_method(Method::POST, "/"))
+            .send(&fake.endpoint, (&with_method(Method::POST, "/")).into())
             .await
             .unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
@@ -1328,7 +1338,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let error = pool.send(&endpoint(port), get("/")).await.unwrap_err();
+        let error = pool
+            .send(&endpoint(port), (&get("/")).into())
+            .await
+            .unwrap_err();
         assert!(error.is_connect(), "{error}");
     }
 
@@ -1339,7 +1352,10 @@ mod tests {
         )])
         .await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
-        let mut response = pool.send(&fake.endpoint, get("/ws")).await.unwrap();
+        let mut response = pool
+            .send(&fake.endpoint, (&get("/ws")).into())
+            .await
+            .unwrap();
         assert_eq!(response.status(), 101);
         let upgrade = response
             .extensions_mut()

@@ -9,7 +9,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 
 /// The largest response head read from an instance.
@@ -51,22 +51,52 @@ pub enum Error {
     Stalled(std::time::Duration),
 }
 
+/// A request as the upstream client writes it, borrowed from where it already is: the proxy
+/// sends the client's request (its headers already adjusted) to an instance, and again to
+/// another on a retry, without copying the header map for each attempt.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// The target in origin form: path and query.
+    pub target: &'a str,
+    /// The `Host` to send, in place of any in `headers`.
+    pub host: Option<&'a HeaderValue>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+}
+
+impl<'a> From<&'a Request<Bytes>> for Outgoing<'a> {
+    fn from(request: &'a Request<Bytes>) -> Self {
+        Self {
+            method: request.method(),
+            target: request.uri().path_and_query().map_or("/", |p| p.as_str()),
+            host: None,
+            headers: request.headers(),
+            body: request.body(),
+        }
+    }
+}
+
 /// Appends `request`'s head (and its body, when small) to `out`, and returns the body when it
 /// is to be written separately.
 ///
-/// The head is the request line with the target in origin form, the headers as given (they are
-/// the proxy's, already stripped of hop-by-hop ones) less any `Content-Length`, which is written
-/// from the body's actual length: for a non-empty body, or an empty one of a method that
-/// carries a body.
-pub fn encode_request(out: &mut Vec<u8>, request: &Request<Bytes>) -> Option<Bytes> {
-    let body = request.body();
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(request.method().as_str().as_bytes());
+/// The head is the request line, the `Host` if one is given, and the headers as given (they
+/// are the proxy's, already stripped of hop-by-hop ones) less any `Content-Length`, which is
+/// written from the body's actual length: for a non-empty body, or an empty one of a method
+/// that carries a body.
+pub fn encode_request(out: &mut Vec<u8>, request: &Outgoing<'_>) -> Option<Bytes> {
+    let body = request.body;
+    out.extend_from_slice(request.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(request.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
-        if name == CONTENT_LENGTH {
+    if let Some(host) = request.host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in request.headers {
+        if name == CONTENT_LENGTH || (name == HOST && request.host.is_some()) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -74,10 +104,7 @@ pub fn encode_request(out: &mut Vec<u8>, request: &Request<Bytes>) -> Option<Byt
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let carries_body = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH
-    );
+    let carries_body = matches!(*request.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || carries_body {
         out.extend_from_slice(b"content-length: ");
         push_decimal(out, body.len() as u64);
@@ -539,7 +566,7 @@ mod tests {
             .headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
         let mut out = Vec::new();
-        assert!(encode_request(&mut out, &request).is_none());
+        assert!(encode_request(&mut out, &(&request).into()).is_none());
         assert_eq!(
             out,
             b"POST /items?x=1 HTTP/1.1\r\nhost: shop:80\r\ncontent-length: 3\r\n\r\nabc"
@@ -547,12 +574,12 @@ mod tests {
 
         let request = Request::new(Bytes::new());
         out.clear();
-        encode_request(&mut out, &request);
+        encode_request(&mut out, &(&request).into());
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
 
         let big = Request::new(Bytes::from(vec![b'x'; INLINE_BODY + 1]));
         out.clear();
-        let separate = encode_request(&mut out, &big).unwrap();
+        let separate = encode_request(&mut out, &(&big).into()).unwrap();
         assert_eq!(separate.len(), INLINE_BODY + 1);
         assert!(out.ends_with(b"content-length: 16385\r\n\r\n"));
     }

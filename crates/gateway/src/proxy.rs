@@ -31,6 +31,7 @@ use stratus_kit::Problem;
 use crate::client::{idempotent, Pool, PooledBody, UpstreamUpgrade};
 use crate::client_h2::{Failure, H2Pool};
 use crate::grpc;
+use crate::h1::Outgoing;
 use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
 use crate::report::Hop;
 use crate::routes::{AuthMode, RequestView, Route, RouteTable};
@@ -464,6 +465,10 @@ impl Proxy {
         let key = route.balance.key(&parts.headers, client);
         let timeout = route.timeout.unwrap_or(settings.timeout);
         let idempotent = idempotent(&parts.method);
+        let target = match upstream_target(parts, route) {
+            Ok(target) => target,
+            Err(rejection) => return problem(rejection),
+        };
         route.retry_budget.deposit();
         let mut failed: Option<Arc<Endpoint>> = None;
         let mut attempt = 0;
@@ -479,9 +484,14 @@ impl Proxy {
                     None => no_instance(&route.service),
                 });
             };
-            let request = match upstream_request(parts, route, &endpoint, body.clone()) {
-                Ok(request) => request,
-                Err(rejection) => return problem(rejection),
+            // HTTP/1.1 to the instance: the target in origin form, and the instance's own
+            // `Host`; the rest is the request as adjusted above, borrowed, not copied.
+            let request = Outgoing {
+                method: &parts.method,
+                target: &target,
+                host: Some(&endpoint.host),
+                headers: &parts.headers,
+                body: &body,
             };
             let in_flight = endpoint.start();
             let sent = Instant::now();
@@ -768,30 +778,19 @@ fn upstream_path(
     }
 }
 
-fn upstream_request(
-    parts: &http::request::Parts,
+/// The path and query to send to the instance: the client's, or with the route's prefix
+/// stripped (checked again if rewritten, as it goes on the wire as it is).
+fn upstream_target<'a>(
+    parts: &'a http::request::Parts,
     route: &Route,
-    endpoint: &Endpoint,
-    body: Bytes,
-) -> Result<Request<Bytes>, Problem> {
-    // HTTP/1.1 to the instance: the target in origin form, and the instance's own `Host`.
-    let original = parts.uri.path_and_query();
-    let original_text = original.map_or("/", |p| p.as_str());
-    let uri = match (route.upstream_path(original_text), original) {
-        // Unchanged: reuse the parsed path (a reference count, not a copy).
-        (std::borrow::Cow::Borrowed(path), Some(original)) if path.len() == original_text.len() => {
-            Uri::from(original.clone())
-        }
-        (path, _) => Uri::try_from(path.as_ref())
-            .map_err(|_| Problem::bad_request("the request path is not valid"))?,
-    };
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    let mut headers = parts.headers.clone();
-    headers.insert(http::header::HOST, endpoint.host.clone());
-    *request.headers_mut() = headers;
-    Ok(request)
+) -> Result<std::borrow::Cow<'a, str>, Problem> {
+    let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = route.upstream_path(original);
+    if let std::borrow::Cow::Owned(rewritten) = &target {
+        http::uri::PathAndQuery::try_from(rewritten.as_str())
+            .map_err(|_| Problem::bad_request("the request path is not valid"))?;
+    }
+    Ok(target)
 }
 
 /// 405 with `Allow` when routes take this path for other methods (RFC 9110 15.5.6), else 404.
