@@ -12,6 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 
+use crate::headers::Forwarding;
+
 /// The largest response head read from an instance.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a response head may carry.
@@ -62,6 +64,8 @@ pub struct Outgoing<'a> {
     /// The `Host` to send, in place of any in `headers`.
     pub host: Option<&'a HeaderValue>,
     pub headers: &'a HeaderMap,
+    /// The headers this hop adds, written after `headers` (any of theirs it replaces left out).
+    pub forwarding: Option<&'a Forwarding<'a>>,
     pub body: &'a Bytes,
 }
 
@@ -72,6 +76,7 @@ impl<'a> From<&'a Request<Bytes>> for Outgoing<'a> {
             target: request.uri().path_and_query().map_or("/", |p| p.as_str()),
             host: None,
             headers: request.headers(),
+            forwarding: None,
             body: request.body(),
         }
     }
@@ -95,14 +100,21 @@ pub fn encode_request(out: &mut Vec<u8>, request: &Outgoing<'_>) -> Option<Bytes
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let forwarding = request.forwarding;
     for (name, value) in request.headers {
-        if name == CONTENT_LENGTH || (name == HOST && request.host.is_some()) {
+        if name == CONTENT_LENGTH
+            || (name == HOST && request.host.is_some())
+            || (forwarding.is_some() && Forwarding::replaces(name))
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarding) = forwarding {
+        forwarding.write(out);
     }
     let carries_body = matches!(*request.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || carries_body {

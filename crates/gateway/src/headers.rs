@@ -128,39 +128,62 @@ impl ClientConnection {
         }
     }
 
-    /// This hop's `Forwarded` element: `for=<client>;proto=<scheme>[;host="<host>"]`.
-    fn forwarded_element(&self, host: Option<&HeaderValue>) -> String {
+    fn proto(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Appends the `Forwarded` value: what earlier proxies said, then this hop's element,
+    /// `for=<client>;proto=<scheme>[;host="<host>"]`.
+    fn forwarded_value(
+        &self,
+        out: &mut Vec<u8>,
+        prior: Option<&HeaderValue>,
+        host: Option<&HeaderValue>,
+    ) {
+        if let Some(prior) = prior {
+            out.extend_from_slice(prior.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.forwarded.as_bytes());
         let host = host
             .and_then(|h| h.to_str().ok())
             .filter(|h| !h.is_empty() && !h.contains(['"', '\\']));
-        let mut element =
-            String::with_capacity(self.forwarded.len() + 10 + host.map_or(0, str::len));
-        element.push_str(&self.forwarded);
         if let Some(host) = host {
-            element.push_str(";host=\"");
-            element.push_str(host);
-            element.push('"');
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(host.as_bytes());
+            out.push(b'"');
         }
-        element
+    }
+
+    /// Appends the `X-Forwarded-For` value: what earlier proxies said, then the client.
+    fn forwarded_for_value(&self, out: &mut Vec<u8>, prior: Option<&HeaderValue>) {
+        if let Some(prior) = prior {
+            out.extend_from_slice(prior.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.client_ip.as_bytes());
     }
 }
 
 /// Adds `Forwarded` and `X-Forwarded-For` (each appending this hop to what earlier proxies
 /// said), `X-Forwarded-Proto` and `-Host`, and drops `Host` so the upstream request carries the
-/// instance's own authority.
+/// instance's own authority. (The HTTP/2 path; HTTP/1.1 writes the same headers straight into
+/// the request head, see [`Forwarding`].)
 pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientConnection) {
-    let element = client.forwarded_element(headers.get(HOST));
-    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {element}"),
-        None => element,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    let mut value = Vec::with_capacity(64);
+    client.forwarded_value(&mut value, headers.get(&FORWARDED), headers.get(HOST));
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(FORWARDED.clone(), value);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => {
-            let appended = format!("{existing}, {}", client.peer.ip());
-            HeaderValue::from_str(&appended).ok()
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => {
+            value.clear();
+            client.forwarded_for_value(&mut value, Some(prior));
+            HeaderValue::from_bytes(&value).ok()
         }
         None => Some(client.client_ip.clone()),
     };
@@ -169,10 +192,58 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientConnection) {
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if client.https { "https" } else { "http" }),
+        HeaderValue::from_static(client.proto()),
     );
     if let Some(host) = headers.remove(HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// What this hop adds to an HTTP/1.1 request on its way to an instance, written as header lines
+/// into the request head as it is encoded rather than inserted into the request's header map:
+/// no value is allocated and the map does not grow. The headers are those of
+/// [`add_forwarding`], with the request's id and trace context.
+pub struct Forwarding<'a> {
+    pub client: &'a ClientConnection,
+    /// The request's headers as the client sent them (for earlier proxies' values and `Host`).
+    pub headers: &'a HeaderMap,
+    pub request_id: &'a HeaderValue,
+    pub traceparent: &'a [u8],
+}
+
+impl Forwarding<'_> {
+    /// Whether a header of the request is one this hop writes itself (or, for `Host`, leaves
+    /// to the instance's own), so the request's own is not copied.
+    pub fn replaces(name: &HeaderName) -> bool {
+        name == HOST
+            || name == FORWARDED
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == X_REQUEST_ID
+            || name == TRACEPARENT
+    }
+
+    /// Appends the header lines.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let host = self.headers.get(HOST);
+        out.extend_from_slice(b"forwarded: ");
+        self.client
+            .forwarded_value(out, self.headers.get(&FORWARDED), host);
+        out.extend_from_slice(b"\r\nx-forwarded-for: ");
+        self.client
+            .forwarded_for_value(out, self.headers.get(&X_FORWARDED_FOR));
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.client.proto().as_bytes());
+        if let Some(host) = host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\ntraceparent: ");
+        out.extend_from_slice(self.traceparent);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -231,6 +302,51 @@ mod tests {
             headers["forwarded"],
             "for=10.0.0.1, for=\"[2001:db8::1]\";proto=https"
         );
+    }
+
+    /// HTTP/1.1 writes the forwarding headers into the request head; HTTP/2 puts them in the
+    /// header map. Both must say the same.
+    #[test]
+    fn written_forwarding_headers_match_the_inserted_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        headers.insert(HOST, HeaderValue::from_static("api.example:8080"));
+        for client in [
+            ClientConnection::new("127.0.0.9:5000".parse().unwrap(), false),
+            ClientConnection::new("[2001:db8::1]:443".parse().unwrap(), true),
+        ] {
+            for headers in [headers.clone(), HeaderMap::new()] {
+                let request_id = HeaderValue::from_static("id-1");
+                let mut written = Vec::new();
+                Forwarding {
+                    client: &client,
+                    headers: &headers,
+                    request_id: &request_id,
+                    traceparent: b"00-abc-def-01",
+                }
+                .write(&mut written);
+                let mut inserted = headers.clone();
+                add_forwarding(&mut inserted, &client);
+                inserted.insert(X_REQUEST_ID.clone(), request_id.clone());
+                inserted.insert(
+                    TRACEPARENT.clone(),
+                    HeaderValue::from_static("00-abc-def-01"),
+                );
+                let mut lines: Vec<String> = String::from_utf8(written)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                lines.sort();
+                let mut expected: Vec<String> = inserted
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                    .collect();
+                expected.sort();
+                assert_eq!(lines, expected);
+            }
+        }
     }
 
     #[test]

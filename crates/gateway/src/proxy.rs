@@ -222,17 +222,26 @@ impl Proxy {
                 .headers
                 .insert(http::header::UPGRADE, protocol.clone());
         }
-        headers::add_forwarding(&mut parts.headers, client);
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
-            parts.headers.insert(TRACEPARENT.clone(), value);
-        }
+        // The forwarding headers, the request id and the trace context are written into the
+        // request head as it goes out (see `Forwarding`), not added to the map.
+        let forwarding = headers::Forwarding {
+            client,
+            headers: &parts.headers,
+            request_id: &request_id,
+            traceparent: &traceparent,
+        };
 
         let mut retries = 0;
         let response = self
-            .forward(route, &parts, body, client_upgrade, peer.ip(), &mut retries)
+            .forward(
+                route,
+                &parts,
+                &forwarding,
+                body,
+                client_upgrade,
+                peer.ip(),
+                &mut retries,
+            )
             .await;
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
@@ -447,10 +456,12 @@ impl Proxy {
     }
 
     /// Sends to one instance; on a failure that allows it, once more to another.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         route: &Route,
         parts: &http::request::Parts,
+        forwarding: &headers::Forwarding<'_>,
         body: Bytes,
         mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         client: std::net::IpAddr,
@@ -491,6 +502,7 @@ impl Proxy {
                 target: &target,
                 host: Some(&endpoint.host),
                 headers: &parts.headers,
+                forwarding: Some(forwarding),
                 body: &body,
             };
             let in_flight = endpoint.start();
