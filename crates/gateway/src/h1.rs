@@ -566,6 +566,74 @@ mod tests {
         assert!(matches!(parse(b"HTTP/1.1 200 OK\r\nX-A: b"), Ok(None)));
     }
 
+    /// The headers this hop sets replace the client's own, once each; everything else the
+    /// client sent goes on; the instance's `Host` replaces the client's.
+    #[test]
+    fn forwarding_headers_replace_the_clients_own() {
+        use crate::headers::{ClientConnection, Forwarding};
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "api.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed.example"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-request-id", "client-id"),
+            ("traceparent", "client-trace"),
+            ("accept", "text/plain"),
+            ("content-length", "999"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let client = ClientConnection::new("127.0.0.9:5000".parse().unwrap(), false);
+        let request_id = HeaderValue::from_static("id-1");
+        let forwarding = Forwarding {
+            client: &client,
+            headers: &headers,
+            host: headers.get(http::header::HOST),
+            request_id: &request_id,
+            traceparent: b"00-trace-01",
+        };
+        let instance = HeaderValue::from_static("10.1.1.1:9000");
+        let body = Bytes::from_static(b"abc");
+        let mut out = Vec::new();
+        encode_request(
+            &mut out,
+            &Outgoing {
+                method: &Method::POST,
+                target: "/orders",
+                host: Some(&instance),
+                headers: &headers,
+                forwarding: Some(&forwarding),
+                body: &body,
+            },
+        );
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        assert_eq!(lines.next(), Some("POST /orders HTTP/1.1"));
+        let mut lines: Vec<&str> = lines.collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "accept: text/plain",
+                "content-length: 3",
+                "forwarded: for=10.0.0.1, for=127.0.0.9;proto=http;host=\"api.example\"",
+                "host: 10.1.1.1:9000",
+                "traceparent: 00-trace-01",
+                "x-forwarded-for: 10.0.0.1, 127.0.0.9",
+                "x-forwarded-host: api.example",
+                "x-forwarded-proto: http",
+                "x-request-id: id-1",
+            ]
+        );
+        assert_eq!(body, "abc");
+    }
+
     #[test]
     fn requests_are_written_with_their_own_content_length() {
         let mut request = Request::new(Bytes::from_static(b"abc"));

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use http::header::GetAll;
 use http::header::{HeaderName, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
@@ -136,18 +137,15 @@ impl ClientConnection {
         }
     }
 
-    /// Appends the `Forwarded` value: what earlier proxies said, then this hop's element,
-    /// `for=<client>;proto=<scheme>[;host="<host>"]`.
+    /// Appends the `Forwarded` value: what earlier proxies said (every line of it), then this
+    /// hop's element, `for=<client>;proto=<scheme>[;host="<host>"]`.
     fn forwarded_value(
         &self,
         out: &mut Vec<u8>,
-        prior: Option<&HeaderValue>,
+        prior: GetAll<'_, HeaderValue>,
         host: Option<&HeaderValue>,
     ) {
-        if let Some(prior) = prior {
-            out.extend_from_slice(prior.as_bytes());
-            out.extend_from_slice(b", ");
-        }
+        append_prior(out, prior);
         out.extend_from_slice(self.forwarded.as_bytes());
         let host = host
             .and_then(|h| h.to_str().ok())
@@ -159,33 +157,56 @@ impl ClientConnection {
         }
     }
 
-    /// Appends the `X-Forwarded-For` value: what earlier proxies said, then the client.
-    fn forwarded_for_value(&self, out: &mut Vec<u8>, prior: Option<&HeaderValue>) {
-        if let Some(prior) = prior {
-            out.extend_from_slice(prior.as_bytes());
-            out.extend_from_slice(b", ");
-        }
+    /// Appends the `X-Forwarded-For` value: what earlier proxies said (every line of it), then
+    /// the client.
+    fn forwarded_for_value(&self, out: &mut Vec<u8>, prior: GetAll<'_, HeaderValue>) {
+        append_prior(out, prior);
         out.extend_from_slice(self.client_ip.as_bytes());
     }
 }
 
+/// Appends each of a list header's values and a separator: a list split over several lines is
+/// one list (RFC 9110 section 5.3).
+fn append_prior(out: &mut Vec<u8>, prior: GetAll<'_, HeaderValue>) {
+    for value in prior {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+}
+
+/// The host the client asked for: its `Host` header, or the authority of its request target
+/// (HTTP/2 has `:authority` and no `Host`).
+pub fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.headers.get(HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
+    }
+}
+
 /// Adds `Forwarded` and `X-Forwarded-For` (each appending this hop to what earlier proxies
-/// said), `X-Forwarded-Proto` and `-Host`, and drops `Host` so the upstream request carries the
-/// instance's own authority. (The HTTP/2 path; HTTP/1.1 writes the same headers straight into
-/// the request head, see [`Forwarding`].)
-pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientConnection) {
+/// said), `X-Forwarded-Proto` and `-Host` (`host` is what the client asked for, see
+/// [`client_host`]; a client's own `X-Forwarded-Host` is never passed on), and drops `Host` so
+/// the upstream request carries the instance's own authority. (The HTTP/2 path; HTTP/1.1
+/// writes the same headers straight into the request head, see [`Forwarding`].)
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: &ClientConnection,
+    host: Option<&HeaderValue>,
+) {
     let mut value = Vec::with_capacity(64);
-    client.forwarded_value(&mut value, headers.get(&FORWARDED), headers.get(HOST));
+    client.forwarded_value(&mut value, headers.get_all(&FORWARDED), host);
     if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(FORWARDED.clone(), value);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            value.clear();
-            client.forwarded_for_value(&mut value, Some(prior));
-            HeaderValue::from_bytes(&value).ok()
-        }
-        None => Some(client.client_ip.clone()),
+    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
+        value.clear();
+        client.forwarded_for_value(&mut value, headers.get_all(&X_FORWARDED_FOR));
+        HeaderValue::from_bytes(&value).ok()
+    } else {
+        Some(client.client_ip.clone())
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -194,9 +215,11 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientConnection) {
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(client.proto()),
     );
-    if let Some(host) = headers.remove(HOST) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
+    headers.remove(HOST);
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
 }
 
 /// What this hop adds to an HTTP/1.1 request on its way to an instance, written as header lines
@@ -205,8 +228,10 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientConnection) {
 /// [`add_forwarding`], with the request's id and trace context.
 pub struct Forwarding<'a> {
     pub client: &'a ClientConnection,
-    /// The request's headers as the client sent them (for earlier proxies' values and `Host`).
+    /// The request's headers as the client sent them (for earlier proxies' values).
     pub headers: &'a HeaderMap,
+    /// What the client asked for (see [`client_host`]).
+    pub host: Option<&'a HeaderValue>,
     pub request_id: &'a HeaderValue,
     pub traceparent: &'a [u8],
 }
@@ -226,13 +251,13 @@ impl Forwarding<'_> {
 
     /// Appends the header lines.
     pub fn write(&self, out: &mut Vec<u8>) {
-        let host = self.headers.get(HOST);
+        let host = self.host;
         out.extend_from_slice(b"forwarded: ");
         self.client
-            .forwarded_value(out, self.headers.get(&FORWARDED), host);
+            .forwarded_value(out, self.headers.get_all(&FORWARDED), host);
         out.extend_from_slice(b"\r\nx-forwarded-for: ");
         self.client
-            .forwarded_for_value(out, self.headers.get(&X_FORWARDED_FOR));
+            .forwarded_for_value(out, self.headers.get_all(&X_FORWARDED_FOR));
         out.extend_from_slice(b"\r\nx-forwarded-proto: ");
         out.extend_from_slice(self.client.proto().as_bytes());
         if let Some(host) = host {
@@ -281,9 +306,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.insert(HOST, HeaderValue::from_static("api.example"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("spoofed.example"),
+        );
         let client = ClientConnection::new("127.0.0.9:5000".parse().unwrap(), false);
-        add_forwarding(&mut headers, &client);
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        let host = headers.get(HOST).cloned();
+        add_forwarding(&mut headers, &client, host.as_ref());
+        // Every line of an earlier proxy's list is kept.
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "api.example");
         assert_eq!(
@@ -294,8 +326,14 @@ mod tests {
 
         let mut headers = HeaderMap::new();
         headers.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("spoofed.example"),
+        );
         let v6 = ClientConnection::new("[2001:db8::1]:443".parse().unwrap(), true);
-        add_forwarding(&mut headers, &v6);
+        add_forwarding(&mut headers, &v6, None);
+        // No host asked for: a client's own X-Forwarded-Host is not passed on either.
+        assert!(!headers.contains_key("x-forwarded-host"));
         assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(
@@ -308,26 +346,43 @@ mod tests {
     /// header map. Both must say the same.
     #[test]
     fn written_forwarding_headers_match_the_inserted_ones() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        headers.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
-        headers.insert(HOST, HeaderValue::from_static("api.example:8080"));
+        // What a client may send of its own: earlier proxies' lists (over two lines), a host,
+        // and values of the headers this hop sets itself.
+        let mut sent = HeaderMap::new();
+        sent.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        sent.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        sent.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        sent.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("spoofed.example"),
+        );
+        sent.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        sent.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("client-id"));
+        sent.insert(
+            TRACEPARENT.clone(),
+            HeaderValue::from_static("client-trace"),
+        );
+        let mut without_host = sent.clone();
+        sent.insert(HOST, HeaderValue::from_static("api.example:8080"));
+        without_host.remove(HOST);
         for client in [
             ClientConnection::new("127.0.0.9:5000".parse().unwrap(), false),
             ClientConnection::new("[2001:db8::1]:443".parse().unwrap(), true),
         ] {
-            for headers in [headers.clone(), HeaderMap::new()] {
+            for headers in [sent.clone(), without_host.clone(), HeaderMap::new()] {
                 let request_id = HeaderValue::from_static("id-1");
+                let host = headers.get(HOST).cloned();
                 let mut written = Vec::new();
                 Forwarding {
                     client: &client,
                     headers: &headers,
+                    host: host.as_ref(),
                     request_id: &request_id,
                     traceparent: b"00-abc-def-01",
                 }
                 .write(&mut written);
                 let mut inserted = headers.clone();
-                add_forwarding(&mut inserted, &client);
+                add_forwarding(&mut inserted, &client, host.as_ref());
                 inserted.insert(X_REQUEST_ID.clone(), request_id.clone());
                 inserted.insert(
                     TRACEPARENT.clone(),

@@ -224,9 +224,11 @@ impl Proxy {
         }
         // The forwarding headers, the request id and the trace context are written into the
         // request head as it goes out (see `Forwarding`), not added to the map.
+        let host = headers::client_host(&parts);
         let forwarding = headers::Forwarding {
             client,
             headers: &parts.headers,
+            host: host.as_ref(),
             request_id: &request_id,
             traceparent: &traceparent,
         };
@@ -291,18 +293,11 @@ impl Proxy {
                 .headers
                 .insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
-        headers::add_forwarding(&mut parts.headers, client);
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), call.request_id.clone());
-        if let Ok(value) = HeaderValue::from_bytes(&call.traceparent) {
-            parts.headers.insert(TRACEPARENT.clone(), value);
-        }
 
         let mut retries = 0;
         let method = parts.method.clone();
         let response = self
-            .forward_h2(route, parts, body, client.peer.ip(), grpc, &mut retries)
+            .forward_h2(route, parts, body, client, &call, grpc, &mut retries)
             .await;
         let status = response.status().as_u16();
         let elapsed = call.started.elapsed();
@@ -325,12 +320,14 @@ impl Proxy {
     /// Sends over HTTP/2 to one instance; when the request never left the gateway (no
     /// connection, or the connection closed before the request went out), to another.
     /// Anything else is not retried: the body has gone, and a gRPC call is not idempotent.
+    #[allow(clippy::too_many_arguments)]
     async fn forward_h2(
         &self,
         route: &Route,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
-        client: std::net::IpAddr,
+        client: &ClientConnection,
+        call: &Call,
         grpc: bool,
         retries: &mut u32,
     ) -> Response<Body> {
@@ -338,8 +335,17 @@ impl Proxy {
         let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
             return refusal(grpc, no_instance(&route.service));
         };
+        // Chosen on the request as the client sent it, as on the HTTP/1.1 path.
         let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
-        let key = route.balance.key(&parts.headers, client);
+        let key = route.balance.key(&parts.headers, client.peer.ip());
+        let host = headers::client_host(&parts);
+        headers::add_forwarding(&mut parts.headers, client, host.as_ref());
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), call.request_id.clone());
+        if let Ok(value) = HeaderValue::from_bytes(&call.traceparent) {
+            parts.headers.insert(TRACEPARENT.clone(), value);
+        }
         let timeout = route.timeout.unwrap_or(settings.timeout);
         let path = match upstream_path(&parts, route) {
             Ok(path) => path,
