@@ -44,6 +44,9 @@ pub async fn serve(
             }
         };
         connections.increment(1);
+        // As on the upstream side: without it, a response larger than one write waits for the
+        // client's delayed ACK (40 ms a request) before its last segment leaves.
+        let _ = client.set_nodelay(true);
         let upstreams = upstreams.clone();
         let service = service.clone();
         let balance = balance.clone();
