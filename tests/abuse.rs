@@ -43,15 +43,39 @@ async fn ok(system: &System) {
     assert_eq!(response.status(), 200);
 }
 
+/// The gateway's `gateway_connections_parked` gauge (0 before anything parked).
+async fn parked_connections(system: &System) -> f64 {
+    let metrics = system
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_connections_parked "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// A raw client connection to the gateway that gives up reading after 5 s.
+fn client(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_off_and_others_are_served() {
     let (system, _dir) = edge().await;
     let port = system.gateway_port;
     let slow = std::thread::spawn(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let mut stream = client(port);
         let started = Instant::now();
         let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
         // A header byte every 200 ms, never finishing the request.
@@ -128,10 +152,7 @@ async fn idle_keep_alive_connections_park_and_come_back() {
     let (system, _dir) = edge().await;
     let port = system.gateway_port;
     let statuses = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let mut stream = client(port);
         let mut statuses = Vec::new();
         for (round, idle_ms) in [0u64, 100, 1_500, 50, 2_500].into_iter().enumerate() {
             std::thread::sleep(Duration::from_millis(idle_ms));
@@ -167,28 +188,9 @@ async fn an_idle_keep_alive_connection_parks_and_frees_its_session() {
     use std::io::{Read, Write};
     let (system, _dir) = edge().await;
     let port = system.gateway_port;
-    let parked = || async {
-        let metrics = system
-            .http
-            .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("gateway_connections_parked "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     let mut streams = Vec::new();
     for round in 0..3 {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let mut stream = client(port);
         let request = format!("GET /park/{round} HTTP/1.1\r\nHost: test\r\n\r\n");
         stream.write_all(request.as_bytes()).unwrap();
         let mut buffer = [0u8; 4096];
@@ -198,7 +200,7 @@ async fn an_idle_keep_alive_connection_parks_and_frees_its_session() {
     }
     // Parked within a moment of the park delay (one second), with nothing more sent.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while parked().await < 3.0 {
+    while parked_connections(&system).await < 3.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "idle connections never parked"
@@ -215,7 +217,7 @@ async fn an_idle_keep_alive_connection_parks_and_frees_its_session() {
     assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
     drop(streams);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while parked().await != 1.0 {
+    while parked_connections(&system).await != 1.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "closed connections should leave the parked count, the woken one park again"
@@ -282,28 +284,10 @@ async fn a_silent_new_connection_parks_until_its_header_deadline() {
     let connected = Instant::now();
     // Parked after 200 ms of silence.
     tokio::time::sleep(Duration::from_millis(450)).await;
-    let metrics = system
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let parked = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway_connections_parked "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
     assert_eq!(
-        parked,
-        Some(2.0),
-        "both silent connections wait in the lot: {}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("connections"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        parked_connections(&system).await,
+        2.0,
+        "both silent connections wait in the lot"
     );
     let (late_answer, silent_for) = tokio::task::spawn_blocking(move || {
         for stream in [&mut late, &mut silent] {
@@ -338,10 +322,7 @@ async fn a_half_closed_client_still_gets_its_answer() {
     let (system, _dir) = edge().await;
     let port = system.gateway_port;
     let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let mut stream = client(port);
         stream
             .write_all(b"GET /half-closed HTTP/1.1\r\nHost: test\r\n\r\n")
             .unwrap();
@@ -361,10 +342,7 @@ async fn connect_is_refused_the_gateway_is_no_forward_proxy() {
     let (system, _dir) = edge().await;
     let port = system.gateway_port;
     let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let mut stream = client(port);
         stream
             .write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
             .unwrap();

@@ -780,18 +780,16 @@ fn request_host(parts: &http::request::Parts) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-/// The path and query to send upstream: the client's, less the route's prefix if it strips it.
+/// [`upstream_target`] as a parsed path for an HTTP/2 request's URI (the client's own, a
+/// reference count rather than a copy, when unchanged).
 fn upstream_path(
     parts: &http::request::Parts,
     route: &Route,
 ) -> Result<http::uri::PathAndQuery, Problem> {
-    let original = parts.uri.path_and_query();
-    let original_text = original.map_or("/", |p| p.as_str());
-    match (route.upstream_path(original_text), original) {
-        (std::borrow::Cow::Borrowed(path), Some(original)) if path.len() == original_text.len() => {
-            Ok(original.clone())
-        }
-        (path, _) => http::uri::PathAndQuery::try_from(path.as_ref())
+    let target = upstream_target(parts, route)?;
+    match parts.uri.path_and_query() {
+        Some(original) if target == original.as_str() => Ok(original.clone()),
+        _ => http::uri::PathAndQuery::try_from(target.as_ref())
             .map_err(|_| Problem::bad_request("the request path is not valid")),
     }
 }
