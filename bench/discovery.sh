@@ -22,5 +22,14 @@ BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 results=$(python3 bench/discovery.py "$BIN")
 echo "$results"
 if [ "${APPEND:-1}" = 1 ]; then
-  printf '\n%s\n' "$results" >> bench/README.md
+  # At the end of the Discovery section of bench/README.md, before the next section's heading.
+  RESULTS="$results" python3 - <<'PY'
+import os
+path = "bench/README.md"
+lines = open(path).read().split("\n")
+start = next(i for i, line in enumerate(lines) if line.startswith("## Discovery"))
+end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+lines[end:end] = os.environ["RESULTS"].split("\n") + [""]
+open(path, "w").write("\n".join(lines))
+PY
 fi

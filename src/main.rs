@@ -38,12 +38,18 @@ enum Command {
         component: Box<Component>,
     },
     /// Start the whole system on this machine and keep it running until Ctrl-C.
+    ///
+    /// The admin account's first password comes from STRATUS_ADMIN_PASSWORD (environment only,
+    /// never an argument), else <data dir>/admin-password, else a generated one written there.
+    /// Every component setting in the environment (see `stratus serve <component> --help`)
+    /// reaches the child processes.
     Up(up::Args),
     /// Show every component and replica of the running `stratus up` (table, or --json).
     Status(cli::StatusArgs),
     /// Set replica counts while running: `stratus scale catalog=3 orders=2`.
     Scale(cli::ScaleArgs),
-    /// Replace a component's replicas one at a time, with no failed request.
+    /// Replace a component's replicas one at a time, a new one ready before an old one stops
+    /// (registry, events, gateway and dns, on fixed ports, restart in place).
     Rollout(cli::RolloutArgs),
     /// Print the last lines of the replicas' logs; -f keeps following.
     Logs(cli::LogsArgs),
@@ -67,7 +73,7 @@ enum Component {
     Auth(stratus_auth::Args),
     /// Shop: the product catalog.
     Catalog(stratus_catalog::Args),
-    /// DNS: <service>.service.stratus A and SRV records from the registry.
+    /// DNS: <service>.service.stratus A, AAAA and SRV records (and api.stratus) from the registry.
     Dns(stratus_dns::Args),
     /// Event sink: every hop's record, traces and per-service stats.
     Events(stratus_events::Args),

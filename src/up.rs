@@ -4,8 +4,9 @@
 //! It starts the components in order, waits for each to be ready, prints where everything is,
 //! then hands over to the supervisor (`supervisor.rs`), which restarts a process that dies (with
 //! back-off), adopts a changed file and answers the control API (`control.rs`) that `stratus
-//! status | scale | rollout | logs` use. On Ctrl-C or SIGTERM it stops everything in reverse
-//! order: the gateway first, so no new requests arrive, the registry last.
+//! status | scale | rollout | logs` use. On Ctrl-C or SIGTERM it stops everything in the reverse
+//! order of the file: with the default file DNS and the gateway first, so no new requests arrive,
+//! the registry last.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,7 +42,7 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REGISTRY_PORT", default_value_t = 8500)]
     registry_port: u16,
 
-    /// Port of the event sink (API and, later, the dashboard).
+    /// Port of the event sink: its API and the dashboard at `/`.
     #[arg(long, env = "STRATUS_EVENTS_PORT", default_value_t = 8090)]
     events_port: u16,
 
@@ -155,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("  Registry       {registry_url}/v1/services");
     if manifest.components.iter().any(|c| c.name == "events") {
         println!(
-            "  Event sink     http://127.0.0.1:{}/v1/stats",
+            "  Dashboard      http://127.0.0.1:{}/  (the event sink; its API: /v1/stats, /v1/traces)",
             args.events_port
         );
     }
