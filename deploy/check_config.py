@@ -74,6 +74,18 @@ for kind in ["HorizontalPodAutoscaler"]:
     for name, document in by_kind.get(kind, {}).items():
         if document["spec"]["scaleTargetRef"]["name"] not in deployments:
             problems.append(f"{kind} {name} scales no Deployment")
+# Nothing but the public ports on a Service that reaches outside the cluster: an admin or control
+# API there would let anyone move traffic.
+PUBLIC_PORTS = {"http", "https"}
+for name, service in by_kind.get("Service", {}).items():
+    if service["spec"].get("type", "ClusterIP") in ("LoadBalancer", "NodePort"):
+        for port in service["spec"].get("ports") or []:
+            if port.get("name") not in PUBLIC_PORTS:
+                problems.append(
+                    f"Service {name} publishes port {port.get('name') or port.get('port')} "
+                    "outside the cluster (only the public ports may be: "
+                    f"{', '.join(sorted(PUBLIC_PORTS))})"
+                )
 if not by_kind.get("NetworkPolicy"):
     problems.append("no NetworkPolicy in deploy/base")
 if "stratus-config" not in by_kind.get("ConfigMap", {}):
