@@ -1,10 +1,13 @@
 //! Stratus's certificate authority: root keys, rotation with overlap, and issuing certificates.
 //!
-//! The authority keeps one or more roots, newest first. The newest signs; every root is in the
-//! trust bundle. Rotating makes a new root the signer and marks the old one to retire once every
-//! certificate it signed has expired (`overlap`: at least the longest certificate lifetime), the
-//! way auth keeps a retired signing key in its JWKS until its last token expires. Peers that
-//! fetch the bundle during the overlap trust both, so no connection fails across a rotation.
+//! The authority keeps one or more roots, newest first; every root is in the trust bundle. A
+//! rotation happens in two steps, so no connection fails across it:
+//! 1. the new root joins the bundle at once, but signs only after `propagate` (long enough for
+//!    every workload to have fetched the new bundle), so nobody is handed a certificate its
+//!    peers cannot check yet;
+//! 2. the old root stops signing then and retires `overlap` later (at least the longest
+//!    certificate lifetime, so every certificate it signed has been renewed), the way auth keeps
+//!    a retired signing key in its JWKS until its last token expires.
 //!
 //! Certificates are issued from a certificate signing request (the key never leaves the
 //! workload) or, for programs that cannot make one (Python's standard library), with a key made
@@ -55,6 +58,8 @@ struct Root {
     not_after: OffsetDateTime,
     /// Set when a newer root took over: after this the root leaves the bundle.
     retire_after: Option<OffsetDateTime>,
+    /// When it starts signing (a rotated-in root is in the bundle before it signs).
+    signs_from: OffsetDateTime,
 }
 
 pub struct Authority {
@@ -99,6 +104,8 @@ struct StoredRoot {
     key: String,
     #[serde(default)]
     retire_after: Option<i64>,
+    #[serde(default)]
+    signs_from: i64,
 }
 
 impl Authority {
@@ -116,35 +123,51 @@ impl Authority {
         &self.trust_domain
     }
 
-    /// A new root signs from now on; the previous ones stay in the bundle for `overlap`.
-    pub fn rotate(&mut self, now: OffsetDateTime, overlap: Duration) -> Result<(), AuthorityError> {
-        let root = new_root(&self.trust_domain, now)?;
+    /// A new root: in the bundle now, signing after `propagate`; the previous ones stop signing
+    /// then and leave the bundle `overlap` later.
+    pub fn rotate(
+        &mut self,
+        now: OffsetDateTime,
+        propagate: Duration,
+        overlap: Duration,
+    ) -> Result<(), AuthorityError> {
+        let mut root = new_root(&self.trust_domain, now)?;
+        root.signs_from = now + propagate;
         for old in &mut self.roots {
             if old.retire_after.is_none() {
-                old.retire_after = Some(now + overlap);
+                old.retire_after = Some(now + propagate + overlap);
             }
         }
         self.roots.insert(0, root);
         Ok(())
     }
 
+    /// The root that signs at `now`: the newest whose time has come.
+    fn signer(&self, now: OffsetDateTime) -> Result<&Root, AuthorityError> {
+        self.roots
+            .iter()
+            .find(|root| root.signs_from <= now)
+            .or(self.roots.last())
+            .ok_or(AuthorityError::NoRoot)
+    }
+
     /// Drops roots whose overlap has ended or that have expired. Returns whether any went.
     pub fn prune(&mut self, now: OffsetDateTime) -> bool {
         let before = self.roots.len();
-        let mut first = true;
+        let newest = self.roots.first().map(|root| root.cert.clone());
         self.roots.retain(|root| {
-            // The signing root always stays.
-            let keep =
-                first || (root.retire_after.is_none_or(|at| now < at) && now < root.not_after);
-            first = false;
-            keep
+            // The newest root always stays.
+            Some(&root.cert) == newest.as_ref()
+                || (root.retire_after.is_none_or(|at| now < at) && now < root.not_after)
         });
         self.roots.len() != before
     }
 
-    /// When the signing root was made valid until; rotation should come well before.
-    pub fn signing_root_expires(&self) -> Option<OffsetDateTime> {
-        self.roots.first().map(|root| root.not_after)
+    /// When the newest root was made; the next rotation is due some time after it.
+    pub fn newest_root_made(&self) -> Option<OffsetDateTime> {
+        self.roots
+            .first()
+            .map(|root| root.not_after - ROOT_LIFETIME)
     }
 
     pub fn bundle(&self) -> Vec<CertificateDer<'static>> {
@@ -193,7 +216,7 @@ impl Authority {
         now: OffsetDateTime,
         private_key: Option<String>,
     ) -> Result<Issued, AuthorityError> {
-        let root = self.roots.first().ok_or(AuthorityError::NoRoot)?;
+        let root = self.signer(now)?;
         let issuer = Issuer::from_ca_cert_der(&root.cert, &root.key)?;
         let mut params = CertificateParams::default();
         params.not_before = now - BACKDATE;
@@ -236,6 +259,7 @@ impl Authority {
                         root.key.serialize_pem().as_bytes(),
                     ),
                     retire_after: root.retire_after.map(|at| at.unix_timestamp()),
+                    signs_from: root.signs_from.unix_timestamp(),
                 })
                 .collect(),
         };
@@ -258,12 +282,15 @@ impl Authority {
                 .map(OffsetDateTime::from_unix_timestamp)
                 .transpose()
                 .map_err(|error| AuthorityError::Stored(error.to_string()))?;
+            let signs_from = OffsetDateTime::from_unix_timestamp(root.signs_from)
+                .map_err(|error| AuthorityError::Stored(error.to_string()))?;
             roots.push(Root {
                 cert,
                 cert_pem: root.certificate,
                 key,
                 not_after,
                 retire_after,
+                signs_from,
             });
         }
         if roots.is_empty() {
@@ -319,6 +346,7 @@ fn new_root(trust_domain: &str, now: OffsetDateTime) -> Result<Root, AuthorityEr
         key,
         not_after: params.not_after,
         retire_after: None,
+        signs_from: now,
     })
 }
 

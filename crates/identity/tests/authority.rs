@@ -109,7 +109,7 @@ fn rotation_keeps_old_certificates_valid_for_the_overlap_then_drops_the_old_root
             .certificate,
     )
     .unwrap();
-    authority.rotate(now, 2 * HOUR).unwrap();
+    authority.rotate(now, Duration::ZERO, 2 * HOUR).unwrap();
     let after = pem_certificate(
         &authority
             .issue_with_key(&id, HOUR, now)
@@ -135,7 +135,7 @@ fn rotation_keeps_old_certificates_valid_for_the_overlap_then_drops_the_old_root
 fn the_stored_form_hides_the_keys_and_reads_back() {
     let now = OffsetDateTime::now_utc();
     let mut authority = Authority::create("stratus.local", now).unwrap();
-    authority.rotate(now, HOUR).unwrap();
+    authority.rotate(now, Duration::ZERO, HOUR).unwrap();
     let k1 = Sealer::generate_key_line("k1");
     let sealer = Sealer::parse(&k1).unwrap();
     let stored = authority.to_stored(&sealer);
@@ -157,4 +157,39 @@ fn the_stored_form_hides_the_keys_and_reads_back() {
             .bundle_pem(),
         authority.bundle_pem()
     );
+}
+
+#[test]
+fn a_rotated_in_root_is_trusted_before_it_signs() {
+    let now = OffsetDateTime::now_utc();
+    let mut authority = Authority::create("stratus.local", now).unwrap();
+    authority
+        .rotate(now, Duration::from_secs(60), HOUR)
+        .unwrap();
+    let id = SpiffeId::service("stratus.local", "auth").unwrap();
+    // During propagation the old root still signs: a peer with only the old bundle checks it.
+    let during = pem_certificate(
+        &authority
+            .issue_with_key(&id, HOUR, now)
+            .unwrap()
+            .certificate,
+    )
+    .unwrap();
+    let mut old_only = RootCertStore::empty();
+    old_only.add(authority.bundle()[1].clone()).unwrap();
+    verify(&during, &old_only, now).unwrap();
+    // Afterwards the new one signs.
+    let later = now + Duration::from_secs(61);
+    let after = pem_certificate(
+        &authority
+            .issue_with_key(&id, HOUR, later)
+            .unwrap()
+            .certificate,
+    )
+    .unwrap();
+    assert!(verify(&after, &old_only, later).is_err());
+    verify(&after, &roots(&authority), later).unwrap();
+    // The old root leaves propagate + overlap after the rotation.
+    assert!(!authority.prune(now + HOUR));
+    assert!(authority.prune(now + HOUR + Duration::from_secs(61)));
 }

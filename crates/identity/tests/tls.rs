@@ -145,7 +145,7 @@ fn renewal_and_rotation_take_effect_in_the_same_configurations() {
     handshake(client.clone(), server.clone()).unwrap();
 
     // Rotation: the new root joins both bundles first, then catalog renews under it.
-    authority.rotate(now, 2 * HOUR).unwrap();
+    authority.rotate(now, Duration::ZERO, 2 * HOUR).unwrap();
     registry.set_bundle(&authority.bundle_pem()).unwrap();
     catalog.set_bundle(&authority.bundle_pem()).unwrap();
     certify(&catalog, &authority, "catalog", now);
