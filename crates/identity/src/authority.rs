@@ -360,6 +360,14 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// The DER of a PEM certificate signing request.
+pub fn csr_from_pem(pem: &str) -> Result<Vec<u8>, AuthorityError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|error| AuthorityError::BadRequest(format!("the request's PEM: {error}")))
+}
+
 /// The first certificate in PEM text.
 pub fn pem_certificate(pem: &str) -> Result<CertificateDer<'static>, AuthorityError> {
     pem_certificates(pem)?

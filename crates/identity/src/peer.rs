@@ -55,6 +55,13 @@ pub fn spiffe_id_in(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<Spi
     Ok(id)
 }
 
+/// When a certificate starts being valid, in seconds since the epoch.
+pub fn not_before(cert: &CertificateDer<'_>) -> Result<i64, PeerError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| PeerError::Unparsable)?;
+    Ok(parsed.validity().not_before.timestamp())
+}
+
 /// When a certificate stops being valid, in seconds since the epoch.
 pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, PeerError> {
     let (_, parsed) =

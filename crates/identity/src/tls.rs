@@ -128,6 +128,12 @@ impl Credentials {
         self.id.load_full()
     }
 
+    /// When the certificate held now became valid (seconds since the epoch).
+    pub fn not_before(&self) -> Option<i64> {
+        let certified = self.certified.load_full()?;
+        peer::not_before(certified.cert.first()?).ok()
+    }
+
     /// When the certificate held now expires (seconds since the epoch).
     pub fn not_after(&self) -> Option<i64> {
         let certified = self.certified.load_full()?;

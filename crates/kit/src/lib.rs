@@ -19,6 +19,7 @@ pub mod event_wire;
 pub mod events;
 pub mod grpc_health;
 pub mod health;
+pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -1,0 +1,185 @@
+//! The certificate authority the registry serves: every instance's first certificate and its
+//! renewals, the trust bundle, and CA rotation.
+//!
+//! Why the registry: it is the one process every instance already reaches first, before it can
+//! find anything else (Consul's servers hold its Connect CA for the same reason). Its own
+//! listener takes connections without a client certificate, since a new instance has none yet;
+//! every route but the two below then requires an identity.
+//!
+//! - `GET /v1/identity/bundle`: the roots to trust, PEM (public).
+//! - `POST /v1/identity/certificates`: `{"csr": "<PEM>"}` (or `{}`: the key is made here and
+//!   returned once, for programs that cannot make a request, such as Python's standard
+//!   library). The caller is either an instance with its current certificate (renewal), or
+//!   shows `Authorization: Bearer <join credential>`; the certificate names the service the
+//!   credential or certificate is for, whatever the request asks. An operator may ask for any
+//!   service (`"service": "<name>"`).
+//! - `POST /v1/identity/rotate` (operator): a new root, in two steps (see
+//!   [`stratus_identity::authority`]).
+//!
+//! Files (`files.rs`): the authority's stored state, the seal key and the join secret live in
+//! `<data dir>/identity/` unless named otherwise; `stratus up` makes them before the registry
+//! starts, and a registry that finds none makes them itself.
+
+pub mod api;
+pub mod files;
+
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use stratus_identity::{Authority, Issued, JoinSecret, Principal, Sealer, SpiffeId};
+use time::OffsetDateTime;
+
+/// The authority with what it needs to issue: the join secret, the seal, where it is stored.
+pub struct Ca {
+    authority: RwLock<Authority>,
+    join: JoinSecret,
+    sealer: Sealer,
+    file: PathBuf,
+    pub lifetime: Duration,
+    /// How long a rotated-in root waits before it signs: every workload refreshes its bundle
+    /// within this (they fetch it every [`BUNDLE_REFRESH`]).
+    pub propagate: Duration,
+}
+
+/// How often workloads fetch the trust bundle; a rotation waits three of these before the new
+/// root signs.
+pub const BUNDLE_REFRESH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("issuing: {0}")]
+    Internal(String),
+}
+
+impl Ca {
+    /// Loads the authority from its files (made by [`files::init`] when missing).
+    pub fn load(paths: &files::Paths, lifetime: Duration) -> anyhow::Result<Self> {
+        let material = files::init(paths)?;
+        let authority = Authority::from_stored(&material.authority, &material.sealer)
+            .with_context(|| format!("reading the authority in {}", paths.authority.display()))?;
+        let ca = Self {
+            authority: RwLock::new(authority),
+            join: material.join,
+            sealer: material.sealer,
+            file: paths.authority.clone(),
+            lifetime,
+            propagate: 3 * BUNDLE_REFRESH,
+        };
+        if !Authority::stored_is_current(&material.authority, &ca.sealer) {
+            // The seal key was rotated: seal the roots again with the current one.
+            ca.persist()?;
+        }
+        Ok(ca)
+    }
+
+    pub fn trust_domain(&self) -> String {
+        self.read().trust_domain().to_string()
+    }
+
+    pub fn bundle_pem(&self) -> String {
+        self.read().bundle_pem()
+    }
+
+    /// The service a join credential is for, if it is genuine.
+    pub fn join_service(&self, credential: &str) -> Option<String> {
+        self.join.verify(credential).ok()
+    }
+
+    /// A certificate for `principal` (over the key in `csr`, or a key made here).
+    pub fn issue(&self, principal: Principal, csr_pem: Option<&str>) -> Result<Issued, IssueError> {
+        let authority = self.read();
+        let id = match principal {
+            Principal::Service(name) => SpiffeId::service(authority.trust_domain(), &name),
+            Principal::Operator(name) => SpiffeId::operator(authority.trust_domain(), &name),
+        }
+        .map_err(|error| IssueError::BadRequest(error.to_string()))?;
+        let now = OffsetDateTime::now_utc();
+        let issued = match csr_pem {
+            Some(pem) => {
+                let der = csr_der(pem).map_err(IssueError::BadRequest)?;
+                authority.sign_request(&der, &id, self.lifetime, now)
+            }
+            None => authority.issue_with_key(&id, self.lifetime, now),
+        };
+        issued.map_err(|error| match error {
+            stratus_identity::authority::AuthorityError::BadRequest(detail) => {
+                IssueError::BadRequest(detail)
+            }
+            other => IssueError::Internal(other.to_string()),
+        })
+    }
+
+    /// Starts a rotation: a new root in the bundle now, signing after `propagate`.
+    pub fn rotate(&self) -> anyhow::Result<()> {
+        {
+            let mut authority = self.write();
+            // Overlap: every certificate the old root signs until the switch has renewed (at
+            // half-life) well before the old root leaves, with a lifetime of slack.
+            authority.rotate(OffsetDateTime::now_utc(), self.propagate, 2 * self.lifetime)?;
+        }
+        self.persist()
+    }
+
+    /// Drops retired roots; persists when any went.
+    pub fn prune(&self) -> anyhow::Result<()> {
+        let pruned = self.write().prune(OffsetDateTime::now_utc());
+        if pruned {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    /// When the newest root was made (for scheduled rotation).
+    pub fn newest_root_made(&self) -> Option<OffsetDateTime> {
+        self.read().newest_root_made()
+    }
+
+    fn persist(&self) -> anyhow::Result<()> {
+        let stored = self.read().to_stored(&self.sealer);
+        files::write_private(&self.file, &stored)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Authority> {
+        self.authority
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Authority> {
+        self.authority
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Prunes retired roots and rotates when the newest root is `every` old, until the process ends.
+pub async fn maintain(ca: std::sync::Arc<Ca>, every: Option<Duration>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if let Err(error) = ca.prune() {
+            tracing::warn!(error = %format!("{error:#}"), "pruning the certificate authority's roots");
+        }
+        let due = every
+            .zip(ca.newest_root_made())
+            .is_some_and(|(every, made)| OffsetDateTime::now_utc() - made >= every);
+        if due {
+            match ca.rotate() {
+                Ok(()) => tracing::info!("rotated the certificate authority's root"),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "rotating the certificate authority")
+                }
+            }
+        }
+    }
+}
+
+fn csr_der(pem: &str) -> Result<Vec<u8>, String> {
+    stratus_identity::authority::csr_from_pem(pem).map_err(|error| error.to_string())
+}
