@@ -8,6 +8,7 @@
 mod backup;
 mod cli;
 mod control;
+mod identity;
 mod launch;
 mod logs;
 mod manifest;
@@ -59,6 +60,8 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// Exit 0 when the component on $PORT answers /healthz (a container health check).
     Probe(probe::ProbeArgs),
+    /// The certificate authority's files: init, a service's join credential, issue a certificate.
+    Identity(identity::IdentityArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
             Command::Probe(args) => probe::probe(args).await,
+            Command::Identity(args) => identity::run(args),
             Command::Serve { component } => serve(*component).await,
         }
     })

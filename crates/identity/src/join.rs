@@ -25,6 +25,8 @@ pub enum JoinError {
     Malformed,
     #[error("the join credential is not valid")]
     Invalid,
+    #[error("{0}")]
+    BadName(String),
 }
 
 pub struct JoinSecret {
@@ -61,7 +63,7 @@ impl JoinSecret {
 
     /// The credential for `service` (which must be a valid service name).
     pub fn credential(&self, service: &str) -> Result<String, JoinError> {
-        check_name(service).map_err(|_| JoinError::Malformed)?;
+        check_name(service).map_err(|error| JoinError::BadName(error.to_string()))?;
         let tag = hmac::sign(&self.key, &message(service));
         Ok(format!(
             "{PREFIX}{service}.{}",
@@ -124,7 +126,10 @@ mod tests {
         ] {
             assert_eq!(secret.verify(bad), Err(JoinError::Malformed), "{bad}");
         }
-        assert_eq!(secret.credential("Not A Name"), Err(JoinError::Malformed));
+        assert!(matches!(
+            secret.credential("Not A Name"),
+            Err(JoinError::BadName(_))
+        ));
         assert!(matches!(
             JoinSecret::parse("c2hvcnQ="),
             Err(JoinError::BadSecret)

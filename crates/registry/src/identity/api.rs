@@ -194,7 +194,10 @@ mod tests {
 
         let (status, body) = ask(&f.ca, None, Some(&catalog), r#"{"service":"auth"}"#).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert!(body.contains("cannot get a certificate for `auth`"), "{body}");
+        assert!(
+            body.contains("cannot get a certificate for `auth`"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
