@@ -192,3 +192,37 @@ async fn trace_span(request: Request, next: Next) -> Response {
     );
     next.run(request).instrument(span).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[tokio::test]
+    async fn a_component_whose_document_lacks_a_route_does_not_start() {
+        let common = Cli::parse_from(["test"]).common;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api: Api =
+            Api::new(r#"{"openapi": "3.0.3", "paths": {}}"#, "").get("/a", || async { "a" });
+        let service = Service::new("test", 0).unregistered().without_events();
+        // Serving would not end on its own: time out rather than hang if the check is skipped.
+        let run = service.run_on(listener, &common, api);
+        let error = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the service started serving")
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GET /a is served but not documented"),
+            "{error:#}"
+        );
+    }
+}
