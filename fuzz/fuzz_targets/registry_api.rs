@@ -53,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let fixture = fixture();
     let _guard = fixture.runtime.enter();
-    let app = stratus_registry::api::router(fixture.store.clone());
+    let app: axum::Router = stratus_registry::api::routes()
+        .with_state(fixture.store.clone())
+        .into_router();
     // A blocking query waits for a change; a short wait is enough to see it answer or park.
     let answer = fixture.runtime.block_on(async {
         tokio::time::timeout(Duration::from_millis(20), app.oneshot(request)).await

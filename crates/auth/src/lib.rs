@@ -87,6 +87,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         async move { stratus_kit::db::ping(&pool).await }
     });
     service
-        .run(&args.common, api::router(Arc::new(state)))
+        .run(&args.common, api::routes().with_state(Arc::new(state)))
         .await
 }

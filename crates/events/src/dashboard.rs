@@ -4,28 +4,27 @@
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 
 const INDEX: &str = include_str!("../dashboard/index.html");
 const SCRIPT: &str = include_str!("../dashboard/app.js");
 const STYLE: &str = include_str!("../dashboard/style.css");
 
-/// `/`, `/dashboard/app.js`, `/dashboard/style.css`.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(|| asset("text/html; charset=utf-8", INDEX)))
-        .route(
-            "/dashboard/app.js",
-            get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
-        )
-        .route(
-            "/dashboard/style.css",
-            get(|| asset("text/css; charset=utf-8", STYLE)),
-        )
+/// `GET /`: the page.
+pub async fn page() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", INDEX)
 }
 
-async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+/// `GET /dashboard/app.js`.
+pub async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /dashboard/style.css`.
+pub async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, content_type),

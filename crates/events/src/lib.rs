@@ -107,7 +107,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }
     });
-    service.run(&args.common, api::router(state)).await
+    service
+        .run(&args.common, api::routes().with_state(state))
+        .await
 }
 
 /// Every few seconds: drop what is past retention or beyond the row cap.

@@ -2,15 +2,15 @@
 //! the deployment controls: a route's split between versions can be read
 //! (`GET /v1/routes/{name}/split`), replaced (`PUT`, the same fields as `split` in the route
 //! file), removed (`DELETE`: every instance again) and its canary rolled back
-//! (`POST /v1/routes/{name}/rollback`: every request to the stable version at once).
+//! (`POST /v1/routes/{name}/rollback`: every request to the stable version at once). Its OpenAPI
+//! document is `openapi.json`, served at `/openapi.json`.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use serde_json::{json, Value};
+use stratus_kit::openapi::Api;
 use stratus_kit::Problem;
 
 use crate::deploy::SplitSpec;
@@ -24,16 +24,27 @@ struct AdminState {
     reload: SharedStatus,
 }
 
-pub fn router(proxy: Arc<Shared>, reload: SharedStatus) -> Router {
-    Router::new()
-        .route("/v1/routes", get(routes))
-        .route("/v1/upstreams", get(upstreams))
-        .route(
-            "/v1/routes/{name}/split",
-            get(get_split).put(put_split).delete(delete_split),
-        )
-        .route("/v1/routes/{name}/rollback", post(rollback))
-        .with_state(AdminState { proxy, reload })
+/// The admin API as an OpenAPI 3.0 document, at `/openapi.json` on the admin port.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// A split is a handful of short fields.
+const MAX_BODY: usize = 16 * 1024;
+
+/// Every route of the admin API, each recorded against `openapi.json` by the kit's `Api`.
+fn api() -> Api<AdminState> {
+    let split = "/v1/routes/{name}/split";
+    Api::new(OPENAPI, "")
+        .get("/v1/routes", routes)
+        .get("/v1/upstreams", upstreams)
+        .get(split, get_split)
+        .put(split, put_split)
+        .delete(split, delete_split)
+        .post("/v1/routes/{name}/rollback", rollback)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+pub fn router(proxy: Arc<Shared>, reload: SharedStatus) -> Api {
+    api().with_state(AdminState { proxy, reload })
 }
 
 async fn routes(State(AdminState { proxy, reload }): State<AdminState>) -> axum::Json<Value> {
@@ -139,4 +150,12 @@ async fn rollback(
     tracing::warn!(route = %name, canary = %rollback.canary, stable = %rollback.stable, "canary rolled back through the admin API");
     metrics::counter!("gateway_canary_rollbacks_total", "route" => name).increment(1);
     Ok(axum::Json(deployment.describe()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes() {
+        super::api().check().unwrap();
+    }
 }

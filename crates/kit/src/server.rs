@@ -21,6 +21,7 @@ use crate::config::CommonArgs;
 use crate::events::EventReporter;
 use crate::health::Health;
 use crate::model::Registration;
+use crate::openapi::Api;
 use crate::registration::Registrar;
 use crate::registry_client::RegistryClient;
 use crate::trace::TraceContext;
@@ -68,23 +69,27 @@ impl Service {
         self
     }
 
-    /// Adds the kit's routes and layers to `app`, binds, registers and serves until SIGTERM.
-    pub async fn run(self, common: &CommonArgs, app: Router) -> anyhow::Result<()> {
+    /// Adds the kit's routes and layers to `api`, binds, registers and serves until SIGTERM.
+    pub async fn run(self, common: &CommonArgs, api: Api) -> anyhow::Result<()> {
         let listener = TcpListener::bind((common.bind, self.port))
             .await
             .with_context(|| format!("binding {}:{}", common.bind, self.port))?;
-        self.run_on(listener, common, app).await
+        self.run_on(listener, common, api).await
     }
 
+    /// As [`Service::run`], on a listener already bound. A component whose router and OpenAPI
+    /// document disagree does not start: what it says about itself would be untrue.
     pub async fn run_on(
         self,
         listener: TcpListener,
         common: &CommonArgs,
-        app: Router,
+        api: Api,
     ) -> anyhow::Result<()> {
+        api.check()
+            .with_context(|| format!("{} cannot start", self.name))?;
         let local = listener.local_addr().context("reading the bound address")?;
         let id = common.instance_id();
-        let mut app = with_kit_routes(app, &self.health);
+        let mut app = with_kit_routes(api.into_router(), &self.health);
         if self.events && common.events {
             match EventReporter::start(&common.events_url, &self.name, &id) {
                 Ok(reporter) => {
@@ -158,7 +163,7 @@ impl Service {
 
 /// The routes and layers every service has: health, readiness, metrics, problem+json for unknown
 /// paths and methods, request metrics, and a tracing span carrying the trace id.
-pub fn with_kit_routes(app: Router, health: &Health) -> Router {
+fn with_kit_routes(app: Router, health: &Health) -> Router {
     app.merge(health.routes())
         .merge(metrics::routes())
         .fallback(problem::not_found)
@@ -186,4 +191,38 @@ async fn trace_span(request: Request, next: Next) -> Response {
         path = %request.uri().path()
     );
     next.run(request).instrument(span).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[tokio::test]
+    async fn a_component_whose_document_lacks_a_route_does_not_start() {
+        let common = Cli::parse_from(["test"]).common;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api: Api =
+            Api::new(r#"{"openapi": "3.0.3", "paths": {}}"#, "").get("/a", || async { "a" });
+        let service = Service::new("test", 0).unregistered().without_events();
+        // Serving would not end on its own: time out rather than hang if the check is skipped.
+        let run = service.run_on(listener, &common, api);
+        let error = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the service started serving")
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GET /a is served but not documented"),
+            "{error:#}"
+        );
+    }
 }

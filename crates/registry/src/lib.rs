@@ -93,5 +93,7 @@ async fn serve<S: Store>(store: Arc<S>, args: &Args) -> anyhow::Result<()> {
         let store = checked.clone();
         async move { store.check().await }
     });
-    service.run(&args.common, api::router(store)).await
+    service
+        .run(&args.common, api::routes().with_state(store))
+        .await
 }

@@ -94,7 +94,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }
     });
-    let result = service.run(&args.common, api::router(state)).await;
+    let result = service
+        .run(&args.common, api::routes().with_state(state))
+        .await;
     // Views counted but not yet written go to the database before the process leaves.
     views.close().await;
     result

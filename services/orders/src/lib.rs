@@ -105,5 +105,5 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         async move { stratus_kit::db::ping(&pool).await }
     });
     // No readiness check on the broker: with the outbox, orders are taken while it is away.
-    service.run(&common, api::router(state)).await
+    service.run(&common, api::routes().with_state(state)).await
 }

@@ -71,5 +71,5 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }
     });
-    service.run(&common, api::router(state)).await
+    service.run(&common, api::routes().with_state(state)).await
 }

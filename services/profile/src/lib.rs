@@ -59,5 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }
     });
-    service.run(&args.common, api::router(state)).await
+    service
+        .run(&args.common, api::routes().with_state(state))
+        .await
 }
