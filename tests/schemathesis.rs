@@ -6,33 +6,16 @@
 //! Each document is fuzzed with an admin's token and with a customer's, with a bounded number of
 //! examples per operation (`STRATUS_SCHEMATHESIS_EXAMPLES`, default 25) and a fixed seed
 //! (`STRATUS_SCHEMATHESIS_SEED`), so a run is repeatable and the test stays within a few minutes.
-//! Skips with a notice when schemathesis is missing outside CI; under CI (`.ci/run` installs it)
-//! that is a failure.
+//! Needs schemathesis (`pip install schemathesis`): reported ignored where it is missing, a
+//! failure under CI (`.ci/run` installs it).
 
 mod support;
 
 use std::process::Command;
 use std::time::Instant;
 
+use stratus_testing::{Need, Test};
 use support::System;
-
-/// The command that runs schemathesis: its `st` script, or the module through python3 when the
-/// script is not on the PATH (pip's user scripts directory often is not).
-fn schemathesis() -> Option<&'static [&'static str]> {
-    const CANDIDATES: [&[&str]; 3] = [
-        &["st"],
-        &["schemathesis"],
-        &["python3", "-m", "schemathesis.cli"],
-    ];
-    CANDIDATES.into_iter().find(|command| {
-        Command::new(command[0])
-            .args(&command[1..])
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
 
 /// A system with every shop service: registry, auth, catalog, orders, payments, notifications,
 /// profile, the gateway and an event sink they report to. Returns the sink's port.
@@ -146,16 +129,8 @@ fn fuzz(
     }
 }
 
-#[tokio::test]
 async fn every_document_holds_under_schemathesis_through_the_gateway() {
-    let Some(program) = schemathesis() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "schemathesis is required under CI (pip install schemathesis)"
-        );
-        eprintln!("skipping: schemathesis is not installed (pip install schemathesis)");
-        return;
-    };
+    let program = stratus_testing::needs::schemathesis();
     let (system, events_port) = shop().await;
     let admin = system.admin_token().await;
     let customer = system.customer_token("fuzz@example.com").await;
@@ -235,4 +210,12 @@ async fn every_document_holds_under_schemathesis_through_the_gateway() {
         failed.is_empty(),
         "schemathesis found problems in: {failed:?} (details above)"
     );
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![Test::new(
+        "every_document_holds_under_schemathesis_through_the_gateway",
+        every_document_holds_under_schemathesis_through_the_gateway,
+    )
+    .needs(&[Need::Schemathesis])])
 }
