@@ -6,8 +6,8 @@ mod support;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use stratus_testing::{Need, Test};
 use stratus_testing::servers::Postgres;
+use stratus_testing::{Need, Test};
 use support::System;
 
 async fn the_request_flow_works_on_postgres() {
@@ -207,8 +207,19 @@ async fn mfa_key_rotation_and_authorization_codes_work_on_postgres() {
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::new("the_request_flow_works_on_postgres", the_request_flow_works_on_postgres).needs(&[Need::Postgres]),
-        Test::sync("an_unreachable_database_is_a_clear_error_at_start_up", an_unreachable_database_is_a_clear_error_at_start_up),
-        Test::new("mfa_key_rotation_and_authorization_codes_work_on_postgres", mfa_key_rotation_and_authorization_codes_work_on_postgres).needs(&[Need::Postgres]),
+        Test::new(
+            "the_request_flow_works_on_postgres",
+            the_request_flow_works_on_postgres,
+        )
+        .needs(&[Need::Postgres]),
+        Test::sync(
+            "an_unreachable_database_is_a_clear_error_at_start_up",
+            an_unreachable_database_is_a_clear_error_at_start_up,
+        ),
+        Test::new(
+            "mfa_key_rotation_and_authorization_codes_work_on_postgres",
+            mfa_key_rotation_and_authorization_codes_work_on_postgres,
+        )
+        .needs(&[Need::Postgres]),
     ])
 }

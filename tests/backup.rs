@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::Connection;
-use stratus_testing::{Need, Test};
 use stratus_testing::servers::Postgres;
+use stratus_testing::{Need, Test};
 use support::{binary, free_port};
 
 const SERVICES: &[&str] = &[
@@ -638,7 +638,16 @@ async fn backup_while_running_then_restore_reproduces_every_postgres_database() 
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::new("backup_while_running_then_restore_reproduces_every_sqlite_database", backup_while_running_then_restore_reproduces_every_sqlite_database).worker_threads(4),
-        Test::new("backup_while_running_then_restore_reproduces_every_postgres_database", backup_while_running_then_restore_reproduces_every_postgres_database).worker_threads(4).needs(&[Need::Postgres]),
+        Test::new(
+            "backup_while_running_then_restore_reproduces_every_sqlite_database",
+            backup_while_running_then_restore_reproduces_every_sqlite_database,
+        )
+        .worker_threads(4),
+        Test::new(
+            "backup_while_running_then_restore_reproduces_every_postgres_database",
+            backup_while_running_then_restore_reproduces_every_postgres_database,
+        )
+        .worker_threads(4)
+        .needs(&[Need::Postgres]),
     ])
 }

@@ -7,8 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use stratus_testing::{Need, Test};
 use stratus_testing::servers::Redis;
+use stratus_testing::{Need, Test};
 use support::System;
 
 async fn create_product(system: &System, admin: &str, price: i64) -> String {
@@ -463,10 +463,33 @@ async fn two_gateways_share_one_rate_limit_in_redis_and_fail_open() {
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::new("catalog_reads_are_cache_aside_in_redis_and_survive_its_death", catalog_reads_are_cache_aside_in_redis_and_survive_its_death).worker_threads(2).needs(&[Need::Redis]),
-        Test::new("cache_outcomes_reach_the_event_records", cache_outcomes_reach_the_event_records).worker_threads(2),
-        Test::new("product_views_are_written_back_in_batches_and_on_shutdown", product_views_are_written_back_in_batches_and_on_shutdown).worker_threads(2),
-        Test::new("profiles_are_written_through_and_read_back_from_the_cache", profiles_are_written_through_and_read_back_from_the_cache).worker_threads(2).needs(&[Need::Redis]),
-        Test::new("two_gateways_share_one_rate_limit_in_redis_and_fail_open", two_gateways_share_one_rate_limit_in_redis_and_fail_open).worker_threads(2).needs(&[Need::Redis]),
+        Test::new(
+            "catalog_reads_are_cache_aside_in_redis_and_survive_its_death",
+            catalog_reads_are_cache_aside_in_redis_and_survive_its_death,
+        )
+        .worker_threads(2)
+        .needs(&[Need::Redis]),
+        Test::new(
+            "cache_outcomes_reach_the_event_records",
+            cache_outcomes_reach_the_event_records,
+        )
+        .worker_threads(2),
+        Test::new(
+            "product_views_are_written_back_in_batches_and_on_shutdown",
+            product_views_are_written_back_in_batches_and_on_shutdown,
+        )
+        .worker_threads(2),
+        Test::new(
+            "profiles_are_written_through_and_read_back_from_the_cache",
+            profiles_are_written_through_and_read_back_from_the_cache,
+        )
+        .worker_threads(2)
+        .needs(&[Need::Redis]),
+        Test::new(
+            "two_gateways_share_one_rate_limit_in_redis_and_fail_open",
+            two_gateways_share_one_rate_limit_in_redis_and_fail_open,
+        )
+        .worker_threads(2)
+        .needs(&[Need::Redis]),
     ])
 }

@@ -117,8 +117,11 @@ fn https_with_a_generated_development_certificate() {
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::sync("http2_prior_knowledge_with_curl", http2_prior_knowledge_with_curl)
-            .needs(&[Need::Curl]),
+        Test::sync(
+            "http2_prior_knowledge_with_curl",
+            http2_prior_knowledge_with_curl,
+        )
+        .needs(&[Need::Curl]),
         Test::sync(
             "https_with_a_generated_development_certificate",
             https_with_a_generated_development_certificate,

@@ -626,11 +626,27 @@ async fn the_sink_works_on_postgres() {
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::new("services_report_every_request_to_the_sink", services_report_every_request_to_the_sink),
-        Test::new("a_sink_that_is_down_breaks_nothing", a_sink_that_is_down_breaks_nothing),
-        Test::new("every_process_reports_where_its_memory_goes", every_process_reports_where_its_memory_goes),
-        Test::new("the_sink_can_stop_and_restart_under_load", the_sink_can_stop_and_restart_under_load),
-        Test::new("bad_batches_are_refused_whole", bad_batches_are_refused_whole),
-        Test::new("the_sink_works_on_postgres", the_sink_works_on_postgres).needs(&[Need::Postgres]),
+        Test::new(
+            "services_report_every_request_to_the_sink",
+            services_report_every_request_to_the_sink,
+        ),
+        Test::new(
+            "a_sink_that_is_down_breaks_nothing",
+            a_sink_that_is_down_breaks_nothing,
+        ),
+        Test::new(
+            "every_process_reports_where_its_memory_goes",
+            every_process_reports_where_its_memory_goes,
+        ),
+        Test::new(
+            "the_sink_can_stop_and_restart_under_load",
+            the_sink_can_stop_and_restart_under_load,
+        ),
+        Test::new(
+            "bad_batches_are_refused_whole",
+            bad_batches_are_refused_whole,
+        ),
+        Test::new("the_sink_works_on_postgres", the_sink_works_on_postgres)
+            .needs(&[Need::Postgres]),
     ])
 }

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use stratus_testing::{Need, Test};
 use stratus_testing::servers::{Nats, Postgres, Redis};
+use stratus_testing::{Need, Test};
 use support::{free_port, System};
 
 const ROUTES: &str = r#"
@@ -543,7 +543,10 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
 }
 
 fn main() -> std::process::ExitCode {
-    stratus_testing::run(vec![
-        Test::new("under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers", under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers).worker_threads(2).needs(&[Need::Postgres, Need::Nats, Need::Redis]),
-    ])
+    stratus_testing::run(vec![Test::new(
+        "under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers",
+        under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers,
+    )
+    .worker_threads(2)
+    .needs(&[Need::Postgres, Need::Nats, Need::Redis])])
 }

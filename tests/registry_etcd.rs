@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stratus_testing::servers::Etcd;
 use stratus_testing::{Need, Test};
 use support::registry::{instance_ids, Registry};
-use stratus_testing::servers::Etcd;
 
 /// Polls `probe` until it is true, or panics with `what` after `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut probe: F)
@@ -346,11 +346,26 @@ async fn active_checks_work_across_registries_on_etcd() {
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::new("three_registries_share_one_view_and_outlive_each_other", three_registries_share_one_view_and_outlive_each_other).needs(&[Need::Etcd]),
+        Test::new(
+            "three_registries_share_one_view_and_outlive_each_other",
+            three_registries_share_one_view_and_outlive_each_other,
+        )
+        .needs(&[Need::Etcd]),
         Test::new("readiness_follows_etcd", readiness_follows_etcd).needs(&[Need::Etcd]),
-        Test::sync("an_unreachable_etcd_is_a_clear_error_at_start_up", an_unreachable_etcd_is_a_clear_error_at_start_up),
+        Test::sync(
+            "an_unreachable_etcd_is_a_clear_error_at_start_up",
+            an_unreachable_etcd_is_a_clear_error_at_start_up,
+        ),
         Test::sync("an_unknown_store_is_refused", an_unknown_store_is_refused),
-        Test::new("the_gateway_never_routes_to_the_dead_on_etcd", the_gateway_never_routes_to_the_dead_on_etcd).needs(&[Need::Etcd]),
-        Test::new("active_checks_work_across_registries_on_etcd", active_checks_work_across_registries_on_etcd).needs(&[Need::Etcd]),
+        Test::new(
+            "the_gateway_never_routes_to_the_dead_on_etcd",
+            the_gateway_never_routes_to_the_dead_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "active_checks_work_across_registries_on_etcd",
+            active_checks_work_across_registries_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
     ])
 }

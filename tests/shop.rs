@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use stratus_testing::{Need, Test};
 use stratus_testing::servers::{Nats, Postgres, Redis};
+use stratus_testing::{Need, Test};
 use support::System;
 
 /// Everything the saga needs, started and waited for.
@@ -915,13 +915,39 @@ async fn one_trace_follows_the_order_through_every_service() {
 
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
-        Test::new("an_order_is_paid_or_declined_and_notified_once", an_order_is_paid_or_declined_and_notified_once),
-        Test::new("on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once", on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once).needs(&[Need::Postgres, Need::Nats, Need::Redis]),
-        Test::new("a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on", a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on),
-        Test::new("a_killed_payments_instance_loses_and_doubles_no_order", a_killed_payments_instance_loses_and_doubles_no_order),
-        Test::new("on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing", on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing).needs(&[Need::Postgres, Need::Nats]),
-        Test::new("with_the_catalog_down_orders_are_refused_fast_and_reads_still_work", with_the_catalog_down_orders_are_refused_fast_and_reads_still_work),
-        Test::new("bad_input_is_refused_and_stores_nothing", bad_input_is_refused_and_stores_nothing),
-        Test::new("one_trace_follows_the_order_through_every_service", one_trace_follows_the_order_through_every_service),
+        Test::new(
+            "an_order_is_paid_or_declined_and_notified_once",
+            an_order_is_paid_or_declined_and_notified_once,
+        ),
+        Test::new(
+            "on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once",
+            on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once,
+        )
+        .needs(&[Need::Postgres, Need::Nats, Need::Redis]),
+        Test::new(
+            "a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on",
+            a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on,
+        ),
+        Test::new(
+            "a_killed_payments_instance_loses_and_doubles_no_order",
+            a_killed_payments_instance_loses_and_doubles_no_order,
+        ),
+        Test::new(
+            "on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing",
+            on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing,
+        )
+        .needs(&[Need::Postgres, Need::Nats]),
+        Test::new(
+            "with_the_catalog_down_orders_are_refused_fast_and_reads_still_work",
+            with_the_catalog_down_orders_are_refused_fast_and_reads_still_work,
+        ),
+        Test::new(
+            "bad_input_is_refused_and_stores_nothing",
+            bad_input_is_refused_and_stores_nothing,
+        ),
+        Test::new(
+            "one_trace_follows_the_order_through_every_service",
+            one_trace_follows_the_order_through_every_service,
+        ),
     ])
 }

@@ -544,21 +544,21 @@ async fn unreachable_nats_is_an_error() {
 
 fn main() -> std::process::ExitCode {
     let mut tests = on_both_backends!(
-    fan_out_to_every_group,
-    work_queue_shares_within_a_group,
-    redelivers_after_the_visibility_timeout,
-    nack_retries_after_the_delay,
-    extending_the_lease_holds_off_redelivery,
-    poison_goes_to_the_dlq_after_max_attempts,
-    expired_last_attempt_goes_to_the_dlq,
-    messages_survive_a_restart,
-    headers_and_traceparent_round_trip,
-    publishing_is_idempotent,
-    a_new_group_starts_at_new_messages,
-    publish_all_stores_a_batch,
-    a_live_subscription_survives_a_restart,
-    concurrent_consumers_claim_each_message_once_per_group,
-);
+        fan_out_to_every_group,
+        work_queue_shares_within_a_group,
+        redelivers_after_the_visibility_timeout,
+        nack_retries_after_the_delay,
+        extending_the_lease_holds_off_redelivery,
+        poison_goes_to_the_dlq_after_max_attempts,
+        expired_last_attempt_goes_to_the_dlq,
+        messages_survive_a_restart,
+        headers_and_traceparent_round_trip,
+        publishing_is_idempotent,
+        a_new_group_starts_at_new_messages,
+        publish_all_stores_a_batch,
+        a_live_subscription_survives_a_restart,
+        concurrent_consumers_claim_each_message_once_per_group,
+    );
     tests.extend([
         Test::new(
             "sqlite_prunes_finished_messages_past_the_retention",

@@ -403,12 +403,32 @@ fn main() -> std::process::ExitCode {
         values_expire_after_the_ttl_and_ttl_zero_is_off,
     );
     tests.extend([
-        Test::new("redis_is_shared_between_instances", redis_is_shared_between_instances).needs(&[Need::Redis]),
-        Test::new("an_unreachable_redis_at_start_is_an_error", an_unreachable_redis_at_start_is_an_error),
-        Test::new("a_redis_that_dies_later_fails_soft", a_redis_that_dies_later_fails_soft).needs(&[Need::Redis]),
-        Test::new("write_back_flushes_in_batches", write_back_flushes_in_batches),
-        Test::new("write_back_flushes_early_when_many_keys_wait", write_back_flushes_early_when_many_keys_wait),
-        Test::new("write_back_keeps_a_failed_batch_and_flushes_on_close", write_back_keeps_a_failed_batch_and_flushes_on_close),
+        Test::new(
+            "redis_is_shared_between_instances",
+            redis_is_shared_between_instances,
+        )
+        .needs(&[Need::Redis]),
+        Test::new(
+            "an_unreachable_redis_at_start_is_an_error",
+            an_unreachable_redis_at_start_is_an_error,
+        ),
+        Test::new(
+            "a_redis_that_dies_later_fails_soft",
+            a_redis_that_dies_later_fails_soft,
+        )
+        .needs(&[Need::Redis]),
+        Test::new(
+            "write_back_flushes_in_batches",
+            write_back_flushes_in_batches,
+        ),
+        Test::new(
+            "write_back_flushes_early_when_many_keys_wait",
+            write_back_flushes_early_when_many_keys_wait,
+        ),
+        Test::new(
+            "write_back_keeps_a_failed_batch_and_flushes_on_close",
+            write_back_keeps_a_failed_batch_and_flushes_on_close,
+        ),
     ]);
     stratus_testing::run(tests)
 }

@@ -110,7 +110,10 @@ struct Met(Arc<Mutex<HashMap<Need, bool>>>);
 
 impl Met {
     fn check(&self, need: Need) -> bool {
-        let mut known = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut known = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *known.entry(need).or_insert_with(|| need.is_met())
     }
 }
@@ -214,7 +217,9 @@ mod tests {
     fn a_missing_need_ignores_the_test_with_its_reason_and_runs_nothing() {
         let (test, ran) = recorded(&[Need::Etcd, Need::Curl]);
         match outcome(test, false, none_met) {
-            Ok(Completion::Ignored { reason: Some(reason) }) => assert_eq!(
+            Ok(Completion::Ignored {
+                reason: Some(reason),
+            }) => assert_eq!(
                 reason,
                 "needs etcd: apt-get install etcd-server; needs curl: apt-get install curl"
             ),
@@ -247,7 +252,9 @@ mod tests {
         assert!(ran.load(Ordering::SeqCst));
 
         let panicking = Test::sync("panicking", || panic!("the server said no"));
-        let failed = outcome(panicking, false, |_| true).err().expect("a failure");
+        let failed = outcome(panicking, false, |_| true)
+            .err()
+            .expect("a failure");
         assert_eq!(
             failed.message(),
             Some("test panicked: the server said no"),
@@ -263,7 +270,10 @@ mod tests {
         });
         let multi = Test::new("multi", || async {
             let handle = tokio::runtime::Handle::current();
-            assert_eq!(handle.runtime_flavor(), tokio::runtime::RuntimeFlavor::MultiThread);
+            assert_eq!(
+                handle.runtime_flavor(),
+                tokio::runtime::RuntimeFlavor::MultiThread
+            );
             assert_eq!(handle.metrics().num_workers(), 3);
         })
         .worker_threads(3);

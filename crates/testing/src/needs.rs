@@ -147,7 +147,10 @@ impl Need {
     }
 
     fn is_hidden(&self) -> bool {
-        hidden(std::env::var("STRATUS_TEST_HIDE").ok().as_deref(), self.key())
+        hidden(
+            std::env::var("STRATUS_TEST_HIDE").ok().as_deref(),
+            self.key(),
+        )
     }
 
     fn locate(&self) -> Option<PathBuf> {
@@ -157,7 +160,8 @@ impl Need {
             Need::Nats => program("nats-server"),
             Need::Redis => program("redis-server"),
             Need::Chromium => {
-                let chosen = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+                let chosen =
+                    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
                 let chosen = PathBuf::from(chosen);
                 match chosen.is_absolute() {
                     true => chosen.is_file().then_some(chosen),
@@ -286,7 +290,10 @@ mod tests {
     fn every_need_says_what_it_is_and_how_to_install_it() {
         let mut keys = std::collections::HashSet::new();
         for need in ALL {
-            assert!(keys.insert(need.key()), "{need:?}: a second need with its key");
+            assert!(
+                keys.insert(need.key()),
+                "{need:?}: a second need with its key"
+            );
             assert!(!need.name().is_empty());
             assert!(
                 need.install().contains("apt-get install") || need.install().contains("pip"),

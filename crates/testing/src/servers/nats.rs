@@ -71,7 +71,9 @@ impl Nats {
             .expect("the server's log file");
         let mut command = Command::new(&self.bin);
         if self.jetstream {
-            command.args(["-js", "-sd"]).arg(self.dir.path().join("store"));
+            command
+                .args(["-js", "-sd"])
+                .arg(self.dir.path().join("store"));
         }
         let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
