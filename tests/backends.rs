@@ -6,14 +6,12 @@ mod support;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use support::servers::Postgres;
+use stratus_testing::servers::Postgres;
+use stratus_testing::{Need, Test};
 use support::System;
 
-#[tokio::test]
 async fn the_request_flow_works_on_postgres() {
-    let Some(postgres) = Postgres::start() else {
-        return;
-    };
+    let postgres = Postgres::start();
     let extra = [
         ("auth", "DATABASE_URL", postgres.database("auth")),
         ("catalog", "DATABASE_URL", postgres.database("catalog")),
@@ -50,7 +48,6 @@ async fn the_request_flow_works_on_postgres() {
     assert!(!system.dir.path().join("auth.db").exists());
 }
 
-#[test]
 fn an_unreachable_database_is_a_clear_error_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
@@ -88,13 +85,10 @@ fn an_unreachable_database_is_a_clear_error_at_start_up() {
 
 /// The identity service's newer tables on PostgreSQL: key rotation, TOTP, authorization codes
 /// with PKCE and app-bound refresh tokens.
-#[tokio::test]
 async fn mfa_key_rotation_and_authorization_codes_work_on_postgres() {
     use serde_json::Value;
     use support::FormBody;
-    let Some(postgres) = Postgres::start() else {
-        return;
-    };
+    let postgres = Postgres::start();
     let extra = [
         ("auth", "DATABASE_URL", postgres.database("auth")),
         ("catalog", "DATABASE_URL", postgres.database("catalog")),
@@ -209,4 +203,23 @@ async fn mfa_key_rotation_and_authorization_codes_work_on_postgres() {
         .await
         .unwrap();
     assert_eq!(refreshed.status(), 200);
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "the_request_flow_works_on_postgres",
+            the_request_flow_works_on_postgres,
+        )
+        .needs(&[Need::Postgres]),
+        Test::sync(
+            "an_unreachable_database_is_a_clear_error_at_start_up",
+            an_unreachable_database_is_a_clear_error_at_start_up,
+        ),
+        Test::new(
+            "mfa_key_rotation_and_authorization_codes_work_on_postgres",
+            mfa_key_rotation_and_authorization_codes_work_on_postgres,
+        )
+        .needs(&[Need::Postgres]),
+    ])
 }

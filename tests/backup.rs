@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::Connection;
-use support::servers::Postgres;
+use stratus_testing::servers::Postgres;
+use stratus_testing::{Need, Test};
 use support::{binary, free_port};
 
 const SERVICES: &[&str] = &[
@@ -611,7 +612,6 @@ async fn backup_and_restore(source: Setup, fresh: Setup, copy: Setup, root: &Pat
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_while_running_then_restore_reproduces_every_sqlite_database() {
     let root = tempfile::tempdir().unwrap();
     let none = BTreeMap::new;
@@ -621,11 +621,8 @@ async fn backup_while_running_then_restore_reproduces_every_sqlite_database() {
     backup_and_restore(source, fresh, copy, root.path()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_while_running_then_restore_reproduces_every_postgres_database() {
-    let Some(postgres) = Postgres::start() else {
-        return;
-    };
+    let postgres = Postgres::start();
     let root = tempfile::tempdir().unwrap();
     let databases = |system: &str| {
         SERVICES
@@ -637,4 +634,20 @@ async fn backup_while_running_then_restore_reproduces_every_postgres_database() 
     let fresh = Setup::new(root.path(), "fresh", databases("fresh"));
     let copy = Setup::new(root.path(), "copy", databases("copy"));
     backup_and_restore(source, fresh, copy, root.path()).await;
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "backup_while_running_then_restore_reproduces_every_sqlite_database",
+            backup_while_running_then_restore_reproduces_every_sqlite_database,
+        )
+        .worker_threads(4),
+        Test::new(
+            "backup_while_running_then_restore_reproduces_every_postgres_database",
+            backup_while_running_then_restore_reproduces_every_postgres_database,
+        )
+        .worker_threads(4)
+        .needs(&[Need::Postgres]),
+    ])
 }

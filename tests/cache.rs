@@ -7,7 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::servers::Redis;
+use stratus_testing::servers::Redis;
+use stratus_testing::{Need, Test};
 use support::System;
 
 async fn create_product(system: &System, admin: &str, price: i64) -> String {
@@ -66,11 +67,8 @@ async fn instance_url(system: &System, service: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_reads_are_cache_aside_in_redis_and_survive_its_death() {
-    let Some(mut redis) = Redis::start() else {
-        return;
-    };
+    let mut redis = Redis::start();
     let system = System::start_with(
         1,
         &[
@@ -132,7 +130,6 @@ async fn catalog_reads_are_cache_aside_in_redis_and_survive_its_death() {
     assert_eq!(hits, 2.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_outcomes_reach_the_event_records() {
     let (system, events_port) = System::start_with_events(1, true).await;
     let admin = system.admin_token().await;
@@ -170,7 +167,6 @@ async fn cache_outcomes_reach_the_event_records() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn product_views_are_written_back_in_batches_and_on_shutdown() {
     let mut system =
         System::start_with(1, &[("catalog", "CATALOG_VIEWS_FLUSH", "200ms".into())]).await;
@@ -223,11 +219,8 @@ async fn product_views_are_written_back_in_batches_and_on_shutdown() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_are_written_through_and_read_back_from_the_cache() {
-    let Some(mut redis) = Redis::start() else {
-        return;
-    };
+    let mut redis = Redis::start();
     let mut system = System::start(1).await;
     let url = redis.url();
     system.spawn("profile", &[("CACHE_URL", url.as_str())]);
@@ -380,11 +373,8 @@ async fn wait_sees(http: &reqwest::Client, admin_port: u16, service: &str, count
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_one_rate_limit_in_redis_and_fail_open() {
-    let Some(mut redis) = Redis::start() else {
-        return;
-    };
+    let mut redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
     std::fs::write(
@@ -469,4 +459,37 @@ async fn two_gateways_share_one_rate_limit_in_redis_and_fail_open() {
         .await;
     }
     assert!(errors >= 1.0, "the failures were counted");
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "catalog_reads_are_cache_aside_in_redis_and_survive_its_death",
+            catalog_reads_are_cache_aside_in_redis_and_survive_its_death,
+        )
+        .worker_threads(2)
+        .needs(&[Need::Redis]),
+        Test::new(
+            "cache_outcomes_reach_the_event_records",
+            cache_outcomes_reach_the_event_records,
+        )
+        .worker_threads(2),
+        Test::new(
+            "product_views_are_written_back_in_batches_and_on_shutdown",
+            product_views_are_written_back_in_batches_and_on_shutdown,
+        )
+        .worker_threads(2),
+        Test::new(
+            "profiles_are_written_through_and_read_back_from_the_cache",
+            profiles_are_written_through_and_read_back_from_the_cache,
+        )
+        .worker_threads(2)
+        .needs(&[Need::Redis]),
+        Test::new(
+            "two_gateways_share_one_rate_limit_in_redis_and_fail_open",
+            two_gateways_share_one_rate_limit_in_redis_and_fail_open,
+        )
+        .worker_threads(2)
+        .needs(&[Need::Redis]),
+    ])
 }

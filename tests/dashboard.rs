@@ -2,38 +2,24 @@
 //! playwright-core, tests/dashboard/dashboard.mjs) sees the gateway and the catalog in the
 //! topology with figures that change, opens a trace into its waterfall and saves a screenshot.
 //!
-//! Needs `chromium` (Debian) and `node`; outside CI the test is skipped when either is missing,
-//! under `CI=true` it fails. `npm ci` runs in tests/dashboard when its node_modules is missing.
+//! Needs Chromium (`$CHROMIUM`, else /usr/bin/chromium) and Node.js with npm: where either is
+//! missing the test is reported ignored, under CI it fails. `npm ci` runs in tests/dashboard
+//! when its node_modules is missing (playwright-core, from package-lock.json).
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use stratus_testing::{Need, Test};
 use support::System;
 
-fn found(program: &str) -> Option<PathBuf> {
-    let path = Path::new(program);
-    if path.is_absolute() {
-        return path.is_file().then(|| path.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-#[tokio::test]
 async fn the_dashboard_shows_live_topology_and_traces() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let Some(chromium) = support::servers::require("chromium", found(&chromium)) else {
-        return;
-    };
-    let Some(node) = support::servers::require("node", found("node")) else {
-        return;
-    };
+    let chromium = Need::Chromium.path();
+    let node = Need::Node.path();
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard");
     if !scripts.join("node_modules/playwright-core").is_dir() {
         let status = Command::new("npm")
@@ -98,4 +84,12 @@ async fn the_dashboard_shows_live_topology_and_traces() {
             .display()
     );
     assert!(served.load(Ordering::Relaxed) > 0);
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![Test::new(
+        "the_dashboard_shows_live_topology_and_traces",
+        the_dashboard_shows_live_topology_and_traces,
+    )
+    .needs(&[Need::Chromium, Need::Node])])
 }

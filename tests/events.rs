@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use stratus_kit::event_wire;
+use stratus_testing::{Need, Test};
 use support::System;
 
 async fn get_json(system: &System, url: &str) -> (u16, Value) {
@@ -29,7 +30,6 @@ async fn wait_for(system: &System, url: &str, done: impl Fn(&Value) -> bool) -> 
     }
 }
 
-#[tokio::test]
 async fn services_report_every_request_to_the_sink() {
     let (system, events_port) = System::start_with_events(2, true).await;
     let sink = format!("http://127.0.0.1:{events_port}");
@@ -185,7 +185,6 @@ async fn services_report_every_request_to_the_sink() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
 async fn a_sink_that_is_down_breaks_nothing() {
     let (system, _) = System::start_with_events(1, false).await;
     for _ in 0..20 {
@@ -233,7 +232,6 @@ async fn a_sink_that_is_down_breaks_nothing() {
 
 /// `/metrics` says where a process's memory goes: resident and anonymous, SQLite's caches and
 /// statements, and malloc's in-use and free bytes (what tells a leak from a cache filling up).
-#[tokio::test]
 async fn every_process_reports_where_its_memory_goes() {
     let (system, _) = System::start_with_events(1, false).await;
     let response = system
@@ -276,7 +274,6 @@ async fn every_process_reports_where_its_memory_goes() {
 
 /// The sink goes away under load and comes back: the gateway serves every request meanwhile,
 /// and records flow again (into the same database) once the sink is back.
-#[tokio::test]
 async fn the_sink_can_stop_and_restart_under_load() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
@@ -397,7 +394,6 @@ fn record(trace_id: &str, span: u64) -> Value {
     })
 }
 
-#[tokio::test]
 async fn bad_batches_are_refused_whole() {
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
@@ -562,11 +558,8 @@ async fn bad_batches_are_refused_whole() {
     }
 }
 
-#[tokio::test]
 async fn the_sink_works_on_postgres() {
-    let Some(postgres) = support::servers::Postgres::start() else {
-        return;
-    };
+    let postgres = stratus_testing::servers::Postgres::start();
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
     let sink = format!("http://127.0.0.1:{port}");
@@ -629,4 +622,31 @@ async fn the_sink_works_on_postgres() {
     assert_eq!(orders["p50_ms"], 25.0);
     assert_eq!(orders["p99_ms"], 50.0);
     assert_eq!(orders["instances"][0]["instance"], "o-1");
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "services_report_every_request_to_the_sink",
+            services_report_every_request_to_the_sink,
+        ),
+        Test::new(
+            "a_sink_that_is_down_breaks_nothing",
+            a_sink_that_is_down_breaks_nothing,
+        ),
+        Test::new(
+            "every_process_reports_where_its_memory_goes",
+            every_process_reports_where_its_memory_goes,
+        ),
+        Test::new(
+            "the_sink_can_stop_and_restart_under_load",
+            the_sink_can_stop_and_restart_under_load,
+        ),
+        Test::new(
+            "bad_batches_are_refused_whole",
+            bad_batches_are_refused_whole,
+        ),
+        Test::new("the_sink_works_on_postgres", the_sink_works_on_postgres)
+            .needs(&[Need::Postgres]),
+    ])
 }

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::servers::{Nats, Postgres, Redis};
+use stratus_testing::servers::{Nats, Postgres, Redis};
+use stratus_testing::{Need, Test};
 use support::{free_port, System};
 
 const ROUTES: &str = r#"
@@ -251,17 +252,10 @@ async fn all_orders(system: &System, admin: &str) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers() {
-    let Some(mut postgres) = Postgres::start() else {
-        return;
-    };
-    let Some(mut nats) = Nats::start() else {
-        return;
-    };
-    let Some(mut redis) = Redis::start() else {
-        return;
-    };
+    let mut postgres = Postgres::start();
+    let mut nats = Nats::start();
+    let mut redis = Redis::start();
     let routes_dir = tempfile::tempdir().unwrap();
     let routes = routes_dir.path().join("routes.toml");
     std::fs::write(&routes, ROUTES).unwrap();
@@ -546,4 +540,13 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
     assert!(unpaid.is_empty(), "acknowledged but not paid: {unpaid:?}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(acked.len() > 50, "too little load to mean anything");
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![Test::new(
+        "under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers",
+        under_load_every_fault_loses_and_doubles_nothing_and_the_system_recovers,
+    )
+    .worker_threads(2)
+    .needs(&[Need::Postgres, Need::Nats, Need::Redis])])
 }

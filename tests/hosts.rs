@@ -15,7 +15,7 @@
 //! that is cut off without a failed GET; the registry forgets it and takes it back once healed;
 //! with the registry's host cut off, the gateway keeps serving from its last view.
 //!
-//! Needs root and iproute2 (`ip`): skipped with a notice otherwise, a failure under CI=true.
+//! Needs root and iproute2 (`ip`): reported ignored otherwise, a failure under CI.
 
 mod support;
 
@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stratus_testing::{Need, Test};
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -49,21 +50,10 @@ struct Network {
 }
 
 impl Network {
-    /// `None` (skip) when namespaces cannot be made here, except under CI where that fails.
-    fn create(hosts: &[&str]) -> Option<Network> {
+    /// The bridge and the hosts' namespaces (the test declares `Need::NetworkNamespaces`).
+    fn create(hosts: &[&str]) -> Network {
         let tag = format!("{}", std::process::id() % 100_000);
         let subnet = format!("10.203.{}", std::process::id() % 250 + 1);
-        let probe = format!("stp{tag}");
-        if !ip(&["netns", "add", &probe]) {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!(
-                    "network namespaces are needed (root and iproute2) and CI=true requires them"
-                );
-            }
-            eprintln!("SKIPPED: cannot create network namespaces (needs root and iproute2)");
-            return None;
-        }
-        ip(&["netns", "del", &probe]);
         let network = Network {
             tag: tag.clone(),
             subnet: subnet.clone(),
@@ -89,7 +79,7 @@ impl Network {
             must(&["-n", &namespace, "link", "set", "eth0", "up"]);
             must(&["-n", &namespace, "link", "set", "lo", "up"]);
         }
-        Some(network)
+        network
     }
 
     fn bridge(&self) -> String {
@@ -282,11 +272,8 @@ fn load(http: reqwest::Client, url: String) -> (Arc<AtomicU64>, Arc<AtomicU64>, 
     (sent, failed, stop)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_hosts_the_gateway_routes_around_a_partition_and_heals() {
-    let Some(network) = Network::create(&["control", "web1", "web2", "edge"]) else {
-        return;
-    };
+    let network = Network::create(&["control", "web1", "web2", "edge"]);
     let mut cluster = Cluster {
         network,
         dir: tempfile::tempdir().unwrap(),
@@ -406,4 +393,13 @@ async fn across_hosts_the_gateway_routes_around_a_partition_and_heals() {
     }
     // And after it all, both hosts serve again.
     both_serving(&http, &url, &logs).await;
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![Test::new(
+        "across_hosts_the_gateway_routes_around_a_partition_and_heals",
+        across_hosts_the_gateway_routes_around_a_partition_and_heals,
+    )
+    .worker_threads(2)
+    .needs(&[Need::NetworkNamespaces])])
 }

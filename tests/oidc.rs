@@ -1,33 +1,18 @@
 //! A real OAuth 2.0 / OpenID Connect client library against Stratus: Python's Authlib runs the
 //! client credentials flow and the authorization code + PKCE flow (`tests/oidc/flows.py`)
-//! against a running system, unchanged. Skips with a notice when Python or Authlib is missing
-//! outside CI; under CI (`.ci/run` installs them) that is a failure.
+//! against a running system, unchanged. Needs python3 with authlib and requests: reported
+//! ignored where they are missing, a failure under CI (`.ci/run` installs them).
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::{json, Value};
+use stratus_testing::{Need, Test};
 use support::{FormBody, System};
 
-fn python_with_authlib() -> bool {
-    Command::new("python3")
-        .args(["-c", "import authlib, requests"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+/// What the flows need: python3 with these packages.
+const AUTHLIB: Need = Need::Python(&["authlib", "requests"]);
 
-#[tokio::test]
 async fn authlib_runs_client_credentials_and_authorization_code_with_pkce() {
-    if !python_with_authlib() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "python3 with authlib and requests is required under CI"
-        );
-        eprintln!("skipping: python3 with authlib and requests is not installed (pip install authlib requests)");
-        return;
-    }
     let system = System::start(1).await;
     let admin = system.admin_token().await;
     let create = |body: Value| {
@@ -93,7 +78,6 @@ async fn authlib_runs_client_credentials_and_authorization_code_with_pkce() {
 
 /// Requests the authorization endpoint must refuse without redirecting anywhere (an unknown
 /// client, an unregistered redirect URI) and those it answers on the redirect (no PKCE).
-#[tokio::test]
 async fn the_authorization_endpoint_never_redirects_to_an_unregistered_uri() {
     let system = System::start(1).await;
     let admin = system.admin_token().await;
@@ -209,4 +193,18 @@ async fn the_authorization_endpoint_never_redirects_to_an_unregistered_uri() {
         .await
         .unwrap();
     assert_eq!(plain_http.status(), 422, "http only on loopback hosts");
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "authlib_runs_client_credentials_and_authorization_code_with_pkce",
+            authlib_runs_client_credentials_and_authorization_code_with_pkce,
+        )
+        .needs(&[AUTHLIB]),
+        Test::new(
+            "the_authorization_endpoint_never_redirects_to_an_unregistered_uri",
+            the_authorization_endpoint_never_redirects_to_an_unregistered_uri,
+        ),
+    ])
 }

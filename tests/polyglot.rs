@@ -10,25 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use stratus_testing::{Need, Test};
 use support::System;
-
-fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some("python3");
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "python3 is needed for tests/polyglot.rs"
-    );
-    eprintln!("skipping: python3 is not installed");
-    None
-}
 
 /// Starts one instance of the Python service as `stratus up` would: $PORT, the registry, the
 /// sink, an instance id, and the service account it introspects tokens with.
@@ -72,9 +55,8 @@ fn spawn_hello(
     instance_id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_service_is_discovered_balanced_protected_and_traced() {
-    let Some(python) = python() else { return };
+    let python = "python3";
     let (mut system, events_port) = System::start_with_events(1, true).await;
     let sink = format!("http://127.0.0.1:{events_port}");
     let admin = system.admin_token().await;
@@ -266,4 +248,13 @@ fn base_url(instance: &Value) -> String {
         instance["address"].as_str().unwrap(),
         instance["port"]
     )
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![Test::new(
+        "the_python_service_is_discovered_balanced_protected_and_traced",
+        the_python_service_is_discovered_balanced_protected_and_traced,
+    )
+    .worker_threads(2)
+    .needs(&[Need::Python(&[])])])
 }

@@ -7,8 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stratus_testing::servers::Etcd;
+use stratus_testing::{Need, Test};
 use support::registry::{instance_ids, Registry};
-use support::servers::Etcd;
 
 /// Polls `probe` until it is true, or panics with `what` after `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut probe: F)
@@ -23,11 +24,8 @@ where
     }
 }
 
-#[tokio::test]
 async fn three_registries_share_one_view_and_outlive_each_other() {
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
+    let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let store = etcd.url();
     let mut first = Registry::start("registry-0", &store, dir.path()).await;
@@ -127,11 +125,8 @@ async fn three_registries_share_one_view_and_outlive_each_other() {
     drop(etcd);
 }
 
-#[tokio::test]
 async fn readiness_follows_etcd() {
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
+    let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start("registry", &etcd.url(), dir.path()).await;
     assert_eq!(registry.readyz().await, 200);
@@ -156,7 +151,6 @@ async fn readiness_follows_etcd() {
     );
 }
 
-#[test]
 fn an_unreachable_etcd_is_a_clear_error_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
@@ -179,7 +173,6 @@ fn an_unreachable_etcd_is_a_clear_error_at_start_up() {
     assert!(text.contains(&port.to_string()), "{text}");
 }
 
-#[test]
 fn an_unknown_store_is_refused() {
     let output = Command::new(support::binary())
         .args(["serve", "registry"])
@@ -197,11 +190,8 @@ fn an_unknown_store_is_refused() {
 
 /// The whole request path on an etcd-backed registry: the gateway routes around a catalog
 /// instance killed with -9, and etcd drops the instance when its lease runs out.
-#[tokio::test]
 async fn the_gateway_never_routes_to_the_dead_on_etcd() {
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
+    let etcd = Etcd::start();
     let extra = [("registry", "STRATUS_REGISTRY_STORE", etcd.url())];
     let mut system = support::System::start_with(2, &extra).await;
     let victim = system.process("catalog", 0).instance_id.clone();
@@ -278,13 +268,10 @@ async fn switchable_backend(healthy: std::sync::Arc<std::sync::atomic::AtomicBoo
 /// instance that fails its check leaves every registry's list and watch long before its lease
 /// would run out, and comes back when it passes. When the owning registry dies, another takes
 /// the check over.
-#[tokio::test]
 async fn active_checks_work_across_registries_on_etcd() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
+    let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let store = etcd.url();
     let mut first = Registry::start("registry-0", &store, dir.path()).await;
@@ -355,4 +342,30 @@ async fn active_checks_work_across_registries_on_etcd() {
     assert!(took < Duration::from_secs(6), "took {took:?}");
     assert_eq!(second.ids("shop").await, ["plain"]);
     drop(etcd);
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "three_registries_share_one_view_and_outlive_each_other",
+            three_registries_share_one_view_and_outlive_each_other,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new("readiness_follows_etcd", readiness_follows_etcd).needs(&[Need::Etcd]),
+        Test::sync(
+            "an_unreachable_etcd_is_a_clear_error_at_start_up",
+            an_unreachable_etcd_is_a_clear_error_at_start_up,
+        ),
+        Test::sync("an_unknown_store_is_refused", an_unknown_store_is_refused),
+        Test::new(
+            "the_gateway_never_routes_to_the_dead_on_etcd",
+            the_gateway_never_routes_to_the_dead_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "active_checks_work_across_registries_on_etcd",
+            active_checks_work_across_registries_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+    ])
 }

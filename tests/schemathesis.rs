@@ -8,33 +8,16 @@
 //! Every run has a bounded number of examples per operation (`STRATUS_SCHEMATHESIS_EXAMPLES`,
 //! default 25) and a fixed seed (`STRATUS_SCHEMATHESIS_SEED`), so a run is repeatable and the
 //! test stays within a few minutes.
-//! Skips with a notice when schemathesis is missing outside CI; under CI (`.ci/run` installs it)
-//! that is a failure.
+//! Needs schemathesis (`pip install schemathesis`): reported ignored where it is missing, a
+//! failure under CI (`.ci/run` installs it).
 
 mod support;
 
 use std::process::Command;
 use std::time::Instant;
 
+use stratus_testing::{Need, Test};
 use support::System;
-
-/// The command that runs schemathesis: its `st` script, or the module through python3 when the
-/// script is not on the PATH (pip's user scripts directory often is not).
-fn schemathesis() -> Option<&'static [&'static str]> {
-    const CANDIDATES: [&[&str]; 3] = [
-        &["st"],
-        &["schemathesis"],
-        &["python3", "-m", "schemathesis.cli"],
-    ];
-    CANDIDATES.into_iter().find(|command| {
-        Command::new(command[0])
-            .args(&command[1..])
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
 
 /// A system with every shop service: registry, auth, catalog, orders, payments, notifications,
 /// profile, the gateway and an event sink they report to. Returns the sink's port.
@@ -168,16 +151,8 @@ fn tested_every_selected(stdout: &str) -> bool {
     matches!((count("Selected:"), count("Tested:")), (Some(selected), Some(tested)) if selected == tested)
 }
 
-#[tokio::test]
 async fn every_document_holds_under_schemathesis_through_the_gateway() {
-    let Some(program) = schemathesis() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "schemathesis is required under CI (pip install schemathesis)"
-        );
-        eprintln!("skipping: schemathesis is not installed (pip install schemathesis)");
-        return;
-    };
+    let program = stratus_testing::needs::schemathesis();
     let (system, events_port) = shop().await;
     let admin = system.admin_token().await;
     let customer = system.customer_token("fuzz@example.com").await;
@@ -263,9 +238,22 @@ async fn every_document_holds_under_schemathesis_through_the_gateway() {
     );
 }
 
-#[test]
 fn a_run_that_tests_fewer_operations_than_it_selects_fails() {
     assert!(tested_every_selected("  Selected: 11/12\n  Tested: 11\n"));
     assert!(!tested_every_selected("Selected: 21/21\nTested: 18\n"));
     assert!(!tested_every_selected("no summary at all"));
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "every_document_holds_under_schemathesis_through_the_gateway",
+            every_document_holds_under_schemathesis_through_the_gateway,
+        )
+        .needs(&[Need::Schemathesis]),
+        Test::sync(
+            "a_run_that_tests_fewer_operations_than_it_selects_fails",
+            a_run_that_tests_fewer_operations_than_it_selects_fails,
+        ),
+    ])
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::servers::{Nats, Postgres, Redis};
+use stratus_testing::servers::{Nats, Postgres, Redis};
+use stratus_testing::{Need, Test};
 use support::System;
 
 /// Everything the saga needs, started and waited for.
@@ -211,7 +212,6 @@ fn is_uuid_v7(id: &str) -> bool {
     id.len() == 36 && id.as_bytes()[14] == b'7'
 }
 
-#[tokio::test]
 async fn an_order_is_paid_or_declined_and_notified_once() {
     let shop = Shop::start(vec![], &[]).await;
     order_flow(&shop).await;
@@ -219,17 +219,10 @@ async fn an_order_is_paid_or_declined_and_notified_once() {
 
 /// The same flow with every backing service real: each service's database on PostgreSQL, the
 /// caches on Redis, the broker on NATS JetStream.
-#[tokio::test]
 async fn on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once() {
-    let Some(postgres) = Postgres::start() else {
-        return;
-    };
-    let Some(nats) = Nats::start() else {
-        return;
-    };
-    let Some(redis) = Redis::start() else {
-        return;
-    };
+    let postgres = Postgres::start();
+    let nats = Nats::start();
+    let redis = Redis::start();
     let env = vec![("BROKER_URL", nats.url()), ("CACHE_URL", redis.url())];
     let mut per_service: Vec<(&str, &str, String)> =
         ["auth", "catalog", "orders", "payments", "notifications"]
@@ -445,7 +438,6 @@ where
     out
 }
 
-#[tokio::test]
 async fn a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on() {
     let shop = Shop::start(vec![], &[]).await;
     let tea = shop.product("Tea", 250).await;
@@ -514,7 +506,6 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on()
     assert_eq!(shop.settled(&ann, id, Duration::from_secs(5)).await, "paid");
 }
 
-#[tokio::test]
 async fn a_killed_payments_instance_loses_and_doubles_no_order() {
     // A message the killed instance had taken comes back after the visibility timeout.
     let env = vec![("STRATUS_BROKER_VISIBILITY_TIMEOUT", "2s".to_string())];
@@ -543,14 +534,9 @@ async fn a_killed_payments_instance_loses_and_doubles_no_order() {
         .await;
 }
 
-#[tokio::test]
 async fn on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing() {
-    let Some(postgres) = Postgres::start() else {
-        return;
-    };
-    let Some(mut nats) = Nats::start() else {
-        return;
-    };
+    let postgres = Postgres::start();
+    let mut nats = Nats::start();
     let env = vec![
         ("BROKER_URL", nats.url()),
         ("STRATUS_BROKER_VISIBILITY_TIMEOUT", "3s".to_string()),
@@ -615,7 +601,6 @@ async fn on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing() {
         .await;
 }
 
-#[tokio::test]
 async fn with_the_catalog_down_orders_are_refused_fast_and_reads_still_work() {
     let mut shop = Shop::start(vec![], &[]).await;
     let tea = shop.product("Tea", 250).await;
@@ -665,7 +650,6 @@ async fn with_the_catalog_down_orders_are_refused_fast_and_reads_still_work() {
     );
 }
 
-#[tokio::test]
 async fn bad_input_is_refused_and_stores_nothing() {
     let shop = Shop::start(vec![], &[]).await;
     let tea = shop.product("Tea", 250).await;
@@ -784,7 +768,6 @@ async fn bad_input_is_refused_and_stores_nothing() {
     assert!(shop.all_orders().await.is_empty(), "nothing was stored");
 }
 
-#[tokio::test]
 async fn one_trace_follows_the_order_through_every_service() {
     let events_port = support::free_port();
     let sink = format!("http://127.0.0.1:{events_port}");
@@ -928,4 +911,43 @@ async fn one_trace_follows_the_order_through_every_service() {
         .unwrap()
         .clone();
     assert_eq!(node["kind"], "database");
+}
+
+fn main() -> std::process::ExitCode {
+    stratus_testing::run(vec![
+        Test::new(
+            "an_order_is_paid_or_declined_and_notified_once",
+            an_order_is_paid_or_declined_and_notified_once,
+        ),
+        Test::new(
+            "on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once",
+            on_postgres_redis_and_nats_an_order_is_paid_or_declined_and_notified_once,
+        )
+        .needs(&[Need::Postgres, Need::Nats, Need::Redis]),
+        Test::new(
+            "a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on",
+            a_poison_message_goes_to_the_dead_letter_topic_and_consumers_carry_on,
+        ),
+        Test::new(
+            "a_killed_payments_instance_loses_and_doubles_no_order",
+            a_killed_payments_instance_loses_and_doubles_no_order,
+        ),
+        Test::new(
+            "on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing",
+            on_postgres_and_nats_a_broker_outage_delays_but_loses_nothing,
+        )
+        .needs(&[Need::Postgres, Need::Nats]),
+        Test::new(
+            "with_the_catalog_down_orders_are_refused_fast_and_reads_still_work",
+            with_the_catalog_down_orders_are_refused_fast_and_reads_still_work,
+        ),
+        Test::new(
+            "bad_input_is_refused_and_stores_nothing",
+            bad_input_is_refused_and_stores_nothing,
+        ),
+        Test::new(
+            "one_trace_follows_the_order_through_every_service",
+            one_trace_follows_the_order_through_every_service,
+        ),
+    ])
 }

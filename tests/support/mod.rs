@@ -5,9 +5,7 @@
 
 pub mod backend;
 pub mod registry;
-pub mod servers;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,24 +15,9 @@ use serde_json::Value;
 pub const ADMIN_EMAIL: &str = "admin@stratus.local";
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
-/// A free port for a process that must listen on a known port (registry, gateway).
-///
-/// Ports come from 20000-29999, below the kernel's ephemeral range (32768 and up), and are
-/// checked free by binding. Processes that bind port 0 (every service in the tests) get
-/// ephemeral ports, so they can never take a port handed out here between the check and the
-/// moment the process that was given it binds it, as tests run in parallel.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919);
-    loop {
-        let candidate =
-            20000 + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 10000) as u16;
-        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-            return candidate;
-        }
-    }
-}
+/// A free port for a process that must listen on a known port (registry, gateway): from a range
+/// that processes binding port 0 never get, see there.
+pub use stratus_testing::free_port;
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_stratus")

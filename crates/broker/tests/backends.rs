@@ -1,8 +1,6 @@
 //! The broker's contract, checked with the same test bodies against both backends: the embedded
-//! SQLite queue and NATS JetStream (a real `nats-server`, skipped with a notice when it is not
-//! installed, a failure under `CI=true`).
-
-mod support;
+//! SQLite queue and NATS JetStream (a real `nats-server`: where it is not installed the NATS
+//! tests are reported ignored, under CI they fail).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -11,7 +9,8 @@ use futures_util::StreamExt;
 use stratus_broker::{
     dlq_headers, dlq_topic, Broker, Delivery, Message, Options, StartAt, Subscription,
 };
-use support::NatsServer;
+use stratus_testing::servers::Nats;
+use stratus_testing::{Need, Test};
 
 const TOPIC: &str = "payment.completed";
 /// Long enough for a busy 2-core machine; every wait ends as soon as its message arrives.
@@ -20,7 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// Where the broker under test lives.
 struct Env {
     dir: tempfile::TempDir,
-    nats: Option<NatsServer>,
+    nats: Option<Nats>,
 }
 
 impl Env {
@@ -31,12 +30,12 @@ impl Env {
         }
     }
 
-    /// `None` when nats-server is not installed (the test is then skipped).
-    fn nats() -> Option<Env> {
-        Some(Env {
+    /// On a nats-server of its own (the tests that use it declare `Need::Nats`).
+    fn nats() -> Env {
+        Env {
             dir: tempfile::tempdir().expect("a temp dir"),
-            nats: Some(NatsServer::start()?),
-        })
+            nats: Some(Nats::start()),
+        }
     }
 
     fn url(&self) -> String {
@@ -465,49 +464,26 @@ async fn concurrent_consumers_claim_each_message_once_per_group(env: Env) {
     );
 }
 
+/// Each contract test twice: `sqlite::<name>` on the embedded queue and `nats::<name>` on a
+/// nats-server of its own.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
+        vec![
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Env::sqlite()).await
-                }
+                Test::new(concat!("sqlite::", stringify!($name)), || $name(Env::sqlite()))
+                    .worker_threads(2),
             )*
-        }
-        mod nats {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(env) = super::Env::nats() {
-                        super::$name(env).await
-                    }
-                }
+                Test::new(concat!("nats::", stringify!($name)), || $name(Env::nats()))
+                    .worker_threads(2)
+                    .needs(&[Need::Nats]),
             )*
-        }
+        ]
     };
 }
 
-on_both_backends!(
-    fan_out_to_every_group,
-    work_queue_shares_within_a_group,
-    redelivers_after_the_visibility_timeout,
-    nack_retries_after_the_delay,
-    extending_the_lease_holds_off_redelivery,
-    poison_goes_to_the_dlq_after_max_attempts,
-    expired_last_attempt_goes_to_the_dlq,
-    messages_survive_a_restart,
-    headers_and_traceparent_round_trip,
-    publishing_is_idempotent,
-    a_new_group_starts_at_new_messages,
-    publish_all_stores_a_batch,
-    a_live_subscription_survives_a_restart,
-    concurrent_consumers_claim_each_message_once_per_group,
-);
-
 /// The embedded backend deletes messages every group has finished with once they are older than
 /// the retention, and keeps the ones a group still needs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_prunes_finished_messages_past_the_retention() {
     let env = Env::sqlite();
     let broker = env
@@ -541,11 +517,8 @@ async fn sqlite_prunes_finished_messages_past_the_retention() {
 }
 
 /// A NATS server without JetStream cannot keep messages: an error at connect that says why.
-#[tokio::test]
 async fn nats_without_jetstream_is_an_error() {
-    let Some(server) = NatsServer::start_without_jetstream() else {
-        return;
-    };
+    let server = Nats::start_without_jetstream();
     let error = Broker::connect(&server.url(), options())
         .await
         .err()
@@ -554,9 +527,8 @@ async fn nats_without_jetstream_is_an_error() {
 }
 
 /// A configured NATS that is not there is an error at connect, not a fallback to SQLite.
-#[tokio::test]
 async fn unreachable_nats_is_an_error() {
-    let url = format!("nats://127.0.0.1:{}", support::free_port());
+    let url = format!("nats://127.0.0.1:{}", stratus_testing::free_port());
     let started = Instant::now();
     let error = Broker::connect(&url, options())
         .await
@@ -568,4 +540,37 @@ async fn unreachable_nats_is_an_error() {
     );
     assert!(error.to_string().contains(&url), "{error}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+fn main() -> std::process::ExitCode {
+    let mut tests = on_both_backends!(
+        fan_out_to_every_group,
+        work_queue_shares_within_a_group,
+        redelivers_after_the_visibility_timeout,
+        nack_retries_after_the_delay,
+        extending_the_lease_holds_off_redelivery,
+        poison_goes_to_the_dlq_after_max_attempts,
+        expired_last_attempt_goes_to_the_dlq,
+        messages_survive_a_restart,
+        headers_and_traceparent_round_trip,
+        publishing_is_idempotent,
+        a_new_group_starts_at_new_messages,
+        publish_all_stores_a_batch,
+        a_live_subscription_survives_a_restart,
+        concurrent_consumers_claim_each_message_once_per_group,
+    );
+    tests.extend([
+        Test::new(
+            "sqlite_prunes_finished_messages_past_the_retention",
+            sqlite_prunes_finished_messages_past_the_retention,
+        )
+        .worker_threads(2),
+        Test::new(
+            "nats_without_jetstream_is_an_error",
+            nats_without_jetstream_is_an_error,
+        )
+        .needs(&[Need::Nats]),
+        Test::new("unreachable_nats_is_an_error", unreachable_nats_is_an_error),
+    ]);
+    stratus_testing::run(tests)
 }

@@ -1,0 +1,168 @@
+//! A PostgreSQL server of our own, with a superuser `stratus` trusted on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+use crate::needs::is_root;
+use crate::Need;
+
+pub struct Postgres {
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = Need::Postgres.path();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let data = dir.path().join("data");
+        if is_root() {
+            // PostgreSQL refuses to run as root: hand the directory to the postgres user.
+            let (uid, gid) = postgres_user();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown of the temp dir");
+        }
+        let initdb = as_postgres(&bin.join("initdb"))
+            .args([
+                "--auth=trust",
+                "--username=stratus",
+                "--encoding=UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running initdb");
+        assert!(initdb.success(), "initdb failed");
+        let mut server = Postgres {
+            port: free_port(),
+            bin,
+            dir,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: a plain kill(2) on our own child's pid, which `wait` has not reaped yet.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and data, and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let child = as_postgres(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-k")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting postgres");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "stratus",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        let status = Command::new(self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "stratus",
+                name,
+            ])
+            .status()
+            .expect("running createdb");
+        assert!(status.success(), "createdb {name} failed");
+        format!("postgres://stratus@127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: as in `stop`; SIGQUIT is the immediate shutdown.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGQUIT);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// PostgreSQL refuses to run as root; as root, run it as the `postgres` user the Debian package
+/// creates. The uid is switched in the child itself, so signals reach postgres directly.
+fn as_postgres(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = postgres_user();
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+fn postgres_user() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").expect("no NUL in the name");
+    // SAFETY: getpwnam with a valid C string; the entry is read at once, before any other
+    // call that could reuse its static buffer.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !entry.is_null(),
+        "the postgres user is missing (the postgresql package creates it)"
+    );
+    // SAFETY: checked non-null above.
+    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+}
