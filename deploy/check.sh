@@ -32,7 +32,8 @@ python3 deploy/check_config.py "$stratus" || status=1
 if command -v kubectl >/dev/null; then
   for dir in deploy/base deploy/overlays/*/; do
     rendered=$(mktemp)
-    if ! kubectl kustomize "$dir" >"$rendered" || ! kubernetes-validate --strict --quiet "$rendered"; then
+    if ! kubectl kustomize "$dir" >"$rendered" || ! kubernetes-validate --strict --quiet "$rendered" \
+      || ! python3 deploy/rules.py "$rendered"; then
       echo "invalid kustomization: $dir" >&2
       status=1
     fi

@@ -7,8 +7,10 @@
   they are not part of the `stratus` image.
 - Every Deployment has a Service, liveness and readiness probes (HTTP ones on /healthz and
   /readyz), a preStop hook, CPU and memory requests; every one with two or more replicas has a
-  PodDisruptionBudget; every autoscaler and budget points at a Deployment; there is a
-  NetworkPolicy, and config comes from the stratus-config ConfigMap.
+  PodDisruptionBudget and no Service reaching outside the cluster publishes anything but
+  http/https (rules.py, which check.sh also runs on every rendered overlay); every autoscaler
+  and budget points at a Deployment; there is a NetworkPolicy, and config comes from the
+  stratus-config ConfigMap.
 - Every environment variable compose.yaml sets for a component is one that
   `stratus serve <component> --help` lists, so a typo cannot pass silently.
 
@@ -22,6 +24,8 @@ import sys
 import tomllib
 
 import yaml
+
+import rules
 
 stratus = sys.argv[1]
 problems = []
@@ -45,16 +49,10 @@ if sorted(deployments) != built_in:
     problems.append(
         f"stratus.toml components {built_in} but deploy/base Deployments {sorted(deployments)}"
     )
-budgets = {
-    tuple(sorted(d["spec"]["selector"]["matchLabels"].items()))
-    for d in by_kind.get("PodDisruptionBudget", {}).values()
-}
+problems += rules.problems(documents)
 for name, deployment in sorted(deployments.items()):
     if name not in by_kind.get("Service", {}):
         problems.append(f"Deployment {name} has no Service")
-    labels = tuple(sorted(deployment["spec"]["selector"]["matchLabels"].items()))
-    if deployment["spec"].get("replicas", 1) >= 2 and labels not in budgets:
-        problems.append(f"Deployment {name} has replicas but no PodDisruptionBudget")
     for container in deployment["spec"]["template"]["spec"]["containers"]:
         for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
             check = container.get(probe)
@@ -74,18 +72,6 @@ for kind in ["HorizontalPodAutoscaler"]:
     for name, document in by_kind.get(kind, {}).items():
         if document["spec"]["scaleTargetRef"]["name"] not in deployments:
             problems.append(f"{kind} {name} scales no Deployment")
-# Nothing but the public ports on a Service that reaches outside the cluster: an admin or control
-# API there would let anyone move traffic.
-PUBLIC_PORTS = {"http", "https"}
-for name, service in by_kind.get("Service", {}).items():
-    if service["spec"].get("type", "ClusterIP") in ("LoadBalancer", "NodePort"):
-        for port in service["spec"].get("ports") or []:
-            if port.get("name") not in PUBLIC_PORTS:
-                problems.append(
-                    f"Service {name} publishes port {port.get('name') or port.get('port')} "
-                    "outside the cluster (only the public ports may be: "
-                    f"{', '.join(sorted(PUBLIC_PORTS))})"
-                )
 if not by_kind.get("NetworkPolicy"):
     problems.append("no NetworkPolicy in deploy/base")
 if "stratus-config" not in by_kind.get("ConfigMap", {}):
