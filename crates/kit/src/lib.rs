@@ -20,6 +20,7 @@ pub mod events;
 pub mod grpc_health;
 pub mod health;
 pub mod identity;
+pub mod listener;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
