@@ -248,7 +248,7 @@ async fn an_unreachable_redis_at_start_is_an_error() {
 
 #[tokio::test]
 async fn a_redis_that_dies_later_fails_soft() {
-    let metrics = stratus_kit::metrics::handle();
+    let metrics = stratus_kit::metrics::install();
     let Some(mut server) = RedisServer::start() else {
         return;
     };
