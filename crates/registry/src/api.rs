@@ -37,6 +37,7 @@ pub fn router<S: Store>(store: Arc<S>) -> Router {
             put(heartbeat::<S>),
         )
         .route("/v1/watch", get(events::watch::<S>))
+        .route("/v1/prometheus/targets", get(prometheus_targets::<S>))
         .merge(stratus_kit::openapi::routes("", OPENAPI))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(store)
@@ -84,6 +85,14 @@ async fn get_service<S: Store>(
     Ok(axum::Json(
         store.service(&name).await.map_err(store_problem)?,
     ))
+}
+
+/// Prometheus's HTTP service discovery: every instance that serves metrics (`prometheus.rs`).
+async fn prometheus_targets<S: Store>(
+    State(store): State<Arc<S>>,
+) -> Result<impl IntoResponse, Problem> {
+    let catalog = store.catalog().await.map_err(store_problem)?;
+    Ok(axum::Json(crate::prometheus::targets(&catalog)))
 }
 
 async fn register<S: Store>(
@@ -161,6 +170,7 @@ mod tests {
             ("/v1/services/{name}/instances/{id}", "delete"),
             ("/v1/services/{name}/instances/{id}/heartbeat", "put"),
             ("/v1/watch", "get"),
+            ("/v1/prometheus/targets", "get"),
         ];
         stratus_kit::openapi::check(super::OPENAPI, &routes).unwrap();
     }

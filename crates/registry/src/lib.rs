@@ -11,6 +11,7 @@ pub mod api;
 pub mod checks;
 pub mod etcd_checks;
 pub mod events;
+pub mod prometheus;
 pub mod store;
 pub mod validate;
 
