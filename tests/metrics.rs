@@ -385,7 +385,7 @@ async fn every_component_shows_the_families_readme_lists() {
 
     // Batches go out every 200 ms, product views every second, health checks every second:
     // scrape until everything is there, then report what is not.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let (targets, wrong) = loop {
         let targets = targets(&system).await;
         let mut wrong = Vec::new();
