@@ -91,6 +91,9 @@ enum Component {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First, before anything can make a metric handle: one made earlier would count into
+    // nothing for the life of the process (see `stratus_kit::metrics::install`).
+    stratus_kit::metrics::install();
     memory::tune();
     stratus_kit::install_crypto_provider();
     let cli = Cli::parse();

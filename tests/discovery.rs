@@ -276,7 +276,7 @@ async fn a_stopped_instance_leaves_discovery_and_comes_back() {
 
 #[tokio::test]
 async fn the_kit_client_keeps_routing_while_the_registry_is_down() {
-    let metrics = stratus_kit::metrics::handle();
+    let metrics = stratus_kit::metrics::install();
     let dir = tempfile::tempdir().unwrap();
     let mut registry = Registry::start("registry", "memory", dir.path()).await;
     let a = support::backend::start("a", Duration::ZERO).await;

@@ -11,6 +11,8 @@ use libfuzzer_sys::fuzz_target;
 use stratus_gateway::routes::{RequestView, RouteTable};
 
 fuzz_target!(|data: &[u8]| {
+    // As the gateway does before it loads a table (a route's metric handles assert it).
+    stratus_kit::metrics::install();
     let (file, request) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b""[..]),

@@ -331,7 +331,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         address: args.common.advertised_address(),
         port: address.port(),
         version: Some(args.common.version.clone()),
-        metadata: Default::default(),
+        metadata: registration_metadata(args.admin_port),
         ttl_seconds: Some(args.common.ttl.as_secs_f64()),
         // The client port answers only routed paths, so the registry checks that it accepts
         // connections (the admin port has /healthz for orchestrators).
@@ -364,4 +364,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     workers.stop().await;
     admin_task.await.context("the admin server task")??;
     Ok(())
+}
+
+/// What the gateway's registration says about it beyond its address.
+///
+/// - `health_check = tcp`: the client port answers only routed paths, so a `GET /healthz` there
+///   is a 404. Without this, every gateway's active health checks (which probe every instance
+///   in the registry, gateways included) would count each gateway as failing once it started
+///   (`gateway_health_check_failures_total{service="gateway"} 1` on an idle system) and keep it
+///   out of rotation for good.
+/// - `metrics_path`, `metrics_port`: the metrics are on the admin port, for the registry's
+///   Prometheus targets. An admin port of 0 is only known once bound, so it is left out then.
+pub fn registration_metadata(admin_port: u16) -> std::collections::BTreeMap<String, String> {
+    use stratus_kit::model::{METRICS_PATH, METRICS_PORT};
+    let mut metadata = std::collections::BTreeMap::from([(
+        "health_check".to_string(),
+        health::Check::Tcp.as_str().to_string(),
+    )]);
+    if admin_port != 0 {
+        metadata.insert(METRICS_PATH.to_string(), "/metrics".to_string());
+        metadata.insert(METRICS_PORT.to_string(), admin_port.to_string());
+    }
+    metadata
 }

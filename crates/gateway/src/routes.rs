@@ -217,6 +217,11 @@ impl RetryBudget {
 
 /// A route's metric handles, registered once when the table is loaded, so the request path
 /// only bumps atomics instead of building label sets and looking them up.
+///
+/// A handle is bound to the recorder there is when it is made, for good: made before
+/// `stratus_kit::metrics::install()` it counts into nothing, and `/metrics` never shows the
+/// route. So making one without the recorder installed is a bug, and debug builds (every test)
+/// stop on it.
 #[derive(Clone)]
 pub struct RouteMetrics {
     /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
@@ -228,6 +233,10 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     fn new(route: &str, service: &str) -> Self {
+        debug_assert!(
+            stratus_kit::metrics::installed(),
+            "route {route}: metric handles made before stratus_kit::metrics::install() never reach /metrics"
+        );
         let class = |c: &'static str| metrics::counter!("gateway_requests_total", "route" => route.to_string(), "class" => c);
         Self {
             by_class: [
@@ -546,20 +555,25 @@ impl RouteTable {
 mod tests {
     use super::*;
 
+    /// The route table as start-up makes it: after the process's recorder is installed.
+    fn parse(text: &str) -> Result<RouteTable, RouteError> {
+        stratus_kit::metrics::install();
+        RouteTable::parse(text)
+    }
+
     #[test]
     fn upstream_protocol_is_http1_unless_a_route_asks_for_h2c() {
-        let table = RouteTable::parse(
+        let table = parse(
             "[[routes]]\nprefix = \"/a\"\nservice = \"a\"\n\
              [[routes]]\nprefix = \"/b\"\nservice = \"b\"\nupstream_protocol = \"h2c\"\n",
         )
         .unwrap();
         assert!(!table.routes[0].h2c);
         assert!(table.routes[1].h2c);
-        let refused = RouteTable::parse(
-            "[[routes]]\nprefix = \"/c\"\nservice = \"c\"\nupstream_protocol = \"h3\"\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let refused =
+            parse("[[routes]]\nprefix = \"/c\"\nservice = \"c\"\nupstream_protocol = \"h3\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(
             refused.contains("h3") && refused.contains("h2c"),
             "{refused}"
@@ -568,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_path_served_only_for_other_methods_names_them() {
-        let table = RouteTable::parse(
+        let table = parse(
             "[[routes]]\nprefix = \"/api/report\"\nservice = \"r\"\nmethods = [\"GET\", \"HEAD\"]\n\
              [[routes]]\nprefix = \"/api/report\"\nservice = \"w\"\nmethods = [\"POST\", \"GET\"]\n",
         )
@@ -610,7 +624,7 @@ mod tests {
 
     #[test]
     fn first_match_by_prefix_and_method() {
-        let table = RouteTable::parse(ROUTES).unwrap();
+        let table = parse(ROUTES).unwrap();
         let headers = HeaderMap::new();
         let find = |m: Method, p: &str| {
             let view = RequestView {
@@ -650,7 +664,7 @@ mod tests {
 
     #[test]
     fn exact_regex_host_and_header_matching() {
-        let table = RouteTable::parse(
+        let table = parse(
             r#"
             [[routes]]
             name = "canary"
@@ -717,7 +731,7 @@ mod tests {
 
     #[test]
     fn strip_prefix_rewrites_the_upstream_path() {
-        let table = RouteTable::parse(
+        let table = parse(
             "[[routes]]\nprefix = \"/api/things\"\nservice = \"things\"\nstrip_prefix = true\n",
         )
         .unwrap();
@@ -735,17 +749,17 @@ mod tests {
                  split = {{ stable = \"1\", canary = \"2\", canary_weight = {weight} }}\n"
             )
         };
-        let first = RouteTable::parse(&file(10, "1s")).unwrap();
+        let first = parse(&file(10, "1s")).unwrap();
         first.routes[0].deployment.rollback().unwrap();
         // Another setting changed: the rolled-back deployment stays.
-        let mut second = RouteTable::parse(&file(10, "2s")).unwrap();
+        let mut second = parse(&file(10, "2s")).unwrap();
         second.carry_over(&first);
         assert!(Arc::ptr_eq(
             &first.routes[0].deployment,
             &second.routes[0].deployment
         ));
         // The split itself changed: the file wins.
-        let mut third = RouteTable::parse(&file(20, "2s")).unwrap();
+        let mut third = parse(&file(20, "2s")).unwrap();
         third.carry_over(&second);
         assert!(!Arc::ptr_eq(
             &second.routes[0].deployment,
@@ -792,7 +806,7 @@ mod tests {
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nsplit = { stable = \"1\", canary_weight = 5 }", "split: "),
             ("[[routes]]\nprefix = \"/a\"\nservice = \"x\"\nsplit = { stable = \"1\", colour = 5 }", "unknown field"),
         ] {
-            let error = RouteTable::parse(text).unwrap_err().to_string();
+            let error = parse(text).unwrap_err().to_string();
             assert!(error.contains(expect), "{error}");
         }
     }

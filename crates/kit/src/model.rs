@@ -4,6 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Registration metadata: the path of the instance's Prometheus metrics (`/metrics` for every
+/// kit service and the gateway). The registry's `GET /v1/prometheus/targets` lists exactly the
+/// instances that name one.
+pub const METRICS_PATH: &str = "metrics_path";
+/// Registration metadata: the port of the instance's metrics when it is not the registered one
+/// (the gateway registers its client port; its metrics are on the admin port).
+pub const METRICS_PORT: &str = "metrics_port";
+
 /// The body of `PUT /v1/services/{name}/instances/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -48,7 +48,13 @@ impl Service {
             register: true,
             health: Health::new(),
             events: true,
-            metadata: Default::default(),
+            // Every kit service serves `/metrics` on its port (`with_kit_routes`): said in the
+            // registration, so Prometheus finds each instance through the registry.
+            metadata: [(
+                crate::model::METRICS_PATH.to_string(),
+                "/metrics".to_string(),
+            )]
+            .into(),
         }
     }
 

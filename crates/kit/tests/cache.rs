@@ -249,7 +249,7 @@ async fn an_unreachable_redis_at_start_is_an_error() {
 }
 
 async fn a_redis_that_dies_later_fails_soft() {
-    let metrics = stratus_kit::metrics::handle();
+    let metrics = stratus_kit::metrics::install();
     let mut server = Redis::start();
     let cache = Cache::open("dies", &args(Some(server.url()), Duration::from_secs(60)))
         .await

@@ -37,6 +37,7 @@ pub fn routes<S: Store>() -> Api<Arc<S>> {
             heartbeat::<S>,
         )
         .get("/v1/watch", events::watch::<S>)
+        .get("/v1/prometheus/targets", prometheus_targets::<S>)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -82,6 +83,14 @@ async fn get_service<S: Store>(
     Ok(axum::Json(
         store.service(&name).await.map_err(store_problem)?,
     ))
+}
+
+/// Prometheus's HTTP service discovery: every instance that serves metrics (`prometheus.rs`).
+async fn prometheus_targets<S: Store>(
+    State(store): State<Arc<S>>,
+) -> Result<impl IntoResponse, Problem> {
+    let catalog = store.catalog().await.map_err(store_problem)?;
+    Ok(axum::Json(crate::prometheus::targets(&catalog)))
 }
 
 async fn register<S: Store>(

@@ -12,6 +12,7 @@ pub mod checks;
 pub mod etcd_checks;
 pub mod events;
 pub mod identity;
+pub mod prometheus;
 pub mod store;
 pub mod validate;
 

@@ -13,7 +13,7 @@ fn an_outcome_sets_the_header_and_the_extension() {
 
 #[tokio::test]
 async fn hits_and_misses_are_counted_per_cache() {
-    let handle = crate::metrics::handle();
+    let handle = crate::metrics::install();
     let cache = Cache::memory("counted", 100, Duration::from_secs(60));
     assert_eq!(cache.get::<i64>("k").await, None);
     cache.set("k", &5).await;
