@@ -186,6 +186,26 @@ pub fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     }
 }
 
+/// What is wrong with a request's `Host` header lines, if anything (RFC 9112 section 3.2): an
+/// HTTP/1.1 request must carry exactly one, and no request may carry two. HTTP/1.0 did not
+/// require it, so a 1.0 request without one passes (its host is then unknown, as for any 1.0
+/// client); HTTP/2 names its authority in `:authority` instead (RFC 9113 rules), so it is left
+/// alone. The server is told to answer 400: two hosts could route on one and be forwarded
+/// with the other.
+pub fn host_problem(version: http::Version, headers: &HeaderMap) -> Option<&'static str> {
+    let required = match version {
+        http::Version::HTTP_11 => true,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => false,
+        _ => return None,
+    };
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if required => Some("an HTTP/1.1 request must carry a Host header"),
+        (Some(_), Some(_)) => Some("a request must not carry more than one Host header"),
+        _ => None,
+    }
+}
+
 /// Adds `Forwarded` and `X-Forwarded-For` (each appending this hop to what earlier proxies
 /// said), `X-Forwarded-Proto` and `-Host` (`host` is what the client asked for, see
 /// [`client_host`]; a client's own `X-Forwarded-Host` is never passed on), and drops `Host` so
@@ -287,6 +307,23 @@ pub fn request_id(headers: &HeaderMap, fallback: impl FnOnce() -> HeaderValue) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_lines_follow_rfc_9112() {
+        use http::Version;
+        let none = HeaderMap::new();
+        let mut one = HeaderMap::new();
+        one.insert(HOST, HeaderValue::from_static("example.com"));
+        let mut two = one.clone();
+        two.append(HOST, HeaderValue::from_static("other.example"));
+        assert!(host_problem(Version::HTTP_11, &none).is_some());
+        assert!(host_problem(Version::HTTP_11, &one).is_none());
+        assert!(host_problem(Version::HTTP_11, &two).is_some());
+        assert!(host_problem(Version::HTTP_10, &none).is_none());
+        assert!(host_problem(Version::HTTP_10, &one).is_none());
+        assert!(host_problem(Version::HTTP_10, &two).is_some());
+        assert!(host_problem(Version::HTTP_2, &none).is_none());
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

@@ -124,6 +124,9 @@ impl Proxy {
             HeaderValue::from_bytes(&traceparent[3..35]).unwrap_or(HeaderValue::from_static("-"))
         });
 
+        if let Some(detail) = headers::host_problem(parts.version, &parts.headers) {
+            return finish(problem(Problem::bad_request(detail)), &request_id);
+        }
         if parts.method == Method::CONNECT {
             // The gateway routes requests; it is not a forward proxy that opens tunnels. (An
             // empty `Allow`: no method is served for an authority-form target.)
