@@ -177,33 +177,42 @@ fn append_prior(out: &mut Vec<u8>, prior: GetAll<'_, HeaderValue>) {
 /// The host the client asked for: its `Host` header, or the authority of its request target
 /// (HTTP/2 has `:authority` and no `Host`).
 pub fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
-    }
+    or_authority(parts.headers.get(HOST).cloned(), &parts.uri)
 }
 
-/// What is wrong with a request's `Host` header lines, if anything (RFC 9112 section 3.2): an
-/// HTTP/1.1 request must carry exactly one, and no request may carry two. HTTP/1.0 did not
-/// require it, so a 1.0 request without one passes (its host is then unknown, as for any 1.0
-/// client); HTTP/2 names its authority in `:authority` instead (RFC 9113 rules), so it is left
-/// alone. The server is told to answer 400: two hosts could route on one and be forwarded
-/// with the other.
-pub fn host_problem(version: http::Version, headers: &HeaderMap) -> Option<&'static str> {
+/// `host` (a request's `Host` header), else the authority of its target `uri`.
+pub fn or_authority(host: Option<HeaderValue>, uri: &http::Uri) -> Option<HeaderValue> {
+    host.or_else(|| {
+        uri.authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    })
+}
+
+/// A request's `Host` header, or what is wrong with its `Host` lines (RFC 9112 section 3.2): an
+/// HTTP/1.1 request must carry exactly one, and no HTTP/1 request may carry two (a server is told
+/// to answer 400: two hosts could route on one and be forwarded with the other). HTTP/1.0 did
+/// not require it, so a 1.0 request without one passes. HTTP/2 names its authority in
+/// `:authority` (RFC 9113 has rules of its own), so its first `Host`, if any, is taken as is.
+///
+/// The one lookup serves both the check and the forwarding headers (see [`or_authority`]).
+pub fn host_line(
+    version: http::Version,
+    headers: &HeaderMap,
+) -> Result<Option<&HeaderValue>, &'static str> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let first = hosts.next();
     let required = match version {
         http::Version::HTTP_11 => true,
         http::Version::HTTP_10 | http::Version::HTTP_09 => false,
-        _ => return None,
+        _ => return Ok(first),
     };
-    let mut hosts = headers.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if required => Some("an HTTP/1.1 request must carry a Host header"),
-        (Some(_), Some(_)) => Some("a request must not carry more than one Host header"),
-        _ => None,
+    if hosts.next().is_some() {
+        return Err("a request must not carry more than one Host header");
     }
+    if first.is_none() && required {
+        return Err("an HTTP/1.1 request must carry a Host header");
+    }
+    Ok(first)
 }
 
 /// Adds `Forwarded` and `X-Forwarded-For` (each appending this hop to what earlier proxies
@@ -316,13 +325,15 @@ mod tests {
         one.insert(HOST, HeaderValue::from_static("example.com"));
         let mut two = one.clone();
         two.append(HOST, HeaderValue::from_static("other.example"));
-        assert!(host_problem(Version::HTTP_11, &none).is_some());
-        assert!(host_problem(Version::HTTP_11, &one).is_none());
-        assert!(host_problem(Version::HTTP_11, &two).is_some());
-        assert!(host_problem(Version::HTTP_10, &none).is_none());
-        assert!(host_problem(Version::HTTP_10, &one).is_none());
-        assert!(host_problem(Version::HTTP_10, &two).is_some());
-        assert!(host_problem(Version::HTTP_2, &none).is_none());
+        let example = Some(&one[HOST]);
+        assert!(host_line(Version::HTTP_11, &none).is_err());
+        assert_eq!(host_line(Version::HTTP_11, &one), Ok(example));
+        assert!(host_line(Version::HTTP_11, &two).is_err());
+        assert_eq!(host_line(Version::HTTP_10, &none), Ok(None));
+        assert_eq!(host_line(Version::HTTP_10, &one), Ok(example));
+        assert!(host_line(Version::HTTP_10, &two).is_err());
+        assert_eq!(host_line(Version::HTTP_2, &none), Ok(None));
+        assert_eq!(host_line(Version::HTTP_2, &two), Ok(example));
     }
 
     #[test]
