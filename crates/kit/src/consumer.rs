@@ -223,12 +223,7 @@ async fn consume<H, F>(
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(topic, group, %error, "subscribing again");
-                    tokio::time::sleep(backoff(
-                        failures,
-                        Duration::from_millis(100),
-                        Duration::from_secs(2),
-                    ))
-                    .await;
+                    broker_back_off(failures).await;
                 }
             }
             continue;
@@ -243,20 +238,13 @@ async fn consume<H, F>(
                 failures = failures.saturating_add(1);
                 tracing::warn!(topic, group, "subscription closed; subscribing again");
                 subscription = None;
-                tokio::time::sleep(backoff(
-                    failures,
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
-                .await;
+                broker_back_off(failures).await;
                 continue;
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(2))
-                    .max(Duration::from_millis(50));
                 tracing::warn!(topic, group, %error, "receiving; retrying");
-                tokio::time::sleep(delay).await;
+                broker_back_off(failures).await;
                 continue;
             }
         };
@@ -317,6 +305,14 @@ async fn consume<H, F>(
             reporter.report_calls(&context, started, wall, spent);
         }
     }
+}
+
+/// The wait before trying the broker again after `failures` failures in a row: jittered, up to
+/// 100 ms doubling up to 2 s, never under 50 ms.
+async fn broker_back_off(failures: u32) {
+    let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(2))
+        .max(Duration::from_millis(50));
+    tokio::time::sleep(delay).await;
 }
 
 /// The reporter for a service's message hops (its requests are reported by the kit's server),
