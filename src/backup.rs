@@ -419,16 +419,24 @@ fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
 }
 
 fn pg_dump(url: &str, target: &Path) -> anyhow::Result<()> {
-    let mut command = Command::new(pg_tool("pg_dump"));
+    run(pg_dump_command(url, target)?, "pg_dump")
+}
+
+fn pg_restore(source: &Path, url: &str) -> anyhow::Result<()> {
+    run(pg_restore_command(source, url)?, "pg_restore")
+}
+
+fn pg_dump_command(url: &str, target: &Path) -> anyhow::Result<Command> {
+    let (mut command, url) = pg_command("pg_dump", url)?;
     command
         .args(["--format=custom", "--no-owner", "--no-privileges", "--file"])
         .arg(target)
         .arg(format!("--dbname={url}"));
-    run(command, "pg_dump")
+    Ok(command)
 }
 
-fn pg_restore(source: &Path, url: &str) -> anyhow::Result<()> {
-    let mut command = Command::new(pg_tool("pg_restore"));
+fn pg_restore_command(source: &Path, url: &str) -> anyhow::Result<Command> {
+    let (mut command, url) = pg_command("pg_restore", url)?;
     command
         .args([
             "--clean",
@@ -440,7 +448,49 @@ fn pg_restore(source: &Path, url: &str) -> anyhow::Result<()> {
         ])
         .arg(format!("--dbname={url}"))
         .arg(source);
-    run(command, "pg_restore")
+    Ok(command)
+}
+
+/// A PostgreSQL tool's command for the database at `url`, and the URL to give it: the same URL
+/// without its password, which goes in the child's environment (`PGPASSWORD`) instead.
+///
+/// A command line is readable by every user of the machine (`ps`, `/proc/<pid>/cmdline`); a
+/// process's environment only by its own user and root (`/proc/<pid>/environ` is mode 0400).
+/// libpq takes the password from the URL's user part or from a `password` query parameter;
+/// both are taken out.
+fn pg_command(tool: &str, url: &str) -> anyhow::Result<(Command, String)> {
+    let mut parsed = url::Url::parse(url)
+        .with_context(|| format!("{} is not a PostgreSQL URL", stratus_kit::db::redact(url)))?;
+    let mut password: Option<Vec<u8>> = parsed
+        .password()
+        .map(|encoded| percent_encoding::percent_decode_str(encoded).collect());
+    if password.is_some() && parsed.set_password(None).is_err() {
+        bail!(
+            "{}: cannot take the password out of this URL",
+            stratus_kit::db::redact(url)
+        );
+    }
+    if parsed.query_pairs().any(|(name, _)| name == "password") {
+        let mut kept = Vec::new();
+        for (name, value) in parsed.query_pairs() {
+            if name == "password" {
+                password = Some(value.as_bytes().to_vec());
+            } else {
+                kept.push((name.into_owned(), value.into_owned()));
+            }
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+    }
+    let mut command = Command::new(pg_tool(tool));
+    if let Some(password) = password {
+        use std::os::unix::ffi::OsStringExt;
+        command.env("PGPASSWORD", std::ffi::OsString::from_vec(password));
+    }
+    Ok((command, parsed.into()))
 }
 
 async fn pg_has_tables(url: &str) -> anyhow::Result<bool> {
@@ -490,6 +540,52 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Everything a command shows in `ps`.
+    fn command_line(command: &Command) -> String {
+        std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|part| part.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn password_env(command: &Command) -> Option<String> {
+        command
+            .get_envs()
+            .find(|(name, _)| *name == "PGPASSWORD")
+            .and_then(|(_, value)| value)
+            .map(|value| value.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn pg_tools_get_the_password_in_their_environment_not_their_arguments() {
+        let url = "postgres://stratus:s3cr%40t%3Aw0rd@db.example:5433/orders?sslmode=disable";
+        let dump = pg_dump_command(url, Path::new("/backups/orders.dump")).unwrap();
+        let restore = pg_restore_command(Path::new("/backups/orders.dump"), url).unwrap();
+        for command in [&dump, &restore] {
+            let line = command_line(command);
+            assert!(!line.contains("s3cr"), "{line}");
+            assert!(
+                line.contains("--dbname=postgres://stratus@db.example:5433/orders?sslmode=disable"),
+                "{line}"
+            );
+            assert_eq!(password_env(command).as_deref(), Some("s3cr@t:w0rd"));
+        }
+
+        // libpq's other place for it: a query parameter.
+        let url = "postgresql://stratus@db/orders?password=hunter%202&sslmode=require";
+        let dump = pg_dump_command(url, Path::new("/b/orders.dump")).unwrap();
+        let line = command_line(&dump);
+        assert!(!line.contains("hunter"), "{line}");
+        assert!(line.contains("--dbname=postgresql://stratus@db/orders?sslmode=require"));
+        assert_eq!(password_env(&dump).as_deref(), Some("hunter 2"));
+
+        // No password: none is set (the tool falls back to ~/.pgpass or the server's trust).
+        let dump = pg_dump_command("postgres://stratus@db/orders", Path::new("/b/o")).unwrap();
+        assert_eq!(password_env(&dump), None);
+        assert!(command_line(&dump).contains("--dbname=postgres://stratus@db/orders"));
+    }
 
     #[test]
     fn database_urls_become_locations() {

@@ -365,3 +365,51 @@ async fn connect_is_refused_the_gateway_is_no_forward_proxy() {
     );
     ok(&system).await;
 }
+
+/// Sends `request` on a fresh connection and reads the answer to its end.
+fn exchange(port: u16, request: &str) -> String {
+    let mut stream = client(port);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, and any request with two, is a
+/// 400 (problem+json, with a request id, like the gateway's other refusals). HTTP/1.0 did not
+/// require `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_rules_follow_rfc_9112() {
+    let (system, _dir) = edge().await;
+    let port = system.gateway_port;
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            "GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /two-hosts HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+            "GET http://a.example/absolute HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /two-hosts HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "GET /one-host HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+            "GET /no-host HTTP/1.0\r\n\r\n",
+        ]
+        .map(|request| (request, exchange(port, request)))
+    })
+    .await
+    .unwrap();
+    for (index, (request, answer)) in answers.iter().enumerate() {
+        let head = answer.to_ascii_lowercase();
+        // The status code of `HTTP/1.x NNN ...`.
+        let status = answer.get(9..12).unwrap_or_default();
+        if index < 4 {
+            assert_eq!(status, "400", "{request:?} -> {answer}");
+            assert!(
+                head.contains("content-type: application/problem+json"),
+                "{answer}"
+            );
+            assert!(head.contains("x-request-id: "), "{answer}");
+            assert!(answer.contains("Host header"), "{answer}");
+        } else {
+            assert_eq!(status, "200", "{request:?} -> {answer}");
+        }
+    }
+    ok(&system).await;
+}

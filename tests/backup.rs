@@ -636,6 +636,70 @@ async fn backup_while_running_then_restore_reproduces_every_postgres_database() 
     backup_and_restore(source, fresh, copy, root.path()).await;
 }
 
+/// Runs `sql` with psql against `url`; any error fails the test.
+fn psql(url: &str, sql: &str) {
+    let output = Command::new(pg_tool("psql"))
+        .arg(format!("--dbname={url}"))
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A database whose role must give its password (scram-sha-256): `backup` and `restore` reach
+/// it with the password given only in its DATABASE_URL. pg_dump and pg_restore get it through
+/// their environment; their command lines carry none (the unit test in src/backup.rs).
+async fn a_password_protected_postgres_database_is_backed_up_and_restored() {
+    let postgres = Postgres::start();
+    let trusted = postgres.database("guarded");
+    psql(
+        &trusted,
+        "CREATE ROLE guard LOGIN SUPERUSER PASSWORD 'p@ss:w0rd/?'; \
+         CREATE TABLE kept (n int); INSERT INTO kept VALUES (1), (2);",
+    );
+    // The role must authenticate over TCP, ahead of the trust rule everyone else has.
+    let hba = postgres.dir().join("data").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all guard 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+    psql(&trusted, "SELECT pg_reload_conf()");
+    let refused = Command::new(pg_tool("psql"))
+        .arg(format!(
+            "--dbname={}",
+            trusted.replacen("stratus@", "guard@", 1)
+        ))
+        .args(["-w", "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "the role needs its password");
+    let guarded = trusted.replacen("stratus@", "guard:p%40ss%3Aw0rd%2F%3F@", 1);
+
+    let root = tempfile::tempdir().unwrap();
+    let setup = Setup::new(
+        root.path(),
+        "guarded",
+        BTreeMap::from([("profile".to_string(), guarded)]),
+    );
+    let backup = root.path().join("backup");
+    let backup = backup.to_str().unwrap();
+    ok(&setup.stratus(&["backup", "--to", backup]), "backup");
+    psql(&trusted, "DELETE FROM kept");
+    ok(
+        &setup.stratus(&["restore", "--from", backup, "--yes"]),
+        "restore",
+    );
+    assert_eq!(database_rows(&trusted)["public.kept"], ["1", "2"]);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -648,6 +712,12 @@ fn main() -> std::process::ExitCode {
             backup_while_running_then_restore_reproduces_every_postgres_database,
         )
         .worker_threads(4)
+        .needs(&[Need::Postgres]),
+        Test::new(
+            "a_password_protected_postgres_database_is_backed_up_and_restored",
+            a_password_protected_postgres_database_is_backed_up_and_restored,
+        )
+        .worker_threads(2)
         .needs(&[Need::Postgres]),
     ])
 }

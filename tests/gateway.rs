@@ -709,3 +709,121 @@ async fn a_hung_instance_costs_an_idempotent_request_one_per_try_timeout() {
     let (status, _) = body(&system, "/alone/x").await;
     assert_eq!(status, 504);
 }
+
+/// Waits up to `within` for `process` to exit; its status, or None if it is still running.
+async fn exit_status(
+    process: &mut support::Process,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Starts another gateway with `env` and expects it to refuse to start, naming `port`.
+async fn refuses_to_start(system: &mut System, env: &[(&str, &str)], port: u16) {
+    let index = system
+        .processes
+        .iter()
+        .filter(|p| p.name == "gateway")
+        .count();
+    let log = system.log_path("gateway", index);
+    let process = system.spawn("gateway", env);
+    let status = exit_status(process, Duration::from_secs(15)).await;
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let status =
+        status.unwrap_or_else(|| panic!("a gateway started on held port {port}: {output}"));
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains(&format!("port {port}")) || output.contains(&format!(":{port}")),
+        "the error names the port {port}: {output}"
+    );
+}
+
+/// A port held by another process is a start-up error that names it, so a gateway left over
+/// from an earlier run and a new one never split the traffic. Only a gateway's own workers
+/// share its port (`SO_REUSEPORT`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_held_by_another_process_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/\"\nservice = \"first\"\nauth = \"none\"\n",
+    );
+    let mut system =
+        System::start_edge_with(Some(&routes), &[("STRATUS_GATEWAY_WORKERS", "2")]).await;
+    let backend = backend::start("first", Duration::ZERO).await;
+    system
+        .register("first", "first-1", backend, json!({}))
+        .await;
+    system.wait_gateway_sees("first", 1).await;
+
+    // A second gateway on the first one's port, with settings of its own (not its route file).
+    let (port, admin) = (system.gateway_port, support::free_port());
+    let (port_text, admin_text) = (port.to_string(), admin.to_string());
+    refuses_to_start(
+        &mut system,
+        &[
+            ("PORT", port_text.as_str()),
+            ("STRATUS_ADMIN_PORT", admin_text.as_str()),
+            ("STRATUS_GATEWAY_WORKERS", "2"),
+        ],
+        port,
+    )
+    .await;
+    // The first gateway still answers every connection (the second would have said 404).
+    for _ in 0..40 {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let response = fresh.get(system.url("/any")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "first");
+    }
+
+    // The first one's admin port: refused as well, before any traffic is served.
+    let (free, admin) = (support::free_port(), system.admin_port);
+    let (free_text, admin_text) = (free.to_string(), admin.to_string());
+    refuses_to_start(
+        &mut system,
+        &[
+            ("PORT", free_text.as_str()),
+            ("STRATUS_ADMIN_PORT", admin_text.as_str()),
+        ],
+        admin,
+    )
+    .await;
+
+    // Any other process's listener, even one that allows sharing the port with SO_REUSEPORT.
+    for reuse_port in [false, true] {
+        let port = support::free_port();
+        let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_reuse_port(reuse_port).unwrap();
+        socket.bind(&address.into()).unwrap();
+        socket.listen(16).unwrap();
+        let (port_text, admin_text) = (port.to_string(), support::free_port().to_string());
+        refuses_to_start(
+            &mut system,
+            &[
+                ("PORT", port_text.as_str()),
+                ("STRATUS_ADMIN_PORT", admin_text.as_str()),
+            ],
+            port,
+        )
+        .await;
+    }
+}

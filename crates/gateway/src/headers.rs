@@ -177,13 +177,42 @@ fn append_prior(out: &mut Vec<u8>, prior: GetAll<'_, HeaderValue>) {
 /// The host the client asked for: its `Host` header, or the authority of its request target
 /// (HTTP/2 has `:authority` and no `Host`).
 pub fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
+    or_authority(parts.headers.get(HOST).cloned(), &parts.uri)
+}
+
+/// `host` (a request's `Host` header), else the authority of its target `uri`.
+pub fn or_authority(host: Option<HeaderValue>, uri: &http::Uri) -> Option<HeaderValue> {
+    host.or_else(|| {
+        uri.authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    })
+}
+
+/// A request's `Host` header, or what is wrong with its `Host` lines (RFC 9112 section 3.2): an
+/// HTTP/1.1 request must carry exactly one, and no HTTP/1 request may carry two (a server is told
+/// to answer 400: two hosts could route on one and be forwarded with the other). HTTP/1.0 did
+/// not require it, so a 1.0 request without one passes. HTTP/2 names its authority in
+/// `:authority` (RFC 9113 has rules of its own), so its first `Host`, if any, is taken as is.
+///
+/// The one lookup serves both the check and the forwarding headers (see [`or_authority`]).
+pub fn host_line(
+    version: http::Version,
+    headers: &HeaderMap,
+) -> Result<Option<&HeaderValue>, &'static str> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let first = hosts.next();
+    let required = match version {
+        http::Version::HTTP_11 => true,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => false,
+        _ => return Ok(first),
+    };
+    if hosts.next().is_some() {
+        return Err("a request must not carry more than one Host header");
     }
+    if first.is_none() && required {
+        return Err("an HTTP/1.1 request must carry a Host header");
+    }
+    Ok(first)
 }
 
 /// Adds `Forwarded` and `X-Forwarded-For` (each appending this hop to what earlier proxies
@@ -287,6 +316,25 @@ pub fn request_id(headers: &HeaderMap, fallback: impl FnOnce() -> HeaderValue) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_lines_follow_rfc_9112() {
+        use http::Version;
+        let none = HeaderMap::new();
+        let mut one = HeaderMap::new();
+        one.insert(HOST, HeaderValue::from_static("example.com"));
+        let mut two = one.clone();
+        two.append(HOST, HeaderValue::from_static("other.example"));
+        let example = Some(&one[HOST]);
+        assert!(host_line(Version::HTTP_11, &none).is_err());
+        assert_eq!(host_line(Version::HTTP_11, &one), Ok(example));
+        assert!(host_line(Version::HTTP_11, &two).is_err());
+        assert_eq!(host_line(Version::HTTP_10, &none), Ok(None));
+        assert_eq!(host_line(Version::HTTP_10, &one), Ok(example));
+        assert!(host_line(Version::HTTP_10, &two).is_err());
+        assert_eq!(host_line(Version::HTTP_2, &none), Ok(None));
+        assert_eq!(host_line(Version::HTTP_2, &two), Ok(example));
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

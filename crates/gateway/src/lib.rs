@@ -255,8 +255,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(deploy::watch(shared.clone()));
 
-    let listener =
-        server::reuseport_listener(std::net::SocketAddr::new(args.common.bind, args.port))?;
+    let listener = server::exclusive_listener(
+        std::net::SocketAddr::new(args.common.bind, args.port),
+        "the gateway's port (PORT)",
+    )?;
     let workers = match args.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -286,15 +288,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tls = match tls_source {
         Some(source) => {
             let config = tls::server_config(&source)?;
-            let first = server::reuseport_listener(std::net::SocketAddr::new(
-                args.common.bind,
-                args.tls_port,
-            ))?;
+            let first = server::exclusive_listener(
+                std::net::SocketAddr::new(args.common.bind, args.tls_port),
+                "the gateway's HTTPS port (STRATUS_TLS_PORT)",
+            )?;
             tracing::info!(address = %first.local_addr()?, "gateway listening for HTTPS");
             Some(server::TlsListener { first, config })
         }
         None => None,
     };
+    // Bound here, not inside the admin task: a port in use must stop the start, not leave a
+    // gateway serving traffic with no admin API or readiness.
+    let admin_listener = tokio::net::TcpListener::bind((args.common.bind, args.admin_port))
+        .await
+        .with_context(|| {
+            format!(
+                "the gateway's admin port (STRATUS_ADMIN_PORT): binding {}:{}",
+                args.common.bind, args.admin_port
+            )
+        })?;
     let workers = server::Workers::start(workers, listener, shared.clone(), limits, tls)?;
 
     let reload_status = reload::SharedStatus::default();
@@ -323,7 +335,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     let common = args.common.clone();
     let admin_app = admin::router(shared, reload_status);
-    let admin_task = tokio::spawn(async move { admin.run(&common, admin_app).await });
+    let admin_task =
+        tokio::spawn(async move { admin.run_on(admin_listener, &common, admin_app).await });
 
     // The gateway registers itself like every other process, with its client-traffic port, so
     // DNS can answer the API's name with every gateway instance.

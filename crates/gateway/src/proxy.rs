@@ -124,6 +124,10 @@ impl Proxy {
             HeaderValue::from_bytes(&traceparent[3..35]).unwrap_or(HeaderValue::from_static("-"))
         });
 
+        let host_line = match headers::host_line(parts.version, &parts.headers) {
+            Ok(host) => host.cloned(),
+            Err(detail) => return finish(problem(Problem::bad_request(detail)), &request_id),
+        };
         if parts.method == Method::CONNECT {
             // The gateway routes requests; it is not a forward proxy that opens tunnels. (An
             // empty `Allow`: no method is served for an authority-form target.)
@@ -224,7 +228,7 @@ impl Proxy {
         }
         // The forwarding headers, the request id and the trace context are written into the
         // request head as it goes out (see `Forwarding`), not added to the map.
-        let host = headers::client_host(&parts);
+        let host = headers::or_authority(host_line, &parts.uri);
         let forwarding = headers::Forwarding {
             client,
             headers: &parts.headers,

@@ -6,6 +6,9 @@
 //! that serves it and the tasks that move bytes between them all stay on one thread, so handing
 //! a response from one task to another is a cheap local wake-up instead of a cross-thread futex
 //! call. The kernel spreads new connections across the workers' listeners.
+//!
+//! Only this process's workers share the port: a port another process holds is a start-up error
+//! that names it ([`exclusive_listener`]), never a port silently split between two gateways.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,14 +53,46 @@ pub struct Limits {
     pub park_after: Duration,
 }
 
+/// The first listening socket on `address`, for a port no other process holds; the gateway's
+/// other workers then join it with [`reuseport_listener`].
+///
+/// The workers' sockets set `SO_REUSEPORT`, and Linux lets any socket that sets it too (under
+/// the same user) bind a port already held that way: a second gateway, say one left over from an
+/// earlier run, would start without a word and take a share of the connections. So a port is
+/// first probed with a socket *without* `SO_REUSEPORT`, which cannot bind a port anyone listens
+/// on, with the option or without; a port in use is a start-up error naming it. The probe is
+/// closed at once and the first worker binds the port it found (port 0 becomes a concrete one).
+/// A later gateway's probe fails the same way against this one's workers.
+///
+/// (Only `SO_REUSEADDR` is set on the probe: it lets a restart bind past connections of the
+/// previous run still in `TIME_WAIT`, never past a listener.)
+pub fn exclusive_listener(
+    address: SocketAddr,
+    what: &str,
+) -> anyhow::Result<std::net::TcpListener> {
+    let probe = tcp_socket(address)?;
+    if let Err(error) = probe.bind(&address.into()) {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::bail!(
+                "{what}: port {} on {} is already in use by another process \
+                 (another gateway, or a leftover from an earlier run?)",
+                address.port(),
+                address.ip()
+            );
+        }
+        return Err(error).with_context(|| format!("{what}: binding {address}"));
+    }
+    let bound = probe
+        .local_addr()?
+        .as_socket()
+        .context("the probe socket has no IP address")?;
+    drop(probe);
+    reuseport_listener(bound)
+}
+
 /// A listening socket that other workers can bind to as well.
 pub fn reuseport_listener(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
+    let socket = tcp_socket(address)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
@@ -66,6 +101,17 @@ pub fn reuseport_listener(address: SocketAddr) -> anyhow::Result<std::net::TcpLi
         .with_context(|| format!("binding the gateway to {address}"))?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// A TCP socket for `address` with `SO_REUSEADDR`.
+fn tcp_socket(address: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    Ok(socket)
 }
 
 pub struct Workers {

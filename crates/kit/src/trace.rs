@@ -12,24 +12,37 @@ pub struct TraceContext {
 impl TraceContext {
     /// Parses a `traceparent` header; anything malformed is ignored, as the spec asks.
     pub fn parse(header: &str) -> Option<Self> {
-        let bytes = header.as_bytes();
-        if bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        Self::parse_bytes(header.as_bytes())
+    }
+
+    /// Parses a `traceparent` value given as bytes (W3C Trace Context, section 3.2).
+    ///
+    /// It works on bytes, never on `str` slices: a broker message's headers are any UTF-8, and
+    /// slicing a string at fixed offsets panics when a character straddles one. Any input either
+    /// parses or is `None`.
+    ///
+    /// - version `00`: exactly 55 characters;
+    /// - a higher version is parsed leniently, as the spec asks of a version we do not know: its
+    ///   first 55 characters as version 00, followed by nothing or by `-` and whatever it adds;
+    /// - version `ff`, upper-case hex, and an all-zero trace id or parent id are invalid.
+    pub fn parse_bytes(header: &[u8]) -> Option<Self> {
+        let (head, rest) = header.split_at_checked(TRACEPARENT_LEN)?;
+        if head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
             return None;
         }
-        if &header[..2] == "ff" || (bytes.len() > 55 && &header[..2] == "00") {
-            return None;
-        }
-        let lower_hex = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        let version = lower_hex(&head[..2])?;
+        let lenient = match version {
+            0x00 => false,
+            0xff => return None,
+            _ => true,
         };
-        let (trace, span, flags) = (&header[3..35], &header[36..52], &header[53..55]);
-        if !lower_hex(&header[..2]) || !lower_hex(trace) || !lower_hex(span) || !lower_hex(flags) {
+        if !rest.is_empty() && (!lenient || rest[0] != b'-') {
             return None;
         }
-        let trace_id = u128::from_str_radix(trace, 16).ok()?;
-        let span_id = u64::from_str_radix(span, 16).ok()?;
-        let flags = u8::from_str_radix(flags, 16).ok()?;
+        let trace_id = lower_hex(&head[3..35])?;
+        // 16 hex digits and 2 hex digits: the values fit, so the casts lose nothing.
+        let span_id = lower_hex(&head[36..52])? as u64;
+        let flags = lower_hex(&head[53..55])? as u8;
         if trace_id == 0 || span_id == 0 {
             return None;
         }
@@ -86,6 +99,19 @@ impl TraceContext {
 
 /// Length of a version-00 `traceparent` value.
 pub const TRACEPARENT_LEN: usize = 55;
+
+/// The value of at most 32 lower-case hex digits (the spec's HEXDIGLC); anything else is `None`.
+fn lower_hex(digits: &[u8]) -> Option<u128> {
+    debug_assert!(digits.len() <= 32);
+    digits.iter().try_fold(0u128, |value, &byte| {
+        let digit = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'a'..=b'f' => byte - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(digit))
+    })
+}
 
 /// Writes `value` as lower-case hex, right-aligned and zero-padded, filling all of `out`.
 fn hex_into(out: &mut [u8], mut value: u128) {
@@ -165,6 +191,67 @@ mod tests {
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn later_versions_parse_leniently() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let span = "00f067aa0ba902b7";
+        for good in [
+            format!("01-{trace}-{span}-01"),
+            format!("01-{trace}-{span}-01-"),
+            format!("cc-{trace}-{span}-01-what-the-future-will-be-like"),
+            format!("fe-{trace}-{span}-03-é"),
+        ] {
+            let context = TraceContext::parse(&good).unwrap_or_else(|| panic!("{good}"));
+            assert_eq!(context.trace_id_hex(), trace);
+            assert_eq!(context.span_id_hex(), span);
+            assert!(context.sampled);
+        }
+        for bad in [
+            format!("01-{trace}-{span}-01extra"),
+            format!("01-{trace}-{span}-0"),
+            format!("0A-{trace}-{span}-01"),
+            format!("01-{trace}-{span}-0A"),
+            format!("00-{trace}-{span}-01-"),
+            format!("ff-{trace}-{span}-01-"),
+            format!("-1-{trace}-{span}-01"),
+            format!("01-{trace}-{span}-+1"),
+        ] {
+            assert!(TraceContext::parse(&bad).is_none(), "{bad}");
+        }
+    }
+
+    /// A broker message's headers are any UTF-8: a character of two, three or four bytes at any
+    /// offset is refused (or, after a later version's 55 characters, passed over), never a panic.
+    #[test]
+    fn non_ascii_at_every_offset_is_refused_without_a_panic() {
+        let base = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-tail";
+        for version in ["00", "01", "fe"] {
+            let header = format!("{version}{}", &base[2..]);
+            for offset in 0..header.len() {
+                for odd in ["é", "€", "𝄞", "\u{80}", "\u{0}"] {
+                    let replaced = format!("{}{odd}{}", &header[..offset], &header[offset + 1..]);
+                    let inserted = format!("{}{odd}{}", &header[..offset], &header[offset..]);
+                    for candidate in [&replaced, &inserted] {
+                        let parsed = TraceContext::parse(candidate);
+                        // Past the 56th byte a later version may carry anything.
+                        if offset <= TRACEPARENT_LEN || version == "00" {
+                            assert!(parsed.is_none(), "{candidate:?}");
+                        }
+                        let bytes = TraceContext::parse_bytes(candidate.as_bytes());
+                        assert_eq!(bytes, parsed, "{candidate:?}");
+                    }
+                }
+            }
+        }
+        // Bytes that are not UTF-8 at all, cut at every length.
+        let mut invalid = base.as_bytes().to_vec();
+        invalid[53] = 0xff;
+        invalid[54] = 0xc3;
+        for end in 0..=invalid.len() {
+            assert!(TraceContext::parse_bytes(&invalid[..end]).is_none());
         }
     }
 

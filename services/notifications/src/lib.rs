@@ -48,9 +48,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tokens = Tokens::new(&args.tokens, RegistryClient::new(&common.registry_url)?)?;
 
     let reporter = stratus_kit::consumer::reporter(&common, "notifications")?;
+    let mut consumers = Vec::new();
     for topic in [PAYMENT_COMPLETED, PAYMENT_FAILED] {
         let pool = pool.clone();
-        stratus_kit::consumer::spawn(
+        let consumer = stratus_kit::consumer::spawn(
             &broker,
             topic,
             "notifications",
@@ -61,6 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             },
         )
         .await?;
+        consumers.push(consumer);
     }
 
     let state = api::AppState {
@@ -69,6 +71,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let service =
         Service::new("notifications", args.port).with_metadata("broker", broker.backend_name());
+    for consumer in &consumers {
+        consumer.watch(&service.health);
+    }
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

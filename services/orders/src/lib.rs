@@ -78,9 +78,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let relay = Relay::start(pool.pool().clone(), broker.clone());
 
     let reporter = stratus_kit::consumer::reporter(&common, "orders")?;
+    let mut consumers = Vec::new();
     for topic in [PAYMENT_COMPLETED, PAYMENT_FAILED] {
         let pool = pool.clone();
-        stratus_kit::consumer::spawn(
+        let consumer = stratus_kit::consumer::spawn(
             &broker,
             topic,
             "orders",
@@ -91,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             },
         )
         .await?;
+        consumers.push(consumer);
     }
 
     let state = api::AppState {
@@ -100,6 +102,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         relay,
     };
     let service = Service::new("orders", args.port).with_metadata("broker", broker.backend_name());
+    for consumer in &consumers {
+        consumer.watch(&service.health);
+    }
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

@@ -46,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let relay = Relay::start(pool.pool().clone(), broker.clone());
 
     let reporter = stratus_kit::consumer::reporter(&common, "payments")?;
-    {
+    let consumer = {
         let (pool, relay) = (pool.clone(), relay.clone());
         stratus_kit::consumer::spawn(
             &broker,
@@ -58,8 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 async move { consume::charge(&pool, &relay, &message, hop).await }
             },
         )
-        .await?;
-    }
+        .await?
+    };
 
     let state = api::AppState {
         pool: pool.clone(),
@@ -67,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let service =
         Service::new("payments", args.port).with_metadata("broker", broker.backend_name());
+    consumer.watch(&service.health);
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }
