@@ -35,7 +35,7 @@ use crate::spiffe::SpiffeId;
 /// How long a root is valid. Rotation (every `STRATUS_CA_ROTATION`) comes long before that.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates start this long before they are issued, for clocks a little behind.
-const BACKDATE: Duration = Duration::from_secs(60);
+pub const BACKDATE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
@@ -216,6 +216,12 @@ impl Authority {
         now: OffsetDateTime,
         private_key: Option<String>,
     ) -> Result<Issued, AuthorityError> {
+        if id.trust_domain != self.trust_domain {
+            return Err(AuthorityError::BadRequest(format!(
+                "{id} is not of trust domain {}",
+                self.trust_domain
+            )));
+        }
         let root = self.signer(now)?;
         let issuer = Issuer::from_ca_cert_der(&root.cert, &root.key)?;
         let mut params = CertificateParams::default();

@@ -13,7 +13,10 @@
 //!   ([`Expect`]); host names play no part (instances are reached by address), the SPIFFE ID
 //!   does.
 //!
-//! Only TLS 1.3, only the ring provider.
+//! Only TLS 1.3, only the ring provider, and no session resumption: a resumed session would
+//! carry the peer's certificate from the first handshake past its expiry and past a root's
+//! removal from the bundle, without either verifier seeing it again. Internal connections are
+//! long-lived (pooled), so a full handshake each time costs little.
 
 use std::sync::Arc;
 
@@ -87,18 +90,25 @@ pub enum CredentialsError {
 /// A workload's certificate, key and trust bundle, each replaceable in place.
 pub struct Credentials {
     trust_domain: String,
-    certified: ArcSwapOption<CertifiedKey>,
-    id: ArcSwapOption<SpiffeId>,
+    held: ArcSwapOption<Held>,
     roots: ArcSwap<RootCertStore>,
     client_verifier: ArcSwap<Arc<dyn ClientCertVerifier>>,
     provider: Arc<CryptoProvider>,
+}
+
+/// The certificate held now, with what is read from it once: swapped in as one.
+struct Held {
+    certified: Arc<CertifiedKey>,
+    id: Arc<SpiffeId>,
+    not_before: i64,
+    not_after: i64,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("trust_domain", &self.trust_domain)
-            .field("id", &self.id.load().as_ref().map(|id| id.uri()))
+            .field("id", &self.held.load().as_ref().map(|held| held.id.uri()))
             .finish()
     }
 }
@@ -111,8 +121,7 @@ impl Credentials {
         let verifier = client_verifier(&roots, &provider)?;
         Ok(Arc::new(Self {
             trust_domain: trust_domain.to_string(),
-            certified: ArcSwapOption::empty(),
-            id: ArcSwapOption::empty(),
+            held: ArcSwapOption::empty(),
             roots: ArcSwap::from_pointee(roots),
             client_verifier: ArcSwap::from_pointee(verifier),
             provider,
@@ -125,19 +134,17 @@ impl Credentials {
 
     /// The identity of the certificate held now.
     pub fn id(&self) -> Option<Arc<SpiffeId>> {
-        self.id.load_full()
+        self.held.load().as_ref().map(|held| held.id.clone())
     }
 
     /// When the certificate held now became valid (seconds since the epoch).
     pub fn not_before(&self) -> Option<i64> {
-        let certified = self.certified.load_full()?;
-        peer::not_before(certified.cert.first()?).ok()
+        self.held.load().as_ref().map(|held| held.not_before)
     }
 
     /// When the certificate held now expires (seconds since the epoch).
     pub fn not_after(&self) -> Option<i64> {
-        let certified = self.certified.load_full()?;
-        peer::not_after(certified.cert.first()?).ok()
+        self.held.load().as_ref().map(|held| held.not_after)
     }
 
     /// Puts in a new certificate (PEM, leaf first) and key (PEM, PKCS#8 or SEC1). When `expect`
@@ -164,10 +171,16 @@ impl Credentials {
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|error| CredentialsError::Key(error.to_string()))?;
+        let not_before = peer::not_before(leaf)?;
+        let not_after = peer::not_after(leaf)?;
         let certified = CertifiedKey::from_der(chain, key, &self.provider)
             .map_err(|error| CredentialsError::Key(error.to_string()))?;
-        self.certified.store(Some(Arc::new(certified)));
-        self.id.store(Some(Arc::new(id)));
+        self.held.store(Some(Arc::new(Held {
+            certified: Arc::new(certified),
+            id: Arc::new(id),
+            not_before,
+            not_after,
+        })));
         Ok(())
     }
 
@@ -192,13 +205,15 @@ impl Credentials {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         config
     }
 
     /// A client configuration presenting these credentials and expecting `expect` at the other
     /// end. ALPN is left to the caller (HTTP/1.1 and HTTP/2 clients set their own).
     pub fn client_config(self: &Arc<Self>, expect: Expect) -> ClientConfig {
-        ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
@@ -206,7 +221,9 @@ impl Credentials {
                 credentials: self.clone(),
                 expect,
             }))
-            .with_client_cert_resolver(Arc::new(Resolver(self.clone())))
+            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.resumption = rustls::client::Resumption::disabled();
+        config
     }
 
     fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
@@ -250,20 +267,41 @@ fn client_verifier(
 #[derive(Debug)]
 struct Resolver(Arc<Credentials>);
 
+impl Resolver {
+    /// The certificate held, unless it has run out: a client with an expired certificate
+    /// connects without one (and can still show a join credential), rather than being refused
+    /// at every handshake it tries.
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let held = self.0.held.load_full()?;
+        (now_seconds() < held.not_after).then(|| held.certified.clone())
+    }
+}
+
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.certified.load_full()
+        self.0
+            .held
+            .load()
+            .as_ref()
+            .map(|held| held.certified.clone())
     }
 }
 
 impl ResolvesClientCert for Resolver {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        self.0.certified.load_full()
+        self.current()
     }
 
     fn has_certs(&self) -> bool {
-        self.0.certified.load().is_some()
+        self.current().is_some()
     }
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Checks a client's certificate against the bundle held now and requires a SPIFFE ID of the

@@ -142,10 +142,16 @@ fn the_stored_form_hides_the_keys_and_reads_back() {
     assert!(!stored.contains("PRIVATE KEY"));
     let read = Authority::from_stored(&stored, &sealer).unwrap();
     assert_eq!(read.bundle_pem(), authority.bundle_pem());
-    // The read authority still signs with the newest root.
+    // The read authority still signs with the newest root (checked against that root alone).
     let id = SpiffeId::service("stratus.local", "auth").unwrap();
     let cert = pem_certificate(&read.issue_with_key(&id, HOUR, now).unwrap().certificate).unwrap();
-    verify(&cert, &roots(&authority), now).unwrap();
+    let mut newest = RootCertStore::empty();
+    newest.add(authority.bundle()[0].clone()).unwrap();
+    verify(&cert, &newest, now).unwrap();
+    // And only for its own trust domain.
+    let foreign = SpiffeId::service("other.local", "auth").unwrap();
+    assert!(read.issue_with_key(&foreign, HOUR, now).is_err());
+
     // Another seal key cannot open it; a rotated seal key can, and reports it stale.
     let other = Sealer::parse(&Sealer::generate_key_line("k2")).unwrap();
     assert!(Authority::from_stored(&stored, &other).is_err());

@@ -35,6 +35,14 @@ fn certify(credentials: &Credentials, authority: &Authority, service: &str, now:
 
 /// Runs a handshake to its end; the server's view of the client on success.
 fn handshake(client: ClientConfig, server: ServerConfig) -> Result<Option<SpiffeId>, String> {
+    full_handshake(client, server).map(|(id, _)| id)
+}
+
+/// Runs a handshake to its end; the client's identity and certificate as the server saw them.
+fn full_handshake(
+    client: ClientConfig,
+    server: ServerConfig,
+) -> Result<(Option<SpiffeId>, Option<Vec<u8>>), String> {
     let mut client =
         ClientConnection::new(Arc::new(client), ServerName::try_from("peer").unwrap()).unwrap();
     let mut server = ServerConnection::new(Arc::new(server)).unwrap();
@@ -56,7 +64,13 @@ fn handshake(client: ClientConfig, server: ServerConfig) -> Result<Option<Spiffe
             .process_new_packets()
             .map_err(|e| format!("client: {e}"))?;
         if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() {
-            return Ok(peer_id(server.peer_certificates(), TD));
+            // Never a resumption: every connection is checked against what is held now.
+            assert_eq!(server.handshake_kind(), Some(rustls::HandshakeKind::Full));
+            let seen = server
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.as_ref().to_vec());
+            return Ok((peer_id(server.peer_certificates(), TD), seen));
         }
     }
     Err("the handshake did not finish".into())
@@ -149,7 +163,13 @@ fn renewal_and_rotation_take_effect_in_the_same_configurations() {
     registry.set_bundle(&authority.bundle_pem()).unwrap();
     catalog.set_bundle(&authority.bundle_pem()).unwrap();
     certify(&catalog, &authority, "catalog", now);
-    handshake(client.clone(), server.clone()).unwrap();
+    let (_, seen) = full_handshake(client.clone(), server.clone()).unwrap();
+    let renewed = catalog_leaf(&catalog, &authority);
+    assert_eq!(
+        seen.as_deref(),
+        Some(renewed.as_slice()),
+        "the renewed certificate is shown"
+    );
     // The registry still holds a certificate from the old root: still trusted in the overlap.
     handshake(
         registry.client_config(Expect::Service("catalog".into())),
@@ -190,4 +210,33 @@ fn a_certificate_for_another_identity_is_not_put_in() {
     assert!(credentials.id().is_none());
     assert!("maybe".parse::<Mode>().is_err());
     assert_eq!("required".parse::<Mode>().unwrap(), Mode::Required);
+}
+
+/// The leaf `credentials` present now, as DER, found by a handshake with a fresh server.
+fn catalog_leaf(credentials: &Arc<Credentials>, authority: &Authority) -> Vec<u8> {
+    let probe = workload(authority, "registry", OffsetDateTime::now_utc());
+    full_handshake(
+        credentials.client_config(Expect::Service("registry".into())),
+        probe.server_config(Mode::Required),
+    )
+    .unwrap()
+    .1
+    .unwrap()
+}
+
+#[test]
+fn an_expired_certificate_is_not_offered() {
+    let now = OffsetDateTime::now_utc();
+    let authority = Authority::create(TD, now).unwrap();
+    let registry = workload(&authority, "registry", now);
+    let stale = Credentials::new(TD, &authority.bundle_pem()).unwrap();
+    certify(&stale, &authority, "catalog", now - 2 * HOUR);
+    // Where a client certificate is optional, the client gets in as nobody (and can then show a
+    // join credential) instead of failing every handshake with a certificate it cannot renew.
+    let seen = handshake(
+        stale.client_config(Expect::Service("registry".into())),
+        registry.server_config(Mode::Optional),
+    )
+    .unwrap();
+    assert_eq!(seen, None);
 }

@@ -17,6 +17,8 @@ use stratus_identity::{Credentials, Expect, SpiffeId};
 /// How often the trust bundle is fetched (the authority waits three of these before a new root
 /// signs).
 pub const BUNDLE_REFRESH: Duration = Duration::from_secs(60);
+/// The shortest time between two renewals.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
 /// The longest wait between tries when the registry cannot renew.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -165,7 +167,11 @@ impl Workload {
             }
             if self.renew_in().is_zero() {
                 match self.obtain().await {
-                    Ok(()) => backoff = Duration::from_secs(1),
+                    Ok(()) => {
+                        backoff = Duration::from_secs(1);
+                        // However the clocks disagree, never more than one renewal a second.
+                        tokio::time::sleep(MIN_RENEWAL_GAP).await;
+                    }
                     Err(error) => {
                         tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "renewing the certificate");
                         tokio::time::sleep(backoff).await;
@@ -177,12 +183,20 @@ impl Workload {
     }
 
     /// How long until the certificate held is half-way through its life (zero: renew now).
+    /// The life counts from when it was issued, not from its backdated start, so a short
+    /// lifetime (30 s in the rotation test) still leaves half of it before renewal.
     fn renew_in(&self) -> Duration {
         let Some(not_after) = self.credentials.not_after() else {
             return Duration::ZERO;
         };
-        let not_before = self.credentials.not_before().unwrap_or(not_after);
-        let half = not_before + (not_after - not_before) / 2;
+        let backdate = stratus_identity::authority::BACKDATE.as_secs() as i64;
+        let issued = self
+            .credentials
+            .not_before()
+            .map_or(not_after, |not_before| {
+                (not_before + backdate).min(not_after)
+            });
+        let half = issued + (not_after - issued) / 2;
         Duration::from_secs(u64::try_from(half - now_seconds()).unwrap_or(0))
     }
 }

@@ -271,5 +271,8 @@ mod tests {
                 .count(),
             2
         );
+        // The bundle file new instances start from has both roots too.
+        let file = std::fs::read_to_string(f._dir.path().join("bundle.pem")).unwrap();
+        assert_eq!(file.matches("BEGIN CERTIFICATE").count(), 2);
     }
 }

@@ -101,7 +101,8 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     write_with_mode(path, text, 0o600)
 }
 
-fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes a file anyone may read (the trust bundle) whole.
+pub fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
     write_with_mode(path, text, 0o644)
 }
 
@@ -112,11 +113,14 @@ fn write_with_mode(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    // A name no other write uses (this process's id and a counter), made new: an existing file
+    // or link at that name is an error, never written through.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&temporary)
         .with_context(|| format!("writing {}", temporary.display()))?;

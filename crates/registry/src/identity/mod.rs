@@ -37,6 +37,7 @@ pub struct Ca {
     join: JoinSecret,
     sealer: Sealer,
     file: PathBuf,
+    bundle_file: PathBuf,
     pub lifetime: Duration,
     /// How long a rotated-in root waits before it signs: every workload refreshes its bundle
     /// within this (they fetch it every [`BUNDLE_REFRESH`]).
@@ -68,12 +69,13 @@ impl Ca {
             join: material.join,
             sealer: material.sealer,
             file: paths.authority.clone(),
+            bundle_file: paths.bundle.clone(),
             lifetime,
             propagate: 3 * BUNDLE_REFRESH,
         };
         if !Authority::stored_is_current(&material.authority, &ca.sealer) {
             // The seal key was rotated: seal the roots again with the current one.
-            ca.persist()?;
+            ca.change(|_| Ok(true))?;
         }
         Ok(ca)
     }
@@ -117,32 +119,41 @@ impl Ca {
 
     /// Starts a rotation: a new root in the bundle now, signing after `propagate`.
     pub fn rotate(&self) -> anyhow::Result<()> {
-        {
-            let mut authority = self.write();
-            // Overlap: every certificate the old root signs until the switch has renewed (at
-            // half-life) well before the old root leaves, with a lifetime of slack.
-            authority.rotate(OffsetDateTime::now_utc(), self.propagate, 2 * self.lifetime)?;
-        }
-        self.persist()
+        // Overlap: every certificate the old root signs until the switch has renewed (at
+        // half-life) well before the old root leaves, with a lifetime of slack.
+        let (propagate, overlap) = (self.propagate, 2 * self.lifetime);
+        self.change(|authority| {
+            authority.rotate(OffsetDateTime::now_utc(), propagate, overlap)?;
+            Ok(true)
+        })
     }
 
     /// Drops retired roots; persists when any went.
     pub fn prune(&self) -> anyhow::Result<()> {
-        let pruned = self.write().prune(OffsetDateTime::now_utc());
-        if pruned {
-            self.persist()?;
+        self.change(|authority| Ok(authority.prune(OffsetDateTime::now_utc())))
+    }
+
+    /// Applies `change` to a copy, stores the copy (and the bundle), and only then puts it in
+    /// place: a change that cannot be stored never signs anything. The write lock is held
+    /// throughout, so two changes cannot store out of order.
+    fn change(
+        &self,
+        change: impl FnOnce(&mut Authority) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let mut authority = self.write();
+        let mut next = Authority::from_stored(&authority.to_stored(&self.sealer), &self.sealer)?;
+        if !change(&mut next)? {
+            return Ok(());
         }
+        files::write_private(&self.file, &next.to_stored(&self.sealer))?;
+        files::write_public(&self.bundle_file, &next.bundle_pem())?;
+        *authority = next;
         Ok(())
     }
 
     /// When the newest root was made (for scheduled rotation).
     pub fn newest_root_made(&self) -> Option<OffsetDateTime> {
         self.read().newest_root_made()
-    }
-
-    fn persist(&self) -> anyhow::Result<()> {
-        let stored = self.read().to_stored(&self.sealer);
-        files::write_private(&self.file, &stored)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Authority> {
