@@ -105,7 +105,7 @@ fn check_trust_domain(domain: &str) -> Result<(), IdError> {
     if ok {
         Ok(())
     } else {
-        Err(IdError::TrustDomain(domain.escape_debug().to_string()))
+        Err(IdError::TrustDomain(printable(domain)))
     }
 }
 
@@ -123,9 +123,17 @@ pub fn check_name(name: &str) -> Result<(), IdError> {
     } else {
         Err(IdError::Name(format!(
             "name `{}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
-            name.escape_debug()
+            printable(name)
         )))
     }
+}
+
+/// At most 64 characters of `text`, control characters as `?`: what an error may echo back.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]

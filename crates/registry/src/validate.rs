@@ -1,28 +1,16 @@
 //! What a registration must look like. Anything else is a 4xx that changes nothing.
 
+use stratus_identity::spiffe::printable;
 use stratus_kit::model::Registration;
 
 pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_KEY: usize = 128;
 pub const MAX_METADATA_VALUE: usize = 1024;
 
-/// Service names are DNS labels, so they can be looked up as `<name>.service.stratus`.
+/// Service names are DNS labels, so they can be looked up as `<name>.service.stratus`; the same
+/// rule as a SPIFFE ID's name (one rule, in stratus-identity).
 pub fn service_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "service name `{}` must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
-            printable(name)
-        ))
-    }
+    stratus_identity::spiffe::check_name(name).map_err(|error| format!("service {error}"))
 }
 
 pub fn instance_id(id: &str) -> Result<(), String> {
@@ -88,14 +76,6 @@ pub fn registration(registration: &Registration) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A bounded, printable echo of client input for error messages.
-fn printable(text: &str) -> String {
-    text.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]
