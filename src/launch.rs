@@ -6,12 +6,15 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use stratus_identity::Expect;
 use stratus_kit::registry_client::RegistryClient;
 
 use crate::manifest::ComponentSpec;
+use crate::trust::Trust;
 
 pub struct Launcher {
     pub exe: PathBuf,
@@ -26,6 +29,7 @@ pub struct Launcher {
     pub dns_port: u16,
     pub events_port: u16,
     pub admin_password: Option<String>,
+    pub trust: Arc<Trust>,
     registry: RegistryClient,
     http: reqwest::Client,
 }
@@ -50,6 +54,7 @@ impl Launcher {
         dns_port: u16,
         events_port: u16,
         admin_password: Option<String>,
+        trust: Arc<Trust>,
     ) -> anyhow::Result<Self> {
         let registry_url = format!("http://127.0.0.1:{registry_port}");
         Ok(Self {
@@ -65,7 +70,10 @@ impl Launcher {
             dns_port,
             events_port,
             admin_password,
-            http: reqwest::Client::builder()
+            trust,
+            // Probes reach every kind of component: any certificate of the system will do.
+            http: stratus_kit::mesh::current()
+                .client_builder_expecting(Expect::AnyService)
                 .timeout(Duration::from_secs(1))
                 .build()?,
         })
@@ -110,6 +118,7 @@ impl Launcher {
                 format!("http://127.0.0.1:{}", self.events_port),
             )
             .env("STRATUS_LOG_FORMAT", "json")
+            .envs(self.trust.child_env(&spec.name)?)
             .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -183,6 +192,7 @@ impl Launcher {
                 (format!("{}/readyz", instance.base_url()), instance.port)
             }
         };
+        let url = stratus_kit::mesh::current().url(&url);
         let ready = self
             .http
             .get(&url)
@@ -199,7 +209,8 @@ impl Launcher {
     /// Every registered instance's health (passing | warning | critical), by instance id; empty
     /// when the registry does not answer.
     pub async fn registry_health(&self) -> std::collections::HashMap<String, String> {
-        let url = format!("{}/v1/services", self.registry_url);
+        let mesh = stratus_kit::mesh::current();
+        let url = mesh.url(&format!("{}/v1/services", self.registry_url));
         let catalog = match self.http.get(url).send().await {
             Ok(response) => response.json::<stratus_kit::model::Catalog>().await.ok(),
             Err(_) => None,
@@ -219,7 +230,11 @@ impl Launcher {
 
     /// Whether the gateway's admin API lists `instance_id` of `service` as up, i.e. routes to it.
     pub async fn gateway_routes_to(&self, service: &str, instance_id: &str) -> bool {
-        let url = format!("http://127.0.0.1:{}/v1/upstreams", self.admin_port);
+        let mesh = stratus_kit::mesh::current();
+        let url = mesh.url(&format!(
+            "http://127.0.0.1:{}/v1/upstreams",
+            self.admin_port
+        ));
         let Ok(response) = self.http.get(url).send().await else {
             return false;
         };

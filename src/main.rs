@@ -16,6 +16,7 @@ mod memory;
 mod probe;
 mod rollout;
 mod supervisor;
+mod trust;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -121,51 +122,56 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(component: Component) -> anyhow::Result<()> {
-    use stratus_kit::logging::init;
-    let result = match component {
-        Component::Registry(args) => {
-            init("registry", &args.common);
-            stratus_registry::run(args).await
-        }
-        Component::Gateway(args) => {
-            init("gateway", &args.common);
-            stratus_gateway::run(args).await
-        }
-        Component::Auth(args) => {
-            init("auth", &args.common);
-            stratus_auth::run(args).await
-        }
-        Component::Catalog(args) => {
-            init("catalog", &args.common);
-            stratus_catalog::run(args).await
-        }
-        Component::Dns(args) => {
-            init("dns", &args.common);
-            stratus_dns::run(args).await
-        }
-        Component::Events(args) => {
-            init("events", &args.common);
-            stratus_events::run(args).await
-        }
-        Component::Profile(args) => {
-            init("profile", &args.common);
-            stratus_profile::run(args).await
-        }
-        Component::Orders(args) => {
-            init("orders", &args.common);
-            stratus_orders::run(args).await
-        }
-        Component::Payments(args) => {
-            init("payments", &args.common);
-            stratus_payments::run(args).await
-        }
-        Component::Notifications(args) => {
-            init("notifications", &args.common);
-            stratus_notifications::run(args).await
-        }
+    let (name, common) = component.identity();
+    stratus_kit::logging::init(name, common);
+    let result = match joined(name, common).await {
+        Ok(()) => run(component).await,
+        Err(error) => Err(error),
     };
     if let Err(error) = &result {
         tracing::error!(error = %format!("{error:#}"), "exiting");
     }
     result
+}
+
+/// Joins the mesh before anything else is built (every internal client is made with it). The
+/// registry holds the authority and joins by itself.
+async fn joined(name: &str, common: &stratus_kit::config::CommonArgs) -> anyhow::Result<()> {
+    if name == "registry" {
+        return Ok(());
+    }
+    stratus_kit::mesh::join(name, common).await.map(|_| ())
+}
+
+impl Component {
+    /// The component's service name and shared settings.
+    fn identity(&self) -> (&'static str, &stratus_kit::config::CommonArgs) {
+        match self {
+            Component::Registry(args) => ("registry", &args.common),
+            Component::Gateway(args) => ("gateway", &args.common),
+            Component::Auth(args) => ("auth", &args.common),
+            Component::Catalog(args) => ("catalog", &args.common),
+            Component::Dns(args) => ("dns", &args.common),
+            Component::Events(args) => ("events", &args.common),
+            Component::Profile(args) => ("profile", &args.common),
+            Component::Orders(args) => ("orders", &args.common),
+            Component::Payments(args) => ("payments", &args.common),
+            Component::Notifications(args) => ("notifications", &args.common),
+        }
+    }
+}
+
+async fn run(component: Component) -> anyhow::Result<()> {
+    match component {
+        Component::Registry(args) => stratus_registry::run(args).await,
+        Component::Gateway(args) => stratus_gateway::run(args).await,
+        Component::Auth(args) => stratus_auth::run(args).await,
+        Component::Catalog(args) => stratus_catalog::run(args).await,
+        Component::Dns(args) => stratus_dns::run(args).await,
+        Component::Events(args) => stratus_events::run(args).await,
+        Component::Profile(args) => stratus_profile::run(args).await,
+        Component::Orders(args) => stratus_orders::run(args).await,
+        Component::Payments(args) => stratus_payments::run(args).await,
+        Component::Notifications(args) => stratus_notifications::run(args).await,
+    }
 }

@@ -88,6 +88,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })?;
     let control_addr = control.local_addr()?;
 
+    // Before anything starts: the authority's files, and `up`'s own operator certificate
+    // (every client `up` makes, from here on, goes through the mesh).
+    let trust = crate::trust::Trust::prepare(&data_dir)?;
     let (admin_password, password_note) = admin_password(&data_dir)?;
     let launcher = Arc::new(Launcher::new(
         std::env::current_exe().context("finding the stratus binary")?,
@@ -99,8 +102,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.dns_port,
         args.events_port,
         admin_password.clone(),
+        trust.clone(),
     )?);
-    let registry_url = launcher.registry_url.clone();
+    let mesh = stratus_kit::mesh::current();
+    let registry_url = mesh.url(&launcher.registry_url);
     let file = std::path::absolute(&args.file).unwrap_or(args.file.clone());
     let mut supervisor = Supervisor::new(launcher.clone(), file, manifest.clone(), text);
 
@@ -115,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "registry" => registry_url.clone(),
                 "gateway" => format!("http://127.0.0.1:{}", args.gateway_port),
                 "dns" => format!("127.0.0.1:{} (UDP and TCP)", args.dns_port),
-                "events" => format!("http://127.0.0.1:{}", args.events_port),
+                "events" => mesh.url(&format!("http://127.0.0.1:{}", args.events_port)),
                 _ if spec.replicas == 1 => "1 instance".to_string(),
                 _ => format!("{} instances", spec.replicas),
             };
@@ -149,15 +154,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "                 try: curl http://127.0.0.1:{}/api/catalog/products",
         args.gateway_port
     );
-    println!(
-        "  Gateway admin  http://127.0.0.1:{}/v1/upstreams",
-        args.admin_port
-    );
+    let admin_url = mesh.url(&format!("http://127.0.0.1:{}", args.admin_port));
+    println!("  Gateway admin  {admin_url}/v1/upstreams");
     println!("  Registry       {registry_url}/v1/services");
+    match trust.operator_dir() {
+        Some(dir) => {
+            println!(
+                "  Mutual TLS     {:?}: every internal port takes only Stratus certificates; yours (operator) is in {}",
+                trust.mode,
+                dir.display()
+            );
+            println!(
+                "                 try: curl --cacert {0}/bundle.pem --cert {0}/cert.pem --key {0}/key.pem {registry_url}/v1/services",
+                dir.display()
+            );
+        }
+        None => println!(
+            "  Mutual TLS     off: internal hops are plaintext and unauthenticated (STRATUS_MTLS=off)"
+        ),
+    }
     if manifest.components.iter().any(|c| c.name == "events") {
         println!(
-            "  Dashboard      http://127.0.0.1:{}/  (the event sink; its API: /v1/stats, /v1/traces)",
-            args.events_port
+            "  Dashboard      {}/  (the event sink; its API: /v1/stats, /v1/traces)",
+            mesh.url(&format!("http://127.0.0.1:{}", args.events_port))
         );
     }
     if manifest.components.iter().any(|c| c.name == "orders") {

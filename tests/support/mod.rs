@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod mesh;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub struct System {
     pub admin_port: u16,
     pub processes: Vec<Process>,
     pub http: reqwest::Client,
+    /// With mutual TLS on: the authority's files, join credentials, the operator's client.
+    pub mesh: Option<mesh::TestMesh>,
 }
 
 impl System {
@@ -70,8 +73,19 @@ impl System {
 
     /// Starts a system whose services get extra environment: `(service, variable, value)`.
     pub async fn start_with(catalogs: usize, extra: &[(&str, &str, String)]) -> System {
+        Self::start_system(catalogs, extra, false).await
+    }
+
+    /// A system whose every internal hop is mutual TLS (`STRATUS_MTLS=required`), as
+    /// `stratus up` runs it; the test's internal calls go out as an operator.
+    pub async fn start_meshed(catalogs: usize) -> System {
+        Self::start_system(catalogs, &[], true).await
+    }
+
+    async fn start_system(catalogs: usize, extra: &[(&str, &str, String)], meshed: bool) -> System {
         stratus_kit::install_crypto_provider();
         let dir = tempfile::tempdir().expect("a temp dir");
+        let mesh = meshed.then(|| mesh::TestMesh::init(dir.path()));
         let mut system = System {
             dir,
             registry_port: free_port(),
@@ -82,6 +96,7 @@ impl System {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            mesh,
         };
         let env_for = |service: &str| -> Vec<(&str, &str)> {
             extra
@@ -111,9 +126,7 @@ impl System {
         system.spawn("gateway", &gateway_env);
         system.wait_registered("auth", 1).await;
         system.wait_registered("catalog", catalogs).await;
-        system
-            .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", system.admin_port))
-            .await;
+        system.wait_http_ok(&system.admin_url("/readyz")).await;
         // Tests log in first thing: the gateway must route /auth before start returns, not
         // merely the registry know of auth (the gateway learns of it a watch round later).
         system.wait_gateway_sees("auth", 1).await;
@@ -162,6 +175,7 @@ impl System {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            mesh: None,
         };
         let registry_port = system.registry_port.to_string();
         system.spawn("registry", &[("PORT", registry_port.as_str())]);
@@ -190,9 +204,13 @@ impl System {
 
     /// Registers an instance by hand (for test backends that do not register themselves).
     pub async fn register(&self, service: &str, id: &str, port: u16, metadata: serde_json::Value) {
+        let url = format!(
+            "{}/v1/services/{service}/instances/{id}",
+            self.registry_url()
+        );
         let response = self
-            .http
-            .put(format!("{}/v1/services/{service}/instances/{id}", self.registry_url()))
+            .client(&url)
+            .put(&url)
             .json(&serde_json::json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 600, "metadata": metadata}))
             .send()
             .await
@@ -205,7 +223,29 @@ impl System {
     }
 
     pub fn registry_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.registry_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.registry_port)
+    }
+
+    /// `https` with mutual TLS on, else `http`: the scheme of every internal port.
+    pub fn scheme(&self) -> &'static str {
+        if self.mesh.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// A URL on the gateway's admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}://127.0.0.1:{}{path}", self.scheme(), self.admin_port)
+    }
+
+    /// The client for `url`: the operator's for an internal port under mutual TLS, else plain.
+    pub fn client(&self, url: &str) -> &reqwest::Client {
+        match &self.mesh {
+            Some(mesh) if url.starts_with("https://") => &mesh.operator,
+            _ => &self.http,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -237,6 +277,9 @@ impl System {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(mesh) = &self.mesh {
+            command.envs(mesh.env(name));
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -258,8 +301,9 @@ impl System {
     }
 
     /// GETs `url` and returns its JSON body; any other answer than a 2xx with JSON fails the test.
-    pub async fn get_json(&self, url: impl reqwest::IntoUrl) -> Value {
-        let response = self.http.get(url).send().await.expect("GET");
+    pub async fn get_json(&self, url: impl AsRef<str>) -> Value {
+        let url = url.as_ref();
+        let response = self.client(url).get(url).send().await.expect("GET");
         let status = response.status();
         assert!(status.is_success(), "GET {}: {status}", response.url());
         response.json().await.expect("a JSON body")
@@ -268,7 +312,7 @@ impl System {
     pub async fn wait_http_ok(&self, url: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(response) = self.http.get(url).send().await {
+            if let Ok(response) = self.client(url).get(url).send().await {
                 if response.status().is_success() {
                     return;
                 }
@@ -283,11 +327,8 @@ impl System {
     }
 
     pub async fn registered(&self, service: &str) -> Vec<Value> {
-        let response = self
-            .http
-            .get(format!("{}/v1/services/{service}", self.registry_url()))
-            .send()
-            .await;
+        let url = format!("{}/v1/services/{service}", self.registry_url());
+        let response = self.client(&url).get(&url).send().await;
         match response {
             Ok(r) => r
                 .json::<Value>()
@@ -333,7 +374,8 @@ impl System {
             .first()
             .unwrap_or_else(|| panic!("no instance of {service} registered"));
         format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            self.scheme(),
             instance["address"].as_str().expect("an address"),
             instance["port"].as_u64().expect("a port")
         )
@@ -343,12 +385,8 @@ impl System {
     pub async fn wait_gateway_sees(&self, service: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let seen = self
-                .http
-                .get(format!("http://127.0.0.1:{}/v1/upstreams", self.admin_port))
-                .send()
-                .await
-                .ok();
+            let url = self.admin_url("/v1/upstreams");
+            let seen = self.client(&url).get(&url).send().await.ok();
             let seen = match seen {
                 Some(r) => r
                     .json::<Value>()

@@ -167,9 +167,17 @@ impl Tokens {
     }
 
     async fn fetch_from(&self, url: &str) -> anyhow::Result<Jwks> {
-        let response = self
-            .http
+        // Keys found through the registry come from an auth instance, over the mesh; a
+        // configured JWKS URL is anyone's (an outside identity provider), over public TLS.
+        let http = match &self.source {
+            Source::Registry(_) if crate::mesh::current().is_on() => {
+                crate::mesh::current().client("auth")?
+            }
+            _ => self.http.clone(),
+        };
+        let response = http
             .get(url)
+            .timeout(Duration::from_secs(3))
             .send()
             .await
             .with_context(|| format!("GET {url}"))?;

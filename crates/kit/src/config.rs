@@ -89,6 +89,9 @@ pub struct CommonArgs {
         default_value = "http://127.0.0.1:8090"
     )]
     pub events_url: String,
+
+    #[command(flatten)]
+    pub mesh: crate::mesh::MeshArgs,
 }
 
 /// `on`/`off` (also `true`/`false`, `1`/`0`, `yes`/`no`).

@@ -204,7 +204,7 @@ impl Discovery {
             .inner
             .pick(service, None)
             .ok_or_else(|| CallError::NoInstance(service.to_string()))?;
-        let error = match self.inner.call(&first, &build).await {
+        let error = match self.inner.call(service, &first, &build).await {
             Ok(response) => return Ok(response),
             Err(error) => error,
         };
@@ -217,15 +217,14 @@ impl Discovery {
         tracing::debug!(%service, instance = %first.id, %error, "connection failed; trying another instance");
         metrics::counter!("discovery_retries_total", "service" => service.to_string()).increment(1);
         match self.inner.pick(service, Some(&first.id)) {
-            Some(second) => {
-                self.inner
-                    .call(&second, &build)
-                    .await
-                    .map_err(|source| CallError::Request {
-                        service: service.to_string(),
-                        source,
-                    })
-            }
+            Some(second) => self
+                .inner
+                .call(service, &second, &build)
+                .await
+                .map_err(|source| CallError::Request {
+                    service: service.to_string(),
+                    source,
+                }),
             None => Err(CallError::Request {
                 service: service.to_string(),
                 source: error,
@@ -266,13 +265,24 @@ impl Inner {
 
     async fn call<F>(
         &self,
+        service: &str,
         instance: &Instance,
         build: &F,
     ) -> Result<reqwest::Response, reqwest::Error>
     where
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        build(&self.http, &instance.base_url())
+        // With the mesh on, each service has its own client, which accepts only a server
+        // whose certificate names that service.
+        let mesh = crate::mesh::current();
+        let meshed;
+        let http = if mesh.is_on() {
+            meshed = mesh.client(service).ok();
+            meshed.as_ref().unwrap_or(&self.http)
+        } else {
+            &self.http
+        };
+        build(http, &instance.base_url())
             .timeout(self.timeout)
             .send()
             .await

@@ -147,9 +147,11 @@ struct Origin {
 impl EventReporter {
     /// Starts the sending task. `sink` is the sink's base URL (`http://127.0.0.1:8090`).
     pub fn start(sink: &str, service: &str, instance: &str) -> anyhow::Result<Self> {
-        let url = format!("{}/v1/events", sink.trim_end_matches('/'));
+        let mesh = crate::mesh::current();
+        let url = format!("{}/v1/events", mesh.url(sink.trim_end_matches('/')));
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = mesh
+            .client_builder("events")
             .timeout(SEND_TIMEOUT)
             .connect_timeout(Duration::from_millis(500))
             .build()?;

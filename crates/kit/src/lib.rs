@@ -5,10 +5,12 @@
 //! [`metrics`]), registers itself with the registry and keeps its lease alive ([`registration`]),
 //! reports bad input as `application/problem+json` ([`problem`]), keeps its data in its own
 //! database ([`db`]), checks bearer tokens itself ([`auth`]), and on SIGTERM leaves the registry,
-//! drains and exits ([`server`]).
+//! drains and exits ([`server`]). Every internal hop is mutual TLS between SPIFFE identities when
+//! the mesh is on ([`mesh`], [`listener`], [`identity`]).
 
 pub mod auth;
 pub mod cache;
+pub mod caller;
 pub mod config;
 pub mod consumer;
 pub mod db;
@@ -23,6 +25,7 @@ pub mod identity;
 pub mod listener;
 pub mod logging;
 pub mod memory;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

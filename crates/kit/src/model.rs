@@ -80,8 +80,9 @@ impl Instance {
         }
     }
 
+    /// `http://host:port`, or `https://` when the mesh is on.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.authority())
+        format!("{}://{}", crate::mesh::current().scheme(), self.authority())
     }
 }
 

@@ -16,13 +16,15 @@ pub struct RegistryClient {
 impl RegistryClient {
     pub fn new(base: impl Into<String>) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mesh = crate::mesh::current();
+        let http = mesh
+            .client_builder("registry")
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .context("building the registry client")?;
         Ok(Self {
-            base: base.into().trim_end_matches('/').to_string(),
+            base: mesh.url(base.into().trim_end_matches('/')),
             http,
         })
     }

@@ -5,14 +5,14 @@
 //! keeps serving for the drain period so requests already routed to it still land, then it stops
 //! accepting and finishes what is in flight, and after the grace period it exits regardless.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
+use stratus_identity::Mode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -20,6 +20,8 @@ use tracing::Instrument;
 use crate::config::CommonArgs;
 use crate::events::EventReporter;
 use crate::health::Health;
+use crate::identity::Peer;
+use crate::listener::{self, Remote};
 use crate::model::Registration;
 use crate::openapi::Api;
 use crate::registration::Registrar;
@@ -38,6 +40,9 @@ pub struct Service {
     events: bool,
     /// Registered with the instance (`broker = nats|sqlite`: the dashboard names the broker).
     metadata: std::collections::BTreeMap<String, String>,
+    /// Paths a caller without a certificate may reach when mTLS is required (an orchestrator's
+    /// probes; the registry's bootstrap routes).
+    open_paths: Vec<&'static str>,
 }
 
 impl Service {
@@ -55,7 +60,14 @@ impl Service {
                 "/metrics".to_string(),
             )]
             .into(),
+            open_paths: vec!["/healthz", "/readyz"],
         }
+    }
+
+    /// Lets a caller with no certificate reach `path` when mTLS is required.
+    pub fn open_path(mut self, path: &'static str) -> Self {
+        self.open_paths.push(path);
+        self
     }
 
     /// Adds `key = value` to the instance's registration metadata.
@@ -150,9 +162,24 @@ impl Service {
                 draining.notify_one();
             }
         };
-        let server = axum::serve(
+        let mesh = crate::mesh::current();
+        let app = app.layer(middleware::from_fn_with_state(
+            Arc::new(Identify {
+                required: mesh.mode() == Mode::Required,
+                open_paths: self.open_paths.clone(),
+            }),
+            identify,
+        ));
+        let incoming = listener::incoming(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            mesh.mode(),
+            mesh.server_config(),
+            mesh.trust_domain(),
+        )
+        .context("serving with mutual TLS")?;
+        let server = axum::serve(
+            incoming,
+            app.into_make_service_with_connect_info::<Remote>(),
         )
         .with_graceful_shutdown(graceful);
         let grace = common.grace;
@@ -181,6 +208,37 @@ fn with_kit_routes(app: Router, health: &Health) -> Router {
         })
         .layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn(trace_span))
+}
+
+/// What [`identify`] needs to know.
+struct Identify {
+    required: bool,
+    open_paths: Vec<&'static str>,
+}
+
+/// Puts the caller's address (`ConnectInfo<SocketAddr>`, as handlers take it) and its verified
+/// identity ([`Peer`]) in the request; with mTLS required, a caller with no certificate is
+/// refused here (401) unless the path is open to it.
+async fn identify(
+    State(settings): State<Arc<Identify>>,
+    ConnectInfo(remote): ConnectInfo<Remote>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    request.extensions_mut().insert(ConnectInfo(remote.address));
+    match remote.peer {
+        Some(id) => {
+            request.extensions_mut().insert(Peer(id));
+        }
+        None if settings.required && !settings.open_paths.contains(&request.uri().path()) => {
+            return problem::Problem::unauthorized(
+                "this port takes only callers with a Stratus certificate (mutual TLS)",
+            )
+            .into_response();
+        }
+        None => {}
+    }
+    next.run(request).await
 }
 
 async fn trace_span(request: Request, next: Next) -> Response {

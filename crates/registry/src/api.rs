@@ -8,6 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
+use stratus_kit::caller::Caller;
 use stratus_kit::model::Registration;
 use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
@@ -65,8 +66,10 @@ impl WatchQuery {
 
 async fn list_services<S: Store>(
     State(store): State<Arc<S>>,
+    caller: Caller,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.known()?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*store).await?;
     Ok(axum::Json(store.catalog().await.map_err(store_problem)?))
@@ -74,9 +77,11 @@ async fn list_services<S: Store>(
 
 async fn get_service<S: Store>(
     State(store): State<Arc<S>>,
+    caller: Caller,
     Path(name): Path<String>,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.known()?;
     validate::service_name(&name).map_err(Problem::bad_request)?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*store).await?;
@@ -88,18 +93,23 @@ async fn get_service<S: Store>(
 /// Prometheus's HTTP service discovery: every instance that serves metrics (`prometheus.rs`).
 async fn prometheus_targets<S: Store>(
     State(store): State<Arc<S>>,
+    caller: Caller,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.known()?;
     let catalog = store.catalog().await.map_err(store_problem)?;
     Ok(axum::Json(crate::prometheus::targets(&catalog)))
 }
 
 async fn register<S: Store>(
     State(store): State<Arc<S>>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
     Json(registration): Json<Registration>,
 ) -> Result<impl IntoResponse, Problem> {
     validate::service_name(&name).map_err(Problem::bad_request)?;
     validate::instance_id(&id).map_err(Problem::bad_request)?;
+    // Only the service itself (its certificate) or an operator changes its instances.
+    caller.acts_as(&name)?;
     validate::registration(&registration).map_err(Problem::unprocessable)?;
     let (instance, created) = store
         .register(&name, &id, registration)
@@ -118,10 +128,13 @@ async fn register<S: Store>(
 
 async fn heartbeat<S: Store>(
     State(store): State<Arc<S>>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     validate::service_name(&name).map_err(Problem::bad_request)?;
     validate::instance_id(&id).map_err(Problem::bad_request)?;
+    // Only the service itself (its certificate) or an operator changes its instances.
+    caller.acts_as(&name)?;
     if store.heartbeat(&name, &id).await.map_err(store_problem)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -133,10 +146,13 @@ async fn heartbeat<S: Store>(
 
 async fn deregister<S: Store>(
     State(store): State<Arc<S>>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     validate::service_name(&name).map_err(Problem::bad_request)?;
     validate::instance_id(&id).map_err(Problem::bad_request)?;
+    // Only the service itself (its certificate) or an operator changes its instances.
+    caller.acts_as(&name)?;
     if store.deregister(&name, &id).await.map_err(store_problem)? {
         tracing::info!(service = %name, id = %id, "deregistered");
         Ok(StatusCode::NO_CONTENT)
@@ -159,9 +175,16 @@ pub(crate) fn store_problem(error: StoreError) -> Problem {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use crate::store::memory::MemoryStore;
+
     #[test]
     fn the_openapi_document_describes_exactly_the_routes() {
-        super::routes::<crate::store::memory::MemoryStore>()
+        let store = Arc::new(MemoryStore::warming_for(std::time::Duration::ZERO));
+        super::routes::<MemoryStore>()
+            .with_state::<()>(store)
+            .merge(crate::identity::api::routes().with_state(None))
             .check()
             .unwrap();
     }

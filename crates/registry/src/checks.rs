@@ -209,8 +209,17 @@ impl Probes {
 pub async fn probe(probes: &Probes, due: &Due) -> Result<(), String> {
     match &due.spec.check {
         Check::Http(path) => {
-            let url = format!("http://{}{path}", due.authority);
-            match probes.http.get(&url).timeout(due.spec.timeout).send().await {
+            // With the mesh on, the probe is a mutual TLS call that checks the instance is
+            // the service it registered as (the registry's own certificate is its identity).
+            let mesh = stratus_kit::mesh::current();
+            let url = format!("{}://{}{path}", mesh.scheme(), due.authority);
+            let http = if mesh.is_on() {
+                mesh.client(&due.service)
+                    .map_err(|error| format!("{error:#}"))?
+            } else {
+                probes.http.clone()
+            };
+            match http.get(&url).timeout(due.spec.timeout).send().await {
                 Ok(response) if response.status().is_success() => Ok(()),
                 Ok(response) => Err(format!("{url} answered {}", response.status())),
                 Err(error) if error.is_timeout() => Err(format!("{url}: no answer in time")),

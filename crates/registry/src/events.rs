@@ -29,13 +29,15 @@ const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn watch<S: Store>(
     State(store): State<Arc<S>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    caller: stratus_kit::caller::Caller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, stratus_kit::Problem> {
+    caller.known()?;
     let stream = futures_util::stream::unfold((store, None), |(store, last)| async move {
         let event = next_event(&*store, last).await;
         let index = event.0;
         Some((Ok(event.1), (store, Some(index))))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// Waits for the catalog after `last` (at once when there is no `last`) and returns its index

@@ -52,10 +52,15 @@ pub struct Args {
     pub preserve_for: Duration,
 
     #[command(flatten)]
+    pub identity: identity::IdentityArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // The mesh first: the health checks' clients are made with it.
+    let ca = join_mesh(&args)?;
     match &args.store {
         StoreConfig::Memory => {
             let store =
@@ -69,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Duration::from_millis(100),
             ));
             tokio::spawn(checks::run(store.clone()));
-            serve(store, &args).await
+            serve(store, ca.clone(), &args).await
         }
         StoreConfig::Etcd(url) => {
             let store = EtcdStore::connect(url)
@@ -80,21 +85,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 store.client().clone(),
                 etcd_checks::member_name().to_string(),
             ));
-            serve(store, &args).await
+            serve(store, ca.clone(), &args).await
         }
     }
 }
 
-async fn serve<S: Store>(store: Arc<S>, args: &Args) -> anyhow::Result<()> {
-    let service = Service::new("registry", args.port)
+/// With mTLS on, the registry holds the authority and certifies itself; with it off, no
+/// authority is loaded and the identity routes answer 404.
+fn join_mesh(args: &Args) -> anyhow::Result<Option<Arc<identity::Ca>>> {
+    let mesh = &args.common.mesh;
+    if mesh.mtls == stratus_identity::Mode::Off {
+        stratus_kit::mesh::install(mesh.mtls, None)?;
+        return Ok(None);
+    }
+    let ca = args
+        .identity
+        .start(&args.common.data_dir, &mesh.trust_domain)
+        .context("the certificate authority")?;
+    let credentials = identity::own::credentials(&ca)?;
+    tokio::spawn(identity::own::keep_fresh(ca.clone(), credentials.clone()));
+    stratus_kit::mesh::install(mesh.mtls, Some(credentials))?;
+    tracing::info!(trust_domain = %mesh.trust_domain, mode = ?mesh.mtls, "serving the certificate authority");
+    Ok(Some(ca))
+}
+
+async fn serve<S: Store>(
+    store: Arc<S>,
+    ca: Option<Arc<identity::Ca>>,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let mut service = Service::new("registry", args.port)
         .unregistered()
         .without_events();
+    for path in identity::api::OPEN_PATHS {
+        service = service.open_path(path);
+    }
     let checked = store.clone();
     service.health.add_check("registry store", move || {
         let store = checked.clone();
         async move { store.check().await }
     });
-    service
-        .run(&args.common, api::routes().with_state(store))
-        .await
+    let api = api::routes()
+        .with_state(store)
+        .merge(identity::api::routes().with_state(ca));
+    service.run(&args.common, api).await
 }

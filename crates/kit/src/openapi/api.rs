@@ -91,6 +91,14 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
         self
     }
 
+    /// Adds `other`'s routes and operations (a part of the same API built over another state,
+    /// which has been supplied): both are described by this API's document.
+    pub fn merge(mut self, other: Api<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        self.operations.extend(other.operations);
+        self
+    }
+
     /// Supplies the handlers' state (as [`Router::with_state`]); the operations stay recorded.
     pub fn with_state<S2>(self, state: S) -> Api<S2> {
         Api {

@@ -2,31 +2,53 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Extension;
 use serde::Deserialize;
 use stratus_identity::Principal;
 use stratus_kit::identity::Peer;
+use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
 use super::{Ca, IssueError};
 
-pub fn router(ca: Arc<Ca>) -> Router {
-    Router::new()
-        .route("/v1/identity/bundle", get(bundle))
-        .route("/v1/identity/certificates", post(certificate))
-        .route("/v1/identity/rotate", post(rotate))
-        .with_state(ca)
+/// Paths a caller without a certificate may reach: the roots, and a first certificate by
+/// join credential.
+pub const OPEN_PATHS: [&str; 2] = ["/v1/identity/bundle", "/v1/identity/certificates"];
+
+/// The authority's routes, recorded against the registry's OpenAPI document.
+/// The state is `None` when mTLS is off: the registry then runs no authority, and says so.
+pub fn routes() -> Api<Option<Arc<Ca>>> {
+    Api::new(crate::api::OPENAPI, "")
+        .get("/v1/identity/bundle", bundle)
+        .post("/v1/identity/certificates", certificate)
+        .post("/v1/identity/rotate", rotate)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
-async fn bundle(State(ca): State<Arc<Ca>>) -> impl IntoResponse {
-    (
+/// A certificate request is a PEM CSR of a few hundred bytes.
+const MAX_BODY: usize = 16 * 1024;
+
+#[cfg(test)]
+fn router(ca: Arc<Ca>) -> axum::Router {
+    routes().with_state(Some(ca)).into_router()
+}
+
+/// The authority, or a 404 saying there is none.
+fn authority(ca: Option<Arc<Ca>>) -> Result<Arc<Ca>, Problem> {
+    ca.ok_or_else(|| {
+        Problem::not_found("this registry runs no certificate authority: STRATUS_MTLS is off")
+    })
+}
+
+async fn bundle(State(ca): State<Option<Arc<Ca>>>) -> Result<impl IntoResponse, Problem> {
+    let ca = authority(ca)?;
+    Ok((
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         ca.bundle_pem(),
-    )
+    ))
 }
 
 #[derive(Deserialize)]
@@ -58,11 +80,12 @@ fn caller(ca: &Ca, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Principal
 }
 
 async fn certificate(
-    State(ca): State<Arc<Ca>>,
+    State(ca): State<Option<Arc<Ca>>>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Json(request): Json<CertificateRequest>,
 ) -> Result<impl IntoResponse, Problem> {
+    let ca = authority(ca)?;
     let caller = caller(&ca, peer.as_ref().map(|Extension(peer)| peer), &headers)?;
     let principal = match (&caller, request.service) {
         (Principal::Operator(_), Some(service)) => Principal::Service(service),
@@ -93,9 +116,10 @@ async fn certificate(
 }
 
 async fn rotate(
-    State(ca): State<Arc<Ca>>,
+    State(ca): State<Option<Arc<Ca>>>,
     peer: Option<Extension<Peer>>,
 ) -> Result<impl IntoResponse, Problem> {
+    let ca = authority(ca)?;
     match peer.as_ref().map(|Extension(Peer(id))| &id.principal) {
         Some(Principal::Operator(_)) => {}
         Some(_) => {

@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod files;
+pub mod own;
 
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -30,6 +31,51 @@ use std::time::Duration;
 use anyhow::Context;
 use stratus_identity::{Authority, Issued, JoinSecret, Principal, Sealer, SpiffeId};
 use time::OffsetDateTime;
+
+/// `stratus serve registry`'s settings for the authority (with `STRATUS_MTLS` on).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IdentityArgs {
+    /// How long a certificate the authority issues is valid (instances renew at half).
+    #[arg(long, env = "STRATUS_CERT_LIFETIME", default_value = "1h", value_parser = stratus_kit::duration::parse)]
+    pub cert_lifetime: Duration,
+
+    /// Rotate the authority's root when it is this old (`0s`: only by hand).
+    #[arg(long, env = "STRATUS_CA_ROTATE_EVERY", default_value = "720h", value_parser = stratus_kit::duration::parse)]
+    pub ca_rotate_every: Duration,
+
+    /// After a rotation, how long the new root waits before it signs: every instance fetches
+    /// the bundle within this.
+    #[arg(long, env = "STRATUS_CA_PROPAGATE", default_value = "3m", value_parser = stratus_kit::duration::parse)]
+    pub ca_propagate: Duration,
+
+    /// The authority's files (default: <data dir>/identity).
+    #[arg(long, env = "STRATUS_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
+}
+
+impl IdentityArgs {
+    /// Loads (or makes) the authority and starts its upkeep: pruning, scheduled rotation.
+    pub fn start(
+        &self,
+        data_dir: &std::path::Path,
+        trust_domain: &str,
+    ) -> anyhow::Result<std::sync::Arc<Ca>> {
+        let dir = self
+            .identity_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("identity"));
+        let mut paths = files::Paths::in_dir(&dir, trust_domain);
+        paths.seal_key_text = std::env::var("STRATUS_SEAL_KEY")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let mut ca = Ca::load(&paths, self.cert_lifetime)?;
+        ca.propagate = self.ca_propagate;
+        let ca = std::sync::Arc::new(ca);
+        let every = (!self.ca_rotate_every.is_zero()).then_some(self.ca_rotate_every);
+        tokio::spawn(maintain(ca.clone(), every));
+        Ok(ca)
+    }
+}
 
 /// The authority with what it needs to issue: the join secret, the seal, where it is stored.
 pub struct Ca {

@@ -1,0 +1,211 @@
+//! Zero trust inside, against real processes with `STRATUS_MTLS=required`: a process with no
+//! certificate, with a plaintext socket, with another service's certificate, an expired one
+//! or one from another authority can change nothing and read nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use stratus_identity::{Authority, SpiffeId};
+use support::mesh::{client_with, TRUST_DOMAIN};
+use support::System;
+
+fn registration(port: u16) -> serde_json::Value {
+    json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60})
+}
+
+#[tokio::test]
+async fn without_an_identity_nothing_in_the_registry_changes_or_is_read() {
+    let system = System::start_meshed(1).await;
+    let registry = system.registry_url();
+    let auth = system.registered("auth").await;
+    let auth_id = auth[0]["id"].as_str().unwrap().to_string();
+
+    // Plaintext: the port speaks only TLS, so no HTTP answer at all.
+    let plain = reqwest::Client::new();
+    let plain_url = format!("http://127.0.0.1:{}/v1/services", system.registry_port);
+    assert!(
+        plain.get(&plain_url).send().await.is_err(),
+        "a plaintext answer"
+    );
+
+    // TLS with no certificate: told why, and nothing done.
+    let nobody = client_with(None);
+    let rogue = format!("{registry}/v1/services/auth/instances/rogue");
+    let response = nobody
+        .put(&rogue)
+        .json(&registration(9))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let real = format!("{registry}/v1/services/auth/instances/{auth_id}");
+    let response = nobody
+        .put(format!("{real}/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = nobody.delete(&real).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = nobody
+        .get(format!("{registry}/v1/services"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // The real auth instance is still there, alone.
+    let auth = system.registered("auth").await;
+    assert_eq!(auth.len(), 1);
+    assert_eq!(auth[0]["id"], auth_id.as_str());
+    // What is public by design stays so: the probes and the trust bundle.
+    let response = nobody
+        .get(format!("{registry}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = nobody
+        .get(format!("{registry}/v1/identity/bundle"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_catalog_certificate_acts_for_catalog_only() {
+    let system = System::start_meshed(1).await;
+    let mesh = system.mesh.as_ref().unwrap();
+    let registry = system.registry_url();
+    let catalog_id = SpiffeId::service(TRUST_DOMAIN, "catalog").unwrap();
+    let catalog = client_with(Some(&mesh.issue(&catalog_id, Duration::from_secs(600), 0)));
+
+    let response = catalog
+        .put(format!("{registry}/v1/services/auth/instances/rogue"))
+        .json(&registration(9))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot act for `auth`"),
+        "{body}"
+    );
+    assert_eq!(system.registered("auth").await.len(), 1);
+
+    // Its own service it may change, and any identity may read.
+    let own = format!("{registry}/v1/services/catalog/instances/extra");
+    let response = catalog
+        .put(&own)
+        .json(&registration(9))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let response = catalog.delete(&own).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let response = catalog
+        .get(format!("{registry}/v1/services"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Its join credential gets a catalog certificate, never an auth one.
+    let join = mesh.join.credential("catalog").unwrap();
+    let response = client_with(None)
+        .post(format!("{registry}/v1/identity/certificates"))
+        .bearer_auth(&join)
+        .json(&json!({"service": "auth"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test]
+async fn expired_and_foreign_certificates_are_refused() {
+    let system = System::start_meshed(1).await;
+    let mesh = system.mesh.as_ref().unwrap();
+    let registry = system.registry_url();
+    let catalog_id = SpiffeId::service(TRUST_DOMAIN, "catalog").unwrap();
+    let services = format!("{registry}/v1/services");
+
+    // Valid from two hours ago for one hour (its backdated start aside).
+    let expired = mesh.issue(&catalog_id, Duration::from_secs(3600), -7200);
+    let outcome = client_with(Some(&expired)).get(&services).send().await;
+    assert!(
+        outcome.is_err(),
+        "an expired certificate was accepted: {outcome:?}"
+    );
+
+    let other = Authority::create(TRUST_DOMAIN, time::OffsetDateTime::now_utc()).unwrap();
+    let foreign = other
+        .issue_with_key(
+            &catalog_id,
+            Duration::from_secs(600),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let outcome = client_with(Some(&foreign)).get(&services).send().await;
+    assert!(
+        outcome.is_err(),
+        "another authority's certificate was accepted: {outcome:?}"
+    );
+
+    // The same request with a good certificate is answered.
+    let good = mesh.issue(&catalog_id, Duration::from_secs(600), 0);
+    let response = client_with(Some(&good))
+        .get(&services)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn instances_and_the_admin_api_answer_only_identities() {
+    let system = System::start_meshed(1).await;
+    let catalog = system.instance_url("catalog").await;
+    let nobody = client_with(None);
+    let plain = reqwest::Client::new();
+
+    let plain_url = catalog.replacen("https://", "http://", 1);
+    assert!(plain
+        .get(format!("{plain_url}/products"))
+        .send()
+        .await
+        .is_err());
+    let response = nobody
+        .get(format!("{catalog}/products"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // An orchestrator's probe has no certificate: health stays open.
+    let response = nobody
+        .get(format!("{catalog}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let admin = system.admin_url("/v1/upstreams");
+    let response = nobody.get(&admin).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let plain_admin = admin.replacen("https://", "http://", 1);
+    assert!(plain.get(&plain_admin).send().await.is_err());
+    let response = system.client(&admin).get(&admin).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the operator reads the admin API");
+}
