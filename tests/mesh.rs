@@ -209,3 +209,92 @@ async fn instances_and_the_admin_api_answer_only_identities() {
     let response = system.client(&admin).get(&admin).send().await.unwrap();
     assert_eq!(response.status(), 200, "the operator reads the admin API");
 }
+
+fn record(service: &str) -> serde_json::Value {
+    json!({
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
+        "service": service,
+        "instance": "i-1",
+        "kind": "server",
+        "name": "/x",
+        "method": "GET",
+        "status": 200,
+        "ok": true,
+        "started_at": "2099-01-01T00:00:00.5Z",
+        "duration_us": 1500
+    })
+}
+
+#[tokio::test]
+async fn the_sink_takes_each_service_s_own_records_and_answers_queries_to_operators() {
+    let mut system = System::start_meshed(1).await;
+    let port = support::free_port();
+    system.spawn("events", &[("PORT", port.to_string().as_str())]);
+    let sink = format!("https://127.0.0.1:{port}");
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let mesh = system.mesh.as_ref().unwrap();
+    let catalog_id = SpiffeId::service(TRUST_DOMAIN, "catalog").unwrap();
+    let catalog = client_with(Some(&mesh.issue(&catalog_id, Duration::from_secs(600), 0)));
+    let events = format!("{sink}/v1/events");
+
+    let response = client_with(None)
+        .post(&events)
+        .json(&json!([record("catalog")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = catalog
+        .post(&events)
+        .json(&json!([record("orders")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = catalog
+        .post(&events)
+        .json(&json!([record("catalog"), record("orders")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        403,
+        "one record as another service refuses the batch"
+    );
+    let response = catalog
+        .post(&events)
+        .json(&json!([record("catalog")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    // Queries are an operator's: not a service's, not nobody's.
+    assert_eq!(catalog.get(&events).send().await.unwrap().status(), 403);
+    assert_eq!(
+        client_with(None)
+            .get(&events)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let records = system.get_json(format!("{events}?service=catalog")).await;
+    let records = records["events"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records.iter().all(|r| r["service"] == "catalog"),
+        "{records:?}"
+    );
+    assert!(
+        !system.get_json(format!("{events}?service=orders")).await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["instance"] == "i-1"),
+        "a refused record was stored"
+    );
+}

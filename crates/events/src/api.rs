@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use prost::Message;
 use serde_json::json;
 use sqlx::AnyPool;
+use stratus_kit::caller::Caller;
 use stratus_kit::event_wire;
 use stratus_kit::events::EventRecord;
 use stratus_kit::openapi::Api;
@@ -45,10 +46,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Every route the sink serves, the dashboard's too, each recorded against `openapi.json` by the
 /// kit's `Api`.
 pub fn routes() -> Api<AppState> {
+    // Queries and the dashboard: operators only (records name every caller and every path).
+    // Intake: each service posts its own records.
     Api::new(OPENAPI, "")
-        .post("/v1/events", ingest)
         .get("/v1/events", list)
-        .post("/v1/traces", ingest_otlp)
         .get("/v1/traces", traces)
         .get("/v1/traces/{trace_id}", trace)
         .get("/v1/stats", stats)
@@ -58,6 +59,11 @@ pub fn routes() -> Api<AppState> {
         .get("/", dashboard::page)
         .get("/dashboard/app.js", dashboard::script)
         .get("/dashboard/style.css", dashboard::style)
+        .layer(axum::middleware::from_fn(
+            stratus_kit::caller::operator_only,
+        ))
+        .post("/v1/events", ingest)
+        .post("/v1/traces", ingest_otlp)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -83,7 +89,32 @@ async fn store_rows(state: &AppState, rows: Vec<Row>) -> Result<usize, Problem> 
     Ok(count)
 }
 
-async fn ingest(State(state): Shared, request: Request) -> Result<impl IntoResponse, Problem> {
+/// With the mesh on, a service may post only records naming itself (an operator, any).
+fn check_reporter<'a>(
+    caller: &Caller,
+    mut services: impl Iterator<Item = &'a str>,
+) -> Result<(), Problem> {
+    match caller {
+        Caller::Unchecked => Ok(()),
+        Caller::Nobody => Err(Problem::unauthorized(
+            "posting records needs a Stratus certificate (mutual TLS)",
+        )),
+        Caller::Id(_) if caller.is_operator() => Ok(()),
+        Caller::Id(id) => match services.find(|service| caller.acts_as(service).is_err()) {
+            Some(other) => Err(Problem::forbidden(format!(
+                "{} cannot post records as `{other}`",
+                id.uri()
+            ))),
+            None => Ok(()),
+        },
+    }
+}
+
+async fn ingest(
+    State(state): Shared,
+    caller: Caller,
+    request: Request,
+) -> Result<impl IntoResponse, Problem> {
     let binary = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -91,9 +122,14 @@ async fn ingest(State(state): Shared, request: Request) -> Result<impl IntoRespo
         .is_some_and(|v| v.starts_with(event_wire::CONTENT_TYPE));
     let accepted = if binary {
         let rows = decode_wire(request).await?;
+        check_reporter(&caller, rows.iter().map(|row| row.service.as_str()))?;
         store_rows(&state, rows).await?
     } else {
         let records = decode_batch(request).await?;
+        check_reporter(
+            &caller,
+            records.iter().map(|record| record.service.as_str()),
+        )?;
         store_batch(&state, records).await?
     };
     Ok((
@@ -144,7 +180,11 @@ async fn decode_batch(request: Request) -> Result<Vec<EventRecord>, Problem> {
 }
 
 /// OTLP/HTTP: protobuf (`application/x-protobuf`) or JSON (`application/json`), answered in kind.
-async fn ingest_otlp(State(state): Shared, request: Request) -> Result<Response, Problem> {
+async fn ingest_otlp(
+    State(state): Shared,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, Problem> {
     let protobuf = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -153,6 +193,10 @@ async fn ingest_otlp(State(state): Shared, request: Request) -> Result<Response,
     if !protobuf {
         let Json(body) = Json::<otlp::ExportRequest>::from_request(request, &()).await?;
         let records = otlp::records(body).map_err(Problem::unprocessable)?;
+        check_reporter(
+            &caller,
+            records.iter().map(|record| record.service.as_str()),
+        )?;
         store_batch(&state, records).await?;
         return Ok(axum::Json(json!({"partialSuccess": {}})).into_response());
     }
@@ -165,6 +209,10 @@ async fn ingest_otlp(State(state): Shared, request: Request) -> Result<Response,
         ))
     })?;
     let records = otlp::records(otlp::from_proto(message)).map_err(Problem::unprocessable)?;
+    check_reporter(
+        &caller,
+        records.iter().map(|record| record.service.as_str()),
+    )?;
     store_batch(&state, records).await?;
     let answer = proto::ExportTraceServiceResponse::default().encode_to_vec();
     Ok(([(header::CONTENT_TYPE, "application/x-protobuf")], answer).into_response())

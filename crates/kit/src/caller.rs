@@ -102,6 +102,19 @@ impl Caller {
     }
 }
 
+/// A layer for routes only operators may use (queries, admin APIs): anyone else is refused
+/// before the handler runs.
+pub async fn operator_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match Caller::of(request.extensions().get::<Peer>()).operator() {
+        Ok(()) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
