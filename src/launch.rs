@@ -84,12 +84,14 @@ impl Launcher {
         self.log_dir.join(format!("{name}-{ordinal}.log"))
     }
 
-    /// Starts one process for `spec` with the given instance id.
+    /// Starts one process for `spec` with the given instance id; `callers` are the services
+    /// whose instances may call it (`STRATUS_ALLOWED_CALLERS`).
     pub fn spawn(
         &self,
         spec: &ComponentSpec,
         ordinal: usize,
         instance_id: &str,
+        callers: &[String],
     ) -> anyhow::Result<tokio::process::Child> {
         let mut command = match &spec.command {
             Some(argv) => {
@@ -119,6 +121,7 @@ impl Launcher {
             )
             .env("STRATUS_LOG_FORMAT", "json")
             .envs(self.trust.child_env(&spec.name)?)
+            .env("STRATUS_ALLOWED_CALLERS", callers.join(","))
             .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

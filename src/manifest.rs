@@ -32,6 +32,39 @@ pub struct Manifest {
     /// rollout waits until the gateway routes to a new instance of those).
     #[serde(default)]
     pub routes: Vec<RouteRef>,
+    /// Which service may call which, besides the gateway calling what its routes name.
+    #[serde(default)]
+    pub intentions: Vec<Intention>,
+}
+
+/// `[[intentions]] from = "orders"  to = "catalog"`: instances of `from` may call `to`
+/// (default deny between services; `from = "*"` lets every service in).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intention {
+    pub from: String,
+    pub to: String,
+}
+
+impl Manifest {
+    /// The services that may call `service`: the gateway if a route names it, and every
+    /// intention's `from` whose `to` is it (`STRATUS_ALLOWED_CALLERS`).
+    pub fn allowed_callers(&self, service: &str) -> Vec<String> {
+        let mut callers: Vec<String> = Vec::new();
+        if self
+            .routes
+            .iter()
+            .any(|route| route.service.as_deref() == Some(service))
+        {
+            callers.push("gateway".into());
+        }
+        for intention in self.intentions.iter().filter(|i| i.to == service) {
+            if !callers.contains(&intention.from) {
+                callers.push(intention.from.clone());
+            }
+        }
+        callers
+    }
 }
 
 /// The part of a `[[routes]]` entry that `up` looks at; every other field is the gateway's.
@@ -126,6 +159,14 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callers_are_the_gateway_for_routed_services_and_each_intention() {
+        let manifest = Manifest::parse(DEFAULT).unwrap();
+        assert_eq!(manifest.allowed_callers("catalog"), ["gateway", "orders"]);
+        assert_eq!(manifest.allowed_callers("orders"), ["gateway"]);
+        assert!(manifest.allowed_callers("nothing-routed").is_empty());
+    }
 
     #[test]
     fn the_default_file_parses() {

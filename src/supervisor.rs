@@ -417,7 +417,8 @@ impl Supervisor {
         let key = self.next_key;
         self.next_key += 1;
         let instance_id = stratus_kit::new_id();
-        let child = self.launcher.spawn(spec, ordinal, &instance_id)?;
+        let callers = self.desired.allowed_callers(&spec.name);
+        let child = self.launcher.spawn(spec, ordinal, &instance_id, &callers)?;
         self.replicas.push(Replica {
             key,
             ordinal,
@@ -561,7 +562,11 @@ impl Supervisor {
         };
         let replica = &mut self.replicas[index];
         let instance_id = stratus_kit::new_id();
-        match self.launcher.spawn(&spec, replica.ordinal, &instance_id) {
+        let callers = self.desired.allowed_callers(&spec.name);
+        match self
+            .launcher
+            .spawn(&spec, replica.ordinal, &instance_id, &callers)
+        {
             Ok(child) => {
                 replica.child = Some(child);
                 replica.instance_id = instance_id;

@@ -298,3 +298,69 @@ async fn the_sink_takes_each_service_s_own_records_and_answers_queries_to_operat
         "a refused record was stored"
     );
 }
+
+#[tokio::test]
+async fn intentions_let_only_the_named_services_call_and_a_refusal_is_on_the_sink() {
+    let events_port = support::free_port();
+    let sink = format!("http://127.0.0.1:{events_port}");
+    let mut system = System::start_meshed_with(
+        1,
+        &[
+            (
+                "catalog",
+                "STRATUS_ALLOWED_CALLERS",
+                "gateway,orders".into(),
+            ),
+            ("catalog", "STRATUS_EVENTS_URL", sink.clone()),
+        ],
+    )
+    .await;
+    system.spawn("events", &[("PORT", events_port.to_string().as_str())]);
+    let sink = sink.replacen("http://", "https://", 1);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let mesh = system.mesh.as_ref().unwrap();
+    let as_service = |name: &str| {
+        let id = SpiffeId::service(TRUST_DOMAIN, name).unwrap();
+        client_with(Some(&mesh.issue(&id, Duration::from_secs(600), 0)))
+    };
+    let products = format!(
+        "{}/api/catalog/products",
+        system.instance_url("catalog").await
+    );
+
+    let response = as_service("orders").get(&products).send().await.unwrap();
+    assert_eq!(response.status(), 200, "orders -> catalog is allowed");
+    let response = as_service("profile").get(&products).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        403,
+        "no intention allows profile -> catalog"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no intention lets spiffe://stratus.local/service/profile call `catalog`"),
+        "{body}"
+    );
+
+    // The refusal is on the sink, naming both identities.
+    let url = format!("{sink}/v1/events?service=catalog&status=403");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = system.get_json(&url).await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["peer"] == "spiffe://stratus.local/service/profile");
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record of the refusal on the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -82,6 +82,11 @@ impl System {
         Self::start_system(catalogs, &[], true).await
     }
 
+    /// As [`System::start_meshed`], with extra environment: `(service, variable, value)`.
+    pub async fn start_meshed_with(catalogs: usize, extra: &[(&str, &str, String)]) -> System {
+        Self::start_system(catalogs, extra, true).await
+    }
+
     async fn start_system(catalogs: usize, extra: &[(&str, &str, String)], meshed: bool) -> System {
         stratus_kit::install_crypto_provider();
         let dir = tempfile::tempdir().expect("a temp dir");

@@ -80,7 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let state = api::AppState::new(pool.clone(), signing_key, &args).await?;
     tokio::spawn(revocation::prune(pool.clone()));
-    let service = Service::new("auth", args.port);
+    let service = Service::new("auth", args.port).serving_the_mesh();
     let ping_pool = pool.clone();
     service.health.add_check("database", move || {
         let pool = ping_pool.clone();

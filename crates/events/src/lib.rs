@@ -102,7 +102,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         registry,
         writer: writer::Writer::start(writer_target, export)?,
     };
-    let service = Service::new("events", args.port).without_events();
+    let service = Service::new("events", args.port)
+        .without_events()
+        .serving_the_mesh();
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

@@ -40,6 +40,10 @@ fn api() -> Api<AdminState> {
         .put(split, put_split)
         .delete(split, delete_split)
         .post("/v1/routes/{name}/rollback", rollback)
+        // It can move any route's traffic: operators only (with the mesh on).
+        .layer(axum::middleware::from_fn(
+            stratus_kit::caller::operator_only,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 

@@ -481,6 +481,11 @@ pub async fn record_requests(
         Some(context) => (context.child(), Some(context.span_id)),
         None => (TraceContext::new_root(), None),
     };
+    // With the mesh on, the caller's verified identity goes on the record.
+    let caller = request
+        .extensions()
+        .get::<crate::identity::Peer>()
+        .map(|peer| peer.0.uri());
     // Handlers continue the trace from this hop (see `trace::Hop`).
     let mut request = request;
     request.extensions_mut().insert(crate::trace::Hop(context));
@@ -517,7 +522,7 @@ pub async fn record_requests(
         cache,
         topic: None,
         breaker: None,
-        peer: None,
+        peer: caller.as_deref(),
     });
     reporter.write_calls(&mut batch, &context, started, wall, spent);
     reporter.report_encoded(batch);

@@ -22,6 +22,7 @@ pub mod events;
 pub mod grpc_health;
 pub mod health;
 pub mod identity;
+pub mod intentions;
 pub mod listener;
 pub mod logging;
 pub mod memory;

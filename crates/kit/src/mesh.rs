@@ -46,6 +46,17 @@ pub struct MeshArgs {
     /// writes). Only the first is read from here; the registry serves every later one.
     #[arg(long, env = "STRATUS_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
+
+    /// Intentions: the services whose instances may call this one, comma-separated (`*`: any
+    /// service). Operators always may. The registry, the event sink and auth serve every
+    /// service and decide per request instead.
+    #[arg(
+        long,
+        env = "STRATUS_ALLOWED_CALLERS",
+        default_value = "gateway",
+        value_delimiter = ','
+    )]
+    pub allowed_callers: Vec<String>,
 }
 
 fn parse_mode(text: &str) -> Result<Mode, String> {

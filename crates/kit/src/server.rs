@@ -43,6 +43,9 @@ pub struct Service {
     /// Paths a caller without a certificate may reach when mTLS is required (an orchestrator's
     /// probes; the registry's bootstrap routes).
     open_paths: Vec<&'static str>,
+    /// Whether every service of the mesh may call this one (the registry, the sink, auth),
+    /// whatever `STRATUS_ALLOWED_CALLERS` says.
+    serves_the_mesh: bool,
 }
 
 impl Service {
@@ -61,7 +64,14 @@ impl Service {
             )]
             .into(),
             open_paths: vec!["/healthz", "/readyz"],
+            serves_the_mesh: false,
         }
+    }
+
+    /// Takes calls from every service of the mesh (infrastructure that authorizes per request).
+    pub fn serving_the_mesh(mut self) -> Self {
+        self.serves_the_mesh = true;
+        self
     }
 
     /// Lets a caller with no certificate reach `path` when mTLS is required.
@@ -108,6 +118,17 @@ impl Service {
         let local = listener.local_addr().context("reading the bound address")?;
         let id = common.instance_id();
         let mut app = with_kit_routes(api.into_router(), &self.health);
+        if !self.serves_the_mesh {
+            // Inside the event record, so a refused call is on the sink with its caller.
+            app = app.layer(middleware::from_fn_with_state(
+                Arc::new(crate::intentions::Intentions::new(
+                    &self.name,
+                    &common.mesh.allowed_callers,
+                    &self.open_paths,
+                )),
+                crate::intentions::enforce,
+            ));
+        }
         if self.events && common.events {
             match EventReporter::start(&common.events_url, &self.name, &id) {
                 Ok(reporter) => {

@@ -115,6 +115,7 @@ async fn serve<S: Store>(
     args: &Args,
 ) -> anyhow::Result<()> {
     let mut service = Service::new("registry", args.port)
+        .serving_the_mesh()
         .unregistered()
         .without_events();
     for path in identity::api::OPEN_PATHS {
