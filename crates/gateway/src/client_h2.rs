@@ -11,6 +11,9 @@
 //! A connection that fails (the instance restarted, or stopped answering pings) is noticed by
 //! the next request, which opens a new one. Requests in flight on a failed connection fail with
 //! it; one that hyper hands back unsent never reached the instance, and may go elsewhere.
+//!
+//! Given the gateway's credentials, the connection is mutual TLS with ALPN `h2`
+//! (`upstream_tls.rs`) instead of h2c; everything above the stream is the same.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::client::connect_tcp;
 use crate::client::SendError;
 use crate::upstream::Endpoint;
+use crate::upstream_io::UpstreamStream;
+use crate::upstream_tls::{caused_by_tls, Alpn, UpstreamTls};
 
 type Sender = SendRequest<Incoming>;
 
@@ -63,15 +68,32 @@ pub struct H2Pool {
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     generations: AtomicU64,
     connect_timeout: Duration,
+    /// Mutual TLS to the instances (None: h2c).
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 impl H2Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Self::with_tls(connect_timeout, None)
+    }
+
+    /// [`H2Pool::new`], connecting over mutual TLS (ALPN `h2`) when `tls` is given.
+    pub fn with_tls(connect_timeout: Duration, tls: Option<Arc<UpstreamTls>>) -> Arc<Self> {
         Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
             connect_timeout,
+            tls,
         })
+    }
+
+    /// The `:scheme` of requests sent through this pool: `https` over TLS, else `http`.
+    pub fn scheme(&self) -> http::uri::Scheme {
+        if self.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        }
     }
 
     /// Sends `request` (its URI in absolute form) to `endpoint` as a new stream of the shared
@@ -155,6 +177,13 @@ impl H2Pool {
     async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, SendError> {
         let authority = endpoint.authority.as_str();
         let stream = connect_tcp(authority, self.connect_timeout).await?;
+        let stream = match &self.tls {
+            None => UpstreamStream::Plain(stream),
+            Some(tls) => {
+                tls.connect(stream, endpoint, Alpn::Http2, self.connect_timeout)
+                    .await?
+            }
+        };
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -180,9 +209,22 @@ impl H2Pool {
             }
         };
         let service = endpoint.service.clone();
+        // An instance refusing the gateway's certificate says so only after the handshake
+        // (TLS 1.3), on this connection: logged and counted like a failed handshake.
+        let tls = self
+            .tls
+            .is_some()
+            .then(|| (endpoint.id.clone(), authority.to_string()));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%error, %service, "upstream HTTP/2 connection ended with an error");
+                match tls {
+                    Some((instance, authority)) if caused_by_tls(&error) => {
+                        crate::upstream_tls::refused(&service, &instance, &authority, &error)
+                    }
+                    _ => {
+                        tracing::debug!(%error, %service, "upstream HTTP/2 connection ended with an error")
+                    }
+                }
             }
         });
         Ok(sender)
