@@ -417,7 +417,12 @@ impl Proxy {
                     route.metrics.upstream_failures.increment(1);
                     route.deployment.record(group, true);
                     tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    endpoint.record(false);
+                    // (A refused certificate, found only after hyper took the request.)
+                    if error.is_connect() {
+                        endpoint.trip();
+                    } else {
+                        endpoint.record(false);
+                    }
                     return refusal(grpc, bad_gateway(&route.service));
                 }
                 Err(_) => {

@@ -173,22 +173,5 @@ pub fn is_tls_error(error: &io::Error) -> bool {
         .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
-/// Whether anything in `error`'s chain of causes is TLS failing (for hyper's errors, which wrap
-/// the I/O error of the connection).
-pub fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        // `io::Error::source` skips the error it wraps, so look inside it here.
-        if error.downcast_ref::<io::Error>().is_some_and(is_tls_error) {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests;

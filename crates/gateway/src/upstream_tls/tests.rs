@@ -320,7 +320,7 @@ async fn a_plaintext_instance_is_a_failed_connection() {
 #[tokio::test]
 async fn an_instance_refusing_the_gateways_certificate_is_a_failed_connection() {
     let mesh = mesh();
-    let catalog = instance(&workload(&mesh.authority, "catalog")).await;
+    let untrusting = instance(&workload(&mesh.authority, "untrusting")).await;
     // A gateway that trusts the right roots but whose own certificate another authority made:
     // the instance refuses it once the gateway's side of the handshake is done.
     let rogue = Authority::create(TD, OffsetDateTime::now_utc()).unwrap();
@@ -328,13 +328,20 @@ async fn an_instance_refusing_the_gateways_certificate_is_a_failed_connection() 
     certify(&stranger, &rogue, "gateway");
     let pool = Pool::with_tls(SECOND, 30 * SECOND, Some(UpstreamTls::new(stranger)));
     let error = pool
-        .send(&endpoint_of("untrusted", catalog.port), (&get("/")).into())
+        .send(
+            &endpoint_of("untrusting", untrusting.port),
+            (&get("/")).into(),
+        )
         .await
         .unwrap_err();
     assert!(error.is_connect(), "{error}");
     assert!(matches!(error, SendError::Tls { .. }), "{error}");
-    assert_eq!(tls_failures("untrusted"), 1);
-    assert_eq!(catalog.handshakes.load(Ordering::SeqCst), 0);
+    assert!(
+        error.to_string().contains("received fatal alert"),
+        "{error}"
+    );
+    assert_eq!(tls_failures("untrusting"), 1);
+    assert_eq!(untrusting.handshakes.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -453,4 +460,26 @@ async fn http2_to_an_instance_naming_another_service_is_a_failed_connection() {
     assert!(connect, "{error}");
     assert!(error.contains("mutual TLS"), "{error}");
     assert_eq!(tls_failures("h2-ledger"), 1);
+}
+
+#[tokio::test]
+async fn http2_to_an_instance_refusing_the_gateways_certificate_is_a_failed_connection() {
+    let mesh = mesh();
+    let untrusting = instance(&workload(&mesh.authority, "h2-untrusting")).await;
+    let rogue = Authority::create(TD, OffsetDateTime::now_utc()).unwrap();
+    let stranger = Credentials::new(TD, &mesh.authority.bundle_pem()).unwrap();
+    certify(&stranger, &rogue, "gateway");
+    let pool = H2Pool::with_tls(SECOND, Some(UpstreamTls::new(stranger)));
+    let endpoint = Arc::new(endpoint_of("h2-untrusting", untrusting.port));
+    let (error, connect) = through_h2(pool, endpoint, "/").await.unwrap_err();
+    assert!(connect, "{error}");
+    assert!(error.contains("mutual TLS"), "{error}");
+    // Counted when the connection's task ends, just after the request failed.
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while tls_failures("h2-untrusting") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(tls_failures("h2-untrusting"), 1);
+    assert_eq!(untrusting.handshakes.load(Ordering::SeqCst), 0);
 }
