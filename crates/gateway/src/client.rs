@@ -17,6 +17,10 @@
 //! close, or that switched protocols, is closed instead, since the next request could not start
 //! on it cleanly. The wire format itself (writing the request, parsing the head, chunked
 //! bodies) is `h1.rs`.
+//!
+//! Given the gateway's credentials, connections are mutual TLS (`upstream_tls.rs`): the
+//! handshake runs once when a connection opens, and a pooled connection carries its TLS session
+//! with it ([`UpstreamStream`]). Without them, the stream is the TCP socket it always was.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -35,6 +39,8 @@ use tokio::net::TcpStream;
 
 use crate::h1::{self, ChunkedDecoder, Decoded, Framing, Outgoing};
 use crate::upstream::Endpoint;
+pub use crate::upstream_io::UpstreamStream;
+use crate::upstream_tls::{is_tls_error, Alpn, UpstreamTls};
 
 /// An idle connection unused for this long is checked with the kernel before reuse.
 ///
@@ -84,6 +90,14 @@ pub enum SendError {
         authority: String,
         source: h1::Error,
     },
+    /// Mutual TLS with the instance failed (`upstream_tls.rs`): its certificate does not name
+    /// the service, it does not speak TLS, or it refused the gateway's certificate. The
+    /// request was never processed.
+    #[error("mutual TLS with {authority}: {source}")]
+    Tls {
+        authority: String,
+        source: std::io::Error,
+    },
 }
 
 impl SendError {
@@ -91,21 +105,22 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            SendError::Connect { .. } | SendError::ConnectTimeout { .. }
+            SendError::Connect { .. } | SendError::ConnectTimeout { .. } | SendError::Tls { .. }
         )
     }
 }
 
-/// A connection to an instance: the socket, the bytes read from it and not yet used, and a
-/// buffer requests are written from (both kept from one request to the next).
+/// A connection to an instance: the stream (TCP, or TLS over it), the bytes read from it and
+/// not yet used, and a buffer requests are written from (both kept from one request to the
+/// next).
 struct Conn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     read: BytesMut,
     write: Vec<u8>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: UpstreamStream) -> Self {
         Self {
             stream,
             read: BytesMut::with_capacity(READ_BUFFER),
@@ -117,9 +132,13 @@ impl Conn {
     /// it nor sent anything unasked. A non-blocking read says which: "would block" is the
     /// only good answer. It costs no system call while the runtime knows the socket is not
     /// readable, but it knows only what its last turn saw.
+    ///
+    /// Under TLS the question goes to the TCP socket beneath: an idle instance sends nothing
+    /// but its `close_notify` and FIN, and a byte read from under rustls here belongs to a
+    /// connection that is dropped anyway.
     fn alive(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.stream.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// [`Conn::alive`], asking the kernel itself (a non-blocking peek, one system call): a
@@ -127,7 +146,7 @@ impl Conn {
     fn alive_now(&self) -> bool {
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         matches!(
-            socket2::SockRef::from(&self.stream).peek(&mut probe),
+            socket2::SockRef::from(self.stream.tcp()).peek(&mut probe),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
         )
     }
@@ -172,6 +191,11 @@ impl Conn {
         }
         if let Some(body) = separate {
             self.stream.write_all(&body).await.map_err(|e| (e, true))?;
+        }
+        // What rustls could not hand to a full socket is still in its buffer. (TCP writes
+        // straight to the socket: nothing to flush.)
+        if self.stream.is_tls() {
+            self.stream.flush().await.map_err(|e| (e, true))?;
         }
         Ok(())
     }
@@ -257,6 +281,8 @@ pub struct Pool {
     connect_timeout: Duration,
     /// How long an instance may send nothing in the middle of a response body.
     body_idle_timeout: Duration,
+    /// Mutual TLS to the instances (None: plaintext).
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Whether sending `request` a second time is harmless: an idempotent method (RFC 9110 9.2.2),
@@ -280,10 +306,20 @@ impl Pool {
     /// `body_idle_timeout`: an instance that sends nothing for this long while a response body
     /// streams (after its head) is cut off; the body ends in an error, the connection closes.
     pub fn new(connect_timeout: Duration, body_idle_timeout: Duration) -> Arc<Self> {
+        Self::with_tls(connect_timeout, body_idle_timeout, None)
+    }
+
+    /// [`Pool::new`], connecting over mutual TLS when `tls` is given.
+    pub fn with_tls(
+        connect_timeout: Duration,
+        body_idle_timeout: Duration,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::default()),
             connect_timeout,
             body_idle_timeout,
+            tls,
         })
     }
 
@@ -316,6 +352,21 @@ impl Pool {
                     if !fresh && !failed.answered && (!failed.written || replayable(&request)) =>
                 {
                     continue
+                }
+                // An instance refusing the gateway's certificate says so at the first read
+                // (TLS 1.3), before it looks at the request: a connection that failed.
+                Err(Failed {
+                    error: h1::Error::Io(source),
+                    answered: false,
+                    ..
+                }) if fresh && is_tls_error(&source) => {
+                    if let Some(tls) = &self.tls {
+                        return Err(tls.failed(endpoint, source));
+                    }
+                    return Err(SendError::Tls {
+                        authority: endpoint.authority.to_string(),
+                        source,
+                    });
                 }
                 Err(failed) if !failed.written => {
                     let source = match failed.error {
@@ -435,6 +486,13 @@ impl Pool {
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Conn, SendError> {
         let stream = connect_tcp(endpoint.authority.as_str(), self.connect_timeout).await?;
+        let stream = match &self.tls {
+            None => UpstreamStream::Plain(stream),
+            Some(tls) => {
+                tls.connect(stream, endpoint, Alpn::Http1, self.connect_timeout)
+                    .await?
+            }
+        };
         Ok(Conn::new(stream))
     }
 
@@ -483,18 +541,19 @@ impl Home {
 }
 
 /// The instance's side of a connection that switched protocols (101, e.g. WebSocket), in the
-/// response's extensions: the socket, and whatever the instance sent after the head.
-/// (Extensions must be `Clone`, hence the shared slot; it is taken once.)
+/// response's extensions: the stream (the TLS session with it, under mutual TLS), and whatever
+/// the instance sent after the head. (Extensions must be `Clone`, hence the shared slot; it is
+/// taken once.)
 #[derive(Clone)]
-pub struct UpstreamUpgrade(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+pub struct UpstreamUpgrade(Arc<Mutex<Option<(UpstreamStream, Bytes)>>>);
 
 impl UpstreamUpgrade {
-    fn new(stream: TcpStream, leftover: Bytes) -> Self {
+    fn new(stream: UpstreamStream, leftover: Bytes) -> Self {
         Self(Arc::new(Mutex::new(Some((stream, leftover)))))
     }
 
-    /// The socket and the bytes already read from it, the first time.
-    pub fn take(&self) -> Option<(TcpStream, Bytes)> {
+    /// The stream and the bytes already read from it, the first time.
+    pub fn take(&self) -> Option<(UpstreamStream, Bytes)> {
         self.0.lock().ok()?.take()
     }
 }
@@ -1293,7 +1352,7 @@ mod tests {
         {
             let mut idle = pool.idle.lock().unwrap();
             let list = idle.get_mut(&fake.endpoint.key).unwrap();
-            list[0].conn = Conn::new(stream);
+            list[0].conn = Conn::new(UpstreamStream::Plain(stream));
         }
         // A GET: had the instance taken it before closing, a second one would do no harm.
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
@@ -1318,7 +1377,7 @@ mod tests {
         {
             let mut idle = pool.idle.lock().unwrap();
             let list = idle.get_mut(&fake.endpoint.key).unwrap();
-            list[0].conn = Conn::new(stream);
+            list[0].conn = Conn::new(UpstreamStream::Plain(stream));
         }
         let response = pool
             .send(&fake.endpoint, (&with_method(Method::POST, "/")).into())

@@ -5,6 +5,14 @@
 //! or add `x-served-by`; it picks an instance per connection (round robin over the live ones),
 //! fails over if the connection is refused, and then copies bytes both ways. Every request on a
 //! kept-alive connection goes to the same instance.
+//!
+//! It stays plain TCP when the gateway holds workload credentials for mutual TLS to the
+//! instances (`upstream_tls.rs`). The gateway reads nothing of these connections, so it cannot
+//! vouch for who is on the other end: were it to wrap them in its own TLS, every instance would
+//! see the gateway's identity on bytes from anyone on the internet, and an L4 port would launder
+//! outside traffic into mesh traffic. A client that needs TLS to the instance brings its own,
+//! end to end through the copy (TLS passthrough); an instance that requires client certificates
+//! then checks that client's, not the gateway's.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,8 @@
 //! the registry), [`proxy`] (the per-request path), [`headers`], [`server`] (the listener),
 //! [`admin`] (the admin API), [`deploy`] (canary, A/B and blue-green splits by version, and
 //! the automatic rollback of a failing canary), [`client_h2`] and [`grpc`] (HTTP/2 to instances,
-//! for gRPC and routes with `upstream_protocol = "h2c"`).
+//! for gRPC and routes with `upstream_protocol = "h2c"`), [`upstream_tls`] and [`upstream_io`]
+//! (mutual TLS to the instances, when the gateway holds a workload certificate).
 
 pub mod admin;
 pub mod balance;
@@ -34,6 +35,8 @@ pub mod routes;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_io;
+pub mod upstream_tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +47,7 @@ use crate::routes::RouteTable;
 use crate::upstream::Upstreams;
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use stratus_identity::Credentials;
 use stratus_kit::auth::Tokens;
 use stratus_kit::config::{CommonArgs, DiscoverySource, TokenArgs};
 use stratus_kit::dns_discovery::DnsFollower;
@@ -168,11 +172,28 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // The one place the gateway's workload credentials come in: with them, every connection to
+    // an instance is mutual TLS; without, plaintext (STRATUS_MTLS=off).
+    let upstream_tls: Option<Arc<Credentials>> = None; // set by the mesh
+    run_with(args, upstream_tls).await
+}
+
+/// [`run`], given the credentials for mutual TLS to the instances (None: plaintext). The
+/// certificate and bundle inside may be swapped at any time (renewal, CA rotation): each new
+/// upstream connection uses what they hold then.
+pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> anyhow::Result<()> {
     let table = match &args.routes {
         Some(path) => RouteTable::from_file(path)?,
         None => RouteTable::parse(DEFAULT_ROUTES).context("the built-in routes")?,
     };
     tracing::info!(routes = table.routes.len(), "route table loaded");
+    match &upstream_tls {
+        Some(credentials) => tracing::info!(
+            id = %credentials.id().map_or_else(|| "none yet".to_string(), |id| id.uri()),
+            "connections to instances are mutual TLS"
+        ),
+        None => tracing::info!("connections to instances are plaintext"),
+    }
 
     let registry = RegistryClient::new(&args.common.registry_url)?;
     let upstreams = Arc::new(Upstreams::new());
@@ -248,6 +269,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             rate_limit_redis,
             rate_limit_redis_timeout: args.rate_limit_redis_timeout,
         },
+        upstream_tls: upstream_tls.map(upstream_tls::UpstreamTls::new),
     });
 
     if let Some(follower) = dns {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub upstreams: Arc<Upstreams>,
     pub tokens: Arc<Tokens>,
     pub settings: Settings,
+    /// Mutual TLS to the instances, for every worker's pools (None: plaintext).
+    pub upstream_tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
 }
 
 /// One worker thread's proxy: the shared state plus a connection pool of its own, so a request
@@ -83,9 +85,10 @@ impl Proxy {
             .reporter
             .clone()
             .map(crate::report::WorkerEvents::new);
-        let client = Pool::new(connect_timeout, body_idle_timeout);
+        let tls = shared.upstream_tls.clone();
+        let client = Pool::with_tls(connect_timeout, body_idle_timeout, tls.clone());
         client.spawn_sweeper();
-        let h2 = H2Pool::new(connect_timeout);
+        let h2 = H2Pool::with_tls(connect_timeout, tls);
         h2.spawn_sweeper();
         let shared_limits = shared.settings.rate_limit_redis.as_deref().map(|url| {
             crate::ratelimit_redis::SharedLimits::start(
@@ -369,7 +372,7 @@ impl Proxy {
             };
             // HTTP/2 names the instance in the `:authority` of an absolute URI.
             let uri = Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
+                .scheme(self.h2.scheme())
                 .authority(endpoint.authority.clone())
                 .path_and_query(path.clone())
                 .build();
@@ -414,7 +417,12 @@ impl Proxy {
                     route.metrics.upstream_failures.increment(1);
                     route.deployment.record(group, true);
                     tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    endpoint.record(false);
+                    // (A refused certificate, found only after hyper took the request.)
+                    if error.is_connect() {
+                        endpoint.trip();
+                    } else {
+                        endpoint.record(false);
+                    }
                     return refusal(grpc, bad_gateway(&route.service));
                 }
                 Err(_) => {
@@ -628,11 +636,12 @@ fn is_websocket(value: &HeaderValue) -> bool {
 }
 
 /// Once both sides have switched protocols, copies bytes both ways until either side closes.
-/// The instance's side is its socket as the upstream client left it, and the bytes it had
-/// already read past the 101 head, which go to the client first.
+/// The instance's side is its connection as the upstream client left it (its TLS session
+/// included, under mutual TLS), and the bytes it had already read past the 101 head, which go
+/// to the client first.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    mut upstream: tokio::net::TcpStream,
+    mut upstream: crate::client::UpstreamStream,
     leftover: Bytes,
     service: String,
 ) {

@@ -1,5 +1,6 @@
-//! TLS termination: the gateway speaks HTTPS to clients (HTTP/2 or HTTP/1.1, chosen by ALPN) and
-//! plain HTTP to the instances behind it, as a load balancer at the edge does.
+//! TLS termination: the gateway speaks HTTPS to clients (HTTP/2 or HTTP/1.1, chosen by ALPN), as
+//! a load balancer at the edge does. (To the instances behind it, it speaks plain HTTP, or mutual
+//! TLS with its workload certificate: `upstream_tls.rs`.)
 //!
 //! Certificates come from PEM files (`STRATUS_TLS_CERT`, `STRATUS_TLS_KEY`), or, for development,
 //! from a self-signed certificate for `localhost`, `127.0.0.1` and `api.stratus` that the gateway

@@ -345,6 +345,15 @@ pub(crate) mod tests {
         Endpoint::from_instance(&instance("i-1", port, 1), Instant::now()).unwrap()
     }
 
+    /// An endpoint for an instance of `service` listening on 127.0.0.1:`port`.
+    pub fn endpoint_of(service: &str, port: u16) -> Endpoint {
+        let instance = Instance {
+            service: service.to_string(),
+            ..instance("i-1", port, 1)
+        };
+        Endpoint::from_instance(&instance, Instant::now()).unwrap()
+    }
+
     fn catalog(index: u64, instances: Vec<Instance>) -> Catalog {
         let mut catalog = Catalog {
             index,
