@@ -364,3 +364,43 @@ async fn intentions_let_only_the_named_services_call_and_a_refusal_is_on_the_sin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn requests_flow_through_the_gateway_over_mutual_tls_and_a_rogue_gets_no_login() {
+    let system = System::start_meshed(2).await;
+    // Logins and reads go gateway -> auth and gateway -> catalog over mutual TLS.
+    let token = system.admin_token().await;
+    assert!(!token.is_empty());
+    system.products().await;
+
+    // A listener with no identity, put into the registry as `auth` by an operator's mistake
+    // (nobody else can put it there): the gateway refuses it at the handshake, so it never
+    // receives a login, and every login still succeeds on the real instance.
+    let rogue = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rogue_port = rogue.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = rogue.accept().await {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = vec![0u8; 4096];
+            if let Ok(read) = socket.read(&mut buffer).await {
+                if buffer[..read].windows(8).any(|w| w == b"password") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    system
+        .register("auth", "rogue", rogue_port, json!({}))
+        .await;
+    system.wait_gateway_sees("auth", 2).await;
+    for _ in 0..10 {
+        system.admin_token().await;
+    }
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the rogue read a password"
+    );
+}

@@ -115,6 +115,9 @@ async fn check(clients: Clients, endpoint: Arc<Endpoint>, settings: Settings) {
     let authority = endpoint.authority.as_str();
     let probe = async {
         match endpoint.check {
+            Check::Http if stratus_kit::mesh::current().is_on() => {
+                meshed_healthz(&endpoint.service, authority).await
+            }
             Check::Http => http_healthz(&clients.http1, authority).await,
             Check::Grpc => clients.grpc.check(authority, "").await.is_ok(),
             Check::Tcp => tokio::net::TcpStream::connect(authority).await.is_ok(),
@@ -140,6 +143,15 @@ async fn check(clients: Clients, endpoint: Arc<Endpoint>, settings: Settings) {
             endpoint.set_actively_healthy(false);
         }
     }
+}
+
+/// `GET /healthz` over mutual TLS, from an instance whose certificate names `service`.
+async fn meshed_healthz(service: &str, authority: &str) -> bool {
+    let Ok(client) = stratus_kit::mesh::current().client(service) else {
+        return false;
+    };
+    let url = format!("https://{authority}/healthz");
+    matches!(client.get(url).send().await, Ok(response) if response.status().is_success())
 }
 
 /// `GET /healthz` answered with a 2xx.

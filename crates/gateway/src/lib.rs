@@ -174,7 +174,9 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // The one place the gateway's workload credentials come in: with them, every connection to
     // an instance is mutual TLS; without, plaintext (STRATUS_MTLS=off).
-    let upstream_tls: Option<Arc<Credentials>> = None; // set by the mesh
+    let mesh = stratus_kit::mesh::current();
+    let upstream_tls: Option<Arc<Credentials>> =
+        mesh.is_on().then(|| mesh.credentials().cloned()).flatten();
     run_with(args, upstream_tls).await
 }
 
