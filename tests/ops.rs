@@ -595,11 +595,11 @@ async fn a_changed_file_is_reconciled_and_a_broken_one_refused() {
         "{env}\n[[routes]]\nname = \"shop\"\nprefix = \"/shop\"\nservice = \"catalog\"\nstrip_prefix = true\n"
     );
     up.write_manifest(&routes);
-    let http = reqwest::Client::new();
+    let http = support::mesh::up_operator(&up.data_dir());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let routes: Value = http
-            .get(format!("http://127.0.0.1:{}/v1/routes", up.admin))
+            .get(format!("https://127.0.0.1:{}/v1/routes", up.admin))
             .send()
             .await
             .unwrap()

@@ -57,6 +57,7 @@ fn up_starts_the_system_and_stops_it_cleanly() {
         "gateway",
         "admin@stratus.local",
         "Ready in",
+        "Mutual TLS     Required",
     ] {
         assert!(
             output.contains(expected),
@@ -95,8 +96,16 @@ fn up_starts_the_system_and_stops_it_cleanly() {
             .await
             .unwrap();
         assert_eq!(login.status(), 200);
-        let services: serde_json::Value = http
+        // Internal ports take only Stratus certificates: the registry answers the operator up
+        // certifies, and nothing in plaintext.
+        let plain = http
             .get(format!("http://127.0.0.1:{registry}/v1/services"))
+            .send()
+            .await;
+        assert!(plain.is_err(), "the registry answered in plaintext");
+        let operator = support::mesh::up_operator(&dir.path().join(".stratus"));
+        let services: serde_json::Value = operator
+            .get(format!("https://127.0.0.1:{registry}/v1/services"))
             .send()
             .await
             .unwrap()

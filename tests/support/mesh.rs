@@ -140,3 +140,20 @@ impl ServerCertVerifier for AnyServer {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A client holding the operator certificate `stratus up` writes into `<data dir>/identity/
+/// operator`, checking that servers hold certificates of the system's authority.
+pub fn up_operator(data_dir: &Path) -> reqwest::Client {
+    let dir = data_dir.join("identity").join("operator");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let credentials =
+        stratus_identity::Credentials::new(TRUST_DOMAIN, &read("bundle.pem")).unwrap();
+    credentials
+        .set_certificate(&read("cert.pem"), &read("key.pem"), None)
+        .unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(credentials.client_config(stratus_identity::Expect::AnyService))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
