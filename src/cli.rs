@@ -81,11 +81,30 @@ impl Target {
         format!("http://{address}")
     }
 
+    /// The control token: `STRATUS_CONTROL_TOKEN`, else the one `up` wrote in the data dir.
+    fn token(&self) -> Option<String> {
+        std::env::var("STRATUS_CONTROL_TOKEN")
+            .ok()
+            .or_else(|| {
+                std::fs::read_to_string(self.data_dir.join(crate::control::TOKEN_FILE)).ok()
+            })
+            .map(|token| token.trim().to_string())
+            .filter(|token| !token.is_empty())
+    }
+
     fn client(&self) -> anyhow::Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = self.token() {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the control token")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(Client {
             base: self.base(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
+                .default_headers(headers)
                 .build()?,
         })
     }
@@ -148,6 +167,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `spiffe://stratus.local/service/catalog` as `service/catalog` (the trust domain is one).
+fn short_identity(id: &str) -> String {
+    id.strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or_else(|| id.to_string(), |(_, path)| path.to_string())
+}
+
 /// The status as a table, one line per replica.
 fn table(view: &Value) -> String {
     let mut rows = vec![[
@@ -159,6 +185,8 @@ fn table(view: &Value) -> String {
         "HEALTH",
         "RESTARTS",
         "UPTIME",
+        "IDENTITY",
+        "CERT",
         "LAST EXIT",
     ]
     .map(String::from)
@@ -196,6 +224,14 @@ fn table(view: &Value) -> String {
                 },
                 text("restarts"),
                 uptime(replica["uptime_seconds"].as_f64().unwrap_or(0.0)),
+                replica["identity"]
+                    .as_str()
+                    .map_or("-".to_string(), short_identity),
+                match replica["certificate_expires_in"].as_i64() {
+                    Some(seconds) if seconds <= 0 => "expired".to_string(),
+                    Some(seconds) => format!("{} left", uptime(seconds as f64)),
+                    None => "-".to_string(),
+                },
                 text("last_exit"),
             ]);
         }
@@ -313,7 +349,9 @@ mod tests {
         let view = serde_json::json!({"components": [
             {"name": "catalog", "desired": 2, "rolling_out": false, "replicas": [
                 {"ordinal": 0, "pid": 41, "port": 40001, "instance_id": "abc", "health": "ready",
-                 "restarts": 1, "uptime_seconds": 75.0, "last_exit": "killed by SIGKILL"},
+                 "restarts": 1, "uptime_seconds": 75.0, "last_exit": "killed by SIGKILL",
+                 "identity": "spiffe://stratus.local/service/catalog",
+                 "certificate_expires_in": 1790},
                 {"ordinal": 1, "pid": null, "port": null, "instance_id": "def",
                  "health": "restarting", "restarts": 2, "uptime_seconds": 0.0, "last_exit": "exit code 1"}
             ]}
@@ -323,6 +361,10 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].starts_with("catalog 1/2"), "{text}");
         assert!(lines[1].contains("1m15s") && lines[1].contains("killed by SIGKILL"));
+        assert!(
+            lines[1].contains("service/catalog") && lines[1].contains("29m50s left"),
+            "{text}"
+        );
         assert_eq!(lines[0].find("HEALTH"), lines[1].find("ready"), "{text}");
     }
 }

@@ -8,6 +8,11 @@
 //! ```
 //!
 //! Handlers hold no state of their own: they ask the supervisor over its channel.
+//!
+//! The API can stop and start everything, so loopback is not enough: every request shows the
+//! control token (`Authorization: Bearer`), which `up` makes anew at each start and writes to
+//! `<data dir>/control.token` (0600) for the CLI; any process that can read the data directory
+//! is the operator.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,14 +37,49 @@ struct Control {
     launcher: Arc<Launcher>,
 }
 
-pub fn router(handle: Handle, launcher: Arc<Launcher>) -> Router {
+pub fn router(handle: Handle, launcher: Arc<Launcher>, token: &str) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/scale", post(scale))
         .route("/v1/rollout/{component}", post(rollout))
         .route("/v1/logs", get(logs))
         .fallback(stratus_kit::problem::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(digest(token)),
+            require_token,
+        ))
         .with_state(Control { handle, launcher })
+}
+
+/// The file `up` writes its control token to, in the data directory.
+pub const TOKEN_FILE: &str = "control.token";
+
+fn digest(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+/// Refuses a request without the control token (compared as digests, so the time taken says
+/// nothing about how much of a guess was right).
+async fn require_token(
+    State(expected): State<Arc<[u8; 32]>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let shown = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match shown {
+        Some(token) if digest(token) == *expected => next.run(request).await,
+        Some(_) => Problem::unauthorized("the control token is not valid").into_response(),
+        None => Problem::unauthorized(format!(
+            "the control API needs the control token (Authorization: Bearer), which stratus up \
+             writes to <data dir>/{TOKEN_FILE}"
+        ))
+        .into_response(),
+    }
 }
 
 fn stopping() -> Problem {
@@ -65,6 +105,18 @@ async fn status(State(control): State<Control>) -> Result<Response, Problem> {
         .flat_map(|c| c.replicas.iter_mut())
     {
         replica.registry = health.get(&replica.instance_id).cloned();
+        // The gateway's certificate is on its admin port; its client port is the public edge.
+        let port = match replica.component.as_str() {
+            "gateway" => Some(control.launcher.admin_port),
+            "dns" => None,
+            _ => replica.port,
+        };
+        if let Some(port) = port {
+            if let Some((id, expires_in)) = control.launcher.presented_identity(port).await {
+                replica.identity = Some(id);
+                replica.certificate_expires_in = Some(expires_in);
+            }
+        }
     }
     Ok(axum::Json(view).into_response())
 }

@@ -209,6 +209,32 @@ impl Launcher {
         }
     }
 
+    /// The identity a replica listening on `port` presents: a TLS handshake as the operator,
+    /// reading its certificate's SPIFFE ID and expiry (None with mutual TLS off, or no answer).
+    pub async fn presented_identity(&self, port: u16) -> Option<(String, i64)> {
+        let mesh = stratus_kit::mesh::current();
+        let credentials = mesh.credentials().filter(|_| mesh.is_on())?;
+        let config = credentials.client_config(Expect::AnyService);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        );
+        let handshake = async {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            connector.connect(name, stream).await.ok()
+        };
+        let tls = tokio::time::timeout(Duration::from_secs(1), handshake)
+            .await
+            .ok()??;
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+        let id = stratus_identity::peer::spiffe_id(&leaf).ok()?;
+        let not_after = stratus_identity::peer::not_after(&leaf).ok()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Some((id.uri(), not_after - now))
+    }
+
     /// Every registered instance's health (passing | warning | critical), by instance id; empty
     /// when the registry does not answer.
     pub async fn registry_health(&self) -> std::collections::HashMap<String, String> {

@@ -114,6 +114,10 @@ pub struct ReplicaView {
     /// The registry's view of this instance (passing | warning | critical), or None when the
     /// registry does not list it; filled in by the control API.
     pub registry: Option<String>,
+    /// The SPIFFE ID of the certificate the replica presents, and seconds until it expires;
+    /// filled in by the control API (with mutual TLS on).
+    pub identity: Option<String>,
+    pub certificate_expires_in: Option<i64>,
     pub restarts: u32,
     pub uptime_seconds: f64,
     pub last_exit: Option<String>,
@@ -224,6 +228,8 @@ impl Replica {
                 State::Restarting { .. } => "restarting",
             },
             registry: None,
+            identity: None,
+            certificate_expires_in: None,
             restarts: self.restarts,
             uptime_seconds: match self.state {
                 State::Restarting { .. } => 0.0,

@@ -138,7 +138,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Err(error);
     }
 
-    let app = crate::control::router(supervisor.handle(), launcher.clone());
+    let token = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    let token_file = data_dir.join(crate::control::TOKEN_FILE);
+    let _ = std::fs::remove_file(&token_file);
+    write_private(&token_file, &token)?;
+    let app = crate::control::router(supervisor.handle(), launcher.clone(), &token);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(control, app).await {
             eprintln!("the control API stopped: {error}");
@@ -201,11 +205,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             stratus_auth::ADMIN_EMAIL
         ),
     }
-    println!("  Control        http://{control_addr}/v1/status  (stratus status | scale | rollout | logs)");
+    println!(
+        "  Control        http://{control_addr}/v1/status  (stratus status | scale | rollout | logs; token in {})",
+        token_file.display()
+    );
     println!("\nPress Ctrl-C to stop.");
 
     supervisor.run().await;
     let _ = std::fs::remove_file(&control_file);
+    let _ = std::fs::remove_file(&token_file);
     println!("Stopped.");
     Ok(())
 }

@@ -310,9 +310,26 @@ async fn kill_9_comes_back_and_status_shows_the_restart() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     let control = std::fs::read_to_string(up.data_dir().join("control.addr")).unwrap();
+    let token = std::fs::read_to_string(up.data_dir().join("control.token")).unwrap();
     let http = reqwest::Client::new();
+    // Without the control token, nothing: the API can stop and start everything.
+    for shown in [None, Some("not-the-token")] {
+        let mut request = http
+            .post(format!("http://{control}/v1/scale"))
+            .json(&serde_json::json!({"replicas": {"catalog": 0}}));
+        if let Some(shown) = shown {
+            request = request.bearer_auth(shown);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{shown:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
     let response = http
         .post(format!("http://{control}/v1/scale"))
+        .bearer_auth(token.trim())
         .header("content-type", "application/json")
         .body(r#"{"replicas": {"catalog": -1}}"#)
         .send()
