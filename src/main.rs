@@ -8,6 +8,7 @@
 mod backup;
 mod cli;
 mod control;
+mod dashboard;
 mod identity;
 mod launch;
 mod logs;

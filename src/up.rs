@@ -55,6 +55,11 @@ pub struct Args {
     #[arg(long, env = "STRATUS_CONTROL_ADDR", default_value = crate::cli::DEFAULT_CONTROL_ADDR)]
     control_addr: SocketAddr,
 
+    /// Where `up` serves the dashboard for a browser (loopback only), forwarding to the event
+    /// sink as the operator: the sink itself takes only mutual TLS.
+    #[arg(long, env = "STRATUS_DASHBOARD_ADDR", default_value = "127.0.0.1:8091")]
+    dashboard_addr: SocketAddr,
+
     /// How long a component may take to become ready.
     #[arg(long, default_value = "60s", value_parser = stratus_kit::duration::parse)]
     ready_timeout: Duration,
@@ -87,6 +92,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
     let control_addr = control.local_addr()?;
+    if !args.dashboard_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "STRATUS_DASHBOARD_ADDR must be a loopback address, not {}",
+            args.dashboard_addr
+        );
+    }
+    let dashboard = tokio::net::TcpListener::bind(args.dashboard_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the dashboard to {} (set STRATUS_DASHBOARD_ADDR)",
+                args.dashboard_addr
+            )
+        })?;
+    let dashboard_addr = dashboard.local_addr()?;
 
     // Before anything starts: the authority's files, and `up`'s own operator certificate
     // (every client `up` makes, from here on, goes through the mesh).
@@ -178,9 +198,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
     if manifest.components.iter().any(|c| c.name == "events") {
+        let token = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let sink = format!("http://127.0.0.1:{}", args.events_port);
+        let app = crate::dashboard::router(token.clone(), sink)?;
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(dashboard, app).await {
+                eprintln!("the dashboard stopped: {error}");
+            }
+        });
         println!(
-            "  Dashboard      {}/  (the event sink; its API: /v1/stats, /v1/traces)",
-            mesh.url(&format!("http://127.0.0.1:{}", args.events_port))
+            "  Dashboard      http://{dashboard_addr}/?token={token}  (the event sink as the operator; its API: /v1/stats, /v1/traces)"
         );
     }
     if manifest.components.iter().any(|c| c.name == "orders") {

@@ -242,6 +242,7 @@ impl Up {
             .env("STRATUS_DNS_PORT", dns.to_string())
             .env("STRATUS_EVENTS_PORT", events.to_string())
             .env("STRATUS_CONTROL_ADDR", "127.0.0.1:0")
+            .env("STRATUS_DASHBOARD_ADDR", "127.0.0.1:0")
             .env("STRATUS_ADMIN_PASSWORD", "admin-password-1")
             .env_remove("DATABASE_URL")
             .env_remove("BROKER_URL")

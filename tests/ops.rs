@@ -45,6 +45,7 @@ impl Up {
             .env("STRATUS_DNS_PORT", free_port().to_string())
             .env("STRATUS_EVENTS_PORT", free_port().to_string())
             .env("STRATUS_CONTROL_ADDR", "127.0.0.1:0")
+            .env("STRATUS_DASHBOARD_ADDR", "127.0.0.1:0")
             .env("STRATUS_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("STRATUS_DATA_DIR")
             .env_remove("DATABASE_URL")

@@ -28,6 +28,7 @@ fn up_starts_the_system_and_stops_it_cleanly() {
         .env("STRATUS_DNS_PORT", dns.to_string())
         .env("STRATUS_EVENTS_PORT", events.to_string())
         .env("STRATUS_CONTROL_ADDR", "127.0.0.1:0")
+        .env("STRATUS_DASHBOARD_ADDR", "127.0.0.1:0")
         .env_remove("STRATUS_ADMIN_PASSWORD")
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -118,6 +119,63 @@ fn up_starts_the_system_and_stops_it_cleanly() {
             1,
             "the gateway registers itself"
         );
+
+        // The dashboard: one click on the printed link (its token becomes a cookie), never
+        // without it.
+        let link = output
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Dashboard"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("a dashboard link")
+            .to_string();
+        let base = link.split("/?").next().unwrap().to_string();
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let first = browser.get(&link).send().await.unwrap();
+        assert_eq!(first.status(), 303);
+        let cookie = first.headers()["set-cookie"].to_str().unwrap();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        let page = browser
+            .get(format!("{base}/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.unwrap().contains("<html"));
+        let stats = browser
+            .get(format!("{base}/v1/stats"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stats.status(), 200);
+        for refused in [
+            browser
+                .get(format!("{base}/v1/stats"))
+                .send()
+                .await
+                .unwrap(),
+            browser
+                .get(format!("{base}/?token=guess"))
+                .send()
+                .await
+                .unwrap(),
+            browser
+                .get(format!("{base}/v1/stats"))
+                .header("cookie", "stratus_dashboard=guess")
+                .send()
+                .await
+                .unwrap(),
+        ] {
+            assert_eq!(refused.status(), 401);
+        }
     });
 
     unsafe {
