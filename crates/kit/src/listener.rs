@@ -1,8 +1,11 @@
 //! A service's listener under `STRATUS_MTLS`: plain TCP, TLS with client certificates, or both.
 //!
 //! Handshakes run in tasks of their own, beside the accept loop, so a client that opens a
-//! connection and sends nothing (or half a handshake) holds up no one else; a handshake has
-//! [`HANDSHAKE_TIMEOUT`] and at most [`MAX_HANDSHAKES`] run at once. What comes out of
+//! connection and sends nothing (or half a handshake) holds up no one else; a connection must
+//! send its first byte within [`FIRST_BYTE_TIMEOUT`] and finish its handshake within
+//! [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] run at once, and one source address may
+//! hold at most [`MAX_HANDSHAKES_PER_SOURCE`] of them (more are closed at once), so idle
+//! sockets from one host cannot fill the slots everyone else needs. What comes out of
 //! [`Incoming`] is a finished connection with what is known of its peer ([`Remote`]): its
 //! address, and the SPIFFE ID its certificate names when it presented one.
 //!
@@ -15,10 +18,11 @@
 //!   running system to mTLS one process at a time).
 //! - `Mode::Off`: plain TCP.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +38,10 @@ use tokio_rustls::TlsAcceptor;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more wait in the kernel's accept queue.
 pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes one source address may have in progress at once.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 64;
+/// How long a new connection may stay silent before it is closed.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -93,6 +101,7 @@ async fn accept_loop(
     sender: mpsc::Sender<(Stream, Remote)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let sources = Sources::default();
     loop {
         let permit = tokio::select! {
             permit = handshakes.clone().acquire_owned() => match permit {
@@ -113,6 +122,11 @@ async fn accept_loop(
             },
             () = sender.closed() => return,
         };
+        let Some(source) = sources.enter(address.ip()) else {
+            // This host already holds its share of handshakes: close, keep the slot free.
+            metrics::counter!("tls_handshake_failures_total").increment(1);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let acceptor = acceptor.clone();
         let sender = sender.clone();
@@ -123,6 +137,7 @@ async fn accept_loop(
                 establish(socket, address, mode, acceptor, &trust_domain),
             )
             .await;
+            drop(source);
             drop(permit);
             match finished {
                 Ok(Ok(connection)) => {
@@ -160,17 +175,54 @@ async fn establish(
     let Some(acceptor) = acceptor else {
         return plain(socket);
     };
-    if mode == Mode::Optional {
-        let mut first = [0u8; 1];
-        let read = socket.peek(&mut first).await?;
-        if read == 0 || first[0] != TLS_HANDSHAKE {
-            return plain(socket);
-        }
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(FIRST_BYTE_TIMEOUT, socket.peek(&mut first))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no first byte in time"))??;
+    if mode == Mode::Optional && (read == 0 || first[0] != TLS_HANDSHAKE) {
+        return plain(socket);
     }
     let tls = acceptor.accept(socket).await?;
     let peer = stratus_identity::tls::peer_id(tls.get_ref().1.peer_certificates(), trust_domain)
         .map(Arc::new);
     Ok((Stream::Tls(Box::new(tls)), Remote { address, peer }))
+}
+
+/// Handshakes in progress per source address.
+#[derive(Clone, Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One handshake of one source, given back when dropped.
+struct Entered {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn enter(&self, ip: IpAddr) -> Option<Entered> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Entered {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let mut counts = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl axum::serve::Listener for Incoming {

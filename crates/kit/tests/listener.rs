@@ -154,3 +154,37 @@ async fn a_silent_client_holds_up_no_one() {
     .unwrap();
     assert_eq!(answer, "spiffe://stratus.local/service/catalog");
 }
+
+#[tokio::test]
+async fn idle_sockets_from_one_host_cannot_fill_every_handshake_slot() {
+    let authority = Authority::create(TD, OffsetDateTime::now_utc()).unwrap();
+    let registry = certified(&authority, Some("registry"));
+    let address = serve(Mode::Required, &registry, Mode::Required).await;
+    // More silent connections than there are handshake slots, all from 127.0.0.2.
+    let mut silent = Vec::new();
+    for _ in 0..(stratus_kit::listener::MAX_HANDSHAKES + 50) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(address).await.unwrap());
+    }
+    // A client from another address still gets in at once.
+    let catalog = certified(&authority, Some("catalog"));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        ask(&tls_client(&catalog), format!("https://{address}/")),
+    )
+    .await
+    .expect("answered while one host held idle sockets")
+    .unwrap();
+    assert_eq!(answer, "spiffe://stratus.local/service/catalog");
+    // And a silent socket is closed after the first-byte timeout.
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1];
+    let closed = tokio::time::timeout(
+        stratus_kit::listener::FIRST_BYTE_TIMEOUT + Duration::from_secs(2),
+        silent[0].read(&mut buffer),
+    )
+    .await
+    .expect("a silent socket was kept open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
