@@ -406,39 +406,90 @@ async fn requests_flow_through_the_gateway_over_mutual_tls_and_a_rogue_gets_no_l
 }
 
 /// Acceptance: certificates of 30 s renew under load and the authority's root rotates, with not
-/// one failed request through the gateway (reads to catalog, logins to auth).
+/// one failed request through the gateway (reads to catalog, logins to auth, orders through the
+/// saga: orders -> catalog over mTLS, then the broker) and not one lost order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_request() {
-    let short = [
+    let settings = [
         ("registry", "STRATUS_CERT_LIFETIME", "30s".to_string()),
         ("registry", "STRATUS_CA_PROPAGATE", "20s".to_string()),
+        (
+            "catalog",
+            "STRATUS_ALLOWED_CALLERS",
+            "gateway,orders".to_string(),
+        ),
     ];
-    let system = std::sync::Arc::new(System::start_meshed_with(2, &short).await);
+    let mut system = System::start_meshed_with(2, &settings).await;
+    system
+        .add_services(&[("orders", 1), ("payments", 1), ("notifications", 1)], &[])
+        .await;
+    let admin = system.admin_token().await;
+    let created = system
+        .http
+        .post(system.url("/api/catalog/products"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Tea", "price_cents": 250, "stock": 100000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let tea = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = system.customer_token("rotation@example.com").await;
+    let system = std::sync::Arc::new(system);
     let registry = system.registry_url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for worker in 0..4 {
         let (system, stop) = (system.clone(), stop.clone());
+        let (customer, tea) = (customer.clone(), tea.clone());
         load.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
+            let (mut ok, mut failed, mut orders) = (0u32, Vec::new(), Vec::new());
+            let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let response = if worker == 0 {
-                    system
-                        .http
-                        .post(system.url("/auth/login"))
-                        .json(&json!({"email": support::ADMIN_EMAIL, "password": support::ADMIN_PASSWORD}))
-                        .send()
-                        .await
-                } else {
-                    system.http.get(system.url("/api/catalog/products")).send().await
+                n += 1;
+                let response = match worker {
+                    0 => {
+                        system
+                            .http
+                            .post(system.url("/auth/login"))
+                            .json(&json!({"email": support::ADMIN_EMAIL, "password": support::ADMIN_PASSWORD}))
+                            .send()
+                            .await
+                    }
+                    1 => {
+                        // An order every 100 ms.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        system
+                            .http
+                            .post(system.url("/api/orders"))
+                            .bearer_auth(&customer)
+                            .header("Idempotency-Key", format!("rotation-{n}"))
+                            .json(&json!({"items": [{"product_id": tea, "quantity": 1}]}))
+                            .send()
+                            .await
+                    }
+                    _ => system.http.get(system.url("/api/catalog/products")).send().await,
                 };
                 match response {
-                    Ok(response) if response.status().is_success() => ok += 1,
-                    Ok(response) => failed.push(response.status().to_string()),
-                    Err(error) => failed.push(error.to_string()),
+                    Ok(response) if response.status().is_success() => {
+                        ok += 1;
+                        if worker == 1 {
+                            let order: serde_json::Value = response.json().await.unwrap();
+                            orders.push(order["id"].as_str().unwrap().to_string());
+                        }
+                    }
+                    Ok(response) => failed.push(format!(
+                        "worker {worker}: {} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    )),
+                    Err(error) => failed.push(format!("worker {worker}: {error}")),
                 }
             }
-            (ok, failed)
+            (ok, failed, orders)
         }));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -461,20 +512,53 @@ async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_req
     // The new root signs after 20 s; every certificate of 30 s renews twice more by 70 s.
     tokio::time::sleep(Duration::from_secs(65)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
+    let (mut ok, mut failed, mut placed) = (0, Vec::new(), Vec::new());
     for worker in load {
-        let (worker_ok, worker_failed) = worker.await.unwrap();
+        let (worker_ok, worker_failed, worker_orders) = worker.await.unwrap();
         ok += worker_ok;
         failed.extend(worker_failed);
+        placed.extend(worker_orders);
     }
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",
         failed.len(),
         ok as usize + failed.len(),
-        &failed[..failed.len().min(5)]
+        {
+            let mut kinds: Vec<&String> = failed.iter().collect();
+            kinds.dedup();
+            kinds.into_iter().take(6).collect::<Vec<_>>()
+        }
     );
     assert!(ok > 1000, "only {ok} requests");
+    assert!(placed.len() > 100, "only {} orders placed", placed.len());
+
+    // Not one order lost: each one placed is there and settles (paid; the stock suffices).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for id in &placed {
+        loop {
+            let order = system
+                .http
+                .get(system.url(&format!("/api/orders/{id}")))
+                .bearer_auth(&customer)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(order.status(), 200, "order {id}");
+            let order: serde_json::Value = order.json().await.unwrap();
+            if order["status"] == "paid" {
+                break;
+            }
+            assert_ne!(order["status"], "declined", "order {id} declined");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "order {id} still {}",
+                order["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // Every instance now holds a certificate the new root signed: the catalog's handshake
     // checks out against a bundle of the new root alone.
     let bundle = system.mesh.as_ref().unwrap().bundle();
@@ -490,15 +574,20 @@ async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_req
         )
         .build()
         .unwrap();
-    let catalog = system.instance_url("catalog").await;
-    let response = client
-        .get(format!("{catalog}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        200,
-        "catalog's certificate is not from the new root"
-    );
+    for service in ["catalog", "orders", "auth"] {
+        let url = system.instance_url(service).await;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(
+                credentials.client_config(stratus_identity::Expect::Service(service.into())),
+            )
+            .build()
+            .unwrap();
+        let response = client.get(format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{service}'s certificate is not from the new root"
+        );
+    }
+    drop(client);
 }
