@@ -363,6 +363,17 @@ async fn intentions_let_only_the_named_services_call_and_a_refusal_is_on_the_sin
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The dashboard's topology marks the calls as mutually authenticated, and one refused.
+    let topology = system.get_json(format!("{sink}/v1/topology")).await;
+    let edge = topology["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["to"] == "catalog" && e["from"] == "clients")
+        .cloned()
+        .unwrap_or_else(|| panic!("no edge to catalog: {topology}"));
+    assert_eq!(edge["mutual_tls"], edge["count"], "{edge}");
+    assert_eq!(edge["refused"], 1, "{edge}");
 }
 
 #[tokio::test]

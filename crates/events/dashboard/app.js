@@ -179,9 +179,11 @@ function drawTopology(topology, instances) {
     const a = pos.get(e.from), b = pos.get(e.to);
     if (!a || !b) continue;
     const { d, mx, my } = curve(a, b);
-    const bad = !e.resolve && e.error_rate >= 0.01;
+    const bad = !e.resolve && (e.error_rate >= 0.01 || e.refused > 0);
+    // Every call on the edge mutually authenticated: drawn solid with a lock in its label.
+    const mtls = !e.resolve && e.count > 0 && e.mutual_tls === e.count;
     const g = el("svg:g", {
-      class: "edge" + (bad ? " err" : "") + (e.resolve ? " resolve" : ""),
+      class: "edge" + (bad ? " err" : "") + (e.resolve ? " resolve" : "") + (mtls ? " mtls" : ""),
       id: `edge-${safeId(e.from)}-${safeId(e.to)}`,
       "data-from": e.from, "data-to": e.to,
     });
@@ -194,11 +196,13 @@ function drawTopology(topology, instances) {
       text.textContent = "resolves";
     } else {
       // rate / error rate · p99 (the card's title says which is which; the tooltip spells it out)
-      text.append(el("svg:tspan", { class: "rate" }, fmtRate(e.rate)));
+      text.append(el("svg:tspan", { class: "rate" }, (mtls ? "🔒 " : "") + fmtRate(e.rate)));
       text.append(el("svg:tspan", { class: e.errors ? "err" : "", x: mx, dy: 13 }, fmtPct(e.error_rate)));
       text.append(el("svg:tspan", { class: "p99" }, " · " + fmtMs(e.p99_ms)));
+      if (e.refused) text.append(el("svg:tspan", { class: "err", x: mx, dy: 13 }, `${e.refused} refused`));
       label.append(el("svg:title", {}, `${e.from} → ${e.to}: ${e.count} calls in the window, ` +
-        `${fmtRate(e.rate)}, ${e.errors} errors (${fmtPct(e.error_rate)}), p99 ${fmtMs(e.p99_ms)}`));
+        `${fmtRate(e.rate)}, ${e.errors} errors (${fmtPct(e.error_rate)}), p99 ${fmtMs(e.p99_ms)}; ` +
+        `${e.mutual_tls || 0} mutually authenticated (mTLS), ${e.refused || 0} refused`));
     }
     label.append(el("svg:rect", { rx: 6 }), text);
     labelLayer.append(label);

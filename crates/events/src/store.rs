@@ -257,8 +257,11 @@ pub struct Hop {
     pub topic: Option<String>,
     /// The record's name: the route, the topic, or for a call to a peer what the peer is.
     pub name: String,
-    /// The node a `client` record called (`orders-db`).
+    /// The node a `client` record called (`orders-db`); on a record a service made of a call
+    /// it served, the caller's verified identity (mutual TLS).
     pub peer: Option<String>,
+    /// The answer's status (HTTP, or 0).
+    pub status: i64,
 }
 
 /// The most records one window query reads: a dashboard over a busy minute stays bounded.
@@ -277,10 +280,11 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
         Option<String>,
         String,
         Option<String>,
+        i64,
     );
     let rows: Vec<HopTuple> = sqlx::query_as(&format!(
         "SELECT span_id, parent_span_id, service, instance, kind, ok, duration_us, topic, name, \
-         peer FROM events WHERE started_us >= $1 ORDER BY started_us DESC LIMIT {MAX_WINDOW_ROWS}"
+         peer, status FROM events WHERE started_us >= $1 ORDER BY started_us DESC LIMIT {MAX_WINDOW_ROWS}"
     ))
     .bind(since_us)
     .fetch_all(pool)
@@ -299,6 +303,7 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
                 topic,
                 name,
                 peer,
+                status,
             )| Hop {
                 span_id,
                 parent_span_id,
@@ -310,6 +315,7 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
                 topic,
                 name,
                 peer,
+                status,
             },
         )
         .collect())

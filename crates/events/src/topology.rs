@@ -12,6 +12,10 @@
 //! (for a peer, the caller's `client` records): count, rate over the window, errors and p99
 //! latency.
 //!
+//! A call whose callee's record names its caller's identity (`peer` on a served record) was
+//! mutually authenticated: the edge counts those (`mutual_tls`), and the ones refused with a 403
+//! (`refused`: an intention, or the callee's own authorization, said no).
+//!
 //! Node kinds: `clients`, `service`, `broker`, `dns` (the service called `dns`: `stratus serve
 //! dns` reports each query), and for peers [`peer_kind`] of the record's name: `cache` for
 //! `redis` (and memcached, valkey), `dns` for `dns`, `database` for anything else (`sqlite`,
@@ -41,6 +45,10 @@ pub struct Edge {
     pub rate: f64,
     pub error_rate: f64,
     pub p99_ms: f64,
+    /// Calls whose caller the callee knew by its certificate (mutual TLS).
+    pub mutual_tls: u64,
+    /// Of those, calls refused with a 403.
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,12 +78,23 @@ pub struct Topology {
 struct Tally {
     durations: Vec<i64>,
     errors: u64,
+    mutual_tls: u64,
+    refused: u64,
 }
 
 impl Tally {
     fn add(&mut self, hop: &Hop) {
         self.durations.push(hop.duration_us);
         self.errors += u64::from(!hop.ok);
+    }
+
+    /// A served call: also whether its caller was known by certificate, and refused.
+    fn add_served(&mut self, hop: &Hop) {
+        self.add(hop);
+        if hop.peer.is_some() {
+            self.mutual_tls += 1;
+            self.refused += u64::from(hop.status == 403);
+        }
     }
 }
 
@@ -140,7 +159,7 @@ pub fn compute(hops: &[Hop], window_seconds: f64, known: &Known) -> Topology {
         edges
             .entry((from.to_string(), to.to_string()))
             .or_default()
-            .add(hop);
+            .add_served(hop);
     }
     let window = window_seconds.max(1e-3);
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
@@ -183,6 +202,8 @@ pub fn compute(hops: &[Hop], window_seconds: f64, known: &Known) -> Topology {
                 rate: round(count as f64 / window),
                 error_rate: round(tally.errors as f64 / count.max(1) as f64),
                 p99_ms: percentile(&tally.durations, 99.0) as f64 / 1000.0,
+                mutual_tls: tally.mutual_tls,
+                refused: tally.refused,
             }
         })
         .collect();
@@ -209,6 +230,7 @@ mod tests {
             topic: None,
             name: "/x".into(),
             peer: None,
+            status: if ok { 200 } else { 500 },
         }
     }
 
@@ -348,6 +370,45 @@ mod tests {
             ("service", 2, 1)
         );
         assert_eq!(node("catalog").count, 1);
+    }
+
+    #[test]
+    fn edges_count_mutually_authenticated_and_refused_calls() {
+        let orders = "spiffe://stratus.local/service/orders";
+        let profile = "spiffe://stratus.local/service/profile";
+        let hops = vec![
+            hop("a", None, "orders", "server", true, 100),
+            Hop {
+                peer: Some(orders.into()),
+                ..hop("b", Some("a"), "catalog", "server", true, 100)
+            },
+            hop("c", None, "profile", "server", true, 100),
+            Hop {
+                peer: Some(profile.into()),
+                status: 403,
+                ..hop("d", Some("c"), "catalog", "server", true, 100)
+            },
+            hop("e", None, "gateway", "gateway", true, 100),
+            hop("f", Some("e"), "catalog", "server", true, 100),
+        ];
+        let topology = compute(&hops, 10.0, &Known::default());
+        let edge = |from: &str| {
+            topology
+                .edges
+                .iter()
+                .find(|e| e.from == from && e.to == "catalog")
+                .unwrap()
+                .clone()
+        };
+        assert_eq!((edge("orders").mutual_tls, edge("orders").refused), (1, 0));
+        assert_eq!(
+            (edge("profile").mutual_tls, edge("profile").refused),
+            (1, 1)
+        );
+        assert_eq!(
+            (edge("gateway").mutual_tls, edge("gateway").refused),
+            (0, 0)
+        );
     }
 
     #[test]
