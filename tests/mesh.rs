@@ -421,7 +421,13 @@ async fn requests_flow_through_the_gateway_over_mutual_tls_and_a_rogue_gets_no_l
 /// saga: orders -> catalog over mTLS, then the broker) and not one lost order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_request() {
-    let settings = [
+    // Health probes with room to spare: this test is about certificates, and a probe that
+    // times out on a busy machine would take an instance out of rotation for other reasons.
+    let patient = [
+        ("STRATUS_HEALTH_INTERVAL", "1s"),
+        ("STRATUS_HEALTH_TIMEOUT", "2s"),
+    ];
+    let mut settings = vec![
         ("registry", "STRATUS_CERT_LIFETIME", "30s".to_string()),
         ("registry", "STRATUS_CA_PROPAGATE", "20s".to_string()),
         (
@@ -430,9 +436,17 @@ async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_req
             "gateway,orders".to_string(),
         ),
     ];
+    for service in ["auth", "catalog", "gateway"] {
+        for (key, value) in patient {
+            settings.push((service, key, value.to_string()));
+        }
+    }
     let mut system = System::start_meshed_with(2, &settings).await;
     system
-        .add_services(&[("orders", 1), ("payments", 1), ("notifications", 1)], &[])
+        .add_services(
+            &[("orders", 1), ("payments", 1), ("notifications", 1)],
+            &patient,
+        )
         .await;
     let admin = system.admin_token().await;
     let created = system
