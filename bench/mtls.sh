@@ -46,7 +46,10 @@ CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 IDLE=${IDLE:-500}
-ulimit -n $((IDLE * 3 + 1000)) 2>/dev/null || true  # clients, upstream connections, wrk
+PATHS=${PATHS:-"small big close/small"}
+HOLD=${HOLD:-0}  # seconds to keep everything running after setup, for a look by hand
+files=$((IDLE * 3 + 10000))  # clients, upstream connections, wrk, nginx
+[ "$(ulimit -n)" -ge "$files" ] || ulimit -n "$files"
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
@@ -127,9 +130,9 @@ routes() {  # file service close-service
 routes "$work/routes-plain.toml" plain plain-close
 routes "$work/routes-mtls.toml" bench bench-close
 # The allocator as `stratus` tunes it for itself (src/memory.rs): the example has no such main.
-gateway() {  # port admin-port routes log
+gateway() {  # port admin-port routes log (exec: the pid started is the gateway's own)
   MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=$((2 * $(nproc))) STRATUS_EVENTS=off STRATUS_GATEWAY_WORKERS=$WORKERS \
-    PORT=$1 STRATUS_ADMIN_PORT=$2 STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$3 "$GATEWAY" > "$4" 2>&1
+    PORT=$1 STRATUS_ADMIN_PORT=$2 STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$3 exec "$GATEWAY" > "$4" 2>&1
 }
 gateway "$GWP" "$GWPA" "$work/routes-plain.toml" "$work/gateway-plain.log" & pids+=($!)
 GWP_PID=$!
@@ -145,54 +148,22 @@ done
 # The mTLS instances refuse a client without a certificate (they really check).
 if curl -skf "https://127.0.0.1:$T1/small" >/dev/null 2>&1; then echo "the TLS instance took a client without a certificate" >&2; exit 1; fi
 
-# wrk's latency figures to microseconds.
-to_us() { awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
-  f = (u=="us") ? 1 : (u=="ms") ? 1000 : (u=="s") ? 1000000 : 1; printf "%.0f", n*f }'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-accepted() { curl -sf "http://127.0.0.1:$STATUS/status" | awk 'NR==3 {print $1}'; }
-TICK=$(getconf CLK_TCK)
+if [ "$HOLD" != 0 ]; then
+  echo "plain gateway :$GWP (pid $GWP_PID), mtls gateway :$GWT (pid $GWT_PID), nginx $(cat "$work/backend.pid"); holding ${HOLD}s" >&2
+  sleep "$HOLD"
+fi
 
 declare -A PORT_OF=([plain]=$GWP [mtls]=$GWT) PID_OF=([plain]=$GWP_PID [mtls]=$GWT_PID)
-results=$work/results.tsv
-: > "$results"
-for round in $(seq 1 "$ROUNDS"); do
-  # Alternate which gateway goes first, so neither always runs on a warmer machine.
-  order=(plain mtls); [ $((round % 2)) = 0 ] && order=(mtls plain)
-  for path in small big close/small; do
-    for target in "${order[@]}"; do
-      before_cpu=$(cpu_ticks "${PID_OF[$target]}"); before_conns=$(accepted)
-      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$path")
-      after_cpu=$(cpu_ticks "${PID_OF[$target]}"); after_conns=$(accepted)
-      requests=$(awk '/requests in/ {print $1}' <<<"$out")
-      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-      p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
-      p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
-      errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-      # The gateway's CPU per request (us), and the upstream connections opened per request
-      # (nginx's accepts, less the status request itself).
-      cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
-      fresh=$(awk -v a="$before_conns" -v b="$after_conns" -v n="$requests" 'BEGIN {printf "%.3f", (b-a-1)/n}')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$fresh" >> "$results"
-      printf 'round %s %-12s %-6s %10s rps  p50 %6s us  p99 %6s us  gateway cpu %6s us/req  new upstream connections %s/req %s\n' \
-        "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$fresh" "$errors" >&2
-    done
-  done
-done
 
-# The handshakes nginx saw on the no-reuse mTLS instance: one connection per request, each
-# with a verified client certificate, none resumed.
-handshakes=$(awk '{n++; c[$1]=1; if ($2=="TLSv1.3") t++; if ($3=="SUCCESS") v++; if ($4=="r") r++}
-  END {printf "%d requests on %d connections; TLS 1.3: %d, client certificate verified: %d, resumed: %d", n, length(c), t, v, r}' "$work/handshakes.log")
-
-# Memory per idle upstream connection: IDLE clients for 3 s make each gateway open about as
-# many upstream connections, which stay pooled (30 s) once wrk has gone.
+# Memory per idle upstream connection, first, while each gateway holds only what its start and
+# the warm-up requests left: IDLE clients for 3 s make it open about as many upstream
+# connections, which stay pooled (30 s) once wrk has gone.
 metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1==m {printf "%.0f", $2}'; }
 upstream_conns() { ss -Htn state established "( dport = :$1 or dport = :$2 )" | wc -l; }
 memory=$work/memory.tsv
 : > "$memory"
 declare -A ADMIN_OF=([plain]=$GWPA [mtls]=$GWTA) UP_OF=([plain]="$P1 $P2" [mtls]="$T1 $T2")
 for target in plain mtls; do
-  sleep 36  # the pools' idle connections from the runs above are swept first (30 s idle)
   c0=$(upstream_conns ${UP_OF[$target]}); h0=$(metric "${ADMIN_OF[$target]}" malloc_in_use_bytes)
   r0=$(metric "${ADMIN_OF[$target]}" process_resident_memory_bytes)
   for path in small big; do
@@ -206,25 +177,68 @@ for target in plain mtls; do
   done
 done
 
+# wrk's latency figures to microseconds.
+to_us() { awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
+  f = (u=="us") ? 1 : (u=="ms") ? 1000 : (u=="s") ? 1000000 : 1; printf "%.0f", n*f }'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+accepted() { curl -sf "http://127.0.0.1:$STATUS/status" | awk 'NR==3 {print $1}'; }
+TICK=$(getconf CLK_TCK)
+INSTANCE_PID=$(pgrep -P "$(cat "$work/backend.pid")" | head -1)  # nginx's one worker
+
+results=$work/results.tsv
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  # Alternate which gateway goes first, so neither always runs on a warmer machine.
+  order=(plain mtls); [ $((round % 2)) = 0 ] && order=(mtls plain)
+  for path in $PATHS; do
+    for target in "${order[@]}"; do
+      before_cpu=$(cpu_ticks "${PID_OF[$target]}"); before_conns=$(accepted); before_instance=$(cpu_ticks "$INSTANCE_PID")
+      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$path")
+      after_cpu=$(cpu_ticks "${PID_OF[$target]}"); after_conns=$(accepted); after_instance=$(cpu_ticks "$INSTANCE_PID")
+      requests=$(awk '/requests in/ {print $1}' <<<"$out")
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
+      p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
+      errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+      # The gateway's and the instances' CPU per request (us), and the upstream connections
+      # opened per request (nginx's accepts, less the status request itself).
+      cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
+      icpu=$(awk -v a="$before_instance" -v b="$after_instance" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
+      fresh=$(awk -v a="$before_conns" -v b="$after_conns" -v n="$requests" 'BEGIN {printf "%.3f", (b-a-1)/n}')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$fresh" "$icpu" >> "$results"
+      printf 'round %s %-12s %-6s %10s rps  p50 %6s us  p99 %6s us  cpu us/req: gateway %6s instances %6s  new upstream connections %s/req %s\n' \
+        "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$icpu" "$fresh" "$errors" >&2
+    done
+  done
+done
+
+# The handshakes nginx saw on the no-reuse mTLS instance: one connection per request, each
+# with a verified client certificate, none resumed.
+handshakes=$(awk '{n++; c[$1]=1; if ($2=="TLSv1.3") t++; if ($3=="SUCCESS") v++; if ($4=="r") r++}
+  END {printf "%d requests on %d connections; TLS 1.3: %d, client certificate verified: %d, resumed: %d", n, length(c), t, v, r}' "$work/handshakes.log")
+
 mkdir -p bench/results
 report=bench/results/mtls-$(date -u +%Y%m%dT%H%M%SZ).txt
 med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 {
   echo "Gateway upstream mTLS against plaintext: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS gateway workers, nginx instances (1 worker)"
-  echo "machine: $(nproc) cores, $(uname -r), load before: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = mtls / plain"
+  echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = mtls / plain"
   echo
-  printf '%-12s %-6s %10s %8s %8s %10s %10s %8s %10s\n' path target rps p50_us p99_us rps_ratio p99_ratio cpu_us new_conns
-  for path in small big close/small; do
+  printf '%-12s %-6s %10s %8s %8s %10s %10s %8s %8s %10s\n' path target rps p50_us p99_us rps_ratio p99_ratio gw_cpu_us inst_cpu new_conns
+  for path in $PATHS; do
     for target in plain mtls; do
       rps=$(med "$path" "$target" 4); p50=$(med "$path" "$target" 5); p99=$(med "$path" "$target" 6)
-      cpu=$(med "$path" "$target" 7); fresh=$(med "$path" "$target" 8)
+      cpu=$(med "$path" "$target" 7); fresh=$(med "$path" "$target" 8); icpu=$(med "$path" "$target" 9)
       prps=$(med "$path" plain 4); pp99=$(med "$path" plain 6)
-      printf '%-12s %-6s %10.0f %8s %8s %10.2f %10.2f %8s %10s\n' "$path" "$target" "$rps" "$p50" "$p99" \
-        "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" "$fresh"
+      printf '%-12s %-6s %10.0f %8s %8s %10.2f %10.2f %8s %8s %10s\n' "$path" "$target" "$rps" "$p50" "$p99" \
+        "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" "$icpu" "$fresh"
     done
   done
   echo
-  echo "close/small is every request on a new upstream connection: its mtls rps is full mTLS handshakes per second."
+  echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances (nginx), from /proc."
+  echo "close/small is every request on a new upstream connection: its mtls rps is full mTLS handshakes per second"
+  echo "(with both the gateway's and the instance's side on this machine's cores); the gateway's own handshakes per"
+  echo "second per core are 1e6 / its gw_cpu_us there."
   echo "the no-reuse mTLS instance saw: $handshakes"
   echo
   echo "memory per idle pooled upstream connection (IDLE=$IDLE clients for 3 s, then idle):"
