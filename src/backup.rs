@@ -16,6 +16,12 @@
 //! service, backend, file, size, sha256 and time. `restore` checks every checksum before it
 //! touches anything, refuses while a `stratus up` runs on the target data dir, and refuses to
 //! overwrite existing databases unless given `--yes`.
+//!
+//! The auth database's secrets are sealed with the seal key (`stratus_kit::seal_key`), which no
+//! database holds. When that key is the data dir's own file (`identity/seal.key`), the backup
+//! takes a copy (`seal.key`, 0600), and a restore puts it into a data dir that has none, so the
+//! restored auth database opens; such a backup is then as secret as the data dir. A key given
+//! as STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE is not copied: the backup alone opens nothing.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -46,6 +52,9 @@ pub const DATABASES: &[&str] = &[
 const BROKER_USERS: &[&str] = &["orders", "payments", "notifications"];
 
 const MANIFEST: &str = "manifest.json";
+
+/// The seal key's name in a backup.
+const SEAL_KEY: &str = "seal.key";
 
 /// Where the system's databases are: the same settings `stratus up` reads.
 #[derive(clap::Args, Debug)]
@@ -103,6 +112,16 @@ pub struct BackupManifest {
     pub stratus_version: String,
     pub created: String,
     pub databases: Vec<Entry>,
+    /// The data dir's seal key, when it was there (older backups have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<KeyFile>,
+}
+
+/// The seal key file of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyFile {
+    pub file: String,
+    pub sha256: String,
 }
 
 /// A database to copy: which service, and where it is.
@@ -252,10 +271,12 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
             time: now(),
         });
     }
+    let seal_key = back_up_seal_key(&args.system.data_dir, &dir)?;
     let manifest = BackupManifest {
         stratus_version: env!("CARGO_PKG_VERSION").to_string(),
         created: now(),
         databases: entries,
+        seal_key,
     };
     write_atomically(
         &dir.join(MANIFEST),
@@ -292,6 +313,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let seal_key = match &manifest.seal_key {
+        Some(key) => Some(read_backed_up_seal_key(&args.from, key)?),
+        None => None,
+    };
     // 2. Nothing runs on the target.
     if let Some(url) = args.system.running_up().await {
         bail!(
@@ -332,6 +357,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             occupied.join(", ")
         );
     }
+    let seal_key_target = match &seal_key {
+        Some(text) => seal_key_target(&args.system.data_dir, &args.from, text)?,
+        None => None,
+    };
     // 4. Copy.
     let dir = &args.system.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -344,6 +373,16 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
         println!("  {:<14} restored from {}", entry.service, entry.file);
     }
+    if let (Some(path), Some(text)) = (&seal_key_target, &seal_key) {
+        stratus_kit::files::write_private(path, text)?;
+        println!("  {:<14} restored to {}", "seal key", path.display());
+    } else if manifest.seal_key.is_none() {
+        println!(
+            "  {:<14} not in the backup: auth needs the key its database was sealed with \
+             (STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE)",
+            "seal key"
+        );
+    }
     println!(
         "Restored {} databases from {} (taken {})",
         manifest.databases.len(),
@@ -351,6 +390,85 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         manifest.created
     );
     Ok(())
+}
+
+/// Copies the data dir's seal key into the backup, if the key is there (else it came from
+/// STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE and is kept apart from the data).
+fn back_up_seal_key(data_dir: &Path, dir: &Path) -> anyhow::Result<Option<KeyFile>> {
+    let source = stratus_kit::seal_key::default_file(data_dir);
+    let text = match std::fs::read_to_string(&source) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "  {:<14} not in the data dir (STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE): keep \
+                 it apart; the restored auth database needs it",
+                "seal key"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", source.display())),
+    };
+    let target = dir.join(SEAL_KEY);
+    stratus_kit::files::write_private(&target, &text)?;
+    let (_, sha256) = digest(&target)?;
+    println!(
+        "  {:<14} {SEAL_KEY} (opens the auth database's secrets: keep this backup as private \
+         as the data dir)",
+        "seal key"
+    );
+    Ok(Some(KeyFile {
+        file: SEAL_KEY.to_string(),
+        sha256,
+    }))
+}
+
+/// The backup's seal key text, checked against its manifest entry.
+fn read_backed_up_seal_key(from: &Path, key: &KeyFile) -> anyhow::Result<String> {
+    if key.file != SEAL_KEY {
+        bail!(
+            "manifest.json names an unexpected seal key file: {:?}",
+            key.file
+        );
+    }
+    let path = from.join(SEAL_KEY);
+    let (_, sha256) = digest(&path).with_context(|| format!("reading {}", path.display()))?;
+    if sha256 != key.sha256 {
+        bail!(
+            "{} does not match the manifest (sha256 {sha256}, expected {}); nothing restored",
+            path.display(),
+            key.sha256
+        );
+    }
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Where the backup's seal key goes: the target data dir's key file when it has none (`Some`);
+/// nothing to do when that file already holds every line of the backup's key (`None`). A
+/// target with another key is refused before anything is touched: the restored auth database
+/// would not open with it, and replacing it would lock out what it seals there.
+fn seal_key_target(data_dir: &Path, from: &Path, text: &str) -> anyhow::Result<Option<PathBuf>> {
+    let path = stratus_kit::seal_key::default_file(data_dir);
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(existing) => existing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(path)),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let lines = |text: &str| -> BTreeSet<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    if lines(text).is_subset(&lines(&existing)) {
+        return Ok(None);
+    }
+    bail!(
+        "{} holds another seal key than {}, the one the backup's auth database is sealed \
+         with; restore into a fresh STRATUS_DATA_DIR; nothing restored",
+        path.display(),
+        from.join(SEAL_KEY).display()
+    )
 }
 
 /// `VACUUM INTO`: one read transaction, so one consistent point in time.
@@ -585,6 +703,32 @@ mod tests {
         let dump = pg_dump_command("postgres://stratus@db/orders", Path::new("/b/o")).unwrap();
         assert_eq!(password_env(&dump), None);
         assert!(command_line(&dump).contains("--dbname=postgres://stratus@db/orders"));
+    }
+
+    #[test]
+    fn the_backups_seal_key_goes_only_where_it_is_missing_or_already_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, from) = (dir.path().join("data"), dir.path().join("backup"));
+        let key = "k1:AAAA\n";
+        let target = stratus_kit::seal_key::default_file(&data);
+        // None there: it goes in.
+        assert_eq!(
+            seal_key_target(&data, &from, key).unwrap(),
+            Some(target.clone())
+        );
+        // There, with the backup's line among its own (a rotation since): nothing to do.
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, "k2:BBBB\nk1:AAAA\n").unwrap();
+        assert_eq!(seal_key_target(&data, &from, key).unwrap(), None);
+        // Another key: refused, and the file is left as it was.
+        std::fs::write(&target, "k1:CCCC\n").unwrap();
+        let error = seal_key_target(&data, &from, key).unwrap_err().to_string();
+        assert!(error.contains("another seal key"), "{error}");
+        assert!(
+            !error.contains("AAAA") && !error.contains("CCCC"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "k1:CCCC\n");
     }
 
     #[test]

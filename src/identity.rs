@@ -33,13 +33,17 @@ pub struct Location {
     /// The trust domain every SPIFFE ID of this system names.
     #[arg(long, env = "STRATUS_TRUST_DOMAIN", default_value = "stratus.local")]
     trust_domain: String,
+
+    #[command(flatten)]
+    seal: stratus_kit::seal_key::SealKeyArgs,
 }
 
 impl Location {
     pub fn paths(&self) -> Paths {
         let mut paths = Paths::in_dir(&self.data_dir.join("identity"), &self.trust_domain);
-        // The seal key from the environment wins over its file, as in the registry.
-        paths.seal_key_text = std::env::var("STRATUS_SEAL_KEY").ok();
+        // STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE win over the data directory's file, as in
+        // every process that seals (the same function decides).
+        paths.seal = self.seal.source(&self.data_dir);
         paths
     }
 }
@@ -47,7 +51,8 @@ impl Location {
 #[derive(Subcommand, Debug)]
 enum IdentityCommand {
     /// Make the authority's files (once; safe to run again): its roots with their keys sealed,
-    /// the seal key (unless STRATUS_SEAL_KEY is set), the join secret and the trust bundle.
+    /// the seal key (unless STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE is set), the join secret
+    /// and the trust bundle.
     Init(Location),
     /// Print the join credential of a service: what an instance of it shows for its first
     /// certificate (STRATUS_JOIN_TOKEN).

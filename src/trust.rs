@@ -48,9 +48,9 @@ impl Trust {
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("identity"));
         let mut paths = Paths::in_dir(&dir, &trust_domain);
-        paths.seal_key_text = std::env::var("STRATUS_SEAL_KEY")
-            .ok()
-            .filter(|t| !t.is_empty());
+        // The same rule as the registry's and auth's (the children read the same variables).
+        paths.seal =
+            stratus_kit::seal_key::SealKeyArgs::from_env().source_else(dir.join("seal.key"));
         let operator_dir = dir.join("operator");
         if mode == Mode::Off {
             stratus_kit::mesh::install(Mode::Off, None)?;

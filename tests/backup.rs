@@ -503,6 +503,9 @@ async fn backup_and_restore(source: Setup, fresh: Setup, copy: Setup, root: &Pat
         &fresh.stratus(&["restore", "--from", online.to_str().unwrap()]),
         "restore into a fresh data dir",
     );
+    // The seal key came along: the restored auth database's secrets open in the new system.
+    let seal_key = |setup: &Setup| std::fs::read(setup.data.join("identity/seal.key")).unwrap();
+    assert_eq!(seal_key(&fresh), seal_key(&source));
     let restored = fresh.rows().await;
     // The restored databases are exactly what the backup holds, every row of every table: each
     // SQLite file read directly, each PostgreSQL dump read by pg_restore and the restored

@@ -2,8 +2,9 @@
 //! end against real processes through the gateway, each of which must be refused.
 //!
 //! Forged tokens that need the genuine signing key (expired, wrong audience, wrong issuer) are
-//! signed with the key read from the auth service's own database, as an insider with a copy of
-//! the key would: they prove the claim checks, not just the signature check, run at the edge.
+//! signed with the key read from the auth service's own database and opened with the seal key of
+//! its data dir, as an insider with a copy of both would: they prove the claim checks, not just
+//! the signature check, run at the edge.
 
 mod support;
 
@@ -27,7 +28,8 @@ fn header_of(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
 }
 
-/// The auth service's current signing key, read from its SQLite database.
+/// The auth service's current signing key, read from its SQLite database (where it is sealed)
+/// and opened with the data dir's seal key.
 async fn stolen_key(system: &System) -> SigningKey {
     use sqlx::Row;
     let path = system.dir.path().join("auth.db");
@@ -41,7 +43,14 @@ async fn stolen_key(system: &System) -> SigningKey {
     .await
     .unwrap();
     let kid: String = row.get("kid");
-    let pkcs8: String = row.get("pkcs8");
+    let sealed: String = row.get("pkcs8");
+    let seal_key = stratus_kit::seal_key::default_file(system.dir.path());
+    let sealer =
+        stratus_identity::Sealer::parse(&std::fs::read_to_string(seal_key).unwrap()).unwrap();
+    let pkcs8 = stratus_auth::sealed::SIGNING_KEY
+        .open(&sealer, &kid, &sealed)
+        .unwrap();
+    assert_ne!(pkcs8, sealed, "the key is stored sealed");
     use base64::engine::general_purpose::STANDARD;
     SigningKey::from_pkcs8(kid, &STANDARD.decode(pkcs8).unwrap()).unwrap()
 }

@@ -31,7 +31,9 @@ pub(crate) async fn verify_bearer(
         .ok_or_else(|| {
             Problem::unauthorized("expected an `Authorization: Bearer <token>` header")
         })?;
-    let jwks = keys::jwks(&state.pool).await.map_err(Problem::internal)?;
+    let jwks = keys::jwks(&state.pool, &state.sealer)
+        .await
+        .map_err(Problem::internal)?;
     Verifier::new(&jwks, &state.issuer, &state.audience)
         .verify(token)
         .map_err(|e| Problem::unauthorized(format!("invalid bearer token: {e}")))
@@ -137,7 +139,7 @@ pub async fn rotate_keys(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, Problem> {
     let admin = require_admin(&state, &headers).await?;
-    let (key, retiring) = keys::rotate(&state.pool, state.access_ttl)
+    let (key, retiring) = keys::rotate(&state.pool, &state.sealer, state.access_ttl)
         .await
         .map_err(Problem::internal)?;
     let kid = key.kid().to_string();

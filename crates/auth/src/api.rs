@@ -12,6 +12,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use stratus_identity::Sealer;
 use stratus_kit::db::Db;
 use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
@@ -26,6 +27,8 @@ const MAX_BODY: usize = 16 * 1024;
 
 pub struct AppState {
     pub(crate) pool: Db,
+    /// Opens and seals the secrets stored in `pool` (see `sealed.rs`).
+    pub(crate) sealer: Arc<Sealer>,
     /// The key that signs, swapped on rotation (see `keys.rs`).
     pub(crate) key: Arc<keys::CurrentKey>,
     pub(crate) issuer: String,
@@ -38,9 +41,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(pool: Db, key: Arc<keys::CurrentKey>, args: &Args) -> anyhow::Result<Self> {
+    pub async fn new(
+        pool: Db,
+        sealer: Arc<Sealer>,
+        key: Arc<keys::CurrentKey>,
+        args: &Args,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             pool,
+            sealer,
             key,
             issuer: args.tokens.token_issuer.clone(),
             audience: args.tokens.token_audience.clone(),
@@ -48,6 +57,11 @@ impl AppState {
             refresh_ttl: args.refresh_token_ttl,
             decoy_hash: passwords::hash("decoy password, never matches".into()).await?,
         })
+    }
+
+    /// The auth database.
+    pub fn pool(&self) -> &Db {
+        &self.pool
     }
 }
 
@@ -211,7 +225,7 @@ pub(crate) async fn authenticate_user(
         .map_or(state.decoy_hash.clone(), |u| u.password_hash.clone());
     let matches = passwords::verify(password, stored).await;
     match user {
-        Some(user) if matches => match mfa::check(&state.pool, &user.id, totp).await? {
+        Some(user) if matches => match mfa::check(state, &user.id, totp).await? {
             mfa::SecondFactor::Passed => {
                 throttle::succeeded(&state.pool, &email).await?;
                 Ok(user)
@@ -330,7 +344,9 @@ async fn logout(
 }
 
 async fn jwks(State(state): Shared) -> Result<impl IntoResponse, Problem> {
-    let jwks = keys::jwks(&state.pool).await.map_err(Problem::internal)?;
+    let jwks = keys::jwks(&state.pool, &state.sealer)
+        .await
+        .map_err(Problem::internal)?;
     Ok(([("cache-control", "public, max-age=60")], axum::Json(jwks)))
 }
 

@@ -11,14 +11,20 @@
 //! Several auth instances share the table; each one re-reads the current key every
 //! [`SYNC_INTERVAL`], so a rotation made through one reaches the others within that time (well
 //! inside the overlap, during which both keys verify).
+//!
+//! The private keys are stored sealed ([`crate::sealed::SIGNING_KEY`]): a copy of the table
+//! cannot sign anything.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use stratus_identity::Sealer;
 use stratus_kit::db::Db;
 use stratus_token::{now_unix, Jwks, SigningKey};
+
+use crate::sealed::SIGNING_KEY;
 
 /// Extra time an old key stays published after the last token it could have signed expires:
 /// covers verifier clock skew (30 s) and instances that learn of a rotation late.
@@ -50,29 +56,30 @@ impl CurrentKey {
 }
 
 /// The current stored key, creating one if there is none.
-pub async fn current_or_create(pool: &Db) -> anyhow::Result<SigningKey> {
-    if let Some(key) = current(pool).await? {
+pub async fn current_or_create(pool: &Db, sealer: &Sealer) -> anyhow::Result<SigningKey> {
+    if let Some(key) = current(pool, sealer).await? {
         return Ok(key);
     }
     let key = SigningKey::generate(new_kid())?;
     // Two instances starting together may both generate one; both insert, and both then use
     // whichever is newest. The other stays published (it signed nothing) until a rotation.
-    insert(pool, &key).await?;
+    insert(pool, sealer, &key).await?;
     tracing::info!(kid = key.kid(), "generated a new token signing key");
-    current(pool)
+    current(pool, sealer)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the signing key vanished"))
 }
 
 async fn insert(
     executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    sealer: &Sealer,
     key: &SigningKey,
 ) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO signing_keys (kid, pkcs8, created_at, created_unix) VALUES ($1, $2, $3, $4)",
     )
     .bind(key.kid())
-    .bind(STANDARD.encode(key.pkcs8()))
+    .bind(SIGNING_KEY.seal(sealer, key.kid(), &STANDARD.encode(key.pkcs8())))
     .bind(stratus_kit::now_rfc3339())
     .bind(now_unix() as i64)
     .execute(executor)
@@ -80,23 +87,26 @@ async fn insert(
     Ok(())
 }
 
+/// A stored key: its row opened and decoded.
+fn stored_key(sealer: &Sealer, kid: String, stored: &str) -> anyhow::Result<SigningKey> {
+    let der = STANDARD.decode(SIGNING_KEY.open(sealer, &kid, stored)?)?;
+    Ok(SigningKey::from_pkcs8(kid, &der)?)
+}
+
 /// The newest key that is not retiring, with its creation time.
-async fn current_row(pool: &Db) -> anyhow::Result<Option<(SigningKey, i64)>> {
+async fn current_row(pool: &Db, sealer: &Sealer) -> anyhow::Result<Option<(SigningKey, i64)>> {
     let row: Option<(String, String, i64)> = sqlx::query_as(
         "SELECT kid, pkcs8, created_unix FROM signing_keys WHERE retire_at IS NULL \
          ORDER BY created_unix DESC, created_at DESC, kid DESC LIMIT 1",
     )
     .fetch_optional(pool)
     .await?;
-    row.map(|(kid, pkcs8, created)| {
-        let der = STANDARD.decode(pkcs8)?;
-        Ok((SigningKey::from_pkcs8(kid, &der)?, created))
-    })
-    .transpose()
+    row.map(|(kid, stored, created)| Ok((stored_key(sealer, kid, &stored)?, created)))
+        .transpose()
 }
 
-pub async fn current(pool: &Db) -> anyhow::Result<Option<SigningKey>> {
-    Ok(current_row(pool).await?.map(|(key, _)| key))
+pub async fn current(pool: &Db, sealer: &Sealer) -> anyhow::Result<Option<SigningKey>> {
+    Ok(current_row(pool, sealer).await?.map(|(key, _)| key))
 }
 
 /// A retired key: it signs nothing more and leaves the JWKS at `retire_at` (Unix seconds).
@@ -108,7 +118,11 @@ pub struct Retiring {
 
 /// Makes a new key current. Every key that was current is retired at `now + token_ttl +`
 /// [`RETIRE_MARGIN`]. One transaction, so concurrent rotations leave exactly one current key.
-pub async fn rotate(pool: &Db, token_ttl: Duration) -> anyhow::Result<(SigningKey, Vec<Retiring>)> {
+pub async fn rotate(
+    pool: &Db,
+    sealer: &Sealer,
+    token_ttl: Duration,
+) -> anyhow::Result<(SigningKey, Vec<Retiring>)> {
     let key = SigningKey::generate(new_kid())?;
     let retire_at = (now_unix() + token_ttl.as_secs() + RETIRE_MARGIN.as_secs()) as i64;
     let mut tx = pool.begin().await?;
@@ -120,7 +134,7 @@ pub async fn rotate(pool: &Db, token_ttl: Duration) -> anyhow::Result<(SigningKe
         .bind(retire_at)
         .execute(&mut *tx)
         .await?;
-    insert(&mut *tx, &key).await?;
+    insert(&mut *tx, sealer, &key).await?;
     tx.commit().await?;
     let retiring = retiring
         .into_iter()
@@ -131,7 +145,7 @@ pub async fn rotate(pool: &Db, token_ttl: Duration) -> anyhow::Result<(SigningKe
 }
 
 /// The public half of every key that may still have signed a live token.
-pub async fn jwks(pool: &Db) -> anyhow::Result<Jwks> {
+pub async fn jwks(pool: &Db, sealer: &Sealer) -> anyhow::Result<Jwks> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT kid, pkcs8 FROM signing_keys WHERE retire_at IS NULL OR retire_at > $1 \
          ORDER BY created_unix DESC, created_at DESC",
@@ -140,8 +154,8 @@ pub async fn jwks(pool: &Db) -> anyhow::Result<Jwks> {
     .fetch_all(pool)
     .await?;
     let mut keys = Vec::with_capacity(rows.len());
-    for (kid, pkcs8) in rows {
-        keys.push(SigningKey::from_pkcs8(kid, &STANDARD.decode(pkcs8)?)?.jwk());
+    for (kid, stored) in rows {
+        keys.push(stored_key(sealer, kid, &stored)?.jwk());
     }
     Ok(Jwks { keys })
 }
@@ -160,6 +174,7 @@ pub async fn prune(pool: &Db) -> anyhow::Result<u64> {
 /// `every` is set) and prunes retired keys. Runs for the life of the process.
 pub async fn maintain(
     pool: Db,
+    sealer: Arc<Sealer>,
     key: Arc<CurrentKey>,
     token_ttl: Duration,
     every: Option<Duration>,
@@ -167,7 +182,7 @@ pub async fn maintain(
     let mut ticker = tokio::time::interval(SYNC_INTERVAL);
     loop {
         ticker.tick().await;
-        if let Err(error) = sync(&pool, &key, token_ttl, every).await {
+        if let Err(error) = sync(&pool, &sealer, &key, token_ttl, every).await {
             tracing::warn!(error = %format!("{error:#}"), "signing key upkeep failed");
         }
     }
@@ -175,16 +190,17 @@ pub async fn maintain(
 
 async fn sync(
     pool: &Db,
+    sealer: &Sealer,
     key: &CurrentKey,
     token_ttl: Duration,
     every: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let Some((stored, created)) = current_row(pool).await? else {
+    let Some((stored, created)) = current_row(pool, sealer).await? else {
         return Ok(());
     };
     let due = every.is_some_and(|every| now_unix() as i64 - created >= every.as_secs() as i64);
     if due {
-        let (new, _) = rotate(pool, token_ttl).await?;
+        let (new, _) = rotate(pool, sealer, token_ttl).await?;
         key.set(new);
     } else if stored.kid() != key.get().kid() {
         tracing::info!(kid = stored.kid(), "now signing with the current key");

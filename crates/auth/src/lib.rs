@@ -3,7 +3,8 @@
 //! Users sign up and log in with an email and password (argon2id). A login returns a short-lived
 //! EdDSA access token, which the gateway and the services verify locally with the public keys
 //! published at `/auth/.well-known/jwks.json`, and an opaque refresh token, stored hashed and
-//! rotated on every use.
+//! rotated on every use. The secrets it must keep readable (TOTP secrets, signing keys) are
+//! stored sealed with a key the database never holds ([`sealed`]).
 
 pub mod admin;
 pub mod api;
@@ -15,6 +16,7 @@ pub mod passwords;
 pub mod revocation;
 pub mod roles;
 pub mod schema;
+pub mod sealed;
 pub mod throttle;
 pub mod users;
 
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use stratus_kit::config::{CommonArgs, TokenArgs};
+use stratus_kit::seal_key::SealKeyArgs;
 use stratus_kit::server::Service;
 
 pub const ADMIN_EMAIL: &str = "admin@stratus.local";
@@ -55,6 +58,11 @@ pub struct Args {
     #[arg(long, env = "STRATUS_KEY_ROTATION", value_parser = stratus_kit::duration::parse)]
     pub key_rotation: Option<Duration>,
 
+    /// The key that seals TOTP secrets and signing keys in the database
+    /// (STRATUS_SEAL_KEY, STRATUS_SEAL_KEY_FILE, else `<data dir>/identity/seal.key`).
+    #[command(flatten)]
+    pub seal: SealKeyArgs,
+
     #[command(flatten)]
     pub tokens: TokenArgs,
 
@@ -62,23 +70,44 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// Everything `run` needs before it serves: the database migrated, every stored secret opened
+/// and sealed with the current seal key, the signing key, the admin account.
+pub async fn prepare(args: &Args) -> anyhow::Result<Arc<api::AppState>> {
     let url =
         stratus_kit::db::url_for("auth", args.database_url.as_deref(), &args.common.data_dir)?;
     let pool = stratus_kit::db::Db::open("auth", &url, schema::MIGRATIONS).await?;
-    let signing_key = keys::current_or_create(&pool)
+    let source = args.seal.source(&args.common.data_dir);
+    let sealer = Arc::new(source.load()?);
+    let resealed = sealed::reseal_all(&pool, &sealer).await.with_context(|| {
+        format!("opening the auth database's secrets with the seal key ({source})")
+    })?;
+    if resealed != sealed::Resealed::default() {
+        tracing::info!(
+            key = sealer.current_id(),
+            from_plain = resealed.from_plain,
+            from_old_key = resealed.from_old_key,
+            "stored secrets sealed with the current seal key"
+        );
+    }
+    let signing_key = keys::current_or_create(&pool, &sealer)
         .await
         .context("loading the signing key")?;
     users::ensure_admin(&pool, args.admin_password.as_deref()).await?;
-
     let signing_key = Arc::new(keys::CurrentKey::new(signing_key));
+    let state = api::AppState::new(pool, sealer, signing_key, args).await?;
+    Ok(Arc::new(state))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let state = prepare(&args).await?;
+    let pool = state.pool.clone();
     tokio::spawn(keys::maintain(
         pool.clone(),
-        signing_key.clone(),
+        state.sealer.clone(),
+        state.key.clone(),
         args.access_token_ttl,
         args.key_rotation,
     ));
-    let state = api::AppState::new(pool.clone(), signing_key, &args).await?;
     tokio::spawn(revocation::prune(pool.clone()));
     let service = Service::new("auth", args.port).serving_the_mesh();
     let ping_pool = pool.clone();
@@ -87,6 +116,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         async move { stratus_kit::db::ping(&pool).await }
     });
     service
-        .run(&args.common, api::routes().with_state(Arc::new(state)))
+        .run(&args.common, api::routes().with_state(state))
         .await
 }

@@ -12,7 +12,8 @@
 //! over a shoulder or in a log cannot be used again. Recovery codes are stored as SHA-256
 //! digests (they are random, so a fast hash is enough) and each works once.
 //!
-//! The secret is never returned once the factor is confirmed.
+//! The secret is never returned once the factor is confirmed, and it is stored sealed
+//! ([`crate::sealed::TOTP_SECRET`]): a copy of the auth database does not give anyone the codes.
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -26,7 +27,8 @@ use stratus_kit::{Json, Problem};
 use stratus_token::now_unix;
 
 use crate::admin::require_user;
-use crate::api::{client_address, digest, percent_encode, Shared};
+use crate::api::{client_address, digest, percent_encode, AppState, Shared};
+use crate::sealed::TOTP_SECRET;
 use crate::throttle;
 
 /// Seconds per TOTP step.
@@ -73,22 +75,24 @@ pub fn invalid_problem() -> Problem {
 
 /// Checks (and spends) the second factor of a user whose password was right.
 pub async fn check(
-    pool: &Db,
+    state: &AppState,
     user_id: &str,
     code: Option<&str>,
-) -> Result<SecondFactor, sqlx::Error> {
+) -> Result<SecondFactor, Problem> {
+    let pool = &state.pool;
     let row: Option<(String,)> =
         sqlx::query_as("SELECT secret FROM mfa_totp WHERE user_id = $1 AND confirmed = 1")
             .bind(user_id)
             .fetch_optional(pool)
             .await?;
-    let Some((secret,)) = row else {
+    let Some((stored,)) = row else {
         return Ok(SecondFactor::Passed);
     };
     let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
         return Ok(SecondFactor::Required);
     };
     let passed = if is_totp_shape(code) {
+        let secret = open_secret(state, user_id, &stored)?;
         match base32_decode(&secret).and_then(|key| matching_step(&key, code, now_unix())) {
             Some(step) => spend_step(pool, user_id, step).await?,
             None => false,
@@ -101,6 +105,14 @@ pub async fn check(
     } else {
         SecondFactor::Invalid
     })
+}
+
+/// The base32 secret of a stored (sealed) one. Every value opened at start, so one that does not
+/// open now was changed behind auth's back: an error, never a pass.
+fn open_secret(state: &AppState, user_id: &str, stored: &str) -> Result<String, Problem> {
+    TOTP_SECRET
+        .open(&state.sealer, user_id, stored)
+        .map_err(Problem::internal)
 }
 
 /// Records `step` as used; false if it (or a later one) was used already: a replay.
@@ -158,7 +170,7 @@ pub async fn enroll(
         "INSERT INTO mfa_totp (user_id, secret, confirmed, last_step, created_at) VALUES ($1, $2, 0, 0, $3) ON CONFLICT (user_id) DO NOTHING",
     )
     .bind(&user.id)
-    .bind(&secret)
+    .bind(TOTP_SECRET.seal(&state.sealer, &user.id, &secret))
     .bind(stratus_kit::now_rfc3339())
     .execute(&state.pool)
     .await?;
@@ -204,7 +216,7 @@ pub async fn confirm(
         Some((_, confirmed)) if confirmed != 0 => {
             return Err(Problem::conflict("the second factor is already active"))
         }
-        Some((secret, _)) => secret,
+        Some((stored, _)) => open_secret(&state, &user.id, &stored)?,
     };
     let code = body.code.trim();
     let step = is_totp_shape(code)
@@ -258,7 +270,7 @@ pub async fn disable(
     // Guessing codes with a stolen access token is throttled like guessing passwords.
     let keys = throttle::keys(&user.email, client_address(&headers, peer));
     throttle::check(&state.pool, &keys).await?;
-    match check(&state.pool, &user.id, Some(&body.code)).await? {
+    match check(&state, &user.id, Some(&body.code)).await? {
         SecondFactor::Passed => {}
         SecondFactor::Required | SecondFactor::Invalid => {
             throttle::failed(&state.pool, &keys).await?;

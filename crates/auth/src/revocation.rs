@@ -41,7 +41,9 @@ async fn access_claims(
     state: &AppState,
     token: &str,
 ) -> Result<Option<stratus_token::Claims>, Problem> {
-    let jwks = keys::jwks(&state.pool).await.map_err(Problem::internal)?;
+    let jwks = keys::jwks(&state.pool, &state.sealer)
+        .await
+        .map_err(Problem::internal)?;
     let verifier = Verifier::new(&jwks, &state.issuer, &state.audience);
     // Verify as of the epoch so an expired token still yields its claims (its jti, its exp).
     Ok(verifier.verify_at(token, 0).ok())

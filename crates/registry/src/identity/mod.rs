@@ -51,6 +51,10 @@ pub struct IdentityArgs {
     /// The authority's files (default: <data dir>/identity).
     #[arg(long, env = "STRATUS_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
+
+    /// The key that seals the authority's keys (default: seal.key among its files).
+    #[command(flatten)]
+    pub seal: stratus_kit::seal_key::SealKeyArgs,
 }
 
 impl IdentityArgs {
@@ -65,9 +69,9 @@ impl IdentityArgs {
             .clone()
             .unwrap_or_else(|| data_dir.join("identity"));
         let mut paths = files::Paths::in_dir(&dir, trust_domain);
-        paths.seal_key_text = std::env::var("STRATUS_SEAL_KEY")
-            .ok()
-            .filter(|t| !t.is_empty());
+        // STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE, else the folder's seal.key: the one rule
+        // of every process that seals (auth's secrets too).
+        paths.seal = self.seal.source_else(dir.join("seal.key"));
         let mut ca = Ca::load(&paths, self.cert_lifetime)?;
         ca.propagate = self.ca_propagate;
         let ca = std::sync::Arc::new(ca);
