@@ -4,8 +4,8 @@
 /// What can go wrong when publishing, subscribing or acknowledging.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `BROKER_URL` names no backend this crate knows.
-    #[error("BROKER_URL must be sqlite://<path> or nats://host:port (got {0:?})")]
+    /// `BROKER_URL` names no backend this crate knows (the URL as [`crate::redact_url`] shows it).
+    #[error("BROKER_URL must be sqlite://<path>, nats://host:port or tls://host:port (got {0:?})")]
     InvalidUrl(String),
 
     /// Topics are dot-separated words: `payment.completed`, `order.created`.
@@ -40,7 +40,8 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// A configured NATS server could not be reached. Never a silent fallback to SQLite.
+    /// A configured NATS server could not be reached (or not over TLS, when the URL asks for it).
+    /// Never a silent fallback to SQLite or to plaintext. `url` is redacted.
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
         url: String,

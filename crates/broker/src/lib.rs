@@ -70,8 +70,10 @@
 //!
 //! Chosen by URL (`BROKER_URL`): unset or `sqlite://<path>` is the embedded queue in one SQLite
 //! file that every local process opens (see [`sqlite`](crate::sqlite) for the claim and polling
-//! design); `nats://host:port` is NATS JetStream. A configured NATS that cannot be reached is an
-//! error at connect, never a silent fallback to SQLite.
+//! design); `nats://host:port` is NATS JetStream, `tls://host:port` the same over TLS (the
+//! server's certificate checked against the system's roots, or `SSL_CERT_FILE`'s). A configured
+//! NATS that cannot be reached, or that cannot speak TLS when the URL asks for it, is an error at
+//! connect, never a silent fallback to SQLite or to plaintext.
 
 mod error;
 mod message;
@@ -150,7 +152,8 @@ enum Backend {
 
 impl Broker {
     /// Connects to the broker `url` names: `sqlite://<path>` (the file is created if missing; a
-    /// query string such as kit's `?mode=rwc` is ignored) or `nats://host:port`.
+    /// query string such as kit's `?mode=rwc` is ignored), `nats://host:port` or
+    /// `tls://host:port` (NATS over TLS, required: never plaintext).
     pub async fn connect(url: &str, options: Options) -> Result<Broker> {
         let poll_min = options.poll_min.max(Duration::from_millis(1));
         let options = Options {
@@ -170,10 +173,10 @@ impl Broker {
                 return Err(Error::InvalidUrl(url.into()));
             }
             Backend::Sqlite(sqlite::SqliteBroker::open(Path::new(path), options).await?)
-        } else if url.starts_with("nats://") {
+        } else if is_nats(url) {
             Backend::Nats(Box::new(nats::NatsBroker::connect(url, options).await?))
         } else {
-            return Err(Error::InvalidUrl(url.into()));
+            return Err(Error::InvalidUrl(redact_url(url)));
         };
         Ok(Broker { backend })
     }
@@ -259,6 +262,31 @@ impl Broker {
             Backend::Sqlite(b) => b.ping().await,
             Backend::Nats(b) => b.ping().await,
         }
+    }
+}
+
+/// Whether `url` names a NATS server: `nats://` (TLS if the server requires it) or `tls://`
+/// (TLS required by the client: a server that cannot speak it is an error).
+fn is_nats(url: &str) -> bool {
+    url.starts_with("nats://") || url.starts_with("tls://")
+}
+
+/// A broker URL for messages and logs: a NATS URL's user part (`user:password@` or a token
+/// `token@`, secrets either way) becomes `***@`. An SQLite URL is a path and stays as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
+        return url.to_string();
+    };
+    if url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    let scheme = &url[..url.len() - rest.len()];
+    // The user part ends at the last `@` before the path; a raw `/` in a secret makes it the
+    // last `@` of all, which hides more, never less.
+    let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..path_at].rfind('@').or_else(|| rest.rfind('@')) {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -474,5 +502,43 @@ mod tests {
     async fn unknown_schemes_are_refused() {
         let error = Broker::connect("redis://x", Options::default()).await.err();
         assert!(matches!(error, Some(Error::InvalidUrl(_))));
+        let error = Broker::connect("amqp://u:secret@x", Options::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn broker_urls_lose_their_secrets_in_messages() {
+        assert_eq!(redact_url("nats://u:secret@n:4222"), "nats://***@n:4222");
+        assert_eq!(redact_url("tls://s3cr3t-token@n:4222"), "tls://***@n:4222");
+        assert_eq!(redact_url("tls://n:4222"), "tls://n:4222");
+        assert_eq!(
+            redact_url("sqlite:///data/a@b/broker.db"),
+            "sqlite:///data/a@b/broker.db"
+        );
+        assert_eq!(redact_url("nats://u:se/cr@et@n"), "nats://***@n");
+    }
+
+    #[tokio::test]
+    async fn a_tls_url_to_a_closed_port_is_an_error_that_hides_its_token() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tls://s3cr3t@127.0.0.1:{port}");
+        let error = Broker::connect(&url, Options::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, Error::Connect { .. }), "{error}");
+        let shown = error.to_string();
+        assert!(
+            shown.contains(&format!("tls://***@127.0.0.1:{port}")),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 }

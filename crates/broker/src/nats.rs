@@ -57,7 +57,7 @@ impl NatsBroker {
             .connect(url)
             .await
             .map_err(|e| Error::Connect {
-                url: url.into(),
+                url: crate::redact_url(url),
                 source: Box::new(e),
             })?;
         let js = jetstream::new(client.clone());

@@ -205,8 +205,9 @@ impl DiscoveryArgs {
 /// Settings for services that publish or consume events through the broker.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// The broker: nats://host:port (JetStream), or sqlite://<path>; unset: the embedded queue
-    /// in <data dir>/broker.db, shared by every local process with the same data directory.
+    /// The broker: nats://host:port (JetStream), tls://host:port (JetStream over TLS, required),
+    /// or sqlite://<path>; unset: the embedded queue in <data dir>/broker.db, shared by every
+    /// local process with the same data directory.
     #[arg(long, env = "BROKER_URL")]
     pub broker_url: Option<String>,
 
@@ -237,6 +238,11 @@ impl BrokerArgs {
         };
         stratus_broker::Broker::connect(&url, options)
             .await
-            .with_context(|| format!("connecting to the broker at {}", crate::db::redact(&url)))
+            .with_context(|| {
+                format!(
+                    "connecting to the broker at {}",
+                    stratus_broker::redact_url(&url)
+                )
+            })
     }
 }

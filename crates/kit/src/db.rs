@@ -3,7 +3,9 @@
 //! Queries are written once with `$1..$N` placeholders, which both SQLite and PostgreSQL accept,
 //! and run through sqlx's `Any` driver. Migrations carry one script per backend where the dialects
 //! differ. A configured database that cannot be reached is an error at start-up, never a silent
-//! fallback to SQLite.
+//! fallback to SQLite; nor is one that cannot speak TLS when the URL asks for it
+//! (`sslmode=require` or stricter) a fallback to plaintext. `sslmode.rs` says what each mode
+//! checks.
 //!
 //! Services hold a [`Db`]: the pool, counting and timing each call into the request's tally
 //! (`timed.rs`), so the sink sees `<service> -> <service>-db` with its latency.
@@ -17,6 +19,7 @@ use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AnyPool, Connection, Executor};
 
+mod sslmode;
 mod timed;
 pub use timed::{Db, Tx};
 
@@ -79,6 +82,11 @@ pub const SQLITE_CACHE: &str = "PRAGMA cache_size = -1024";
 pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
+    if backend == Backend::Postgres {
+        if let Some(warning) = sslmode::weakness(sslmode::of(url).as_deref()) {
+            tracing::warn!(database = %redact(url), "{warning}");
+        }
+    }
     if backend == Backend::Sqlite {
         enter_wal(url)
             .await
@@ -233,18 +241,61 @@ pub async fn ping(pool: &AnyPool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The URL without its password, for messages.
+/// Query parameters whose value is a secret: libpq and sqlx take `password` there as well as in
+/// the user part, libpq `sslpassword` (the client key's passphrase), redis-rs `pass` (Unix
+/// sockets).
+const SECRET_PARAMETERS: [&str; 3] = ["password", "sslpassword", "pass"];
+
+/// The URL without its secrets, for messages and logs: the password of its user part and the
+/// value of every secret query parameter become `***`; the rest (user, host, database, `sslmode`,
+/// `sslrootcert`) stays, so the message still says which backend it was about.
+///
+/// It never parses strictly: a URL bad enough to fail the driver's parser is exactly the one an
+/// error message prints. The user part ends at the last `@` before the query; a password with a
+/// raw `?` in it ends at the last `@` of all, which may hide more than the password, never less.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let query_at = rest.find('?').unwrap_or(rest.len());
+    let at = rest[..query_at].rfind('@').or_else(|| rest.rfind('@'));
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..start]);
+    let after = match at {
+        Some(at) => {
+            match rest[..at].split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(&rest[..at]),
             }
+            &rest[at..]
         }
-        _ => url.to_string(),
+        None => rest,
+    };
+    match after.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            out.push_str(&redact_query(query));
+        }
+        None => out.push_str(after),
     }
+    out
+}
+
+/// `name=value&...` with the values of [`SECRET_PARAMETERS`] replaced.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) => {
+                format!("{name}=***")
+            }
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -255,5 +306,41 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(
+            redact("sqlite:///data/a@b/x.db?mode=rwc"),
+            "sqlite:///data/a@b/x.db?mode=rwc"
+        );
+        assert_eq!(
+            redact("rediss://:secret@h:6380/0"),
+            "rediss://:***@h:6380/0"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords_in_the_query_and_keeps_the_tls_settings() {
+        assert_eq!(
+            redact("postgres://u:secret@h/db?sslmode=verify-full&sslrootcert=/etc/ca@x.pem"),
+            "postgres://u:***@h/db?sslmode=verify-full&sslrootcert=/etc/ca@x.pem"
+        );
+        assert_eq!(
+            redact("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://h/db?PASSWORD=secret&sslpassword=other"),
+            "postgres://h/db?PASSWORD=***&sslpassword=***"
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_hides_more_never_less() {
+        // A raw `?` and `@` in the password: no valid URL, but the message must not show it.
+        let shown = redact("postgres://u:se?cr@et@h/db");
+        assert!(
+            !shown.contains("cr@et") && !shown.contains("se?"),
+            "{shown}"
+        );
+        let shown = redact("postgres://u:s/e?c@h/db");
+        assert!(!shown.contains("s/e?c"), "{shown}");
     }
 }

@@ -30,6 +30,7 @@ mod ci;
 mod harness;
 pub mod needs;
 pub mod servers;
+pub mod tls;
 
 #[cfg(test)]
 mod guard;

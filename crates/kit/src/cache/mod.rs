@@ -45,7 +45,8 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Debug, Clone)]
 pub struct CacheArgs {
     /// Where cached values live: unset for a cache in this process (per instance), or
-    /// `redis://host:port[/db]` for one Redis shared by every instance.
+    /// `redis://host:port[/db]` for one Redis shared by every instance (`rediss://` over TLS,
+    /// the server checked against the system's roots, or `SSL_CERT_FILE`'s).
     #[arg(long, env = "CACHE_URL")]
     pub cache_url: Option<String>,
 

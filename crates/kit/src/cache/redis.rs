@@ -18,7 +18,13 @@ pub struct Redis {
     connection: ConnectionManager,
 }
 
-/// Connects to `url` (`redis://host:port[/db]`) and checks with a PING that Redis answers.
+/// Connects to `url` (`redis://host:port[/db]`, or `rediss://` for TLS) and checks with a PING
+/// that Redis answers.
+///
+/// `rediss://` is TLS or nothing: redis-rs checks the server's certificate and name against the
+/// system's roots (rustls-native-certs, so `SSL_CERT_FILE` replaces them) with the process's
+/// rustls provider (ring), and a failed handshake is a start-up error like a refused connection.
+/// redis-rs's `#insecure` (no check at all) is not built in and is refused.
 ///
 /// The connection is bound to the tokio runtime it is made on (its driver task runs there).
 pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {

@@ -1,12 +1,13 @@
 //! A NATS server of our own, with JetStream (its store in a temporary directory) or without, on
 //! a free loopback port. It can be stopped and started again on the same port and store, to
-//! play a broker outage.
+//! play a broker outage. With TLS ([`Nats::start_tls`]) every client must speak TLS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
+use crate::tls::{TestCa, TlsFiles};
 use crate::Need;
 
 pub struct Nats {
@@ -15,34 +16,73 @@ pub struct Nats {
     dir: tempfile::TempDir,
     child: Option<Child>,
     jetstream: bool,
+    tls: Option<Tls>,
+}
+
+/// A TLS server's files, and its monitoring port (`/connz` says which connections are TLS).
+struct Tls {
+    files: TlsFiles,
+    monitor_port: u16,
 }
 
 impl Nats {
     /// A server with JetStream, as the broker needs.
     pub fn start() -> Nats {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
     /// A plain NATS server, without JetStream.
     pub fn start_without_jetstream() -> Nats {
-        Self::start_with(false)
+        Self::start_with(false, false)
     }
 
-    fn start_with(jetstream: bool) -> Nats {
+    /// A server with JetStream that requires TLS of every client (`--tls`), with a certificate
+    /// for 127.0.0.1 and localhost signed by a CA of its own ([`Nats::ca_file`]), and its HTTP
+    /// monitoring on [`Nats::monitor_url`].
+    pub fn start_tls() -> Nats {
+        Self::start_with(true, true)
+    }
+
+    fn start_with(jetstream: bool, tls: bool) -> Nats {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let tls = tls.then(|| Tls {
+            files: TestCa::new().write_server_files(dir.path()),
+            monitor_port: free_port(),
+        });
         let mut server = Nats {
             port: free_port(),
             bin: Need::Nats.path(),
-            dir: tempfile::tempdir().expect("a temp dir"),
+            dir,
             child: None,
             jetstream,
+            tls,
         };
         server.resume();
         server
     }
 
-    /// `nats://127.0.0.1:<port>`, as `BROKER_URL` takes it.
+    /// `nats://127.0.0.1:<port>` (`tls://` with TLS), as `BROKER_URL` takes it.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate of the CA that signed this server's certificate. Panics for a server
+    /// started without TLS.
+    pub fn ca_file(&self) -> &Path {
+        &self.tls().files.ca
+    }
+
+    /// `http://127.0.0.1:<monitoring port>` of a TLS server (`/connz` lists each client
+    /// connection with its `tls_version`). Panics for a server started without TLS.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.tls().monitor_port)
+    }
+
+    fn tls(&self) -> &Tls {
+        self.tls
+            .as_ref()
+            .expect("a server started with Nats::start_tls")
     }
 
     /// Stops the server (SIGTERM, waiting for it to exit).
@@ -74,6 +114,14 @@ impl Nats {
             command
                 .args(["-js", "-sd"])
                 .arg(self.dir.path().join("store"));
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls", "--tlscert"])
+                .arg(&tls.files.cert)
+                .arg("--tlskey")
+                .arg(&tls.files.key)
+                .args(["-m", &tls.monitor_port.to_string()]);
         }
         let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])

@@ -1,4 +1,5 @@
-//! A PostgreSQL server of our own, with a superuser `stratus` trusted on loopback.
+//! A PostgreSQL server of our own, with a superuser `stratus` trusted on loopback; with TLS
+//! ([`Postgres::start_tls`]) it takes TLS connections only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -6,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 use crate::needs::is_root;
+use crate::tls::TestCa;
 use crate::Need;
 
 pub struct Postgres {
@@ -13,10 +15,25 @@ pub struct Postgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With TLS: the CA file a client verifies the server with.
+    ca: Option<PathBuf>,
 }
 
 impl Postgres {
+    /// A server without TLS (`ssl = off`): plaintext connections only.
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// A server with `ssl = on` that refuses plaintext connections (`hostnossl ... reject`): its
+    /// certificate, for 127.0.0.1 and localhost, is signed by a CA of its own whose certificate
+    /// is [`Postgres::ca_file`]. A client that does not ask for TLS is refused, so a client that
+    /// falls back to plaintext shows up as an error, not as a pass.
+    pub fn start_tls() -> Postgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let bin = Need::Postgres.path();
         let dir = tempfile::tempdir().expect("a temp dir");
         let data = dir.path().join("data");
@@ -40,11 +57,13 @@ impl Postgres {
             .status()
             .expect("running initdb");
         assert!(initdb.success(), "initdb failed");
+        let ca = tls.then(|| enable_tls(dir.path(), &data));
         let mut server = Postgres {
             port: free_port(),
             bin,
             dir,
             child: None,
+            ca,
         };
         server.resume();
         server
@@ -63,6 +82,11 @@ impl Postgres {
 
     /// Starts it (again) on the same port and data, and waits until it accepts connections.
     pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("the server's log file");
         let child = as_postgres(&self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
@@ -74,10 +98,18 @@ impl Postgres {
                 "-c",
                 "fsync=off",
             ])
+            .args([
+                "-c",
+                if self.ca.is_some() {
+                    "ssl=on"
+                } else {
+                    "ssl=off"
+                },
+            ])
             .arg("-k")
             .arg(self.dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting postgres");
         self.child = Some(child);
@@ -128,10 +160,49 @@ impl Postgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The certificate of the CA that signed this server's certificate, for `sslrootcert=`.
+    /// Panics for a server started without TLS.
+    pub fn ca_file(&self) -> &Path {
+        self.ca
+            .as_deref()
+            .expect("a server started with Postgres::start_tls")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+}
+
+/// Writes the server's certificate and key into the data directory, where `ssl = on` looks for
+/// them (`server.crt`, `server.key`), and the CA's certificate beside it; only TLS connections
+/// from loopback are let in. Returns the CA file.
+fn enable_tls(dir: &Path, data: &Path) -> PathBuf {
+    let ca = TestCa::new();
+    let files = ca.write_server_files(data);
+    // The CA stays readable for the client, outside the data directory (mode 0700).
+    let ca_file = ca.write_cert(&dir.join("ca.crt"));
+    std::fs::remove_file(&files.ca).expect("removing the CA's copy in the data directory");
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 trust\n\
+         hostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .expect("writing pg_hba.conf");
+    if is_root() {
+        // PostgreSQL reads its key only when the user it runs as owns it, mode 0600.
+        let (uid, gid) = postgres_user();
+        for file in [&files.cert, &files.key, &data.join("pg_hba.conf")] {
+            std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("chown of a TLS file");
+        }
+    }
+    ca_file
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        super::print_log_tail("postgres", &self.log());
         if let Some(mut child) = self.child.take() {
             // SAFETY: as in `stop`; SIGQUIT is the immediate shutdown.
             unsafe {
