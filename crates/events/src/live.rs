@@ -123,10 +123,11 @@ pub fn topology_of(hops: &[Hop], window: Duration, registry: &RegistryView) -> T
 }
 
 /// (service, instance, ok, duration) rows for [`stats::compute`]: the hops services handled
-/// (their calls to databases and caches, records with a `peer`, are not among them).
+/// (their calls to databases and caches, `client` records with a `peer`, are not among them;
+/// a `server` record's `peer` is its caller under the mesh).
 pub fn stat_rows(hops: &[Hop]) -> Vec<(String, String, bool, i64)> {
     hops.iter()
-        .filter(|h| h.peer.is_none())
+        .filter(|h| !(h.kind == "client" && h.peer.is_some()))
         .map(|h| (h.service.clone(), h.instance.clone(), h.ok, h.duration_us))
         .collect()
 }
@@ -214,5 +215,36 @@ async fn feed(latest: watch::Sender<Option<Arc<String>>>, pool: AnyPool, registr
             }
             Err(error) => tracing::warn!(%error, "computing the dashboard snapshot failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(kind: &str, peer: Option<&str>) -> Hop {
+        Hop {
+            span_id: "00f067aa0ba902b7".into(),
+            parent_span_id: None,
+            service: "catalog".into(),
+            instance: "i-1".into(),
+            kind: kind.into(),
+            ok: true,
+            duration_us: 1000,
+            topic: None,
+            name: "/products".into(),
+            peer: peer.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn stats_count_served_hops_whoever_called_but_not_calls_to_a_database() {
+        let rows = stat_rows(&[
+            hop("server", None),
+            // Under the mesh a server record names its caller.
+            hop("server", Some("spiffe://stratus.local/service/gateway")),
+            hop("client", Some("catalog-db")),
+        ]);
+        assert_eq!(rows.len(), 2);
     }
 }

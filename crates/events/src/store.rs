@@ -227,13 +227,14 @@ pub async fn events(pool: &AnyPool, filter: &Filter) -> Result<Vec<Row>, sqlx::E
 
 /// (service, instance, ok, duration_us) of every record started since `since_us`: the hops
 /// services handled (a `client` record of calls to a database or cache, which has a `peer`, is
-/// not one).
+/// not one; a `server` record's `peer` is its caller under the mesh, and it is one).
 pub async fn window(
     pool: &AnyPool,
     since_us: i64,
 ) -> Result<Vec<(String, String, bool, i64)>, sqlx::Error> {
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT service, instance, ok, duration_us FROM events WHERE started_us >= $1 AND peer IS NULL",
+        "SELECT service, instance, ok, duration_us FROM events WHERE started_us >= $1 \
+         AND NOT (kind = 'client' AND peer IS NOT NULL)",
     )
     .bind(since_us)
     .fetch_all(pool)
