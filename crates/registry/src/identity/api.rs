@@ -83,8 +83,12 @@ async fn certificate(
     State(ca): State<Option<Arc<Ca>>>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
-    Json(request): Json<CertificateRequest>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, Problem> {
+    // An object, read as one: serde would also take a struct from a JSON array (`[null, null]`
+    // for two optional fields), which is not what the document allows.
+    let request: CertificateRequest = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|error| Problem::unprocessable(format!("the request body: {error}")))?;
     let ca = authority(ca)?;
     let caller = caller(&ca, peer.as_ref().map(|Extension(peer)| peer), &headers)?;
     let principal = match (&caller, request.service) {
@@ -243,6 +247,9 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (status, _) = ask(&f.ca, None, Some(&catalog), r#"{"unknown":1}"#).await;
         assert!(status.is_client_error());
+        // The fields as an array are not the object the document describes.
+        let (status, body) = ask(&f.ca, None, Some(&catalog), "[null, null]").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     }
 
     #[tokio::test]
