@@ -88,6 +88,9 @@ const gateway = bars.find((b) => b.label.startsWith("gateway"));
 const catalog = bars.find((b) => b.label.startsWith("catalog"));
 if (!gateway || !catalog) await fail(`waterfall rows: ${JSON.stringify(bars)}`);
 if (!(catalog.indent > gateway.indent)) await fail(`the catalog span is not under the gateway: ${JSON.stringify(bars)}`);
+// The catalog's hop is a request it served (its route), not a call to whoever called it.
+if (!bars.some((b) => b.label.startsWith("catalog") && b.label.includes("/api/catalog/products") && !b.label.includes("→")))
+  await fail(`the catalog's request is not labelled with its route: ${JSON.stringify(bars)}`);
 if (!(gateway.width > 0 && catalog.width > 0)) await fail(`empty bars: ${JSON.stringify(bars)}`);
 if (problems.length) await fail(`page errors: ${problems.join("; ")}`);
 

@@ -349,9 +349,12 @@ function drawWaterfall(records) {
     const label = el("div", { class: "wf-label" });
     label.style.paddingLeft = `${depthOf(s) * 14}px`;
     // A call to a database or cache names the node it called: "orders → orders-db (sqlite)".
-    const what = s.peer ? ` → ${s.peer} (${s.name})` : ` ${s.method || ""} ${s.name}`;
+    // A request served names its caller instead (its SPIFFE ID, under the mesh): a tooltip.
+    const call = s.kind === "client" && s.peer;
+    const what = call ? ` → ${s.peer} (${s.name})` : ` ${s.method || ""} ${s.name}`;
     label.append(el("b", {}, s.service), el("span", {}, what));
-    label.title = `${s.service} (${s.instance}) ${s.kind} ${s.status}`;
+    const caller = !call && s.peer ? ` from ${s.peer}` : "";
+    label.title = `${s.service} (${s.instance}) ${s.kind} ${s.status}${caller}`;
     const track = el("div", { class: "wf-track" });
     const left = ((s.start - t0) / total) * 100;
     const width = Math.max(0.4, (s.duration_us / total) * 100);
