@@ -234,6 +234,7 @@ mod tests {
             topic: None,
             name: "/products".into(),
             peer: peer.map(str::to_string),
+            status: 200,
         }
     }
 
