@@ -29,6 +29,7 @@ pub mod park;
 pub mod proxy;
 pub mod ratelimit;
 pub mod ratelimit_redis;
+pub mod read_ahead;
 pub mod reload;
 pub mod report;
 pub mod routes;
