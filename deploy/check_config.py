@@ -14,10 +14,11 @@
 - Every environment variable compose.yaml sets for a component is one that
   `stratus serve <component> --help` lists, so a typo cannot pass silently (but
   STRATUS_JOIN_TOKEN, which the kit reads from the environment only, never as an argument).
-- The mesh (mesh_rules.py): every compose service runs with STRATUS_MTLS=required and the
-  trust bundle; each one but the registry takes its own join credential
-  (`${STRATUS_JOIN_<SERVICE>...}`, the names `stratus identity env` prints); the registry alone
-  has the authority's files; and each `[[intentions]]` of stratus.toml is in the callee's
+- The mesh (mesh_rules.py): every compose service and every Deployment runs with
+  STRATUS_MTLS=required and the trust bundle; each one but the registry takes its own join
+  credential (compose: `${STRATUS_JOIN_<SERVICE>...}`, the names `stratus identity env`
+  prints; Kubernetes: the Secret stratus-join-<service>); the registry alone has the
+  authority's files; and each `[[intentions]]` of stratus.toml is in the callee's
   STRATUS_ALLOWED_CALLERS.
 
 Usage: check_config.py <path to the stratus binary>
@@ -58,6 +59,11 @@ if sorted(deployments) != built_in:
     )
 problems += rules.problems(documents)
 intentions = manifest.get("intentions", [])
+problems += mesh_rules.intention_problems(
+    "deploy/base",
+    {name: mesh_rules.deployment_env(d) for name, d in deployments.items()},
+    intentions,
+)
 for name, deployment in sorted(deployments.items()):
     if name not in by_kind.get("Service", {}):
         problems.append(f"Deployment {name} has no Service")
