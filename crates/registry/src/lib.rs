@@ -100,7 +100,11 @@ fn join_mesh(args: &Args) -> anyhow::Result<Option<Arc<identity::Ca>>> {
     }
     let ca = args
         .identity
-        .start(&args.common.data_dir, &mesh.trust_domain)
+        .start(
+            &args.common.data_dir,
+            &mesh.trust_domain,
+            mesh.trust_bundle.as_deref(),
+        )
         .context("the certificate authority")?;
     let credentials = identity::own::credentials(&ca)?;
     tokio::spawn(identity::own::keep_fresh(ca.clone(), credentials.clone()));
