@@ -94,7 +94,79 @@ pub fn operator_name(subject: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+    use stratus_token::{now_unix, Claims, Jwks, SigningKey};
+
     use super::*;
+    use crate::config::TokenArgs;
+    use crate::registry_client::RegistryClient;
+
+    fn claims(roles: &[&str], exp: u64) -> Claims {
+        Claims {
+            iss: "stratus".into(),
+            aud: "stratus-api".into(),
+            sub: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+            exp,
+            iat: exp.saturating_sub(900),
+            jti: "j".into(),
+            email: Some("ops@example.com".into()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            permissions: vec![],
+        }
+    }
+
+    fn headers(authorization: Option<String>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert("authorization", HeaderValue::from_str(&value).unwrap());
+        }
+        headers
+    }
+
+    #[tokio::test]
+    async fn only_an_admins_valid_token_makes_an_operator() {
+        let key = SigningKey::generate("k1").unwrap();
+        let jwks = Jwks {
+            keys: vec![key.jwk()],
+        };
+        let args = TokenArgs {
+            token_issuer: "stratus".into(),
+            token_audience: "stratus-api".into(),
+            jwks_url: None,
+        };
+        let registry = RegistryClient::new("http://127.0.0.1:1").unwrap();
+        let tokens = Tokens::with_keys(&args, registry, &jwks).unwrap();
+        let check = |value: Option<String>| {
+            let tokens = tokens.clone();
+            async move { check(&tokens, "stratus.local", &headers(value)).await }
+        };
+        let bearer = |claims: &Claims| Some(format!("Bearer {}", key.sign(claims)));
+
+        let admin = check(bearer(&claims(&["admin"], now_unix() + 600))).await;
+        let Ok(Shown::Operator(Peer(id), token)) = admin else {
+            panic!("an admin's token made no operator");
+        };
+        assert_eq!(
+            id.uri(),
+            "spiffe://stratus.local/operator/01890a5d-ac96-774b-bcce-b302099a8057"
+        );
+        assert_eq!(token.email.as_deref(), Some("ops@example.com"));
+
+        assert!(matches!(check(None).await, Ok(Shown::Nothing)));
+        let status = |shown: Result<Shown, Problem>| match shown {
+            Err(problem) => problem.status().as_u16(),
+            Ok(_) => 200,
+        };
+        let customer = bearer(&claims(&["customer"], now_unix() + 600));
+        assert_eq!(status(check(customer).await), 403);
+        let expired = bearer(&claims(&["admin"], now_unix() - 600));
+        assert_eq!(status(check(expired).await), 401);
+        let mut other_audience = claims(&["admin"], now_unix() + 600);
+        other_audience.aud = "another-api".into();
+        assert_eq!(status(check(bearer(&other_audience)).await), 401);
+        assert_eq!(status(check(Some("Bearer garbage".into())).await), 401);
+        assert_eq!(status(check(Some("Basic YTpi".into())).await), 401);
+    }
 
     #[test]
     fn a_subject_becomes_a_valid_operator_name() {
