@@ -311,6 +311,7 @@ async fn identify(
 
 /// Who did what with an access token: a change at info (the audit trail a certificate's holder
 /// leaves by being issued one), a read at debug.
+///
 /// The operator's name is the token's subject (a user id: no email or other personal data in
 /// the logs).
 fn log_operator_token(request: &Request, peer: &Peer) {
