@@ -48,6 +48,12 @@ WORKERS=${WORKERS:-2}
 IDLE=${IDLE:-500}
 PATHS=${PATHS:-"small big close/small"}
 HOLD=${HOLD:-0}  # seconds to keep everything running after setup, for a look by hand
+# Another build of the example (say, from the commit before a change), run as a third gateway
+# `mtls-base` with the same credentials and instances, so a change's before and after are
+# measured in the same run:  BASELINE=/path/to/bench_mtls_gateway bench/mtls.sh
+BASELINE=${BASELINE:-}
+# PERF=1: count the gateway's system calls per request with perf (linux-perf), where it can.
+PERF=${PERF:-0}
 files=$((IDLE * 3 + 10000))  # clients, upstream connections, wrk, nginx
 [ "$(ulimit -n)" -ge "$files" ] || ulimit -n "$files"
 
@@ -83,7 +89,7 @@ done
 P1=$(free_port); P2=$(free_port); PC=$(free_port)       # plaintext instances
 T1=$(free_port); T2=$(free_port); TC=$(free_port)       # mTLS instances
 STATUS=$(free_port); REG=$(free_port)
-GWP=$(free_port); GWPA=$(free_port); GWT=$(free_port); GWTA=$(free_port)
+GWP=$(free_port); GWPA=$(free_port); GWT=$(free_port); GWTA=$(free_port); GWB=$(free_port); GWBA=$(free_port)
 head -c 16384 /dev/zero | tr '\0' 'x' > "$work/big"
 
 locations="location = /small { return 200 \"hello, world\\n\"; } location = /big { alias $work/big; }
@@ -130,16 +136,24 @@ routes() {  # file service close-service
 routes "$work/routes-plain.toml" plain plain-close
 routes "$work/routes-mtls.toml" bench bench-close
 # The allocator as `stratus` tunes it for itself (src/memory.rs): the example has no such main.
-gateway() {  # port admin-port routes log (exec: the pid started is the gateway's own)
+gateway() {  # port admin-port routes log [binary] (exec: the pid started is the gateway's own)
   MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=$((2 * $(nproc))) STRATUS_EVENTS=off STRATUS_GATEWAY_WORKERS=$WORKERS \
-    PORT=$1 STRATUS_ADMIN_PORT=$2 STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$3 exec "$GATEWAY" > "$4" 2>&1
+    PORT=$1 STRATUS_ADMIN_PORT=$2 STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$3 exec "${5:-$GATEWAY}" > "$4" 2>&1
 }
 gateway "$GWP" "$GWPA" "$work/routes-plain.toml" "$work/gateway-plain.log" & pids+=($!)
 GWP_PID=$!
 BENCH_UPSTREAM_TLS_DIR=$work/tls-gateway gateway "$GWT" "$GWTA" "$work/routes-mtls.toml" "$work/gateway-mtls.log" & pids+=($!)
 GWT_PID=$!
-for p in "$P1" "$P2" "$PC" "$T1" "$T2" "$TC" "$STATUS" "$GWP" "$GWT"; do wait_port "$p"; done
-for gw in "$GWP" "$GWT"; do
+TARGETS=(plain mtls)
+declare -A PORT_OF=([plain]=$GWP [mtls]=$GWT) PID_OF=([plain]=$GWP_PID [mtls]=$GWT_PID)
+declare -A ADMIN_OF=([plain]=$GWPA [mtls]=$GWTA) UP_OF=([plain]="$P1 $P2" [mtls]="$T1 $T2")
+if [ -n "$BASELINE" ]; then
+  BASELINE=$(realpath "$BASELINE")
+  BENCH_UPSTREAM_TLS_DIR=$work/tls-gateway gateway "$GWB" "$GWBA" "$work/routes-mtls.toml" "$work/gateway-base.log" "$BASELINE" & pids+=($!)
+  TARGETS+=(mtls-base); PORT_OF[mtls-base]=$GWB; PID_OF[mtls-base]=$!; ADMIN_OF[mtls-base]=$GWBA; UP_OF[mtls-base]="$T1 $T2"
+fi
+for p in "$P1" "$P2" "$PC" "$T1" "$T2" "$TC" "$STATUS" "${PORT_OF[@]}"; do wait_port "$p"; done
+for gw in "${PORT_OF[@]}"; do
   for path in small close/small; do
     for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$gw/$path" >/dev/null && break; sleep 0.05; done
     curl -sf "http://127.0.0.1:$gw/$path" >/dev/null || { echo "gateway on $gw does not answer /$path" >&2; tail -5 "$work"/gateway-*.log >&2; exit 1; }
@@ -153,7 +167,6 @@ if [ "$HOLD" != 0 ]; then
   sleep "$HOLD"
 fi
 
-declare -A PORT_OF=([plain]=$GWP [mtls]=$GWT) PID_OF=([plain]=$GWP_PID [mtls]=$GWT_PID)
 
 # Memory per idle upstream connection, first, while each gateway holds only what its start and
 # the warm-up requests left: IDLE clients for 3 s make it open about as many upstream
@@ -162,8 +175,7 @@ metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1==m {printf
 upstream_conns() { ss -Htn state established "( dport = :$1 or dport = :$2 )" | wc -l; }
 memory=$work/memory.tsv
 : > "$memory"
-declare -A ADMIN_OF=([plain]=$GWPA [mtls]=$GWTA) UP_OF=([plain]="$P1 $P2" [mtls]="$T1 $T2")
-for target in plain mtls; do
+for target in "${TARGETS[@]}"; do
   c0=$(upstream_conns ${UP_OF[$target]}); h0=$(metric "${ADMIN_OF[$target]}" malloc_in_use_bytes)
   r0=$(metric "${ADMIN_OF[$target]}" process_resident_memory_bytes)
   for path in small big; do
@@ -189,10 +201,15 @@ results=$work/results.tsv
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
   # Alternate which gateway goes first, so neither always runs on a warmer machine.
-  order=(plain mtls); [ $((round % 2)) = 0 ] && order=(mtls plain)
+  order=("${TARGETS[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
   for path in $PATHS; do
     for target in "${order[@]}"; do
       before_cpu=$(cpu_ticks "${PID_OF[$target]}"); before_conns=$(accepted); before_instance=$(cpu_ticks "$INSTANCE_PID")
+      # The gateway's system calls over the load (perf's tracepoint count, when perf can).
+      perf_pid=
+      if [ "$PERF" = 1 ]; then
+        perf stat -x, -e raw_syscalls:sys_enter -p "${PID_OF[$target]}" -o "$work/perf.txt" -- sleep "${DURATION%s}" 2>/dev/null & perf_pid=$!
+      fi
       out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$path")
       after_cpu=$(cpu_ticks "${PID_OF[$target]}"); after_conns=$(accepted); after_instance=$(cpu_ticks "$INSTANCE_PID")
       requests=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -205,9 +222,15 @@ for round in $(seq 1 "$ROUNDS"); do
       cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
       icpu=$(awk -v a="$before_instance" -v b="$after_instance" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
       fresh=$(awk -v a="$before_conns" -v b="$after_conns" -v n="$requests" 'BEGIN {printf "%.3f", (b-a-1)/n}')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$fresh" "$icpu" >> "$results"
-      printf 'round %s %-12s %-6s %10s rps  p50 %6s us  p99 %6s us  cpu us/req: gateway %6s instances %6s  new upstream connections %s/req %s\n' \
-        "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$icpu" "$fresh" "$errors" >&2
+      calls=-
+      if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" || true
+        calls=$(awk -F, -v n="$requests" '/sys_enter/ && $1+0 > 0 {printf "%.2f", $1/n}' "$work/perf.txt")
+        calls=${calls:--}
+      fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$fresh" "$icpu" "$calls" >> "$results"
+      printf 'round %s %-12s %-9s %10s rps  p50 %6s us  p99 %6s us  cpu us/req: gateway %6s instances %6s  syscalls/req %s  new upstream connections %s/req %s\n' \
+        "$round" "$path" "$target" "$rps" "$p50" "$p99" "$cpu" "$icpu" "$calls" "$fresh" "$errors" >&2
     done
   done
 done
@@ -224,23 +247,24 @@ med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$r
   echo "Gateway upstream mTLS against plaintext: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS gateway workers, nginx instances (1 worker)"
   echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = mtls / plain"
   echo
-  printf '%-12s %-6s %10s %8s %8s %10s %10s %8s %8s %10s\n' path target rps p50_us p99_us rps_ratio p99_ratio gw_cpu_us inst_cpu new_conns
+  printf '%-12s %-9s %10s %8s %8s %10s %10s %8s %8s %10s %8s\n' path target rps p50_us p99_us rps_ratio p99_ratio gw_cpu_us inst_cpu new_conns gw_sys
   for path in $PATHS; do
-    for target in plain mtls; do
+    for target in "${TARGETS[@]}"; do
       rps=$(med "$path" "$target" 4); p50=$(med "$path" "$target" 5); p99=$(med "$path" "$target" 6)
-      cpu=$(med "$path" "$target" 7); fresh=$(med "$path" "$target" 8); icpu=$(med "$path" "$target" 9)
+      cpu=$(med "$path" "$target" 7); fresh=$(med "$path" "$target" 8); icpu=$(med "$path" "$target" 9); calls=$(med "$path" "$target" 10)
       prps=$(med "$path" plain 4); pp99=$(med "$path" plain 6)
-      printf '%-12s %-6s %10.0f %8s %8s %10.2f %10.2f %8s %8s %10s\n' "$path" "$target" "$rps" "$p50" "$p99" \
-        "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" "$icpu" "$fresh"
+      printf '%-12s %-9s %10.0f %8s %8s %10.2f %10.2f %8s %8s %10s %8s\n' "$path" "$target" "$rps" "$p50" "$p99" \
+        "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" "$icpu" "$fresh" "$calls"
     done
   done
   echo
-  echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances (nginx), from /proc."
+  echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances (nginx), from /proc;"
+  echo "gw_sys: the gateway's system calls per request (perf, PERF=1; - without)."
   echo "close/small is every request on a new upstream connection: its mtls rps is full mTLS handshakes per second"
   echo "(with both the gateway's and the instance's side on this machine's cores); the gateway's own handshakes per"
   echo "second per core are 1e6 / its gw_cpu_us there."
   echo "the no-reuse mTLS instance saw: $handshakes"
   echo
   echo "memory per idle pooled upstream connection (IDLE=$IDLE clients for 3 s, then idle):"
-  awk -F'\t' '{ n=$4-$3; if (n<1) n=1; printf "  %-6s after %-5s %4d connections: heap in use %6.0f B each, RSS %6.0f B each\n", $1, $2, $4-$3, ($6-$5)/n, ($8-$7)/n }' "$memory"
+  awk -F'\t' '{ n=$4-$3; if (n<1) n=1; printf "  %-9s after %-5s %4d connections: heap in use %6.0f B each, RSS %6.0f B each\n", $1, $2, $4-$3, ($6-$5)/n, ($8-$7)/n }' "$memory"
 } | tee "$report"
