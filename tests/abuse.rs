@@ -27,7 +27,12 @@ async fn edge_with(settings: &[(&str, &str)]) -> (System, tempfile::TempDir) {
     settings.push(("STRATUS_HEADER_TIMEOUT", "1s"));
     let system = System::start_edge_with(Some(&routes), &settings).await;
     system
-        .register("echo", "echo-1", backend::start_echo().await, json!({}))
+        .register(
+            "echo",
+            "echo-1",
+            backend::start_echo("echo").await,
+            json!({}),
+        )
         .await;
     system.wait_gateway_sees("echo", 1).await;
     (system, dir)

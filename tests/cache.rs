@@ -405,7 +405,7 @@ async fn two_gateways_share_one_rate_limit_in_redis_and_fail_open() {
         .register(
             "echo",
             "echo-1",
-            support::backend::start_echo().await,
+            support::backend::start_echo("echo").await,
             json!({}),
         )
         .await;
