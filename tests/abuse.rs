@@ -51,8 +51,8 @@ async fn ok(system: &System) {
 /// The gateway's `gateway_connections_parked` gauge (0 before anything parked).
 async fn parked_connections(system: &System) -> f64 {
     let metrics = system
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
+        .internal()
+        .get(system.admin_url("/metrics"))
         .send()
         .await
         .unwrap()

@@ -260,7 +260,7 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
     let routes = routes_dir.path().join("routes.toml");
     std::fs::write(&routes, ROUTES).unwrap();
     let events_port = free_port();
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
 
     let mut envs: Envs = HashMap::new();
     for service in ["auth", "catalog", "orders", "payments", "notifications"] {

@@ -23,7 +23,7 @@ use support::System;
 /// profile, the gateway and an event sink they report to. Returns the sink's port.
 async fn shop() -> (System, u16) {
     let events_port = support::free_port();
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let mut extra: Vec<(&str, &str, String)> = ["auth", "catalog", "gateway"]
         .into_iter()
         .map(|service| (service, "STRATUS_EVENTS_URL", sink.clone()))
@@ -211,7 +211,7 @@ async fn every_document_holds_under_schemathesis_through_the_gateway() {
     let skip_reads = ["--exclude-method", "GET"];
     runs.push(fuzz(program, &system, "registry", target, "", &skip_reads));
     // The gateway's admin API last: a split it manages to set would steer the routes above.
-    let admin = format!("http://127.0.0.1:{}", system.admin_port);
+    let admin = system.admin_url("");
     let target = (admin.as_str(), "/openapi.json");
     runs.push(fuzz(program, &system, "gateway admin", target, "", &[]));
     for run in &runs {

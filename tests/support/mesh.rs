@@ -66,6 +66,12 @@ pub fn internal() -> reqwest::Client {
     shared().operator.clone()
 }
 
+/// A builder for another operator client (for settings of its own: a pool, a timeout).
+pub fn operator_builder() -> reqwest::ClientBuilder {
+    let mesh = shared();
+    mesh.builder_holding(&mesh.operator_issued)
+}
+
 /// An internal URL: `https://127.0.0.1:<port><path>`.
 pub fn internal_url(port: u16, path: &str) -> String {
     format!("https://127.0.0.1:{port}{path}")

@@ -62,10 +62,24 @@ pub struct System {
     pub gateway_port: u16,
     pub admin_port: u16,
     pub processes: Vec<Process>,
+    /// Plain HTTP to the gateway's public port; to an internal port (https, with mutual TLS
+    /// on) it goes as the operator, as an administrator's tools would.
     pub http: reqwest::Client,
     /// With mutual TLS on (every system but a plaintext one): the authority's files, join
     /// credentials, the operator's client.
     pub mesh: Option<Arc<mesh::TestMesh>>,
+}
+
+/// The test's client: the operator's under mutual TLS (plain http URLs go out plain all the
+/// same), else a plain one.
+fn client_for(mesh: Option<&mesh::TestMesh>) -> reqwest::Client {
+    match mesh {
+        Some(mesh) => mesh.operator_with_timeout(Duration::from_secs(10)),
+        None => reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    }
 }
 
 /// Whose certificate authority a system's processes use.
@@ -136,10 +150,7 @@ impl System {
             gateway_port: free_port(),
             admin_port: free_port(),
             processes: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http: client_for(mesh.as_deref()),
             mesh,
         };
         let env_for = |service: &str| -> Vec<(&str, &str)> {
@@ -237,10 +248,7 @@ impl System {
             gateway_port: free_port(),
             admin_port: free_port(),
             processes: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http: client_for(mesh.as_deref()),
             mesh,
         };
         let registry_port = system.registry_port.to_string();
