@@ -404,12 +404,7 @@ async fn order_flow(shop: &Shop) {
         ("payments", "/api/payments"),
         ("notifications", "/api/notifications"),
     ] {
-        let instance = &shop.system.registered(service).await[0];
-        let url = format!(
-            "http://{}:{}/openapi.json",
-            instance["address"].as_str().unwrap(),
-            instance["port"]
-        );
+        let url = format!("{}/openapi.json", shop.system.instance_url(service).await);
         let document: Value = shop.system.get_json(url).await;
         assert_eq!(document["openapi"], "3.0.3");
         assert!(document["paths"][path].is_object(), "{service}");

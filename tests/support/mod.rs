@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod mesh;
+pub mod proxy;
 pub mod registry;
 
 use std::path::PathBuf;
