@@ -43,19 +43,32 @@ pub struct OperatorFiles {
     pub bundle: PathBuf,
 }
 
+/// The shared authority's directory, removed when the test binary exits.
+static SHARED_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_shared_dir() {
+    if let Some(dir) = SHARED_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// The test binary's authority, made the first time it is asked for.
 pub fn shared() -> Arc<TestMesh> {
     static SHARED: OnceLock<Arc<TestMesh>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            // Under the target directory, not /tmp: kept with the build, gone with `cargo
-            // clean`; never removed while the binary runs (statics are not dropped).
+            // Statics are never dropped: the directory (the authority's keys among its files)
+            // goes when the process exits instead.
             let dir = tempfile::Builder::new()
-                .prefix("mesh-")
-                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .prefix("stratus-mesh-")
+                .tempdir()
                 .expect("a directory for the test authority")
                 .keep();
-            Arc::new(TestMesh::init(&dir, true))
+            let dir = SHARED_DIR.get_or_init(|| dir);
+            unsafe {
+                libc::atexit(remove_shared_dir);
+            }
+            Arc::new(TestMesh::init(dir, true))
         })
         .clone()
 }

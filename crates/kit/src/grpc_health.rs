@@ -96,7 +96,10 @@ impl Prober {
             None => {
                 let config = self.config(instance_of, credentials);
                 let sender = self.connect(authority, config).await?;
-                self.lock_meshed().insert(key.clone(), sender.clone());
+                let mut kept = self.lock_meshed();
+                // Connections to instances that are gone have closed: let them go too.
+                kept.retain(|_, sender| !sender.is_closed());
+                kept.insert(key.clone(), sender.clone());
                 sender
             }
         };
