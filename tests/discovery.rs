@@ -164,9 +164,10 @@ async fn a_failing_check_hides_an_instance_from_lists_and_watchers_until_it_pass
 async fn a_grpc_check_asks_the_standard_health_service() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start("registry", "memory", dir.path()).await;
-    // Two steady instances, so one failing check is that instance's failure and not a sign
-    // of the registry being cut off (which would make it hold every verdict).
-    for id in ["steady-1", "steady-2"] {
+    // Four steady instances, so the failing checks below (at most three) are those instances'
+    // failures and not a sign of the registry being cut off (which would make it hold every
+    // verdict).
+    for id in ["steady-1", "steady-2", "steady-3", "steady-4"] {
         let port = support::backend::start("rpc", "steady", Duration::ZERO).await;
         let steady = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
             "check": {"tcp": true}, "interval": "100ms"});
@@ -187,11 +188,21 @@ async fn a_grpc_check_asks_the_standard_health_service() {
         put_registration(&registry, "rpc", "asked-wrongly", asked_wrongly).await,
         201
     );
+    // A gRPC server that says SERVING with another service's certificate: the probe goes over
+    // mutual TLS and checks whom it reached, so it is hidden as well.
+    let impostor = support::backend::start_grpc_health("impostor", serving.clone()).await;
+    let impostor = json!({"address": "127.0.0.1", "port": impostor, "ttl_seconds": 60,
+        "check": {"grpc": ""}, "interval": "100ms"});
+    assert_eq!(
+        put_registration(&registry, "rpc", "impostor", impostor).await,
+        201
+    );
     let r = &registry;
-    let all = ["grpc-only", "steady-1", "steady-2"];
+    let steady = ["steady-1", "steady-2", "steady-3", "steady-4"];
+    let all = ["grpc-only", "steady-1", "steady-2", "steady-3", "steady-4"];
     eventually(
         Duration::from_secs(3),
-        "the HTTP-checked one hidden",
+        "the HTTP-checked one and the impostor hidden",
         || async move { r.ids("rpc").await == all },
     )
     .await;
@@ -203,7 +214,7 @@ async fn a_grpc_check_asks_the_standard_health_service() {
     eventually(
         Duration::from_secs(3),
         "NOT_SERVING hidden",
-        || async move { r.ids("rpc").await == ["steady-1", "steady-2"] },
+        || async move { r.ids("rpc").await == steady },
     )
     .await;
     serving.store(1, Ordering::SeqCst);
