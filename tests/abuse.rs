@@ -27,7 +27,12 @@ async fn edge_with(settings: &[(&str, &str)]) -> (System, tempfile::TempDir) {
     settings.push(("STRATUS_HEADER_TIMEOUT", "1s"));
     let system = System::start_edge_with(Some(&routes), &settings).await;
     system
-        .register("echo", "echo-1", backend::start_echo().await, json!({}))
+        .register(
+            "echo",
+            "echo-1",
+            backend::start_echo("echo").await,
+            json!({}),
+        )
         .await;
     system.wait_gateway_sees("echo", 1).await;
     (system, dir)
@@ -46,8 +51,8 @@ async fn ok(system: &System) {
 /// The gateway's `gateway_connections_parked` gauge (0 before anything parked).
 async fn parked_connections(system: &System) -> f64 {
     let metrics = system
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", system.admin_port))
+        .internal()
+        .get(system.admin_url("/metrics"))
         .send()
         .await
         .unwrap()

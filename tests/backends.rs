@@ -48,20 +48,20 @@ async fn the_request_flow_works_on_postgres() {
     assert!(!system.dir.path().join("auth.db").exists());
 }
 
-fn an_unreachable_database_is_a_clear_error_at_start_up() {
+async fn an_unreachable_database_is_a_clear_error_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
+    // A registry to join the mesh with (the database is opened after that).
+    let registry = support::registry::Registry::start("registry", "memory", dir.path()).await;
     let port = support::free_port();
     let output = Command::new(support::binary())
         .args(["serve", "catalog"])
+        .envs(support::mesh::shared().env("catalog"))
         .env(
             "DATABASE_URL",
             format!("postgres://stratus:secret@127.0.0.1:{port}/catalog"),
         )
         .env("STRATUS_DATA_DIR", dir.path())
-        .env(
-            "STRATUS_REGISTRY_URL",
-            format!("http://127.0.0.1:{}", support::free_port()),
-        )
+        .env("STRATUS_REGISTRY_URL", registry.url(""))
         .env("STRATUS_LOG_FORMAT", "text")
         .stdin(Stdio::null())
         .output()
@@ -212,7 +212,7 @@ fn main() -> std::process::ExitCode {
             the_request_flow_works_on_postgres,
         )
         .needs(&[Need::Postgres]),
-        Test::sync(
+        Test::new(
             "an_unreachable_database_is_a_clear_error_at_start_up",
             an_unreachable_database_is_a_clear_error_at_start_up,
         ),

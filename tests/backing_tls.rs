@@ -122,13 +122,13 @@ async fn services_use_postgres_over_tls_when_the_url_asks() {
     }
 }
 
-fn asking_postgres_for_tls_without_it_is_a_start_up_error() {
+async fn asking_postgres_for_tls_without_it_is_a_start_up_error() {
     let postgres = Postgres::start();
     let url = format!(
         "{}?sslmode=require",
         database_with_password(&postgres, "catalog")
     );
-    let (text, dir) = fails_to_start("catalog", &[("DATABASE_URL", url.as_str())]);
+    let (text, dir) = fails_to_start("catalog", &[("DATABASE_URL", url.as_str())]).await;
     assert!(text.contains("connecting to the database at"), "{text}");
     assert!(
         text.contains(&format!(
@@ -153,12 +153,12 @@ fn asking_postgres_for_tls_without_it_is_a_start_up_error() {
     );
 }
 
-fn postgres_with_a_certificate_from_another_ca_is_a_start_up_error() {
+async fn postgres_with_a_certificate_from_another_ca_is_a_start_up_error() {
     let postgres = Postgres::start_tls();
     let other = tempfile::tempdir().unwrap();
     let wrong_ca = TestCa::new().write_cert(&other.path().join("other-ca.crt"));
     let url = verify_full(&database_with_password(&postgres, "catalog"), &wrong_ca);
-    let (text, _dir) = fails_to_start("catalog", &[("DATABASE_URL", url.as_str())]);
+    let (text, _dir) = fails_to_start("catalog", &[("DATABASE_URL", url.as_str())]).await;
     assert!(text.contains("connecting to the database at"), "{text}");
     assert!(
         text.contains(&format!("127.0.0.1:{}/catalog", postgres.port)),
@@ -205,10 +205,10 @@ async fn the_catalog_caches_in_redis_over_tls() {
     assert_eq!(seen, ["miss", "hit"]);
 }
 
-fn redis_with_a_certificate_the_system_does_not_trust_is_a_start_up_error() {
+async fn redis_with_a_certificate_the_system_does_not_trust_is_a_start_up_error() {
     let redis = Redis::start_tls();
     let url = redis.url();
-    let (text, _dir) = fails_to_start("catalog", &[("CACHE_URL", url.as_str())]);
+    let (text, _dir) = fails_to_start("catalog", &[("CACHE_URL", url.as_str())]).await;
     assert!(
         text.contains(&format!("connecting to Redis at {url}")),
         "{text}"
@@ -253,10 +253,10 @@ async fn a_service_uses_nats_over_tls_when_the_url_asks() {
     }
 }
 
-fn nats_with_a_certificate_the_system_does_not_trust_is_a_start_up_error() {
+async fn nats_with_a_certificate_the_system_does_not_trust_is_a_start_up_error() {
     let nats = Nats::start_tls();
     let url = nats.url();
-    let (text, _dir) = fails_to_start("notifications", &[("BROKER_URL", url.as_str())]);
+    let (text, _dir) = fails_to_start("notifications", &[("BROKER_URL", url.as_str())]).await;
     assert!(
         text.contains(&format!("connecting to the broker at {url}")),
         "{text}"
@@ -264,21 +264,20 @@ fn nats_with_a_certificate_the_system_does_not_trust_is_a_start_up_error() {
     assert!(text.contains("certificate"), "{text}");
 }
 
-/// Runs `stratus serve <service>` with `env` (and no registry), expects it to exit unsuccessfully
-/// within 30 s, and returns what it printed and its data directory. A process still running then
-/// is killed and fails the test.
-fn fails_to_start(service: &str, env: &[(&str, &str)]) -> (String, tempfile::TempDir) {
+/// Runs `stratus serve <service>` with `env` (and a registry to join the mesh with, nothing
+/// else), expects it to exit unsuccessfully within 30 s, and returns what it printed and its
+/// data directory. A process still running then is killed and fails the test.
+async fn fails_to_start(service: &str, env: &[(&str, &str)]) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let registry = support::registry::Registry::start("registry", "memory", dir.path()).await;
     let log_path = dir.path().join("output.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut command = Command::new(support::binary());
     command
         .args(["serve", service])
+        .envs(support::mesh::shared().env(service))
         .env("STRATUS_DATA_DIR", dir.path())
-        .env(
-            "STRATUS_REGISTRY_URL",
-            format!("http://127.0.0.1:{}", support::free_port()),
-        )
+        .env("STRATUS_REGISTRY_URL", registry.url(""))
         .env("STRATUS_LOG_FORMAT", "text")
         .env("RUST_LIB_BACKTRACE", "0")
         // The system's roots only: no CA of a test is trusted by accident.
@@ -308,7 +307,7 @@ fn fails_to_start(service: &str, env: &[(&str, &str)]) -> (String, tempfile::Tem
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let text = std::fs::read_to_string(&log_path).unwrap();
     assert!(!status.success(), "{service} must refuse to start: {text}");
@@ -322,12 +321,12 @@ fn main() -> std::process::ExitCode {
             services_use_postgres_over_tls_when_the_url_asks,
         )
         .needs(&[Need::Postgres]),
-        Test::sync(
+        Test::new(
             "asking_postgres_for_tls_without_it_is_a_start_up_error",
             asking_postgres_for_tls_without_it_is_a_start_up_error,
         )
         .needs(&[Need::Postgres]),
-        Test::sync(
+        Test::new(
             "postgres_with_a_certificate_from_another_ca_is_a_start_up_error",
             postgres_with_a_certificate_from_another_ca_is_a_start_up_error,
         )
@@ -337,7 +336,7 @@ fn main() -> std::process::ExitCode {
             the_catalog_caches_in_redis_over_tls,
         )
         .needs(&[Need::Redis]),
-        Test::sync(
+        Test::new(
             "redis_with_a_certificate_the_system_does_not_trust_is_a_start_up_error",
             redis_with_a_certificate_the_system_does_not_trust_is_a_start_up_error,
         )
@@ -347,7 +346,7 @@ fn main() -> std::process::ExitCode {
             a_service_uses_nats_over_tls_when_the_url_asks,
         )
         .needs(&[Need::Nats]),
-        Test::sync(
+        Test::new(
             "nats_with_a_certificate_the_system_does_not_trust_is_a_start_up_error",
             nats_with_a_certificate_the_system_does_not_trust_is_a_start_up_error,
         )

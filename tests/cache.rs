@@ -59,12 +59,7 @@ async fn counter(http: &reqwest::Client, base: &str, name: &str, labels: &str) -
 }
 
 async fn instance_url(system: &System, service: &str) -> String {
-    let instance = &system.registered(service).await[0];
-    format!(
-        "http://{}:{}",
-        instance["address"].as_str().unwrap(),
-        instance["port"]
-    )
+    system.instance_url(service).await
 }
 
 async fn catalog_reads_are_cache_aside_in_redis_and_survive_its_death() {
@@ -136,7 +131,7 @@ async fn cache_outcomes_reach_the_event_records() {
     let id = create_product(&system, &admin, 100).await;
     read(&system, &id).await;
     read(&system, &id).await;
-    let url = format!("http://127.0.0.1:{events_port}/v1/events?service=catalog");
+    let url = support::mesh::internal_url(events_port, "/v1/events?service=catalog");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let records: Value = system
@@ -351,7 +346,7 @@ async fn wait_sees(http: &reqwest::Client, admin_port: u16, service: &str, count
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let seen = match http
-            .get(format!("http://127.0.0.1:{admin_port}/v1/upstreams"))
+            .get(support::mesh::internal_url(admin_port, "/v1/upstreams"))
             .send()
             .await
         {
@@ -405,7 +400,7 @@ async fn two_gateways_share_one_rate_limit_in_redis_and_fail_open() {
         .register(
             "echo",
             "echo-1",
-            support::backend::start_echo().await,
+            support::backend::start_echo("echo").await,
             json!({}),
         )
         .await;
@@ -452,7 +447,7 @@ async fn two_gateways_share_one_rate_limit_in_redis_and_fail_open() {
     for admin in [system.admin_port, second_admin] {
         errors += counter(
             &system.http,
-            &format!("http://127.0.0.1:{admin}"),
+            &support::mesh::internal_url(admin, ""),
             "ratelimit_redis_errors_total",
             "",
         )

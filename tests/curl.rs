@@ -28,7 +28,12 @@ fn http2_prior_knowledge_with_curl() {
     let system = runtime.block_on(async {
         let system = System::start_edge(Some(&routes)).await;
         system
-            .register("echo", "echo-1", backend::start_echo().await, json!({}))
+            .register(
+                "echo",
+                "echo-1",
+                backend::start_echo("echo").await,
+                json!({}),
+            )
             .await;
         system.wait_gateway_sees("echo", 1).await;
         system
@@ -73,7 +78,7 @@ fn https_with_a_generated_development_certificate() {
             .register(
                 "proto",
                 "p1",
-                backend::start_header_echo("x-forwarded-proto").await,
+                backend::start_header_echo("proto", "x-forwarded-proto").await,
                 json!({}),
             )
             .await;

@@ -31,7 +31,10 @@ async fn the_dashboard_shows_live_topology_and_traces() {
     }
 
     let (system, events_port) = System::start_with_events(2, true).await;
-    let dashboard = format!("http://127.0.0.1:{events_port}/");
+    // The sink takes only operators; the browser goes through a proxy that is one, as it
+    // does through `stratus up`'s dashboard port.
+    let proxy = support::proxy::operator_proxy(support::mesh::internal_url(events_port, "")).await;
+    let dashboard = format!("http://127.0.0.1:{proxy}/");
     let page = system.http.get(&dashboard).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("/dashboard/app.js"));

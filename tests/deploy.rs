@@ -24,7 +24,7 @@ fn write(path: &std::path::Path, text: &str) {
 /// Registers a test backend as an instance of `service` running `version`.
 async fn register(system: &System, service: &str, name: &'static str, version: &str, port: u16) {
     let response = system
-        .http
+        .internal()
         .put(format!(
             "{}/v1/services/{service}/instances/{name}",
             system.registry_url()
@@ -47,8 +47,8 @@ async fn edge(routes: &str, backends: &[(&'static str, &str, u16)]) -> (System, 
     let system = System::start_edge(Some(&file)).await;
     for (name, version, status) in backends {
         let port = match status {
-            200 => backend::start(name, Duration::ZERO).await,
-            status => backend::start_with_status(name, *status).await,
+            200 => backend::start("web", name, Duration::ZERO).await,
+            status => backend::start_with_status("web", name, *status).await,
         };
         register(&system, "web", name, version, port).await;
     }
@@ -57,7 +57,7 @@ async fn edge(routes: &str, backends: &[(&'static str, &str, u16)]) -> (System, 
 }
 
 fn admin(system: &System, path: &str) -> String {
-    format!("http://127.0.0.1:{}{path}", system.admin_port)
+    system.admin_url(path)
 }
 
 async fn get(system: &System, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
@@ -135,7 +135,7 @@ async fn a_canary_at_ten_percent_gets_ten_percent_of_ten_thousand_requests() {
     );
     eprintln!("canary share: {canary} of 10,000 ({counts:?})");
     let report: Value = system
-        .http
+        .internal()
         .get(admin(&system, "/v1/routes/web/split"))
         .send()
         .await
@@ -274,7 +274,7 @@ async fn blue_green_switches_through_the_admin_api_and_the_route_file_with_no_fa
     // Through the admin API: in force by the time the PUT answers.
     let put = |stable: &'static str| {
         system
-            .http
+            .internal()
             .put(admin(&system, "/v1/routes/web/split"))
             .json(&json!({"stable": stable}))
             .send()
@@ -324,7 +324,7 @@ async fn a_canary_answering_500_is_rolled_back_automatically() {
             other => panic!("unexpected answer {other:?}"),
         }
         let report: Value = system
-            .http
+            .internal()
             .get(admin(&system, "/v1/routes/web/split"))
             .send()
             .await
@@ -363,7 +363,7 @@ async fn a_canary_answering_500_is_rolled_back_automatically() {
         );
     }
     let metrics = system
-        .http
+        .internal()
         .get(admin(&system, "/metrics"))
         .send()
         .await
@@ -396,7 +396,13 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
         (json!({"stable": "1.0", "colour": "red"}), 422),
         (json!({"canary": "2.0"}), 422),
     ] {
-        let response = system.http.put(&split).json(&body).send().await.unwrap();
+        let response = system
+            .internal()
+            .put(&split)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), status, "{body}");
         assert_eq!(
             response.headers()["content-type"],
@@ -404,7 +410,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
         );
     }
     let response = system
-        .http
+        .internal()
         .put(&split)
         .header("content-type", "application/json")
         .body("{not json")
@@ -413,7 +419,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
         .unwrap();
     assert_eq!(response.status(), 400);
     let unchanged: Value = system
-        .http
+        .internal()
         .get(&split)
         .send()
         .await
@@ -423,7 +429,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
         .unwrap();
     assert!(unchanged["split"].is_null(), "{unchanged}");
     let unknown = system
-        .http
+        .internal()
         .put(admin(&system, "/v1/routes/nope/split"))
         .json(&json!({"stable": "1.0"}))
         .send()
@@ -431,7 +437,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
     let nothing_to_roll_back = system
-        .http
+        .internal()
         .post(admin(&system, "/v1/routes/web/rollback"))
         .send()
         .await
@@ -440,7 +446,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
 
     // A canary set through the API, then rolled back by hand.
     let response = system
-        .http
+        .internal()
         .put(&split)
         .json(&json!({"stable": "1.0", "canary": "2.0", "canary_weight": 100}))
         .send()
@@ -449,7 +455,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
     assert_eq!(response.status(), 200);
     assert_eq!(get(&system, "/x", &[]).await, (200, "two".into()));
     let rolled: Value = system
-        .http
+        .internal()
         .post(admin(&system, "/v1/routes/web/rollback"))
         .send()
         .await
@@ -461,7 +467,7 @@ async fn the_admin_api_refuses_bad_splits_and_changes_nothing() {
     for _ in 0..10 {
         assert_eq!(get(&system, "/x", &[]).await, (200, "one".into()));
     }
-    let deleted = system.http.delete(&split).send().await.unwrap();
+    let deleted = system.internal().delete(&split).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
     let counts = spread(&system, "/x", 20, 1).await;
     assert_eq!(counts.len(), 2, "both versions again: {counts:?}");

@@ -16,7 +16,7 @@ use stratus_kit::registry_client::RegistryClient;
 use support::registry::{instance_ids, Registry};
 use support::System;
 
-/// A backend whose `/healthz` answers 200 or 503 as `healthy` says; returns its port.
+/// A backend of `shop` whose `/healthz` answers 200 or 503 as `healthy` says; returns its port.
 async fn switchable_backend(healthy: Arc<AtomicBool>) -> u16 {
     let app = Router::new()
         .route(
@@ -33,10 +33,7 @@ async fn switchable_backend(healthy: Arc<AtomicBool>) -> u16 {
             }),
         )
         .fallback(|| async { "switchable" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
+    support::backend::serve_app(Some("shop"), app).await
 }
 
 /// Whether the registry lists catalog instance `id` (`true`) or not (`false`), as `expected`.
@@ -86,7 +83,7 @@ async fn a_failing_check_hides_an_instance_from_lists_and_watchers_until_it_pass
     let registry = Registry::start("registry", "memory", dir.path()).await;
     let healthy = Arc::new(AtomicBool::new(true));
     let port = switchable_backend(healthy.clone()).await;
-    let other = support::backend::start("steady", Duration::ZERO).await;
+    let other = support::backend::start("shop", "steady", Duration::ZERO).await;
     let checked = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
         "check": {"http": "/healthz"}, "interval": "200ms", "timeout": "100ms"});
     assert_eq!(
@@ -167,16 +164,17 @@ async fn a_failing_check_hides_an_instance_from_lists_and_watchers_until_it_pass
 async fn a_grpc_check_asks_the_standard_health_service() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start("registry", "memory", dir.path()).await;
-    // Two steady instances, so one failing check is that instance's failure and not a sign
-    // of the registry being cut off (which would make it hold every verdict).
-    for id in ["steady-1", "steady-2"] {
-        let port = support::backend::start("steady", Duration::ZERO).await;
+    // Four steady instances, so the failing checks below (at most three) are those instances'
+    // failures and not a sign of the registry being cut off (which would make it hold every
+    // verdict).
+    for id in ["steady-1", "steady-2", "steady-3", "steady-4"] {
+        let port = support::backend::start("rpc", "steady", Duration::ZERO).await;
         let steady = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
             "check": {"tcp": true}, "interval": "100ms"});
         assert_eq!(put_registration(&registry, "rpc", id, steady).await, 201);
     }
     let serving = Arc::new(std::sync::atomic::AtomicU8::new(1));
-    let port = support::backend::start_grpc_health(serving.clone()).await;
+    let port = support::backend::start_grpc_health("rpc", serving.clone()).await;
     let checked = json!({"address": "127.0.0.1", "port": port, "ttl_seconds": 60,
         "check": {"grpc": ""}, "interval": "100ms"});
     assert_eq!(
@@ -190,11 +188,21 @@ async fn a_grpc_check_asks_the_standard_health_service() {
         put_registration(&registry, "rpc", "asked-wrongly", asked_wrongly).await,
         201
     );
+    // A gRPC server that says SERVING with another service's certificate: the probe goes over
+    // mutual TLS and checks whom it reached, so it is hidden as well.
+    let impostor = support::backend::start_grpc_health("impostor", serving.clone()).await;
+    let impostor = json!({"address": "127.0.0.1", "port": impostor, "ttl_seconds": 60,
+        "check": {"grpc": ""}, "interval": "100ms"});
+    assert_eq!(
+        put_registration(&registry, "rpc", "impostor", impostor).await,
+        201
+    );
     let r = &registry;
-    let all = ["grpc-only", "steady-1", "steady-2"];
+    let steady = ["steady-1", "steady-2", "steady-3", "steady-4"];
+    let all = ["grpc-only", "steady-1", "steady-2", "steady-3", "steady-4"];
     eventually(
         Duration::from_secs(3),
-        "the HTTP-checked one hidden",
+        "the HTTP-checked one and the impostor hidden",
         || async move { r.ids("rpc").await == all },
     )
     .await;
@@ -206,7 +214,7 @@ async fn a_grpc_check_asks_the_standard_health_service() {
     eventually(
         Duration::from_secs(3),
         "NOT_SERVING hidden",
-        || async move { r.ids("rpc").await == ["steady-1", "steady-2"] },
+        || async move { r.ids("rpc").await == steady },
     )
     .await;
     serving.store(1, Ordering::SeqCst);
@@ -277,10 +285,12 @@ async fn a_stopped_instance_leaves_discovery_and_comes_back() {
 #[tokio::test]
 async fn the_kit_client_keeps_routing_while_the_registry_is_down() {
     let metrics = stratus_kit::metrics::install();
+    // The kit's clients go over the mesh, as in any Stratus process.
+    support::mesh::join_test_process("tester");
     let dir = tempfile::tempdir().unwrap();
     let mut registry = Registry::start("registry", "memory", dir.path()).await;
-    let a = support::backend::start("a", Duration::ZERO).await;
-    let b = support::backend::start("b", Duration::ZERO).await;
+    let a = support::backend::start("shop", "a", Duration::ZERO).await;
+    let b = support::backend::start("shop", "b", Duration::ZERO).await;
     assert_eq!(registry.register("shop", "a", a, 600.0).await, 201);
     assert_eq!(registry.register("shop", "b", b, 600.0).await, 201);
 
@@ -327,7 +337,7 @@ async fn the_kit_client_keeps_routing_while_the_registry_is_down() {
 
     let port = registry.port;
     let registry = Registry::start_on("registry", "memory", dir.path(), port).await;
-    let c = support::backend::start("c", Duration::ZERO).await;
+    let c = support::backend::start("shop", "c", Duration::ZERO).await;
     assert_eq!(registry.register("shop", "c", c, 600.0).await, 201);
     eventually(
         Duration::from_secs(5),
@@ -418,7 +428,7 @@ async fn load(http: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> (usi
 /// The slow heartbeater's registration: a 60 s lease (so it renews rarely).
 async fn register_slow(system: &System, port: u16) -> u16 {
     system
-        .http
+        .internal()
         .put(format!(
             "{}/v1/services/slow/instances/hand",
             system.registry_url()
@@ -448,7 +458,7 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
         routes.path().display().to_string(),
     )];
     let mut system = System::start_with(2, &extra).await;
-    let slow = support::backend::start("slow", Duration::ZERO).await;
+    let slow = support::backend::start("slow", "slow", Duration::ZERO).await;
     assert_eq!(register_slow(&system, slow).await, 201);
     system.wait_gateway_sees("slow", 1).await;
 
@@ -466,6 +476,7 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
         )),
     ];
     // A kit client follows the same registry; the smallest view it holds is recorded.
+    support::mesh::join_test_process("tester");
     let discovery = Discovery::start(
         RegistryClient::new(system.registry_url()).unwrap(),
         Duration::from_secs(2),
@@ -502,7 +513,7 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
         .await;
     // Straight after the restart the registry is empty, and says it is warming.
     let fresh: Value = system
-        .http
+        .internal()
         .get(format!("{}/v1/services", system.registry_url()))
         .send()
         .await
@@ -517,7 +528,7 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
     system.wait_registered("catalog", 2).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let beat = system
-        .http
+        .internal()
         .put(format!(
             "{}/v1/services/slow/instances/hand/heartbeat",
             system.registry_url()
@@ -530,7 +541,7 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
 
     // The registry settles once its warm-up is over, and every view converges on it.
     let registry = &system.registry_url();
-    let http = &system.http;
+    let http = system.internal();
     eventually(
         Duration::from_secs(15),
         "the registry settling",

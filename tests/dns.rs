@@ -106,6 +106,7 @@ async fn dns_answers_a_and_srv_from_the_registry() {
         .env("STRATUS_REGISTRY_URL", registry.url(""))
         .env("STRATUS_LOG_FORMAT", "json")
         .env("STRATUS_LOG", "debug")
+        .envs(support::mesh::shared().env("dns"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -213,7 +214,7 @@ async fn a_killed_instance_leaves_dns_within_the_detection_time() {
 async fn queries_are_reported_to_the_event_sink() {
     let mut system = support::System::start_edge(None).await;
     let events_port = support::free_port();
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let events_port_text = events_port.to_string();
     system.spawn("events", &[("PORT", events_port_text.as_str())]);
     system.wait_http_ok(&format!("{sink}/readyz")).await;

@@ -39,7 +39,7 @@ fn served_by(port: u64) -> String {
 /// The number of `catalog` instances the gateway on `admin_port` routes to.
 async fn gateway_sees(http: &reqwest::Client, admin_port: u16) -> Option<usize> {
     let response = http
-        .get(format!("http://127.0.0.1:{admin_port}/v1/upstreams"))
+        .get(support::mesh::internal_url(admin_port, "/v1/upstreams"))
         .send()
         .await
         .ok()?;
@@ -70,10 +70,12 @@ async fn the_gateway_and_the_kit_client_follow_dns() {
         ],
     );
     system
-        .wait_http_ok(&format!("http://127.0.0.1:{admin_port}/readyz"))
+        .wait_http_ok(&system.internal_url(admin_port, "/readyz"))
         .await;
 
-    // The kit client in DNS mode, asking for the one service it calls.
+    // The kit client in DNS mode, asking for the one service it calls (over the mesh, as in
+    // any Stratus process).
+    support::mesh::join_test_process("tester");
     let settings = DnsSettings {
         server: dns_server.parse().unwrap(),
         template: "{service}.service.stratus".into(),

@@ -75,11 +75,9 @@ async fn the_service_checks_tokens_itself() {
     let system = System::start(1).await;
     let customer = system.customer_token("bob@example.com").await;
     // Straight to the instance, around the gateway: the catalog holds the same line.
-    let instance = &system.registered("catalog").await[0];
     let direct = format!(
-        "http://{}:{}/api/catalog/products",
-        instance["address"].as_str().unwrap(),
-        instance["port"]
+        "{}/api/catalog/products",
+        system.instance_url("catalog").await
     );
     let response = system
         .http

@@ -12,7 +12,7 @@ use stratus_testing::{Need, Test};
 use support::System;
 
 async fn get_json(system: &System, url: &str) -> (u16, Value) {
-    let response = system.http.get(url).send().await.unwrap();
+    let response = system.client(url).get(url).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -32,7 +32,7 @@ async fn wait_for(system: &System, url: &str, done: impl Fn(&Value) -> bool) -> 
 
 async fn services_report_every_request_to_the_sink() {
     let (system, events_port) = System::start_with_events(2, true).await;
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     for _ in 0..6 {
@@ -196,16 +196,11 @@ async fn a_sink_that_is_down_breaks_nothing() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let catalog = system.registered("catalog").await[0].clone();
-    let metrics = format!(
-        "http://{}:{}/metrics",
-        catalog["address"].as_str().unwrap(),
-        catalog["port"]
-    );
+    let metrics = format!("{}/metrics", system.instance_url("catalog").await);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = system
-            .http
+            .internal()
             .get(&metrics)
             .send()
             .await
@@ -241,14 +236,9 @@ async fn every_process_reports_where_its_memory_goes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let catalog = system.registered("catalog").await[0].clone();
     let text = system
         .http
-        .get(format!(
-            "http://{}:{}/metrics",
-            catalog["address"].as_str().unwrap(),
-            catalog["port"]
-        ))
+        .get(format!("{}/metrics", system.instance_url("catalog").await))
         .send()
         .await
         .unwrap()
@@ -279,7 +269,7 @@ async fn the_sink_can_stop_and_restart_under_load() {
     use std::sync::Arc;
 
     let (mut system, events_port) = System::start_with_events(2, true).await;
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = Vec::new();
@@ -397,7 +387,7 @@ fn record(trace_id: &str, span: u64) -> Value {
 async fn bad_batches_are_refused_whole() {
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
-    let sink = format!("http://127.0.0.1:{port}");
+    let sink = support::mesh::internal_url(port, "");
     let port_text = port.to_string();
     system.spawn("events", &[("PORT", port_text.as_str())]);
     system.wait_http_ok(&format!("{sink}/readyz")).await;
@@ -413,7 +403,7 @@ async fn bad_batches_are_refused_whole() {
     };
 
     // A new connection per batch: a refused oversized body leaves its connection unusable.
-    let fresh = reqwest::Client::builder()
+    let fresh = support::mesh::operator_builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()
@@ -444,7 +434,7 @@ async fn bad_batches_are_refused_whole() {
     let too_many = post(serde_json::to_vec(&too_many).unwrap()).await.unwrap();
     assert!(too_many.status().is_client_error());
     let plain = system
-        .http
+        .internal()
         .post(&ingest)
         .body(serde_json::to_vec(&json!([record(trace, 1)])).unwrap())
         .send()
@@ -520,7 +510,7 @@ async fn bad_batches_are_refused_whole() {
         }]}]
     }]});
     let exported = system
-        .http
+        .internal()
         .post(format!("{sink}/v1/traces"))
         .json(&otlp)
         .send()
@@ -545,7 +535,7 @@ async fn bad_batches_are_refused_whole() {
         "/v1/events?colour=red",
     ] {
         let response = system
-            .http
+            .internal()
             .get(format!("{sink}{bad}"))
             .send()
             .await
@@ -562,7 +552,7 @@ async fn the_sink_works_on_postgres() {
     let postgres = stratus_testing::servers::Postgres::start();
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
-    let sink = format!("http://127.0.0.1:{port}");
+    let sink = support::mesh::internal_url(port, "");
     let (port_text, database) = (port.to_string(), postgres.database("events"));
     system.spawn(
         "events",
@@ -588,7 +578,7 @@ async fn the_sink_works_on_postgres() {
         })
         .collect();
     let response = system
-        .http
+        .internal()
         .post(format!("{sink}/v1/events"))
         .json(&batch)
         .send()
@@ -598,7 +588,7 @@ async fn the_sink_works_on_postgres() {
     let mut bad = batch.clone();
     bad[3]["kind"] = json!("internal");
     let response = system
-        .http
+        .internal()
         .post(format!("{sink}/v1/events"))
         .json(&bad)
         .send()

@@ -260,7 +260,7 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
     let routes = routes_dir.path().join("routes.toml");
     std::fs::write(&routes, ROUTES).unwrap();
     let events_port = free_port();
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
 
     let mut envs: Envs = HashMap::new();
     for service in ["auth", "catalog", "orders", "payments", "notifications"] {
@@ -404,7 +404,7 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 rig.spawn("events");
                 rig.system
-                    .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", rig.events_port))
+                    .wait_http_ok(&support::mesh::internal_url(rig.events_port, "/readyz"))
                     .await;
             }
             _ => unreachable!(),

@@ -33,7 +33,7 @@ async fn routes_reload_while_serving_and_a_bad_file_keeps_the_old_table() {
         .register(
             "alpha",
             "alpha-1",
-            backend::start("alpha", Duration::ZERO).await,
+            backend::start("alpha", "alpha", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -41,7 +41,7 @@ async fn routes_reload_while_serving_and_a_bad_file_keeps_the_old_table() {
         .register(
             "beta",
             "beta-1",
-            backend::start("beta", Duration::ZERO).await,
+            backend::start("beta", "beta", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -65,11 +65,11 @@ async fn routes_reload_while_serving_and_a_bad_file_keeps_the_old_table() {
         &routes,
         "[[routes]]\nprefix = \"no-slash\"\nservice = \"alpha\"\n",
     );
-    let admin = format!("http://127.0.0.1:{}/v1/routes", system.admin_port);
+    let admin = system.admin_url("/v1/routes");
     let refused = Instant::now();
     loop {
         let report: Value = system
-            .http
+            .internal()
             .get(&admin)
             .send()
             .await
@@ -111,7 +111,7 @@ async fn least_response_time_routes_around_a_slow_instance_and_round_robin_does_
         .register(
             "mixed",
             "fast-1",
-            backend::start("fast-1", Duration::ZERO).await,
+            backend::start("mixed", "fast-1", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -119,7 +119,7 @@ async fn least_response_time_routes_around_a_slow_instance_and_round_robin_does_
         .register(
             "mixed",
             "fast-2",
-            backend::start("fast-2", Duration::ZERO).await,
+            backend::start("mixed", "fast-2", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -127,7 +127,7 @@ async fn least_response_time_routes_around_a_slow_instance_and_round_robin_does_
         .register(
             "mixed",
             "slow",
-            backend::start("slow", Duration::from_millis(80)).await,
+            backend::start("mixed", "slow", Duration::from_millis(80)).await,
             json!({}),
         )
         .await;
@@ -173,7 +173,7 @@ async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
         .register(
             "shaky",
             "good",
-            backend::start("good", Duration::ZERO).await,
+            backend::start("shaky", "good", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -181,7 +181,7 @@ async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
         .register(
             "shaky",
             "bad",
-            backend::start_with_status("bad", 503).await,
+            backend::start_with_status("shaky", "bad", 503).await,
             json!({}),
         )
         .await;
@@ -196,7 +196,7 @@ async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
             "request {i}"
         );
     }
-    let upstreams = format!("http://127.0.0.1:{}/v1/upstreams", system.admin_port);
+    let upstreams = system.admin_url("/v1/upstreams");
     let state = |report: &Value| -> String {
         report["services"]["shaky"]
             .as_array()
@@ -209,7 +209,7 @@ async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
             .to_string()
     };
     let report: Value = system
-        .http
+        .internal()
         .get(&upstreams)
         .send()
         .await
@@ -237,7 +237,7 @@ async fn a_failing_instance_is_retried_around_then_ejected_then_probed() {
         assert_eq!(body(&system, "/x").await, (200, "good".into()));
     }
     let report: Value = system
-        .http
+        .internal()
         .get(&upstreams)
         .send()
         .await
@@ -262,7 +262,12 @@ async fn rate_limits_answer_429_and_strip_prefix_rewrites_the_path() {
     );
     let system = System::start_edge(Some(&routes)).await;
     system
-        .register("echo", "echo-1", backend::start_echo().await, json!({}))
+        .register(
+            "echo",
+            "echo-1",
+            backend::start_echo("echo").await,
+            json!({}),
+        )
         .await;
     system.wait_gateway_sees("echo", 1).await;
 
@@ -343,7 +348,7 @@ async fn websocket_echo_through_the_gateway() {
         .register(
             "chat",
             "chat-1",
-            backend::start_websocket_echo().await,
+            backend::start_websocket_echo("chat").await,
             json!({}),
         )
         .await;
@@ -407,31 +412,30 @@ async fn only_websocket_upgrades_are_tunnelled() {
         .register(
             "echo",
             "echo-1",
-            backend::start_header_echo("upgrade").await,
+            backend::start_header_echo("echo", "upgrade").await,
             json!({}),
         )
         .await;
     // An instance that switches protocols whatever it is asked.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rogue = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
+    let tls = Some(support::mesh::tls_for("rogue"));
+    backend::accept_loop(listener, tls, |mut stream| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !request.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
-                    .await;
-                let _ = stream.read(&mut chunk).await;
-            });
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
         }
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .await;
+        let _ = stream.read(&mut chunk).await;
     });
     system.register("rogue", "rogue-1", rogue, json!({})).await;
     system.wait_gateway_sees("echo", 1).await;
@@ -496,7 +500,7 @@ async fn layer_4_mode_balances_connections_not_requests() {
         .register(
             "web",
             "web-1",
-            backend::start("web-1", Duration::ZERO).await,
+            backend::start("web", "web-1", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -504,22 +508,32 @@ async fn layer_4_mode_balances_connections_not_requests() {
         .register(
             "web",
             "web-2",
-            backend::start("web-2", Duration::ZERO).await,
+            backend::start("web", "web-2", Duration::ZERO).await,
             json!({}),
         )
         .await;
     system.wait_gateway_sees("web", 2).await;
 
+    // The gateway copies bytes and vouches for nobody: TLS goes end to end, from this client
+    // (an operator) to the instance, whose certificate it checks as `web`'s.
+    let exchange = |request: &'static [u8]| async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", l4_port))
+            .await
+            .unwrap();
+        let mut stream = support::mesh::tls_connect("web", tcp).await;
+        stream.write_all(request).await.unwrap();
+        let mut response = Vec::new();
+        // The instance closes after `Connection: close` (a TCP close without TLS's
+        // close_notify reads as an error once everything has been read).
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).to_string()
+    };
     // Two requests on one kept-alive connection: both reach the same instance, and nothing in
     // the response comes from the gateway (it never parsed the HTTP).
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", l4_port))
-        .await
-        .unwrap();
-    let request =
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    stream.write_all(request).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = exchange(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let served: Vec<&str> = ["web-1", "web-2"]
         .into_iter()
         .filter(|name| response.contains(name))
@@ -534,15 +548,7 @@ async fn layer_4_mode_balances_connections_not_requests() {
     // New connections are balanced across the instances.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..4 {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", l4_port))
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        let response = exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         seen.insert(if response.contains("web-1") {
             "web-1"
         } else {
@@ -572,7 +578,7 @@ async fn active_health_checks_take_a_broken_instance_out_before_any_request_hits
         .register(
             "probed",
             "well",
-            backend::start("well", Duration::ZERO).await,
+            backend::start("probed", "well", Duration::ZERO).await,
             json!({}),
         )
         .await;
@@ -580,17 +586,17 @@ async fn active_health_checks_take_a_broken_instance_out_before_any_request_hits
         .register(
             "probed",
             "sick",
-            backend::start_with_status("sick", 503).await,
+            backend::start_with_status("probed", "sick", 503).await,
             json!({}),
         )
         .await;
     system.wait_gateway_sees("probed", 2).await;
 
-    let upstreams = format!("http://127.0.0.1:{}/v1/upstreams", system.admin_port);
+    let upstreams = system.admin_url("/v1/upstreams");
     let started = Instant::now();
     loop {
         let report: Value = system
-            .http
+            .internal()
             .get(&upstreams)
             .send()
             .await
@@ -633,7 +639,7 @@ async fn pooled_connections_closed_by_the_instance_cost_no_request() {
         "[[routes]]\nprefix = \"/\"\nservice = \"closer\"\nauth = \"none\"\nretries = 0\n",
     );
     let system = System::start_edge(Some(&routes)).await;
-    let port = backend::start_closing_after(Duration::from_millis(20)).await;
+    let port = backend::start_closing_after("closer", Duration::from_millis(20)).await;
     system.register("closer", "closer-1", port, json!({})).await;
     system.wait_gateway_sees("closer", 1).await;
 
@@ -671,11 +677,15 @@ async fn a_hung_instance_costs_an_idempotent_request_one_per_try_timeout() {
     let system = System::start_edge(Some(&routes)).await;
     // "stuck" accepts connections and never answers in time, as a stopped or deadlocked
     // process would.
-    let stuck = backend::start("stuck", Duration::from_secs(60)).await;
-    let good = backend::start("good", Duration::ZERO).await;
+    // (One for each service: an instance's certificate names the service it serves.)
+    let stuck = backend::start("pair", "stuck", Duration::from_secs(60)).await;
+    let stuck_alone = backend::start("alone", "stuck", Duration::from_secs(60)).await;
+    let good = backend::start("pair", "good", Duration::ZERO).await;
     system.register("pair", "good", good, json!({})).await;
     system.register("pair", "stuck", stuck, json!({})).await;
-    system.register("alone", "stuck", stuck, json!({})).await;
+    system
+        .register("alone", "stuck", stuck_alone, json!({}))
+        .await;
     system.wait_gateway_sees("pair", 2).await;
     system.wait_gateway_sees("alone", 1).await;
 
@@ -758,7 +768,7 @@ async fn a_port_held_by_another_process_is_a_start_up_error() {
     );
     let mut system =
         System::start_edge_with(Some(&routes), &[("STRATUS_GATEWAY_WORKERS", "2")]).await;
-    let backend = backend::start("first", Duration::ZERO).await;
+    let backend = backend::start("first", "first", Duration::ZERO).await;
     system
         .register("first", "first-1", backend, json!({}))
         .await;

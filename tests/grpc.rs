@@ -5,7 +5,9 @@
 //! The instances are small gRPC-like servers on hyper's HTTP/2 server (no code generation): a
 //! message is gRPC's length-prefixed frame (a compression flag byte, a 4-byte big-endian length,
 //! the bytes), and every answer ends with `grpc-status` trailers. They also answer `/healthz`
-//! over HTTP/1.1 for the gateway's health checks, as gRPC servers with an HTTP side do.
+//! over HTTP/1.1 for the gateway's health checks, as gRPC servers with an HTTP side do. They
+//! serve TLS with a certificate for `echo`, as instances in the mesh do: the gateway reaches
+//! them over mutual TLS, HTTP/2 by ALPN.
 
 mod support;
 
@@ -139,13 +141,16 @@ impl Instance {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, mut stopped) = oneshot::channel::<()>();
+        let tls = tokio_rustls::TlsAcceptor::from(support::mesh::tls_for("echo"));
         tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
+                        let tls = tls.clone();
                         connections.spawn(async move {
+                            let Ok(stream) = tls.accept(stream).await else { return };
                             let service = service_fn(move |request| answer(name, request));
                             let builder =
                                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -392,11 +397,8 @@ async fn a_call_with_no_instance_left_gets_unavailable_and_a_slow_one_deadline_e
 /// The gateway's view of one instance, from its admin API.
 async fn upstream(system: &System, service: &str, id: &str) -> Value {
     let report: Value = system
-        .http
-        .get(format!(
-            "http://127.0.0.1:{}/v1/upstreams",
-            system.admin_port
-        ))
+        .internal()
+        .get(system.admin_url("/v1/upstreams"))
         .send()
         .await
         .unwrap()
@@ -426,8 +428,9 @@ async fn wait_check(system: &System, service: &str, id: &str, verdict: &str) -> 
 }
 
 /// An instance registered with `health_check = "grpc"` is probed with gRPC's own health service
-/// over HTTP/2: in rotation while it says SERVING, out while NOT_SERVING, back after. The same
-/// gRPC-only server probed the default way (`GET /healthz` over HTTP/1.1) cannot answer at all.
+/// over HTTP/2 and mutual TLS: in rotation while it says SERVING, out while NOT_SERVING, back
+/// after. The same gRPC-only server probed the default way (`GET /healthz` over HTTP/1.1)
+/// cannot answer at all, and one holding another service's certificate never passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_instances_are_probed_with_the_grpc_health_service() {
     let dir = tempfile::tempdir().unwrap();
@@ -439,7 +442,7 @@ async fn grpc_instances_are_probed_with_the_grpc_health_service() {
     )
     .await;
     let serving = Arc::new(AtomicU8::new(1));
-    let port = support::backend::start_grpc_health(serving.clone()).await;
+    let port = support::backend::start_grpc_health("echo", serving.clone()).await;
     system
         .register(
             "echo",
@@ -451,10 +454,23 @@ async fn grpc_instances_are_probed_with_the_grpc_health_service() {
     system
         .register("echo", "http-checked", port, json!({}))
         .await;
-    system.wait_gateway_sees("echo", 2).await;
+    // A gRPC server that says SERVING with another service's certificate: the probe goes over
+    // mutual TLS and checks whom it reached, so it never passes.
+    let impostor = support::backend::start_grpc_health("impostor", serving.clone()).await;
+    system
+        .register(
+            "echo",
+            "impostor",
+            impostor,
+            json!({"health_check": "grpc"}),
+        )
+        .await;
+    system.wait_gateway_sees("echo", 3).await;
 
     let unanswerable = wait_check(&system, "echo", "http-checked", "failing").await;
     assert_eq!(unanswerable["check"], "http");
+    let refused = wait_check(&system, "echo", "impostor", "failing").await;
+    assert_eq!(refused["check"], "grpc");
     // Several probe rounds later the gRPC-checked one is still in rotation.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let checked = upstream(&system, "echo", "grpc-checked").await;

@@ -146,6 +146,7 @@ impl Cluster {
             .args(["netns", "exec", &self.network.namespace(host)])
             .arg(support::binary())
             .args(["serve", component])
+            .envs(support::mesh::shared().env(component))
             .env("STRATUS_REGISTRY_URL", self.registry_url())
             .env("STRATUS_DATA_DIR", &data)
             .env("STRATUS_BIND", &address)
@@ -164,6 +165,7 @@ impl Cluster {
             .push(command.spawn().expect("starting stratus in a namespace"));
     }
 
+    /// As configured (each process reaches it over mutual TLS all the same).
     fn registry_url(&self) -> String {
         format!("http://{}:8500", self.network.address("control"))
     }
@@ -280,12 +282,13 @@ async fn across_hosts_the_gateway_routes_around_a_partition_and_heals() {
         processes: Vec::new(),
     };
     stratus_kit::install_crypto_provider();
-    let http = reqwest::Client::builder()
+    // The operator's client: plain HTTP to the gateway, mutual TLS to the registry.
+    let http = support::mesh::operator_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     cluster.start("control", "registry", &[("PORT", "8500".into())]);
-    let registry = cluster.registry_url();
+    let registry = cluster.registry_url().replacen("http://", "https://", 1);
     let logs = cluster.logs().to_path_buf();
     wait_until(
         "the registry answering",

@@ -17,7 +17,7 @@ fn registration(port: u16) -> serde_json::Value {
 
 #[tokio::test]
 async fn without_an_identity_nothing_in_the_registry_changes_or_is_read() {
-    let system = System::start_meshed(1).await;
+    let system = System::start(1).await;
     let registry = system.registry_url();
     let auth = system.registered("auth").await;
     let auth_id = auth[0]["id"].as_str().unwrap().to_string();
@@ -81,7 +81,7 @@ async fn without_an_identity_nothing_in_the_registry_changes_or_is_read() {
 
 #[tokio::test]
 async fn a_catalog_certificate_acts_for_catalog_only() {
-    let system = System::start_meshed(1).await;
+    let system = System::start(1).await;
     let mesh = system.mesh.as_ref().unwrap();
     let registry = system.registry_url();
     let catalog_id = SpiffeId::service(TRUST_DOMAIN, "catalog").unwrap();
@@ -136,7 +136,7 @@ async fn a_catalog_certificate_acts_for_catalog_only() {
 
 #[tokio::test]
 async fn expired_and_foreign_certificates_are_refused() {
-    let system = System::start_meshed(1).await;
+    let system = System::start(1).await;
     let mesh = system.mesh.as_ref().unwrap();
     let registry = system.registry_url();
     let catalog_id = SpiffeId::service(TRUST_DOMAIN, "catalog").unwrap();
@@ -176,7 +176,7 @@ async fn expired_and_foreign_certificates_are_refused() {
 
 #[tokio::test]
 async fn instances_and_the_admin_api_answer_only_identities() {
-    let system = System::start_meshed(1).await;
+    let system = System::start(1).await;
     let catalog = system.instance_url("catalog").await;
     let nobody = client_with(None);
     let plain = reqwest::Client::new();
@@ -228,7 +228,7 @@ fn record(service: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_sink_takes_each_service_s_own_records_and_answers_queries_to_operators() {
-    let mut system = System::start_meshed(1).await;
+    let mut system = System::start(1).await;
     let port = support::free_port();
     system.spawn("events", &[("PORT", port.to_string().as_str())]);
     let sink = format!("https://127.0.0.1:{port}");
@@ -303,7 +303,7 @@ async fn the_sink_takes_each_service_s_own_records_and_answers_queries_to_operat
 async fn intentions_let_only_the_named_services_call_and_a_refusal_is_on_the_sink() {
     let events_port = support::free_port();
     let sink = format!("http://127.0.0.1:{events_port}");
-    let mut system = System::start_meshed_with(
+    let mut system = System::start_with(
         1,
         &[
             (
@@ -378,7 +378,7 @@ async fn intentions_let_only_the_named_services_call_and_a_refusal_is_on_the_sin
 
 #[tokio::test]
 async fn requests_flow_through_the_gateway_over_mutual_tls_and_a_rogue_gets_no_login() {
-    let system = System::start_meshed(2).await;
+    let system = System::start(2).await;
     // Logins and reads go gateway -> auth and gateway -> catalog over mutual TLS.
     let token = system.admin_token().await;
     assert!(!token.is_empty());
@@ -441,7 +441,7 @@ async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_req
             settings.push((service, key, value.to_string()));
         }
     }
-    let mut system = System::start_meshed_with(2, &settings).await;
+    let mut system = System::start_with_own_authority(2, &settings).await;
     system
         .add_services(
             &[("orders", 1), ("payments", 1), ("notifications", 1)],
@@ -615,4 +615,74 @@ async fn certificates_renew_and_the_root_rotates_under_load_without_a_failed_req
         );
     }
     drop(client);
+}
+
+/// `stratus serve` runs with mutual TLS required unless told otherwise, so an instance started
+/// by hand without its join credential stops at once and says what is missing, instead of
+/// waiting for a certificate it cannot get.
+#[tokio::test]
+async fn a_component_without_a_join_credential_stops_at_once_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(support::binary())
+        .args(["serve", "catalog"])
+        .env_remove("STRATUS_MTLS")
+        .env_remove("STRATUS_JOIN_TOKEN")
+        .env("STRATUS_DATA_DIR", dir.path())
+        // Nothing listens there: the error must come before any attempt to reach it.
+        .env(
+            "STRATUS_REGISTRY_URL",
+            format!("http://127.0.0.1:{}", support::free_port()),
+        )
+        .env("STRATUS_LOG_FORMAT", "json")
+        .env("PORT", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("catalog without a join credential was still running after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for needed in [
+        "STRATUS_JOIN_TOKEN",
+        "required",
+        "stratus up",
+        "join-credential catalog",
+    ] {
+        assert!(said.contains(needed), "{needed:?} not in: {said}");
+    }
+}
+
+/// `STRATUS_MTLS=off`, asked for explicitly, still runs a whole system in plaintext (for
+/// development and benchmarks), and each process says so when it starts.
+#[tokio::test]
+async fn a_system_asked_to_run_plaintext_works_and_says_so() {
+    let system = System::start_plaintext(1).await;
+    assert!(system.registry_url().starts_with("http://"));
+    let token = system.admin_token().await;
+    assert!(!token.is_empty());
+    system.products().await;
+    // Inside, plaintext answers and nobody needs a certificate.
+    let services = reqwest::get(format!("{}/v1/services", system.registry_url()))
+        .await
+        .unwrap();
+    assert_eq!(services.status(), 200);
+    let log = std::fs::read_to_string(system.log_path("catalog", 0)).unwrap();
+    assert!(log.contains("STRATUS_MTLS=off"), "{log}");
 }

@@ -2,7 +2,9 @@
 //!
 //! One list drives it all: the table under "## Metrics" in README.md. The system runs as real
 //! processes (every HTTP component), takes real traffic through the gateway (reads, logins, a
-//! profile, an order through the saga, and a catalog instance that refuses connections), and
+//! profile, an order through the saga, a catalog instance that refuses connections, and what
+//! the mesh refuses: a call no intention allows, plaintext to an internal port, an instance
+//! without its service's certificate), and
 //! then every component is scraped where Prometheus would find it (the registry's
 //! `/v1/prometheus/targets`, plus the registry itself). A family the table expects after that
 //! traffic must be there (a counter or histogram with a count above zero, a gauge at all); a
@@ -31,7 +33,13 @@ const COMPONENTS: &[&str] = &[
 ];
 
 /// The table's *After* values this test brings about; `-` is documented only.
-const DRIVEN: &[&str] = &["start", "requests", "an order", "a dead instance"];
+const DRIVEN: &[&str] = &[
+    "start",
+    "requests",
+    "an order",
+    "a dead instance",
+    "a refusal",
+];
 
 /// One row of README's metrics table.
 #[derive(Debug)]
@@ -165,7 +173,11 @@ async fn targets(system: &System) -> BTreeMap<String, String> {
             .as_str()
             .expect("a path");
         for target in group["targets"].as_array().expect("targets") {
-            let url = format!("http://{}{path}", target.as_str().expect("host:port"));
+            let url = format!(
+                "{}://{}{path}",
+                system.scheme(),
+                target.as_str().expect("host:port")
+            );
             let earlier = targets.insert(component.to_string(), url);
             assert!(earlier.is_none(), "two {component} targets: {groups}");
         }
@@ -178,7 +190,12 @@ async fn targets(system: &System) -> BTreeMap<String, String> {
 }
 
 async fn scrape(system: &System, url: &str) -> BTreeMap<String, Scraped> {
-    let response = system.http.get(url).send().await.expect("GET /metrics");
+    let response = system
+        .internal()
+        .get(url)
+        .send()
+        .await
+        .expect("GET /metrics");
     assert_eq!(response.status(), 200, "{url}");
     parse(&response.text().await.expect("a body"))
 }
@@ -359,16 +376,95 @@ async fn a_dead_instance(system: &System) -> tokio::net::TcpSocket {
     socket
 }
 
+/// What the mesh refuses, once at every component (the table's `a refusal`): plaintext to its
+/// port (a failed handshake), and a call from a service no intention lets in (403; the
+/// registry, the sink and auth take every service and decide per request); and at the
+/// gateway, an instance registered as `catalog` that has no certificate (its handshake fails,
+/// and the request goes to another instance).
+async fn refusals(system: &System) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let targets = targets(system).await;
+    let intruder = support::mesh::client_as("intruder");
+    for (component, url) in &targets {
+        let authority = url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("host:port");
+        let mut plain = tokio::net::TcpStream::connect(authority).await.unwrap();
+        plain
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("200 OK"),
+            "{component} answered plaintext"
+        );
+        if !["registry", "events", "auth"].contains(&component.as_str()) {
+            let refused = intruder.get(url).send().await.unwrap();
+            assert_eq!(refused.status(), 403, "{component} let an intruder in");
+        }
+    }
+
+    let impostor = support::backend::plain("impostor", Duration::ZERO).await;
+    system
+        // Checked by connecting (which succeeds), so only requests find it out.
+        .register(
+            "catalog",
+            "impostor",
+            impostor,
+            json!({"health_check": "tcp"}),
+        )
+        .await;
+    system.wait_gateway_sees("catalog", 3).await;
+    let gateway_metrics = &targets["gateway"];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = system
+            .http
+            .get(system.url("/api/catalog/products"))
+            .send()
+            .await
+            .unwrap();
+        // One retry per request: a try on the impostor and one on the dead instance is a 502.
+        assert!(
+            [200, 502].contains(&response.status().as_u16()),
+            "{}",
+            response.status()
+        );
+        let metrics = system
+            .internal()
+            .get(gateway_metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("gateway_upstream_tls_failures_total{service=\"catalog\"}") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never counted its failed handshake with the impostor"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_component_shows_the_families_readme_lists() {
     let documented = documented();
     let events_port = support::free_port();
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let reporting = ["auth", "catalog", "gateway"].map(|c| (c, "STRATUS_EVENTS_URL", sink.clone()));
     let mut system = System::start_with(1, &reporting).await;
     let port = events_port.to_string();
     system.spawn("events", &[("PORT", port.as_str())]);
-    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    system
+        .wait_http_ok(&system.internal_url(events_port, "/readyz"))
+        .await;
     system.wait_registered("events", 1).await;
     let shop = [
         ("profile", 1),
@@ -382,6 +478,7 @@ async fn every_component_shows_the_families_readme_lists() {
 
     drive(&system).await;
     let _dead = a_dead_instance(&system).await;
+    refusals(&system).await;
 
     // Batches go out every 200 ms, product views every second, health checks every second:
     // scrape until everything is there, then report what is not.
@@ -425,7 +522,7 @@ async fn an_idle_gateway_finds_every_gateway_healthy() {
     system.wait_gateway_sees("gateway", 1).await;
     // Two rounds of health checks (every second) take a failing instance out of rotation.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let admin = format!("http://127.0.0.1:{}", system.admin_port);
+    let admin = system.admin_url("");
     let upstreams = system.get_json(format!("{admin}/v1/upstreams")).await;
     let gateways = upstreams["services"]["gateway"]
         .as_array()
@@ -435,7 +532,7 @@ async fn an_idle_gateway_finds_every_gateway_healthy() {
         assert_eq!(gateway["check"], "tcp", "{gateway}");
     }
     let metrics = system
-        .http
+        .internal()
         .get(format!("{admin}/metrics"))
         .send()
         .await

@@ -87,7 +87,7 @@ async fn system_exporting_to(collector: &str) -> (System, String) {
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret%3D%3D"),
         ],
     );
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     system.wait_http_ok(&format!("{sink}/readyz")).await;
     (system, sink)
 }
@@ -148,7 +148,7 @@ async fn the_sink_exports_spans_to_an_otlp_collector() {
 #[tokio::test]
 async fn the_sink_takes_otlp_protobuf() {
     let (system, events_port) = System::start_with_events(1, true).await;
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -198,7 +198,7 @@ async fn the_sink_takes_otlp_protobuf() {
         }],
     };
     let response = system
-        .http
+        .internal()
         .post(format!("{sink}/v1/traces"))
         .header("content-type", "application/x-protobuf")
         .body(request.encode_to_vec())
@@ -231,7 +231,7 @@ async fn the_sink_takes_otlp_protobuf() {
         bad.encode_to_vec()
     }] {
         let response = system
-            .http
+            .internal()
             .post(format!("{sink}/v1/traces"))
             .header("content-type", "application/x-protobuf")
             .body(body)
@@ -249,7 +249,7 @@ async fn the_sink_takes_otlp_protobuf() {
         );
     }
     let (count,) = (system
-        .http
+        .internal()
         .get(format!("{sink}/v1/events?service=orders&limit=1000"))
         .send()
         .await

@@ -108,7 +108,7 @@ async fn bad_registrations_get_4xx_and_change_nothing() {
     ];
     // The server may close a connection after refusing a body it did not read (the 1 MB one): send
     // each bad request on a fresh connection so no later request lands on a closed one.
-    let fresh = reqwest::Client::builder()
+    let fresh = support::mesh::operator_builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))
         .build()

@@ -258,10 +258,8 @@ async fn switchable_backend(healthy: std::sync::Arc<std::sync::atomic::AtomicBoo
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
+    // With a certificate for `shop`: the registries' checks go over mutual TLS.
+    support::backend::serve_app(Some("shop"), app).await
 }
 
 /// Active checks on etcd: one registry owns each check and writes the verdict into etcd, so an

@@ -404,12 +404,7 @@ async fn order_flow(shop: &Shop) {
         ("payments", "/api/payments"),
         ("notifications", "/api/notifications"),
     ] {
-        let instance = &shop.system.registered(service).await[0];
-        let url = format!(
-            "http://{}:{}/openapi.json",
-            instance["address"].as_str().unwrap(),
-            instance["port"]
-        );
+        let url = format!("{}/openapi.json", shop.system.instance_url(service).await);
         let document: Value = shop.system.get_json(url).await;
         assert_eq!(document["openapi"], "3.0.3");
         assert!(document["paths"][path].is_object(), "{service}");
@@ -770,7 +765,7 @@ async fn bad_input_is_refused_and_stores_nothing() {
 
 async fn one_trace_follows_the_order_through_every_service() {
     let events_port = support::free_port();
-    let sink = format!("http://127.0.0.1:{events_port}");
+    let sink = support::mesh::internal_url(events_port, "");
     let per_service: Vec<(&str, &str, String)> = [
         "auth",
         "catalog",
@@ -813,7 +808,7 @@ async fn one_trace_follows_the_order_through_every_service() {
     let records = loop {
         let response = shop
             .system
-            .http
+            .internal()
             .get(format!("{sink}/v1/traces/{trace}"))
             .send()
             .await
@@ -858,7 +853,7 @@ async fn one_trace_follows_the_order_through_every_service() {
     let database = loop {
         let records: Vec<Value> = shop
             .system
-            .http
+            .internal()
             .get(format!("{sink}/v1/traces/{trace}"))
             .send()
             .await

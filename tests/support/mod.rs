@@ -5,10 +5,12 @@
 
 pub mod backend;
 pub mod mesh;
+pub mod proxy;
 pub mod registry;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -61,46 +63,95 @@ pub struct System {
     pub gateway_port: u16,
     pub admin_port: u16,
     pub processes: Vec<Process>,
+    /// Plain HTTP to the gateway's public port; to an internal port (https, with mutual TLS
+    /// on) it goes as the operator, as an administrator's tools would.
     pub http: reqwest::Client,
-    /// With mutual TLS on: the authority's files, join credentials, the operator's client.
-    pub mesh: Option<mesh::TestMesh>,
+    /// With mutual TLS on (every system but a plaintext one): the authority's files, join
+    /// credentials, the operator's client.
+    pub mesh: Option<Arc<mesh::TestMesh>>,
+}
+
+/// The test's client: the operator's under mutual TLS (plain http URLs go out plain all the
+/// same), else a plain one.
+fn client_for(mesh: Option<&mesh::TestMesh>) -> reqwest::Client {
+    match mesh {
+        Some(mesh) => mesh.operator_with_timeout(Duration::from_secs(10)),
+        None => reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Whose certificate authority a system's processes use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// The test binary's one authority ([`mesh::shared`]).
+    Shared,
+    /// An authority of the system's own, in its data directory (a test that rotates its root).
+    Own,
+    /// None: `STRATUS_MTLS=off`, plaintext inside.
+    Off,
+}
+
+impl Trust {
+    fn mesh(self, dir: &std::path::Path) -> Option<Arc<mesh::TestMesh>> {
+        match self {
+            Trust::Shared => Some(mesh::shared()),
+            Trust::Own => Some(Arc::new(mesh::TestMesh::init(dir, false))),
+            Trust::Off => None,
+        }
+    }
 }
 
 impl System {
+    /// A system whose every internal hop is mutual TLS (`STRATUS_MTLS=required`), as
+    /// `stratus up` runs it; the test's internal calls go out as an operator.
     pub async fn start(catalogs: usize) -> System {
         Self::start_with(catalogs, &[]).await
     }
 
     /// Starts a system whose services get extra environment: `(service, variable, value)`.
     pub async fn start_with(catalogs: usize, extra: &[(&str, &str, String)]) -> System {
-        Self::start_system(catalogs, extra, false).await
+        Self::start_system(catalogs, extra, Trust::Shared).await
     }
 
-    /// A system whose every internal hop is mutual TLS (`STRATUS_MTLS=required`), as
-    /// `stratus up` runs it; the test's internal calls go out as an operator.
+    /// The same as [`System::start`] (every system is meshed); kept for tests that say so.
     pub async fn start_meshed(catalogs: usize) -> System {
-        Self::start_system(catalogs, &[], true).await
+        Self::start(catalogs).await
     }
 
-    /// As [`System::start_meshed`], with extra environment: `(service, variable, value)`.
+    /// The same as [`System::start_with`].
     pub async fn start_meshed_with(catalogs: usize, extra: &[(&str, &str, String)]) -> System {
-        Self::start_system(catalogs, extra, true).await
+        Self::start_with(catalogs, extra).await
     }
 
-    async fn start_system(catalogs: usize, extra: &[(&str, &str, String)], meshed: bool) -> System {
+    /// As [`System::start_with`], with a certificate authority of the system's own (a test
+    /// that rotates the root must not rotate it under every other test of its binary).
+    pub async fn start_with_own_authority(
+        catalogs: usize,
+        extra: &[(&str, &str, String)],
+    ) -> System {
+        Self::start_system(catalogs, extra, Trust::Own).await
+    }
+
+    /// A system with `STRATUS_MTLS=off`: plaintext inside, nobody's identity checked. Only
+    /// for tests about that mode.
+    pub async fn start_plaintext(catalogs: usize) -> System {
+        Self::start_system(catalogs, &[], Trust::Off).await
+    }
+
+    async fn start_system(catalogs: usize, extra: &[(&str, &str, String)], trust: Trust) -> System {
         stratus_kit::install_crypto_provider();
         let dir = tempfile::tempdir().expect("a temp dir");
-        let mesh = meshed.then(|| mesh::TestMesh::init(dir.path()));
+        let mesh = trust.mesh(dir.path());
         let mut system = System {
             dir,
             registry_port: free_port(),
             gateway_port: free_port(),
             admin_port: free_port(),
             processes: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http: client_for(mesh.as_deref()),
             mesh,
         };
         let env_for = |service: &str| -> Vec<(&str, &str)> {
@@ -143,6 +194,8 @@ impl System {
     /// `run_sink` false nothing listens there (a sink that is down). Returns the events port.
     pub async fn start_with_events(catalogs: usize, run_sink: bool) -> (System, u16) {
         let events_port = free_port();
+        // As configured: the services reach it over mutual TLS all the same (the mesh makes
+        // internal URLs https).
         let sink = format!("http://127.0.0.1:{events_port}");
         let extra = [
             ("auth", "STRATUS_EVENTS_URL", sink.clone()),
@@ -153,7 +206,9 @@ impl System {
         if run_sink {
             let port = events_port.to_string();
             system.spawn("events", &[("PORT", port.as_str())]);
-            system.wait_http_ok(&format!("{sink}/readyz")).await;
+            system
+                .wait_http_ok(&system.internal_url(events_port, "/readyz"))
+                .await;
             system.wait_registered("events", 1).await;
         }
         (system, events_port)
@@ -169,18 +224,33 @@ impl System {
         routes: Option<&std::path::Path>,
         gateway_env: &[(&str, &str)],
     ) -> System {
+        Self::start_edge_trusting(routes, gateway_env, Trust::Shared).await
+    }
+
+    /// The edge with `STRATUS_MTLS=off` (tests about plaintext upstreams).
+    pub async fn start_edge_plaintext(
+        routes: Option<&std::path::Path>,
+        gateway_env: &[(&str, &str)],
+    ) -> System {
+        Self::start_edge_trusting(routes, gateway_env, Trust::Off).await
+    }
+
+    async fn start_edge_trusting(
+        routes: Option<&std::path::Path>,
+        gateway_env: &[(&str, &str)],
+        trust: Trust,
+    ) -> System {
         stratus_kit::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mesh = trust.mesh(dir.path());
         let mut system = System {
-            dir: tempfile::tempdir().expect("a temp dir"),
+            dir,
             registry_port: free_port(),
             gateway_port: free_port(),
             admin_port: free_port(),
             processes: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            mesh: None,
+            http: client_for(mesh.as_deref()),
+            mesh,
         };
         let registry_port = system.registry_port.to_string();
         system.spawn("registry", &[("PORT", registry_port.as_str())]);
@@ -201,9 +271,7 @@ impl System {
         }
         env.extend_from_slice(gateway_env);
         system.spawn("gateway", &env);
-        system
-            .wait_http_ok(&format!("http://127.0.0.1:{}/readyz", system.admin_port))
-            .await;
+        system.wait_http_ok(&system.admin_url("/readyz")).await;
         system
     }
 
@@ -242,7 +310,21 @@ impl System {
 
     /// A URL on the gateway's admin port.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("{}://127.0.0.1:{}{path}", self.scheme(), self.admin_port)
+        self.internal_url(self.admin_port, path)
+    }
+
+    /// A URL on an internal port (the registry, the sink, an instance, the gateway's admin
+    /// port): https with mutual TLS on.
+    pub fn internal_url(&self, port: u16, path: &str) -> String {
+        format!("{}://127.0.0.1:{port}{path}", self.scheme())
+    }
+
+    /// The operator's client (with mutual TLS on), else the plain one: for internal ports.
+    pub fn internal(&self) -> &reqwest::Client {
+        match &self.mesh {
+            Some(mesh) => &mesh.operator,
+            None => &self.http,
+        }
     }
 
     /// The client for `url`: the operator's for an internal port under mutual TLS, else plain.
@@ -282,8 +364,18 @@ impl System {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if let Some(mesh) = &self.mesh {
-            command.envs(mesh.env(name));
+        match &self.mesh {
+            Some(mesh) => {
+                command.envs(mesh.env(name));
+                // The intentions `stratus up` gives them (stratus.toml's [[intentions]]).
+                if name == "catalog" {
+                    command.env("STRATUS_ALLOWED_CALLERS", "gateway,orders");
+                }
+            }
+            // Said, not left to the default (which is `required`).
+            None => {
+                command.env("STRATUS_MTLS", "off");
+            }
         }
         for (key, value) in env {
             command.env(key, value);

@@ -1,5 +1,7 @@
 //! Registry processes on their own (no system around them), and the clients tests use on them:
-//! plain JSON calls, blocking queries and the server-sent-events watch.
+//! JSON calls, blocking queries and the server-sent-events watch. Each registry runs with mutual
+//! TLS required and the test binary's authority (`super::mesh::shared`); the tests call it as
+//! an operator.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -41,6 +43,7 @@ impl Registry {
             .env("STRATUS_DATA_DIR", dir)
             .env("STRATUS_LOG_FORMAT", "json")
             .env("STRATUS_LOG", "info")
+            .envs(super::mesh::shared().env("registry"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -53,17 +56,14 @@ impl Registry {
                 child,
                 instance_id: name.into(),
             },
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http: super::mesh::shared().operator_with_timeout(Duration::from_secs(30)),
         };
         registry.wait_ready(Duration::from_secs(30)).await;
         registry
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        super::mesh::internal_url(self.port, path)
     }
 
     pub async fn readyz(&self) -> u16 {

@@ -10,7 +10,7 @@
 //! | `health_check` | the probe | passes when |
 //! |---|---|---|
 //! | `http` (or absent) | `GET /healthz` over HTTP/1.1 | a 2xx |
-//! | `grpc` | `grpc.health.v1.Health/Check` over HTTP/2 (h2c), for the whole server | `SERVING` |
+//! | `grpc` | `grpc.health.v1.Health/Check` over HTTP/2 (mutual TLS with the mesh on, else h2c), for the whole server | `SERVING` |
 //! | `tcp` | a TCP connection | it opens |
 //!
 //! A gRPC-only server has no HTTP/1.1 side to answer `/healthz`; probed that way it would never
@@ -119,7 +119,13 @@ async fn check(clients: Clients, endpoint: Arc<Endpoint>, settings: Settings) {
                 meshed_healthz(&endpoint.service, authority).await
             }
             Check::Http => http_healthz(&clients.http1, authority).await,
-            Check::Grpc => clients.grpc.check(authority, "").await.is_ok(),
+            // Over mutual TLS with the mesh on (the instance's certificate must name its
+            // service), h2c without.
+            Check::Grpc => clients
+                .grpc
+                .check_meshed(&endpoint.service, authority, "")
+                .await
+                .is_ok(),
             Check::Tcp => tokio::net::TcpStream::connect(authority).await.is_ok(),
         }
     };

@@ -48,6 +48,16 @@ pub fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
     replace(path, text, 0o644)
 }
 
+/// As [`write_public`], but leaves the file alone when it already holds `text`: a registry
+/// starting again over the same files (or several sharing them) rewrites nothing, and a
+/// process reading the file at that moment is never racing a rename for nothing.
+pub fn write_public_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(current) if current == text => Ok(()),
+        _ => write_public(path, text),
+    }
+}
+
 fn replace(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     let temporary = write_temporary(path, text, mode)?;
     if let Err(error) = std::fs::rename(&temporary, path) {

@@ -1,5 +1,8 @@
 //! Asking a gRPC server whether it is healthy: the standard health service,
-//! `grpc.health.v1.Health/Check` (grpc/doc/health-checking.md), over HTTP/2 in cleartext.
+//! `grpc.health.v1.Health/Check` (grpc/doc/health-checking.md), over HTTP/2: in cleartext
+//! (h2c) with the mesh off, over mutual TLS with it on ([`Prober::check_meshed`]), where the
+//! server must present the certificate of the service it is registered as, as every other
+//! internal call checks.
 //!
 //! A gRPC-only server has no HTTP/1.1 side to answer `GET /healthz`; the health service is what
 //! gRPC load balancers, Consul's gRPC checks and Kubernetes' gRPC probes ask instead, so any
@@ -15,6 +18,11 @@ use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use stratus_identity::Expect;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
 
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -30,7 +38,14 @@ pub const MAX_SERVICE_NAME: usize = 200;
 #[derive(Clone)]
 pub struct Prober {
     client: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: std::time::Duration,
+    /// Under the mesh: one HTTP/2 connection per (service, server), kept while it is open.
+    meshed: Arc<Mutex<HashMap<(String, String), Sender>>>,
+    /// Under the mesh: the TLS client configuration per service expected (ALPN h2).
+    configs: Arc<Mutex<HashMap<String, Arc<ClientConfig>>>>,
 }
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 impl Prober {
     pub fn new(connect_timeout: std::time::Duration) -> Self {
@@ -41,49 +56,157 @@ impl Prober {
             .pool_max_idle_per_host(1)
             .http2_only(true)
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            connect_timeout,
+            meshed: Arc::default(),
+            configs: Arc::default(),
+        }
     }
 
     /// Asks the server at `authority` about `service` ("" is the whole server): `Ok` when it
     /// answers status OK and `SERVING`, else what it said instead. The caller bounds the time.
     pub async fn check(&self, authority: &str, service: &str) -> Result<(), String> {
-        let uri = format!("http://{authority}/grpc.health.v1.Health/Check")
-            .parse::<Uri>()
-            .map_err(|error| format!("grpc {authority}: {error}"))?;
-        let request = Request::post(uri)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
-            .header(TE, HeaderValue::from_static("trailers"))
-            .body(Full::new(request_body(service)))
-            .map_err(|error| format!("grpc {authority}: {error}"))?;
+        let request = request("http", authority, service)?;
         let response = self
             .client
             .request(request)
             .await
             .map_err(|error| format!("grpc {authority}: {error}"))?;
-        if !response.status().is_success() {
-            return Err(format!("grpc {authority}: HTTP {}", response.status()));
-        }
-        // "Trailers-only" (grpc-status among the headers): the call failed at once, or ended
-        // with no answer; neither says SERVING.
-        if let Some(status) = response.headers().get(&GRPC_STATUS) {
-            return Err(format!(
-                "grpc {authority}: grpc-status {status:?}, no answer"
-            ));
-        }
-        let collected = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
+        judge(authority, response).await
+    }
+
+    /// As [`Prober::check`], over mutual TLS with this process's mesh credentials: the server
+    /// at `authority` must hold a certificate naming `instance_of` (the Stratus service it is
+    /// registered as), or the probe fails at the handshake. With the mesh off, as `check`.
+    pub async fn check_meshed(
+        &self,
+        instance_of: &str,
+        authority: &str,
+        service: &str,
+    ) -> Result<(), String> {
+        let mesh = crate::mesh::current();
+        let Some(credentials) = mesh.credentials().filter(|_| mesh.is_on()) else {
+            return self.check(authority, service).await;
+        };
+        let key = (instance_of.to_string(), authority.to_string());
+        let kept = self.lock_meshed().get(&key).cloned();
+        let mut sender = match kept.filter(|sender| !sender.is_closed()) {
+            Some(sender) => sender,
+            None => {
+                let config = self.config(instance_of, credentials);
+                let sender = self.connect(authority, config).await?;
+                let mut kept = self.lock_meshed();
+                // Connections to instances that are gone have closed: let them go too.
+                kept.retain(|_, sender| !sender.is_closed());
+                kept.insert(key.clone(), sender.clone());
+                sender
+            }
+        };
+        let request = request("https", authority, service)?;
+        let outcome = sender
+            .send_request(request)
             .await
-            .map_err(|error| format!("grpc {authority}: {error}"))?;
-        match collected.trailers().and_then(|t| t.get(&GRPC_STATUS)) {
-            Some(status) if status == "0" => {}
-            Some(status) => return Err(format!("grpc {authority}: grpc-status {status:?}")),
-            None => return Err(format!("grpc {authority}: no grpc-status")),
+            .map_err(|error| format!("grpc {authority}: {error}"));
+        if outcome.is_err() {
+            // A connection that failed a request is not tried again.
+            self.lock_meshed().remove(&key);
         }
-        match serving_status(collected.to_bytes()) {
-            Some(SERVING) => Ok(()),
-            Some(status) => Err(format!("grpc {authority}: not serving (status {status})")),
-            None => Err(format!("grpc {authority}: not a health response")),
-        }
+        judge(authority, outcome?).await
+    }
+
+    fn lock_meshed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Sender>> {
+        self.meshed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client configuration expecting `service`, made once: the credentials in it swap
+    /// certificate and bundle in place, so a renewal needs no new configuration.
+    fn config(
+        &self,
+        service: &str,
+        credentials: &Arc<stratus_identity::Credentials>,
+    ) -> Arc<ClientConfig> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        configs
+            .entry(service.to_string())
+            .or_insert_with(|| {
+                let mut config = credentials.client_config(Expect::Service(service.to_string()));
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                Arc::new(config)
+            })
+            .clone()
+    }
+
+    /// TCP, the TLS handshake (which checks the server's SPIFFE ID), then HTTP/2.
+    async fn connect(&self, authority: &str, config: Arc<ClientConfig>) -> Result<Sender, String> {
+        let fail = |error: &dyn std::fmt::Display| format!("grpc {authority}: {error}");
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(authority),
+        )
+        .await
+        .map_err(|_| fail(&"no connection in time"))?
+        .map_err(|error| fail(&error))?;
+        let _ = tcp.set_nodelay(true);
+        let ip = tcp.peer_addr().map_err(|error| fail(&error))?.ip();
+        // The certificate names a service, not a host: the address is sent as the name.
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .await
+            .map_err(|error| fail(&format!("mutual TLS: {error}")))?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .map_err(|error| fail(&error))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+/// The health check request to `authority`, over `scheme`.
+fn request(scheme: &str, authority: &str, service: &str) -> Result<Request<Full<Bytes>>, String> {
+    let uri = format!("{scheme}://{authority}/grpc.health.v1.Health/Check")
+        .parse::<Uri>()
+        .map_err(|error| format!("grpc {authority}: {error}"))?;
+    Request::post(uri)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+        .header(TE, HeaderValue::from_static("trailers"))
+        .body(Full::new(request_body(service)))
+        .map_err(|error| format!("grpc {authority}: {error}"))
+}
+
+/// `Ok` when the answer is status OK and `SERVING`, else what it said instead.
+async fn judge(
+    authority: &str,
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<(), String> {
+    if !response.status().is_success() {
+        return Err(format!("grpc {authority}: HTTP {}", response.status()));
+    }
+    // "Trailers-only" (grpc-status among the headers): the call failed at once, or ended
+    // with no answer; neither says SERVING.
+    if let Some(status) = response.headers().get(&GRPC_STATUS) {
+        return Err(format!(
+            "grpc {authority}: grpc-status {status:?}, no answer"
+        ));
+    }
+    let collected = Limited::new(response.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|error| format!("grpc {authority}: {error}"))?;
+    match collected.trailers().and_then(|t| t.get(&GRPC_STATUS)) {
+        Some(status) if status == "0" => {}
+        Some(status) => return Err(format!("grpc {authority}: grpc-status {status:?}")),
+        None => return Err(format!("grpc {authority}: no grpc-status")),
+    }
+    match serving_status(collected.to_bytes()) {
+        Some(SERVING) => Ok(()),
+        Some(status) => Err(format!("grpc {authority}: not serving (status {status})")),
+        None => Err(format!("grpc {authority}: not a health response")),
     }
 }
 

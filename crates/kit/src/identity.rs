@@ -132,6 +132,7 @@ impl Workload {
         self.credentials
             .set_certificate(&issued.certificate, &key.serialize_pem(), Some(&self.id))
             .context("the certificate in the answer")?;
+        record_certificate(&self.credentials);
         tracing::info!(id = %self.id, not_after = issued.not_after, "certificate obtained");
         Ok(())
     }
@@ -173,6 +174,7 @@ impl Workload {
                         tokio::time::sleep(MIN_RENEWAL_GAP).await;
                     }
                     Err(error) => {
+                        record_renewal_failure();
                         tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "renewing the certificate");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -199,6 +201,20 @@ impl Workload {
         let half = issued + (not_after - issued) / 2;
         Duration::from_secs(u64::try_from(half - now_seconds()).unwrap_or(0))
     }
+}
+
+/// Puts the expiry of the certificate `credentials` hold on `/metrics`
+/// (`identity_certificate_expiry_timestamp_seconds`, Unix time): what it has left is that
+/// minus `time()`, which an alert can watch for renewals that stopped.
+pub fn record_certificate(credentials: &Credentials) {
+    if let Some(not_after) = credentials.not_after() {
+        metrics::gauge!("identity_certificate_expiry_timestamp_seconds").set(not_after as f64);
+    }
+}
+
+/// Counts a renewal of this process's certificate that failed (it is tried again).
+pub fn record_renewal_failure() {
+    metrics::counter!("identity_renewal_failures_total").increment(1);
 }
 
 fn now_seconds() -> i64 {

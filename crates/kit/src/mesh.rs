@@ -33,9 +33,10 @@ const JOIN_WAIT: Duration = Duration::from_secs(60);
 /// `STRATUS_MTLS` and where the trust comes from, shared by every component.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MeshArgs {
-    /// Mutual TLS on internal hops: `required` (plaintext refused), `optional` (TLS when
-    /// offered, plaintext callers have no identity), `off` (development and benchmarks only).
-    #[arg(long = "mtls", env = "STRATUS_MTLS", default_value = "off", value_parser = parse_mode)]
+    /// Mutual TLS on internal hops: `required` (plaintext refused; the default, as under
+    /// `stratus up`), `optional` (TLS when offered, plaintext callers have no identity), `off`
+    /// (development and benchmarks only).
+    #[arg(long = "mtls", env = "STRATUS_MTLS", default_value = "required", value_parser = parse_mode)]
     pub mtls: Mode,
 
     /// The SPIFFE trust domain: identities are `spiffe://<trust domain>/service/<name>`.
@@ -117,7 +118,13 @@ pub async fn join(
     if args.mtls == Mode::Off {
         return install(Mode::Off, None);
     }
-    let join_token = std::env::var(JOIN_TOKEN_VAR).ok().filter(|t| !t.is_empty());
+    // Without a credential the registry can only refuse: say so now, not after a minute of
+    // waiting for a certificate that cannot come.
+    let join_token = Some(require_join_token(
+        service,
+        args.mtls,
+        std::env::var(JOIN_TOKEN_VAR).ok(),
+    )?);
     let bundle_path = args.bundle_path(&common.data_dir);
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     let bundle = loop {
@@ -163,6 +170,22 @@ pub async fn join(
     let mesh = install(args.mtls, Some(credentials))?;
     tracing::info!(id = ?mesh.id(), mode = ?args.mtls, "joined the mesh");
     Ok(mesh)
+}
+
+/// The join credential, or an error naming the variable and where it comes from.
+fn require_join_token(service: &str, mode: Mode, token: Option<String>) -> anyhow::Result<String> {
+    match token.filter(|t| !t.trim().is_empty()) {
+        Some(token) => Ok(token),
+        None => anyhow::bail!(
+            "STRATUS_MTLS is {mode:?} and {JOIN_TOKEN_VAR} is not set: an instance of {service} \
+             needs a join credential to get its first certificate. `stratus up` gives one to \
+             each process it starts; on Kubernetes it comes from a Secret; by hand, \
+             `stratus identity join-credential {service}` prints one (put it in the \
+             environment, never on a command line). STRATUS_MTLS=off runs without the mesh \
+             (development and benchmarks only)",
+            mode = format!("{mode:?}").to_ascii_lowercase()
+        ),
+    }
 }
 
 /// A refusal (bad credential) will not change by waiting; the registry not up yet will.
@@ -291,6 +314,43 @@ mod tests {
             current_url("https://registry:8500", false),
             "https://registry:8500"
         );
+    }
+
+    #[test]
+    fn without_a_join_credential_the_error_names_the_variable_and_its_sources() {
+        for missing in [None, Some(String::new()), Some("  ".into())] {
+            let error = require_join_token("catalog", Mode::Required, missing).unwrap_err();
+            let text = format!("{error:#}");
+            for needed in [
+                "STRATUS_JOIN_TOKEN",
+                "required",
+                "stratus up",
+                "Kubernetes",
+                "join-credential catalog",
+            ] {
+                assert!(text.contains(needed), "{needed} not in: {text}");
+            }
+        }
+        assert_eq!(
+            require_join_token("catalog", Mode::Optional, Some("sjc1.x".into())).unwrap(),
+            "sjc1.x"
+        );
+    }
+
+    #[test]
+    fn required_is_the_default() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            mesh: MeshArgs,
+        }
+        let command = Args::command();
+        let mtls = command
+            .get_arguments()
+            .find(|argument| argument.get_id() == "mtls")
+            .unwrap();
+        assert_eq!(mtls.get_default_values(), ["required"]);
     }
 
     #[test]

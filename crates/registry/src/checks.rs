@@ -184,7 +184,8 @@ pub async fn run(store: Arc<MemoryStore>) {
     }
 }
 
-/// The clients probes go out on: HTTP/1.1 (reqwest) and gRPC's health service over h2c.
+/// The clients probes go out on: HTTP/1.1 (reqwest) and gRPC's health service (h2c, or
+/// mutual TLS with the mesh on).
 #[derive(Clone)]
 pub struct Probes {
     http: reqwest::Client,
@@ -239,7 +240,10 @@ pub async fn probe(probes: &Probes, due: &Due) -> Result<(), String> {
             }
         }
         Check::Grpc(service) => {
-            let asked = probes.grpc.check(&due.authority, service);
+            // Over mutual TLS with the mesh on, checking the instance is its service.
+            let asked = probes
+                .grpc
+                .check_meshed(&due.service, &due.authority, service);
             match tokio::time::timeout(due.spec.timeout, asked).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(format!("grpc {}: no answer in time", due.authority)),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use stratus_identity::{Authority, JoinSecret, Sealer};
 use stratus_kit::files::read_or_make;
-pub use stratus_kit::files::{write_private, write_public};
+pub use stratus_kit::files::{write_private, write_public, write_public_if_changed};
 use stratus_kit::seal_key::SealKeySource;
 use time::OffsetDateTime;
 
@@ -106,7 +106,7 @@ pub fn init(paths: &Paths) -> anyhow::Result<Material> {
         );
     }
     let bundle = authority.bundle_pem();
-    write_public(&paths.bundle, &bundle)?;
+    write_public_if_changed(&paths.bundle, &bundle)?;
     Ok(Material {
         authority: authority_text,
         sealer,
@@ -141,6 +141,12 @@ mod tests {
             std::fs::read_to_string(&paths.bundle).unwrap(),
             first.bundle
         );
+        // Reading the same files again leaves the bundle's file as it was (the same inode:
+        // not replaced by a copy).
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&paths.bundle).unwrap().ino();
+        init(&paths).unwrap();
+        assert_eq!(std::fs::metadata(&paths.bundle).unwrap().ino(), inode);
         // Another trust domain over the same files is a clear error, not a new authority.
         let other = Paths::in_dir(dir.path(), "other.local");
         let error = init(&other).err().unwrap();

@@ -28,6 +28,7 @@ fn renew(ca: &Ca, credentials: &Credentials) -> anyhow::Result<()> {
         .context("the authority made no key")?;
     credentials.set_bundle(&issued.trust_bundle)?;
     credentials.set_certificate(&issued.certificate, key, None)?;
+    stratus_kit::identity::record_certificate(credentials);
     Ok(())
 }
 
@@ -46,6 +47,7 @@ pub async fn keep_fresh(ca: Arc<Ca>, credentials: Arc<Credentials>) {
             match renew(&ca, &credentials) {
                 Ok(()) => renew_at = tokio::time::Instant::now() + half,
                 Err(error) => {
+                    stratus_kit::identity::record_renewal_failure();
                     tracing::warn!(error = %format!("{error:#}"), "renewing the registry's certificate")
                 }
             }
