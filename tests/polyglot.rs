@@ -42,11 +42,10 @@ fn spawn_hello(
     let log = std::fs::File::create(system.log_path("hello", index)).unwrap();
     let instance_id = stratus_kit::new_id();
     let mesh = system.mesh.as_ref().expect("a meshed system");
-    let bundle = system.dir.path().join("identity").join("bundle.pem");
     let child = Command::new(python)
         .arg(script)
+        // Its join credential, and where the bundle is (the test authority's).
         .envs(mesh.env("hello"))
-        .env("STRATUS_TRUST_BUNDLE", &bundle)
         .env("PORT", "0")
         .env("STRATUS_REGISTRY_URL", system.registry_url())
         .env(
