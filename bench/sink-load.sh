@@ -9,7 +9,7 @@
 # What runs, all on loopback ports that were free, in a temporary data directory:
 #   - `stratus up` (release build, mutual TLS required: its default), as a new user would run it;
 #   - wrk (2 threads, CONNECTIONS connections) on `GET /api/catalog/products` through the gateway:
-#     3 records a request (gateway, catalog, catalog's database) reach the sink. wrk2 is not
+#     each request leaves 3 records (its trace's spans) for the sink. wrk2 is not
 #     packaged here, so plain wrk holds the rate with a pacing script (bench/sink-load.lua: each
 #     thread sends at most RATE/2 a second, catching up at most 100 ms behind): wrk's own
 #     latencies are then not corrected for coordinated omission, which this bench does not use.
