@@ -23,6 +23,9 @@ RUN cargo build --release --locked -j2 --target x86_64-unknown-linux-musl \
 FROM scratch
 COPY --from=build /stratus /stratus
 COPY --from=build --chown=65532:65532 /tmp /data
+# Where compose mounts the trust bundle's volume: a volume takes its owner from the image's
+# folder, so the registry (this user) can write the bundle there.
+COPY --from=build --chown=65532:65532 /tmp /trust
 USER 65532:65532
 ENV STRATUS_BIND=0.0.0.0 \
     STRATUS_DATA_DIR=/data \

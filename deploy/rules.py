@@ -1,5 +1,6 @@
 """Rules every set of Kubernetes objects Stratus ships must keep: deploy/base as written, and
-each overlay as `kubectl kustomize` renders it (an overlay can add replicas or Services).
+each overlay as `kubectl kustomize` renders it (an overlay can add replicas or Services, or
+change a Deployment's environment). The mesh's rules are mesh_rules.py's.
 
 Usage: rules.py <rendered.yaml>...   (check_config.py imports it for deploy/base)
 """
@@ -7,6 +8,8 @@ Usage: rules.py <rendered.yaml>...   (check_config.py imports it for deploy/base
 import sys
 
 import yaml
+
+import mesh_rules
 
 # Only these ports may be on a Service that reaches outside the cluster: an admin or control
 # API there would let anyone move traffic.
@@ -34,6 +37,8 @@ def problems(documents):
                         f"Service {name} publishes port {port.get('name') or port.get('port')} "
                         f"outside the cluster (only {', '.join(sorted(PUBLIC_PORTS))} may be)"
                     )
+    # Every Stratus Deployment: mutual TLS required, its own join Secret, HTTPS probes.
+    found += mesh_rules.kubernetes_problems(documents)
     return found
 
 

@@ -12,7 +12,9 @@
 //! The API can stop and start everything, so loopback is not enough: every request shows the
 //! control token (`Authorization: Bearer`), which `up` makes anew at each start and writes to
 //! `<data dir>/control.token` (0600) for the CLI; any process that can read the data directory
-//! is the operator.
+//! is the operator. An admin's access token (from `/auth/login`) is an operator credential too,
+//! as at every admin API: it is verified against auth's keys, which `up` fetches from the auth
+//! it runs. The API is plain HTTP on loopback, so no certificate can be shown to it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use stratus_kit::auth::Tokens;
+use stratus_kit::operator_token::ADMIN_ROLE;
 use stratus_kit::problem::{Json, Problem};
 use tokio::sync::mpsc;
 
@@ -37,7 +41,14 @@ struct Control {
     launcher: Arc<Launcher>,
 }
 
-pub fn router(handle: Handle, launcher: Arc<Launcher>, token: &str) -> Router {
+/// `token`: the control token. `tokens`: the checker for admins' access tokens (none: only the
+/// control token opens the API).
+pub fn router(
+    handle: Handle,
+    launcher: Arc<Launcher>,
+    token: &str,
+    tokens: Option<Arc<Tokens>>,
+) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/scale", post(scale))
@@ -45,10 +56,21 @@ pub fn router(handle: Handle, launcher: Arc<Launcher>, token: &str) -> Router {
         .route("/v1/logs", get(logs))
         .fallback(stratus_kit::problem::not_found)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(digest(token)),
+            Arc::new(Credentials {
+                control_token: digest(token),
+                tokens,
+            }),
             require_token,
         ))
         .with_state(Control { handle, launcher })
+}
+
+/// What opens the control API.
+struct Credentials {
+    /// The control token's digest.
+    control_token: [u8; 32],
+    /// Checks an admin's access token.
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// The file `up` writes its control token to, in the data directory.
@@ -60,9 +82,10 @@ fn digest(text: &str) -> [u8; 32] {
 }
 
 /// Refuses a request without the control token (compared as digests, so the time taken says
-/// nothing about how much of a guess was right).
+/// nothing about how much of a guess was right) or an admin's access token: 401 for anything
+/// that is neither, 403 for a valid access token that is not an admin's.
 async fn require_token(
-    State(expected): State<Arc<[u8; 32]>>,
+    State(credentials): State<Arc<Credentials>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -71,13 +94,40 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    match shown {
-        Some(token) if digest(token) == *expected => next.run(request).await,
-        Some(_) => Problem::unauthorized("the control token is not valid").into_response(),
-        None => Problem::unauthorized(format!(
+    let Some(token) = shown else {
+        return Problem::unauthorized(format!(
             "the control API needs the control token (Authorization: Bearer), which stratus up \
-             writes to <data dir>/{TOKEN_FILE}"
+             writes to <data dir>/{TOKEN_FILE}, or an admin's access token"
         ))
+        .into_response();
+    };
+    if digest(token) == credentials.control_token {
+        return next.run(request).await;
+    }
+    let Some(tokens) = &credentials.tokens else {
+        return Problem::unauthorized("the control token is not valid").into_response();
+    };
+    match tokens.verify_shared(token).await {
+        Ok(claims) if claims.has_role(ADMIN_ROLE) => {
+            if !request.method().is_safe() {
+                // The audit trail of a change made with an access token: who (a user id).
+                tracing::info!(operator = %claims.sub, method = %request.method(), path = %request.uri().path(), "the control API with an admin's access token");
+            }
+            next.run(request).await
+        }
+        Ok(_) => Problem::forbidden(
+            "this access token is not an admin's: the control API takes the control token or \
+             an admin's access token",
+        )
+        .into_response(),
+        // Auth's keys out of reach: say so (503), rather than call a good token invalid.
+        Err(problem) if problem.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            problem.into_response()
+        }
+        Err(_) => Problem::unauthorized(
+            "neither the control token nor a valid access token (expired, or not signed by \
+             this system's auth)",
+        )
         .into_response(),
     }
 }

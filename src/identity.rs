@@ -7,6 +7,9 @@
 //! stratus identity init                          # the authority's files in <data dir>/identity
 //! stratus identity join-credential catalog       # prints catalog's join credential
 //! stratus identity issue --operator ops --out ops/   # an operator certificate, key and bundle
+//! stratus identity env                           # every service's credential, as .env lines
+//! stratus identity kubernetes                    # the authority, bundle and credentials as
+//!                                                # Kubernetes objects (deploy/README.md)
 //! ```
 
 use std::path::PathBuf;
@@ -14,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use stratus_identity::{Authority, SpiffeId};
+use stratus_identity::{Authority, JoinSecret, SpiffeId};
+use stratus_kit::seal_key::SealKeySource;
 use stratus_registry::identity::files::{self, Paths};
 use time::OffsetDateTime;
 
@@ -36,6 +40,11 @@ pub struct Location {
 
     #[command(flatten)]
     seal: stratus_kit::seal_key::SealKeyArgs,
+
+    /// The join secret's text instead of the folder's join.secret (as the registry reads it).
+    /// Set it in the environment, never on a command line.
+    #[arg(long, env = "STRATUS_JOIN_SECRET", hide_env_values = true)]
+    join_secret: Option<files::JoinSecretText>,
 }
 
 impl Location {
@@ -44,7 +53,16 @@ impl Location {
         // STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE win over the data directory's file, as in
         // every process that seals (the same function decides).
         paths.seal = self.seal.source(&self.data_dir);
+        paths.join_given = self.join_secret.clone();
         paths
+    }
+
+    /// The join secret: the one given, else the authority's files' (made when missing).
+    fn join(&self) -> anyhow::Result<JoinSecret> {
+        match &self.join_secret {
+            Some(given) => Ok(JoinSecret::parse(&given.0)?),
+            None => Ok(files::init(&self.paths())?.join),
+        }
     }
 }
 
@@ -58,6 +76,26 @@ enum IdentityCommand {
     /// certificate (STRATUS_JOIN_TOKEN).
     JoinCredential {
         service: String,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Print every service's join credential as `.env` lines (`STRATUS_JOIN_CATALOG=...`), for
+    /// compose (deploy/compose-identity.sh). Needs only the join secret: STRATUS_JOIN_SECRET,
+    /// else the authority's files.
+    Env {
+        /// The services (default: every built-in component but the registry, which certifies
+        /// itself).
+        services: Vec<String>,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Print what a Kubernetes system needs to join the mesh, as objects for `kubectl apply -f -`:
+    /// the Secret stratus-authority (the registry's files), the ConfigMap stratus-trust-bundle
+    /// and one Secret stratus-join-<service> per service. Makes the authority's files first
+    /// (once; keep them, or the next run makes a new authority). The output holds secrets.
+    Kubernetes {
+        /// The services (default: every built-in component but the registry).
+        services: Vec<String>,
         #[command(flatten)]
         location: Location,
     },
@@ -99,8 +137,28 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
             Ok(())
         }
         IdentityCommand::JoinCredential { service, location } => {
-            let material = files::init(&location.paths())?;
-            println!("{}", material.join.credential(&service)?);
+            println!("{}", location.join()?.credential(&service)?);
+            Ok(())
+        }
+        IdentityCommand::Env { services, location } => {
+            let join = location.join()?;
+            print!("{}", crate::identity_export::env_lines(&join, &services)?);
+            Ok(())
+        }
+        IdentityCommand::Kubernetes { services, location } => {
+            let paths = location.paths();
+            if matches!(paths.seal, SealKeySource::Made(_)) {
+                // A key made here would seal the authority with a key the cluster lacks.
+                anyhow::bail!(
+                    "set STRATUS_SEAL_KEY (or STRATUS_SEAL_KEY_FILE) to the key of the stratus-seal \
+                     Secret: the registry opens the authority with it (deploy/README.md)"
+                );
+            }
+            let material = files::init(&paths)?;
+            print!(
+                "{}",
+                crate::identity_export::kubernetes(&material, &services)?
+            );
             Ok(())
         }
         IdentityCommand::Issue {

@@ -10,6 +10,7 @@ mod cli;
 mod control;
 mod dashboard;
 mod identity;
+mod identity_export;
 mod launch;
 mod logs;
 mod manifest;

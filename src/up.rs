@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::distr::{Alphanumeric, SampleString};
 
+use stratus_kit::auth::Tokens;
+use stratus_kit::config::TokenArgs;
+use stratus_kit::registry_client::RegistryClient;
+
 use crate::launch::Launcher;
 use crate::manifest::Manifest;
 use crate::supervisor::Supervisor;
@@ -63,6 +67,10 @@ pub struct Args {
     /// How long a component may take to become ready.
     #[arg(long, default_value = "60s", value_parser = stratus_kit::duration::parse)]
     ready_timeout: Duration,
+
+    /// How the control API checks an admin's access token (the components read the same).
+    #[command(flatten)]
+    tokens: TokenArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -162,7 +170,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let token_file = data_dir.join(crate::control::TOKEN_FILE);
     let _ = std::fs::remove_file(&token_file);
     write_private(&token_file, &token)?;
-    let app = crate::control::router(supervisor.handle(), launcher.clone(), &token);
+    // An admin's access token opens the control API too; auth's keys come from the auth `up`
+    // runs, found through its registry (as operator, under the mesh).
+    let tokens = if manifest.components.iter().any(|c| c.name == "auth") {
+        let registry = RegistryClient::new(&launcher.registry_url)?;
+        Some(Tokens::new(&args.tokens, registry)?)
+    } else {
+        None
+    };
+    let app = crate::control::router(supervisor.handle(), launcher.clone(), &token, tokens);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(control, app).await {
             eprintln!("the control API stopped: {error}");

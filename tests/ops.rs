@@ -721,3 +721,115 @@ command = ["sh", "-c", "echo boom; exit 3"]
     assert_eq!(line, "crasher-0 | boom");
     follow.kill().await.unwrap();
 }
+
+/// The control API, like every admin API, takes an admin's access token (from `/auth/login`)
+/// besides the control token: a script with an admin's login needs no file from the data dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admins_access_token_opens_the_control_api() {
+    let up = Up::start(
+        r#"
+[[components]]
+name = "registry"
+
+[[components]]
+name = "auth"
+
+[[components]]
+name = "catalog"
+
+[[components]]
+name = "gateway"
+
+[[routes]]
+name = "auth"
+prefix = "/auth"
+service = "auth"
+auth = "none"
+"#,
+    );
+    let http = reqwest::Client::new();
+    let login = |email: &'static str, password: &'static str| {
+        let http = http.clone();
+        let url = format!("http://127.0.0.1:{}/auth/login", up.gateway);
+        async move {
+            let response = http
+                .post(url)
+                .json(&serde_json::json!({"email": email, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "login of {email}");
+            let body: Value = response.json().await.unwrap();
+            body["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let admin = login(support::ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let signup = http
+        .post(format!("http://127.0.0.1:{}/auth/signup", up.gateway))
+        .json(&serde_json::json!({"email": "shopper@example.com", "password": "customer-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 201);
+    let customer = login("shopper@example.com", "customer-password").await;
+    // The customer's token with its roles rewritten to admin: the signature no longer holds.
+    let forged = {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let parts: Vec<&str> = customer.split('.').collect();
+        let mut claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["roles"] = serde_json::json!(["admin"]);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        format!("{}.{payload}.{}", parts[0], parts[2])
+    };
+
+    let control = std::fs::read_to_string(up.data_dir().join("control.addr")).unwrap();
+    let status_url = format!("http://{control}/v1/status");
+    for (what, token, expected) in [
+        ("no token", None, 401),
+        ("a garbage token", Some("not-a-token"), 401),
+        ("a forged admin token", Some(forged.as_str()), 401),
+        ("a customer's token", Some(customer.as_str()), 403),
+    ] {
+        let mut request = http.get(&status_url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), expected, "{what}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+    }
+    let response = http
+        .get(&status_url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(component(&status, "catalog")["desired"], 1, "{status:#}");
+
+    // A change, too: the admin scales catalog out, as `stratus scale` would.
+    let response = http
+        .post(format!("http://{control}/v1/scale"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"replicas": {"catalog": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    up.wait_status(
+        "catalog scaled by an admin's token",
+        Duration::from_secs(30),
+        |s| settled(s, "catalog", 2),
+    )
+    .await;
+    // The control token and the CLI work as before.
+    let (ok, _, stderr) = up.cli(&["status"]).await;
+    assert!(ok, "{stderr}");
+}

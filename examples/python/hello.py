@@ -17,24 +17,35 @@ It shows what any program needs to be a Stratus component, in whatever language:
   to auth, and reports one record per request to the event sink (STRATUS_EVENTS_URL,
   `POST /v1/events`), batched by a background thread so the sink never slows a request.
 
+- it joins the mesh (README "Any language joins the mesh") with mutual TLS from the standard
+  library's `ssl`: with its join credential (STRATUS_JOIN_TOKEN) it asks the registry's
+  authority for its first certificate (`POST /v1/identity/certificates`, body `{}`: the key is
+  made there), trusting only the roots in STRATUS_TRUST_BUNDLE; it serves HTTPS with that
+  certificate, checks every caller's certificate against the roots and its SPIFFE ID against
+  STRATUS_ALLOWED_CALLERS, reaches the registry, the sink and auth over mutual TLS (checking
+  each one's SPIFFE ID), renews at half-life with the certificate itself and follows the trust
+  bundle. STRATUS_MTLS=off (development only) turns all of it off.
+
 GET /api/hello answers {"message", "service", "instance", "version", "trace_id"}; errors are
 application/problem+json, like every Stratus service.
 """
 
 import base64
+import http.client
 import http.server
 import json
 import os
 import queue
 import random
+import shutil
 import signal
 import socketserver
+import ssl
 import sys
+import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import datetime, timezone
 
 SERVICE = os.environ.get("STRATUS_SERVICE_NAME", "hello")
@@ -51,6 +62,18 @@ BIND = os.environ.get("STRATUS_BIND", "127.0.0.1")
 ADVERTISE = os.environ.get("STRATUS_ADVERTISE_ADDRESS") or BIND
 CLIENT_ID = os.environ.get("STRATUS_CLIENT_ID", "")
 CLIENT_SECRET = os.environ.get("STRATUS_CLIENT_SECRET", "")
+# The mesh: `off`, or mutual TLS on every internal hop (`required`; `optional` is served as
+# required here: this service speaks TLS only).
+MTLS = os.environ.get("STRATUS_MTLS", "required").strip().lower() != "off"
+TRUST_DOMAIN = os.environ.get("STRATUS_TRUST_DOMAIN", "stratus.local")
+TRUST_BUNDLE = os.environ.get("STRATUS_TRUST_BUNDLE") or os.path.join(
+    os.environ.get("STRATUS_DATA_DIR", "./.stratus"), "identity", "bundle.pem"
+)
+ALLOWED_CALLERS = [
+    name.strip()
+    for name in os.environ.get("STRATUS_ALLOWED_CALLERS", "gateway").split(",")
+    if name.strip()
+]
 
 
 def seconds(text, default):
@@ -80,8 +103,10 @@ def log(level, message, **fields):
     print(json.dumps(record), flush=True)
 
 
-def call(method, url, body=None, headers=None, timeout=2.0):
-    """An HTTP call; returns (status, parsed JSON or None). Network errors raise OSError."""
+def call(method, url, body=None, headers=None, timeout=2.0, service=None):
+    """An HTTP call to an internal `service` (`registry`, `events`, `auth`); returns (status,
+    parsed JSON or None). In the mesh it goes over mutual TLS with this instance's certificate,
+    and only to a server whose certificate names `service`. Network errors raise OSError."""
     data = None
     headers = dict(headers or {})
     if isinstance(body, (dict, list)):
@@ -90,16 +115,39 @@ def call(method, url, body=None, headers=None, timeout=2.0):
     elif isinstance(body, str):
         data = body.encode()
         headers["content-type"] = "application/x-www-form-urlencoded"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    if IDENTITY:
+        connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port or 443, timeout=timeout, context=IDENTITY.client_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
+        connection.connect()
+        if IDENTITY and service:
+            # Before anything is sent: the server must be the service we meant to reach.
+            found = spiffe_id(connection.sock.getpeercert())
+            if found != service_id(service):
+                raise OSError("%s is %s, not %s" % (url, found, service_id(service)))
+        connection.request(method, target or "/", body=data, headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    except http.client.HTTPException as error:
+        raise OSError("%s: %r" % (url, error))
+    finally:
+        connection.close()
     try:
         return status, json.loads(raw) if raw else None
     except ValueError:
         return status, None
+
+
+def internal(url):
+    """An internal URL as it is reached: https in the mesh (configuration keeps http://)."""
+    if IDENTITY and url.startswith("http://"):
+        return "https://" + url[len("http://") :]
+    return url
 
 
 # --- tracing -------------------------------------------------------------------------------------
@@ -159,7 +207,7 @@ class Reporter:
 
     def send(self, batch):
         try:
-            status, _ = call("POST", EVENTS + "/v1/events", batch)
+            status, _ = call("POST", internal(EVENTS) + "/v1/events", batch, service="events")
             if status >= 300:
                 log("warn", "the event sink refused a batch", status=status)
         except OSError:
@@ -174,6 +222,206 @@ class Reporter:
 REPORTER = Reporter() if REPORT_EVENTS else None
 
 
+# --- the mesh: certificate, renewal, callers ------------------------------------------------------
+
+
+def service_id(name):
+    return "spiffe://%s/service/%s" % (TRUST_DOMAIN, name)
+
+
+def spiffe_id(certificate):
+    """The SPIFFE ID (URI SAN) of a verified peer certificate, or None (no certificate)."""
+    for kind, value in (certificate or {}).get("subjectAltName", ()):
+        if kind == "URI" and value.startswith("spiffe://"):
+            return value
+    return None
+
+
+def may_call(caller):
+    """Intentions: the services STRATUS_ALLOWED_CALLERS names (`*`: any), this service's own
+    instances, and operators."""
+    if caller is None or not caller.startswith("spiffe://%s/" % TRUST_DOMAIN):
+        return False
+    if caller == service_id(SERVICE) or caller.startswith("spiffe://%s/operator/" % TRUST_DOMAIN):
+        return True
+    return "*" in ALLOWED_CALLERS or any(caller == service_id(name) for name in ALLOWED_CALLERS)
+
+
+class Refused(OSError):
+    """The registry will not certify this credential (or named someone else)."""
+
+
+class Identity:
+    """This instance's certificate from the registry's authority, and the TLS contexts made with
+    it, renewed at half-life.
+
+    `ssl` loads certificates and keys from files only, so they are written to a folder of this
+    process's own (0700, the key 0600), removed at exit. Each renewal or new bundle builds fresh
+    contexts, swapped in whole: new connections use them; open ones keep what they were made
+    with (TLS has no other way). A fresh context, not load_cert_chain on the old one, so that a
+    root the authority retired leaves the trusted set too."""
+
+    def __init__(self, join_token):
+        self.join_token = join_token
+        self.folder = tempfile.mkdtemp(prefix="stratus-%s-" % SERVICE)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        with open(TRUST_BUNDLE) as f:
+            self.bundle = f.read()
+        if "BEGIN CERTIFICATE" not in self.bundle:
+            raise SystemExit("no trust bundle in %s (STRATUS_TRUST_BUNDLE)" % TRUST_BUNDLE)
+        self.server = self.client = None
+        self.not_after = 0.0
+        # Until the first certificate: a client that trusts the roots and shows nothing.
+        self.client = self.make_client(None)
+
+    def server_context(self):
+        with self.lock:
+            return self.server
+
+    def client_context(self):
+        with self.lock:
+            return self.client
+
+    def make_client(self, chain):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        # Certificates name SPIFFE IDs, not host names: `call` checks the ID after the handshake.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=self.bundle)
+        if chain:
+            context.load_cert_chain(*chain)
+        return context
+
+    def make_server(self, chain):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.load_cert_chain(*chain)
+        context.load_verify_locations(cadata=self.bundle)
+        # Asked for, checked against the roots when sent, but not demanded: /healthz and /readyz
+        # answer an orchestrator's probe, which has none; every other path refuses such a
+        # caller with a 401 that can say why (as every Stratus service does).
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    def obtain(self):
+        """A certificate: renewed with the current one while it is valid, else (the first time,
+        or after an outage longer than its life) with the join credential."""
+        renewing = self.not_after - time.time() > 2
+        headers = {} if renewing else {"authorization": "Bearer " + self.join_token}
+        status, answer = call(
+            "POST", internal(REGISTRY) + "/v1/identity/certificates", {}, headers,
+            timeout=5.0, service="registry",
+        )
+        if status in (400, 401, 403, 422):
+            detail = (answer or {}).get("detail", "")
+            raise Refused("the registry refused a certificate: %s %s" % (status, detail))
+        if status != 200 or not answer:
+            raise OSError("the registry answered %s" % status)
+        if answer.get("spiffe_id") != service_id(SERVICE):
+            raise Refused("the certificate names %s" % answer.get("spiffe_id"))
+        self.install(answer)
+        log("info", "certificate", spiffe_id=answer["spiffe_id"], renewed=renewing,
+            not_after=answer["not_after"])
+
+    def install(self, answer):
+        # A new file name each time: a context reading the files never sees half of each.
+        stamp = "%d-%x" % (time.time(), random.getrandbits(32))
+        cert = os.path.join(self.folder, "cert-%s.pem" % stamp)
+        key = os.path.join(self.folder, "key-%s.pem" % stamp)
+        descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(answer["private_key"])
+        with open(cert, "w") as f:
+            f.write(answer["certificate"])
+        self.bundle = answer.get("trust_bundle") or self.bundle
+        try:
+            server, client = self.make_server((cert, key)), self.make_client((cert, key))
+        finally:
+            os.remove(key)  # loaded: the contexts hold it now
+            os.remove(cert)
+        with self.lock:
+            self.server, self.client = server, client
+            self.chain_answer = answer
+            self.not_after = float(answer["not_after"])
+
+    def refresh_bundle(self):
+        status, text = self.get_bundle()
+        if status == 200 and text and "BEGIN CERTIFICATE" in text and text != self.bundle:
+            self.bundle = text
+            self.install(self.chain_answer)  # the same certificate, the new roots
+            log("info", "the trust bundle changed")
+
+    def get_bundle(self):
+        context = self.client_context()
+        parts = urllib.parse.urlsplit(internal(REGISTRY))
+        connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port or 443, timeout=5.0, context=context
+        )
+        try:
+            connection.connect()
+            if spiffe_id(connection.sock.getpeercert()) != service_id("registry"):
+                raise OSError("the registry's certificate names someone else")
+            connection.request("GET", "/v1/identity/bundle")
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        except http.client.HTTPException as error:
+            raise OSError(repr(error))
+        finally:
+            connection.close()
+
+    def keep_fresh(self):
+        """Renews at half the certificate's remaining life (retrying every few seconds when
+        the registry is away) and fetches the bundle every minute."""
+        renew_at = time.time() + (self.not_after - time.time()) / 2
+        next_bundle = time.time() + 60
+        while not self.stopped.wait(1.0):
+            now = time.time()
+            if now >= renew_at:
+                try:
+                    self.obtain()
+                    renew_at = time.time() + (self.not_after - time.time()) / 2
+                except (OSError, ValueError, KeyError) as error:
+                    log("warn", "renewing the certificate", error=str(error))
+                    renew_at = now + 3
+            if now >= next_bundle:
+                try:
+                    self.refresh_bundle()
+                    next_bundle = now + 60
+                except (OSError, ValueError, KeyError) as error:
+                    log("warn", "fetching the trust bundle", error=str(error))
+                    next_bundle = now + 10
+
+    def start(self, wait=60.0):
+        """The first certificate, waiting up to `wait` seconds for the registry."""
+        if not self.join_token:
+            raise SystemExit(
+                "STRATUS_JOIN_TOKEN is not set: `stratus identity join-credential %s` prints "
+                "this service's (or STRATUS_MTLS=off, for development only)" % SERVICE
+            )
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.obtain()
+                break
+            except Refused as error:  # waiting will not change a bad credential
+                raise SystemExit("joining the mesh: %s" % error)
+            except OSError as error:  # the registry not up yet
+                if time.monotonic() > deadline:
+                    raise SystemExit("joining the mesh: %s" % error)
+                time.sleep(0.5)
+        threading.Thread(target=self.keep_fresh, name="identity", daemon=True).start()
+
+    def close(self):
+        self.stopped.set()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+IDENTITY = None  # set in main() when the mesh is on
+
+
 # --- registration --------------------------------------------------------------------------------
 
 
@@ -183,7 +431,7 @@ class Registration:
     def __init__(self, port):
         self.port = port
         self.url = "%s/v1/services/%s/instances/%s" % (
-            REGISTRY,
+            internal(REGISTRY),
             urllib.parse.quote(SERVICE, safe=""),
             urllib.parse.quote(INSTANCE, safe=""),
         )
@@ -203,7 +451,7 @@ class Registration:
             "interval": "500ms",
             "timeout": "300ms",
         }
-        status, answer = call("PUT", self.url, body)
+        status, answer = call("PUT", self.url, body, service="registry")
         if status >= 300:
             raise OSError("registering: %s %s" % (status, answer))
 
@@ -215,7 +463,7 @@ class Registration:
                     self.registered = True
                     log("info", "registered", registry=REGISTRY, port=self.port, version=VERSION)
                 else:
-                    status, _ = call("PUT", self.url + "/heartbeat")
+                    status, _ = call("PUT", self.url + "/heartbeat", service="registry")
                     if status == 404:
                         log("warn", "the registry forgot this instance; registering again")
                         self.registered = False
@@ -229,7 +477,7 @@ class Registration:
         self.stopped.set()
         self.thread.join(timeout=2)
         try:
-            call("DELETE", self.url, timeout=1.0)
+            call("DELETE", self.url, timeout=1.0, service="registry")
             log("info", "deregistered")
         except OSError as error:
             log("warn", "could not deregister; the lease will expire", error=str(error))
@@ -248,7 +496,9 @@ _cache_lock = threading.Lock()
 
 def auth_url():
     """The base URL of a live auth instance, from the registry."""
-    status, answer = call("GET", REGISTRY + "/v1/services/auth", timeout=1.0)
+    status, answer = call(
+        "GET", internal(REGISTRY) + "/v1/services/auth", timeout=1.0, service="registry"
+    )
     instances = [
         i for i in (answer or {}).get("instances", []) if i.get("health") != "critical"
     ]
@@ -258,7 +508,7 @@ def auth_url():
     address = instance["address"]
     if ":" in address and not address.startswith("["):
         address = "[%s]" % address
-    return "http://%s:%d" % (address, instance["port"])
+    return internal("http://%s:%d" % (address, instance["port"]))
 
 
 def introspect(token, traceparent):
@@ -280,6 +530,7 @@ def introspect(token, traceparent):
             auth_url() + "/auth/introspect",
             urllib.parse.urlencode({"token": token}),
             {"authorization": "Basic " + basic, "traceparent": traceparent},
+            service="auth",
         )
     except OSError as error:
         raise Unavailable("auth did not answer: %s" % error)
@@ -352,13 +603,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.rfile.read(min(length, 1 << 20))
         return self.problem(405, "Method Not Allowed", "only GET", {"allow": "GET, HEAD"})
 
+    def caller(self):
+        """The caller's SPIFFE ID, from the certificate it showed (checked against the roots
+        in the handshake), or None."""
+        if not IDENTITY:
+            return None
+        return spiffe_id(self.connection.getpeercert())
+
     def traced(self, name, handler):
-        """Runs `handler` as a span of the caller's trace and reports it to the sink."""
+        """Runs `handler` as a span of the caller's trace and reports it to the sink. In the
+        mesh, only a caller whose identity may call this service gets that far."""
         started = datetime.now(timezone.utc)
         clock = time.monotonic()
         trace_id, parent = trace_context(self.headers.get("traceparent"))
         span_id = new_id(8)
         traceparent = "00-%s-%s-01" % (trace_id, span_id)
+        peer = self.caller()
+        if IDENTITY and peer is None:
+            handler = lambda *_: self.problem(  # noqa: E731
+                401, "Unauthorized", "a client certificate from this system's authority is required"
+            )
+        elif IDENTITY and not may_call(peer):
+            handler = lambda *_: self.problem(  # noqa: E731
+                403, "Forbidden", "no intention lets %s call %s (STRATUS_ALLOWED_CALLERS)"
+                % (peer, SERVICE),
+            )
         try:
             status = handler(trace_id, traceparent)
         except Exception as error:  # a bug must still answer, and be counted
@@ -380,6 +649,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             }
             if parent:
                 record["parent_span_id"] = parent
+            if peer:
+                record["peer"] = peer  # the caller's identity: the dashboard draws the edge
             REPORTER.report(record)
 
     def hello(self, trace_id, traceparent):
@@ -413,8 +684,34 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def process_request_thread(self, request, client_address):
+        """In the mesh, the TLS handshake runs here, in the connection's own thread, never in
+        the accept loop (a client that stalls it would stall every other). A plaintext
+        request, or a certificate the roots do not vouch for, fails it: the connection is
+        closed without an answer."""
+        if IDENTITY:
+            try:
+                request.settimeout(10)
+                request = IDENTITY.server_context().wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (ssl.SSLError, OSError):
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
 
 def main():
+    global IDENTITY
+    if MTLS:
+        join_token = os.environ.pop("STRATUS_JOIN_TOKEN", "")  # no child process inherits it
+        try:
+            IDENTITY = Identity(join_token)
+        except OSError as error:
+            raise SystemExit("the trust bundle %s: %s (STRATUS_TRUST_BUNDLE)" % (TRUST_BUNDLE, error))
+        IDENTITY.start()
+    else:
+        log("warn", "STRATUS_MTLS=off: plaintext, and nobody's identity is checked "
+            "(development only)")
     server = Server((BIND, int(os.environ.get("PORT", "0"))), Handler)
     port = server.server_address[1]
     log("info", "listening", address="%s:%d" % (BIND, port))
@@ -443,6 +740,8 @@ def main():
     server.server_close()
     if REPORTER:
         REPORTER.flush()
+    if IDENTITY:
+        IDENTITY.close()
     log("info", "stopped")
     return 0
 

@@ -371,3 +371,14 @@ pub fn up_operator(data_dir: &Path) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A client that trusts the system's bundle (servers must hold its certificates) and shows no
+/// certificate of its own: a tool outside Stratus, which can only bring an access token.
+pub fn bundle_only(bundle_pem: &str) -> reqwest::Client {
+    let credentials = stratus_identity::Credentials::new(TRUST_DOMAIN, bundle_pem).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(credentials.client_config(stratus_identity::Expect::AnyService))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}

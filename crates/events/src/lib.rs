@@ -25,7 +25,9 @@ pub mod writer;
 
 use std::time::Duration;
 
-use stratus_kit::config::CommonArgs;
+use stratus_kit::auth::Tokens;
+use stratus_kit::config::{CommonArgs, TokenArgs};
+use stratus_kit::registry_client::RegistryClient;
 use stratus_kit::server::Service;
 
 /// `stratus serve events`
@@ -62,6 +64,11 @@ pub struct Args {
     /// The instrumentation scope exported spans carry (default stratus-events).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
+
+    /// An admin's access token is an operator credential here (queries, the dashboard, OTLP
+    /// from tools outside Stratus): how tokens are checked.
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -102,9 +109,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         registry,
         writer: writer::Writer::start(writer_target, export)?,
     };
+    let tokens = Tokens::new(
+        &args.tokens,
+        RegistryClient::new(&args.common.registry_url)?,
+    )?;
     let service = Service::new("events", args.port)
         .without_events()
-        .serving_the_mesh();
+        .serving_the_mesh()
+        .taking_operator_tokens(tokens);
     service.health.add_check("database", move || {
         let pool = pool.clone();
         async move { stratus_kit::db::ping(&pool).await }

@@ -530,10 +530,11 @@ struct Home {
 impl Home {
     /// Pools `conn`, unless the instance sent more than the response (nothing may come before
     /// the next request).
-    fn put_back(self, conn: Conn) {
-        if !conn.read.is_empty() {
+    fn put_back(self, mut conn: Conn) {
+        if !conn.read.is_empty() || conn.stream.holds_unread() {
             return;
         }
+        conn.stream.relax();
         if let Some(pool) = self.pool.upgrade() {
             pool.checkin(self.key, conn);
         }

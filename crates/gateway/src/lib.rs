@@ -29,6 +29,7 @@ pub mod park;
 pub mod proxy;
 pub mod ratelimit;
 pub mod ratelimit_redis;
+pub mod read_ahead;
 pub mod reload;
 pub mod report;
 pub mod routes;
@@ -344,9 +345,11 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         ));
     }
 
+    // An admin's access token is an operator credential on the admin port, as a certificate is.
     let admin = Service::new("gateway", args.admin_port)
         .unregistered()
-        .without_events();
+        .without_events()
+        .taking_operator_tokens(shared.tokens.clone());
     admin.health.add_check("registry", move || {
         let synced = upstreams.index() > 0;
         async move {

@@ -9,7 +9,8 @@
 //!
 //! Whatever the variant, [`UpstreamStream::tcp`] is the socket underneath: the pool's liveness
 //! checks ask the kernel about it, since TLS changes nothing about whether the instance has
-//! closed the connection.
+//! closed the connection. Under TLS the socket is read through [`ReadAhead`], so a large answer
+//! is not one system call per 4 KiB record fragment rustls asks for.
 
 use std::io;
 use std::pin::Pin;
@@ -19,11 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::read_ahead::ReadAhead;
+
 /// A connection to an instance, as the HTTP/1.1 pool, the HTTP/2 pool and a WebSocket tunnel
 /// use it.
 pub enum UpstreamStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead>>),
 }
 
 impl UpstreamStream {
@@ -31,12 +34,44 @@ impl UpstreamStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             UpstreamStream::Plain(stream) => stream,
-            UpstreamStream::Tls(stream) => stream.get_ref().0,
+            UpstreamStream::Tls(stream) => stream.get_ref().0.tcp(),
         }
     }
 
     pub fn is_tls(&self) -> bool {
         matches!(self, UpstreamStream::Tls(_))
+    }
+
+    /// Whether bytes from the instance wait under TLS, read from the socket and not yet
+    /// decrypted: on a connection about to be pooled, something the instance sent unasked.
+    pub fn holds_unread(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(_) => false,
+            UpstreamStream::Tls(stream) => stream.get_ref().0.held() > 0,
+        }
+    }
+
+    /// Gives back what an idle connection need not hold: after a large answer rustls keeps its
+    /// record buffer at a full record's size (16 KiB) until its next read, which on a pooled
+    /// connection may be a minute away. Asking it to read from a source that has nothing yet
+    /// makes it shrink the buffer to its 4 KiB starting size, with no system call; the "would
+    /// block" it then gets changes nothing else. Nothing to do on TCP.
+    pub fn relax(&mut self) {
+        if let UpstreamStream::Tls(stream) = self {
+            let (read_ahead, session) = stream.get_mut();
+            if read_ahead.held() == 0 {
+                let _ = session.read_tls(&mut NothingYet);
+            }
+        }
+    }
+}
+
+/// A source that has nothing to read yet.
+struct NothingYet;
+
+impl io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
     }
 }
 

@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::client::SendError;
+use crate::read_ahead::ReadAhead;
 use crate::upstream::Endpoint;
 use crate::upstream_io::UpstreamStream;
 
@@ -117,6 +118,7 @@ impl UpstreamTls {
         })?;
         let name = ServerName::IpAddress(address.ip().into());
         let connector = TlsConnector::from(self.config(&endpoint.service, alpn));
+        let stream = ReadAhead::new(stream);
         match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
             Ok(Ok(tls)) => Ok(UpstreamStream::Tls(Box::new(tls))),
             Ok(Err(source)) => Err(self.failed(endpoint, source)),

@@ -35,14 +35,31 @@ pub struct Tokens {
 enum Source {
     Url(String),
     Registry(RegistryClient),
+    /// Auth's base URLs from somewhere else than a registry client: the registry itself looks
+    /// in its own store rather than asking itself over the network.
+    Finder(AuthFinder),
 }
+
+/// Finds the base URLs (`https://host:port`) of auth's instances.
+pub type AuthFinder = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, anyhow::Result<Vec<String>>> + Send + Sync,
+>;
 
 impl Tokens {
     pub fn new(args: &TokenArgs, registry: RegistryClient) -> anyhow::Result<Arc<Self>> {
+        Self::from_source(args, Source::Registry(registry))
+    }
+
+    /// As [`Tokens::new`], finding auth's instances with `finder` (unless a JWKS URL is set).
+    pub fn finding_auth_with(args: &TokenArgs, finder: AuthFinder) -> anyhow::Result<Arc<Self>> {
+        Self::from_source(args, Source::Finder(finder))
+    }
+
+    fn from_source(args: &TokenArgs, source: Source) -> anyhow::Result<Arc<Self>> {
         crate::install_crypto_provider();
         let source = match &args.jwks_url {
             Some(url) => Source::Url(url.clone()),
-            None => Source::Registry(registry),
+            None => source,
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
@@ -146,6 +163,7 @@ impl Tokens {
     }
 
     async fn fetch(&self) -> anyhow::Result<Jwks> {
+        let jwks = |base: String| format!("{base}/auth/.well-known/jwks.json");
         let urls = match &self.source {
             Source::Url(url) => vec![url.clone()],
             Source::Registry(registry) => registry
@@ -153,8 +171,9 @@ impl Tokens {
                 .await?
                 .instances
                 .iter()
-                .map(|i| format!("{}/auth/.well-known/jwks.json", i.base_url()))
+                .map(|i| jwks(i.base_url()))
                 .collect(),
+            Source::Finder(finder) => finder().await?.into_iter().map(jwks).collect(),
         };
         let mut last_error = anyhow::anyhow!("no auth instance is registered");
         for url in urls {
@@ -170,7 +189,7 @@ impl Tokens {
         // Keys found through the registry come from an auth instance, over the mesh; a
         // configured JWKS URL is anyone's (an outside identity provider), over public TLS.
         let http = match &self.source {
-            Source::Registry(_) if crate::mesh::current().is_on() => {
+            Source::Registry(_) | Source::Finder(_) if crate::mesh::current().is_on() => {
                 crate::mesh::current().client("auth")?
             }
             _ => self.http.clone(),
@@ -247,7 +266,12 @@ fn reject(error: TokenError) -> Problem {
 /// The bearer token of a request, if it has an `Authorization: Bearer` header.
 /// `Err` when the header is present but not a bearer token.
 pub fn bearer(parts: &Parts) -> Result<Option<&str>, Problem> {
-    let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+    bearer_in(&parts.headers)
+}
+
+/// [`bearer`], from a request's headers.
+pub fn bearer_in(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value

@@ -4,7 +4,9 @@
 //! With the mesh off nobody's identity is known and every check passes (`STRATUS_MTLS=off` is
 //! for development and benchmarks, and says so at start). With it on, a caller is the SPIFFE ID
 //! of its certificate, or nobody (a plaintext caller under `optional`, or a TLS caller with no
-//! certificate on one of the few open paths).
+//! certificate on one of the few open paths). Where a service takes them, an admin's access
+//! token makes a caller without a certificate an operator (`operator_token`): its identity is
+//! then `spiffe://<domain>/operator/<subject>`, with an `OperatorToken` beside it saying so.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -92,7 +94,8 @@ impl Caller {
             Caller::Unchecked => Ok(()),
             _ if self.is_operator() => Ok(()),
             Caller::Nobody => Err(Problem::unauthorized(
-                "this needs an operator's certificate (mutual TLS)",
+                "this needs an operator: an operator's certificate (mutual TLS) or, where taken, \
+                 an admin's access token",
             )),
             Caller::Id(id) => Err(Problem::forbidden(format!(
                 "{} is not an operator",

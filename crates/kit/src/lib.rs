@@ -31,6 +31,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod operator_token;
 pub mod outbox;
 pub mod paging;
 pub mod policy;

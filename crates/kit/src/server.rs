@@ -46,6 +46,8 @@ pub struct Service {
     /// Whether every service of the mesh may call this one (the registry, the sink, auth),
     /// whatever `STRATUS_ALLOWED_CALLERS` says.
     serves_the_mesh: bool,
+    /// Where an admin's access token is an operator credential: the token checker.
+    operator_tokens: Option<Arc<crate::auth::Tokens>>,
 }
 
 impl Service {
@@ -65,7 +67,15 @@ impl Service {
             .into(),
             open_paths: vec!["/healthz", "/readyz"],
             serves_the_mesh: false,
+            operator_tokens: None,
         }
+    }
+
+    /// Takes an admin's access token from a caller without a certificate as an operator
+    /// credential (`operator_token`): for the ports that serve an admin or query API.
+    pub fn taking_operator_tokens(mut self, tokens: Arc<crate::auth::Tokens>) -> Self {
+        self.operator_tokens = Some(tokens);
+        self
     }
 
     /// Takes calls from every service of the mesh (infrastructure that authorizes per request).
@@ -188,6 +198,9 @@ impl Service {
             Arc::new(Identify {
                 required: mesh.mode() == Mode::Required,
                 open_paths: self.open_paths.clone(),
+                // With the mesh off nobody's identity is checked: nothing for a token to prove.
+                operator_tokens: self.operator_tokens.clone().filter(|_| mesh.is_on()),
+                trust_domain: mesh.trust_domain().to_string(),
             }),
             identify,
         ));
@@ -235,11 +248,17 @@ fn with_kit_routes(app: Router, health: &Health) -> Router {
 struct Identify {
     required: bool,
     open_paths: Vec<&'static str>,
+    /// Set where an admin's access token is an operator credential (and the mesh is on).
+    operator_tokens: Option<Arc<crate::auth::Tokens>>,
+    trust_domain: String,
 }
 
 /// Puts the caller's address (`ConnectInfo<SocketAddr>`, as handlers take it) and its verified
 /// identity ([`Peer`]) in the request; with mTLS required, a caller with no certificate is
-/// refused here (401) unless the path is open to it.
+/// refused here (401) unless the path is open to it or, where the service takes them, it shows
+/// an admin's access token (`operator_token`: then it is an operator, and a token that is not
+/// an admin's valid one is refused here, 401 or 403). With mTLS optional a token only ever
+/// raises a caller to operator; one that does not is left to the handler, as before.
 async fn identify(
     State(settings): State<Arc<Identify>>,
     ConnectInfo(remote): ConnectInfo<Remote>,
@@ -247,19 +266,62 @@ async fn identify(
     next: Next,
 ) -> Response {
     request.extensions_mut().insert(ConnectInfo(remote.address));
-    match remote.peer {
-        Some(id) => {
-            request.extensions_mut().insert(Peer(id));
+    if let Some(id) = remote.peer {
+        // Mesh traffic: the certificate says it all, nothing more is looked at.
+        request.extensions_mut().insert(Peer(id));
+        return next.run(request).await;
+    }
+    if settings.open_paths.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let shown = match &settings.operator_tokens {
+        Some(tokens) => {
+            crate::operator_token::check(tokens, &settings.trust_domain, request.headers()).await
         }
-        None if settings.required && !settings.open_paths.contains(&request.uri().path()) => {
-            return problem::Problem::unauthorized(
-                "this port takes only callers with a Stratus certificate (mutual TLS)",
-            )
-            .into_response();
+        None => Ok(crate::operator_token::Shown::Nothing),
+    };
+    match shown {
+        Ok(crate::operator_token::Shown::Operator(peer, token)) => {
+            log_operator_token(&request, &peer);
+            request.extensions_mut().insert(peer);
+            request.extensions_mut().insert(token);
         }
-        None => {}
+        Ok(crate::operator_token::Shown::Nothing) if settings.required => {
+            let detail = if settings.operator_tokens.is_some() {
+                "this port takes a Stratus certificate (mutual TLS) or an admin's access token \
+                 (Authorization: Bearer)"
+            } else {
+                "this port takes only callers with a Stratus certificate (mutual TLS)"
+            };
+            return problem::Problem::unauthorized(detail).into_response();
+        }
+        Err(refusal) if settings.required => {
+            tracing::info!(
+                status = refusal.status().as_u16(),
+                method = %request.method(),
+                path = %request.uri().path(),
+                "an access token refused as an operator credential"
+            );
+            return refusal.into_response();
+        }
+        Ok(crate::operator_token::Shown::Nothing) | Err(_) => {}
     }
     next.run(request).await
+}
+
+/// Who did what with an access token: a change at info (the audit trail a certificate's holder
+/// leaves by being issued one), a read at debug.
+///
+/// The operator's name is the token's subject (a user id: no email or other personal data in
+/// the logs).
+fn log_operator_token(request: &Request, peer: &Peer) {
+    let method = request.method();
+    let path = request.uri().path();
+    if method.is_safe() {
+        tracing::debug!(operator = %peer.0, %method, %path, "an admin's access token as an operator");
+    } else {
+        tracing::info!(operator = %peer.0, %method, %path, "an admin's access token as an operator");
+    }
 }
 
 async fn trace_span(request: Request, next: Next) -> Response {

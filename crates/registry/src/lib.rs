@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use stratus_kit::config::CommonArgs;
+use stratus_kit::auth::Tokens;
+use stratus_kit::config::{CommonArgs, TokenArgs};
 use stratus_kit::server::Service;
 
 use store::{EtcdStore, MemoryStore, Store, StoreConfig};
@@ -53,6 +54,10 @@ pub struct Args {
 
     #[command(flatten)]
     pub identity: identity::IdentityArgs,
+
+    /// An admin's access token is an operator credential here: how tokens are checked.
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -100,7 +105,11 @@ fn join_mesh(args: &Args) -> anyhow::Result<Option<Arc<identity::Ca>>> {
     }
     let ca = args
         .identity
-        .start(&args.common.data_dir, &mesh.trust_domain)
+        .start(
+            &args.common.data_dir,
+            &mesh.trust_domain,
+            mesh.trust_bundle.as_deref(),
+        )
         .context("the certificate authority")?;
     let credentials = identity::own::credentials(&ca)?;
     tokio::spawn(identity::own::keep_fresh(ca.clone(), credentials.clone()));
@@ -126,8 +135,29 @@ async fn serve<S: Store>(
         let store = checked.clone();
         async move { store.check().await }
     });
+    let service = service.taking_operator_tokens(operator_tokens(&store, &args.tokens)?);
     let api = api::routes()
         .with_state(store)
         .merge(identity::api::routes().with_state(ca));
     service.run(&args.common, api).await
+}
+
+/// The token checker for operators' access tokens. Auth's keys are fetched from the auth
+/// instances this registry's own store holds: asking itself over the network would need its
+/// own address (`STRATUS_REGISTRY_URL` names the registry for the other processes).
+fn operator_tokens<S: Store>(store: &Arc<S>, args: &TokenArgs) -> anyhow::Result<Arc<Tokens>> {
+    let store = store.clone();
+    Tokens::finding_auth_with(
+        args,
+        Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move {
+                let auth = store
+                    .service("auth")
+                    .await
+                    .context("looking up auth in the registry's store")?;
+                Ok(auth.instances.iter().map(|i| i.base_url()).collect())
+            })
+        }),
+    )
 }

@@ -22,6 +22,9 @@ use time::OffsetDateTime;
 pub struct Paths {
     pub authority: PathBuf,
     pub join_secret: PathBuf,
+    /// The join secret's text when it is given (`STRATUS_JOIN_SECRET`: compose's `.env`, a
+    /// Kubernetes Secret) instead of kept in `join_secret`; then no file is made.
+    pub join_given: Option<JoinSecretText>,
     pub bundle: PathBuf,
     /// Where the seal key comes from: by default `seal.key` in the same folder.
     pub seal: SealKeySource,
@@ -34,10 +37,31 @@ impl Paths {
         Self {
             authority: dir.join("ca.json"),
             join_secret: dir.join("join.secret"),
+            join_given: None,
             bundle: dir.join("bundle.pem"),
             seal: SealKeySource::Made(dir.join("seal.key")),
             trust_domain: trust_domain.to_string(),
         }
+    }
+}
+
+/// A join secret's text, as given: never shown by `{:?}` (the arguments it sits in are logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinSecretText(pub String);
+
+impl std::fmt::Debug for JoinSecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+impl std::str::FromStr for JoinSecretText {
+    type Err = String;
+
+    /// Checked at parse time, so a malformed secret is a usage error naming the variable.
+    fn from_str(text: &str) -> Result<Self, String> {
+        JoinSecret::parse(text).map_err(|error| error.to_string())?;
+        Ok(Self(text.trim().to_string()))
     }
 }
 
@@ -53,9 +77,19 @@ pub struct Material {
 /// Reads the identity files, making any that are missing. Safe to call again.
 pub fn init(paths: &Paths) -> anyhow::Result<Material> {
     let sealer = paths.seal.load()?;
-    let join_text = read_or_make(&paths.join_secret, JoinSecret::generate)?;
-    let join = JoinSecret::parse(&join_text)
-        .with_context(|| format!("the join secret in {}", paths.join_secret.display()))?;
+    let (join_text, join) = match &paths.join_given {
+        Some(given) => {
+            let join =
+                JoinSecret::parse(&given.0).context("the join secret in STRATUS_JOIN_SECRET")?;
+            (given.0.clone(), join)
+        }
+        None => {
+            let text = read_or_make(&paths.join_secret, JoinSecret::generate)?;
+            let join = JoinSecret::parse(&text)
+                .with_context(|| format!("the join secret in {}", paths.join_secret.display()))?;
+            (text, join)
+        }
+    };
     let authority_text = read_or_make(&paths.authority, || {
         Authority::create(&paths.trust_domain, OffsetDateTime::now_utc())
             .map(|authority| authority.to_stored(&sealer))
@@ -117,6 +151,23 @@ mod tests {
         let other = Paths::in_dir(dir.path(), "other.local");
         let error = init(&other).err().unwrap();
         assert!(format!("{error:#}").contains("trust domain"), "{error:#}");
+    }
+
+    #[test]
+    fn a_given_join_secret_is_used_and_makes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Paths::in_dir(dir.path(), "stratus.local");
+        let text = JoinSecret::generate();
+        paths.join_given = Some(text.parse().unwrap());
+        let material = init(&paths).unwrap();
+        assert!(!paths.join_secret.exists());
+        assert_eq!(material.join_text, text);
+        // A credential made from the same text anywhere else is accepted here.
+        let elsewhere = JoinSecret::parse(&text).unwrap();
+        let credential = elsewhere.credential("catalog").unwrap();
+        assert_eq!(material.join.verify(&credential).unwrap(), "catalog");
+        assert_eq!(format!("{:?}", paths.join_given), "Some(<hidden>)");
+        assert!("c2hvcnQ=".parse::<JoinSecretText>().is_err());
     }
 
     #[test]

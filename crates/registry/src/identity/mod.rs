@@ -52,6 +52,13 @@ pub struct IdentityArgs {
     #[arg(long, env = "STRATUS_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
 
+    /// The join secret, base64 of at least 32 bytes, from which every join credential is
+    /// derived (default: join.secret among its files, made when missing). Set it in the
+    /// environment, never on a command line; compose's `.env` holds it
+    /// (deploy/compose-identity.sh).
+    #[arg(long, env = "STRATUS_JOIN_SECRET", hide_env_values = true)]
+    pub join_secret: Option<files::JoinSecretText>,
+
     /// The key that seals the authority's keys (default: seal.key among its files).
     #[command(flatten)]
     pub seal: stratus_kit::seal_key::SealKeyArgs,
@@ -59,16 +66,24 @@ pub struct IdentityArgs {
 
 impl IdentityArgs {
     /// Loads (or makes) the authority and starts its upkeep: pruning, scheduled rotation.
+    /// `bundle` is where to keep the trust bundle for others to read (`STRATUS_TRUST_BUNDLE`;
+    /// default: bundle.pem among the authority's files): compose shares it through a volume of
+    /// its own, so no other container sees the authority's files.
     pub fn start(
         &self,
         data_dir: &std::path::Path,
         trust_domain: &str,
+        bundle: Option<&std::path::Path>,
     ) -> anyhow::Result<std::sync::Arc<Ca>> {
         let dir = self
             .identity_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("identity"));
         let mut paths = files::Paths::in_dir(&dir, trust_domain);
+        paths.join_given = self.join_secret.clone();
+        if let Some(bundle) = bundle {
+            paths.bundle = bundle.to_path_buf();
+        }
         // STRATUS_SEAL_KEY or STRATUS_SEAL_KEY_FILE, else the folder's seal.key: the one rule
         // of every process that seals (auth's secrets too).
         paths.seal = self.seal.source_else(dir.join("seal.key"));
