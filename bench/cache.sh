@@ -13,6 +13,9 @@
 # and curl, and a release build (built when missing). Everything listens on loopback only.
 # Prints requests/s per mode and the ratio of each cached mode to the uncached one.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-1}

@@ -25,6 +25,9 @@
 # EVENTS=off and EVENTS=on. The count repeats to within a few per cent however busy the machine
 # is, which the wall-clock figure does not.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}

@@ -22,6 +22,9 @@
 # Machine caveat: the reporters (Python, one process each, sending prepared bodies) and the sink
 # share this machine's cores with whatever else runs; note the load average printed with the result.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 REPORTERS=${REPORTERS:-8}
 BATCH=${BATCH:-1000}

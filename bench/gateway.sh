@@ -11,6 +11,9 @@
 # Machine caveat: load generator, proxies and backends share this machine's cores, so absolute
 # numbers say little; the ratios between targets measured in the same run are the result.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}

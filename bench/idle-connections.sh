@@ -10,6 +10,9 @@
 #
 # Target (issue: the gateway as a production load balancer): under 30 MB at 10,000.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-10000}
 STRATUS=${STRATUS_BIN:-target/release/stratus}

@@ -39,6 +39,9 @@
 # Machine caveat: wrk, the gateways and nginx share this machine's cores, and TLS costs the
 # instance (nginx) CPU as well as the gateway; the ratios in one run are the result.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}

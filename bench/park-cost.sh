@@ -10,6 +10,9 @@
 # The CPU time is the sum of the gateway's threads' run time (/proc/PID/task/*/schedstat) over
 # the rounds, divided by the requests; it includes the timer and wake-up work of the pauses.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 PARK_AFTER=${PARK_AFTER:-1s}
 SHORT=${SHORT:-0.8}

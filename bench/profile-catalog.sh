@@ -12,6 +12,9 @@
 # callgrind). The count repeats to within about a per cent on a busy machine; debug and release
 # builds give different absolute figures, so compare like with like.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-2000}
 CONNECTIONS=${CONNECTIONS:-4}

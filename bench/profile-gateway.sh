@@ -11,6 +11,9 @@
 # wake-ups, is not in it). The gateway's profile is kept in bench/results/callgrind.stratus.out;
 # read it with `callgrind_annotate --inclusive=yes`.
 set -euo pipefail
+# Components started here by hand, without join credentials: plaintext inside, as before
+# `stratus serve` defaulted to mutual TLS (benchmarks only; bench/mtls.sh measures its cost).
+export STRATUS_MTLS="${STRATUS_MTLS:-off}"
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-4000}
 CONNECTIONS=${CONNECTIONS:-8}

@@ -686,3 +686,57 @@ async fn a_system_asked_to_run_plaintext_works_and_says_so() {
     let log = std::fs::read_to_string(system.log_path("catalog", 0)).unwrap();
     assert!(log.contains("STRATUS_MTLS=off"), "{log}");
 }
+
+/// An instance renews its certificate with the one it holds, on a connection that presents it:
+/// the connection its first certificate was asked on had none, and a renewal sent there would
+/// reach the registry as nobody. With 16 s certificates, the catalog renews within seconds and
+/// never fails to.
+#[tokio::test]
+async fn instances_renew_with_the_certificate_they_hold() {
+    let system = System::start_with(
+        1,
+        &[("registry", "STRATUS_CERT_LIFETIME", "16s".to_string())],
+    )
+    .await;
+    let metrics = format!("{}/metrics", system.instance_url("catalog").await);
+    let read = || async {
+        let text = system
+            .http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let expiry = text
+            .lines()
+            .find_map(|l| l.strip_prefix("identity_certificate_expiry_timestamp_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the certificate's expiry on /metrics");
+        (expiry, text.contains("identity_renewal_failures_total"))
+    };
+    let (first, _) = read().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut renewals = 0;
+    let mut last = first;
+    while renewals < 2 {
+        let (expiry, failed) = read().await;
+        assert!(
+            !failed,
+            "a renewal failed; logs in {}",
+            system.dir.path().display()
+        );
+        if expiry > last {
+            renewals += 1;
+            last = expiry;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog renewed {renewals} times in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(system.log_path("catalog", 0)).unwrap();
+    assert!(!log.contains("renewing the certificate"), "{log}");
+}

@@ -96,11 +96,19 @@ enum Trust {
 
 impl Trust {
     fn mesh(self, dir: &std::path::Path) -> Option<Arc<mesh::TestMesh>> {
-        match self {
-            Trust::Shared => Some(mesh::shared()),
-            Trust::Own => Some(Arc::new(mesh::TestMesh::init(dir, false))),
-            Trust::Off => None,
+        let mesh = match self {
+            Trust::Shared => mesh::shared(),
+            Trust::Own => Arc::new(mesh::TestMesh::init(dir, false)),
+            Trust::Off => return None,
+        };
+        // The trust bundle where `up` leaves it, `<data dir>/identity/bundle.pem`, for
+        // programs started by hand that look for it there.
+        let bundle = dir.join("identity").join("bundle.pem");
+        if !bundle.exists() {
+            std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
+            std::fs::write(&bundle, mesh.bundle()).unwrap();
         }
+        Some(mesh)
     }
 }
 

@@ -73,6 +73,10 @@ impl Workload {
             )
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
+            // A new connection per call: the first certificate is asked for on a connection
+            // that had none to present, and a renewal reusing it would reach the registry as
+            // nobody (401). These calls are a few a minute at most.
+            .pool_max_idle_per_host(0)
             .build()
             .context("building the identity client")?;
         Ok(Self {
