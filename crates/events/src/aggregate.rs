@@ -599,4 +599,75 @@ mod tests {
         assert_eq!(routes.len(), MAX_ROUTES + 1);
         assert_eq!(routes[&("a".into(), OTHER_ROUTES.into())].count, 10);
     }
+
+    /// What the aggregates hold at the issue's load (30,000 records a second over 10 services,
+    /// 20 instances and 50 routes, latencies log-normal around 2 ms), for ARCHITECTURE.md:
+    /// `cargo test -p stratus-events --release footprint -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn footprint_at_thirty_thousand_records_a_second() {
+        let mut rng = Rng(30_000);
+        let aggregates = Aggregates::at(HOUR, NOW);
+        let mut normal = || {
+            // Sum of 12 uniforms minus 6: near enough a standard normal.
+            (0..12)
+                .map(|_| (rng.next() % 1_000_000) as f64 / 1e6)
+                .sum::<f64>()
+                - 6.0
+        };
+        let seconds = 240;
+        let mut filing = Duration::ZERO;
+        for second in NOW..NOW + seconds {
+            let rows: Vec<Row> = (0..30_000)
+                .map(|i| {
+                    let s = i % 10;
+                    let us = (2000.0 * (0.6 * normal()).exp()) as i64;
+                    let instance = format!("s{s}-{}", i % 2);
+                    row(
+                        &format!("s{s}"),
+                        &instance,
+                        &format!("/r{}", i % 5),
+                        true,
+                        second,
+                        us,
+                    )
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            aggregates.add_at(&rows, second);
+            filing += started.elapsed();
+        }
+        let f = aggregates.footprint();
+        let started = std::time::Instant::now();
+        let hour = aggregates.stats_at((NOW - 3600) * 1_000_000, NOW + seconds);
+        let minute = aggregates.stats_at((NOW + seconds - 60) * 1_000_000, NOW + seconds);
+        let querying = started.elapsed();
+        assert_eq!(hour.len(), 10);
+        assert_eq!(minute.len(), 10);
+        let per_second: usize = {
+            let inner = aggregates.lock();
+            inner
+                .seconds
+                .values()
+                .map(|b| b.keys_and_bytes().1)
+                .sum::<usize>()
+                / f.second_buckets
+        };
+        let per_minute: usize = {
+            let inner = aggregates.lock();
+            inner
+                .minutes
+                .values()
+                .map(|b| b.keys_and_bytes().1)
+                .sum::<usize>()
+                / f.minute_buckets.max(1)
+        };
+        println!(
+            "{f:?}: {:.0} ns a record filed; a second's bucket {per_second} B ({} B a key), a \
+             minute's {per_minute} B ({} B a key); stats over all + over a minute in {querying:?}",
+            filing.as_nanos() as f64 / (30_000.0 * seconds as f64),
+            per_second / 70,
+            per_minute / 70,
+        );
+    }
 }
