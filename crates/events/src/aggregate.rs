@@ -15,13 +15,14 @@
 //! reporter can make the sink keep buckets for a far future.
 //!
 //! One `std::sync::Mutex` guards it all: the writer holds it for the time it takes to file a
-//! committed batch (about 100 ns a record), a query for the merge (microseconds per bucket).
+//! committed batch (about 330 ns a record, release), a query for the merge (microseconds a
+//! bucket).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::record::Row;
-use crate::sketch::Sketch;
+use crate::sketch::{Point, Sketch};
 use crate::stats::{InstanceStats, ServiceStats, Summary};
 
 /// Seconds kept per second before they are rolled up into minutes.
@@ -42,10 +43,10 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn add(&mut self, ok: bool, duration_us: i64) {
+    fn add(&mut self, ok: bool, duration: Point) {
         self.count += 1;
         self.errors += u64::from(!ok);
-        self.latency.add(duration_us);
+        self.latency.add_point(duration);
     }
 
     pub fn merge(&mut self, other: &Cell) {
@@ -121,6 +122,7 @@ struct Bucket {
 
 impl Bucket {
     fn add(&mut self, service: &str, instance: &str, route: &str, ok: bool, duration_us: i64) {
+        let duration_us = Point::of(duration_us);
         let cells = match self.services.get_mut(service) {
             Some(cells) => cells,
             None => self.services.entry(service.into()).or_default(),

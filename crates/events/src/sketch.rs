@@ -19,8 +19,11 @@
 /// The relative error of every percentile.
 pub const ALPHA: f64 = 0.009;
 
+static LN_GAMMA: std::sync::LazyLock<f64> =
+    std::sync::LazyLock::new(|| ((1.0 + ALPHA) / (1.0 - ALPHA)).ln());
+
 fn ln_gamma() -> f64 {
-    ((1.0 + ALPHA) / (1.0 - ALPHA)).ln()
+    *LN_GAMMA
 }
 
 /// The bucket a duration of `us` ≥ 1 falls in.
@@ -45,6 +48,20 @@ struct Bin {
     hi: u32,
 }
 
+/// A duration with its bucket worked out (`None` for 0 µs): the value, saturated to u32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point(Option<(u16, u32)>);
+
+impl Point {
+    pub fn of(us: i64) -> Self {
+        if us <= 0 {
+            return Self(None);
+        }
+        let us = us as u64;
+        Self(Some((index(us), us.min(u64::from(u32::MAX)) as u32)))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sketch {
     zeros: u64,
@@ -55,13 +72,15 @@ pub struct Sketch {
 impl Sketch {
     /// Adds one duration in µs (negative counts as 0).
     pub fn add(&mut self, us: i64) {
-        if us <= 0 {
+        self.add_point(Point::of(us));
+    }
+
+    /// Adds a duration whose bucket is already known: one logarithm for several sketches.
+    pub fn add_point(&mut self, point: Point) {
+        let Some((i, value)) = point.0 else {
             self.zeros += 1;
             return;
-        }
-        let us = us as u64;
-        let value = us.min(u64::from(u32::MAX)) as u32;
-        let i = index(us);
+        };
         match self.bins.binary_search_by_key(&i, |(at, _)| *at) {
             Ok(at) => {
                 let bin = &mut self.bins[at].1;
