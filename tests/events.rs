@@ -722,6 +722,21 @@ async fn the_stats_equal_a_recount_and_survive_a_restart() {
     let (status, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
     assert_eq!(status, 200);
     check(&stats);
+    // What they hold is on /metrics (two services, two instances and one route each).
+    let metrics = format!("{sink}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = system.client(&metrics).get(&metrics).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        let cells = text
+            .lines()
+            .find_map(|l| l.strip_prefix("events_stats_cells ")?.parse::<f64>().ok());
+        if cells.is_some_and(|cells| cells >= 6.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no events_stats_cells: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // SIGKILL, then back on the same database: the rebuilt aggregates say the same.
     system.process("events", 0).kill9();

@@ -389,6 +389,16 @@ impl Aggregates {
         routes
     }
 
+    /// Rolls up and drops what the clock says is due, and reports the footprint on `/metrics`:
+    /// `events_stats_cells` and `events_stats_bytes`. Once a second, so buckets go on time
+    /// even when nothing arrives and nobody asks.
+    pub fn tick(&self) {
+        self.lock().advance(now_s());
+        let footprint = self.footprint();
+        metrics::gauge!("events_stats_cells").set(footprint.cells as f64);
+        metrics::gauge!("events_stats_bytes").set(footprint.bytes as f64);
+    }
+
     /// How many buckets and cells are held, and their bytes (approximate: the maps' own
     /// overhead is left out).
     pub fn footprint(&self) -> Footprint {

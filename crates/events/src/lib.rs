@@ -115,6 +115,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.retention,
         stored,
     ));
+    let ticking = aggregates.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            ticking.tick();
+        }
+    });
     let registry = registry::Registry::follow(&args.common.registry_url)?;
     let state = api::AppState {
         pool: pool.clone(),
