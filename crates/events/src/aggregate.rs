@@ -15,14 +15,14 @@
 //! reporter can make the sink keep buckets for a far future.
 //!
 //! One `std::sync::Mutex` guards it all: the writer holds it for the time it takes to file a
-//! committed batch (about 330 ns a record, release), a query for the merge (microseconds a
+//! committed batch (250-350 ns a record, release), a query for the merge (microseconds a
 //! bucket).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::record::Row;
-use crate::sketch::{Point, Sketch};
+use crate::sketch::{Merger, Point, Sketch};
 use crate::stats::{InstanceStats, ServiceStats, Summary};
 
 /// Seconds kept per second before they are rolled up into minutes.
@@ -340,19 +340,38 @@ impl Aggregates {
     }
 
     pub fn stats_at(&self, since_us: i64, now_s: i64) -> Vec<ServiceStats> {
-        let mut services: BTreeMap<&str, BTreeMap<&str, Cell>> = BTreeMap::new();
+        let mut merging: BTreeMap<&str, BTreeMap<&str, (u64, u64, Merger)>> = BTreeMap::new();
         let mut inner = self.lock();
         inner.advance(now_s);
         for bucket in inner.window(since_us.div_euclid(1_000_000)) {
             for (service, cells) in &bucket.services {
-                let merged = services.entry(service).or_default();
+                let merged = merging.entry(service).or_default();
                 for (instance, cell) in &cells.instances {
-                    merged.entry(instance).or_default().merge(cell);
+                    let (count, errors, latency) = merged.entry(instance).or_default();
+                    *count += cell.count;
+                    *errors += cell.errors;
+                    latency.add(&cell.latency);
                 }
             }
         }
+        let services = merging.into_iter().map(|(service, instances)| {
+            let instances: BTreeMap<&str, Cell> = instances
+                .into_iter()
+                .map(|(instance, (count, errors, latency))| {
+                    let latency = latency.finish();
+                    (
+                        instance,
+                        Cell {
+                            count,
+                            errors,
+                            latency,
+                        },
+                    )
+                })
+                .collect();
+            (service, instances)
+        });
         services
-            .into_iter()
             .map(|(service, instances)| {
                 let mut all = Cell::default();
                 instances.values().for_each(|cell| all.merge(cell));

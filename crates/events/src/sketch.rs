@@ -178,6 +178,49 @@ impl Sketch {
     }
 }
 
+/// Many sketches merged into one: a bucket per index in a plain vector, so a query that merges
+/// hundreds of buckets adds counts in place instead of building a new sorted vector each time.
+#[derive(Debug, Default)]
+pub struct Merger {
+    zeros: u64,
+    bins: Vec<Option<Bin>>,
+}
+
+impl Merger {
+    pub fn add(&mut self, sketch: &Sketch) {
+        self.zeros += sketch.zeros;
+        if let Some((last, _)) = sketch.bins.last() {
+            if self.bins.len() <= usize::from(*last) {
+                self.bins.resize(usize::from(*last) + 1, None);
+            }
+        }
+        for (i, bin) in &sketch.bins {
+            let slot = &mut self.bins[usize::from(*i)];
+            *slot = Some(match slot {
+                None => *bin,
+                Some(mine) => Bin {
+                    count: mine.count.saturating_add(bin.count),
+                    lo: mine.lo.min(bin.lo),
+                    hi: mine.hi.max(bin.hi),
+                },
+            });
+        }
+    }
+
+    /// The merged sketch: the same as merging them one by one with [`Sketch::merge`].
+    pub fn finish(self) -> Sketch {
+        Sketch {
+            zeros: self.zeros,
+            bins: self
+                .bins
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, bin)| Some((i as u16, bin?)))
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -255,6 +298,23 @@ pub(crate) mod tests {
             parts.merge(&part);
         }
         assert_eq!(parts, whole);
+    }
+
+    #[test]
+    fn a_merger_merges_as_merge_does() {
+        let mut rng = Rng(9);
+        let mut merger = Merger::default();
+        let mut merged = Sketch::default();
+        for _ in 0..50 {
+            let mut part = Sketch::default();
+            for _ in 0..rng.next() % 300 {
+                part.add(rng.duration());
+            }
+            merger.add(&part);
+            merged.merge(&part);
+        }
+        assert_eq!(merger.finish(), merged);
+        assert_eq!(Merger::default().finish(), Sketch::default());
     }
 
     #[test]
