@@ -614,6 +614,146 @@ async fn the_sink_works_on_postgres() {
     assert_eq!(orders["instances"][0]["instance"], "o-1");
 }
 
+/// Nearest-rank percentile of sorted values, the definition `/v1/stats` promises within 1%.
+fn nearest_rank(sorted: &[i64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+/// Checks one `/v1/stats` entry (a service's or an instance's) against the raw records.
+fn check_summary(got: &Value, records: &[(bool, i64)], what: &str) {
+    let mut durations: Vec<i64> = records.iter().map(|(_, d)| *d).collect();
+    durations.sort_unstable();
+    let errors = records.iter().filter(|(ok, _)| !ok).count();
+    assert_eq!(got["count"], records.len(), "{what}: {got}");
+    assert_eq!(got["errors"], errors, "{what}: {got}");
+    for p in [50, 95, 99] {
+        let want = nearest_rank(&durations, f64::from(p));
+        let answered = got[format!("p{p}_ms")].as_f64().unwrap();
+        assert!(
+            (answered - want).abs() <= 0.01 * want,
+            "{what}: p{p} is {answered}, the records' {want}"
+        );
+    }
+}
+
+/// `/v1/stats` is computed from aggregates kept as records are stored: its counts equal a
+/// recount of the records posted and its percentiles are within 1% of theirs, before and after
+/// the sink restarts (the aggregates are rebuilt from the stored records).
+async fn the_stats_equal_a_recount_and_survive_a_restart() {
+    let mut system = System::start_edge(None).await;
+    let port = support::free_port();
+    let sink = support::mesh::internal_url(port, "");
+    let port_text = port.to_string();
+    system.spawn("events", &[("PORT", port_text.as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let mut seed: u64 = 0x5eed_cafe;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // (service, instance) -> (ok, duration_us) of every hop it served.
+    let mut expected: std::collections::BTreeMap<(String, String), Vec<(bool, i64)>> =
+        Default::default();
+    let mut records = Vec::new();
+    for i in 0..4000u64 {
+        let service = ["orders", "payments"][(next() % 2) as usize];
+        let instance = format!("{service}-{}", next() % 2);
+        let ok = next() % 9 != 0;
+        let duration = ((next() % 10_000) as f64 / 10_000.0 * 14.0).exp() as i64;
+        let started = now_us - (next() % 90_000_000) as i64;
+        let mut r = record(&format!("{:032x}", i / 4 + 1), i + 1);
+        r["service"] = json!(service);
+        r["instance"] = json!(instance);
+        r["ok"] = json!(ok);
+        r["status"] = json!(if ok { 200 } else { 503 });
+        r["duration_us"] = json!(duration);
+        r["started_at"] = json!(stratus_events::record::format_micros(started));
+        if i % 10 == 9 {
+            // A call to the service's database: drawn in the topology, not a hop it served.
+            r["kind"] = json!("client");
+            r["name"] = json!("sqlite");
+            r["peer"] = json!(format!("{service}-db"));
+        } else {
+            expected
+                .entry((service.to_string(), instance))
+                .or_default()
+                .push((ok, duration));
+        }
+        records.push(r);
+    }
+    for batch in records.chunks(500) {
+        let response = system
+            .internal()
+            .post(format!("{sink}/v1/events"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+
+    let check = |stats: &Value| {
+        let services = stats["services"].as_array().unwrap();
+        assert_eq!(services.len(), 2, "{stats}");
+        for service in services {
+            let name = service["service"].as_str().unwrap();
+            let all: Vec<(bool, i64)> = expected
+                .iter()
+                .filter(|((s, _), _)| s == name)
+                .flat_map(|(_, records)| records.iter().copied())
+                .collect();
+            check_summary(service, &all, name);
+            let instances = service["instances"].as_array().unwrap();
+            assert_eq!(instances.len(), 2, "{service}");
+            for instance in instances {
+                let id = instance["instance"].as_str().unwrap().to_string();
+                check_summary(instance, &expected[&(name.to_string(), id.clone())], &id);
+            }
+        }
+    };
+    let (status, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    assert_eq!(status, 200);
+    check(&stats);
+    // What they hold is on /metrics (two services, two instances and one route each).
+    let metrics = format!("{sink}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = system.client(&metrics).get(&metrics).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        let cells = text
+            .lines()
+            .find_map(|l| l.strip_prefix("events_stats_cells ")?.parse::<f64>().ok());
+        if cells.is_some_and(|cells| cells >= 6.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no events_stats_cells: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGKILL, then back on the same database: the rebuilt aggregates say the same.
+    system.process("events", 0).kill9();
+    system.spawn("events", &[("PORT", port_text.as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let total: usize = expected.values().map(Vec::len).sum();
+    let stats = wait_for(&system, &format!("{sink}/v1/stats?window=5m"), |body| {
+        let counted: u64 = body["services"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|s| s["count"].as_u64()).sum())
+            .unwrap_or(0);
+        counted == total as u64
+    })
+    .await;
+    check(&stats);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -631,6 +771,10 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "the_sink_can_stop_and_restart_under_load",
             the_sink_can_stop_and_restart_under_load,
+        ),
+        Test::new(
+            "the_stats_equal_a_recount_and_survive_a_restart",
+            the_stats_equal_a_recount_and_survive_a_restart,
         ),
         Test::new(
             "bad_batches_are_refused_whole",

@@ -16,11 +16,12 @@ use stratus_kit::events::EventRecord;
 use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
+use crate::aggregate::Aggregates;
 use crate::live::{self, Live};
 use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
 use crate::writer::Writer;
-use crate::{dashboard, otlp, proto, stats, store};
+use crate::{dashboard, otlp, proto, store};
 
 /// The largest ingest body: 4 MiB.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -36,6 +37,9 @@ pub struct AppState {
     pub live: Live,
     /// The one task that writes (and hands stored batches to the OTLP exporter, if any).
     pub writer: Writer,
+    /// Per-second and per-minute counts and latencies, fed by the writer: what stats are read
+    /// from.
+    pub aggregates: Aggregates,
 }
 
 type Shared = State<AppState>;
@@ -372,9 +376,8 @@ async fn instances(
 ) -> Result<impl IntoResponse, Problem> {
     only(&params, &["window"])?;
     let window = window(&params, live::WINDOW)?;
-    let hops = store::hops(&state.pool, now_us() - window.as_micros() as i64).await?;
     let view = state.registry.snapshot();
-    let services = stats::compute(live::stat_rows(&hops));
+    let services = state.aggregates.stats(now_us() - window.as_micros() as i64);
     Ok(axum::Json(json!({
         "window_seconds": window.as_secs_f64(),
         "registry_reachable": view.reachable,
@@ -415,10 +418,10 @@ async fn stats(
 ) -> Result<impl IntoResponse, Problem> {
     only(&params, &["window"])?;
     let window = window(&params, Duration::from_secs(300))?;
-    let rows = store::window(&state.pool, now_us() - window.as_micros() as i64).await?;
+    let services = state.aggregates.stats(now_us() - window.as_micros() as i64);
     Ok(axum::Json(json!({
         "window_seconds": window.as_secs_f64(),
-        "services": stats::compute(rows),
+        "services": services,
     })))
 }
 

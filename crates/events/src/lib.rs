@@ -9,6 +9,7 @@
 //! The sink also serves the dashboard at `/` (topology, instances, traces; live over SSE), and
 //! forwards what it stores to an OpenTelemetry collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
+pub mod aggregate;
 pub mod api;
 pub mod dashboard;
 pub mod export;
@@ -17,6 +18,7 @@ pub mod otlp;
 pub mod proto;
 pub mod record;
 pub mod registry;
+pub mod sketch;
 pub mod sqlite;
 pub mod stats;
 pub mod store;
@@ -102,12 +104,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             sqlite,
         },
     };
+    // Records stored up to `stored` are counted by the rebuild, later ones by the writer as
+    // it commits them: none twice.
+    let aggregates = aggregate::Aggregates::new(args.retention);
+    let stored = store::max_id(&pool).await?;
+    let writer = writer::Writer::start(writer_target, export, Some(aggregates.clone()))?;
+    tokio::spawn(rebuild(
+        pool.clone(),
+        aggregates.clone(),
+        args.retention,
+        stored,
+    ));
+    let ticking = aggregates.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            ticking.tick();
+        }
+    });
     let registry = registry::Registry::follow(&args.common.registry_url)?;
     let state = api::AppState {
         pool: pool.clone(),
-        live: live::Live::start(pool.clone(), registry.clone()),
+        live: live::Live::start(pool.clone(), registry.clone(), aggregates.clone()),
         registry,
-        writer: writer::Writer::start(writer_target, export)?,
+        writer,
+        aggregates,
     };
     let tokens = Tokens::new(
         &args.tokens,
@@ -140,4 +162,53 @@ async fn retention(pool: sqlx::AnyPool, keep: Duration, max_rows: i64) {
             Err(error) => tracing::warn!(%error, "pruning events failed"),
         }
     }
+}
+
+/// Records read per page while rebuilding the aggregates.
+const REBUILD_PAGE: i64 = 20_000;
+/// The longest a rebuild may take: past it, the window's older records are left uncounted.
+const REBUILD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// On start: counts the records still stored (up to id `up_to`, within the retention) into the
+/// aggregates, page by page, so a restart does not lose the window. Until it ends, stats show
+/// only part of the time before the start. At most the row cap is read (about 2 s for a
+/// million records on SQLite); it stops at [`REBUILD_DEADLINE`] whatever the database's pace.
+pub async fn rebuild(
+    pool: sqlx::AnyPool,
+    aggregates: aggregate::Aggregates,
+    retention: Duration,
+    up_to: i64,
+) {
+    let started = std::time::Instant::now();
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+    let since = now - retention.as_micros().min(i64::MAX as u128 / 2) as i64;
+    let mut after = 0;
+    let mut counted = 0usize;
+    while started.elapsed() < REBUILD_DEADLINE {
+        match store::served_page(&pool, after, up_to, since, REBUILD_PAGE).await {
+            Ok((page, last)) => {
+                counted += page.len();
+                aggregates.add_stored(&page);
+                match last {
+                    Some(last) if page.len() as i64 == REBUILD_PAGE => after = last,
+                    _ => {
+                        tracing::info!(
+                            records = counted,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "stats rebuilt from the stored records"
+                        );
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, records = counted, "rebuilding stats from the stored records failed");
+                return;
+            }
+        }
+    }
+    tracing::warn!(
+        records = counted,
+        "rebuilding stats took too long: older records of the window are not counted"
+    );
 }

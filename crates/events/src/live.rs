@@ -18,8 +18,9 @@ use serde_json::json;
 use sqlx::AnyPool;
 use tokio::sync::watch;
 
+use crate::aggregate::Aggregates;
 use crate::registry::{Registry, RegistryView};
-use crate::stats::{self, ServiceStats};
+use crate::stats::ServiceStats;
 use crate::store::{self, Hop};
 use crate::topology::{self, Topology};
 
@@ -137,12 +138,16 @@ fn now_us() -> i64 {
 }
 
 /// Everything the dashboard shows, as one JSON document.
-pub async fn snapshot(pool: &AnyPool, registry: &Registry) -> Result<String, sqlx::Error> {
+pub async fn snapshot(
+    pool: &AnyPool,
+    registry: &Registry,
+    aggregates: &Aggregates,
+) -> Result<String, sqlx::Error> {
     let now = now_us();
     let since = now - WINDOW.as_micros() as i64;
     let hops = store::hops(pool, since).await?;
     let view = registry.snapshot();
-    let services = stats::compute(stat_rows(&hops));
+    let services = aggregates.stats(since);
     let errors = store::events(
         pool,
         &store::Filter {
@@ -177,10 +182,10 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn start(pool: AnyPool, registry: Registry) -> Self {
+    pub fn start(pool: AnyPool, registry: Registry, aggregates: Aggregates) -> Self {
         let (latest, _) = watch::channel(None);
         let live = Self { latest };
-        tokio::spawn(feed(live.latest.clone(), pool, registry));
+        tokio::spawn(feed(live.latest.clone(), pool, registry, aggregates));
         live
     }
 
@@ -201,7 +206,12 @@ impl Live {
     }
 }
 
-async fn feed(latest: watch::Sender<Option<Arc<String>>>, pool: AnyPool, registry: Registry) {
+async fn feed(
+    latest: watch::Sender<Option<Arc<String>>>,
+    pool: AnyPool,
+    registry: Registry,
+    aggregates: Aggregates,
+) {
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -209,7 +219,7 @@ async fn feed(latest: watch::Sender<Option<Arc<String>>>, pool: AnyPool, registr
         if latest.receiver_count() == 0 {
             continue;
         }
-        match snapshot(&pool, &registry).await {
+        match snapshot(&pool, &registry, &aggregates).await {
             Ok(body) => {
                 latest.send_replace(Some(Arc::new(body)));
             }

@@ -245,6 +245,63 @@ pub async fn window(
         .collect())
 }
 
+/// What the aggregates need of one stored record a service handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub started_us: i64,
+    pub service: String,
+    pub instance: String,
+    pub name: String,
+    pub ok: bool,
+    pub duration_us: i64,
+}
+
+/// The newest record's id (0 for none): records stored after it are new.
+pub async fn max_id(pool: &AnyPool) -> Result<i64, sqlx::Error> {
+    let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
+    Ok(id)
+}
+
+/// Up to `limit` records services handled with `after < id <= up_to`, started since
+/// `since_us`, by id; and the last id read. Paged by primary key, so each page is a short read
+/// (a long one would hold back SQLite's WAL checkpoints).
+pub async fn served_page(
+    pool: &AnyPool,
+    after: i64,
+    up_to: i64,
+    since_us: i64,
+    limit: i64,
+) -> Result<(Vec<Served>, Option<i64>), sqlx::Error> {
+    type ServedTuple = (i64, i64, String, String, String, i64, i64);
+    let rows: Vec<ServedTuple> = sqlx::query_as(&format!(
+        "SELECT id, started_us, service, instance, name, ok, duration_us FROM events \
+         WHERE id > $1 AND id <= $2 AND started_us >= $3 \
+         AND NOT (kind = 'client' AND peer IS NOT NULL) ORDER BY id LIMIT {limit}"
+    ))
+    .bind(after)
+    .bind(up_to)
+    .bind(since_us)
+    .fetch_all(pool)
+    .await?;
+    let last = rows.last().map(|row| row.0);
+    let served = rows
+        .into_iter()
+        .map(
+            |(_, started_us, service, instance, name, ok, duration_us)| Served {
+                started_us,
+                service,
+                instance,
+                name,
+                ok: ok != 0,
+                duration_us,
+            },
+        )
+        .collect();
+    Ok((served, last))
+}
+
 /// What the topology needs of one record: its span, its parent and who handled it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {

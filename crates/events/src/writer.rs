@@ -17,6 +17,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::aggregate::Aggregates;
 use crate::export::Exporter;
 use crate::record::Row;
 use crate::sqlite::SqliteWriter;
@@ -46,7 +47,13 @@ pub enum Target {
 }
 
 impl Writer {
-    pub fn start(target: Target, export: Option<Exporter>) -> anyhow::Result<Self> {
+    /// `aggregates`, if any, are fed every committed batch.
+    pub fn start(
+        target: Target,
+        export: Option<Exporter>,
+        aggregates: Option<Aggregates>,
+    ) -> anyhow::Result<Self> {
+        let after = After { export, aggregates };
         let (queue, receiver) = mpsc::channel(QUEUE);
         match target {
             Target::SqliteFile(path) => {
@@ -56,10 +63,10 @@ impl Writer {
                 })?;
                 std::thread::Builder::new()
                     .name("events-writer".into())
-                    .spawn(move || run_sqlite(path, writer, export, receiver))?;
+                    .spawn(move || run_sqlite(path, writer, after, receiver))?;
             }
             Target::Pool { pool, sqlite } => {
-                tokio::spawn(run_pool(pool, sqlite, export, receiver));
+                tokio::spawn(run_pool(pool, sqlite, after, receiver));
             }
         }
         Ok(Self { queue })
@@ -94,12 +101,21 @@ fn gather(first: Job, receiver: &mut mpsc::Receiver<Job>) -> Vec<Job> {
     jobs
 }
 
-/// Answers every request, and hands what was stored to the exporter.
-fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, export: Option<&Exporter>) {
+/// Who is handed each committed batch.
+struct After {
+    export: Option<Exporter>,
+    aggregates: Option<Aggregates>,
+}
+
+/// Answers every request, and hands what was stored to the aggregates and the exporter.
+fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, after: &After) {
     for (job, result) in jobs.into_iter().zip(results) {
         match &result {
             Ok(()) => {
-                if let Some(export) = export {
+                if let Some(aggregates) = &after.aggregates {
+                    aggregates.add(&job.rows);
+                }
+                if let Some(export) = &after.export {
                     export.offer(&job.rows);
                 }
             }
@@ -114,7 +130,7 @@ fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, export: Option<&Expo
 fn run_sqlite(
     path: PathBuf,
     writer: SqliteWriter,
-    export: Option<Exporter>,
+    after: After,
     mut receiver: mpsc::Receiver<Job>,
 ) {
     let mut writer = Some(writer);
@@ -136,7 +152,7 @@ fn run_sqlite(
             Err(error) if jobs.len() == 1 => vec![Err(error)],
             Err(_) => batches.iter().map(|rows| store(&[*rows])).collect(),
         };
-        answer(jobs, results, export.as_ref());
+        answer(jobs, results, &after);
     }
 }
 
@@ -177,12 +193,7 @@ async fn store_all(
     result
 }
 
-async fn run_pool(
-    pool: AnyPool,
-    sqlite: bool,
-    export: Option<Exporter>,
-    mut receiver: mpsc::Receiver<Job>,
-) {
+async fn run_pool(pool: AnyPool, sqlite: bool, after: After, mut receiver: mpsc::Receiver<Job>) {
     let mut connection = None;
     while let Some(first) = receiver.recv().await {
         let jobs = gather(first, &mut receiver);
@@ -200,7 +211,7 @@ async fn run_pool(
                 each
             }
         };
-        answer(jobs, results, export.as_ref());
+        answer(jobs, results, &after);
     }
 }
 
@@ -235,7 +246,7 @@ mod tests {
             .await
             .unwrap();
         let file = crate::sqlite::file_of(&url).unwrap();
-        let writer = Writer::start(Target::SqliteFile(file), None).unwrap();
+        let writer = Writer::start(Target::SqliteFile(file), None, None).unwrap();
         let mut tasks = Vec::new();
         for tag in 0..20 {
             let writer = writer.clone();
@@ -266,6 +277,7 @@ mod tests {
                 pool: pool.clone(),
                 sqlite: true,
             },
+            None,
             None,
         )
         .unwrap();

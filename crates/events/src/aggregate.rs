@@ -1,0 +1,704 @@
+//! What `/v1/stats`, `/v1/instances` and the live snapshot's stats are computed from: per
+//! second and per key, a count, an error count and a latency [`Sketch`], fed by the writer as
+//! batches are committed, so a query merges buckets instead of reading the window's records.
+//!
+//! Keys: (service, instance) and (service, route name), for the hops services handled (a
+//! `client` record with a `peer`, a call to a database or cache, is not one: see
+//! [`served`]). A service's numbers are its instances' merged (merging sketches is lossless).
+//!
+//! Time: the last [`SECONDS_KEPT`] seconds are kept per second, so the dashboard's minute and
+//! any window up to that long are second-exact; older seconds are rolled up into minutes, kept
+//! for the retention, so an hour's window merges 120 + 58 buckets per key, not 3,600. A window
+//! longer than [`SECONDS_KEPT`] has its far edge rounded out to the minute. A record is filed
+//! under the second it started; one older than the retention is not counted, and one dated
+//! more than [`FUTURE`] seconds ahead (a skewed clock) is filed [`FUTURE`] seconds ahead, so no
+//! reporter can make the sink keep buckets for a far future.
+//!
+//! One `std::sync::Mutex` guards it all: the writer holds it for the time it takes to file a
+//! committed batch (250-350 ns a record, release), a query for the merge (microseconds a
+//! bucket).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::record::Row;
+use crate::sketch::{Merger, Point, Sketch};
+use crate::stats::{InstanceStats, ServiceStats, Summary};
+
+/// Seconds kept per second before they are rolled up into minutes.
+pub const SECONDS_KEPT: i64 = 120;
+/// How far ahead of the sink's clock a record may be filed.
+pub const FUTURE: i64 = 60;
+/// Distinct routes one service keeps per bucket; more are counted under [`OTHER_ROUTES`], so
+/// names that are not routes (an OTLP importer's span names) cannot grow the sink without bound.
+pub const MAX_ROUTES: usize = 500;
+pub const OTHER_ROUTES: &str = "(other)";
+
+/// Count, errors and latencies of one key over one bucket (or a merge of buckets).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cell {
+    pub count: u64,
+    pub errors: u64,
+    pub latency: Sketch,
+}
+
+impl Cell {
+    fn add(&mut self, ok: bool, duration: Point) {
+        self.count += 1;
+        self.errors += u64::from(!ok);
+        self.latency.add_point(duration);
+    }
+
+    pub fn merge(&mut self, other: &Cell) {
+        self.count += other.count;
+        self.errors += other.errors;
+        self.latency.merge(&other.latency);
+    }
+
+    pub fn summary(&self) -> Summary {
+        // Percentiles in ms, to the nanosecond: the sketch's answer is not a whole µs.
+        let ms = |p| (self.latency.percentile(p) * 1000.0).round() / 1_000_000.0;
+        Summary {
+            count: self.count,
+            errors: self.errors,
+            error_rate: if self.count == 0 {
+                0.0
+            } else {
+                self.errors as f64 / self.count as f64
+            },
+            p50_ms: ms(50.0),
+            p95_ms: ms(95.0),
+            p99_ms: ms(99.0),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.latency.heap_bytes()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct ServiceCells {
+    instances: HashMap<Box<str>, Cell>,
+    routes: HashMap<Box<str>, Cell>,
+}
+
+impl ServiceCells {
+    fn merge(&mut self, other: &ServiceCells) {
+        for (instance, cell) in &other.instances {
+            merge_into(&mut self.instances, instance, cell);
+        }
+        for (route, cell) in &other.routes {
+            let route = self.route_key(route);
+            merge_into(&mut self.routes, &route, cell);
+        }
+    }
+
+    /// The key a route is counted under in this bucket: itself, or [`OTHER_ROUTES`] when the
+    /// bucket already has [`MAX_ROUTES`] others.
+    fn route_key(&self, route: &str) -> Box<str> {
+        if self.routes.contains_key(route) || self.routes.len() < MAX_ROUTES {
+            route.into()
+        } else {
+            OTHER_ROUTES.into()
+        }
+    }
+}
+
+fn merge_into(cells: &mut HashMap<Box<str>, Cell>, key: &str, cell: &Cell) {
+    match cells.get_mut(key) {
+        Some(mine) => mine.merge(cell),
+        None => {
+            cells.insert(key.into(), cell.clone());
+        }
+    }
+}
+
+/// One second's or one minute's cells, by service.
+#[derive(Debug, Default, Clone)]
+struct Bucket {
+    services: HashMap<Box<str>, ServiceCells>,
+}
+
+impl Bucket {
+    fn add(&mut self, service: &str, instance: &str, route: &str, ok: bool, duration_us: i64) {
+        let duration_us = Point::of(duration_us);
+        let cells = match self.services.get_mut(service) {
+            Some(cells) => cells,
+            None => self.services.entry(service.into()).or_default(),
+        };
+        match cells.instances.get_mut(instance) {
+            Some(cell) => cell.add(ok, duration_us),
+            None => cells
+                .instances
+                .entry(instance.into())
+                .or_default()
+                .add(ok, duration_us),
+        }
+        match cells.routes.get_mut(route) {
+            Some(cell) => cell.add(ok, duration_us),
+            None => {
+                let key = cells.route_key(route);
+                cells.routes.entry(key).or_default().add(ok, duration_us);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Bucket) {
+        for (service, cells) in &other.services {
+            match self.services.get_mut(service) {
+                Some(mine) => mine.merge(cells),
+                None => {
+                    self.services.insert(service.clone(), cells.clone());
+                }
+            }
+        }
+    }
+
+    fn keys_and_bytes(&self) -> (usize, usize) {
+        let mut keys = 0;
+        let mut bytes = 0;
+        for (service, cells) in &self.services {
+            for (name, cell) in cells.instances.iter().chain(&cells.routes) {
+                keys += 1;
+                bytes += std::mem::size_of::<Cell>() + cell.heap_bytes() + name.len();
+            }
+            bytes += service.len() + std::mem::size_of::<ServiceCells>();
+        }
+        (keys, bytes)
+    }
+}
+
+/// Whether a record is a hop a service handled (counted in the stats): not a `client` record
+/// with a `peer`, which is the service's calls to a database or cache.
+pub fn served(kind: &str, peer: Option<&str>) -> bool {
+    !(kind == "client" && peer.is_some())
+}
+
+#[derive(Debug)]
+struct Inner {
+    retention_s: i64,
+    /// The newest second the buckets were rolled up for.
+    now_s: i64,
+    seconds: BTreeMap<i64, Bucket>,
+    /// By minute number (unix seconds / 60).
+    minutes: BTreeMap<i64, Bucket>,
+}
+
+impl Inner {
+    /// Rolls seconds older than [`SECONDS_KEPT`] into their minutes and drops minutes past the
+    /// retention.
+    fn advance(&mut self, now_s: i64) {
+        if now_s <= self.now_s {
+            return;
+        }
+        self.now_s = now_s;
+        let keep_from = now_s - SECONDS_KEPT;
+        let kept = self.seconds.split_off(&keep_from);
+        let old = std::mem::replace(&mut self.seconds, kept);
+        for (second, bucket) in old {
+            self.minutes
+                .entry(second.div_euclid(60))
+                .or_default()
+                .merge(&bucket);
+        }
+        // A minute goes once all of it is past the retention.
+        let first_minute = (now_s - self.retention_s).div_euclid(60);
+        self.minutes = self.minutes.split_off(&first_minute);
+    }
+
+    fn bucket_for(&mut self, second: i64) -> Option<&mut Bucket> {
+        let second = second.min(self.now_s + FUTURE);
+        if second < self.now_s - self.retention_s {
+            None
+        } else if second < self.now_s - SECONDS_KEPT {
+            Some(self.minutes.entry(second.div_euclid(60)).or_default())
+        } else {
+            Some(self.seconds.entry(second).or_default())
+        }
+    }
+
+    fn file(
+        &mut self,
+        started_us: i64,
+        service: &str,
+        instance: &str,
+        route: &str,
+        ok: bool,
+        duration_us: i64,
+    ) {
+        if let Some(bucket) = self.bucket_for(started_us.div_euclid(1_000_000)) {
+            bucket.add(service, instance, route, ok, duration_us);
+        }
+    }
+
+    /// The buckets of the window starting at `since_s`: its seconds, and when it reaches past
+    /// the seconds kept, the minutes it overlaps.
+    fn window(&self, since_s: i64) -> impl Iterator<Item = &Bucket> {
+        let first_minute = if since_s >= self.now_s - SECONDS_KEPT {
+            i64::MAX
+        } else {
+            since_s.div_euclid(60)
+        };
+        self.minutes
+            .range(first_minute..)
+            .chain(self.seconds.range(since_s..))
+            .map(|(_, bucket)| bucket)
+    }
+}
+
+/// Per-second and per-minute aggregates of every stored record: cheap to clone, shared by the
+/// writer (which feeds it) and the queries.
+#[derive(Debug, Clone)]
+pub struct Aggregates {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// How much the aggregates hold: for `/metrics`-style reporting and ARCHITECTURE.md's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub second_buckets: usize,
+    pub minute_buckets: usize,
+    /// (key, bucket) cells.
+    pub cells: usize,
+    pub bytes: usize,
+}
+
+fn now_s() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Aggregates {
+    /// Empty aggregates keeping `retention` of history.
+    pub fn new(retention: std::time::Duration) -> Self {
+        Self::at(retention, now_s())
+    }
+
+    /// As [`Aggregates::new`], with the clock at `now_s` (tests).
+    pub fn at(retention: std::time::Duration, now_s: i64) -> Self {
+        let retention_s = retention.as_secs().clamp(1, i64::MAX as u64 / 2) as i64;
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                retention_s,
+                now_s,
+                seconds: BTreeMap::new(),
+                minutes: BTreeMap::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while filing leaves at worst one record half-counted: keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Files a committed batch.
+    pub fn add(&self, rows: &[Row]) {
+        self.add_at(rows, now_s());
+    }
+
+    /// As [`Aggregates::add`], with the clock at `now_s`.
+    pub fn add_at(&self, rows: &[Row], now_s: i64) {
+        let mut inner = self.lock();
+        inner.advance(now_s);
+        for row in rows {
+            if served(&row.kind, row.peer.as_deref()) {
+                inner.file(
+                    row.started_us,
+                    &row.service,
+                    &row.instance,
+                    &row.name,
+                    row.ok,
+                    row.duration_us,
+                );
+            }
+        }
+    }
+
+    /// Files records read back from the database on start ([`crate::store::Served`]).
+    pub fn add_stored(&self, records: &[crate::store::Served]) {
+        let mut inner = self.lock();
+        inner.advance(now_s());
+        for r in records {
+            inner.file(
+                r.started_us,
+                &r.service,
+                &r.instance,
+                &r.name,
+                r.ok,
+                r.duration_us,
+            );
+        }
+    }
+
+    /// Per-service and per-instance stats of the records started since `since_us` (the same
+    /// shape [`crate::stats::compute`] gives from raw records).
+    pub fn stats(&self, since_us: i64) -> Vec<ServiceStats> {
+        self.stats_at(since_us, now_s())
+    }
+
+    pub fn stats_at(&self, since_us: i64, now_s: i64) -> Vec<ServiceStats> {
+        let mut merging: BTreeMap<&str, BTreeMap<&str, (u64, u64, Merger)>> = BTreeMap::new();
+        let mut inner = self.lock();
+        inner.advance(now_s);
+        for bucket in inner.window(since_us.div_euclid(1_000_000)) {
+            for (service, cells) in &bucket.services {
+                let merged = merging.entry(service).or_default();
+                for (instance, cell) in &cells.instances {
+                    let (count, errors, latency) = merged.entry(instance).or_default();
+                    *count += cell.count;
+                    *errors += cell.errors;
+                    latency.add(&cell.latency);
+                }
+            }
+        }
+        let services = merging.into_iter().map(|(service, instances)| {
+            let instances: BTreeMap<&str, Cell> = instances
+                .into_iter()
+                .map(|(instance, (count, errors, latency))| {
+                    let latency = latency.finish();
+                    (
+                        instance,
+                        Cell {
+                            count,
+                            errors,
+                            latency,
+                        },
+                    )
+                })
+                .collect();
+            (service, instances)
+        });
+        services
+            .map(|(service, instances)| {
+                let mut all = Cell::default();
+                instances.values().for_each(|cell| all.merge(cell));
+                ServiceStats {
+                    service: service.to_string(),
+                    summary: all.summary(),
+                    instances: instances
+                        .into_iter()
+                        .map(|(instance, cell)| InstanceStats {
+                            instance: instance.to_string(),
+                            summary: cell.summary(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Per (service, route) cells of the records started since `since_us`, sorted.
+    pub fn routes_at(&self, since_us: i64, now_s: i64) -> BTreeMap<(String, String), Cell> {
+        let mut routes: BTreeMap<(String, String), Cell> = BTreeMap::new();
+        let mut inner = self.lock();
+        inner.advance(now_s);
+        for bucket in inner.window(since_us.div_euclid(1_000_000)) {
+            for (service, cells) in &bucket.services {
+                for (route, cell) in &cells.routes {
+                    routes
+                        .entry((service.to_string(), route.to_string()))
+                        .or_default()
+                        .merge(cell);
+                }
+            }
+        }
+        routes
+    }
+
+    /// Rolls up and drops what the clock says is due, and reports the footprint on `/metrics`:
+    /// `events_stats_cells` and `events_stats_bytes`. Once a second, so buckets go on time
+    /// even when nothing arrives and nobody asks.
+    pub fn tick(&self) {
+        self.lock().advance(now_s());
+        let footprint = self.footprint();
+        metrics::gauge!("events_stats_cells").set(footprint.cells as f64);
+        metrics::gauge!("events_stats_bytes").set(footprint.bytes as f64);
+    }
+
+    /// How many buckets and cells are held, and their bytes (approximate: the maps' own
+    /// overhead is left out).
+    pub fn footprint(&self) -> Footprint {
+        let inner = self.lock();
+        let mut footprint = Footprint {
+            second_buckets: inner.seconds.len(),
+            minute_buckets: inner.minutes.len(),
+            cells: 0,
+            bytes: 0,
+        };
+        for bucket in inner.seconds.values().chain(inner.minutes.values()) {
+            let (cells, bytes) = bucket.keys_and_bytes();
+            footprint.cells += cells;
+            footprint.bytes += bytes;
+        }
+        footprint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sketch::tests::Rng;
+    use crate::stats::percentile;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_800_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn row(service: &str, instance: &str, route: &str, ok: bool, second: i64, us: i64) -> Row {
+        let mut row = crate::record::validate(crate::record::tests::record()).unwrap();
+        row.service = service.into();
+        row.instance = instance.into();
+        row.name = route.into();
+        row.kind = "server".into();
+        row.peer = None;
+        row.ok = ok;
+        row.started_us = second * 1_000_000 + 123;
+        row.duration_us = us;
+        row
+    }
+
+    /// Random records over the last `seconds`: three services, instances and routes each.
+    fn random_rows(rng: &mut Rng, n: usize, seconds: i64) -> Vec<Row> {
+        (0..n)
+            .map(|_| {
+                let s = rng.next() % 3;
+                row(
+                    &format!("s{s}"),
+                    &format!("s{s}-{}", rng.next() % 3),
+                    &format!("/r{}", rng.next() % 3),
+                    !rng.next().is_multiple_of(7),
+                    NOW - (rng.next() % seconds as u64) as i64,
+                    rng.duration(),
+                )
+            })
+            .collect()
+    }
+
+    /// The exact answer: `stats::compute` over the raw records.
+    fn recount(rows: &[Row], since_s: i64) -> Vec<ServiceStats> {
+        crate::stats::compute(
+            rows.iter()
+                .filter(|r| r.started_us >= since_s * 1_000_000)
+                .map(|r| (r.service.clone(), r.instance.clone(), r.ok, r.duration_us))
+                .collect(),
+        )
+    }
+
+    fn close(got: &Summary, want: &Summary, what: &str) {
+        assert_eq!(got.count, want.count, "{what}: count");
+        assert_eq!(got.errors, want.errors, "{what}: errors");
+        assert_eq!(got.error_rate, want.error_rate, "{what}: error rate");
+        for (p, g, w) in [
+            (50, got.p50_ms, want.p50_ms),
+            (95, got.p95_ms, want.p95_ms),
+            (99, got.p99_ms, want.p99_ms),
+        ] {
+            assert!((g - w).abs() <= 0.01 * w + 1e-9, "{what}: p{p} {g} vs {w}");
+        }
+    }
+
+    fn same(got: &[ServiceStats], want: &[ServiceStats]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.service, w.service);
+            close(&g.summary, &w.summary, &g.service);
+            assert_eq!(g.instances.len(), w.instances.len());
+            for (gi, wi) in g.instances.iter().zip(&w.instances) {
+                assert_eq!(gi.instance, wi.instance);
+                close(&gi.summary, &wi.summary, &gi.instance);
+            }
+        }
+    }
+
+    #[test]
+    fn aggregates_equal_a_recount_of_the_same_records() {
+        let mut rng = Rng(0xa99);
+        for round in 0..20 {
+            let n = 1 + (rng.next() % 20_000) as usize;
+            let rows = random_rows(&mut rng, n, 100);
+            let aggregates = Aggregates::at(HOUR, NOW);
+            for batch in rows.chunks(997) {
+                aggregates.add_at(batch, NOW);
+            }
+            for window in [1, 10, 60, 100] {
+                let since = NOW - window + 1;
+                let got = aggregates.stats_at(since * 1_000_000, NOW);
+                let want = recount(&rows, since);
+                assert!(!want.is_empty(), "round {round}");
+                same(&got, &want);
+            }
+        }
+    }
+
+    #[test]
+    fn routes_are_counted_too() {
+        let mut rng = Rng(7);
+        let rows = random_rows(&mut rng, 5000, 60);
+        let aggregates = Aggregates::at(HOUR, NOW);
+        aggregates.add_at(&rows, NOW);
+        let routes = aggregates.routes_at((NOW - 60) * 1_000_000, NOW);
+        assert_eq!(routes.len(), 9);
+        for ((service, route), cell) in routes {
+            let mut durations: Vec<i64> = rows
+                .iter()
+                .filter(|r| r.service == service && r.name == route)
+                .map(|r| r.duration_us)
+                .collect();
+            durations.sort_unstable();
+            assert_eq!(cell.count, durations.len() as u64);
+            let exact = percentile(&durations, 99.0) as f64;
+            let estimate = cell.latency.percentile(99.0);
+            assert!((estimate - exact).abs() <= 0.01 * exact);
+        }
+    }
+
+    #[test]
+    fn seconds_merged_equal_the_minutes_they_roll_up_into() {
+        let mut rng = Rng(60);
+        // Ten whole minutes of records, filed while they are recent (per second).
+        let start = (NOW / 60) * 60 - 600;
+        let rows: Vec<Row> = random_rows(&mut rng, 30_000, 600)
+            .into_iter()
+            .map(|mut r| {
+                r.started_us -= (NOW - (start + 599)) * 1_000_000;
+                r
+            })
+            .collect();
+        let aggregates = Aggregates::at(HOUR, start);
+        for second in start..start + 600 {
+            let of_second: Vec<Row> = rows
+                .iter()
+                .filter(|r| r.started_us.div_euclid(1_000_000) == second)
+                .cloned()
+                .collect();
+            aggregates.add_at(&of_second, second);
+        }
+        let per_second = aggregates.stats_at(start * 1_000_000, start + 600);
+        let footprint = aggregates.footprint();
+        assert_eq!(footprint.minute_buckets, 8);
+        assert_eq!(footprint.second_buckets, 120);
+        // Half an hour on: every second has been rolled up into its minute.
+        let per_minute = aggregates.stats_at(start * 1_000_000, start + 1800);
+        assert_eq!(aggregates.footprint().second_buckets, 0);
+        assert_eq!(aggregates.footprint().minute_buckets, 10);
+        assert_eq!(per_second, per_minute);
+        same(&per_minute, &recount(&rows, start));
+    }
+
+    #[test]
+    fn the_retention_bounds_what_is_kept() {
+        let aggregates = Aggregates::at(Duration::from_secs(600), NOW);
+        let rows = [
+            row("a", "a-1", "/", true, NOW - 601, 10),
+            row("a", "a-1", "/", true, NOW - 300, 10),
+            row("a", "a-1", "/", false, NOW + 86_400, 10),
+        ];
+        aggregates.add_at(&rows, NOW);
+        let all = aggregates.stats_at(0, NOW);
+        assert_eq!(all[0].summary.count, 2);
+        assert_eq!(all[0].summary.errors, 1);
+        // The future record was filed a minute ahead, not a day.
+        let later = aggregates.stats_at(0, NOW + 700);
+        assert_eq!(later[0].summary.count, 1);
+        assert!(aggregates.stats_at(0, NOW + 2000).is_empty());
+        assert_eq!(aggregates.footprint().cells, 0);
+    }
+
+    #[test]
+    fn calls_to_databases_are_not_served_hops() {
+        let aggregates = Aggregates::at(HOUR, NOW);
+        let mut call = row("a", "a-1", "sqlite", true, NOW, 10);
+        call.kind = "client".into();
+        call.peer = Some("a-db".into());
+        let mut served = row("a", "a-1", "/", true, NOW, 10);
+        served.peer = Some("spiffe://stratus.local/service/gateway".into());
+        aggregates.add_at(&[call, served], NOW);
+        assert_eq!(aggregates.stats_at(0, NOW)[0].summary.count, 1);
+    }
+
+    #[test]
+    fn routes_beyond_the_bound_are_counted_together() {
+        let aggregates = Aggregates::at(HOUR, NOW);
+        let rows: Vec<Row> = (0..MAX_ROUTES + 10)
+            .map(|i| row("a", "a-1", &format!("/{i}"), true, NOW, 10))
+            .collect();
+        aggregates.add_at(&rows, NOW);
+        let routes = aggregates.routes_at(0, NOW);
+        assert_eq!(routes.len(), MAX_ROUTES + 1);
+        assert_eq!(routes[&("a".into(), OTHER_ROUTES.into())].count, 10);
+    }
+
+    /// What the aggregates hold at the issue's load (30,000 records a second over 10 services,
+    /// 20 instances and 50 routes, latencies log-normal around 2 ms), for ARCHITECTURE.md:
+    /// `cargo test -p stratus-events --release footprint -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn footprint_at_thirty_thousand_records_a_second() {
+        let mut rng = Rng(30_000);
+        let aggregates = Aggregates::at(HOUR, NOW);
+        let mut normal = || {
+            // Sum of 12 uniforms minus 6: near enough a standard normal.
+            (0..12)
+                .map(|_| (rng.next() % 1_000_000) as f64 / 1e6)
+                .sum::<f64>()
+                - 6.0
+        };
+        let seconds = 240;
+        let mut filing = Duration::ZERO;
+        for second in NOW..NOW + seconds {
+            let rows: Vec<Row> = (0..30_000)
+                .map(|i| {
+                    let s = i % 10;
+                    let us = (2000.0 * (0.6 * normal()).exp()) as i64;
+                    let instance = format!("s{s}-{}", i % 2);
+                    row(
+                        &format!("s{s}"),
+                        &instance,
+                        &format!("/r{}", i % 5),
+                        true,
+                        second,
+                        us,
+                    )
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            aggregates.add_at(&rows, second);
+            filing += started.elapsed();
+        }
+        let f = aggregates.footprint();
+        let started = std::time::Instant::now();
+        let hour = aggregates.stats_at((NOW - 3600) * 1_000_000, NOW + seconds);
+        let minute = aggregates.stats_at((NOW + seconds - 60) * 1_000_000, NOW + seconds);
+        let querying = started.elapsed();
+        assert_eq!(hour.len(), 10);
+        assert_eq!(minute.len(), 10);
+        let per_second: usize = {
+            let inner = aggregates.lock();
+            inner
+                .seconds
+                .values()
+                .map(|b| b.keys_and_bytes().1)
+                .sum::<usize>()
+                / f.second_buckets
+        };
+        let per_minute: usize = {
+            let inner = aggregates.lock();
+            inner
+                .minutes
+                .values()
+                .map(|b| b.keys_and_bytes().1)
+                .sum::<usize>()
+                / f.minute_buckets.max(1)
+        };
+        println!(
+            "{f:?}: {:.0} ns a record filed; a second's bucket {per_second} B ({} B a key), a \
+             minute's {per_minute} B ({} B a key); stats over all + over a minute in {querying:?}",
+            filing.as_nanos() as f64 / (30_000.0 * seconds as f64),
+            per_second / 70,
+            per_minute / 70,
+        );
+    }
+}
