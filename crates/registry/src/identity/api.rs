@@ -10,6 +10,7 @@ use serde::Deserialize;
 use stratus_identity::Principal;
 use stratus_kit::identity::Peer;
 use stratus_kit::openapi::Api;
+use stratus_kit::operator_token::OperatorToken;
 use stratus_kit::{Json, Problem};
 
 use super::{Ca, IssueError};
@@ -79,12 +80,28 @@ fn caller(ca: &Ca, peer: Option<&Peer>, headers: &HeaderMap) -> Result<Principal
         .ok_or_else(|| Problem::unauthorized("the join credential is not valid"))
 }
 
+/// An operator made from an admin's access token (not a certificate) may read and administer,
+/// but never mint identities or move the root of trust: a password typed on the public port
+/// must not become a service's certificate. Said here, by the handlers that do those things,
+/// not left to which paths happen to be open.
+fn refuse_token_operator(token: Option<&Extension<OperatorToken>>) -> Result<(), Problem> {
+    match token {
+        Some(_) => Err(Problem::forbidden(
+            "an admin's access token cannot get certificates or rotate the authority: that \
+             takes an operator certificate (or, for a certificate, a join credential)",
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn certificate(
     State(ca): State<Option<Arc<Ca>>>,
     peer: Option<Extension<Peer>>,
+    token: Option<Extension<OperatorToken>>,
     headers: HeaderMap,
     Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<impl IntoResponse, Problem> {
+    refuse_token_operator(token.as_ref())?;
     // An object, read as one: serde would also take a struct from a JSON array (`[null, null]`
     // for two optional fields), which is not what the document allows.
     let request: CertificateRequest = serde_json::from_value(serde_json::Value::Object(body))
@@ -122,8 +139,10 @@ async fn certificate(
 async fn rotate(
     State(ca): State<Option<Arc<Ca>>>,
     peer: Option<Extension<Peer>>,
+    token: Option<Extension<OperatorToken>>,
 ) -> Result<impl IntoResponse, Problem> {
     let ca = authority(ca)?;
+    refuse_token_operator(token.as_ref())?;
     match peer.as_ref().map(|Extension(Peer(id))| &id.principal) {
         Some(Principal::Operator(_)) => {}
         Some(_) => {
@@ -305,5 +324,47 @@ mod tests {
         // The bundle file new instances start from has both roots too.
         let file = std::fs::read_to_string(f._dir.path().join("bundle.pem")).unwrap();
         assert_eq!(file.matches("BEGIN CERTIFICATE").count(), 2);
+    }
+
+    /// An operator made from an admin's access token (the `identify` layer adds the marker)
+    /// gets no certificate, for any service, and cannot rotate the authority; the same operator
+    /// with a certificate can.
+    #[tokio::test]
+    async fn an_operator_made_from_an_access_token_mints_nothing_and_rotates_nothing() {
+        let f = fixture();
+        let operator = SpiffeId::operator("stratus.local", "admin").unwrap();
+        let send = |path: &'static str, body: &'static str, token: bool| {
+            let ca = f.ca.clone();
+            let operator = operator.clone();
+            async move {
+                let mut request = Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap();
+                request.extensions_mut().insert(Peer(Arc::new(operator)));
+                if token {
+                    request.extensions_mut().insert(OperatorToken {
+                        subject: "admin".into(),
+                        email: None,
+                    });
+                }
+                router(ca).oneshot(request).await.unwrap().status()
+            }
+        };
+        for service in [r#"{"service":"auth"}"#, "{}"] {
+            assert_eq!(
+                send("/v1/identity/certificates", service, true).await,
+                StatusCode::FORBIDDEN,
+                "{service}"
+            );
+        }
+        assert_eq!(
+            send("/v1/identity/rotate", "", true).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            send("/v1/identity/certificates", r#"{"service":"auth"}"#, false).await,
+            StatusCode::OK
+        );
     }
 }
