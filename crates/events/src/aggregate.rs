@@ -33,6 +33,12 @@ pub const FUTURE: i64 = 60;
 /// names that are not routes (an OTLP importer's span names) cannot grow the sink without bound.
 pub const MAX_ROUTES: usize = 500;
 pub const OTHER_ROUTES: &str = "(other)";
+/// Distinct instances one service keeps per bucket, and distinct services per bucket: a
+/// reporter names its own instance (a service may invent one per record, an OTLP importer
+/// brings any), so these are bounded like routes, the excess counted under [`OTHER`].
+pub const MAX_INSTANCES: usize = 1_000;
+pub const MAX_SERVICES: usize = 1_000;
+pub const OTHER: &str = "(other)";
 
 /// Count, errors and latencies of one key over one bucket (or a merge of buckets).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,7 +92,8 @@ struct ServiceCells {
 impl ServiceCells {
     fn merge(&mut self, other: &ServiceCells) {
         for (instance, cell) in &other.instances {
-            merge_into(&mut self.instances, instance, cell);
+            let instance = self.instance_key(instance);
+            merge_into(&mut self.instances, &instance, cell);
         }
         for (route, cell) in &other.routes {
             let route = self.route_key(route);
@@ -102,6 +109,23 @@ impl ServiceCells {
         } else {
             OTHER_ROUTES.into()
         }
+    }
+}
+
+impl ServiceCells {
+    /// The key an instance is counted under in this bucket: itself, or [`OTHER`] when the
+    /// bucket already has [`MAX_INSTANCES`] others.
+    fn instance_key(&self, instance: &str) -> Box<str> {
+        bounded_key(&self.instances, instance, MAX_INSTANCES)
+    }
+}
+
+/// `key` itself when `cells` has it or room for it, else [`OTHER`].
+fn bounded_key<V>(cells: &HashMap<Box<str>, V>, key: &str, max: usize) -> Box<str> {
+    if cells.contains_key(key) || cells.len() < max {
+        key.into()
+    } else {
+        OTHER.into()
     }
 }
 
@@ -125,15 +149,17 @@ impl Bucket {
         let duration_us = Point::of(duration_us);
         let cells = match self.services.get_mut(service) {
             Some(cells) => cells,
-            None => self.services.entry(service.into()).or_default(),
+            None => {
+                let key = bounded_key(&self.services, service, MAX_SERVICES);
+                self.services.entry(key).or_default()
+            }
         };
         match cells.instances.get_mut(instance) {
             Some(cell) => cell.add(ok, duration_us),
-            None => cells
-                .instances
-                .entry(instance.into())
-                .or_default()
-                .add(ok, duration_us),
+            None => {
+                let key = cells.instance_key(instance);
+                cells.instances.entry(key).or_default().add(ok, duration_us);
+            }
         }
         match cells.routes.get_mut(route) {
             Some(cell) => cell.add(ok, duration_us),
@@ -149,7 +175,8 @@ impl Bucket {
             match self.services.get_mut(service) {
                 Some(mine) => mine.merge(cells),
                 None => {
-                    self.services.insert(service.clone(), cells.clone());
+                    let key = bounded_key(&self.services, service, MAX_SERVICES);
+                    self.services.entry(key).or_default().merge(cells);
                 }
             }
         }
@@ -629,6 +656,36 @@ mod tests {
         let routes = aggregates.routes_at(0, NOW);
         assert_eq!(routes.len(), MAX_ROUTES + 1);
         assert_eq!(routes[&("a".into(), OTHER_ROUTES.into())].count, 10);
+    }
+
+    #[test]
+    fn instances_and_services_beyond_their_bounds_are_counted_together() {
+        let aggregates = Aggregates::at(HOUR, NOW);
+        let rows: Vec<Row> = (0..MAX_INSTANCES + 10)
+            .map(|i| row("a", &format!("a-{i}"), "/", true, NOW, 10))
+            .chain((0..MAX_SERVICES + 5).map(|i| row(&format!("s{i}"), "x-1", "/", true, NOW, 10)))
+            .collect();
+        aggregates.add_at(&rows, NOW);
+        let stats = aggregates.stats_at(0, NOW);
+        let a = stats.iter().find(|s| s.service == "a").unwrap();
+        assert_eq!(
+            a.summary.count,
+            (MAX_INSTANCES + 10) as u64,
+            "counts stay exact"
+        );
+        assert_eq!(a.instances.len(), MAX_INSTANCES + 1);
+        let other = a.instances.iter().find(|i| i.instance == OTHER).unwrap();
+        assert_eq!(other.summary.count, 10);
+        assert_eq!(
+            stats.len(),
+            MAX_SERVICES + 1,
+            "services, `(other)` among them"
+        );
+        let others = stats.iter().find(|s| s.service == OTHER).unwrap();
+        assert_eq!(
+            others.summary.count, 6,
+            "`a` took one of the places: six are left over"
+        );
     }
 
     /// What the aggregates hold at the load (30,000 records a second over 10 services,
