@@ -541,6 +541,32 @@ mod tests {
         assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 
+    /// The window is read in chunks, each after the last one's (started_us, id): every record
+    /// once, newest first, also where records sharing a start time straddle a chunk's edge.
+    #[tokio::test]
+    async fn hops_read_in_chunks_miss_and_repeat_nothing() {
+        let (_dir, pool) = open().await;
+        let mut all = rows(25_003);
+        let base = all[0].started_us;
+        for (i, row) in all.iter_mut().enumerate() {
+            // Three records per start time; 10,000 is not a multiple of 3.
+            row.started_us = base + (i / 3) as i64;
+        }
+        for chunk in all.chunks(5_000) {
+            insert(&pool, chunk).await.unwrap();
+        }
+        let hops = hops(&pool, 0).await.unwrap();
+        let expected: Vec<&str> = all.iter().rev().map(|r| r.span_id.as_str()).collect();
+        let got: Vec<&str> = hops.iter().map(|h| h.span_id.as_str()).collect();
+        assert_eq!(got, expected);
+        let since = hops_since(&pool, base + 5_000).await;
+        assert_eq!(since, 25_003 - 15_000);
+    }
+
+    async fn hops_since(pool: &AnyPool, since_us: i64) -> usize {
+        hops(pool, since_us).await.unwrap().len()
+    }
+
     #[tokio::test]
     async fn stores_queries_and_prunes() {
         let (_dir, pool) = open().await;
