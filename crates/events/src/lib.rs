@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod api;
+pub mod checkpoint;
 pub mod dashboard;
 pub mod export;
 pub mod live;
@@ -50,6 +51,11 @@ pub struct Args {
     /// At most this many records are kept; the oldest go first.
     #[arg(long, env = "STRATUS_EVENTS_MAX_ROWS", default_value_t = 1_000_000)]
     pub max_rows: i64,
+
+    /// A SQLite database's write-ahead log is checkpointed and truncated once it passes half of
+    /// this (and every second while it holds anything), so it stays near or under it under load.
+    #[arg(long, env = "STRATUS_EVENTS_WAL_LIMIT", default_value = "64MiB", value_parser = checkpoint::parse_bytes)]
+    pub wal_limit: u64,
 
     /// OTLP collector base URL; spans are exported to <endpoint>/v1/traces (protobuf).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -98,7 +104,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .transpose()?;
     let sqlite = backend == stratus_kit::db::Backend::Sqlite;
     let writer_target = match sqlite.then(|| sqlite::file_of(&url)).flatten() {
-        Some(file) => writer::Target::SqliteFile(file),
+        Some(path) => writer::Target::SqliteFile {
+            path,
+            wal_limit: args.wal_limit,
+        },
         None => writer::Target::Pool {
             pool: pool.clone(),
             sqlite,

@@ -37,6 +37,9 @@ pub fn file_of(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(path))
 }
 
+/// How long a write waits for the database's lock (retention deletes through the pool).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct SqliteWriter {
     connection: Connection,
 }
@@ -48,16 +51,24 @@ impl SqliteWriter {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.busy_timeout(WRITE_TIMEOUT)?;
         // journal_mode is WAL already (kit::db sets it, and it stays with the file). A 16 MiB page
         // cache keeps the hot end of the indexes in memory; the trace_id index's inserts land
         // anywhere in it, and what misses comes from the OS's cache of the file. It is the
         // sink's largest memory use: 64 MiB made the sink grow by half again as the database
         // filled (bench/README.md, soak).
+        // No auto-checkpoint on commit: the writer runs TRUNCATE checkpoints between transactions
+        // (crate::checkpoint), which PASSIVE ones would only duplicate.
         connection.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY; \
+             PRAGMA wal_autocheckpoint = 0;",
         )?;
         Ok(Self { connection })
+    }
+
+    /// The connection, for checkpoints between transactions.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// Stores every batch in one transaction: all of them or none.

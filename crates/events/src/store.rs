@@ -325,14 +325,26 @@ pub struct Hop {
 /// The most records one window query reads: a dashboard over a busy minute stays bounded.
 pub const MAX_WINDOW_ROWS: i64 = 200_000;
 
+/// Records one statement of [`hops`] reads: each chunk is its own short read transaction, so no
+/// snapshot lives long enough to keep the sink's WAL from being checkpointed (crate::checkpoint).
+const HOPS_CHUNK: i64 = 10_000;
+
 /// The newest records (up to [`MAX_WINDOW_ROWS`]) started since `since_us`, as hops.
+///
+/// Read newest first in chunks of [`HOPS_CHUNK`], each after the last one's (started_us, id):
+/// one statement over 200,000 rows held a snapshot for seconds under load, and while any reader
+/// holds one SQLite cannot start its WAL over. Chunks are separate snapshots, so a record
+/// pruned meanwhile may be missing and one stored meanwhile is not read (it starts after the
+/// first chunk's newest, or is older than where the reading is): a window that is a moment old.
 pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error> {
     type HopTuple = (
+        i64,
         String,
         Option<String>,
         String,
         String,
         String,
+        i64,
         i64,
         i64,
         Option<String>,
@@ -340,17 +352,45 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
         Option<String>,
         i64,
     );
-    let rows: Vec<HopTuple> = sqlx::query_as(&format!(
-        "SELECT span_id, parent_span_id, service, instance, kind, ok, duration_us, topic, name, \
-         peer, status FROM events WHERE started_us >= $1 ORDER BY started_us DESC LIMIT {MAX_WINDOW_ROWS}"
-    ))
-    .bind(since_us)
-    .fetch_all(pool)
-    .await?;
+    const SELECT: &str = "SELECT id, span_id, parent_span_id, service, instance, kind, ok, \
+        duration_us, started_us, topic, name, peer, status FROM events WHERE started_us >= $1";
+    let mut rows: Vec<HopTuple> = Vec::new();
+    let mut after: Option<(i64, i64)> = None;
+    while (rows.len() as i64) < MAX_WINDOW_ROWS {
+        let limit = HOPS_CHUNK.min(MAX_WINDOW_ROWS - rows.len() as i64);
+        let chunk: Vec<HopTuple> = match after {
+            None => {
+                sqlx::query_as(&format!(
+                    "{SELECT} ORDER BY started_us DESC, id DESC LIMIT {limit}"
+                ))
+                .bind(since_us)
+                .fetch_all(pool)
+                .await?
+            }
+            Some((started_us, id)) => {
+                sqlx::query_as(&format!(
+                    "{SELECT} AND (started_us < $2 OR (started_us = $2 AND id < $3)) \
+                     ORDER BY started_us DESC, id DESC LIMIT {limit}"
+                ))
+                .bind(since_us)
+                .bind(started_us)
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        let full = chunk.len() as i64 == limit;
+        after = chunk.last().map(|row| (row.8, row.0));
+        rows.extend(chunk);
+        if !full {
+            break;
+        }
+    }
     Ok(rows
         .into_iter()
         .map(
             |(
+                _id,
                 span_id,
                 parent_span_id,
                 service,
@@ -358,6 +398,7 @@ pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error
                 kind,
                 ok,
                 duration_us,
+                _started_us,
                 topic,
                 name,
                 peer,
@@ -498,6 +539,32 @@ mod tests {
             "$17),($18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34)"
         ));
         assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+    }
+
+    /// The window is read in chunks, each after the last one's (started_us, id): every record
+    /// once, newest first, also where records sharing a start time straddle a chunk's edge.
+    #[tokio::test]
+    async fn hops_read_in_chunks_miss_and_repeat_nothing() {
+        let (_dir, pool) = open().await;
+        let mut all = rows(25_003);
+        let base = all[0].started_us;
+        for (i, row) in all.iter_mut().enumerate() {
+            // Three records per start time; 10,000 is not a multiple of 3.
+            row.started_us = base + (i / 3) as i64;
+        }
+        for chunk in all.chunks(5_000) {
+            insert(&pool, chunk).await.unwrap();
+        }
+        let hops = hops(&pool, 0).await.unwrap();
+        let expected: Vec<&str> = all.iter().rev().map(|r| r.span_id.as_str()).collect();
+        let got: Vec<&str> = hops.iter().map(|h| h.span_id.as_str()).collect();
+        assert_eq!(got, expected);
+        let since = hops_since(&pool, base + 5_000).await;
+        assert_eq!(since, 25_003 - 15_000);
+    }
+
+    async fn hops_since(pool: &AnyPool, since_us: i64) -> usize {
+        hops(pool, since_us).await.unwrap().len()
     }
 
     #[tokio::test]

@@ -11,16 +11,17 @@
 //! statement, no async driver in between); PostgreSQL (and an in-memory SQLite) through the sqlx
 //! pool with multi-row `INSERT`s ([`store::insert_into`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregate::Aggregates;
+use crate::checkpoint::{self, WalKeeper};
 use crate::export::Exporter;
 use crate::record::Row;
-use crate::sqlite::SqliteWriter;
+use crate::sqlite::{SqliteWriter, WRITE_TIMEOUT};
 use crate::store;
 
 /// Rows one merged transaction may carry.
@@ -33,15 +34,23 @@ struct Job {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// What the writer is handed.
+enum Message {
+    Store(Job),
+    /// Wakes the SQLite writer to look after its WAL when no records come (crate::checkpoint).
+    Tick,
+}
+
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Message>,
 }
 
 /// Where the writer stores.
 pub enum Target {
-    /// A SQLite database file, written by a connection of the writer's own.
-    SqliteFile(PathBuf),
+    /// A SQLite database file, written by a connection of the writer's own, which also keeps
+    /// the file's WAL near `wal_limit` bytes.
+    SqliteFile { path: PathBuf, wal_limit: u64 },
     /// The pool (PostgreSQL, or an in-memory SQLite only the pool can see).
     Pool { pool: AnyPool, sqlite: bool },
 }
@@ -56,14 +65,27 @@ impl Writer {
         let after = After { export, aggregates };
         let (queue, receiver) = mpsc::channel(QUEUE);
         match target {
-            Target::SqliteFile(path) => {
+            Target::SqliteFile { path, wal_limit } => {
                 // Open once here, so a file that cannot be written fails start-up clearly.
                 let writer = SqliteWriter::open(&path).map_err(|error| {
                     anyhow::anyhow!("opening {} for writing: {error}", path.display())
                 })?;
+                let keeper = WalKeeper::new(&path, wal_limit);
                 std::thread::Builder::new()
                     .name("events-writer".into())
-                    .spawn(move || run_sqlite(path, writer, after, receiver))?;
+                    .spawn(move || run_sqlite(path, writer, keeper, after, receiver))?;
+                // A full queue means the writer is awake anyway; a closed one, that it stopped.
+                let ticks = queue.clone();
+                std::thread::Builder::new()
+                    .name("events-wal-tick".into())
+                    .spawn(move || loop {
+                        std::thread::sleep(checkpoint::TICK);
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            ticks.try_send(Message::Tick)
+                        {
+                            return;
+                        }
+                    })?;
             }
             Target::Pool { pool, sqlite } => {
                 tokio::spawn(run_pool(pool, sqlite, after, receiver));
@@ -76,7 +98,7 @@ impl Writer {
     pub async fn write(&self, rows: Vec<Row>) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Job { rows, done })
+            .send(Message::Store(Job { rows, done }))
             .await
             .map_err(|_| "the writer has stopped".to_string())?;
         answer
@@ -85,16 +107,18 @@ impl Writer {
     }
 }
 
-/// The first job and whatever else is queued, up to [`MAX_ROWS_PER_TRANSACTION`] rows.
-fn gather(first: Job, receiver: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+/// The first job and whatever else is queued, up to [`MAX_ROWS_PER_TRANSACTION`] rows (ticks
+/// in between are dropped: the writer looks after its WAL after every transaction anyway).
+fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
     let mut rows = first.rows.len();
     let mut jobs = vec![first];
     while rows < MAX_ROWS_PER_TRANSACTION {
         match receiver.try_recv() {
-            Ok(job) => {
+            Ok(Message::Store(job)) => {
                 rows += job.rows.len();
                 jobs.push(job);
             }
+            Ok(Message::Tick) => {}
             Err(_) => break,
         }
     }
@@ -127,32 +151,46 @@ fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, after: &After) {
     }
 }
 
+/// Stores some batches in one transaction; a failed connection is reopened next time.
+fn store_sqlite(
+    writer: &mut Option<SqliteWriter>,
+    path: &Path,
+    batches: &[&[Row]],
+) -> Result<(), String> {
+    let mut current = match writer.take() {
+        Some(current) => current,
+        None => SqliteWriter::open(path).map_err(|e| e.to_string())?,
+    };
+    let result = current.store(batches).map_err(|e| e.to_string());
+    *writer = Some(current);
+    result
+}
+
 fn run_sqlite(
     path: PathBuf,
     writer: SqliteWriter,
+    mut keeper: WalKeeper,
     after: After,
-    mut receiver: mpsc::Receiver<Job>,
+    mut receiver: mpsc::Receiver<Message>,
 ) {
     let mut writer = Some(writer);
-    // Stores some batches in one transaction; a failed connection is reopened next time.
-    let mut store = |batches: &[&[Row]]| -> Result<(), String> {
-        let mut current = match writer.take() {
-            Some(current) => current,
-            None => SqliteWriter::open(&path).map_err(|e| e.to_string())?,
-        };
-        let result = current.store(batches).map_err(|e| e.to_string());
-        writer = Some(current);
-        result
-    };
-    while let Some(first) = receiver.blocking_recv() {
-        let jobs = gather(first, &mut receiver);
-        let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-        let results = match store(&batches) {
-            Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
-            Err(error) if jobs.len() == 1 => vec![Err(error)],
-            Err(_) => batches.iter().map(|rows| store(&[*rows])).collect(),
-        };
-        answer(jobs, results, &after);
+    while let Some(message) = receiver.blocking_recv() {
+        if let Message::Store(first) = message {
+            let jobs = gather(first, &mut receiver);
+            let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
+            let results = match store_sqlite(&mut writer, &path, &batches) {
+                Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+                Err(error) if jobs.len() == 1 => vec![Err(error)],
+                Err(_) => batches
+                    .iter()
+                    .map(|rows| store_sqlite(&mut writer, &path, &[*rows]))
+                    .collect(),
+            };
+            answer(jobs, results, &after);
+        }
+        if let Some(current) = &writer {
+            keeper.after_write(current.connection(), WRITE_TIMEOUT);
+        }
     }
 }
 
@@ -193,9 +231,17 @@ async fn store_all(
     result
 }
 
-async fn run_pool(pool: AnyPool, sqlite: bool, after: After, mut receiver: mpsc::Receiver<Job>) {
+async fn run_pool(
+    pool: AnyPool,
+    sqlite: bool,
+    after: After,
+    mut receiver: mpsc::Receiver<Message>,
+) {
     let mut connection = None;
-    while let Some(first) = receiver.recv().await {
+    while let Some(message) = receiver.recv().await {
+        let Message::Store(first) = message else {
+            continue;
+        };
         let jobs = gather(first, &mut receiver);
         let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
         let merged = store_all(&mut connection, &pool, sqlite, &batches).await;
@@ -246,7 +292,11 @@ mod tests {
             .await
             .unwrap();
         let file = crate::sqlite::file_of(&url).unwrap();
-        let writer = Writer::start(Target::SqliteFile(file), None, None).unwrap();
+        let target = Target::SqliteFile {
+            path: file,
+            wal_limit: 64 << 20,
+        };
+        let writer = Writer::start(target, None, None).unwrap();
         let mut tasks = Vec::new();
         for tag in 0..20 {
             let writer = writer.clone();
