@@ -23,35 +23,6 @@ async fn system_with_sink() -> (System, String) {
     (system, sink)
 }
 
-/// Auth's current signing key, read from its database and opened with the data dir's seal key:
-/// what it takes to make a token auth would have signed, here one that has expired.
-async fn auth_signing_key(system: &System) -> SigningKey {
-    use base64::Engine;
-    use sqlx::Row;
-    let path = system.dir.path().join("auth.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
-        .await
-        .unwrap();
-    let row = sqlx::query(
-        "SELECT kid, pkcs8 FROM signing_keys WHERE retire_at IS NULL ORDER BY created_unix DESC LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let kid: String = row.get("kid");
-    let sealed: String = row.get("pkcs8");
-    let seal_key = stratus_kit::seal_key::default_file(system.dir.path());
-    let sealer =
-        stratus_identity::Sealer::parse(&std::fs::read_to_string(seal_key).unwrap()).unwrap();
-    let pkcs8 = stratus_auth::sealed::SIGNING_KEY
-        .open(&sealer, &kid, &sealed)
-        .unwrap();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(pkcs8)
-        .unwrap();
-    SigningKey::from_pkcs8(kid, &der).unwrap()
-}
-
 /// An admin's claims, as auth issues them, expiring at `exp`.
 fn admin_claims(exp: u64) -> Claims {
     Claims {
@@ -136,7 +107,7 @@ async fn an_admins_access_token_opens_every_admin_and_query_api_and_nothing_else
     ];
 
     // Without the admin's token, each is refused before it does anything, in problem+json.
-    let key = auth_signing_key(&system).await;
+    let key = support::auth_signing_key(&system).await;
     let expired = key.sign(&admin_claims(now_unix() - 600));
     let rogue = SigningKey::generate(key.kid().to_string())
         .unwrap()

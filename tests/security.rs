@@ -28,33 +28,6 @@ fn header_of(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
 }
 
-/// The auth service's current signing key, read from its SQLite database (where it is sealed)
-/// and opened with the data dir's seal key.
-async fn stolen_key(system: &System) -> SigningKey {
-    use sqlx::Row;
-    let path = system.dir.path().join("auth.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
-        .await
-        .unwrap();
-    let row = sqlx::query(
-        "SELECT kid, pkcs8 FROM signing_keys WHERE retire_at IS NULL ORDER BY created_unix DESC LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let kid: String = row.get("kid");
-    let sealed: String = row.get("pkcs8");
-    let seal_key = stratus_kit::seal_key::default_file(system.dir.path());
-    let sealer =
-        stratus_identity::Sealer::parse(&std::fs::read_to_string(seal_key).unwrap()).unwrap();
-    let pkcs8 = stratus_auth::sealed::SIGNING_KEY
-        .open(&sealer, &kid, &sealed)
-        .unwrap();
-    assert_ne!(pkcs8, sealed, "the key is stored sealed");
-    use base64::engine::general_purpose::STANDARD;
-    SigningKey::from_pkcs8(kid, &STANDARD.decode(pkcs8).unwrap()).unwrap()
-}
-
 fn admin_claims(exp: u64) -> Claims {
     Claims {
         iss: "stratus".into(),
@@ -133,7 +106,7 @@ async fn forged_and_misused_access_tokens_are_refused_at_the_gateway() {
     }
 
     // Signed with the genuine key, but expired, for another audience, or from another issuer.
-    let key = stolen_key(&system).await;
+    let key = support::auth_signing_key(&system).await;
     assert_eq!(key.kid(), real_kid);
     let mut expired = admin_claims(now - 120);
     expired.iat = now - 1000;

@@ -619,3 +619,34 @@ impl FormBody for reqwest::RequestBuilder {
             .body(body)
     }
 }
+
+/// Auth's current signing key, read from its SQLite database (where it is stored sealed) and
+/// opened with the data dir's seal key: what an attacker holding both files has, and what a test
+/// needs to make a token auth would have signed (an expired one, say).
+pub async fn auth_signing_key(system: &System) -> stratus_token::SigningKey {
+    use base64::Engine;
+    use sqlx::Row;
+    let path = system.dir.path().join("auth.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .unwrap();
+    let row = sqlx::query(
+        "SELECT kid, pkcs8 FROM signing_keys WHERE retire_at IS NULL ORDER BY created_unix DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let kid: String = row.get("kid");
+    let sealed: String = row.get("pkcs8");
+    let seal_key = stratus_kit::seal_key::default_file(system.dir.path());
+    let sealer =
+        stratus_identity::Sealer::parse(&std::fs::read_to_string(seal_key).unwrap()).unwrap();
+    let pkcs8 = stratus_auth::sealed::SIGNING_KEY
+        .open(&sealer, &kid, &sealed)
+        .unwrap();
+    assert_ne!(pkcs8, sealed, "the key is stored sealed");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(pkcs8)
+        .unwrap();
+    stratus_token::SigningKey::from_pkcs8(kid, &der).unwrap()
+}

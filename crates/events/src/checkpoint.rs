@@ -176,28 +176,13 @@ pub fn checkpoint(connection: &Connection, patience: Duration) -> rusqlite::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::tests::record;
-    use crate::record::{validate, Row};
     use crate::store;
+    use crate::writer::tests::batch;
     use crate::writer::{Target, Writer};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
     const LIMIT: u64 = 16 << 20;
-
-    fn batch(n: usize, tag: usize) -> Vec<Row> {
-        let base = validate(record()).unwrap();
-        (0..n)
-            .map(|i| {
-                let mut r = base.clone();
-                r.trace_id = format!("{:016x}{:016x}", tag + 1, i / 2 + 1);
-                r.span_id = format!("{:016x}", i + 1);
-                r.started_us += i as i64;
-                r.parent_span_id = (i % 2 == 1).then(|| format!("{i:016x}"));
-                r
-            })
-            .collect()
-    }
 
     /// Writes continuously for a few seconds while readers, overlapping so that one always
     /// holds a snapshot, scan the table: the WAL stays within the limit plus one checkpoint's

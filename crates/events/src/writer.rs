@@ -262,12 +262,13 @@ async fn run_pool(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::tests::record;
     use crate::record::validate;
 
-    fn batch(n: usize, tag: usize) -> Vec<Row> {
+    /// `n` valid records of trace pairs (every second one a child), tagged apart by `tag`.
+    pub(crate) fn batch(n: usize, tag: usize) -> Vec<Row> {
         let base = validate(record()).unwrap();
         (0..n)
             .map(|i| {
