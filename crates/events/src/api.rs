@@ -361,9 +361,9 @@ async fn topology(
 ) -> Result<impl IntoResponse, Problem> {
     only(&params, &["window"])?;
     let window = window(&params, live::WINDOW)?;
-    let hops = store::hops(&state.pool, now_us() - window.as_micros() as i64).await?;
-    Ok(axum::Json(live::topology_of(
-        &hops,
+    Ok(axum::Json(live::topology(
+        &state.aggregates,
+        now_us(),
         window,
         &state.registry.snapshot(),
     )))

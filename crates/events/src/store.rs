@@ -245,17 +245,6 @@ pub async fn window(
         .collect())
 }
 
-/// What the aggregates need of one stored record a service handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
-    pub started_us: i64,
-    pub service: String,
-    pub instance: String,
-    pub name: String,
-    pub ok: bool,
-    pub duration_us: i64,
-}
-
 /// The newest record's id (0 for none): records stored after it are new.
 pub async fn max_id(pool: &AnyPool) -> Result<i64, sqlx::Error> {
     let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM events")
@@ -264,42 +253,35 @@ pub async fn max_id(pool: &AnyPool) -> Result<i64, sqlx::Error> {
     Ok(id)
 }
 
-/// Up to `limit` records services handled with `after < id <= up_to`, started since
-/// `since_us`, by id; and the last id read. Paged by primary key, so each page is a short read
+/// Up to `limit` records with `after < id <= up_to`, started since `since_us`, by id (the order
+/// they arrived in); and the last id read. Paged by primary key, so each page is a short read
 /// (a long one would hold back SQLite's WAL checkpoints).
-pub async fn served_page(
+pub async fn page(
     pool: &AnyPool,
     after: i64,
     up_to: i64,
     since_us: i64,
     limit: i64,
-) -> Result<(Vec<Served>, Option<i64>), sqlx::Error> {
-    type ServedTuple = (i64, i64, String, String, String, i64, i64);
-    let rows: Vec<ServedTuple> = sqlx::query_as(&format!(
-        "SELECT id, started_us, service, instance, name, ok, duration_us FROM events \
-         WHERE id > $1 AND id <= $2 AND started_us >= $3 \
-         AND NOT (kind = 'client' AND peer IS NOT NULL) ORDER BY id LIMIT {limit}"
+) -> Result<(Vec<Row>, Option<i64>), sqlx::Error> {
+    use sqlx::FromRow;
+    let stored = sqlx::query(&format!(
+        "SELECT {COLUMNS}, id FROM events WHERE id > $1 AND id <= $2 AND started_us >= $3 \
+         ORDER BY id LIMIT {limit}"
     ))
     .bind(after)
     .bind(up_to)
     .bind(since_us)
     .fetch_all(pool)
     .await?;
-    let last = rows.last().map(|row| row.0);
-    let served = rows
-        .into_iter()
-        .map(
-            |(_, started_us, service, instance, name, ok, duration_us)| Served {
-                started_us,
-                service,
-                instance,
-                name,
-                ok: ok != 0,
-                duration_us,
-            },
-        )
-        .collect();
-    Ok((served, last))
+    let last = match stored.last() {
+        Some(row) => Some(row.try_get::<i64, _>(PER_ROW)?),
+        None => None,
+    };
+    let rows = stored
+        .iter()
+        .map(Row::from_row)
+        .collect::<Result<Vec<Row>, _>>()?;
+    Ok((rows, last))
 }
 
 /// What the topology needs of one record: its span, its parent and who handled it.
@@ -320,104 +302,6 @@ pub struct Hop {
     pub peer: Option<String>,
     /// The answer's status (HTTP, or 0).
     pub status: i64,
-}
-
-/// The most records one window query reads: a dashboard over a busy minute stays bounded.
-pub const MAX_WINDOW_ROWS: i64 = 200_000;
-
-/// Records one statement of [`hops`] reads: each chunk is its own short read transaction, so no
-/// snapshot lives long enough to keep the sink's WAL from being checkpointed (crate::checkpoint).
-const HOPS_CHUNK: i64 = 10_000;
-
-/// The newest records (up to [`MAX_WINDOW_ROWS`]) started since `since_us`, as hops.
-///
-/// Read newest first in chunks of [`HOPS_CHUNK`], each after the last one's (started_us, id):
-/// one statement over 200,000 rows held a snapshot for seconds under load, and while any reader
-/// holds one SQLite cannot start its WAL over. Chunks are separate snapshots, so a record
-/// pruned meanwhile may be missing and one stored meanwhile is not read (it starts after the
-/// first chunk's newest, or is older than where the reading is): a window that is a moment old.
-pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error> {
-    type HopTuple = (
-        i64,
-        String,
-        Option<String>,
-        String,
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        Option<String>,
-        String,
-        Option<String>,
-        i64,
-    );
-    const SELECT: &str = "SELECT id, span_id, parent_span_id, service, instance, kind, ok, \
-        duration_us, started_us, topic, name, peer, status FROM events WHERE started_us >= $1";
-    let mut rows: Vec<HopTuple> = Vec::new();
-    let mut after: Option<(i64, i64)> = None;
-    while (rows.len() as i64) < MAX_WINDOW_ROWS {
-        let limit = HOPS_CHUNK.min(MAX_WINDOW_ROWS - rows.len() as i64);
-        let chunk: Vec<HopTuple> = match after {
-            None => {
-                sqlx::query_as(&format!(
-                    "{SELECT} ORDER BY started_us DESC, id DESC LIMIT {limit}"
-                ))
-                .bind(since_us)
-                .fetch_all(pool)
-                .await?
-            }
-            Some((started_us, id)) => {
-                sqlx::query_as(&format!(
-                    "{SELECT} AND (started_us < $2 OR (started_us = $2 AND id < $3)) \
-                     ORDER BY started_us DESC, id DESC LIMIT {limit}"
-                ))
-                .bind(since_us)
-                .bind(started_us)
-                .bind(id)
-                .fetch_all(pool)
-                .await?
-            }
-        };
-        let full = chunk.len() as i64 == limit;
-        after = chunk.last().map(|row| (row.8, row.0));
-        rows.extend(chunk);
-        if !full {
-            break;
-        }
-    }
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                _id,
-                span_id,
-                parent_span_id,
-                service,
-                instance,
-                kind,
-                ok,
-                duration_us,
-                _started_us,
-                topic,
-                name,
-                peer,
-                status,
-            )| Hop {
-                span_id,
-                parent_span_id,
-                service,
-                instance,
-                kind,
-                ok: ok != 0,
-                duration_us,
-                topic,
-                name,
-                peer,
-                status,
-            },
-        )
-        .collect())
 }
 
 /// One trace in the trace list.
@@ -541,30 +425,27 @@ mod tests {
         assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 
-    /// The window is read in chunks, each after the last one's (started_us, id): every record
-    /// once, newest first, also where records sharing a start time straddle a chunk's edge.
+    /// Pages read every record up to `up_to` once, in the order they were stored, and only
+    /// those started since `since_us`.
     #[tokio::test]
-    async fn hops_read_in_chunks_miss_and_repeat_nothing() {
+    async fn pages_read_every_record_once_in_arrival_order() {
         let (_dir, pool) = open().await;
-        let mut all = rows(25_003);
-        let base = all[0].started_us;
-        for (i, row) in all.iter_mut().enumerate() {
-            // Three records per start time; 10,000 is not a multiple of 3.
-            row.started_us = base + (i / 3) as i64;
-        }
+        let all = rows(25_003);
         for chunk in all.chunks(5_000) {
             insert(&pool, chunk).await.unwrap();
         }
-        let hops = hops(&pool, 0).await.unwrap();
-        let expected: Vec<&str> = all.iter().rev().map(|r| r.span_id.as_str()).collect();
-        let got: Vec<&str> = hops.iter().map(|h| h.span_id.as_str()).collect();
+        let since = all[100].started_us;
+        let (mut after, mut got) = (0, Vec::new());
+        loop {
+            let (page, last) = page(&pool, after, 25_000, since, 10_000).await.unwrap();
+            got.extend(page.into_iter().map(|r| r.span_id));
+            match last {
+                Some(last) => after = last,
+                None => break,
+            }
+        }
+        let expected: Vec<String> = all[100..25_000].iter().map(|r| r.span_id.clone()).collect();
         assert_eq!(got, expected);
-        let since = hops_since(&pool, base + 5_000).await;
-        assert_eq!(since, 25_003 - 15_000);
-    }
-
-    async fn hops_since(pool: &AnyPool, since_us: i64) -> usize {
-        hops(pool, since_us).await.unwrap().len()
     }
 
     #[tokio::test]
