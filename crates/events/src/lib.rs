@@ -25,6 +25,7 @@ pub mod sqlite;
 pub mod stats;
 pub mod store;
 pub mod topology;
+pub mod trace_list;
 pub mod writer;
 
 use std::time::Duration;

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use crate::aggregate::Aggregates;
 use crate::registry::{Registry, RegistryView};
 use crate::stats::ServiceStats;
-use crate::store;
 use crate::topology::{self, Topology};
+use crate::{store, trace_list};
 
 /// The window every snapshot covers.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -162,7 +162,7 @@ pub async fn snapshot(
     .into_iter()
     .map(crate::record::Row::into_record)
     .collect::<Vec<_>>();
-    let traces = store::traces(pool, since, now - 1_000_000, 15).await?;
+    let traces = trace_list::newest(pool, since, now - 1_000_000, 15).await?;
     let body = json!({
         "time": crate::record::format_micros(now),
         "window_seconds": WINDOW.as_secs_f64(),

@@ -304,59 +304,6 @@ pub struct Hop {
     pub status: i64,
 }
 
-/// One trace in the trace list.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TraceSummary {
-    pub trace_id: String,
-    /// The first record's service and name (normally the gateway's route).
-    pub service: String,
-    pub name: String,
-    pub started_us: i64,
-    pub duration_us: i64,
-    pub spans: i64,
-    pub errors: i64,
-}
-
-/// The newest traces started between `since_us` and `until_us`, newest first. (The dashboard
-/// lists traces a second old, so that their callers' records, which flush later, are in.)
-pub async fn traces(
-    pool: &AnyPool,
-    since_us: i64,
-    until_us: i64,
-    limit: i64,
-) -> Result<Vec<TraceSummary>, sqlx::Error> {
-    type SummaryTuple = (String, i64, i64, i64, i64);
-    let rows: Vec<SummaryTuple> = sqlx::query_as(&format!(
-        "SELECT trace_id, MIN(started_us), MAX(started_us + duration_us), COUNT(*), \
-         CAST(SUM(1 - ok) AS BIGINT) FROM events WHERE started_us >= $1 GROUP BY trace_id \
-         HAVING MIN(started_us) <= $2 ORDER BY MIN(started_us) DESC LIMIT {limit}"
-    ))
-    .bind(since_us)
-    .bind(until_us)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (trace_id, start, end, spans, errors) in rows {
-        let first: Option<(String, String)> = sqlx::query_as(
-            "SELECT service, name FROM events WHERE trace_id = $1 ORDER BY started_us, id LIMIT 1",
-        )
-        .bind(&trace_id)
-        .fetch_optional(pool)
-        .await?;
-        let (service, name) = first.unwrap_or_default();
-        out.push(TraceSummary {
-            trace_id,
-            service,
-            name,
-            started_us: start,
-            duration_us: end - start,
-            spans,
-            errors,
-        });
-    }
-    Ok(out)
-}
-
 /// Deletes records started before `before_us`, and the oldest beyond `max_rows`. Returns how many
 /// went.
 pub async fn prune(pool: &AnyPool, before_us: i64, max_rows: i64) -> Result<u64, sqlx::Error> {
@@ -386,12 +333,12 @@ pub async fn count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::tests::record;
     use crate::record::validate;
 
-    async fn open() -> (tempfile::TempDir, AnyPool) {
+    pub(crate) async fn open() -> (tempfile::TempDir, AnyPool) {
         let dir = tempfile::tempdir().unwrap();
         let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
         let (pool, _) = stratus_kit::db::open(&url, MIGRATIONS).await.unwrap();
