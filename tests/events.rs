@@ -640,7 +640,7 @@ fn check_summary(got: &Value, records: &[(bool, i64)], what: &str) {
 /// `/v1/stats` is computed from aggregates kept as records are stored: its counts equal a
 /// recount of the records posted and its percentiles are within 1% of theirs, before and after
 /// the sink restarts (the aggregates are rebuilt from the stored records).
-async fn the_stats_equal_a_recount_and_survive_a_restart() {
+async fn the_stats_and_topology_equal_a_recount_and_survive_a_restart() {
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
     let sink = support::mesh::internal_url(port, "");
@@ -676,6 +676,10 @@ async fn the_stats_equal_a_recount_and_survive_a_restart() {
         r["status"] = json!(if ok { 200 } else { 503 });
         r["duration_us"] = json!(duration);
         r["started_at"] = json!(stratus_events::record::format_micros(started));
+        if i % 4 != 0 {
+            // Called by the trace's previous record: an edge when the services differ.
+            r["parent_span_id"] = json!(format!("{:016x}", i));
+        }
         if i % 10 == 9 {
             // A call to the service's database: drawn in the topology, not a hop it served.
             r["kind"] = json!("client");
@@ -722,6 +726,43 @@ async fn the_stats_equal_a_recount_and_survive_a_restart() {
     let (status, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
     assert_eq!(status, 200);
     check(&stats);
+    // The topology, kept as records arrive, equals the one computed from all of them.
+    let hops: Vec<stratus_events::store::Hop> = records
+        .iter()
+        .map(|r| stratus_events::store::Hop {
+            span_id: r["span_id"].as_str().unwrap().into(),
+            parent_span_id: r["parent_span_id"].as_str().map(Into::into),
+            service: r["service"].as_str().unwrap().into(),
+            instance: r["instance"].as_str().unwrap().into(),
+            kind: r["kind"].as_str().unwrap().into(),
+            ok: r["ok"].as_bool().unwrap(),
+            duration_us: r["duration_us"].as_i64().unwrap(),
+            topic: None,
+            name: r["name"].as_str().unwrap().into(),
+            peer: r["peer"].as_str().map(Into::into),
+            status: r["status"].as_i64().unwrap(),
+        })
+        .collect();
+    let want = stratus_events::topology::compute(&hops, 300.0, &Default::default());
+    assert!(want.edges.len() >= 6, "{want:?}");
+    let check_topology = |topology: &Value| {
+        let edges = topology["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), want.edges.len(), "{topology}");
+        for (got, want) in edges.iter().zip(&want.edges) {
+            assert_eq!(got["from"], want.from.as_str(), "{got}");
+            assert_eq!(got["to"], want.to.as_str(), "{got}");
+            assert_eq!(got["count"], want.count, "{got}");
+            assert_eq!(got["errors"], want.errors, "{got}");
+            let p99 = got["p99_ms"].as_f64().unwrap();
+            assert!(
+                (p99 - want.p99_ms).abs() <= 0.01 * want.p99_ms + 1e-9,
+                "{got} vs {want:?}"
+            );
+        }
+    };
+    let (status, topology) = get_json(&system, &format!("{sink}/v1/topology?window=5m")).await;
+    assert_eq!(status, 200);
+    check_topology(&topology);
     // What they hold is on /metrics (two services, two instances and one route each).
     let metrics = format!("{sink}/metrics");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -752,6 +793,8 @@ async fn the_stats_equal_a_recount_and_survive_a_restart() {
     })
     .await;
     check(&stats);
+    let (_, topology) = get_json(&system, &format!("{sink}/v1/topology?window=5m")).await;
+    check_topology(&topology);
 }
 
 fn main() -> std::process::ExitCode {
@@ -773,8 +816,8 @@ fn main() -> std::process::ExitCode {
             the_sink_can_stop_and_restart_under_load,
         ),
         Test::new(
-            "the_stats_equal_a_recount_and_survive_a_restart",
-            the_stats_equal_a_recount_and_survive_a_restart,
+            "the_stats_and_topology_equal_a_recount_and_survive_a_restart",
+            the_stats_and_topology_equal_a_recount_and_survive_a_restart,
         ),
         Test::new(
             "bad_batches_are_refused_whole",

@@ -21,9 +21,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::links::{Call, Linker};
 use crate::record::Row;
 use crate::sketch::{Merger, Point, Sketch};
 use crate::stats::{InstanceStats, ServiceStats, Summary};
+use crate::topology::{self, Edge, Known, Node, Topology};
 
 /// Seconds kept per second before they are rolled up into minutes.
 pub const SECONDS_KEPT: i64 = 120;
@@ -39,6 +41,9 @@ pub const OTHER_ROUTES: &str = "(other)";
 pub const MAX_INSTANCES: usize = 1_000;
 pub const MAX_SERVICES: usize = 1_000;
 pub const OTHER: &str = "(other)";
+/// Distinct edges (caller, callee) per bucket; more are counted as one from [`OTHER`] to
+/// [`OTHER`].
+pub const MAX_EDGES: usize = 2_000;
 
 /// Count, errors and latencies of one key over one bucket (or a merge of buckets).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,6 +87,40 @@ impl Cell {
         self.latency.heap_bytes()
     }
 }
+
+/// One edge's calls over one bucket: the callee's numbers (for a peer, the caller's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeCell {
+    pub calls: Cell,
+    /// Calls whose caller the callee knew by its certificate, and of those the ones refused.
+    pub mutual_tls: u64,
+    pub refused: u64,
+    /// For an edge to a peer (a database, a cache): what the peer speaks (`postgres`).
+    pub system: Option<Box<str>>,
+}
+
+impl EdgeCell {
+    fn add(&mut self, call: &Call) {
+        self.calls.add(call.ok, Point::of(call.duration_us));
+        self.mutual_tls += u64::from(call.mutual_tls);
+        self.refused += u64::from(call.refused);
+        if self.system.is_none() {
+            self.system = call.system.as_deref().map(Into::into);
+        }
+    }
+
+    fn merge(&mut self, other: &EdgeCell) {
+        self.calls.merge(&other.calls);
+        self.mutual_tls += other.mutual_tls;
+        self.refused += other.refused;
+        if self.system.is_none() {
+            self.system.clone_from(&other.system);
+        }
+    }
+}
+
+/// Edges by caller, then callee.
+type Edges = HashMap<Box<str>, HashMap<Box<str>, EdgeCell>>;
 
 #[derive(Debug, Default, Clone)]
 struct ServiceCells {
@@ -138,10 +177,13 @@ fn merge_into(cells: &mut HashMap<Box<str>, Cell>, key: &str, cell: &Cell) {
     }
 }
 
-/// One second's or one minute's cells, by service.
+/// One second's or one minute's cells, by service, and its edges.
 #[derive(Debug, Default, Clone)]
 struct Bucket {
     services: HashMap<Box<str>, ServiceCells>,
+    edges: Edges,
+    /// How many (caller, callee) cells `edges` holds.
+    edge_count: usize,
 }
 
 impl Bucket {
@@ -170,7 +212,31 @@ impl Bucket {
         }
     }
 
+    /// The cell of the edge `from` -> `to`, or of [`OTHER`] -> [`OTHER`] when the bucket holds
+    /// [`MAX_EDGES`] others.
+    fn edge(&mut self, from: &str, to: &str) -> &mut EdgeCell {
+        let known = self
+            .edges
+            .get(from)
+            .is_some_and(|callees| callees.contains_key(to));
+        let (from, to) = if known || self.edge_count < MAX_EDGES {
+            (from, to)
+        } else {
+            (OTHER, OTHER)
+        };
+        let callees = self.edges.entry(from.into()).or_default();
+        if !callees.contains_key(to) {
+            self.edge_count += 1;
+        }
+        callees.entry(to.into()).or_default()
+    }
+
     fn merge(&mut self, other: &Bucket) {
+        for (from, callees) in &other.edges {
+            for (to, cell) in callees {
+                self.edge(from, to).merge(cell);
+            }
+        }
         for (service, cells) in &other.services {
             match self.services.get_mut(service) {
                 Some(mine) => mine.merge(cells),
@@ -192,6 +258,15 @@ impl Bucket {
             }
             bytes += service.len() + std::mem::size_of::<ServiceCells>();
         }
+        for (from, callees) in &self.edges {
+            for (to, cell) in callees {
+                keys += 1;
+                bytes += std::mem::size_of::<EdgeCell>()
+                    + cell.calls.heap_bytes()
+                    + from.len()
+                    + to.len();
+            }
+        }
         (keys, bytes)
     }
 }
@@ -210,6 +285,10 @@ struct Inner {
     seconds: BTreeMap<i64, Bucket>,
     /// By minute number (unix seconds / 60).
     minutes: BTreeMap<i64, Bucket>,
+    /// Places each record's call on the graph as records arrive (crate::links).
+    linker: Linker,
+    /// The linker's output, reused between batches.
+    calls: Vec<Call>,
 }
 
 impl Inner {
@@ -243,6 +322,33 @@ impl Inner {
         } else {
             Some(self.seconds.entry(second).or_default())
         }
+    }
+
+    /// Files the calls the linker placed.
+    fn file_calls(&mut self) {
+        let calls = std::mem::take(&mut self.calls);
+        for call in &calls {
+            if let Some(bucket) = self.bucket_for(call.started_us.div_euclid(1_000_000)) {
+                bucket.edge(&call.from, &call.to).add(call);
+            }
+        }
+        self.calls = calls;
+        self.calls.clear();
+    }
+
+    /// Files one record: its stats if it is a hop a service handled, and its call.
+    fn file_row(&mut self, row: &Row, now_s: i64) {
+        if served(&row.kind, row.peer.as_deref()) {
+            self.file(
+                row.started_us,
+                &row.service,
+                &row.instance,
+                &row.name,
+                row.ok,
+                row.duration_us,
+            );
+        }
+        self.linker.arrive(row, now_s, &mut self.calls);
     }
 
     fn file(
@@ -286,9 +392,12 @@ pub struct Aggregates {
 pub struct Footprint {
     pub second_buckets: usize,
     pub minute_buckets: usize,
-    /// (key, bucket) cells.
+    /// (key, bucket) cells, edges among them.
     pub cells: usize,
     pub bytes: usize,
+    /// Recent spans whose owners the linker remembers, and records waiting for their callers'.
+    pub spans: usize,
+    pub waiting: usize,
 }
 
 fn now_s() -> i64 {
@@ -310,6 +419,8 @@ impl Aggregates {
                 now_s,
                 seconds: BTreeMap::new(),
                 minutes: BTreeMap::new(),
+                linker: Linker::new(now_s),
+                calls: Vec::new(),
             })),
         }
     }
@@ -331,33 +442,9 @@ impl Aggregates {
         let mut inner = self.lock();
         inner.advance(now_s);
         for row in rows {
-            if served(&row.kind, row.peer.as_deref()) {
-                inner.file(
-                    row.started_us,
-                    &row.service,
-                    &row.instance,
-                    &row.name,
-                    row.ok,
-                    row.duration_us,
-                );
-            }
+            inner.file_row(row, now_s);
         }
-    }
-
-    /// Files records read back from the database on start ([`crate::store::Served`]).
-    pub fn add_stored(&self, records: &[crate::store::Served]) {
-        let mut inner = self.lock();
-        inner.advance(now_s());
-        for r in records {
-            inner.file(
-                r.started_us,
-                &r.service,
-                &r.instance,
-                &r.name,
-                r.ok,
-                r.duration_us,
-            );
-        }
+        inner.file_calls();
     }
 
     /// Per-service and per-instance stats of the records started since `since_us` (the same
@@ -439,10 +526,59 @@ impl Aggregates {
     /// `events_stats_cells` and `events_stats_bytes`. Once a second, so buckets go on time
     /// even when nothing arrives and nobody asks.
     pub fn tick(&self) {
-        self.lock().advance(now_s());
+        self.tick_at(now_s());
         let footprint = self.footprint();
         metrics::gauge!("events_stats_cells").set(footprint.cells as f64);
         metrics::gauge!("events_stats_bytes").set(footprint.bytes as f64);
+        metrics::gauge!("events_links_spans").set(footprint.spans as f64);
+        metrics::gauge!("events_links_waiting").set(footprint.waiting as f64);
+    }
+
+    /// As [`Aggregates::tick`] without the reporting, with the clock at `now_s`: also places
+    /// the records that waited too long for their callers' (crate::links).
+    pub fn tick_at(&self, now_s: i64) {
+        let mut inner = self.lock();
+        inner.advance(now_s);
+        let mut calls = std::mem::take(&mut inner.calls);
+        inner.linker.expire(now_s, &mut calls);
+        inner.calls = calls;
+        inner.file_calls();
+    }
+
+    /// The graph of the calls started since `since_us`: every service that handled a record
+    /// (and every one `known` names) a node, callers outside as `clients`, the broker, and
+    /// databases and caches as nodes of their own (crate::topology has the rules).
+    pub fn topology_at(
+        &self,
+        since_us: i64,
+        now_s: i64,
+        window_seconds: f64,
+        known: &Known,
+    ) -> Topology {
+        let mut edges: BTreeMap<(String, String), EdgeCell> = BTreeMap::new();
+        let mut services: BTreeMap<String, Cell> = BTreeMap::new();
+        {
+            let mut inner = self.lock();
+            inner.advance(now_s);
+            for bucket in inner.window(since_us.div_euclid(1_000_000)) {
+                for (service, cells) in &bucket.services {
+                    let node = services.entry(service.to_string()).or_default();
+                    for cell in cells.instances.values() {
+                        node.count += cell.count;
+                        node.errors += cell.errors;
+                    }
+                }
+                for (from, callees) in &bucket.edges {
+                    for (to, cell) in callees {
+                        edges
+                            .entry((from.to_string(), to.to_string()))
+                            .or_default()
+                            .merge(cell);
+                    }
+                }
+            }
+        }
+        graph(services, edges, window_seconds, known)
     }
 
     /// How many buckets and cells are held, and their bytes (approximate: the maps' own
@@ -454,13 +590,111 @@ impl Aggregates {
             minute_buckets: inner.minutes.len(),
             cells: 0,
             bytes: 0,
+            spans: 0,
+            waiting: 0,
         };
+        (footprint.spans, footprint.waiting) = inner.linker.held();
         for bucket in inner.seconds.values().chain(inner.minutes.values()) {
             let (cells, bytes) = bucket.keys_and_bytes();
             footprint.cells += cells;
             footprint.bytes += bytes;
         }
         footprint
+    }
+}
+
+/// Nodes and edges from a window's merged cells: the shape [`topology::compute`] gives from raw
+/// records.
+fn graph(
+    services: BTreeMap<String, Cell>,
+    edges: BTreeMap<(String, String), EdgeCell>,
+    window_seconds: f64,
+    known: &Known,
+) -> Topology {
+    let window = window_seconds.max(1e-3);
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let node = |id: String, kind: &'static str, count: u64, errors: u64, label| Node {
+        kind,
+        count,
+        rate: round(count as f64 / window),
+        errors,
+        id,
+        label,
+    };
+    // Peers (databases, caches): their calls, and what they speak.
+    let mut peers: BTreeMap<&str, (u64, u64, &str)> = BTreeMap::new();
+    for ((_, to), cell) in &edges {
+        if let Some(system) = cell.system.as_deref() {
+            let peer = peers.entry(to).or_insert((0, 0, system));
+            peer.0 += cell.calls.count;
+            peer.1 += cell.calls.errors;
+        }
+    }
+    let mut nodes: BTreeMap<String, (u64, u64)> = known
+        .services
+        .iter()
+        .map(|name| (name.clone(), (0, 0)))
+        .collect();
+    for (service, cell) in &services {
+        nodes.insert(service.clone(), (cell.count, cell.errors));
+    }
+    // A caller of a peer is a node even if it served nothing in the window.
+    for ((from, _), cell) in &edges {
+        if cell.system.is_some() {
+            nodes.entry(from.clone()).or_default();
+        }
+    }
+    let mut out_nodes: Vec<Node> = nodes
+        .into_iter()
+        // A peer that also reports (a service called like a database) is drawn once, as itself.
+        .filter(|(id, _)| !peers.contains_key(id.as_str()))
+        .map(|(id, (count, errors))| {
+            let kind = if id == topology::DNS {
+                "dns"
+            } else {
+                "service"
+            };
+            node(id, kind, count, errors, None)
+        })
+        .collect();
+    for (id, (count, errors, system)) in &peers {
+        out_nodes.push(node(
+            id.to_string(),
+            topology::peer_kind(system),
+            *count,
+            *errors,
+            Some(system.to_string()),
+        ));
+    }
+    for (id, kind) in [(topology::CLIENTS, "clients"), (topology::BROKER, "broker")] {
+        if edges.keys().any(|(f, t)| f == id || t == id) {
+            let label = (id == topology::BROKER)
+                .then(|| known.broker.clone())
+                .flatten();
+            out_nodes.push(node(id.to_string(), kind, 0, 0, label));
+        }
+    }
+    let out_edges = edges
+        .into_iter()
+        .map(|((from, to), cell)| {
+            let summary = cell.calls.summary();
+            Edge {
+                from,
+                to,
+                count: summary.count,
+                errors: summary.errors,
+                rate: round(summary.count as f64 / window),
+                error_rate: round(summary.error_rate),
+                p99_ms: summary.p99_ms,
+                mutual_tls: cell.mutual_tls,
+                refused: cell.refused,
+            }
+        })
+        .collect();
+    Topology {
+        window_seconds,
+        nodes: out_nodes,
+        edges: out_edges,
     }
 }
 
@@ -686,6 +920,134 @@ mod tests {
             others.summary.count, 6,
             "`a` took one of the places: six are left over"
         );
+    }
+
+    /// Random traces as reporters send them: a gateway record (its parent the browser's span,
+    /// or none), the service it called, maybe a service that one called, calls to a database,
+    /// messages through the broker; each record an error now and then.
+    fn random_traces(rng: &mut Rng, traces: usize) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let mut span = 0u64;
+        let mut next_span =
+            |rows: &mut Vec<Row>, parent: Option<u64>, service: &str, kind: &str, rng: &mut Rng| {
+                span += 1;
+                let mut r = row(
+                    service,
+                    &format!("{service}-{}", rng.next() % 2),
+                    "/r",
+                    !rng.next().is_multiple_of(9),
+                    NOW - (rng.next() % 50) as i64,
+                    rng.duration(),
+                );
+                r.span_id = format!("{span:016x}");
+                r.parent_span_id = parent.map(|p| format!("{p:016x}"));
+                r.kind = kind.into();
+                r.status = if r.ok { 200 } else { 500 };
+                rows.push(r);
+                span
+            };
+        for _ in 0..traces {
+            let parent = (!rng.next().is_multiple_of(3))
+                .then_some(0xbbbb_0000_0000_0000 + rng.next() % 1000);
+            let gateway = next_span(&mut rows, parent, "gateway", "gateway", rng);
+            let first = ["catalog", "orders", "auth"][(rng.next() % 3) as usize];
+            let served = next_span(&mut rows, Some(gateway), first, "server", rng);
+            if rng.next().is_multiple_of(2) {
+                let inner = next_span(&mut rows, Some(served), first, "client", rng);
+                let called = next_span(&mut rows, Some(inner), "catalog", "server", rng);
+                if rng.next().is_multiple_of(2) {
+                    let db = next_span(&mut rows, Some(called), "catalog", "client", rng);
+                    let call = rows.last_mut().unwrap();
+                    call.peer = Some("catalog-db".into());
+                    call.name = "sqlite".into();
+                    let _ = db;
+                }
+            }
+            if rng.next().is_multiple_of(4) {
+                let produced = next_span(&mut rows, Some(served), first, "producer", rng);
+                next_span(&mut rows, Some(produced), "notifications", "consumer", rng);
+            }
+        }
+        rows
+    }
+
+    fn hop_of(r: &Row) -> crate::store::Hop {
+        crate::store::Hop {
+            span_id: r.span_id.clone(),
+            parent_span_id: r.parent_span_id.clone(),
+            service: r.service.clone(),
+            instance: r.instance.clone(),
+            kind: r.kind.clone(),
+            ok: r.ok,
+            duration_us: r.duration_us,
+            topic: r.topic.clone(),
+            name: r.name.clone(),
+            peer: r.peer.clone(),
+            status: r.status,
+        }
+    }
+
+    /// The topology kept as records arrive equals the one computed from all of them at once,
+    /// whatever order they arrive in (children before parents, as reporters flush).
+    #[test]
+    fn topology_equals_a_recount_in_any_arrival_order() {
+        let mut rng = Rng(0x70b0);
+        for round in 0..10 {
+            let traces = 1 + (rng.next() % 3000) as usize;
+            let rows = random_traces(&mut rng, traces);
+            let mut arriving = rows.clone();
+            match round % 3 {
+                // In order, parents first.
+                0 => {}
+                // Children first: each trace's records backwards.
+                1 => arriving.reverse(),
+                // Shuffled.
+                _ => {
+                    for i in (1..arriving.len()).rev() {
+                        arriving.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                    }
+                }
+            }
+            let aggregates = Aggregates::at(HOUR, NOW);
+            for batch in arriving.chunks(1 + (rng.next() % 500) as usize) {
+                aggregates.add_at(batch, NOW);
+            }
+            aggregates.tick_at(NOW + crate::links::WAIT);
+            let known = Known {
+                services: vec!["payments".into()],
+                broker: Some("nats".into()),
+            };
+            let got = aggregates.topology_at(
+                (NOW - 100) * 1_000_000,
+                NOW + crate::links::WAIT,
+                100.0,
+                &known,
+            );
+            let hops: Vec<_> = rows.iter().map(hop_of).collect();
+            let want = topology::compute(&hops, 100.0, &known);
+            assert_eq!(got.nodes, want.nodes, "round {round}");
+            assert_eq!(got.edges.len(), want.edges.len(), "round {round}");
+            for (g, w) in got.edges.iter().zip(&want.edges) {
+                let what = format!("round {round}: {} -> {}", w.from, w.to);
+                assert_eq!((&g.from, &g.to), (&w.from, &w.to), "{what}");
+                assert_eq!(
+                    (g.count, g.errors, g.rate, g.error_rate),
+                    (w.count, w.errors, w.rate, w.error_rate),
+                    "{what}"
+                );
+                assert_eq!(
+                    (g.mutual_tls, g.refused),
+                    (w.mutual_tls, w.refused),
+                    "{what}"
+                );
+                assert!(
+                    (g.p99_ms - w.p99_ms).abs() <= 0.01 * w.p99_ms + 1e-9,
+                    "{what}: p99 {} vs {}",
+                    g.p99_ms,
+                    w.p99_ms
+                );
+            }
+        }
     }
 
     /// What the aggregates hold at the issue's load (30,000 records a second over 10 services,

@@ -21,7 +21,7 @@ use crate::live::{self, Live};
 use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
 use crate::writer::Writer;
-use crate::{dashboard, otlp, proto, store};
+use crate::{dashboard, otlp, proto, store, trace_list};
 
 /// The largest ingest body: 4 MiB.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -361,9 +361,9 @@ async fn topology(
 ) -> Result<impl IntoResponse, Problem> {
     only(&params, &["window"])?;
     let window = window(&params, live::WINDOW)?;
-    let hops = store::hops(&state.pool, now_us() - window.as_micros() as i64).await?;
-    Ok(axum::Json(live::topology_of(
-        &hops,
+    Ok(axum::Json(live::topology(
+        &state.aggregates,
+        now_us(),
         window,
         &state.registry.snapshot(),
     )))
@@ -403,7 +403,7 @@ async fn traces(
         None => now_us() - 3_600_000_000,
         Some(text) => since(text)?,
     };
-    let traces = store::traces(&state.pool, since_us, now_us(), limit).await?;
+    let traces = trace_list::newest(&state.pool, since_us, now_us(), limit).await?;
     Ok(axum::Json(json!({"traces": traces})))
 }
 

@@ -18,7 +18,7 @@
 //! bytes. While it waits no record is stored, so a short busy timeout bounds it: if the readers
 //! hold on it gives up (`result="busy"`, having copied what it could) and tries again after the
 //! next transaction; past the limit it waits longer, since the disk budget is a promise. Long
-//! reads are what hold it up: [`crate::store::hops`] reads in short chunks for that reason.
+//! reads are what hold it up: queries read few rows, and the rebuild on start reads by pages.
 //!
 //! `/metrics`: `events_wal_bytes` (the file's size, each tick) and
 //! `events_wal_checkpoints_total{result="done|busy"}`.
@@ -209,8 +209,8 @@ mod tests {
             let (pool, stop, reads) = (pool.clone(), stop.clone(), reads.clone());
             readers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    // The topology's read (the live snapshot's too): up to 200,000 rows.
-                    store::hops(&pool, 0).await.unwrap();
+                    // The rebuild's read on start, and as long as a query gets: 20,000 rows.
+                    store::page(&pool, 0, i64::MAX, 0, 20_000).await.unwrap();
                     reads.fetch_add(1, Ordering::Relaxed);
                 }
             }));

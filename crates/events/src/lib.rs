@@ -14,6 +14,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod dashboard;
 pub mod export;
+pub mod links;
 pub mod live;
 pub mod otlp;
 pub mod proto;
@@ -24,6 +25,7 @@ pub mod sqlite;
 pub mod stats;
 pub mod store;
 pub mod topology;
+pub mod trace_list;
 pub mod writer;
 
 use std::time::Duration;
@@ -179,9 +181,10 @@ const REBUILD_PAGE: i64 = 20_000;
 const REBUILD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// On start: counts the records still stored (up to id `up_to`, within the retention) into the
-/// aggregates, page by page, so a restart does not lose the window. Until it ends, stats show
-/// only part of the time before the start. At most the row cap is read (about 2 s for a
-/// million records on SQLite); it stops at [`REBUILD_DEADLINE`] whatever the database's pace.
+/// aggregates, stats and topology alike, page by page in the order they arrived, so a restart
+/// does not lose the window. Until it ends, stats show only part of the time before the start.
+/// It reads at most what the retention holds, and stops at [`REBUILD_DEADLINE`] whatever the
+/// database's pace.
 pub async fn rebuild(
     pool: sqlx::AnyPool,
     aggregates: aggregate::Aggregates,
@@ -194,10 +197,10 @@ pub async fn rebuild(
     let mut after = 0;
     let mut counted = 0usize;
     while started.elapsed() < REBUILD_DEADLINE {
-        match store::served_page(&pool, after, up_to, since, REBUILD_PAGE).await {
+        match store::page(&pool, after, up_to, since, REBUILD_PAGE).await {
             Ok((page, last)) => {
                 counted += page.len();
-                aggregates.add_stored(&page);
+                aggregates.add(&page);
                 match last {
                     Some(last) if page.len() as i64 == REBUILD_PAGE => after = last,
                     _ => {

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use crate::aggregate::Aggregates;
 use crate::registry::{Registry, RegistryView};
 use crate::stats::ServiceStats;
-use crate::store::{self, Hop};
 use crate::topology::{self, Topology};
+use crate::{store, trace_list};
 
 /// The window every snapshot covers.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -114,23 +114,25 @@ pub fn instances(registry: &RegistryView, stats: &[ServiceStats]) -> Vec<Service
     out.into_values().collect()
 }
 
-/// The window's topology, with every registered service as a node and the broker's backend.
-pub fn topology_of(hops: &[Hop], window: Duration, registry: &RegistryView) -> Topology {
+/// The topology of the calls started in the `window` up to `now_us`, with every registered
+/// service as a node and the broker's backend.
+pub fn topology(
+    aggregates: &Aggregates,
+    now_us: i64,
+    window: Duration,
+    registry: &RegistryView,
+) -> Topology {
     let known = topology::Known {
         services: registry.services.keys().cloned().collect(),
         broker: registry.broker.clone(),
     };
-    topology::compute(hops, window.as_secs_f64(), &known)
-}
-
-/// (service, instance, ok, duration) rows for [`stats::compute`]: the hops services handled
-/// (their calls to databases and caches, `client` records with a `peer`, are not among them;
-/// a `server` record's `peer` is its caller under the mesh).
-pub fn stat_rows(hops: &[Hop]) -> Vec<(String, String, bool, i64)> {
-    hops.iter()
-        .filter(|h| !(h.kind == "client" && h.peer.is_some()))
-        .map(|h| (h.service.clone(), h.instance.clone(), h.ok, h.duration_us))
-        .collect()
+    let since_us = now_us - window.as_micros() as i64;
+    aggregates.topology_at(
+        since_us,
+        now_us.div_euclid(1_000_000),
+        window.as_secs_f64(),
+        &known,
+    )
 }
 
 fn now_us() -> i64 {
@@ -145,7 +147,6 @@ pub async fn snapshot(
 ) -> Result<String, sqlx::Error> {
     let now = now_us();
     let since = now - WINDOW.as_micros() as i64;
-    let hops = store::hops(pool, since).await?;
     let view = registry.snapshot();
     let services = aggregates.stats(since);
     let errors = store::events(
@@ -161,12 +162,12 @@ pub async fn snapshot(
     .into_iter()
     .map(crate::record::Row::into_record)
     .collect::<Vec<_>>();
-    let traces = store::traces(pool, since, now - 1_000_000, 15).await?;
+    let traces = trace_list::newest(pool, since, now - 1_000_000, 15).await?;
     let body = json!({
         "time": crate::record::format_micros(now),
         "window_seconds": WINDOW.as_secs_f64(),
         "registry_reachable": view.reachable,
-        "topology": topology_of(&hops, WINDOW, &view),
+        "topology": topology(aggregates, now, WINDOW, &view),
         "instances": instances(&view, &services),
         "services": services,
         "errors": errors,
@@ -225,37 +226,5 @@ async fn feed(
             }
             Err(error) => tracing::warn!(%error, "computing the dashboard snapshot failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hop(kind: &str, peer: Option<&str>) -> Hop {
-        Hop {
-            span_id: "00f067aa0ba902b7".into(),
-            parent_span_id: None,
-            service: "catalog".into(),
-            instance: "i-1".into(),
-            kind: kind.into(),
-            ok: true,
-            duration_us: 1000,
-            topic: None,
-            name: "/products".into(),
-            peer: peer.map(str::to_string),
-            status: 200,
-        }
-    }
-
-    #[test]
-    fn stats_count_served_hops_whoever_called_but_not_calls_to_a_database() {
-        let rows = stat_rows(&[
-            hop("server", None),
-            // Under the mesh a server record names its caller.
-            hop("server", Some("spiffe://stratus.local/service/gateway")),
-            hop("client", Some("catalog-db")),
-        ]);
-        assert_eq!(rows.len(), 2);
     }
 }

@@ -52,6 +52,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: "ALTER TABLE events ADD COLUMN peer TEXT",
         postgres: "ALTER TABLE events ADD COLUMN peer TEXT",
     },
+    // The dashboard's recent errors and `/v1/events?status=5xx`: errors are few, so without an
+    // index of their own the newest twenty were found by reading back through every record.
+    Migration {
+        version: 3,
+        description: "events_errors",
+        sqlite: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
+        postgres: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
+    },
 ];
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer";
@@ -185,26 +193,31 @@ enum Bind {
     Int(i64),
 }
 
-/// The newest records matching the filter, newest first.
-pub async fn events(pool: &AnyPool, filter: &Filter) -> Result<Vec<Row>, sqlx::Error> {
+/// The statement and its values for [`events`].
+fn events_sql(filter: &Filter) -> (String, Vec<Bind>) {
     let mut clauses = Vec::new();
     let mut binds = Vec::new();
-    let mut push = |clause: &str, value: Bind, binds: &mut Vec<Bind>| {
+    let mut push = |clause: &str, value: Bind| {
         binds.push(value);
         clauses.push(format!("{clause} ${}", binds.len()));
     };
     if let Some(service) = &filter.service {
-        push("service =", Bind::Text(service.clone()), &mut binds);
+        push("service =", Bind::Text(service.clone()));
     }
     if let Some(instance) = &filter.instance {
-        push("instance =", Bind::Text(instance.clone()), &mut binds);
+        push("instance =", Bind::Text(instance.clone()));
     }
     if let Some((low, high)) = filter.status {
-        push("status >=", Bind::Int(low), &mut binds);
-        push("status <=", Bind::Int(high), &mut binds);
+        push("status >=", Bind::Int(low));
+        push("status <=", Bind::Int(high));
     }
     if let Some(since) = filter.since_us {
-        push("started_us >=", Bind::Int(since), &mut binds);
+        push("started_us >=", Bind::Int(since));
+    }
+    if filter.status.is_some_and(|(low, _)| low >= 500) {
+        // The errors' partial index's own condition, spelled out: SQLite weighs bound values
+        // when it plans, but PostgreSQL's generic plan for a prepared statement does not.
+        clauses.push("status >= 500".to_string());
     }
     let mut sql = format!("SELECT {COLUMNS} FROM events");
     if !clauses.is_empty() {
@@ -215,6 +228,12 @@ pub async fn events(pool: &AnyPool, filter: &Filter) -> Result<Vec<Row>, sqlx::E
         " ORDER BY started_us DESC, id DESC LIMIT {}",
         filter.limit
     ));
+    (sql, binds)
+}
+
+/// The newest records matching the filter, newest first.
+pub async fn events(pool: &AnyPool, filter: &Filter) -> Result<Vec<Row>, sqlx::Error> {
+    let (sql, binds) = events_sql(filter);
     let mut query = sqlx::query_as::<_, Row>(&sql);
     for bind in binds {
         query = match bind {
@@ -245,17 +264,6 @@ pub async fn window(
         .collect())
 }
 
-/// What the aggregates need of one stored record a service handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
-    pub started_us: i64,
-    pub service: String,
-    pub instance: String,
-    pub name: String,
-    pub ok: bool,
-    pub duration_us: i64,
-}
-
 /// The newest record's id (0 for none): records stored after it are new.
 pub async fn max_id(pool: &AnyPool) -> Result<i64, sqlx::Error> {
     let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM events")
@@ -264,42 +272,35 @@ pub async fn max_id(pool: &AnyPool) -> Result<i64, sqlx::Error> {
     Ok(id)
 }
 
-/// Up to `limit` records services handled with `after < id <= up_to`, started since
-/// `since_us`, by id; and the last id read. Paged by primary key, so each page is a short read
+/// Up to `limit` records with `after < id <= up_to`, started since `since_us`, by id (the order
+/// they arrived in); and the last id read. Paged by primary key, so each page is a short read
 /// (a long one would hold back SQLite's WAL checkpoints).
-pub async fn served_page(
+pub async fn page(
     pool: &AnyPool,
     after: i64,
     up_to: i64,
     since_us: i64,
     limit: i64,
-) -> Result<(Vec<Served>, Option<i64>), sqlx::Error> {
-    type ServedTuple = (i64, i64, String, String, String, i64, i64);
-    let rows: Vec<ServedTuple> = sqlx::query_as(&format!(
-        "SELECT id, started_us, service, instance, name, ok, duration_us FROM events \
-         WHERE id > $1 AND id <= $2 AND started_us >= $3 \
-         AND NOT (kind = 'client' AND peer IS NOT NULL) ORDER BY id LIMIT {limit}"
+) -> Result<(Vec<Row>, Option<i64>), sqlx::Error> {
+    use sqlx::FromRow;
+    let stored = sqlx::query(&format!(
+        "SELECT {COLUMNS}, id FROM events WHERE id > $1 AND id <= $2 AND started_us >= $3 \
+         ORDER BY id LIMIT {limit}"
     ))
     .bind(after)
     .bind(up_to)
     .bind(since_us)
     .fetch_all(pool)
     .await?;
-    let last = rows.last().map(|row| row.0);
-    let served = rows
-        .into_iter()
-        .map(
-            |(_, started_us, service, instance, name, ok, duration_us)| Served {
-                started_us,
-                service,
-                instance,
-                name,
-                ok: ok != 0,
-                duration_us,
-            },
-        )
-        .collect();
-    Ok((served, last))
+    let last = match stored.last() {
+        Some(row) => Some(row.try_get::<i64, _>(PER_ROW)?),
+        None => None,
+    };
+    let rows = stored
+        .iter()
+        .map(Row::from_row)
+        .collect::<Result<Vec<Row>, _>>()?;
+    Ok((rows, last))
 }
 
 /// What the topology needs of one record: its span, its parent and who handled it.
@@ -320,157 +321,6 @@ pub struct Hop {
     pub peer: Option<String>,
     /// The answer's status (HTTP, or 0).
     pub status: i64,
-}
-
-/// The most records one window query reads: a dashboard over a busy minute stays bounded.
-pub const MAX_WINDOW_ROWS: i64 = 200_000;
-
-/// Records one statement of [`hops`] reads: each chunk is its own short read transaction, so no
-/// snapshot lives long enough to keep the sink's WAL from being checkpointed (crate::checkpoint).
-const HOPS_CHUNK: i64 = 10_000;
-
-/// The newest records (up to [`MAX_WINDOW_ROWS`]) started since `since_us`, as hops.
-///
-/// Read newest first in chunks of [`HOPS_CHUNK`], each after the last one's (started_us, id):
-/// one statement over 200,000 rows held a snapshot for seconds under load, and while any reader
-/// holds one SQLite cannot start its WAL over. Chunks are separate snapshots, so a record
-/// pruned meanwhile may be missing and one stored meanwhile is not read (it starts after the
-/// first chunk's newest, or is older than where the reading is): a window that is a moment old.
-pub async fn hops(pool: &AnyPool, since_us: i64) -> Result<Vec<Hop>, sqlx::Error> {
-    type HopTuple = (
-        i64,
-        String,
-        Option<String>,
-        String,
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        Option<String>,
-        String,
-        Option<String>,
-        i64,
-    );
-    const SELECT: &str = "SELECT id, span_id, parent_span_id, service, instance, kind, ok, \
-        duration_us, started_us, topic, name, peer, status FROM events WHERE started_us >= $1";
-    let mut rows: Vec<HopTuple> = Vec::new();
-    let mut after: Option<(i64, i64)> = None;
-    while (rows.len() as i64) < MAX_WINDOW_ROWS {
-        let limit = HOPS_CHUNK.min(MAX_WINDOW_ROWS - rows.len() as i64);
-        let chunk: Vec<HopTuple> = match after {
-            None => {
-                sqlx::query_as(&format!(
-                    "{SELECT} ORDER BY started_us DESC, id DESC LIMIT {limit}"
-                ))
-                .bind(since_us)
-                .fetch_all(pool)
-                .await?
-            }
-            Some((started_us, id)) => {
-                sqlx::query_as(&format!(
-                    "{SELECT} AND (started_us < $2 OR (started_us = $2 AND id < $3)) \
-                     ORDER BY started_us DESC, id DESC LIMIT {limit}"
-                ))
-                .bind(since_us)
-                .bind(started_us)
-                .bind(id)
-                .fetch_all(pool)
-                .await?
-            }
-        };
-        let full = chunk.len() as i64 == limit;
-        after = chunk.last().map(|row| (row.8, row.0));
-        rows.extend(chunk);
-        if !full {
-            break;
-        }
-    }
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                _id,
-                span_id,
-                parent_span_id,
-                service,
-                instance,
-                kind,
-                ok,
-                duration_us,
-                _started_us,
-                topic,
-                name,
-                peer,
-                status,
-            )| Hop {
-                span_id,
-                parent_span_id,
-                service,
-                instance,
-                kind,
-                ok: ok != 0,
-                duration_us,
-                topic,
-                name,
-                peer,
-                status,
-            },
-        )
-        .collect())
-}
-
-/// One trace in the trace list.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TraceSummary {
-    pub trace_id: String,
-    /// The first record's service and name (normally the gateway's route).
-    pub service: String,
-    pub name: String,
-    pub started_us: i64,
-    pub duration_us: i64,
-    pub spans: i64,
-    pub errors: i64,
-}
-
-/// The newest traces started between `since_us` and `until_us`, newest first. (The dashboard
-/// lists traces a second old, so that their callers' records, which flush later, are in.)
-pub async fn traces(
-    pool: &AnyPool,
-    since_us: i64,
-    until_us: i64,
-    limit: i64,
-) -> Result<Vec<TraceSummary>, sqlx::Error> {
-    type SummaryTuple = (String, i64, i64, i64, i64);
-    let rows: Vec<SummaryTuple> = sqlx::query_as(&format!(
-        "SELECT trace_id, MIN(started_us), MAX(started_us + duration_us), COUNT(*), \
-         CAST(SUM(1 - ok) AS BIGINT) FROM events WHERE started_us >= $1 GROUP BY trace_id \
-         HAVING MIN(started_us) <= $2 ORDER BY MIN(started_us) DESC LIMIT {limit}"
-    ))
-    .bind(since_us)
-    .bind(until_us)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (trace_id, start, end, spans, errors) in rows {
-        let first: Option<(String, String)> = sqlx::query_as(
-            "SELECT service, name FROM events WHERE trace_id = $1 ORDER BY started_us, id LIMIT 1",
-        )
-        .bind(&trace_id)
-        .fetch_optional(pool)
-        .await?;
-        let (service, name) = first.unwrap_or_default();
-        out.push(TraceSummary {
-            trace_id,
-            service,
-            name,
-            started_us: start,
-            duration_us: end - start,
-            spans,
-            errors,
-        });
-    }
-    Ok(out)
 }
 
 /// Deletes records started before `before_us`, and the oldest beyond `max_rows`. Returns how many
@@ -502,12 +352,12 @@ pub async fn count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::tests::record;
     use crate::record::validate;
 
-    async fn open() -> (tempfile::TempDir, AnyPool) {
+    pub(crate) async fn open() -> (tempfile::TempDir, AnyPool) {
         let dir = tempfile::tempdir().unwrap();
         let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
         let (pool, _) = stratus_kit::db::open(&url, MIGRATIONS).await.unwrap();
@@ -541,30 +391,58 @@ mod tests {
         assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 
-    /// The window is read in chunks, each after the last one's (started_us, id): every record
-    /// once, newest first, also where records sharing a start time straddle a chunk's edge.
+    /// Pages read every record up to `up_to` once, in the order they were stored, and only
+    /// those started since `since_us`.
     #[tokio::test]
-    async fn hops_read_in_chunks_miss_and_repeat_nothing() {
+    async fn pages_read_every_record_once_in_arrival_order() {
         let (_dir, pool) = open().await;
-        let mut all = rows(25_003);
-        let base = all[0].started_us;
-        for (i, row) in all.iter_mut().enumerate() {
-            // Three records per start time; 10,000 is not a multiple of 3.
-            row.started_us = base + (i / 3) as i64;
-        }
+        let all = rows(25_003);
         for chunk in all.chunks(5_000) {
             insert(&pool, chunk).await.unwrap();
         }
-        let hops = hops(&pool, 0).await.unwrap();
-        let expected: Vec<&str> = all.iter().rev().map(|r| r.span_id.as_str()).collect();
-        let got: Vec<&str> = hops.iter().map(|h| h.span_id.as_str()).collect();
+        let since = all[100].started_us;
+        let (mut after, mut got) = (0, Vec::new());
+        loop {
+            let (page, last) = page(&pool, after, 25_000, since, 10_000).await.unwrap();
+            got.extend(page.into_iter().map(|r| r.span_id));
+            match last {
+                Some(last) => after = last,
+                None => break,
+            }
+        }
+        let expected: Vec<String> = all[100..25_000].iter().map(|r| r.span_id.clone()).collect();
         assert_eq!(got, expected);
-        let since = hops_since(&pool, base + 5_000).await;
-        assert_eq!(since, 25_003 - 15_000);
     }
 
-    async fn hops_since(pool: &AnyPool, since_us: i64) -> usize {
-        hops(pool, since_us).await.unwrap().len()
+    /// The dashboard's recent errors read the errors' own index, not every record back from
+    /// the newest.
+    #[tokio::test]
+    async fn recent_errors_are_read_through_their_index() {
+        let (_dir, pool) = open().await;
+        insert(&pool, &rows(100)).await.unwrap();
+        let (sql, _) = events_sql(&Filter {
+            status: Some((500, 599)),
+            since_us: Some(0),
+            limit: 20,
+            ..Default::default()
+        });
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind(500)
+                .bind(599)
+                .bind(0)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            plan.iter().any(|step| step.contains("events_errors")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
     }
 
     #[tokio::test]
