@@ -56,6 +56,28 @@ async fn the_dashboard_shows_live_topology_and_traces() {
         }));
     }
 
+    // And the sink ingesting as fast as it takes records (issue 23: the dashboard froze under
+    // load): batches of 1,000 from three operator clients, for as long as the browser looks.
+    // The page checks that a snapshot still comes every second.
+    let stored = Arc::new(AtomicU64::new(0));
+    let flood_started = std::time::Instant::now();
+    for task in 0..3u64 {
+        let (client, ingest) = (
+            system.internal().clone(),
+            support::mesh::internal_url(events_port, "/v1/events"),
+        );
+        let (stop, stored) = (stop.clone(), stored.clone());
+        load.push(tokio::spawn(async move {
+            let mut trace = task << 40;
+            while !stop.load(Ordering::Relaxed) {
+                let batch = flood_batch(&mut trace, 1_000);
+                let response = client.post(&ingest).json(&batch).send().await.unwrap();
+                assert_eq!(response.status(), 202);
+                stored.fetch_add(1_000, Ordering::Relaxed);
+            }
+        }));
+    }
+
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(node)
@@ -87,6 +109,39 @@ async fn the_dashboard_shows_live_topology_and_traces() {
             .display()
     );
     assert!(served.load(Ordering::Relaxed) > 0);
+    let stored = stored.load(Ordering::Relaxed);
+    println!(
+        "the sink took {stored} flooded records, {:.0} a second, while the page looked",
+        stored as f64 / flood_started.elapsed().as_secs_f64()
+    );
+    assert!(stored >= 10_000, "the flood hardly ran: {stored}");
+}
+
+/// `n` records of one-record traces, started now: what a busy system's reporters send.
+fn flood_batch(trace: &mut u64, n: usize) -> Vec<serde_json::Value> {
+    let now = stratus_events::record::format_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64,
+    );
+    (0..n)
+        .map(|_| {
+            *trace += 1;
+            serde_json::json!({
+                "trace_id": format!("{:032x}", *trace),
+                "span_id": format!("{:016x}", *trace),
+                "service": "flood",
+                "instance": "flood-1",
+                "kind": "server",
+                "name": "/flood",
+                "status": 200,
+                "ok": true,
+                "started_at": now,
+                "duration_us": 100 + *trace % 900
+            })
+        })
+        .collect()
 }
 
 fn main() -> std::process::ExitCode {

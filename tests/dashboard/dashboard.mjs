@@ -1,5 +1,6 @@
 // Drives the event sink's dashboard in a real Chromium: the topology shows the gateway, the
-// catalog and the catalog's database with numbers that change under load, a trace opens into its waterfall, and a
+// catalog and the catalog's database with numbers that change under load, a trace opens into its waterfall, the
+// live stream keeps its one snapshot a second while the sink is flooded with records, and a
 // screenshot is saved. Run by tests/dashboard.rs with DASHBOARD_URL, SCREENSHOT and CHROMIUM set.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
@@ -94,7 +95,22 @@ if (!bars.some((b) => b.label.startsWith("catalog") && b.label.includes("/api/ca
 if (!(gateway.width > 0 && catalog.width > 0)) await fail(`empty bars: ${JSON.stringify(bars)}`);
 if (problems.length) await fail(`page errors: ${problems.join("; ")}`);
 
+// The sink is being flooded with records meanwhile: the live stream still brings a snapshot
+// every second (it used to stop for seconds under load).
+const arrivals = await page.evaluate(async () => {
+  const source = new EventSource("/v1/stream");
+  const times = [];
+  source.addEventListener("snapshot", () => times.push(performance.now()));
+  await new Promise((resolve) => setTimeout(resolve, 10000));
+  source.close();
+  return times;
+});
+const gaps = arrivals.slice(1).map((t, i) => t - arrivals[i]);
+const longest = Math.max(0, ...gaps);
+if (arrivals.length < 8 || longest > 2500)
+  await fail(`under the flood the stream sent ${arrivals.length} snapshots in 10 s, longest gap ${longest.toFixed(0)} ms`);
+
 await page.waitForTimeout(300);
 await page.screenshot({ path: screenshot, fullPage: true });
 await browser.close();
-console.log(JSON.stringify({ ok: true, first, second, instances: shares, waterfall: bars, screenshot }));
+console.log(JSON.stringify({ ok: true, first, second, instances: shares, waterfall: bars, snapshots: arrivals.length, longest_gap_ms: Math.round(longest), screenshot }));
