@@ -424,7 +424,7 @@ async fn storage(State(state): Shared) -> Result<impl IntoResponse, Problem> {
     let (rows, oldest, kept) = store::holdings(&state.pool, settings.slow_us()).await?;
     Ok(axum::Json(json!({
         "budget_bytes": settings.budget,
-        "wal_share_bytes": settings.wal_share,
+        "wal_limit_bytes": settings.wal_limit,
         "bytes": {
             "database": report.used.database,
             "database_file": report.used.database_file,

@@ -24,8 +24,10 @@
 //!    the oldest traces whatever they hold (`events_pruned_total{reason="budget"}`): the disk
 //!    is the harder promise, since a full disk loses everything.
 //!
-//! The budget is shared: the WAL gets `min(STRATUS_EVENTS_WAL_LIMIT, budget / 4)` (the
-//! checkpointer keeps it near that, `crate::checkpoint`), the database the rest. Deleted rows
+//! The budget is shared: the WAL's limit is `min(STRATUS_EVENTS_WAL_LIMIT, budget / 8)`, and
+//! twice that is set aside for it, since the checkpointer keeps it near the limit but a busy
+//! reader can let it pass it by up to one checkpoint's worth (`crate::checkpoint`); the
+//! database gets the rest. Deleted rows
 //! free a page only when it empties or falls under a third full and is merged, so thinning old
 //! records at a high rate frees little: the rate goes on down until pages free, and so settles
 //! lower than rows alone would need (README: "How much it holds").
@@ -55,16 +57,21 @@ pub const LOW: f64 = 0.75;
 pub const RAISE_BELOW: f64 = 0.6;
 /// The lowest rate: below it, the budget is kept by deleting the oldest traces of any kind.
 pub const MIN_RATE: f64 = 0.001;
-/// Record ids one pruning statement looks at.
-const CHUNK_IDS: i64 = 5_000;
+/// Record ids one pruning statement looks at. Each statement's deletions go to the WAL
+/// (index pages all over the file), so a statement is kept small, and the pruner waits for a
+/// checkpoint between them when the WAL is past half its limit.
+const CHUNK_IDS: i64 = 1_000;
+/// The longest the pruner waits for the writer to checkpoint the WAL between statements.
+const WAL_WAIT: Duration = Duration::from_millis(500);
 
 /// What the budget is and how it is shared.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The whole budget in bytes: database and WAL.
     pub budget: u64,
-    /// The WAL's share (0 where the sink has no WAL of its own: PostgreSQL, in-memory SQLite).
-    pub wal_share: u64,
+    /// The WAL's limit for the checkpointer (0 where the sink has no WAL of its own:
+    /// PostgreSQL, in-memory SQLite); twice it is the WAL's share of the budget.
+    pub wal_limit: u64,
     pub retention: Duration,
     /// A record at least this slow keeps its trace.
     pub slow: Duration,
@@ -73,10 +80,10 @@ pub struct Settings {
 impl Settings {
     /// `wal_limit`: `STRATUS_EVENTS_WAL_LIMIT`, if the sink writes a SQLite file (its WAL).
     pub fn new(budget: u64, wal_limit: Option<u64>, retention: Duration, slow: Duration) -> Self {
-        let wal_share = wal_limit.map_or(0, |limit| limit.min(budget / 4));
+        let wal_limit = wal_limit.map_or(0, |limit| limit.min(budget / 8));
         Self {
             budget,
-            wal_share,
+            wal_limit,
             retention,
             slow,
         }
@@ -84,7 +91,7 @@ impl Settings {
 
     /// The database's share of the budget.
     pub fn database_share(&self) -> u64 {
-        self.budget - self.wal_share
+        self.budget - 2 * self.wal_limit
     }
 
     pub fn slow_us(&self) -> i64 {
@@ -131,6 +138,14 @@ pub enum Measure {
 }
 
 impl Measure {
+    /// The WAL file's bytes (0 without one).
+    pub fn wal(&self) -> u64 {
+        match self {
+            Measure::Sqlite { file: Some(file) } => checkpoint::wal_bytes(file),
+            _ => 0,
+        }
+    }
+
     pub async fn used(&self, pool: &AnyPool) -> Result<Used, sqlx::Error> {
         match self {
             Measure::Sqlite { file } => {
@@ -313,6 +328,7 @@ impl Pruner {
         let settings = self.storage.settings.clone();
         let cutoff = now_us() - settings.retention.as_micros().min(i64::MAX as u128 / 2) as i64;
         loop {
+            self.let_the_wal_be_checkpointed().await;
             let deleted = store::prune_expired(&self.pool, cutoff).await?;
             self.count(deleted, Reason::Expired);
             if deleted == 0 {
@@ -338,6 +354,7 @@ impl Pruner {
             }
             // Kept and undecided traces alone overflow the share at the lowest rate.
             while self.rate.0 <= MIN_RATE && used.database > share {
+                self.let_the_wal_be_checkpointed().await;
                 let deleted = store::prune_oldest(&self.pool).await?;
                 self.count(deleted, Reason::Budget);
                 if deleted == 0 {
@@ -379,6 +396,7 @@ impl Pruner {
             if used.database as f64 <= LOW * share {
                 return Ok(false);
             }
+            self.let_the_wal_be_checkpointed().await;
             let up_to = (after + CHUNK_IDS).min(decided);
             let deleted =
                 store::prune_sampled(&self.pool, after, up_to, threshold, settings.slow_us())
@@ -391,6 +409,16 @@ impl Pruner {
             }
         }
         Ok(true)
+    }
+
+    /// Pruning writes to the WAL faster than ingest does; past half its limit, waits (a
+    /// while at most) for the writer's checkpointer to truncate it before deleting more.
+    async fn let_the_wal_be_checkpointed(&self) {
+        let limit = self.storage.settings.wal_limit;
+        let until = Instant::now() + WAL_WAIT;
+        while limit > 0 && self.measure.wal() > limit / 2 && Instant::now() < until {
+            tokio::time::sleep(checkpoint::TICK / 2).await;
+        }
     }
 
     fn count(&mut self, deleted: u64, reason: Reason) {
@@ -423,14 +451,17 @@ mod tests {
     use crate::record::Row;
 
     #[test]
-    fn the_wal_gets_at_most_a_quarter_of_the_budget() {
+    fn the_wal_gets_at_most_a_quarter_of_the_budget_and_an_eighth_as_its_limit() {
         let hour = Duration::from_secs(3600);
         let second = Duration::from_secs(1);
         let settings = Settings::new(256 << 20, Some(64 << 20), hour, second);
-        assert_eq!(settings.wal_share, 64 << 20);
+        assert_eq!(settings.wal_limit, 32 << 20);
         assert_eq!(settings.database_share(), 192 << 20);
         let small = Settings::new(8 << 20, Some(64 << 20), hour, second);
-        assert_eq!(small.wal_share, 2 << 20);
+        assert_eq!(small.wal_limit, 1 << 20);
+        assert_eq!(small.database_share(), 6 << 20);
+        let roomy = Settings::new(1 << 30, Some(64 << 20), hour, second);
+        assert_eq!(roomy.wal_limit, 64 << 20);
         let postgres = Settings::new(8 << 20, None, hour, second);
         assert_eq!(postgres.database_share(), 8 << 20);
         assert_eq!(settings.slow_us(), 1_000_000);

@@ -68,7 +68,7 @@ pub struct Args {
 
     /// A SQLite database's write-ahead log is checkpointed and truncated once it passes half of
     /// this (and every second while it holds anything), so it stays near or under it under load.
-    /// It is at most a quarter of STRATUS_EVENTS_BUDGET, which counts the WAL.
+    /// It is at most an eighth of STRATUS_EVENTS_BUDGET, which counts the WAL (twice its limit).
     #[arg(long, env = "STRATUS_EVENTS_WAL_LIMIT", default_value = "64MiB", value_parser = checkpoint::parse_bytes)]
     pub wal_limit: u64,
 
@@ -137,7 +137,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let writer_target = match file {
         Some(path) => writer::Target::SqliteFile {
             path,
-            wal_limit: settings.wal_share,
+            wal_limit: settings.wal_limit,
         },
         None => writer::Target::Pool {
             pool: pool.clone(),

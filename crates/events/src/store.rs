@@ -484,10 +484,11 @@ pub async fn traces(
     Ok(out)
 }
 
-/// Traces whose records one pruning statement may select (it deletes their every record).
-const PRUNE_TRACES: i64 = 2_000;
+/// Records one pruning statement may select (it deletes their traces' every record): few, since
+/// every deletion goes to the WAL.
+const PRUNE_TRACES: i64 = 500;
 
-/// Deletes, whole, up to [`PRUNE_TRACES`] traces with a record started before `before_us`
+/// Deletes, whole, the traces of up to [`PRUNE_TRACES`] records started before `before_us`
 /// (past the retention): a trace goes when its oldest record does, never in part. Returns how
 /// many records went; the caller repeats while that is more than 0.
 pub async fn prune_expired(pool: &AnyPool, before_us: i64) -> Result<u64, sqlx::Error> {
