@@ -343,14 +343,18 @@ impl Pruner {
         if fill(&used) > HIGH {
             // First what the current rate already samples out, from where the last pass
             // stopped; if that is not enough, a lower rate, from the oldest record again.
-            let reached_the_edge = self.prune_sampled(range, decided, &mut used).await?;
-            if reached_the_edge && fill(&used) > LOW {
-                self.rate.lower(fill(&used));
-                self.cursor = None;
-                self.prune_sampled(range, decided, &mut used).await?;
-            } else if !reached_the_edge {
-                // Sampled-out traces are still held past where pruning stopped: room to spare.
-                self.rate.raise();
+            // Nothing decided yet (the sink just started): nothing to prune, nothing learnt.
+            if decided.is_some() {
+                let reached_the_edge = self.prune_sampled(range, decided, &mut used).await?;
+                if reached_the_edge && fill(&used) > LOW {
+                    self.rate.lower(fill(&used));
+                    self.cursor = None;
+                    self.prune_sampled(range, decided, &mut used).await?;
+                } else if !reached_the_edge {
+                    // Sampled-out traces are still held past where pruning stopped: room to
+                    // spare.
+                    self.rate.raise();
+                }
             }
             // Kept and undecided traces alone overflow the share at the lowest rate.
             while self.rate.0 <= MIN_RATE && used.database > share {
@@ -580,5 +584,75 @@ mod tests {
             report.used.database,
             report.used.database as f64 / rows as f64
         );
+    }
+
+    /// An error that arrives after the rest of its trace, within the decision window, keeps the
+    /// whole trace, though its hash is sampled out at any rate; a trace like it without the
+    /// error goes, whole, once decided.
+    #[tokio::test]
+    async fn a_late_error_keeps_its_trace_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
+        let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
+            .await
+            .unwrap();
+        // Far over budget from the start: every pass wants to prune.
+        let settings = Settings::new(
+            64 << 10,
+            None,
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        let storage = Storage::new(settings);
+        let mut pruner = Pruner::new(
+            pool.clone(),
+            Measure::Sqlite { file: None },
+            storage.clone(),
+        );
+        pruner.decision_window = Duration::from_millis(300);
+        // Two trace ids sampled out at any rate below 0.99.
+        let mut high = (1u64..)
+            .map(|n| format!("{n:032x}"))
+            .filter(|id| sample::of(id) >= sample::threshold(0.99));
+        let (late, plain) = (high.next().unwrap(), high.next().unwrap());
+        let base = validate(record()).unwrap();
+        let now = now_us();
+        let row = |trace: &str, span: u64| -> Row {
+            let mut r = base.clone();
+            r.trace_id = trace.into();
+            r.span_id = format!("{span:016x}");
+            r.started_us = now + span as i64;
+            r.duration_us = 1_000;
+            r
+        };
+        let filler: Vec<Row> = (0..3_000u64)
+            .map(|n| row(&format!("{:032x}", n + 1_000_000), n + 100))
+            .collect();
+        store::insert(&pool, &filler).await.unwrap();
+        store::insert(
+            &pool,
+            &[row(&late, 1), row(&late, 2), row(&plain, 3), row(&plain, 4)],
+        )
+        .await
+        .unwrap();
+        pruner.pass().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut error = row(&late, 5);
+        error.status = 500;
+        error.ok = false;
+        store::insert(&pool, &[error]).await.unwrap();
+        pruner.pass().await.unwrap();
+        assert_eq!(store::trace(&pool, &late).await.unwrap().len(), 3);
+        assert_eq!(
+            store::trace(&pool, &plain).await.unwrap().len(),
+            2,
+            "undecided yet"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        pruner.pass().await.unwrap();
+        assert!(pruner.rate() < 0.99, "rate {}", pruner.rate());
+        assert_eq!(store::trace(&pool, &late).await.unwrap().len(), 3);
+        assert!(store::trace(&pool, &plain).await.unwrap().is_empty());
+        assert!(storage.report().pruned.sampled > 0);
     }
 }
