@@ -758,21 +758,34 @@ async fn the_stats_equal_a_recount_and_survive_a_restart() {
 /// sampled, whole traces at a time, while the database and its WAL stay within the budget on
 /// disk; an error trace and a slow trace stay, whole, until their retention ends.
 async fn a_flood_is_sampled_to_the_budget_and_errors_and_slow_traces_stay() {
+    flood_within_budget(None).await;
+}
+
+/// The same on PostgreSQL, but for the disk: deleted rows' space is reused only once
+/// (auto)vacuum has been through, so the relation can outgrow the budget for a while (printed,
+/// not asserted; README says so).
+async fn a_flood_is_sampled_to_the_budget_on_postgres() {
+    let postgres = stratus_testing::servers::Postgres::start();
+    flood_within_budget(Some(postgres.database("events"))).await;
+}
+
+async fn flood_within_budget(database_url: Option<String>) {
     const BUDGET: u64 = 8 << 20;
     const RETENTION: Duration = Duration::from_secs(45);
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
     let sink = support::mesh::internal_url(port, "");
     let port_text = port.to_string();
-    system.spawn(
-        "events",
-        &[
-            ("PORT", port_text.as_str()),
-            ("STRATUS_EVENTS_BUDGET", "8MiB"),
-            ("STRATUS_EVENTS_RETENTION", "45s"),
-            ("STRATUS_EVENTS_SLOW", "500ms"),
-        ],
-    );
+    let mut env = vec![
+        ("PORT", port_text.as_str()),
+        ("STRATUS_EVENTS_BUDGET", "8MiB"),
+        ("STRATUS_EVENTS_RETENTION", "45s"),
+        ("STRATUS_EVENTS_SLOW", "500ms"),
+    ];
+    if let Some(url) = &database_url {
+        env.push(("DATABASE_URL", url.as_str()));
+    }
+    system.spawn("events", &env);
     system.wait_http_ok(&format!("{sink}/readyz")).await;
     let started = Instant::now();
     let (database, wal) = (
@@ -780,7 +793,28 @@ async fn a_flood_is_sampled_to_the_budget_and_errors_and_slow_traces_stay() {
         system.dir.path().join("events.db-wal"),
     );
     let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
-    let on_disk = || size(&database) + size(&wal);
+    let storage_url = format!("{sink}/v1/storage");
+    // SQLite: the files; PostgreSQL: the relation's size, as the sink measures it.
+    let on_disk = |system: &System| {
+        let (database, wal, storage_url) = (database.clone(), wal.clone(), storage_url.clone());
+        let postgres = database_url.is_some();
+        let client = system.http.clone();
+        async move {
+            if postgres {
+                let body: Value = client
+                    .get(&storage_url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                body["bytes"]["database_file"].as_u64().unwrap()
+            } else {
+                size(&database) + size(&wal)
+            }
+        }
+    };
 
     // Before the flood: a trace whose last record is an error, one whose middle one is slow.
     let (error_trace, slow_trace) = (
@@ -845,17 +879,17 @@ async fn a_flood_is_sampled_to_the_budget_and_errors_and_slow_traces_stay() {
             .await
             .unwrap();
         assert_eq!(response.status(), 202);
-        largest = largest.max(on_disk());
+        largest = largest.max(on_disk(&system).await);
         largest_wal = largest_wal.max(size(&wal));
     }
-    let storage_url = format!("{sink}/v1/storage");
     let (_, storage) = get_json(&system, &storage_url).await;
     eprintln!(
         "flood: {} records, disk at most {largest} bytes (the WAL {largest_wal}; budget {BUDGET}); {storage}",
         traces * 3
     );
+    let sqlite = database_url.is_none();
     assert!(
-        largest <= BUDGET,
+        largest <= BUDGET || !sqlite,
         "the database and WAL reached {largest} bytes with a budget of {BUDGET}"
     );
     assert!(
@@ -934,7 +968,9 @@ async fn a_flood_is_sampled_to_the_budget_and_errors_and_slow_traces_stay() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert!(on_disk() <= BUDGET, "{} bytes after the flood", on_disk());
+    let after = on_disk(&system).await;
+    eprintln!("after the retention: {after} bytes");
+    assert!(after <= BUDGET || !sqlite, "{after} bytes after the flood");
 }
 
 fn main() -> std::process::ExitCode {
@@ -969,5 +1005,10 @@ fn main() -> std::process::ExitCode {
         ),
         Test::new("the_sink_works_on_postgres", the_sink_works_on_postgres)
             .needs(&[Need::Postgres]),
+        Test::new(
+            "a_flood_is_sampled_to_the_budget_on_postgres",
+            a_flood_is_sampled_to_the_budget_on_postgres,
+        )
+        .needs(&[Need::Postgres]),
     ])
 }
