@@ -73,7 +73,7 @@ PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
 wait_port "$REG"; wait_port "$B"
 curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend" \
   -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$B,\"ttl_seconds\":3600}" >/dev/null
-PORT=$SINK STRATUS_EVENTS_MAX_ROWS=100000000 on_cpu 1 nice -n "$SINK_NICE" "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+PORT=$SINK STRATUS_EVENTS_BUDGET=100GiB on_cpu 1 nice -n "$SINK_NICE" "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
 SINK_PID=$!
 declare -A gw_pid
 for mode in on off; do

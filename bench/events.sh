@@ -65,7 +65,7 @@ if [ -n "${CALLGRIND:-}" ]; then
   launch=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.events.out")
 fi
 PORT=$port STRATUS_DATA_DIR=$work STRATUS_REGISTRY_URL=http://127.0.0.1:9 STRATUS_LOG=warn \
-  STRATUS_EVENTS_MAX_ROWS=100000000 "${launch[@]}" "$STRATUS" serve events >"$work/events.log" 2>&1 &
+  STRATUS_EVENTS_BUDGET=100GiB "${launch[@]}" "$STRATUS" serve events >"$work/events.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do
   curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break

@@ -10,8 +10,9 @@ queries would send it.
 
 Every INTERVAL seconds it prints a block: per query p50 / p99 / max (ms), answers and errors; the
 stream's snapshots and longest gap; records ingested a second (the highest row id grows by one a
-record: ids are never reused, the oldest rows go first), rows stored, rows pruned (past the row
-cap or retention), records the reporters dropped (events_dropped_total of every replica: the sink
+record: ids are never reused), rows stored, rows pruned (past the retention, or sampled out to
+fit the storage budget: events_pruned_total by reason), the sampling rate (events_sampling_rate),
+records the reporters dropped (events_dropped_total of every replica: the sink
 too slow or full), the database and WAL on disk, the sink's CPU (in cores, /proc/PID/stat) and
 RSS, the gateway's requests a second, the load average. The load runs LOAD seconds; the prober
 keeps going COOLDOWN seconds after it (what a user sees once the load is over), then prints a
@@ -246,6 +247,11 @@ def main():
             cpu1, rss = sink_cpu_seconds(pid), sink_rss(pid)
             print(f"note: the sink restarted (now pid {pid})", flush=True)
         highest1, stored = rows()
+        rate = metric_sum(EVENTS_PORT, "events_sampling_rate")
+        pruned_by = {
+            reason: metric_sum(EVENTS_PORT, f'events_pruned_total{{reason="{reason}"}}') or 0
+            for reason in ("expired", "sampled", "budget")
+        }
         requests1 = metric_sum(ADMIN_PORT, "gateway_requests_total") or requests0
         dropped1 = reporters_dropped()
         db_bytes, wal_bytes = size(DB), size(DB + "-wal")
@@ -275,6 +281,10 @@ def main():
             "stored": stored,
             # Pruned so far: every record ever stored (the highest id) less those still there.
             "pruned": highest1 - stored,
+            "sampled": pruned_by["sampled"],
+            "expired": pruned_by["expired"],
+            "overflow": pruned_by["budget"],
+            "rate": rate if rate is not None else float("nan"),
             "dropped": dropped1 - dropped0,
             "db": db_bytes,
             "wal": wal_bytes,
@@ -288,8 +298,9 @@ def main():
         summary.append(row)
         print(
             f"\n[{mark // 60:02d}:{mark % 60:02d}] {phase}: gateway {row['rps']:,.0f} req/s; ingest {row['ingest']:,.0f} records/s; "
-            f"stored {stored:,} rows (pruned so far {row['pruned']:,}; sampled: none, the sink keeps every record until "
-            f"the row cap or retention); reporters dropped {row['dropped']:,.0f}\n"
+            f"stored {stored:,} rows (pruned so far {row['pruned']:,}: {row['sampled']:,.0f} sampled out, "
+            f"{row['expired']:,.0f} past the retention, {row['overflow']:,.0f} kept ones over the budget; "
+            f"sampling rate {row['rate']:.3f}); reporters dropped {row['dropped']:,.0f}\n"
             f"  disk {mb(db_bytes)} MB database + {mb(wal_bytes)} MB WAL = {mb(db_bytes + wal_bytes)} MB; "
             f"sink CPU {row['cpu']:.2f} cores, RSS {mb(rss)} MB; stream: {len(snaps)} snapshots in {span} s, "
             f"longest gap {gap:.1f} s; load average {row['load']:.2f}",
@@ -307,12 +318,12 @@ def main():
     stop.set()
 
     print("\nsummary, one line per interval (query columns: p99 ms)")
-    head = f"{'time':>5} {'phase':<5} {'req/s':>7} {'rec/s':>7} {'stored':>9} {'pruned':>9} {'dropped':>8} {'db MB':>6} {'wal MB':>6} {'cpu':>5} {'rss MB':>6} {'gap s':>5}"
+    head = f"{'time':>5} {'phase':<5} {'req/s':>7} {'rec/s':>7} {'stored':>9} {'pruned':>9} {'rate':>6} {'dropped':>8} {'db MB':>6} {'wal MB':>6} {'cpu':>5} {'rss MB':>6} {'gap s':>5}"
     print(head + "".join(f" {name:>9}" for name, _ in QUERIES))
     for r in summary:
         line = (
             f"{r['t'] // 60:02d}:{r['t'] % 60:02d} {r['phase']:<5} {r['rps']:>7,.0f} {r['ingest']:>7,.0f} {r['stored']:>9,} "
-            f"{r['pruned']:>9,} {r['dropped']:>8,.0f} {mb(r['db']):>6} {mb(r['wal']):>6} {r['cpu']:>5.2f} {mb(r['rss']):>6} {r['gap']:>5.1f}"
+            f"{r['pruned']:>9,} {r['rate']:>6.3f} {r['dropped']:>8,.0f} {mb(r['db']):>6} {mb(r['wal']):>6} {r['cpu']:>5.2f} {mb(r['rss']):>6} {r['gap']:>5.1f}"
         )
         print(line + "".join(f" {ms(r['q'][name][1]):>9}" for name, _ in QUERIES))
 

@@ -17,6 +17,7 @@ use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
 use crate::aggregate::Aggregates;
+use crate::budget::Storage;
 use crate::live::{self, Live};
 use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// Per-second and per-minute counts and latencies, fed by the writer: what stats are read
     /// from.
     pub aggregates: Aggregates,
+    /// The storage budget and what the pruner last measured (`/v1/storage`).
+    pub storage: Storage,
 }
 
 type Shared = State<AppState>;
@@ -60,6 +63,7 @@ pub fn routes() -> Api<AppState> {
         .get("/v1/topology", topology)
         .get("/v1/instances", instances)
         .get("/v1/stream", stream)
+        .get("/v1/storage", storage)
         .get("/", dashboard::page)
         .get("/dashboard/app.js", dashboard::script)
         .get("/dashboard/style.css", dashboard::style)
@@ -410,6 +414,30 @@ async fn traces(
 /// `GET /v1/stream`: server-sent events, one `snapshot` a second.
 async fn stream(State(state): Shared) -> impl IntoResponse {
     state.live.stream()
+}
+
+/// `GET /v1/storage`: what the sink holds against its budget and retention, and the rate at
+/// which it samples traces that are neither errors nor slow.
+async fn storage(State(state): Shared) -> Result<impl IntoResponse, Problem> {
+    let settings = &state.storage.settings;
+    let report = state.storage.report();
+    let (rows, oldest, kept) = store::holdings(&state.pool, settings.slow_us()).await?;
+    Ok(axum::Json(json!({
+        "budget_bytes": settings.budget,
+        "wal_limit_bytes": settings.wal_limit,
+        "bytes": {
+            "database": report.used.database,
+            "database_file": report.used.database_file,
+            "wal": report.used.wal,
+        },
+        "sampling_rate": report.sampling_rate,
+        "retention_seconds": settings.retention.as_secs_f64(),
+        "slow_ms": settings.slow.as_secs_f64() * 1000.0,
+        "rows": rows,
+        "oldest": oldest.map(crate::record::format_micros),
+        "kept_traces": kept,
+        "pruned": report.pruned,
+    })))
 }
 
 async fn stats(

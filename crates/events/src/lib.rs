@@ -4,13 +4,15 @@
 //!
 //! Records arrive in batches on `POST /v1/events` (the kit's [`stratus_kit::events`] reporter)
 //! or as OTLP/HTTP JSON on `POST /v1/traces`. A batch is stored whole or not at all. A background
-//! task deletes records older than the retention period and the oldest beyond the row cap.
+//! task ([`budget`]) deletes traces past the retention, and samples out whole traces without
+//! an error or a slow record to keep the database and its WAL within a budget in bytes.
 //!
 //! The sink also serves the dashboard at `/` (topology, instances, traces; live over SSE), and
 //! forwards what it stores to an OpenTelemetry collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 pub mod aggregate;
 pub mod api;
+pub mod budget;
 pub mod checkpoint;
 pub mod dashboard;
 pub mod export;
@@ -20,6 +22,7 @@ pub mod otlp;
 pub mod proto;
 pub mod record;
 pub mod registry;
+pub mod sample;
 pub mod sketch;
 pub mod sqlite;
 pub mod stats;
@@ -50,12 +53,24 @@ pub struct Args {
     #[arg(long, env = "STRATUS_EVENTS_RETENTION", default_value = "1h", value_parser = stratus_kit::duration::parse)]
     pub retention: Duration,
 
-    /// At most this many records are kept; the oldest go first.
-    #[arg(long, env = "STRATUS_EVENTS_MAX_ROWS", default_value_t = 1_000_000)]
-    pub max_rows: i64,
+    /// Bytes the database and its WAL may hold together (like 256MiB or 1GiB). Traces with an
+    /// error or a slow record are kept for the retention; the others are sampled, whole, to fit.
+    #[arg(long, env = "STRATUS_EVENTS_BUDGET", default_value = "256MiB", value_parser = checkpoint::parse_bytes)]
+    pub budget: u64,
+
+    /// A trace with a record at least this slow is kept for the whole retention, like one with
+    /// an error.
+    #[arg(long, env = "STRATUS_EVENTS_SLOW", default_value = "1s", value_parser = stratus_kit::duration::parse)]
+    pub slow: Duration,
+
+    /// Replaced by STRATUS_EVENTS_BUDGET: accepted, so an old setting does not stop the sink,
+    /// and otherwise ignored (a warning at start-up says so).
+    #[arg(long, env = "STRATUS_EVENTS_MAX_ROWS", hide = true)]
+    pub max_rows: Option<i64>,
 
     /// A SQLite database's write-ahead log is checkpointed and truncated once it passes half of
     /// this (and every second while it holds anything), so it stays near or under it under load.
+    /// It is at most an eighth of STRATUS_EVENTS_BUDGET, which counts the WAL (twice its limit).
     #[arg(long, env = "STRATUS_EVENTS_WAL_LIMIT", default_value = "64MiB", value_parser = checkpoint::parse_bytes)]
     pub wal_limit: u64,
 
@@ -91,11 +106,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &args.common.data_dir,
     )?;
     let (pool, backend) = stratus_kit::db::open(&url, store::MIGRATIONS).await?;
-    tokio::spawn(retention(
-        pool.clone(),
-        args.retention,
-        args.max_rows.max(1),
-    ));
+    if let Some(rows) = args.max_rows {
+        tracing::warn!(
+            rows,
+            budget = args.budget,
+            "STRATUS_EVENTS_MAX_ROWS is no longer used: the sink keeps to STRATUS_EVENTS_BUDGET bytes"
+        );
+    }
     let export = export::Settings::from_env_values(
         args.otlp_endpoint.as_deref(),
         args.otlp_traces_endpoint.as_deref(),
@@ -105,10 +122,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .map(export::Exporter::start)
     .transpose()?;
     let sqlite = backend == stratus_kit::db::Backend::Sqlite;
-    let writer_target = match sqlite.then(|| sqlite::file_of(&url)).flatten() {
+    let file = sqlite.then(|| sqlite::file_of(&url)).flatten();
+    let settings = budget::Settings::new(
+        args.budget,
+        file.is_some().then_some(args.wal_limit),
+        args.retention,
+        args.slow,
+    );
+    let storage = budget::Storage::new(settings.clone());
+    let measure = if sqlite {
+        budget::Measure::Sqlite { file: file.clone() }
+    } else {
+        budget::Measure::Postgres
+    };
+    tokio::spawn(budget::Pruner::new(pool.clone(), measure, storage.clone()).run());
+    let writer_target = match file {
         Some(path) => writer::Target::SqliteFile {
             path,
-            wal_limit: args.wal_limit,
+            wal_limit: settings.wal_limit,
         },
         None => writer::Target::Pool {
             pool: pool.clone(),
@@ -141,6 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         registry,
         writer,
         aggregates,
+        storage,
     };
     let tokens = Tokens::new(
         &args.tokens,
@@ -159,22 +191,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
 }
 
-/// Every few seconds: drop what is past retention or beyond the row cap.
-async fn retention(pool: sqlx::AnyPool, keep: Duration, max_rows: i64) {
-    let every = (keep / 10).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    let mut ticker = tokio::time::interval(every);
-    loop {
-        ticker.tick().await;
-        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
-        let cutoff = now - keep.as_micros().min(i64::MAX as u128) as i64;
-        match store::prune(&pool, cutoff, max_rows).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::debug!(deleted, "pruned events"),
-            Err(error) => tracing::warn!(%error, "pruning events failed"),
-        }
-    }
-}
-
 /// Records read per page while rebuilding the aggregates.
 const REBUILD_PAGE: i64 = 20_000;
 /// The longest a rebuild may take: past it, the window's older records are left uncounted.
@@ -183,7 +199,7 @@ const REBUILD_DEADLINE: Duration = Duration::from_secs(60);
 /// On start: counts the records still stored (up to id `up_to`, within the retention) into the
 /// aggregates, stats and topology alike, page by page in the order they arrived, so a restart
 /// does not lose the window. Until it ends, stats show only part of the time before the start.
-/// It reads at most what the retention holds, and stops at [`REBUILD_DEADLINE`] whatever the
+/// It reads at most what the budget holds, and stops at [`REBUILD_DEADLINE`] whatever the
 /// database's pace.
 pub async fn rebuild(
     pool: sqlx::AnyPool,

@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use crate::record::Row;
 
 const INSERT: &str = "INSERT INTO events (trace_id, span_id, parent_span_id, service, instance, \
-    kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer, \
+    sample) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// The database file a `sqlite:` URL names, or `None` for an in-memory database (which only the
 /// pool's own connections can see, so it is written through the pool).
@@ -99,6 +99,7 @@ impl SqliteWriter {
                     row.topic,
                     row.breaker,
                     row.peer,
+                    crate::sample::of(&row.trace_id),
                 ])?;
             }
         }

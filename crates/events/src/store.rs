@@ -52,10 +52,18 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: "ALTER TABLE events ADD COLUMN peer TEXT",
         postgres: "ALTER TABLE events ADD COLUMN peer TEXT",
     },
+    // The trace's sample value (crate::sample::of): which traces the storage budget may prune.
+    // Records stored before it have none and are the first a budget prunes (crate::budget).
+    Migration {
+        version: 3,
+        description: "events.sample",
+        sqlite: "ALTER TABLE events ADD COLUMN sample BIGINT",
+        postgres: "ALTER TABLE events ADD COLUMN sample BIGINT",
+    },
     // The dashboard's recent errors and `/v1/events?status=5xx`: errors are few, so without an
     // index of their own the newest twenty were found by reading back through every record.
     Migration {
-        version: 3,
+        version: 4,
         description: "events_errors",
         sqlite: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
         postgres: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
@@ -63,7 +71,9 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer";
-const PER_ROW: usize = 17;
+/// What an INSERT writes: the record's columns and its trace's sample value.
+const INSERT_COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer, sample";
+const PER_ROW: usize = 18;
 /// Rows per INSERT statement through the pool. PostgreSQL takes up to 65,535 parameters a
 /// statement; 500 rows is 8,500. SQLite files are written by `sqlite.rs` instead; an in-memory
 /// SQLite gets anonymous `?` parameters, because binding `$N` names costs SQLite a linear lookup
@@ -100,7 +110,7 @@ impl<'r> sqlx::FromRow<'r, AnyRow> for Row {
 fn insert_sql(rows: usize, numbered: bool) -> String {
     let mut sql = String::with_capacity(64 + rows * PER_ROW * 6);
     sql.push_str("INSERT INTO events (");
-    sql.push_str(COLUMNS);
+    sql.push_str(INSERT_COLUMNS);
     sql.push_str(") VALUES ");
     let mut n = 0;
     for r in 0..rows {
@@ -162,7 +172,8 @@ pub async fn insert_into(
                 .bind(r.cache.as_deref())
                 .bind(r.topic.as_deref())
                 .bind(r.breaker.as_deref())
-                .bind(r.peer.as_deref());
+                .bind(r.peer.as_deref())
+                .bind(crate::sample::of(&r.trace_id));
         }
         query.execute(&mut **tx).await?;
     }
@@ -293,7 +304,8 @@ pub async fn page(
     .fetch_all(pool)
     .await?;
     let last = match stored.last() {
-        Some(row) => Some(row.try_get::<i64, _>(PER_ROW)?),
+        // `id` follows the record's 17 columns.
+        Some(row) => Some(row.try_get::<i64, _>(17)?),
         None => None,
     };
     let rows = stored
@@ -323,25 +335,89 @@ pub struct Hop {
     pub status: i64,
 }
 
-/// Deletes records started before `before_us`, and the oldest beyond `max_rows`. Returns how many
-/// went.
-pub async fn prune(pool: &AnyPool, before_us: i64, max_rows: i64) -> Result<u64, sqlx::Error> {
-    let mut deleted = sqlx::query("DELETE FROM events WHERE started_us < $1")
-        .bind(before_us)
-        .execute(pool)
-        .await?
-        .rows_affected();
-    let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM events")
-        .fetch_one(pool)
-        .await?;
-    if let Some(newest) = newest {
-        deleted += sqlx::query("DELETE FROM events WHERE id <= $1")
-            .bind(newest - max_rows)
-            .execute(pool)
-            .await?
-            .rows_affected();
-    }
-    Ok(deleted)
+/// Records one pruning statement may select (it deletes their traces' every record): few, since
+/// every deletion goes to the WAL.
+const PRUNE_TRACES: i64 = 500;
+
+/// Deletes, whole, the traces of up to [`PRUNE_TRACES`] records started before `before_us`
+/// (past the retention): a trace goes when its oldest record does, never in part. Returns how
+/// many records went; the caller repeats while that is more than 0.
+pub async fn prune_expired(pool: &AnyPool, before_us: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(&format!(
+        "DELETE FROM events WHERE trace_id IN (SELECT trace_id FROM events \
+         WHERE started_us < $1 ORDER BY started_us LIMIT {PRUNE_TRACES})"
+    ))
+    .bind(before_us)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes, whole, every trace that has a record with an id in `after_id + 1 ..= up_to_id`
+/// whose sample value is at or above `threshold` (or that has none: stored before sampling),
+/// unless one of its records is an error or took at least `slow_us` (a kept trace). Returns how
+/// many records went.
+pub async fn prune_sampled(
+    pool: &AnyPool,
+    after_id: i64,
+    up_to_id: i64,
+    threshold: i64,
+    slow_us: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM events WHERE trace_id IN (SELECT c.trace_id FROM events c \
+         WHERE c.id > $1 AND c.id <= $2 AND (c.sample IS NULL OR c.sample >= $3) \
+         AND NOT EXISTS (SELECT 1 FROM events k WHERE k.trace_id = c.trace_id \
+         AND (k.ok = 0 OR k.status >= 500 OR k.duration_us >= $4)))",
+    )
+    .bind(after_id)
+    .bind(up_to_id)
+    .bind(threshold)
+    .bind(slow_us)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// The last resort of a budget that kept traces alone overflow: deletes, whole, the traces of
+/// the oldest [`PRUNE_TRACES`] records, kept or not. Returns how many records went.
+pub async fn prune_oldest(pool: &AnyPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(&format!(
+        "DELETE FROM events WHERE trace_id IN (SELECT trace_id FROM events \
+         ORDER BY id LIMIT {PRUNE_TRACES})"
+    ))
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// The lowest and highest record ids stored (`None` when there is none).
+pub async fn id_range(pool: &AnyPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let (low, high): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(id), MAX(id) FROM events")
+            .fetch_one(pool)
+            .await?;
+    Ok(low.zip(high))
+}
+
+/// What the database holds: records, the oldest one's start, and traces the sink keeps (one
+/// record an error or at least `slow_us`). A scan of the table: for `/v1/storage`, not a hot path.
+pub async fn holdings(
+    pool: &AnyPool,
+    slow_us: i64,
+) -> Result<(i64, Option<i64>, i64), sqlx::Error> {
+    let (rows, oldest): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(started_us) FROM events")
+            .fetch_one(pool)
+            .await?;
+    let (kept,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(DISTINCT trace_id) FROM events \
+         WHERE ok = 0 OR status >= 500 OR duration_us >= $1",
+    )
+    .bind(slow_us)
+    .fetch_one(pool)
+    .await?;
+    Ok((rows, oldest, kept))
 }
 
 pub async fn count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
@@ -386,9 +462,9 @@ pub(crate) mod tests {
     fn insert_statements_number_their_parameters() {
         let sql = insert_sql(2, true);
         assert!(sql.ends_with(
-            "$17),($18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34)"
+            "$18),($19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34,$35,$36)"
         ));
-        assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+        assert!(insert_sql(2, false).ends_with("?),(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     }
 
     /// Pages read every record up to `up_to` once, in the order they were stored, and only
@@ -481,8 +557,59 @@ pub(crate) mod tests {
 
         let start = rows(1)[0].started_us;
         assert_eq!(window(&pool, start + 2000).await.unwrap().len(), 500);
-        assert_eq!(prune(&pool, start + 100, 1000).await.unwrap(), 1500);
-        assert_eq!(count(&pool).await.unwrap(), 1000);
+        // Records 0-99 started before the cut; their traces (four records each) go whole.
+        assert_eq!(prune_expired(&pool, start + 100).await.unwrap(), 100);
+        assert_eq!(prune_expired(&pool, start + 100).await.unwrap(), 0);
+        assert_eq!(count(&pool).await.unwrap(), 2400);
+        assert_eq!(prune_expired(&pool, start + 102).await.unwrap(), 4);
+        assert!(super::trace(&pool, &format!("{:032x}", 26))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    /// Sampled pruning deletes whole traces whose sample value is at or above the threshold,
+    /// never one with an error or a slow record, and leaves every other trace whole.
+    #[tokio::test]
+    async fn sampled_pruning_takes_whole_traces_and_spares_kept_ones() {
+        let (_dir, pool) = open().await;
+        // 2,000 traces of four records; in each, at most one record is an error or slow.
+        let mut all = rows(8_000);
+        for (i, row) in all.iter_mut().enumerate() {
+            row.status = 200;
+            row.ok = true;
+            row.duration_us = 1_000;
+            let trace = i / 4;
+            if i % 4 == 3 && trace % 7 == 0 {
+                row.status = 503;
+                row.ok = false;
+            }
+            if i % 4 == 2 && trace % 11 == 0 {
+                row.duration_us = 2_000_000;
+            }
+        }
+        insert(&pool, &all).await.unwrap();
+        let threshold = crate::sample::threshold(0.3);
+        let kept = |trace: usize| trace.is_multiple_of(7) || trace.is_multiple_of(11);
+        // Only ids up to 6,000 are looked at: traces 0-1499 (and nothing past them).
+        let deleted = prune_sampled(&pool, 0, 6_000, threshold, 1_000_000)
+            .await
+            .unwrap();
+        let mut expected_deleted = 0;
+        for t in 0..2_000usize {
+            let id = format!("{:032x}", t + 1);
+            let sampled_out = crate::sample::of(&id) >= threshold;
+            let held = super::trace(&pool, &id).await.unwrap().len();
+            let goes = t < 1_500 && sampled_out && !kept(t);
+            if goes {
+                expected_deleted += 4;
+            }
+            assert_eq!(held, if goes { 0 } else { 4 }, "trace {t}");
+        }
+        assert_eq!(deleted, expected_deleted);
+        assert!(expected_deleted > 2_000, "the test pruned too little");
+        let (_, _, kept_traces) = holdings(&pool, 1_000_000).await.unwrap();
+        assert_eq!(kept_traces, (0..2_000).filter(|t| kept(*t)).count() as i64);
     }
 
     /// Ingest speed into SQLite: `cargo test -p stratus-events --release -- --ignored --nocapture`.
