@@ -5,6 +5,7 @@
 #   bench/sink-load.sh                          # 10 minutes at 10,000 requests a second
 #   DURATION=2m bench/sink-load.sh              # a quick run
 #   RATE=5000 CONNECTIONS=128 INTERVAL=30 COOLDOWN=60 bench/sink-load.sh
+#   BIN=/tmp/stratus-before bench/sink-load.sh  # another build (say, the commit before a change)
 #
 # What runs, all on loopback ports that were free, in a temporary data directory:
 #   - `stratus up` (release build, mutual TLS required: its default), as a new user would run it;
@@ -35,13 +36,14 @@ INTERVAL=${INTERVAL:-60}
 COOLDOWN=${COOLDOWN:-30}
 command -v wrk >/dev/null && command -v python3 >/dev/null && command -v curl >/dev/null ||
   { echo "sink-load.sh needs wrk, python3 and curl" >&2; exit 1; }
-[ -x target/release/stratus ] || cargo build --release -j2
+BIN=${BIN:-target/release/stratus}
+[ -x "$BIN" ] || cargo build --release -j2
 seconds() { case $1 in *m) echo $(( ${1%m} * 60 ));; *s) echo "${1%s}";; *) echo "$1";; esac; }
 LOAD=$(seconds "$DURATION")
 
 work=$(mktemp -d)
 # The binary is copied so that a rebuild during the run changes nothing under it.
-cp target/release/stratus "$work/stratus"
+cp "$BIN" "$work/stratus"
 STRATUS=$work/stratus
 up_pid= wrk_pid= probe_pid=
 cleanup() {
@@ -72,7 +74,7 @@ mkdir -p bench/results
 report=bench/results/sink-load-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
   echo "bench/sink-load.sh: the event sink under load (issue 23)"
-  echo "stratus $(git describe --always --dirty 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
+  echo "stratus $("$STRATUS" --version 2>/dev/null | head -1) from $BIN (tree $(git describe --always --dirty 2>/dev/null || echo unknown)), $(date -u +%FT%TZ)"
   echo "machine: $(nproc) cores, $(uname -r), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "load: wrk (plain, paced by bench/sink-load.lua; wrk2 not installed) 2 threads, $CONNECTIONS connections,"
   echo "      at most $RATE req/s on GET /api/catalog/products for $DURATION, then ${COOLDOWN}s without load"
