@@ -111,7 +111,7 @@ events { worker_connections 8192; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  log_format handshakes '\$connection \$ssl_protocol \$ssl_client_verify \$ssl_session_reused';
+  log_format handshakes '\$connection \$ssl_protocol \$ssl_client_verify \$ssl_session_reused \$ssl_cipher';
   server { listen 127.0.0.1:$P1; $locations }
   server { listen 127.0.0.1:$P2; $locations }
   server { listen 127.0.0.1:$PC; keepalive_timeout 0; $locations }
@@ -240,8 +240,9 @@ done
 
 # The handshakes nginx saw on the no-reuse mTLS instance: one connection per request, each
 # with a verified client certificate, none resumed.
-handshakes=$(awk '{n++; c[$1]=1; if ($2=="TLSv1.3") t++; if ($3=="SUCCESS") v++; if ($4=="r") r++}
-  END {printf "%d requests on %d connections; TLS 1.3: %d, client certificate verified: %d, resumed: %d", n, length(c), t, v, r}' "$work/handshakes.log")
+handshakes=$(awk '{n++; c[$1]=1; if ($2=="TLSv1.3") t++; if ($3=="SUCCESS") v++; if ($4=="r") r++; cipher[$5]++}
+  END {printf "%d requests on %d connections; TLS 1.3: %d, client certificate verified: %d, resumed: %d; ciphers:", n, length(c), t, v, r;
+       for (k in cipher) printf " %s %d", k, cipher[k]}' "$work/handshakes.log")
 
 mkdir -p bench/results
 report=bench/results/mtls-$(date -u +%Y%m%dT%H%M%SZ).txt
@@ -250,18 +251,21 @@ med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$r
   echo "Gateway upstream mTLS against plaintext: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS gateway workers, nginx instances (1 worker)"
   echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = mtls / plain"
   echo
-  printf '%-12s %-9s %10s %8s %8s %10s %10s %8s %8s %10s %8s\n' path target rps p50_us p99_us rps_ratio p99_ratio gw_cpu_us inst_cpu new_conns gw_sys
+  printf '%-12s %-9s %10s %8s %8s %10s %10s %8s %9s %8s %10s %8s\n' path target rps p50_us p99_us rps_ratio p99_ratio gw_cpu_us gw_bound inst_cpu new_conns gw_sys
   for path in $PATHS; do
     for target in "${TARGETS[@]}"; do
       rps=$(med "$path" "$target" 4); p50=$(med "$path" "$target" 5); p99=$(med "$path" "$target" 6)
       cpu=$(med "$path" "$target" 7); fresh=$(med "$path" "$target" 8); icpu=$(med "$path" "$target" 9); calls=$(med "$path" "$target" 10)
-      prps=$(med "$path" plain 4); pp99=$(med "$path" plain 6)
-      printf '%-12s %-9s %10.0f %8s %8s %10.2f %10.2f %8s %8s %10s %8s\n' "$path" "$target" "$rps" "$p50" "$p99" \
-        "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" "$icpu" "$fresh" "$calls"
+      prps=$(med "$path" plain 4); pp99=$(med "$path" plain 6); pcpu=$(med "$path" plain 7)
+      printf '%-12s %-9s %10.0f %8s %8s %10.2f %10.2f %8s %9.2f %8s %10s %8s\n' "$path" "$target" "$rps" "$p50" "$p99" \
+        "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" \
+        "$(awk -v a="$pcpu" -v b="$cpu" 'BEGIN{print a/b}')" "$icpu" "$fresh" "$calls"
     done
   done
   echo
   echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances (nginx), from /proc;"
+  echo "gw_bound: plain's gateway CPU per request over this one's: the throughput ratio where the gateway is the"
+  echo "bottleneck (its own cores, the instances elsewhere), which one machine's shared cores cannot show directly."
   echo "gw_sys: the gateway's system calls per request (perf, PERF=1; - without)."
   echo "close/small is every request on a new upstream connection: its mtls rps is full mTLS handshakes per second"
   echo "(with both the gateway's and the instance's side on this machine's cores); the gateway's own handshakes per"

@@ -35,14 +35,21 @@ fn certify(credentials: &Credentials, authority: &Authority, service: &str, now:
 
 /// Runs a handshake to its end; the server's view of the client on success.
 fn handshake(client: ClientConfig, server: ServerConfig) -> Result<Option<SpiffeId>, String> {
-    full_handshake(client, server).map(|(id, _)| id)
+    full_handshake(client, server).map(|seen| seen.id)
 }
 
-/// Runs a handshake to its end; the client's identity and certificate as the server saw them.
-fn full_handshake(
-    client: ClientConfig,
-    server: ServerConfig,
-) -> Result<(Option<SpiffeId>, Option<Vec<u8>>), String> {
+/// What the server saw of a finished handshake.
+struct Seen {
+    /// The client's identity.
+    id: Option<SpiffeId>,
+    /// The client's leaf certificate, as DER.
+    leaf: Option<Vec<u8>>,
+    /// The cipher suite the two agreed on.
+    suite: rustls::CipherSuite,
+}
+
+/// Runs a handshake to its end.
+fn full_handshake(client: ClientConfig, server: ServerConfig) -> Result<Seen, String> {
     let mut client =
         ClientConnection::new(Arc::new(client), ServerName::try_from("peer").unwrap()).unwrap();
     let mut server = ServerConnection::new(Arc::new(server)).unwrap();
@@ -66,11 +73,19 @@ fn full_handshake(
         if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() {
             // Never a resumption: every connection is checked against what is held now.
             assert_eq!(server.handshake_kind(), Some(rustls::HandshakeKind::Full));
-            let seen = server
+            let leaf = server
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|cert| cert.as_ref().to_vec());
-            return Ok((peer_id(server.peer_certificates(), TD), seen));
+            let suite = server
+                .negotiated_cipher_suite()
+                .ok_or("no cipher suite after the handshake")?
+                .suite();
+            return Ok(Seen {
+                id: peer_id(server.peer_certificates(), TD),
+                leaf,
+                suite,
+            });
         }
     }
     Err("the handshake did not finish".into())
@@ -100,6 +115,77 @@ fn both_ends_prove_who_they_are() {
         catalog.server_config(Mode::Required),
     )
     .unwrap();
+}
+
+#[test]
+fn the_mesh_agrees_on_aes_128_gcm_whatever_the_client_lists_first() {
+    let now = OffsetDateTime::now_utc();
+    let authority = Authority::create(TD, now).unwrap();
+    let registry = workload(&authority, "registry", now);
+    let catalog = workload(&authority, "catalog", now);
+    let seen = full_handshake(
+        catalog.client_config(Expect::Service("registry".into())),
+        registry.server_config(Mode::Required),
+    )
+    .unwrap();
+    assert_eq!(seen.suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+
+    // A client of another make listing AES-256-GCM first (ring's and OpenSSL's own order): the
+    // mesh's server picks by its own order.
+    let provider = rustls::crypto::ring::default_provider();
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let theirs = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+        .with_no_client_auth();
+    let seen = full_handshake(theirs, registry.server_config(Mode::Optional)).unwrap();
+    assert_eq!(seen.suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
+/// A client that takes any server: the test above looks at the cipher, not at who answers.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 #[test]
@@ -163,7 +249,7 @@ fn renewal_and_rotation_take_effect_in_the_same_configurations() {
     registry.set_bundle(&authority.bundle_pem()).unwrap();
     catalog.set_bundle(&authority.bundle_pem()).unwrap();
     certify(&catalog, &authority, "catalog", now);
-    let (_, seen) = full_handshake(client.clone(), server.clone()).unwrap();
+    let seen = full_handshake(client.clone(), server.clone()).unwrap().leaf;
     let renewed = catalog_leaf(&catalog, &authority);
     assert_eq!(
         seen.as_deref(),
@@ -220,7 +306,7 @@ fn catalog_leaf(credentials: &Arc<Credentials>, authority: &Authority) -> Vec<u8
         probe.server_config(Mode::Required),
     )
     .unwrap()
-    .1
+    .leaf
     .unwrap()
 }
 
