@@ -183,8 +183,22 @@ def sink_rss(pid):
     return 0
 
 
+# SINK_DB=postgres (sink-load.sh): the sink's database URL and the cluster's directory; rows and
+# bytes are read with psql, and the "WAL" is the cluster's pg_wal.
+PG_URL = os.environ.get("SINK_PG_URL")
+PG_DIR = os.environ.get("SINK_PG_DIR")
+
+
+def psql(query):
+    out = subprocess.run(["psql", PG_URL, "-Atc", query], capture_output=True, text=True, timeout=60, check=True)
+    return [int(v) for v in out.stdout.strip().split("|")]
+
+
 def rows():
     """(highest id, rows stored): read-only, one short read transaction."""
+    if PG_URL:
+        highest, stored = psql("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM events")
+        return highest, stored
     db = sqlite3.connect(f"file:{DB}?mode=ro", uri=True, timeout=30, isolation_level=None)
     try:
         # Both in one read transaction: the same snapshot of the table.
@@ -195,6 +209,17 @@ def rows():
     finally:
         db.close()
     return highest, stored
+
+
+def disk():
+    """(database bytes, WAL bytes): SQLite's two files, or PostgreSQL's table with its indexes
+    and the cluster's pg_wal."""
+    if PG_URL:
+        (table,) = psql("SELECT pg_total_relation_size('events')")
+        wal_dir = os.path.join(PG_DIR, "pg_wal")
+        wal = sum(size(os.path.join(wal_dir, f)) for f in os.listdir(wal_dir) if os.path.isfile(os.path.join(wal_dir, f)))
+        return table, wal
+    return size(DB), size(DB + "-wal")
 
 
 def size(path):
@@ -254,7 +279,7 @@ def main():
         }
         requests1 = metric_sum(ADMIN_PORT, "gateway_requests_total") or requests0
         dropped1 = reporters_dropped()
-        db_bytes, wal_bytes = size(DB), size(DB + "-wal")
+        db_bytes, wal_bytes = disk()
         with lock:
             taken = {k: v[:] for k, v in latencies.items()}
             failed = dict(errors)

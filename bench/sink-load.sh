@@ -6,6 +6,7 @@
 #   DURATION=2m bench/sink-load.sh              # a quick run
 #   RATE=5000 CONNECTIONS=128 INTERVAL=30 COOLDOWN=60 bench/sink-load.sh
 #   BIN=/tmp/stratus-before bench/sink-load.sh  # another build (say, the commit before a change)
+#   SINK_DB=postgres bench/sink-load.sh         # the sink's records in PostgreSQL
 #
 # What runs, all on loopback ports that were free, in a temporary data directory:
 #   - `stratus up` (release build, mutual TLS required: its default), as a new user would run it;
@@ -24,6 +25,11 @@
 #     records the reporters dropped, database + WAL bytes, the sink's CPU and RSS; COOLDOWN
 #     seconds (30) after the load it keeps printing (the sink once the load is over), then a
 #     summary table.
+#
+# SINK_DB=postgres: a throwaway PostgreSQL cluster (Debian's postgresql; initdb as the postgres
+# user when run as root, trust on 127.0.0.1 only, fsync off as in the tests) on a free port, and
+# the sink's DATABASE_URL pointing at it (in the data directory's stratus.toml, the repository's
+# with that one env added). Its size is what /v1/storage reports as the database's file.
 #
 # Needs: wrk, python3, curl, a release build (made when missing). Every process started here is
 # stopped on exit, by pid. Results: stdout and bench/results/sink-load-<time>.txt.
@@ -45,12 +51,14 @@ work=$(mktemp -d)
 # The binary is copied so that a rebuild during the run changes nothing under it.
 cp "$BIN" "$work/stratus"
 STRATUS=$work/stratus
-up_pid= wrk_pid= probe_pid=
+up_pid= wrk_pid= probe_pid= pg_pid=
 cleanup() {
   for p in $probe_pid $wrk_pid; do kill "$p" 2>/dev/null || true; done
   # up stops every component it started (SIGTERM, then waits for them).
   if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; fi
   for p in $probe_pid $wrk_pid $up_pid; do wait "$p" 2>/dev/null || true; done
+  # PostgreSQL last, once the sink has let go of it (SIGINT: its fast shutdown).
+  if [ -n "$pg_pid" ]; then kill -INT "$pg_pid" 2>/dev/null || true; wait "$pg_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,6 +67,29 @@ trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 GATEWAY=$(free_port) ADMIN=$(free_port) EVENTS=$(free_port)
 mkdir "$work/data"
+SINK_DB=${SINK_DB:-sqlite}
+if [ "$SINK_DB" = postgres ]; then
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres: "$work"; chmod 755 "$work"
+    as_pg=(setpriv --reuid=postgres --regid=postgres --init-groups)
+  fi
+  "${as_pg[@]}" "$pg_bin/initdb" --auth=trust --username=stratus --encoding=UTF8 --no-sync -D "$work/pg" >/dev/null
+  PG_PORT=$(free_port)
+  "${as_pg[@]}" "$pg_bin/postgres" -D "$work/pg" -p "$PG_PORT" -k "$work" -c listen_addresses=127.0.0.1 \
+    -c fsync=off > "$work/pg.log" 2>&1 &
+  pg_pid=$!
+  for _ in $(seq 1 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U stratus && break; sleep 0.1; done
+  "$pg_bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U stratus events
+  python3 - "$work/data/stratus.toml" "postgres://stratus@127.0.0.1:$PG_PORT/events" <<'PY'
+import sys
+text = open("stratus.toml").read()
+head = '[[components]]\nname = "events"\n'
+assert head in text, "stratus.toml has no events component"
+open(sys.argv[1], "w").write(text.replace(head, head + 'env = { DATABASE_URL = "%s" }\n' % sys.argv[2], 1))
+PY
+fi
 (cd "$work/data" && exec env STRATUS_GATEWAY_PORT="$GATEWAY" STRATUS_ADMIN_PORT="$ADMIN" \
   STRATUS_REGISTRY_PORT="$(free_port)" STRATUS_DNS_PORT="$(free_port)" STRATUS_EVENTS_PORT="$EVENTS" \
   STRATUS_CONTROL_ADDR=127.0.0.1:0 STRATUS_DASHBOARD_ADDR=127.0.0.1:0 "$STRATUS" up > "$work/up.out" 2> "$work/up.err") &
@@ -75,11 +106,13 @@ report=bench/results/sink-load-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
   echo "bench/sink-load.sh: the event sink under load (issue 23)"
   echo "stratus $("$STRATUS" --version 2>/dev/null | head -1) from $BIN (tree $(git describe --always --dirty 2>/dev/null || echo unknown)), $(date -u +%FT%TZ)"
+  echo "the sink's database: $SINK_DB"
   echo "machine: $(nproc) cores, $(uname -r), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "load: wrk (plain, paced by bench/sink-load.lua; wrk2 not installed) 2 threads, $CONNECTIONS connections,"
   echo "      at most $RATE req/s on GET /api/catalog/products for $DURATION, then ${COOLDOWN}s without load"
 } | tee "$report"
 
+[ "$SINK_DB" = postgres ] && export SINK_PG_URL="postgres://stratus@127.0.0.1:$PG_PORT/events" SINK_PG_DIR="$work/pg"
 python3 bench/sink-load.py "$work/data" "$STRATUS" "$EVENTS" "$ADMIN" "$LOAD" "$COOLDOWN" "$INTERVAL" > "$work/probe.out" 2>&1 &
 probe_pid=$!
 tail -f --pid="$probe_pid" "$work/probe.out" | tee -a "$report" &

@@ -32,8 +32,11 @@
 //! records at a high rate frees little: the rate goes on down until pages free, and so settles
 //! lower than rows alone would need (README: "How much it holds").
 //!
-//! On PostgreSQL the database's bytes are `pg_total_relation_size` scaled by the share of live
-//! tuples (dead ones are space autovacuum hands back for reuse); its WAL is the server's.
+//! On PostgreSQL a table does not shrink when rows go: a deleted row's space is kept for new
+//! rows once a vacuum has marked it free. So the pruner vacuums the table after it deletes (at
+//! most every [`VACUUM_EVERY`], instead of waiting for autovacuum's next round, up to a minute
+//! away, while the flood extends the file), and counts the bytes in use as live rows times the
+//! bytes a row took when the table last grew ([`PostgresRows`]); its WAL is the server's.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -63,6 +66,8 @@ pub const MIN_RATE: f64 = 0.001;
 const CHUNK_IDS: i64 = 1_000;
 /// The longest the pruner waits for the writer to checkpoint the WAL between statements.
 const WAL_WAIT: Duration = Duration::from_millis(500);
+/// On PostgreSQL, the least time between two vacuums of the table after pruning.
+pub const VACUUM_EVERY: Duration = Duration::from_secs(1);
 
 /// What the budget is and how it is shared.
 #[derive(Debug, Clone)]
@@ -75,6 +80,10 @@ pub struct Settings {
     pub retention: Duration,
     /// A record at least this slow keeps its trace.
     pub slow: Duration,
+    /// PostgreSQL: set aside from the database's share for the space deleted rows hold until
+    /// a vacuum frees it for new ones (an eighth of the budget; 0 on SQLite, which reuses a
+    /// freed page at once).
+    pub reserve: u64,
 }
 
 impl Settings {
@@ -86,12 +95,21 @@ impl Settings {
             wal_limit,
             retention,
             slow,
+            reserve: 0,
+        }
+    }
+
+    /// The same, for a PostgreSQL database: an eighth of the budget kept for vacuum's lag.
+    pub fn on_postgres(self) -> Self {
+        Self {
+            reserve: self.budget / 8,
+            ..self
         }
     }
 
     /// The database's share of the budget.
     pub fn database_share(&self) -> u64 {
-        self.budget - 2 * self.wal_limit
+        self.budget - 2 * self.wal_limit - self.reserve
     }
 
     pub fn slow_us(&self) -> i64 {
@@ -120,7 +138,7 @@ impl Rate {
 /// Bytes in use, as the budget counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Used {
-    /// The database's used pages (SQLite), or its live share (PostgreSQL).
+    /// The database's used pages (SQLite), or its live rows' bytes (PostgreSQL).
     pub database: u64,
     /// The database file's size, free pages included (SQLite; PostgreSQL: its relation size).
     pub database_file: u64,
@@ -134,7 +152,39 @@ pub enum Measure {
     Sqlite {
         file: Option<PathBuf>,
     },
-    Postgres,
+    Postgres(Arc<PostgresRows>),
+}
+
+/// The bytes a row of PostgreSQL's `events` table takes, table and indexes together, learnt
+/// when the table grows: it grows only when no page has room for a new row, so at that moment
+/// its size over its rows (live, and dead ones not yet vacuumed) is what a row costs. Between
+/// growths the size says nothing about what is held (freed space waits inside it for new rows).
+#[derive(Debug, Default)]
+pub struct PostgresRows(Mutex<RowBytes>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct RowBytes {
+    /// The table's size when `per_row` was last learnt.
+    size: u64,
+    per_row: f64,
+}
+
+impl PostgresRows {
+    /// The live rows' bytes, given the table's size and its live and dead rows now.
+    fn used(&self, size: u64, live: u64, dead: u64) -> u64 {
+        let mut learnt = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = live + dead;
+        if rows > 0 && (size > learnt.size || learnt.per_row == 0.0) {
+            *learnt = RowBytes {
+                size,
+                per_row: size as f64 / rows as f64,
+            };
+        }
+        if rows == 0 {
+            return 0;
+        }
+        ((live as f64 * learnt.per_row) as u64).min(size)
+    }
 }
 
 impl Measure {
@@ -162,7 +212,7 @@ impl Measure {
                     wal: file.as_deref().map_or(0, checkpoint::wal_bytes),
                 })
             }
-            Measure::Postgres => {
+            Measure::Postgres(rows) => {
                 let (total, live, dead): (i64, i64, i64) = sqlx::query_as(
                     "SELECT CAST(pg_total_relation_size('events') AS BIGINT), \
                      CAST(COALESCE(SUM(n_live_tup), 0) AS BIGINT), \
@@ -172,14 +222,8 @@ impl Measure {
                 .fetch_one(pool)
                 .await?;
                 let total = total.max(0) as u64;
-                let tuples = (live + dead).max(0) as u64;
-                let live_share = if tuples == 0 {
-                    1.0
-                } else {
-                    live.max(0) as f64 / tuples as f64
-                };
                 Ok(Used {
-                    database: (total as f64 * live_share) as u64,
+                    database: rows.used(total, live.max(0) as u64, dead.max(0) as u64),
                     database_file: total,
                     wal: 0,
                 })
@@ -273,6 +317,8 @@ pub struct Pruner {
     cursor: Option<i64>,
     pruned: Pruned,
     decision_window: Duration,
+    /// PostgreSQL: when the table was last vacuumed, and the records pruned by then.
+    vacuumed: (Instant, u64),
 }
 
 impl Pruner {
@@ -286,6 +332,7 @@ impl Pruner {
             cursor: None,
             pruned: Pruned::default(),
             decision_window: DECISION_WINDOW,
+            vacuumed: (Instant::now(), 0),
         }
     }
 
@@ -376,7 +423,25 @@ impl Pruner {
         } else if fill(&used) < RAISE_BELOW {
             self.rate.raise();
         }
+        self.vacuum_after_pruning().await?;
         self.storage.publish(used, self.rate, self.pruned);
+        Ok(())
+    }
+
+    /// PostgreSQL: once records were deleted, a vacuum marks their space free for new rows
+    /// (without one the table grows on past the budget until autovacuum comes round). A plain
+    /// VACUUM takes no lock that stops inserts or reads.
+    async fn vacuum_after_pruning(&mut self) -> Result<(), sqlx::Error> {
+        let pruned = self.pruned.expired + self.pruned.sampled + self.pruned.budget;
+        let (at, then) = self.vacuumed;
+        if !matches!(self.measure, Measure::Postgres(_))
+            || pruned == then
+            || at.elapsed() < VACUUM_EVERY
+        {
+            return Ok(());
+        }
+        sqlx::raw_sql("VACUUM events").execute(&self.pool).await?;
+        self.vacuumed = (Instant::now(), pruned);
         Ok(())
     }
 
@@ -466,9 +531,25 @@ mod tests {
         assert_eq!(small.database_share(), 6 << 20);
         let roomy = Settings::new(1 << 30, Some(64 << 20), hour, second);
         assert_eq!(roomy.wal_limit, 64 << 20);
-        let postgres = Settings::new(8 << 20, None, hour, second);
-        assert_eq!(postgres.database_share(), 8 << 20);
+        let postgres = Settings::new(8 << 20, None, hour, second).on_postgres();
+        assert_eq!(postgres.database_share(), 7 << 20);
         assert_eq!(settings.slow_us(), 1_000_000);
+    }
+
+    #[test]
+    fn postgres_counts_live_rows_at_what_a_row_took_when_the_table_grew() {
+        let rows = PostgresRows::default();
+        // Growing: 1,000 rows in 300,000 bytes.
+        assert_eq!(rows.used(300_000, 1_000, 0), 300_000);
+        // Half deleted, not yet vacuumed: the same size, half of it live.
+        assert_eq!(rows.used(300_000, 500, 500), 150_000);
+        // Vacuumed (no dead rows counted), the freed space not reused yet: still half.
+        assert_eq!(rows.used(300_000, 500, 0), 150_000);
+        // New rows fill the freed space: the size stays, the bytes in use follow the rows.
+        assert_eq!(rows.used(300_000, 900, 0), 270_000);
+        // Full again, the table grows: learnt anew.
+        assert_eq!(rows.used(400_000, 1_000, 0), 400_000);
+        assert_eq!(rows.used(400_000, 0, 0), 0);
     }
 
     #[test]

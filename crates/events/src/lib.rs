@@ -129,11 +129,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.retention,
         args.slow,
     );
+    let settings = if sqlite {
+        settings
+    } else {
+        settings.on_postgres()
+    };
     let storage = budget::Storage::new(settings.clone());
     let measure = if sqlite {
         budget::Measure::Sqlite { file: file.clone() }
     } else {
-        budget::Measure::Postgres
+        budget::Measure::Postgres(Default::default())
     };
     tokio::spawn(budget::Pruner::new(pool.clone(), measure, storage.clone()).run());
     let writer_target = match file {
