@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::AnyPool;
 
+use crate::deletion::{DeleteError, Deleter, Deletion};
 use crate::{checkpoint, sample, store};
 
 /// How often the pruner measures and prunes.
@@ -306,7 +307,9 @@ fn now_us() -> i64 {
 
 /// The pruner's state between ticks.
 pub struct Pruner {
+    /// For measuring and reading; deletions go through `deleter`.
     pool: AnyPool,
+    deleter: Deleter,
     measure: Measure,
     storage: Storage,
     rate: Rate,
@@ -322,9 +325,10 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    pub fn new(pool: AnyPool, measure: Measure, storage: Storage) -> Self {
+    pub fn new(pool: AnyPool, deleter: Deleter, measure: Measure, storage: Storage) -> Self {
         Self {
             pool,
+            deleter,
             measure,
             storage,
             rate: Rate(1.0),
@@ -371,12 +375,15 @@ impl Pruner {
     }
 
     /// One tick's work: retention, measure, rate, and pruning to fit.
-    pub async fn pass(&mut self) -> Result<(), sqlx::Error> {
+    pub async fn pass(&mut self) -> Result<(), DeleteError> {
         let settings = self.storage.settings.clone();
         let cutoff = now_us() - settings.retention.as_micros().min(i64::MAX as u128 / 2) as i64;
         loop {
             self.let_the_wal_be_checkpointed().await;
-            let deleted = store::prune_expired(&self.pool, cutoff).await?;
+            let deleted = self
+                .deleter
+                .delete(Deletion::Expired { before_us: cutoff })
+                .await?;
             self.count(deleted, Reason::Expired);
             if deleted == 0 {
                 break;
@@ -406,7 +413,7 @@ impl Pruner {
             // Kept and undecided traces alone overflow the share at the lowest rate.
             while self.rate.0 <= MIN_RATE && used.database > share {
                 self.let_the_wal_be_checkpointed().await;
-                let deleted = store::prune_oldest(&self.pool).await?;
+                let deleted = self.deleter.delete(Deletion::Oldest).await?;
                 self.count(deleted, Reason::Budget);
                 if deleted == 0 {
                     break;
@@ -453,7 +460,7 @@ impl Pruner {
         range: Option<(i64, i64)>,
         decided: Option<i64>,
         used: &mut Used,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<bool, DeleteError> {
         let (Some((low, _)), Some(decided)) = (range, decided) else {
             return Ok(true);
         };
@@ -467,9 +474,15 @@ impl Pruner {
             }
             self.let_the_wal_be_checkpointed().await;
             let up_to = (after + CHUNK_IDS).min(decided);
-            let deleted =
-                store::prune_sampled(&self.pool, after, up_to, threshold, settings.slow_us())
-                    .await?;
+            let deleted = self
+                .deleter
+                .delete(Deletion::Sampled {
+                    after_id: after,
+                    up_to_id: up_to,
+                    threshold,
+                    slow_us: settings.slow_us(),
+                })
+                .await?;
             self.count(deleted, Reason::Sampled);
             after = up_to;
             self.cursor = Some(after);
@@ -591,6 +604,7 @@ mod tests {
         let storage = Storage::new(settings);
         let mut pruner = Pruner::new(
             pool.clone(),
+            Deleter::Pool(pool.clone()),
             Measure::Sqlite { file: None },
             storage.clone(),
         );
@@ -687,6 +701,7 @@ mod tests {
         let storage = Storage::new(settings);
         let mut pruner = Pruner::new(
             pool.clone(),
+            Deleter::Pool(pool.clone()),
             Measure::Sqlite { file: None },
             storage.clone(),
         );

@@ -15,6 +15,7 @@ pub mod api;
 pub mod budget;
 pub mod checkpoint;
 pub mod dashboard;
+pub mod deletion;
 pub mod export;
 pub mod links;
 pub mod live;
@@ -140,8 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         budget::Measure::Postgres(Default::default())
     };
-    tokio::spawn(budget::Pruner::new(pool.clone(), measure, storage.clone()).run());
-    let writer_target = match file {
+    let writer_target = match file.clone() {
         Some(path) => writer::Target::SqliteFile {
             path,
             wal_limit: settings.wal_limit,
@@ -156,6 +156,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let aggregates = aggregate::Aggregates::new(args.retention);
     let stored = store::max_id(&pool).await?;
     let writer = writer::Writer::start(writer_target, export, Some(aggregates.clone()))?;
+    // On a SQLite file the writer runs the pruner's deletions too (crate::deletion).
+    let deleter = if file.is_some() {
+        deletion::Deleter::Writer(writer.clone())
+    } else {
+        deletion::Deleter::Pool(pool.clone())
+    };
+    tokio::spawn(budget::Pruner::new(pool.clone(), deleter, measure, storage.clone()).run());
     tokio::spawn(rebuild(
         pool.clone(),
         aggregates.clone(),

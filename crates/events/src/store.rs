@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row as _};
 use stratus_kit::db::Migration;
 
+use crate::deletion::Deletion;
 use crate::record::Row;
 
 /// The events table: the same in both dialects but for the id column.
@@ -335,28 +336,14 @@ pub struct Hop {
     pub status: i64,
 }
 
-/// Records one pruning statement may select (it deletes their traces' every record): few, since
-/// every deletion goes to the WAL.
-const PRUNE_TRACES: i64 = 500;
-
-/// Deletes, whole, the traces of up to [`PRUNE_TRACES`] records started before `before_us`
-/// (past the retention): a trace goes when its oldest record does, never in part. Returns how
-/// many records went; the caller repeats while that is more than 0.
+/// Deletes, whole, the traces of up to [`crate::deletion::PRUNE_TRACES`] records started
+/// before `before_us` ([`Deletion::Expired`]). Returns how many records went; the caller repeats
+/// while that is more than 0.
 pub async fn prune_expired(pool: &AnyPool, before_us: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(&format!(
-        "DELETE FROM events WHERE trace_id IN (SELECT trace_id FROM events \
-         WHERE started_us < $1 ORDER BY started_us LIMIT {PRUNE_TRACES})"
-    ))
-    .bind(before_us)
-    .execute(pool)
-    .await?
-    .rows_affected())
+    Deletion::Expired { before_us }.run_on_pool(pool).await
 }
 
-/// Deletes, whole, every trace that has a record with an id in `after_id + 1 ..= up_to_id`
-/// whose sample value is at or above `threshold` (or that has none: stored before sampling),
-/// unless one of its records is an error or took at least `slow_us` (a kept trace). Returns how
-/// many records went.
+/// Deletes the sampled-out traces of a range of ids ([`Deletion::Sampled`]).
 pub async fn prune_sampled(
     pool: &AnyPool,
     after_id: i64,
@@ -364,31 +351,14 @@ pub async fn prune_sampled(
     threshold: i64,
     slow_us: i64,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM events WHERE trace_id IN (SELECT c.trace_id FROM events c \
-         WHERE c.id > $1 AND c.id <= $2 AND (c.sample IS NULL OR c.sample >= $3) \
-         AND NOT EXISTS (SELECT 1 FROM events k WHERE k.trace_id = c.trace_id \
-         AND (k.ok = 0 OR k.status >= 500 OR k.duration_us >= $4)))",
-    )
-    .bind(after_id)
-    .bind(up_to_id)
-    .bind(threshold)
-    .bind(slow_us)
-    .execute(pool)
-    .await?
-    .rows_affected())
-}
-
-/// The last resort of a budget that kept traces alone overflow: deletes, whole, the traces of
-/// the oldest [`PRUNE_TRACES`] records, kept or not. Returns how many records went.
-pub async fn prune_oldest(pool: &AnyPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(&format!(
-        "DELETE FROM events WHERE trace_id IN (SELECT trace_id FROM events \
-         ORDER BY id LIMIT {PRUNE_TRACES})"
-    ))
-    .execute(pool)
-    .await?
-    .rows_affected())
+    Deletion::Sampled {
+        after_id,
+        up_to_id,
+        threshold,
+        slow_us,
+    }
+    .run_on_pool(pool)
+    .await
 }
 
 /// The lowest and highest record ids stored (`None` when there is none).

@@ -10,6 +10,9 @@
 //! SQLite files are written by [`crate::sqlite::SqliteWriter`] on a thread of its own (prepared
 //! statement, no async driver in between); PostgreSQL (and an in-memory SQLite) through the sqlx
 //! pool with multi-row `INSERT`s ([`store::insert_into`]).
+//!
+//! The writer also runs the pruner's deletions ([`Writer::delete`]), between its transactions in
+//! the order they were queued, so pruning keeps up however busy ingest is (crate::deletion).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregate::Aggregates;
 use crate::checkpoint::{self, WalKeeper};
+use crate::deletion::Deletion;
 use crate::export::Exporter;
 use crate::record::Row;
 use crate::sqlite::{SqliteWriter, WRITE_TIMEOUT};
@@ -34,9 +38,16 @@ struct Job {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// A deletion of the pruner's, answered with the records it deleted.
+struct Delete {
+    deletion: Deletion,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
 /// What the writer is handed.
 enum Message {
     Store(Job),
+    Delete(Delete),
     /// Wakes the SQLite writer to look after its WAL when no records come (crate::checkpoint).
     Tick,
 }
@@ -94,6 +105,19 @@ impl Writer {
         Ok(Self { queue })
     }
 
+    /// Runs one of the pruner's deletions between the writer's transactions; the records it
+    /// deleted.
+    pub async fn delete(&self, deletion: Deletion) -> Result<u64, String> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Message::Delete(Delete { deletion, done }))
+            .await
+            .map_err(|_| "the writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the writer has stopped".to_string())?
+    }
+
     /// Stores one batch (all or nothing) and returns once it is committed.
     pub async fn write(&self, rows: Vec<Row>) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
@@ -108,8 +132,9 @@ impl Writer {
 }
 
 /// The first job and whatever else is queued, up to [`MAX_ROWS_PER_TRANSACTION`] rows (ticks
-/// in between are dropped: the writer looks after its WAL after every transaction anyway).
-fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
+/// in between are dropped: the writer looks after its WAL after every transaction anyway). A
+/// deletion ends the gathering: it runs after this transaction, before anything queued later.
+fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> (Vec<Job>, Option<Delete>) {
     let mut rows = first.rows.len();
     let mut jobs = vec![first];
     while rows < MAX_ROWS_PER_TRANSACTION {
@@ -118,11 +143,12 @@ fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
                 rows += job.rows.len();
                 jobs.push(job);
             }
+            Ok(Message::Delete(delete)) => return (jobs, Some(delete)),
             Ok(Message::Tick) => {}
             Err(_) => break,
         }
     }
-    jobs
+    (jobs, None)
 }
 
 /// Who is handed each committed batch.
@@ -175,21 +201,38 @@ fn run_sqlite(
 ) {
     let mut writer = Some(writer);
     while let Some(message) = receiver.blocking_recv() {
-        if let Message::Store(first) = message {
-            let jobs = gather(first, &mut receiver);
-            let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-            let results = match store_sqlite(&mut writer, &path, &batches) {
-                Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
-                Err(error) if jobs.len() == 1 => vec![Err(error)],
-                Err(_) => batches
-                    .iter()
-                    .map(|rows| store_sqlite(&mut writer, &path, &[*rows]))
-                    .collect(),
-            };
-            answer(jobs, results, &after);
-        }
+        let deletion = match message {
+            Message::Store(first) => {
+                let (jobs, deletion) = gather(first, &mut receiver);
+                let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
+                let results = match store_sqlite(&mut writer, &path, &batches) {
+                    Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+                    Err(error) if jobs.len() == 1 => vec![Err(error)],
+                    Err(_) => batches
+                        .iter()
+                        .map(|rows| store_sqlite(&mut writer, &path, &[*rows]))
+                        .collect(),
+                };
+                answer(jobs, results, &after);
+                deletion
+            }
+            Message::Delete(delete) => Some(delete),
+            Message::Tick => None,
+        };
         if let Some(current) = &writer {
             keeper.after_write(current.connection(), WRITE_TIMEOUT);
+        }
+        if let Some(Delete { deletion, done }) = deletion {
+            let result = match &writer {
+                Some(current) => deletion
+                    .run_on(current.connection())
+                    .map_err(|e| e.to_string()),
+                None => Err("the database is not open for writing".to_string()),
+            };
+            let _ = done.send(result);
+            if let Some(current) = &writer {
+                keeper.after_write(current.connection(), WRITE_TIMEOUT);
+            }
         }
     }
 }
@@ -239,10 +282,15 @@ async fn run_pool(
 ) {
     let mut connection = None;
     while let Some(message) = receiver.recv().await {
-        let Message::Store(first) = message else {
-            continue;
+        let first = match message {
+            Message::Store(first) => first,
+            Message::Delete(Delete { deletion, done }) => {
+                let _ = done.send(deletion.run_on_pool(&pool).await.map_err(|e| e.to_string()));
+                continue;
+            }
+            Message::Tick => continue,
         };
-        let jobs = gather(first, &mut receiver);
+        let (jobs, deletion) = gather(first, &mut receiver);
         let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
         let merged = store_all(&mut connection, &pool, sqlite, &batches).await;
         let results: Vec<Result<(), String>> = match merged {
@@ -258,6 +306,9 @@ async fn run_pool(
             }
         };
         answer(jobs, results, &after);
+        if let Some(Delete { deletion, done }) = deletion {
+            let _ = done.send(deletion.run_on_pool(&pool).await.map_err(|e| e.to_string()));
+        }
     }
 }
 
@@ -313,6 +364,40 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(trace, batch(500, 7)[4..6].to_vec());
+    }
+
+    /// The pruner's deletions run on the writer between its transactions: under a stream of
+    /// writes each is answered in its turn, and what it deleted is gone, whole traces only.
+    #[tokio::test]
+    async fn deletions_take_their_turn_between_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
+        let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
+            .await
+            .unwrap();
+        let file = crate::sqlite::file_of(&url).unwrap();
+        let target = Target::SqliteFile {
+            path: file,
+            wal_limit: 64 << 20,
+        };
+        let writer = Writer::start(target, None, None).unwrap();
+        writer.write(batch(500, 1_000)).await.unwrap();
+        let writes = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for tag in 0..40 {
+                    writer.write(batch(500, tag)).await.unwrap();
+                }
+            })
+        };
+        let mut deleted = 0;
+        for _ in 0..10 {
+            deleted += writer.delete(Deletion::Oldest).await.unwrap();
+        }
+        writes.await.unwrap();
+        assert!(deleted >= 500, "deleted {deleted}");
+        assert_eq!(deleted % 2, 0, "whole traces (pairs) only");
+        assert_eq!(store::count(&pool).await.unwrap(), 20_500 - deleted as i64);
     }
 
     /// The pool writer (PostgreSQL's path; here on a SQLite file) stores the same way.
