@@ -1,5 +1,5 @@
-//! Caching end to end: the catalog's cache-aside reads and write-back views, the profile
-//! service's write-through, with a real Redis that is killed mid-test; and two gateways sharing
+//! Caching end to end: ETags, `Cache-Control` and 304s through the gateway, the catalog's
+//! cache-aside reads and write-back views, the profile service's write-through, with a real Redis that is killed mid-test; and two gateways sharing
 //! one rate limit through Redis.
 
 mod support;
@@ -294,19 +294,32 @@ async fn profiles_are_written_through_and_read_back_from_the_cache() {
     // Write-through: the first read after the write is already a hit.
     let read_back = system.http.get(&me).bearer_auth(&ann).send().await.unwrap();
     assert_eq!(read_back.headers()["x-cache"], "hit");
+    // Personal: no shared cache keeps it, Ann's browser revalidates it before each use.
+    assert_eq!(read_back.headers()["cache-control"], "private, no-cache");
+    let anns_tag = read_back.headers()["etag"].clone();
     assert_eq!(read_back.json::<Value>().await.unwrap(), saved);
-    // Bob sees his own (absent) profile, never Ann's.
+    // Bob sees his own (absent) profile, never Ann's, even showing her answer's tag.
     assert_eq!(
         system
             .http
             .get(&me)
             .bearer_auth(&bob)
+            .header("if-none-match", anns_tag.clone())
             .send()
             .await
             .unwrap()
             .status(),
         404
     );
+    let revalidated = system
+        .http
+        .get(&me)
+        .bearer_auth(&ann)
+        .header("if-none-match", anns_tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
 
     // The OpenAPI document is public.
     let openapi = system
@@ -339,6 +352,74 @@ async fn profiles_are_written_through_and_read_back_from_the_cache() {
         Value::Null,
         "PUT replaces the whole profile"
     );
+}
+
+/// The client's cache layer through the gateway: a read carries an ETag and `Cache-Control`, the
+/// same tag back gets a 304 with no body, and a write changes the tag.
+async fn reads_carry_etags_and_a_write_changes_them() {
+    let system = System::start(1).await;
+    let admin = system.admin_token().await;
+    let id = create_product(&system, &admin, 100).await;
+    // The list, not the product by id: reading a product counts a view, which changes it.
+    let list = system.url("/api/catalog/products?limit=200");
+    let first = system.http.get(&list).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers()["cache-control"],
+        "public, max-age=5, stale-while-revalidate=30"
+    );
+    let tag = first.headers()["etag"].clone();
+    assert!(
+        tag.to_str().unwrap().starts_with('"'),
+        "a strong tag: {tag:?}"
+    );
+
+    let again = system
+        .http
+        .get(&list)
+        .header("if-none-match", tag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], tag);
+    assert!(again.bytes().await.unwrap().is_empty(), "a 304 has no body");
+
+    let product = system.url(&format!("/api/catalog/products/{id}"));
+    let update = system
+        .http
+        .put(&product)
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Tea", "price_cents": 250, "stock": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(update.status(), 200);
+    let changed = system
+        .http
+        .get(&list)
+        .header("if-none-match", tag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200, "the write changed the answer");
+    assert_ne!(changed.headers()["etag"], tag);
+    let products: Value = changed.json().await.unwrap();
+    let updated = products
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(updated["price_cents"], 250);
+
+    // A product by id is tagged and public too.
+    let one = system.http.get(&product).send().await.unwrap();
+    assert!(one.headers().contains_key("etag"));
+    assert!(one.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .starts_with("public"));
 }
 
 /// Polls a gateway's admin API until it lists `count` instances of `service`.
@@ -467,6 +548,11 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "cache_outcomes_reach_the_event_records",
             cache_outcomes_reach_the_event_records,
+        )
+        .worker_threads(2),
+        Test::new(
+            "reads_carry_etags_and_a_write_changes_them",
+            reads_carry_etags_and_a_write_changes_them,
         )
         .worker_threads(2),
         Test::new(

@@ -22,6 +22,7 @@ pub mod events;
 pub mod files;
 pub mod grpc_health;
 pub mod health;
+pub mod http_cache;
 pub mod identity;
 pub mod intentions;
 pub mod listener;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use stratus_kit::auth::{Caller, Tokens};
 use stratus_kit::cache::{get_or_load, Cache, WriteBack};
 use stratus_kit::db::Db;
+use stratus_kit::http_cache;
 use stratus_kit::openapi::Api;
 use stratus_kit::paging::Paging;
 use stratus_kit::{Json, Problem};
@@ -47,6 +48,11 @@ impl FromRef<AppState> for Arc<Tokens> {
 }
 
 type Shared = State<AppState>;
+
+/// Products are the same for everyone: any cache may keep a read for this many seconds...
+const MAX_AGE: u32 = 5;
+/// ...and serve it this many seconds more while it fetches a fresh one.
+const STALE: u32 = 30;
 
 /// The catalog's OpenAPI document (also through the gateway, at `/api/catalog/openapi.json`).
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -130,8 +136,9 @@ async fn list(
     .bind(offset)
     .fetch_all(&state.pool)
     .await?;
-    Ok(axum::Json(
-        rows.into_iter().map(product).collect::<Vec<_>>(),
+    Ok((
+        [(header::CACHE_CONTROL, http_cache::public(MAX_AGE, STALE))],
+        axum::Json(rows.into_iter().map(product).collect::<Vec<_>>()),
     ))
 }
 
@@ -139,7 +146,11 @@ async fn fetch(State(state): Shared, Path(id): Path<String>) -> Result<impl Into
     let (found, outcome) = get_or_load(&state.products, &id, || load(&state.pool, &id)).await?;
     let product = found.ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
     state.views.add(&id, 1);
-    Ok((outcome, axum::Json(product)))
+    Ok((
+        [(header::CACHE_CONTROL, http_cache::public(MAX_AGE, STALE))],
+        outcome,
+        axum::Json(product),
+    ))
 }
 
 async fn create(
