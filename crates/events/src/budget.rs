@@ -62,9 +62,13 @@ pub const RAISE_BELOW: f64 = 0.6;
 /// The lowest rate: below it, the budget is kept by deleting the oldest traces of any kind.
 pub const MIN_RATE: f64 = 0.001;
 /// Record ids one pruning statement looks at. Each statement's deletions go to the WAL
-/// (index pages all over the file), so a statement is kept small, and the pruner waits for a
-/// checkpoint between them when the WAL is past half its limit.
-const CHUNK_IDS: i64 = 1_000;
+/// (index pages all over the file) and hold the writer while they run, so a statement is kept
+/// small, and the pruner waits for a checkpoint between them when the WAL is past half its
+/// limit; but each is also a turn of the writer's, so small enough is a few thousand: the
+/// pruner must get through ids as fast as ingest makes them (about 20,000 a second).
+const CHUNK_IDS: i64 = 4_000;
+/// Chunks handed to the writer together (see [`Pruner::prune_sampled`]).
+const CHUNKS_AT_ONCE: usize = 4;
 /// The longest the pruner waits for the writer to checkpoint the WAL between statements.
 const WAL_WAIT: Duration = Duration::from_millis(500);
 /// On PostgreSQL, the least time between two vacuums of the table after pruning.
@@ -399,7 +403,9 @@ impl Pruner {
             // stopped; if that is not enough, a lower rate, from the oldest record again.
             // Nothing decided yet (the sink just started): nothing to prune, nothing learnt.
             if decided.is_some() {
-                let reached_the_edge = self.prune_sampled(range, decided, &mut used).await?;
+                // At rate 1 nothing is sampled out: no walk through every record to learn it.
+                let reached_the_edge =
+                    self.rate.0 >= 1.0 || self.prune_sampled(range, decided, &mut used).await?;
                 if reached_the_edge && fill(&used) > LOW {
                     self.rate.lower(fill(&used));
                     self.cursor = None;
@@ -473,18 +479,24 @@ impl Pruner {
                 return Ok(false);
             }
             self.let_the_wal_be_checkpointed().await;
-            let up_to = (after + CHUNK_IDS).min(decided);
-            let deleted = self
-                .deleter
-                .delete(Deletion::Sampled {
+            // A few chunks at once: the writer runs every deletion waiting after each of its
+            // transactions, so they cost one turn, not one each.
+            let mut chunks = Vec::with_capacity(CHUNKS_AT_ONCE);
+            while chunks.len() < CHUNKS_AT_ONCE && after < decided {
+                let up_to = (after + CHUNK_IDS).min(decided);
+                chunks.push(self.deleter.delete(Deletion::Sampled {
                     after_id: after,
                     up_to_id: up_to,
                     threshold,
                     slow_us: settings.slow_us(),
-                })
-                .await?;
+                }));
+                after = up_to;
+            }
+            let mut deleted = 0;
+            for result in futures_util::future::join_all(chunks).await {
+                deleted += result?;
+            }
             self.count(deleted, Reason::Sampled);
-            after = up_to;
             self.cursor = Some(after);
             if deleted > 0 {
                 *used = self.measure.used(&self.pool).await?;

@@ -11,10 +11,14 @@
 //! statement, no async driver in between); PostgreSQL (and an in-memory SQLite) through the sqlx
 //! pool with multi-row `INSERT`s ([`store::insert_into`]).
 //!
-//! The writer also runs the pruner's deletions ([`Writer::delete`]), between its transactions in
-//! the order they were queued, so pruning keeps up however busy ingest is (crate::deletion).
+//! The writer also runs the pruner's deletions ([`Writer::delete`]): they wait on a list of
+//! their own, not in the queue of batches, and the writer runs what is there after each of its
+//! transactions, so a deletion waits for one transaction at most however busy ingest is
+//! (crate::deletion).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection};
@@ -44,17 +48,25 @@ struct Delete {
     done: oneshot::Sender<Result<u64, String>>,
 }
 
+/// The pruner's deletions waiting for the writer.
+type Deletions = Arc<Mutex<VecDeque<Delete>>>;
+
+fn waiting(deletions: &Deletions) -> VecDeque<Delete> {
+    std::mem::take(&mut *deletions.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// What the writer is handed.
 enum Message {
     Store(Job),
-    Delete(Delete),
-    /// Wakes the SQLite writer to look after its WAL when no records come (crate::checkpoint).
+    /// Wakes the writer: to look after its WAL when no records come (crate::checkpoint), or to
+    /// run a deletion.
     Tick,
 }
 
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Message>,
+    deletions: Deletions,
 }
 
 /// Where the writer stores.
@@ -75,6 +87,8 @@ impl Writer {
     ) -> anyhow::Result<Self> {
         let after = After { export, aggregates };
         let (queue, receiver) = mpsc::channel(QUEUE);
+        let deletions = Deletions::default();
+        let mine = deletions.clone();
         match target {
             Target::SqliteFile { path, wal_limit } => {
                 // Open once here, so a file that cannot be written fails start-up clearly.
@@ -84,7 +98,7 @@ impl Writer {
                 let keeper = WalKeeper::new(&path, wal_limit);
                 std::thread::Builder::new()
                     .name("events-writer".into())
-                    .spawn(move || run_sqlite(path, writer, keeper, after, receiver))?;
+                    .spawn(move || run_sqlite(path, writer, keeper, after, receiver, mine))?;
                 // A full queue means the writer is awake anyway; a closed one, that it stopped.
                 let ticks = queue.clone();
                 std::thread::Builder::new()
@@ -99,20 +113,25 @@ impl Writer {
                     })?;
             }
             Target::Pool { pool, sqlite } => {
-                tokio::spawn(run_pool(pool, sqlite, after, receiver));
+                tokio::spawn(run_pool(pool, sqlite, after, receiver, mine));
             }
         }
-        Ok(Self { queue })
+        Ok(Self { queue, deletions })
     }
 
     /// Runs one of the pruner's deletions between the writer's transactions; the records it
     /// deleted.
     pub async fn delete(&self, deletion: Deletion) -> Result<u64, String> {
         let (done, answer) = oneshot::channel();
-        self.queue
-            .send(Message::Delete(Delete { deletion, done }))
-            .await
-            .map_err(|_| "the writer has stopped".to_string())?;
+        self.deletions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Delete { deletion, done });
+        // Wakes an idle writer; a busy one (its queue full) looks at the list after its
+        // transaction anyway.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = self.queue.try_send(Message::Tick) {
+            return Err("the writer has stopped".to_string());
+        }
         answer
             .await
             .map_err(|_| "the writer has stopped".to_string())?
@@ -132,9 +151,9 @@ impl Writer {
 }
 
 /// The first job and whatever else is queued, up to [`MAX_ROWS_PER_TRANSACTION`] rows (ticks
-/// in between are dropped: the writer looks after its WAL after every transaction anyway). A
-/// deletion ends the gathering: it runs after this transaction, before anything queued later.
-fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> (Vec<Job>, Option<Delete>) {
+/// in between are dropped: the writer looks after its WAL and its deletions after every
+/// transaction anyway).
+fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
     let mut rows = first.rows.len();
     let mut jobs = vec![first];
     while rows < MAX_ROWS_PER_TRANSACTION {
@@ -143,12 +162,11 @@ fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> (Vec<Job>, Opti
                 rows += job.rows.len();
                 jobs.push(job);
             }
-            Ok(Message::Delete(delete)) => return (jobs, Some(delete)),
             Ok(Message::Tick) => {}
             Err(_) => break,
         }
     }
-    (jobs, None)
+    jobs
 }
 
 /// Who is handed each committed batch.
@@ -198,31 +216,27 @@ fn run_sqlite(
     mut keeper: WalKeeper,
     after: After,
     mut receiver: mpsc::Receiver<Message>,
+    deletions: Deletions,
 ) {
     let mut writer = Some(writer);
     while let Some(message) = receiver.blocking_recv() {
-        let deletion = match message {
-            Message::Store(first) => {
-                let (jobs, deletion) = gather(first, &mut receiver);
-                let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-                let results = match store_sqlite(&mut writer, &path, &batches) {
-                    Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
-                    Err(error) if jobs.len() == 1 => vec![Err(error)],
-                    Err(_) => batches
-                        .iter()
-                        .map(|rows| store_sqlite(&mut writer, &path, &[*rows]))
-                        .collect(),
-                };
-                answer(jobs, results, &after);
-                deletion
-            }
-            Message::Delete(delete) => Some(delete),
-            Message::Tick => None,
-        };
+        if let Message::Store(first) = message {
+            let jobs = gather(first, &mut receiver);
+            let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
+            let results = match store_sqlite(&mut writer, &path, &batches) {
+                Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+                Err(error) if jobs.len() == 1 => vec![Err(error)],
+                Err(_) => batches
+                    .iter()
+                    .map(|rows| store_sqlite(&mut writer, &path, &[*rows]))
+                    .collect(),
+            };
+            answer(jobs, results, &after);
+        }
         if let Some(current) = &writer {
             keeper.after_write(current.connection(), WRITE_TIMEOUT);
         }
-        if let Some(Delete { deletion, done }) = deletion {
+        for Delete { deletion, done } in waiting(&deletions) {
             let result = match &writer {
                 Some(current) => deletion
                     .run_on(current.connection())
@@ -279,37 +293,44 @@ async fn run_pool(
     sqlite: bool,
     after: After,
     mut receiver: mpsc::Receiver<Message>,
+    deletions: Deletions,
 ) {
     let mut connection = None;
     while let Some(message) = receiver.recv().await {
-        let first = match message {
-            Message::Store(first) => first,
-            Message::Delete(Delete { deletion, done }) => {
-                let _ = done.send(deletion.run_on_pool(&pool).await.map_err(|e| e.to_string()));
-                continue;
-            }
-            Message::Tick => continue,
-        };
-        let (jobs, deletion) = gather(first, &mut receiver);
-        let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-        let merged = store_all(&mut connection, &pool, sqlite, &batches).await;
-        let results: Vec<Result<(), String>> = match merged {
-            Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
-            Err(error) if jobs.len() == 1 => vec![Err(error.to_string())],
-            Err(_) => {
-                let mut each = Vec::with_capacity(jobs.len());
-                for rows in &batches {
-                    let alone = store_all(&mut connection, &pool, sqlite, &[*rows]).await;
-                    each.push(alone.map_err(|e| e.to_string()));
-                }
-                each
-            }
-        };
-        answer(jobs, results, &after);
-        if let Some(Delete { deletion, done }) = deletion {
+        if let Message::Store(first) = message {
+            store_gathered(first, &mut receiver, &mut connection, &pool, sqlite, &after).await;
+        }
+        for Delete { deletion, done } in waiting(&deletions) {
             let _ = done.send(deletion.run_on_pool(&pool).await.map_err(|e| e.to_string()));
         }
     }
+}
+
+/// The pool writer's transaction: the first job and what is queued behind it.
+async fn store_gathered(
+    first: Job,
+    receiver: &mut mpsc::Receiver<Message>,
+    connection: &mut Option<PoolConnection<Any>>,
+    pool: &AnyPool,
+    sqlite: bool,
+    after: &After,
+) {
+    let jobs = gather(first, receiver);
+    let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
+    let merged = store_all(connection, pool, sqlite, &batches).await;
+    let results: Vec<Result<(), String>> = match merged {
+        Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+        Err(error) if jobs.len() == 1 => vec![Err(error.to_string())],
+        Err(_) => {
+            let mut each = Vec::with_capacity(jobs.len());
+            for rows in &batches {
+                let alone = store_all(connection, pool, sqlite, &[*rows]).await;
+                each.push(alone.map_err(|e| e.to_string()));
+            }
+            each
+        }
+    };
+    answer(jobs, results, after);
 }
 
 #[cfg(test)]
