@@ -48,6 +48,8 @@ pub struct Service {
     serves_the_mesh: bool,
     /// Where an admin's access token is an operator credential: the token checker.
     operator_tokens: Option<Arc<crate::auth::Tokens>>,
+    /// Whether GET answers get ETags and `Cache-Control` (crate::http_cache).
+    client_cache: bool,
 }
 
 impl Service {
@@ -68,6 +70,7 @@ impl Service {
             open_paths: vec!["/healthz", "/readyz"],
             serves_the_mesh: false,
             operator_tokens: None,
+            client_cache: true,
         }
     }
 
@@ -97,6 +100,14 @@ impl Service {
     }
 
     /// Never reports requests to the event sink (the sink itself, which would report to itself).
+    /// No ETags or `Cache-Control` on this service's answers: for APIs whose clients are
+    /// machines with a versioning of their own (the registry's blocking queries carry its
+    /// index), where hashing every watcher's answer would be work for nobody.
+    pub fn without_client_cache(mut self) -> Self {
+        self.client_cache = false;
+        self
+    }
+
     pub fn without_events(mut self) -> Self {
         self.events = false;
         self
@@ -127,7 +138,7 @@ impl Service {
             .with_context(|| format!("{} cannot start", self.name))?;
         let local = listener.local_addr().context("reading the bound address")?;
         let id = common.instance_id();
-        let mut app = with_kit_routes(api.into_router(), &self.health);
+        let mut app = with_kit_routes(api.into_router(), &self.health, self.client_cache);
         if !self.serves_the_mesh {
             // Inside the event record, so a refused call is on the sink with its caller.
             app = app.layer(middleware::from_fn_with_state(
@@ -231,8 +242,9 @@ impl Service {
 /// The routes and layers every service has: health, readiness, metrics, problem+json for unknown
 /// paths and methods, ETags and `Cache-Control` on reads, request metrics, and a tracing span
 /// carrying the trace id.
-fn with_kit_routes(app: Router, health: &Health) -> Router {
-    app.merge(health.routes())
+fn with_kit_routes(app: Router, health: &Health, client_cache: bool) -> Router {
+    let app = app
+        .merge(health.routes())
         .merge(metrics::routes())
         .fallback(problem::not_found)
         .method_not_allowed_fallback(|| async {
@@ -240,10 +252,14 @@ fn with_kit_routes(app: Router, health: &Health) -> Router {
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
                 "this method is not allowed here",
             )
-        })
-        // Inside the request metrics, so a 304 is counted as one.
-        .layer(middleware::from_fn(crate::http_cache::revalidate))
-        .layer(middleware::from_fn(metrics::track))
+        });
+    // Inside the request metrics, so a 304 is counted as one.
+    let app = if client_cache {
+        app.layer(middleware::from_fn(crate::http_cache::revalidate))
+    } else {
+        app
+    };
+    app.layer(middleware::from_fn(metrics::track))
         .layer(middleware::from_fn(trace_span))
 }
 

@@ -126,7 +126,8 @@ async fn serve<S: Store>(
     let mut service = Service::new("registry", args.port)
         .serving_the_mesh()
         .unregistered()
-        .without_events();
+        .without_events()
+        .without_client_cache();
     for path in identity::api::OPEN_PATHS {
         service = service.open_path(path);
     }
