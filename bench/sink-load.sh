@@ -113,6 +113,7 @@ report=bench/results/sink-load-$(date -u +%Y%m%dT%H%M%SZ).txt
 } | tee "$report"
 
 [ "$SINK_DB" = postgres ] && export SINK_PG_URL="postgres://stratus@127.0.0.1:$PG_PORT/events" SINK_PG_DIR="$work/pg"
+: > "$work/probe.out"  # there before tail opens it
 python3 bench/sink-load.py "$work/data" "$STRATUS" "$EVENTS" "$ADMIN" "$LOAD" "$COOLDOWN" "$INTERVAL" > "$work/probe.out" 2>&1 &
 probe_pid=$!
 tail -f --pid="$probe_pid" "$work/probe.out" | tee -a "$report" &
