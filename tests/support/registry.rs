@@ -108,6 +108,18 @@ impl Registry {
         response.json().await.unwrap()
     }
 
+    /// `GET /v1/services/<service>`.
+    pub async fn service(&self, service: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/services/{service}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
     /// The ids of `service`'s instances, sorted.
     pub async fn ids(&self, service: &str) -> Vec<String> {
         let response = self
@@ -201,4 +213,83 @@ impl Events {
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
+}
+
+/// A blocking query on one service is not woken by changes to another, and is woken at once by
+/// a change to its own; the index it gets back is that service's (`watched` and `writer` may be
+/// two registries on one etcd). The whole-catalog query still wakes on any change.
+pub async fn one_service_watch_wakes_for_that_service_only(writer: &Registry, watched: &Registry) {
+    assert_eq!(writer.register("alpha", "a1", 9101, 60.0).await, 201);
+    let alpha = watched.service("alpha").await;
+    let index = alpha["index"].as_u64().unwrap();
+    let catalog_index = watched.catalog().await["index"].as_u64().unwrap();
+    let blocked = |url: String| {
+        let http = watched.http.clone();
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            (response.json::<Value>().await.unwrap(), Instant::now())
+        })
+    };
+    let on_alpha = blocked(watched.url(&format!("/v1/services/alpha?index={index}&wait=60s")));
+    let on_catalog = blocked(watched.url(&format!("/v1/services?index={catalog_index}&wait=60s")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // 50 changes to beta: registrations, then deregistrations.
+    for n in 0..25 {
+        assert_eq!(
+            writer
+                .register("beta", &format!("b{n}"), 9200 + n, 60.0)
+                .await,
+            201
+        );
+    }
+    for n in 0..25 {
+        let deleted = writer
+            .http
+            .delete(writer.url(&format!("/v1/services/beta/instances/b{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204);
+    }
+    let (catalog, _) = tokio::time::timeout(Duration::from_secs(5), on_catalog)
+        .await
+        .expect("the whole-catalog query wakes on beta's changes")
+        .unwrap();
+    assert!(catalog["index"].as_u64().unwrap() > catalog_index);
+    // Long enough for the last of beta's changes to have reached every waiter.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !on_alpha.is_finished(),
+        "50 changes to beta woke a watcher of alpha"
+    );
+    assert_eq!(
+        watched.service("alpha").await["index"],
+        index,
+        "alpha's index moved with beta"
+    );
+
+    let changed = Instant::now();
+    assert_eq!(writer.register("alpha", "a2", 9102, 60.0).await, 201);
+    let (answer, at) = tokio::time::timeout(Duration::from_secs(5), on_alpha)
+        .await
+        .expect("a change to alpha wakes its watcher")
+        .unwrap();
+    let woke = at.duration_since(changed);
+    assert!(
+        woke < Duration::from_secs(1),
+        "alpha's watcher woke {woke:?} after its change"
+    );
+    assert_eq!(instance_ids(&answer["instances"]), ["a1", "a2"]);
+    let now = watched.service("alpha").await;
+    assert!(answer["index"].as_u64().unwrap() > index);
+    assert_eq!(
+        answer["index"], now["index"],
+        "the index returned is alpha's"
+    );
+    assert!(
+        now["index"].as_u64() < watched.catalog().await["index"].as_u64().map(|i| i + 1),
+        "a service's index is a registry index, never ahead of it"
+    );
 }

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use stratus_kit::caller::Caller;
@@ -13,6 +14,7 @@ use stratus_kit::model::Registration;
 use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
+use crate::answers::Answers;
 use crate::store::{Store, StoreError};
 use crate::{events, validate};
 
@@ -24,9 +26,40 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// The registry API as an OpenAPI 3.0 document, at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// What the routes are served with: the store, and its answers encoded once per change.
+pub struct Registry<S> {
+    pub store: Arc<S>,
+    pub answers: Arc<Answers>,
+}
+
+impl<S> Registry<S> {
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            answers: Arc::default(),
+        }
+    }
+}
+
+impl<S> Clone for Registry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            answers: self.answers.clone(),
+        }
+    }
+}
+
+/// Routes that only read and write instances take the store alone.
+impl<S> FromRef<Registry<S>> for Arc<S> {
+    fn from_ref(registry: &Registry<S>) -> Self {
+        registry.store.clone()
+    }
+}
+
 /// Every route the registry serves over a store of type `S`, each recorded against
 /// `openapi.json` by the kit's `Api`.
-pub fn routes<S: Store>() -> Api<Arc<S>> {
+pub fn routes<S: Store>() -> Api<Registry<S>> {
     let instance = "/v1/services/{name}/instances/{id}";
     Api::new(OPENAPI, "")
         .get("/v1/services", list_services::<S>)
@@ -42,7 +75,8 @@ pub fn routes<S: Store>() -> Api<Arc<S>> {
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// `?index=N&wait=30s`: answer once the registry's index passes N, or after `wait`.
+/// `?index=N&wait=30s`: answer once the index passes N, or after `wait`. The whole catalog waits
+/// on the registry's index; one service on its own (a change elsewhere does not wake it).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WatchQuery {
@@ -51,7 +85,8 @@ struct WatchQuery {
 }
 
 impl WatchQuery {
-    async fn wait_on<S: Store>(&self, store: &S) -> Result<(), Problem> {
+    /// Waits on `service`'s own index, or on the registry's when `None`.
+    async fn wait_on<S: Store>(&self, store: &S, service: Option<&str>) -> Result<(), Problem> {
         let Some(index) = self.index else {
             return Ok(());
         };
@@ -59,24 +94,29 @@ impl WatchQuery {
             Some(text) => stratus_kit::duration::parse(text).map_err(Problem::bad_request)?,
             None => Duration::from_secs(30),
         };
-        store.wait_for_change(index, wait.min(MAX_WAIT)).await;
+        let wait = wait.min(MAX_WAIT);
+        match service {
+            Some(service) => store.wait_for_service_change(service, index, wait).await,
+            None => store.wait_for_change(index, wait).await,
+        };
         Ok(())
     }
 }
 
 async fn list_services<S: Store>(
-    State(store): State<Arc<S>>,
+    State(registry): State<Registry<S>>,
     caller: Caller,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     caller.known()?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    query.wait_on(&*store).await?;
-    Ok(axum::Json(store.catalog().await.map_err(store_problem)?))
+    query.wait_on(&*registry.store, None).await?;
+    let catalog = registry.store.catalog().await.map_err(store_problem)?;
+    Ok(json(registry.answers.catalog(&catalog).await))
 }
 
 async fn get_service<S: Store>(
-    State(store): State<Arc<S>>,
+    State(registry): State<Registry<S>>,
     caller: Caller,
     Path(name): Path<String>,
     query: Result<Query<WatchQuery>, QueryRejection>,
@@ -84,10 +124,18 @@ async fn get_service<S: Store>(
     caller.known()?;
     validate::service_name(&name).map_err(Problem::bad_request)?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    query.wait_on(&*store).await?;
-    Ok(axum::Json(
-        store.service(&name).await.map_err(store_problem)?,
-    ))
+    query.wait_on(&*registry.store, Some(&name)).await?;
+    let (answer, version) = registry
+        .store
+        .service_versioned(&name)
+        .await
+        .map_err(store_problem)?;
+    Ok(json(registry.answers.service(&answer, version).await))
+}
+
+/// An answer already encoded as JSON.
+fn json(body: Bytes) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 /// Prometheus's HTTP service discovery: every instance that serves metrics (`prometheus.rs`).
@@ -183,7 +231,7 @@ mod tests {
     fn the_openapi_document_describes_exactly_the_routes() {
         let store = Arc::new(MemoryStore::warming_for(std::time::Duration::ZERO));
         super::routes::<MemoryStore>()
-            .with_state::<()>(store)
+            .with_state::<()>(super::Registry::new(store))
             .merge(crate::identity::api::routes().with_state(None))
             .check()
             .unwrap();
