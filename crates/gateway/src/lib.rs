@@ -133,7 +133,8 @@ pub struct Args {
     #[arg(long, env = "STRATUS_TLS_DEV", default_value_t = false, action = clap::ArgAction::Set)]
     pub tls_dev: bool,
 
-    /// How often the gateway itself probes every upstream instance's /healthz (0: off).
+    /// How often the gateway itself probes the /healthz of every instance of the services its
+    /// route table names (0: off).
     #[arg(long, env = "STRATUS_UPSTREAM_HEALTH_INTERVAL", default_value = "1s", value_parser = stratus_kit::duration::parse)]
     pub upstream_health_interval: Duration,
 
@@ -213,15 +214,6 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         )),
     };
 
-    if !args.upstream_health_interval.is_zero() {
-        let settings = health::Settings {
-            interval: args.upstream_health_interval,
-            timeout: args.upstream_health_interval.min(Duration::from_secs(2)),
-            unhealthy: args.upstream_health_unhealthy.max(1),
-            healthy: args.upstream_health_healthy.max(1),
-        };
-        tokio::spawn(health::run(upstreams.clone(), settings));
-    }
     for route in &table.tcp {
         let listener = l4::bind(route).await?;
         tracing::info!(address = %route.listen, service = %route.service, "layer-4 listener");
@@ -277,6 +269,18 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
 
     if let Some(follower) = dns {
         tokio::spawn(discovery::follow_dns(follower, shared.clone()));
+    }
+    if !args.upstream_health_interval.is_zero() {
+        let settings = health::Settings {
+            interval: args.upstream_health_interval,
+            timeout: args.upstream_health_interval.min(Duration::from_secs(2)),
+            unhealthy: args.upstream_health_unhealthy.max(1),
+            healthy: args.upstream_health_healthy.max(1),
+        };
+        // Only the services the current route table names are checked (health.rs).
+        let routes = shared.clone();
+        let routed = move || discovery::services_of(&routes.routes.load());
+        tokio::spawn(health::run(upstreams.clone(), settings, routed));
     }
     tokio::spawn(deploy::watch(shared.clone()));
 
@@ -409,8 +413,8 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
 /// What the gateway's registration says about it beyond its address.
 ///
 /// - `health_check = tcp`: the client port answers only routed paths, so a `GET /healthz` there
-///   is a 404. Without this, every gateway's active health checks (which probe every instance
-///   in the registry, gateways included) would count each gateway as failing once it started
+///   is a 404. Without this, a gateway whose routes name the gateway service (an edge in front
+///   of other gateways) would count each gateway as failing once it started
 ///   (`gateway_health_check_failures_total{service="gateway"} 1` on an idle system) and keep it
 ///   out of rotation for good.
 /// - `metrics_path`, `metrics_port`: the metrics are on the admin port, for the registry's
