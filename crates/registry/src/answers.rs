@@ -32,6 +32,23 @@ pub struct Answers {
 }
 
 impl Answers {
+    /// The catalog's JSON at `version` if it is already encoded (then the catalog need not even
+    /// be read).
+    pub fn catalog_at(&self, version: (u64, bool)) -> Option<Bytes> {
+        match &*lock(&self.catalog) {
+            Some((at, slot)) if *at == version => slot.get().cloned(),
+            _ => None,
+        }
+    }
+
+    /// `service`'s JSON at `version` if it is already encoded.
+    pub fn service_at(&self, service: &str, version: u64) -> Option<Bytes> {
+        match lock(&self.services).get(service) {
+            Some((at, slot)) if *at == version => slot.get().cloned(),
+            _ => None,
+        }
+    }
+
     /// The catalog as JSON, encoded at most once per version.
     pub async fn catalog(&self, catalog: &Catalog) -> Bytes {
         let version = (catalog.index, catalog.warming);
@@ -105,6 +122,15 @@ mod tests {
         assert_eq!(answers.catalog(&catalog).await, first);
         catalog.index = 8;
         assert_ne!(answers.catalog(&catalog).await, first);
+        assert_eq!(
+            answers.catalog_at((8, false)),
+            Some(answers.catalog(&catalog).await)
+        );
+        assert_eq!(
+            answers.catalog_at((7, false)),
+            None,
+            "only the newest is kept"
+        );
 
         let mut service = ServiceInstances {
             index: 3,

@@ -111,8 +111,7 @@ async fn list_services<S: Store>(
     caller.known()?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*registry.store, None).await?;
-    let catalog = registry.store.catalog().await.map_err(store_problem)?;
-    Ok(json(registry.answers.catalog(&catalog).await))
+    Ok(json(catalog_json(&registry).await?))
 }
 
 async fn get_service<S: Store>(
@@ -125,12 +124,28 @@ async fn get_service<S: Store>(
     validate::service_name(&name).map_err(Problem::bad_request)?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*registry.store, Some(&name)).await?;
+    let kept = registry.store.service_version(&name);
+    if let Some(encoded) = kept.and_then(|version| registry.answers.service_at(&name, version)) {
+        return Ok(json(encoded));
+    }
     let (answer, version) = registry
         .store
         .service_versioned(&name)
         .await
         .map_err(store_problem)?;
     Ok(json(registry.answers.service(&answer, version).await))
+}
+
+/// The whole catalog's JSON: the encoding already made for its version when the store can tell
+/// the version without reading (every watcher woken by one change but the first), else read and
+/// encoded (once per version).
+pub(crate) async fn catalog_json<S: Store>(registry: &Registry<S>) -> Result<Bytes, Problem> {
+    let kept = registry.store.catalog_version();
+    if let Some(encoded) = kept.and_then(|version| registry.answers.catalog_at(version)) {
+        return Ok(encoded);
+    }
+    let catalog = registry.store.catalog().await.map_err(store_problem)?;
+    Ok(registry.answers.catalog(&catalog).await)
 }
 
 /// An answer already encoded as JSON.

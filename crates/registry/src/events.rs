@@ -50,24 +50,33 @@ async fn next_event<S: Store>(store: &S, answers: &Answers, last: Option<u64>) -
                 continue;
             }
         }
-        match store.catalog().await {
-            // A read can land on the same index as before (the change was undone by the time we
-            // looked, or the store's revision moved for something that is not ours): say nothing.
-            Ok(catalog) if Some(catalog.index) == last => continue,
-            Ok(catalog) => {
-                let encoded = answers.catalog(&catalog).await;
-                let data = std::str::from_utf8(&encoded).unwrap_or("{}");
-                let event = Event::default()
-                    .event("catalog")
-                    .id(catalog.index.to_string())
-                    .data(data);
-                return (catalog.index, event);
-            }
-            Err(error) => {
-                // Logged once per failed read; the watcher keeps its connection and its last view.
-                let _ = store_problem(error);
-                tokio::time::sleep(RETRY).await;
-            }
+        // The encoding already made for the store's version, when it can tell it unread.
+        let kept = store
+            .catalog_version()
+            .and_then(|version| Some((version.0, answers.catalog_at(version)?)));
+        let (index, encoded) = match kept {
+            Some(kept) => kept,
+            None => match store.catalog().await {
+                Ok(catalog) => (catalog.index, answers.catalog(&catalog).await),
+                Err(error) => {
+                    // Logged once per failed read; the watcher keeps its connection and its
+                    // last view.
+                    let _ = store_problem(error);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            },
+        };
+        // A read can land on the same index as before (the change was undone by the time we
+        // looked, or the store's revision moved for something that is not ours): say nothing.
+        if Some(index) == last {
+            continue;
         }
+        let data = std::str::from_utf8(&encoded).unwrap_or("{}");
+        let event = Event::default()
+            .event("catalog")
+            .id(index.to_string())
+            .data(data);
+        return (index, event);
     }
 }

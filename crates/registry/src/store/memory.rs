@@ -527,6 +527,14 @@ impl Store for MemoryStore {
         ready(Ok((answer, version)))
     }
 
+    fn catalog_version(&self) -> Option<(u64, bool)> {
+        Some((self.index(), self.warming()))
+    }
+
+    fn service_version(&self, name: &str) -> Option<u64> {
+        Some(self.service_indexes.get(name).max(1))
+    }
+
     fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send {
         MemoryStore::wait_for_change(self, after, wait)
     }

@@ -75,6 +75,18 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = StoreResult<(ServiceInstances, u64)>> + Send;
 
+    /// The version of the whole catalog (its index, and whether it says `warming`), when the
+    /// store can tell it without reading the catalog; `None` when only a read can (etcd). Lets
+    /// a watcher be sent an answer already encoded without the catalog being read again.
+    fn catalog_version(&self) -> Option<(u64, bool)> {
+        None
+    }
+
+    /// As [`Store::catalog_version`], the version [`Store::service_versioned`] would give.
+    fn service_version(&self, _name: &str) -> Option<u64> {
+        None
+    }
+
     /// Waits until the index passes `after`, or `wait` elapses. Returns the index then.
     fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send;
 
