@@ -359,8 +359,22 @@ async fn a_watcher_of_one_service_wakes_only_when_it_changes_on_etcd() {
     drop(etcd);
 }
 
+/// On etcd, the watchers one change wakes share the catalog's read and its encoding.
+async fn one_change_is_encoded_once_for_every_watcher_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    support::registry::one_change_is_encoded_once_for_every_watcher(&registry).await;
+    drop(etcd);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
+        Test::new(
+            "one_change_is_encoded_once_for_every_watcher_on_etcd",
+            one_change_is_encoded_once_for_every_watcher_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
         Test::new(
             "a_watcher_of_one_service_wakes_only_when_it_changes_on_etcd",
             a_watcher_of_one_service_wakes_only_when_it_changes_on_etcd,

@@ -293,3 +293,104 @@ pub async fn one_service_watch_wakes_for_that_service_only(writer: &Registry, wa
         "a service's index is a registry index, never ahead of it"
     );
 }
+
+/// The value of `name{labels}` on the registry's /metrics (0 when it is not there yet).
+pub async fn counter(registry: &Registry, name: &str, labels: &str) -> f64 {
+    let text = registry
+        .http
+        .get(registry.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 20 watchers of the catalog and 20 of one service, woken by one change, get byte-equal
+/// answers, and each answer is encoded once (`registry_answer_encodings_total`).
+pub async fn one_change_is_encoded_once_for_every_watcher(registry: &Registry) {
+    const WATCHERS: usize = 20;
+    for n in 0..30 {
+        assert_eq!(
+            registry
+                .register("catalog", &format!("c{n}"), 9000 + n, 60.0)
+                .await,
+            201
+        );
+    }
+    let catalog_index = registry.catalog().await["index"].as_u64().unwrap();
+    let service_index = registry.service("catalog").await["index"].as_u64().unwrap();
+    let metric = "registry_answer_encodings_total";
+    let catalogs = counter(registry, metric, "answer=\"catalog\"").await;
+    let services = counter(registry, metric, "answer=\"service\"").await;
+    assert!(
+        catalogs >= 1.0 && services >= 1.0,
+        "the reads above were encoded"
+    );
+
+    let mut watchers = Vec::new();
+    for n in 0..2 * WATCHERS {
+        let url = if n % 2 == 0 {
+            registry.url(&format!("/v1/services?index={catalog_index}&wait=30s"))
+        } else {
+            registry.url(&format!(
+                "/v1/services/catalog?index={service_index}&wait=30s"
+            ))
+        };
+        let http = registry.http.clone();
+        watchers.push(tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "application/json");
+            response.bytes().await.unwrap()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(registry.register("catalog", "new", 9100, 60.0).await, 201);
+    let mut answers = Vec::new();
+    for watcher in watchers {
+        answers.push(
+            tokio::time::timeout(Duration::from_secs(5), watcher)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let (on_catalog, on_service): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .enumerate()
+        .partition(|(n, _)| n % 2 == 0);
+    for group in [&on_catalog, &on_service] {
+        let first = &group[0].1;
+        assert!(
+            group.iter().all(|(_, answer)| answer == first),
+            "watchers got different bytes"
+        );
+        let json: Value = serde_json::from_slice(first).unwrap();
+        let instances = json
+            .get("instances")
+            .unwrap_or(&json["services"]["catalog"]);
+        assert_eq!(instances.as_array().unwrap().len(), 31);
+    }
+    assert_eq!(
+        counter(registry, metric, "answer=\"catalog\"").await - catalogs,
+        1.0,
+        "{WATCHERS} watchers of the catalog, one encoding"
+    );
+    assert_eq!(
+        counter(registry, metric, "answer=\"service\"").await - services,
+        1.0,
+        "{WATCHERS} watchers of one service, one encoding"
+    );
+    // The same answer read again is not encoded again.
+    assert!(registry.catalog().await["services"]["catalog"].is_array());
+    assert_eq!(
+        counter(registry, metric, "answer=\"catalog\"").await - catalogs,
+        1.0
+    );
+}

@@ -15,7 +15,8 @@ use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
 use crate::answers::Answers;
-use crate::store::{Store, StoreError};
+use crate::coalesce::Coalesced;
+use crate::store::{Store, StoreError, StoreResult};
 use crate::{events, validate};
 
 /// Registrations are small; anything larger is refused before it is parsed.
@@ -30,6 +31,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct Registry<S> {
     pub store: Arc<S>,
     pub answers: Arc<Answers>,
+    /// Reads of the whole catalog, shared by the watchers one change wakes (`coalesce.rs`).
+    catalog_reads: Arc<Coalesced<StoreResult<(u64, Bytes)>>>,
 }
 
 impl<S> Registry<S> {
@@ -37,6 +40,7 @@ impl<S> Registry<S> {
         Self {
             store,
             answers: Arc::default(),
+            catalog_reads: Arc::default(),
         }
     }
 }
@@ -46,6 +50,7 @@ impl<S> Clone for Registry<S> {
         Self {
             store: self.store.clone(),
             answers: self.answers.clone(),
+            catalog_reads: self.catalog_reads.clone(),
         }
     }
 }
@@ -111,7 +116,8 @@ async fn list_services<S: Store>(
     caller.known()?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     query.wait_on(&*registry.store, None).await?;
-    Ok(json(catalog_json(&registry).await?))
+    let (_, encoded) = catalog_answer(&registry).await.map_err(store_problem)?;
+    Ok(json(encoded))
 }
 
 async fn get_service<S: Store>(
@@ -136,16 +142,23 @@ async fn get_service<S: Store>(
     Ok(json(registry.answers.service(&answer, version).await))
 }
 
-/// The whole catalog's JSON: the encoding already made for its version when the store can tell
-/// the version without reading (every watcher woken by one change but the first), else read and
-/// encoded (once per version).
-pub(crate) async fn catalog_json<S: Store>(registry: &Registry<S>) -> Result<Bytes, Problem> {
-    let kept = registry.store.catalog_version();
-    if let Some(encoded) = kept.and_then(|version| registry.answers.catalog_at(version)) {
-        return Ok(encoded);
+/// The whole catalog's index and JSON: the encoding already made for its version when the store
+/// can tell the version without reading (memory: every watcher woken by one change but the
+/// first), else read (one read shared by the callers that ask at once) and encoded (once per
+/// version).
+pub(crate) async fn catalog_answer<S: Store>(registry: &Registry<S>) -> StoreResult<(u64, Bytes)> {
+    if let Some(version) = registry.store.catalog_version() {
+        if let Some(encoded) = registry.answers.catalog_at(version) {
+            return Ok((version.0, encoded));
+        }
     }
-    let catalog = registry.store.catalog().await.map_err(store_problem)?;
-    Ok(registry.answers.catalog(&catalog).await)
+    registry
+        .catalog_reads
+        .read(|| async {
+            let catalog = registry.store.catalog().await?;
+            Ok((catalog.index, registry.answers.catalog(&catalog).await))
+        })
+        .await
 }
 
 /// An answer already encoded as JSON.

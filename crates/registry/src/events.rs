@@ -19,8 +19,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 
-use crate::answers::Answers;
-use crate::api::{store_problem, Registry};
+use crate::api::{catalog_answer, store_problem, Registry};
 use crate::store::Store;
 
 /// How long one wait lasts before it is simply started again (keep-alives fill the silence).
@@ -34,7 +33,7 @@ pub async fn watch<S: Store>(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, stratus_kit::Problem> {
     caller.known()?;
     let stream = futures_util::stream::unfold((registry, None), |(registry, last)| async move {
-        let event = next_event(&*registry.store, &registry.answers, last).await;
+        let event = next_event(&registry, last).await;
         let index = event.0;
         Some((Ok(event.1), (registry, Some(index))))
     });
@@ -43,29 +42,21 @@ pub async fn watch<S: Store>(
 
 /// Waits for the catalog after `last` (at once when there is no `last`) and returns its index
 /// and event.
-async fn next_event<S: Store>(store: &S, answers: &Answers, last: Option<u64>) -> (u64, Event) {
+async fn next_event<S: Store>(registry: &Registry<S>, last: Option<u64>) -> (u64, Event) {
     loop {
         if let Some(last) = last {
-            if store.wait_for_change(last, WAIT).await <= last {
+            if registry.store.wait_for_change(last, WAIT).await <= last {
                 continue;
             }
         }
-        // The encoding already made for the store's version, when it can tell it unread.
-        let kept = store
-            .catalog_version()
-            .and_then(|version| Some((version.0, answers.catalog_at(version)?)));
-        let (index, encoded) = match kept {
-            Some(kept) => kept,
-            None => match store.catalog().await {
-                Ok(catalog) => (catalog.index, answers.catalog(&catalog).await),
-                Err(error) => {
-                    // Logged once per failed read; the watcher keeps its connection and its
-                    // last view.
-                    let _ = store_problem(error);
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            },
+        let (index, encoded) = match catalog_answer(registry).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                // Logged once per failed read; the watcher keeps its connection and its last view.
+                let _ = store_problem(error);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
         };
         // A read can land on the same index as before (the change was undone by the time we
         // looked, or the store's revision moved for something that is not ours): say nothing.

@@ -10,6 +10,7 @@
 pub mod answers;
 pub mod api;
 pub mod checks;
+pub mod coalesce;
 pub mod etcd_checks;
 pub mod events;
 pub mod identity;

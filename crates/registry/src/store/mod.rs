@@ -25,7 +25,7 @@ pub use memory::MemoryStore;
 /// Lease length when a registration names none.
 pub const DEFAULT_TTL: f64 = 10.0;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backing store could not be reached or refused the request: worth retrying later.
     #[error("the registry's store is unavailable: {0}")]
