@@ -18,6 +18,9 @@ service at the asked rate for SECONDS and measures, over that window:
               (every watcher that should see the change), p50 and p99
   RSS         the registry's resident memory at the end
 
+With STORE=etcd the registry keeps its instances in an etcd of its own (started per row, the
+`etcd` program on PATH), and the CPU column adds etcd's.
+
 The watchers are asyncio connections in this one Python process, which shares the machine's cores
 with the registry: at the larger rows the client's own reading shows in the lag.
 """
@@ -41,6 +44,7 @@ ROWS = os.environ.get(
     "ROWS",
     "catalog:100:20:10 catalog:1000:100:10 service:1000:100:10 service:5000:500:20",
 ).split()
+STORE = os.environ.get("STORE", "memory")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 INDEX = re.compile(rb'"index":(\d+)')
 
@@ -119,6 +123,7 @@ class Row:
         self.sent = {}  # change id -> (service, time sent)
         self.lags = []
         self.answers = 0
+        self.errors = 0  # answers other than 200 (a store that cannot keep up: 503)
         self.bytes = 0
         self.ready = 0  # watchers that have their first answer (and an index to block on)
         # The registry closes connections from one address past 64 handshakes in progress at
@@ -135,8 +140,15 @@ class Row:
             "address": "127.0.0.1", "port": 10000 + hash(instance) % 50000,
             "ttl_seconds": 3600, "version": "1", "metadata": {"zone": "a", "team": "bench"},
         }).encode()
-        status, _ = await http.request("PUT", f"/v1/services/{service}/instances/{instance}", body)
-        assert status in (200, 201), status
+        path = f"/v1/services/{service}/instances/{instance}"
+        while True:
+            status, _ = await http.request("PUT", path, body)
+            if status in (200, 201):
+                return
+            assert status == 503, status
+            # The store did not answer in time: counted, and tried again.
+            self.errors += 1
+            await asyncio.sleep(0.1)
 
     async def fill(self, port):
         queue = list(range(self.instances))
@@ -156,8 +168,13 @@ class Row:
         else:
             service = self.service(n % self.services)
             path = f"/v1/services/{service}"
-        async with self.connecting:
-            status, data = await http.request("GET", path)
+        while True:
+            async with self.connecting:
+                status, data = await http.request("GET", path)
+            if status == 200:
+                break
+            self.errors += 1
+            await asyncio.sleep(0.1)
         index = int(INDEX.search(data).group(1))
         self.ready += 1
         seen = set()
@@ -165,6 +182,8 @@ class Row:
             status, data = await http.request("GET", f"{path}?index={index}&wait=30s")
             now = time.time()
             if status != 200:
+                self.errors += 1
+                await asyncio.sleep(0.1)
                 continue
             if self.measuring:
                 self.answers += 1
@@ -191,7 +210,7 @@ class Row:
         # The window is the asked time (the last change is sent before it ends).
         return made, max(time.time() - started, made / self.rate)
 
-    async def run(self, pid, port):
+    async def run(self, pid, port, etcd_pid=None):
         await self.fill(port)
         tasks = [asyncio.create_task(self.watcher(port, n)) for n in range(self.watchers)]
         while self.ready < self.watchers:
@@ -201,11 +220,13 @@ class Row:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # every watcher blocked
         cpu = cpu_seconds(pid)
+        etcd_cpu = cpu_seconds(etcd_pid) if etcd_pid else 0.0
         self.measuring = True
         made, elapsed = await self.changes(port)
         await asyncio.sleep(0.5)  # the last change's answers
         self.measuring = False
         cpu = cpu_seconds(pid) - cpu
+        etcd_cpu = (cpu_seconds(etcd_pid) - etcd_cpu) if etcd_pid else None
         self.stop = True
         for task in tasks:
             task.cancel()
@@ -222,6 +243,7 @@ class Row:
         return {
             "made": made / elapsed,
             "cpu": 100 * cpu / (elapsed + 0.5),
+            "etcd_cpu": None if etcd_cpu is None else 100 * etcd_cpu / (elapsed + 0.5),
             "cpu_per_change_ms": 1000 * cpu / made,
             "sent_per_change_mib": self.bytes / made / 2**20,
             "wakeups": self.answers / made,
@@ -230,54 +252,86 @@ class Row:
             "p50": percentile(0.50),
             "p99": percentile(0.99),
             "rss": rss_mib(pid),
+            "errors": self.errors,
         }
 
 
+def wait_port(port, proc, what, work):
+    deadline = time.time() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise SystemExit(f"{what} did not start; logs in {work}")
+            time.sleep(0.05)
+
+
+def start_etcd(work):
+    port, peer = free_port(), free_port()
+    client, peer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
+    data = tempfile.mkdtemp(prefix="etcd-", dir=work)
+    log = open(os.path.join(work, "etcd.log"), "ab")
+    proc = subprocess.Popen(
+        ["etcd", "--name=bench", f"--data-dir={data}", f"--listen-client-urls={client}",
+         f"--advertise-client-urls={client}", f"--listen-peer-urls={peer_url}",
+         f"--initial-advertise-peer-urls={peer_url}", f"--initial-cluster=bench={peer_url}"],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    wait_port(port, proc, "etcd", work)
+    time.sleep(1.0)  # a leader
+    return proc, client
+
+
 def run_row(spec, work):
+    etcd, store = (start_etcd(work) if STORE == "etcd" else (None, "memory"))
     port = free_port()
     env = dict(os.environ)
     env.update({
         "PORT": str(port), "STRATUS_DATA_DIR": work, "STRATUS_LOG": "warn",
         "STRATUS_REGISTRY_WARMUP": "0s", "STRATUS_MTLS": "off",
+        "STRATUS_REGISTRY_STORE": store,
     })
     log = open(os.path.join(work, "registry.log"), "ab")
     proc = subprocess.Popen([STRATUS, "serve", "registry"], env=env, stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise SystemExit(f"the registry did not start; log in {work}")
-                time.sleep(0.05)
+        wait_port(port, proc, "the registry", work)
         row = Row(spec)
-        result = asyncio.run(row.run(proc.pid, port))
+        result = asyncio.run(row.run(proc.pid, port, etcd.pid if etcd else None))
         return row, result
     finally:
         proc.kill()
         proc.wait()
+        if etcd:
+            etcd.kill()
+            etcd.wait()
 
 
 def main():
     work = tempfile.mkdtemp(prefix="stratus-registry-scale-")
-    print(f"binary: {STRATUS}; {SECONDS:.0f} s a row; load average before: "
+    print(f"binary: {STRATUS}; store: {STORE}; {SECONDS:.0f} s a row; load average before: "
           f"{os.getloadavg()[0]:.2f}")
     print()
     print("| watch | instances | watchers | changes/s asked (made) | registry CPU | CPU per change "
           "| sent per change | wake-ups per change (ideal) | seen | lag p50 | lag p99 | registry RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    failures = []
     for spec in ROWS:
         row, r = run_row(spec, work)
         kind = "whole catalog" if row.kind == "catalog" else "one service each"
+        etcd = "" if r["etcd_cpu"] is None else f" (+{r['etcd_cpu']:.0f}% etcd)"
         print(f"| {kind} | {row.instances:,} | {row.watchers:,} | {row.rate:g} ({r['made']:.1f}) "
-              f"| {r['cpu']:.0f}% | {r['cpu_per_change_ms']:.1f} ms "
+              f"| {r['cpu']:.0f}%{etcd} | {r['cpu_per_change_ms']:.1f} ms "
               f"| {r['sent_per_change_mib']:.2f} MiB | {r['wakeups']:.0f} ({r['ideal']:g}) "
               f"| {100 * r['seen']:.0f}% | {r['p50']:.0f} ms | {r['p99']:.0f} ms "
               f"| {r['rss']:.0f} MiB |", flush=True)
+        if r["errors"]:
+            failures.append(f"{kind}, {row.instances:,} instances: {r['errors']} answers were "
+                            "not 200 (the registry could not read its store in time)")
     print()
+    for failure in failures:
+        print(f"- {failure}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

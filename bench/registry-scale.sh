@@ -6,6 +6,7 @@
 #   ROWS="catalog:2000:200:10 service:5000:500:40" bench/registry-scale.sh
 #   SECONDS_PER_ROW=20 bench/registry-scale.sh
 #   STRATUS_BIN=/tmp/stratus-before bench/registry-scale.sh   # another build (a before and after)
+#   STORE=etcd bench/registry-scale.sh                        # on an etcd of its own (`etcd` on PATH)
 #
 # A row is kind:instances:watchers:changes-per-second, kind `catalog` (every watcher holds a
 # blocking query on the whole catalog) or `service` (each on one service). Needs python3 and a
