@@ -202,3 +202,10 @@ async fn one_change_is_encoded_once_for_every_watcher() {
     let registry = Registry::start("registry", "memory", dir.path()).await;
     support::registry::one_change_is_encoded_once_for_every_watcher(&registry).await;
 }
+
+#[tokio::test]
+async fn a_query_on_part_of_the_catalog_wakes_only_for_its_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::registry::part_of_the_catalog_wakes_for_its_services_only(&registry, &registry).await;
+}

@@ -368,8 +368,24 @@ async fn one_change_is_encoded_once_for_every_watcher_on_etcd() {
     drop(etcd);
 }
 
+/// On etcd, a query on part of the catalog through one registry wakes for changes made through
+/// another to its services only.
+async fn a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    let watched = Registry::start("registry-1", &etcd.url(), dir.path()).await;
+    support::registry::part_of_the_catalog_wakes_for_its_services_only(&writer, &watched).await;
+    drop(etcd);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
+        Test::new(
+            "a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd",
+            a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
         Test::new(
             "one_change_is_encoded_once_for_every_watcher_on_etcd",
             one_change_is_encoded_once_for_every_watcher_on_etcd,

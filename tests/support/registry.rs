@@ -394,3 +394,63 @@ pub async fn one_change_is_encoded_once_for_every_watcher(registry: &Registry) {
         1.0
     );
 }
+
+/// `GET /v1/services?services=alpha,gamma`: only those services, and a blocking query on them
+/// is woken by their changes only (`watched` and `writer` may be two registries on one etcd).
+pub async fn part_of_the_catalog_wakes_for_its_services_only(
+    writer: &Registry,
+    watched: &Registry,
+) {
+    assert_eq!(writer.register("alpha", "a1", 9101, 60.0).await, 201);
+    assert_eq!(writer.register("beta", "b1", 9201, 60.0).await, 201);
+    let part = |index: Option<u64>| {
+        let query = match index {
+            Some(index) => format!("services=alpha,gamma&index={index}&wait=60s"),
+            None => "services=alpha,gamma".to_string(),
+        };
+        let http = watched.http.clone();
+        let url = watched.url(&format!("/v1/services?{query}"));
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        })
+    };
+    let first = part(None).await.unwrap();
+    let names: Vec<&String> = first["services"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["alpha"], "only the named services (gamma has none)");
+    let index = first["index"].as_u64().unwrap();
+
+    let blocked = part(Some(index));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..20 {
+        assert_eq!(
+            writer
+                .register("beta", &format!("b{n}x"), 9300 + n, 60.0)
+                .await,
+            201
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !blocked.is_finished(),
+        "changes to beta woke a query on alpha and gamma"
+    );
+    assert_eq!(writer.register("gamma", "g1", 9401, 60.0).await, 201);
+    let answer = tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .expect("a change to gamma wakes it")
+        .unwrap();
+    assert!(answer["index"].as_u64().unwrap() > index);
+    assert_eq!(instance_ids(&answer["services"]["gamma"]), ["g1"]);
+    assert!(answer["services"].get("beta").is_none());
+
+    // Names are checked.
+    let bad = watched
+        .http
+        .get(watched.url("/v1/services?services=alpha,Not%20A%20Name"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

@@ -86,6 +86,13 @@ impl Answers {
     }
 }
 
+/// Part of the catalog (`?services=`), encoded for one watcher: such answers differ by the
+/// services named, so they are not kept.
+pub fn encode_part(catalog: &Catalog) -> Bytes {
+    metrics::counter!("registry_answer_encodings_total", "answer" => "part").increment(1);
+    Bytes::from(serde_json::to_vec(catalog).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Each update replaces one entry whole: a poisoned lock is still consistent.
     mutex

@@ -23,6 +23,8 @@ use crate::{events, validate};
 const MAX_BODY: usize = 64 * 1024;
 /// The longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
+/// The most services one query on part of the catalog may name.
+const MAX_SERVICES: usize = 1000;
 
 /// The registry API as an OpenAPI 3.0 document, at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -89,9 +91,15 @@ struct WatchQuery {
     wait: Option<String>,
 }
 
+/// What is waited on: the registry's index, one service's, or any of several services'.
+enum Waited<'a> {
+    Registry,
+    Service(&'a str),
+    AnyOf(&'a [String]),
+}
+
 impl WatchQuery {
-    /// Waits on `service`'s own index, or on the registry's when `None`.
-    async fn wait_on<S: Store>(&self, store: &S, service: Option<&str>) -> Result<(), Problem> {
+    async fn wait_on<S: Store>(&self, store: &S, waited: Waited<'_>) -> Result<(), Problem> {
         let Some(index) = self.index else {
             return Ok(());
         };
@@ -100,24 +108,74 @@ impl WatchQuery {
             None => Duration::from_secs(30),
         };
         let wait = wait.min(MAX_WAIT);
-        match service {
-            Some(service) => store.wait_for_service_change(service, index, wait).await,
-            None => store.wait_for_change(index, wait).await,
+        match waited {
+            Waited::Registry => store.wait_for_change(index, wait).await,
+            Waited::Service(service) => store.wait_for_service_change(service, index, wait).await,
+            Waited::AnyOf(services) => store.wait_for_services_change(services, index, wait).await,
         };
         Ok(())
     }
 }
 
+/// `GET /v1/services`: a blocking query as [`WatchQuery`], and `services=a,b` for only those
+/// services (woken only by their changes).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogQuery {
+    index: Option<u64>,
+    wait: Option<String>,
+    services: Option<String>,
+}
+
+/// The names in `services=a,b`, checked, sorted and without repeats.
+fn named_services(list: &str) -> Result<Vec<String>, Problem> {
+    let mut names: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    for name in &names {
+        validate::service_name(name).map_err(Problem::bad_request)?;
+    }
+    names.sort();
+    names.dedup();
+    if names.len() > MAX_SERVICES {
+        return Err(Problem::bad_request(format!(
+            "services names {} services; at most {MAX_SERVICES}",
+            names.len()
+        )));
+    }
+    Ok(names)
+}
+
 async fn list_services<S: Store>(
     State(registry): State<Registry<S>>,
     caller: Caller,
-    query: Result<Query<WatchQuery>, QueryRejection>,
+    query: Result<Query<CatalogQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     caller.known()?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    query.wait_on(&*registry.store, None).await?;
-    let (_, encoded) = catalog_answer(&registry).await.map_err(store_problem)?;
-    Ok(json(encoded))
+    let services = query.services.as_deref().map(named_services).transpose()?;
+    let watch = WatchQuery {
+        index: query.index,
+        wait: query.wait,
+    };
+    let Some(services) = services else {
+        watch.wait_on(&*registry.store, Waited::Registry).await?;
+        let (_, encoded) = catalog_answer(&registry).await.map_err(store_problem)?;
+        return Ok(json(encoded));
+    };
+    // Part of the catalog, at the registry's index: any later change to one of its services
+    // moves that service's index past it.
+    watch
+        .wait_on(&*registry.store, Waited::AnyOf(&services))
+        .await?;
+    let mut catalog = registry.store.catalog().await.map_err(store_problem)?;
+    catalog
+        .services
+        .retain(|name, _| services.binary_search(name).is_ok());
+    Ok(json(crate::answers::encode_part(&catalog)))
 }
 
 async fn get_service<S: Store>(
@@ -129,7 +187,9 @@ async fn get_service<S: Store>(
     caller.known()?;
     validate::service_name(&name).map_err(Problem::bad_request)?;
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    query.wait_on(&*registry.store, Some(&name)).await?;
+    query
+        .wait_on(&*registry.store, Waited::Service(&name))
+        .await?;
     let kept = registry.store.service_version(&name);
     if let Some(encoded) = kept.and_then(|version| registry.answers.service_at(&name, version)) {
         return Ok(json(encoded));

@@ -273,6 +273,15 @@ impl Store for EtcdStore {
         self.service_indexes.wait_past(service, after, wait)
     }
 
+    fn wait_for_services_change(
+        &self,
+        services: &[String],
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send {
+        self.service_indexes.wait_past_any(services, after, wait)
+    }
+
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
         self.probe()
     }

@@ -181,9 +181,11 @@ impl MemoryStore {
     /// the settled view (and watchers drop what they were keeping for instances that left).
     pub async fn end_warming(&self) {
         tokio::time::sleep_until(self.warm_at.into()).await;
-        // Only the catalog says `warming`: no service's own answer changed.
         let _state = self.state();
         self.bump(&[]);
+        // A query on some services gets the catalog's `warming` too: every service's index
+        // moves, so those queries learn that the view is settled.
+        self.service_indexes.all_changed(self.index());
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -548,6 +550,15 @@ impl Store for MemoryStore {
         MemoryStore::wait_for_service_change(self, service, after, wait)
     }
 
+    fn wait_for_services_change(
+        &self,
+        services: &[String],
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send {
+        self.service_indexes.wait_past_any(services, after, wait)
+    }
+
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
         ready(Ok(()))
     }
@@ -887,6 +898,29 @@ mod tests {
             store.index(),
             "expiry is a change"
         );
+    }
+
+    #[tokio::test]
+    async fn the_end_of_warming_wakes_queries_on_some_services() {
+        let store = Arc::new(MemoryStore::warming_for(Duration::from_millis(50)));
+        store.register("catalog", "a", registration(1000, 5.0));
+        let index = store.index();
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .service_indexes
+                    .wait_past_any(&["catalog".into()], index, Duration::from_secs(5))
+                    .await
+            })
+        };
+        store.end_warming().await;
+        let seen = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(seen > index);
+        assert!(!store.catalog().warming);
     }
 
     #[tokio::test]

@@ -98,6 +98,14 @@ pub trait Store: Send + Sync + 'static {
         wait: Duration,
     ) -> impl Future<Output = u64> + Send;
 
+    /// Waits until the own index of any of `services` passes `after`, or `wait` elapses.
+    fn wait_for_services_change(
+        &self,
+        services: &[String],
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send;
+
     /// Whether the store can serve requests now (for `/readyz`).
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
 }

@@ -65,22 +65,63 @@ impl ServiceIndexes {
 
     /// Waits until `service`'s index passes `after`, or `wait` elapses. Returns its index then.
     pub async fn wait_past(&self, service: &str, after: u64, wait: Duration) -> u64 {
-        let channel = self
-            .services()
-            .entry(service.to_string())
-            .or_insert_with(|| Arc::new(watch::Sender::new(0)))
-            .clone();
+        let channel = self.channel(service);
         let index = wait_past(&channel, after, wait).await;
         drop(channel);
-        // A name asked about that never changed is forgotten once nobody waits on it, so
-        // queries for services that do not exist leave nothing behind.
+        self.forget_if_unused(service);
+        index
+    }
+
+    /// Waits until the index of any of `services` passes `after`, or `wait` elapses. Returns
+    /// the newest of their indexes then.
+    pub async fn wait_past_any(&self, services: &[String], after: u64, wait: Duration) -> u64 {
+        let channels: Vec<_> = services.iter().map(|s| self.channel(s)).collect();
+        let mut receivers: Vec<_> = channels.iter().map(|c| c.subscribe()).collect();
+        let deadline = tokio::time::Instant::now() + wait;
+        let newest = loop {
+            let newest = receivers
+                .iter_mut()
+                .map(|r| *r.borrow_and_update())
+                .max()
+                .unwrap_or(0);
+            if newest > after {
+                break newest;
+            }
+            if receivers.is_empty() {
+                tokio::time::sleep_until(deadline).await;
+                break newest;
+            }
+            let changes = receivers.iter_mut().map(|r| Box::pin(r.changed()));
+            match tokio::time::timeout_at(deadline, futures_util::future::select_all(changes)).await
+            {
+                Ok((Ok(()), _, _)) => continue,
+                _ => break newest,
+            }
+        };
+        drop(receivers);
+        drop(channels);
+        for service in services {
+            self.forget_if_unused(service);
+        }
+        newest
+    }
+
+    fn channel(&self, service: &str) -> Arc<watch::Sender<u64>> {
+        self.services()
+            .entry(service.to_string())
+            .or_insert_with(|| Arc::new(watch::Sender::new(0)))
+            .clone()
+    }
+
+    /// A name asked about that never changed is forgotten once nobody waits on it, so queries
+    /// for services that do not exist leave nothing behind.
+    fn forget_if_unused(&self, service: &str) {
         let mut services = self.services();
         if let Some(channel) = services.get(service) {
             if *channel.borrow() == 0 && Arc::strong_count(channel) == 1 {
                 services.remove(service);
             }
         }
-        index
     }
 
     /// How many services have an entry (for tests).
@@ -125,6 +166,43 @@ mod tests {
         assert_eq!(seen, 57);
         indexes.changed("a", 3);
         assert_eq!(indexes.get("a"), 57, "never goes back");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_several_services_wakes_for_any_of_them_only() {
+        let indexes = Arc::new(ServiceIndexes::default());
+        let named = vec!["a".to_string(), "c".to_string()];
+        let waiter = {
+            let (indexes, named) = (indexes.clone(), named.clone());
+            tokio::spawn(async move {
+                indexes
+                    .wait_past_any(&named, 1, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for index in 2..20 {
+            indexes.changed("b", index);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a change to b woke a waiter on a and c"
+        );
+        indexes.changed("c", 21);
+        let seen = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, 21);
+        assert_eq!(indexes.len(), 2, "b and c changed; a is forgotten");
+        assert_eq!(
+            indexes
+                .wait_past_any(&[], 0, Duration::from_millis(10))
+                .await,
+            0,
+            "nothing named: the wait runs out"
+        );
     }
 
     #[tokio::test]
