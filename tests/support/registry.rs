@@ -445,6 +445,17 @@ pub async fn part_of_the_catalog_wakes_for_its_services_only(
     assert_eq!(instance_ids(&answer["services"]["gamma"]), ["g1"]);
     assert!(answer["services"].get("beta").is_none());
 
+    // Index 0 is "nothing seen yet": answered at once, even for services that never changed.
+    for path in [
+        "/v1/services?services=never-changed&index=0&wait=30s",
+        "/v1/services/never-changed?index=0&wait=30s",
+    ] {
+        let asked = Instant::now();
+        let answer = watched.http.get(watched.url(path)).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert!(asked.elapsed() < Duration::from_secs(5), "{path} waited");
+    }
+
     // Names are checked.
     let bad = watched
         .http

@@ -201,12 +201,9 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
 
     let registry = RegistryClient::new(&args.common.registry_url)?;
     let upstreams = Arc::new(Upstreams::new());
-    // The DNS source needs the route table (the services to resolve), so it starts below.
+    // Both sources follow the services the route table names, so they start below.
     let dns = match args.discovery.discovery {
-        DiscoverySource::Registry => {
-            tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
-            None
-        }
+        DiscoverySource::Registry => None,
         DiscoverySource::Dns => Some(DnsFollower::new(
             args.discovery
                 .dns_settings()
@@ -256,7 +253,7 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         reporter,
         routes: ArcSwap::from_pointee(table),
         upstreams: upstreams.clone(),
-        tokens: Tokens::new(&args.tokens, registry)?,
+        tokens: Tokens::new(&args.tokens, registry.clone())?,
         settings: Settings {
             max_body: args.max_body,
             timeout: args.upstream_timeout,
@@ -267,9 +264,10 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         upstream_tls: upstream_tls.map(upstream_tls::UpstreamTls::new),
     });
 
-    if let Some(follower) = dns {
-        tokio::spawn(discovery::follow_dns(follower, shared.clone()));
-    }
+    match dns {
+        Some(follower) => tokio::spawn(discovery::follow_dns(follower, shared.clone())),
+        None => tokio::spawn(discovery::follow(registry, shared.clone())),
+    };
     if !args.upstream_health_interval.is_zero() {
         let settings = health::Settings {
             interval: args.upstream_health_interval,

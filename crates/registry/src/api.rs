@@ -100,7 +100,9 @@ enum Waited<'a> {
 
 impl WatchQuery {
     async fn wait_on<S: Store>(&self, store: &S, waited: Waited<'_>) -> Result<(), Problem> {
-        let Some(index) = self.index else {
+        // No index is ever 0 in an answer, so 0 means "nothing seen yet": answer at once, even
+        // for a service that has not changed since the registry started (its own index is 0).
+        let Some(index) = self.index.filter(|&index| index > 0) else {
             return Ok(());
         };
         let wait = match &self.wait {
