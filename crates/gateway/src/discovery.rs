@@ -27,7 +27,9 @@ const WAIT: Duration = Duration::from_secs(30);
 /// How often the route table is looked at for other services while a query is out.
 const ROUTES_POLL: Duration = Duration::from_millis(200);
 
-pub async fn follow(client: RegistryClient, shared: Arc<Shared>) {
+/// Follows the services of the current route table, and `pinned` (the services of the layer-4
+/// listeners bound at start, which serve for the process's life whatever a reload says).
+pub async fn follow(client: RegistryClient, shared: Arc<Shared>, pinned: Vec<String>) {
     let upstreams = &shared.upstreams;
     let mut index = 0;
     let mut backoff = Duration::from_millis(100);
@@ -35,7 +37,7 @@ pub async fn follow(client: RegistryClient, shared: Arc<Shared>) {
     // Whether the registry takes `services=`; until it refuses once, it does.
     let mut filters = true;
     loop {
-        let services = services_of(&shared.routes.load());
+        let services = followed(&shared.routes.load(), &pinned);
         let asked = async {
             if filters {
                 if let Some(catalog) = client.watch_services(index, WAIT, &services).await? {
@@ -54,7 +56,7 @@ pub async fn follow(client: RegistryClient, shared: Arc<Shared>) {
         };
         let answer = tokio::select! {
             answer = asked => answer,
-            () = routes_change(&shared, &services) => {
+            () = routes_change(&shared, &pinned, &services) => {
                 // The route table names other services now: ask for those at once.
                 index = 0;
                 continue;
@@ -93,13 +95,22 @@ pub async fn follow(client: RegistryClient, shared: Arc<Shared>) {
 }
 
 /// Returns once the route table names services other than `asked`.
-async fn routes_change(shared: &Shared, asked: &[String]) {
+async fn routes_change(shared: &Shared, pinned: &[String], asked: &[String]) {
     loop {
         tokio::time::sleep(ROUTES_POLL).await;
-        if services_of(&shared.routes.load()) != asked {
+        if followed(&shared.routes.load(), pinned) != asked {
             return;
         }
     }
+}
+
+/// The services the gateway follows and checks: its route table's and `pinned`, sorted.
+pub fn followed(table: &RouteTable, pinned: &[String]) -> Vec<String> {
+    let mut services = services_of(table);
+    services.extend(pinned.iter().cloned());
+    services.sort();
+    services.dedup();
+    services
 }
 
 /// The services a route table sends traffic to: what the gateway follows in the registry (or

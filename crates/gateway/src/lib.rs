@@ -264,9 +264,18 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         upstream_tls: upstream_tls.map(upstream_tls::UpstreamTls::new),
     });
 
+    // The layer-4 listeners are bound once, at start: their services stay followed and checked
+    // whatever a reloaded table says.
+    let pinned: Vec<String> = shared
+        .routes
+        .load()
+        .tcp
+        .iter()
+        .map(|route| route.service.clone())
+        .collect();
     match dns {
         Some(follower) => tokio::spawn(discovery::follow_dns(follower, shared.clone())),
-        None => tokio::spawn(discovery::follow(registry, shared.clone())),
+        None => tokio::spawn(discovery::follow(registry, shared.clone(), pinned.clone())),
     };
     if !args.upstream_health_interval.is_zero() {
         let settings = health::Settings {
@@ -277,7 +286,7 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         };
         // Only the services the current route table names are checked (health.rs).
         let routes = shared.clone();
-        let routed = move || discovery::services_of(&routes.routes.load());
+        let routed = move || discovery::followed(&routes.routes.load(), &pinned);
         tokio::spawn(health::run(upstreams.clone(), settings, routed));
     }
     tokio::spawn(deploy::watch(shared.clone()));
