@@ -45,7 +45,8 @@ async fn routes_reload_while_serving_and_a_bad_file_keeps_the_old_table() {
             json!({}),
         )
         .await;
-    system.wait_gateway_sees("beta", 1).await;
+    // Only routed services are followed: alpha, not beta (until a route names it).
+    system.wait_gateway_sees("alpha", 1).await;
     assert_eq!(body(&system, "/a").await, (200, "alpha".into()));
     assert_eq!(body(&system, "/b").await.0, 404);
 
@@ -624,6 +625,84 @@ async fn active_health_checks_take_a_broken_instance_out_before_any_request_hits
     for _ in 0..20 {
         assert_eq!(body(&system, "/").await, (200, "well".into()));
     }
+}
+
+/// A backend of `service` that counts the `GET /healthz` it is sent; returns its port and count.
+async fn counting_health(service: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::any;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let probes = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = probes.clone();
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            any(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        )
+        .fallback(any(|| async { "counted" }));
+    (backend::serve_app(Some(service), app).await, probes)
+}
+
+/// The gateway follows and health-checks only the services its route table names: an instance
+/// of a service no route names is not in its view and gets no probe, however long it is in the
+/// catalog, until a reloaded table names its service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_probe_only_routed_services_and_follow_reloads() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    write(
+        &routes,
+        "[[routes]]\nprefix = \"/a\"\nservice = \"alpha\"\nauth = \"none\"\n",
+    );
+    let system = System::start_edge_with(
+        Some(&routes),
+        &[("STRATUS_UPSTREAM_HEALTH_INTERVAL", "100ms")],
+    )
+    .await;
+    let (alpha_port, alpha) = counting_health("alpha").await;
+    let (ghost_port, ghost) = counting_health("ghost").await;
+    system
+        .register("alpha", "alpha-1", alpha_port, json!({}))
+        .await;
+    system
+        .register("ghost", "ghost-1", ghost_port, json!({}))
+        .await;
+    system.wait_gateway_sees("alpha", 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let upstreams = system.get_json(system.admin_url("/v1/upstreams")).await;
+    assert!(
+        upstreams["services"].get("ghost").is_none(),
+        "the gateway follows a service no route names: {upstreams}"
+    );
+    let probed = alpha.load(Ordering::SeqCst);
+    assert!(
+        probed >= 3,
+        "the routed instance got {probed} probes in 1.5 s"
+    );
+    assert_eq!(
+        ghost.load(Ordering::SeqCst),
+        0,
+        "an instance of a service no route names was probed"
+    );
+
+    write(&routes, "[[routes]]\nprefix = \"/a\"\nservice = \"alpha\"\nauth = \"none\"\n\n[[routes]]\nprefix = \"/g\"\nservice = \"ghost\"\nauth = \"none\"\n");
+    let reloaded = Instant::now();
+    system.wait_gateway_sees("ghost", 1).await;
+    eprintln!(
+        "a reloaded route's service in the gateway's view after {:?}",
+        reloaded.elapsed()
+    );
+    while ghost.load(Ordering::SeqCst) < 2 {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(5),
+            "a reload that routes ghost never started its checks"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(body(&system, "/g").await, (200, "counted".into()));
 }
 
 /// An instance that closes idle keep-alive connections (its idle timeout is shorter than the

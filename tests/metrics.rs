@@ -512,12 +512,20 @@ async fn every_component_shows_the_families_readme_lists() {
     assert!(unexpected.is_empty(), "targets {unexpected:?}");
 }
 
-/// An idle system's gateway health-checks every registered instance, the gateways among them:
-/// each must pass (the client port is checked by connecting: it has no /healthz), and none
-/// may be counted as a failure.
+/// An idle gateway whose routes name the gateway service (an edge in front of gateways)
+/// health-checks the gateways: each must pass (the client port is checked by connecting: it has
+/// no /healthz), and none may be counted as a failure.
 #[tokio::test]
 async fn an_idle_gateway_finds_every_gateway_healthy() {
-    let system = System::start_edge(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    // Only the services the route table names are health-checked.
+    std::fs::write(
+        &routes,
+        "[[routes]]\nprefix = \"/edge\"\nservice = \"gateway\"\nauth = \"none\"\n",
+    )
+    .unwrap();
+    let system = System::start_edge(Some(&routes)).await;
     system.wait_registered("gateway", 1).await;
     system.wait_gateway_sees("gateway", 1).await;
     // Two rounds of health checks (every second) take a failing instance out of rotation.

@@ -185,3 +185,27 @@ async fn the_event_stream_sends_the_catalog_on_connect_and_on_every_change() {
     let mut late = registry.events().await;
     assert_eq!(late.next_catalog(Duration::from_secs(5)).await, fourth);
 }
+
+#[tokio::test]
+async fn a_watcher_of_one_service_wakes_only_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::registry::one_service_watch_wakes_for_that_service_only(&registry, &registry).await;
+    // On the memory store a service's index is exactly the registry index of its last change.
+    let alpha = registry.service("alpha").await["index"].as_u64().unwrap();
+    assert_eq!(alpha, registry.catalog().await["index"].as_u64().unwrap());
+}
+
+#[tokio::test]
+async fn one_change_is_encoded_once_for_every_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::registry::one_change_is_encoded_once_for_every_watcher(&registry).await;
+}
+
+#[tokio::test]
+async fn a_query_on_part_of_the_catalog_wakes_only_for_its_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::registry::part_of_the_catalog_wakes_for_its_services_only(&registry, &registry).await;
+}

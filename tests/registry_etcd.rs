@@ -342,8 +342,60 @@ async fn active_checks_work_across_registries_on_etcd() {
     drop(etcd);
 }
 
+/// On etcd too, a blocking query on one service wakes only for that service, across registries:
+/// each registry keeps every service's index from its one etcd watch.
+async fn a_watcher_of_one_service_wakes_only_when_it_changes_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = etcd.url();
+    let writer = Registry::start("registry-0", &store, dir.path()).await;
+    let watched = Registry::start("registry-1", &store, dir.path()).await;
+    support::registry::one_service_watch_wakes_for_that_service_only(&writer, &watched).await;
+    // Both registries give the same index for the same service.
+    assert_eq!(
+        writer.service("alpha").await["index"],
+        watched.service("alpha").await["index"]
+    );
+    drop(etcd);
+}
+
+/// On etcd, the watchers one change wakes share the catalog's read and its encoding.
+async fn one_change_is_encoded_once_for_every_watcher_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    support::registry::one_change_is_encoded_once_for_every_watcher(&registry).await;
+    drop(etcd);
+}
+
+/// On etcd, a query on part of the catalog through one registry wakes for changes made through
+/// another to its services only.
+async fn a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    let watched = Registry::start("registry-1", &etcd.url(), dir.path()).await;
+    support::registry::part_of_the_catalog_wakes_for_its_services_only(&writer, &watched).await;
+    drop(etcd);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
+        Test::new(
+            "a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd",
+            a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "one_change_is_encoded_once_for_every_watcher_on_etcd",
+            one_change_is_encoded_once_for_every_watcher_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "a_watcher_of_one_service_wakes_only_when_it_changes_on_etcd",
+            a_watcher_of_one_service_wakes_only_when_it_changes_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
         Test::new(
             "three_registries_share_one_view_and_outlive_each_other",
             three_registries_share_one_view_and_outlive_each_other,

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let fixture = fixture();
     let _guard = fixture.runtime.enter();
     let app: axum::Router = stratus_registry::api::routes()
-        .with_state(fixture.store.clone())
+        .with_state(stratus_registry::api::Registry::new(fixture.store.clone()))
         .into_router();
     // A blocking query waits for a change; a short wait is enough to see it answer or park.
     let answer = fixture.runtime.block_on(async {

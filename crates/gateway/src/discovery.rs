@@ -1,4 +1,9 @@
-//! Following the registry: a blocking query that returns the moment anything changes.
+//! Following the registry: a blocking query on the services the route table names
+//! (`GET /v1/services?services=a,b`), which returns the moment one of them changes. Changes to
+//! services no route names wake nothing here and are not held: the gateway's cost follows what
+//! it serves, not the size of the system. When a reload names other services, the query is
+//! dropped and asked again for them at once. A registry that refuses `services=` (one older
+//! than it) is followed whole and its answers cut down here.
 //!
 //! While the registry is unreachable the gateway keeps routing with the last view it had
 //! (fail static) and retries with back-off. A restarted (memory) registry says it is `warming`
@@ -17,16 +22,47 @@ use stratus_kit::registry_client::RegistryClient;
 
 use crate::proxy::Shared;
 use crate::routes::RouteTable;
-use crate::upstream::Upstreams;
 
 const WAIT: Duration = Duration::from_secs(30);
+/// How often the route table is looked at for other services while a query is out.
+const ROUTES_POLL: Duration = Duration::from_millis(200);
 
-pub async fn follow(client: RegistryClient, upstreams: Arc<Upstreams>) {
+/// Follows the services of the current route table, and `pinned` (the services of the layer-4
+/// listeners bound at start, which serve for the process's life whatever a reload says).
+pub async fn follow(client: RegistryClient, shared: Arc<Shared>, pinned: Vec<String>) {
+    let upstreams = &shared.upstreams;
     let mut index = 0;
     let mut backoff = Duration::from_millis(100);
     let mut last = Catalog::default();
+    // Whether the registry takes `services=`; until it refuses once, it does.
+    let mut filters = true;
     loop {
-        match client.watch(index, WAIT).await {
+        let services = followed(&shared.routes.load(), &pinned);
+        let asked = async {
+            if filters {
+                if let Some(catalog) = client.watch_services(index, WAIT, &services).await? {
+                    return Ok(catalog);
+                }
+                tracing::warn!(
+                    "the registry does not take ?services=; following the whole catalog"
+                );
+                filters = false;
+            }
+            let mut catalog = client.watch(index, WAIT).await?;
+            catalog
+                .services
+                .retain(|name, _| services.binary_search(name).is_ok());
+            Ok::<_, anyhow::Error>(catalog)
+        };
+        let answer = tokio::select! {
+            answer = asked => answer,
+            () = routes_change(&shared, &pinned, &services) => {
+                // The route table names other services now: ask for those at once.
+                index = 0;
+                continue;
+            }
+        };
+        match answer {
             Ok(catalog) => {
                 backoff = Duration::from_millis(100);
                 if catalog.index < index {
@@ -58,7 +94,27 @@ pub async fn follow(client: RegistryClient, upstreams: Arc<Upstreams>) {
     }
 }
 
-/// The services a route table sends traffic to: what the gateway must resolve through DNS.
+/// Returns once the route table names services other than `asked`.
+async fn routes_change(shared: &Shared, pinned: &[String], asked: &[String]) {
+    loop {
+        tokio::time::sleep(ROUTES_POLL).await;
+        if followed(&shared.routes.load(), pinned) != asked {
+            return;
+        }
+    }
+}
+
+/// The services the gateway follows and checks: its route table's and `pinned`, sorted.
+pub fn followed(table: &RouteTable, pinned: &[String]) -> Vec<String> {
+    let mut services = services_of(table);
+    services.extend(pinned.iter().cloned());
+    services.sort();
+    services.dedup();
+    services
+}
+
+/// The services a route table sends traffic to: what the gateway follows in the registry (or
+/// resolves through DNS) and health-checks.
 pub fn services_of(table: &RouteTable) -> Vec<String> {
     let mut services: Vec<String> = table
         .routes

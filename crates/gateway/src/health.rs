@@ -1,6 +1,9 @@
-//! Active health checks: the gateway asks every instance whether it is healthy on an interval,
-//! and takes an instance out of rotation after `unhealthy` failures in a row, back after
-//! `healthy` successes. This catches an instance that is up but broken before a client request
+//! Active health checks: the gateway asks every instance of every service its route table names
+//! whether it is healthy on an interval, and takes an instance out of rotation after `unhealthy`
+//! failures in a row, back after `healthy` successes. Instances of services no route names get
+//! no probes: the catalog holds every service of the system, and probing all of it made a
+//! gateway's cost grow with the whole system instead of with what it serves. The route table is
+//! read again every round, so a reload that adds a service starts its checks within one interval. This catches an instance that is up but broken before a client request
 //! finds out, and it complements the passive checks (the circuit breaker), which only see
 //! instances that get traffic.
 //!
@@ -94,15 +97,25 @@ impl Clients {
     }
 }
 
-pub async fn run(upstreams: Arc<Upstreams>, settings: Settings) {
+/// Runs the checks forever. `routed` names the services the route table sends traffic to now
+/// (sorted, as [`crate::discovery::services_of`] gives them).
+pub async fn run<F>(upstreams: Arc<Upstreams>, settings: Settings, routed: F)
+where
+    F: Fn() -> Vec<String> + Send + 'static,
+{
     let clients = Clients::new(&settings);
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        // Probe every instance at once, and wait for all before the next round.
+        let routed = routed();
+        // Probe every routed instance at once, and wait for all before the next round.
         let mut round = tokio::task::JoinSet::new();
-        for pool in upstreams.snapshot().values() {
+        let snapshot = upstreams.snapshot();
+        let pools = snapshot
+            .iter()
+            .filter(|(service, _)| routed.binary_search(service).is_ok());
+        for (_, pool) in pools {
             for endpoint in &pool.endpoints {
                 round.spawn(check(clients.clone(), endpoint.clone(), settings));
             }

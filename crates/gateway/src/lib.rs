@@ -133,7 +133,8 @@ pub struct Args {
     #[arg(long, env = "STRATUS_TLS_DEV", default_value_t = false, action = clap::ArgAction::Set)]
     pub tls_dev: bool,
 
-    /// How often the gateway itself probes every upstream instance's /healthz (0: off).
+    /// How often the gateway itself probes the /healthz of every instance of the services its
+    /// route table names (0: off).
     #[arg(long, env = "STRATUS_UPSTREAM_HEALTH_INTERVAL", default_value = "1s", value_parser = stratus_kit::duration::parse)]
     pub upstream_health_interval: Duration,
 
@@ -200,12 +201,9 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
 
     let registry = RegistryClient::new(&args.common.registry_url)?;
     let upstreams = Arc::new(Upstreams::new());
-    // The DNS source needs the route table (the services to resolve), so it starts below.
+    // Both sources follow the services the route table names, so they start below.
     let dns = match args.discovery.discovery {
-        DiscoverySource::Registry => {
-            tokio::spawn(discovery::follow(registry.clone(), upstreams.clone()));
-            None
-        }
+        DiscoverySource::Registry => None,
         DiscoverySource::Dns => Some(DnsFollower::new(
             args.discovery
                 .dns_settings()
@@ -213,15 +211,6 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         )),
     };
 
-    if !args.upstream_health_interval.is_zero() {
-        let settings = health::Settings {
-            interval: args.upstream_health_interval,
-            timeout: args.upstream_health_interval.min(Duration::from_secs(2)),
-            unhealthy: args.upstream_health_unhealthy.max(1),
-            healthy: args.upstream_health_healthy.max(1),
-        };
-        tokio::spawn(health::run(upstreams.clone(), settings));
-    }
     for route in &table.tcp {
         let listener = l4::bind(route).await?;
         tracing::info!(address = %route.listen, service = %route.service, "layer-4 listener");
@@ -264,7 +253,7 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         reporter,
         routes: ArcSwap::from_pointee(table),
         upstreams: upstreams.clone(),
-        tokens: Tokens::new(&args.tokens, registry)?,
+        tokens: Tokens::new(&args.tokens, registry.clone())?,
         settings: Settings {
             max_body: args.max_body,
             timeout: args.upstream_timeout,
@@ -275,8 +264,30 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         upstream_tls: upstream_tls.map(upstream_tls::UpstreamTls::new),
     });
 
-    if let Some(follower) = dns {
-        tokio::spawn(discovery::follow_dns(follower, shared.clone()));
+    // The layer-4 listeners are bound once, at start: their services stay followed and checked
+    // whatever a reloaded table says.
+    let pinned: Vec<String> = shared
+        .routes
+        .load()
+        .tcp
+        .iter()
+        .map(|route| route.service.clone())
+        .collect();
+    match dns {
+        Some(follower) => tokio::spawn(discovery::follow_dns(follower, shared.clone())),
+        None => tokio::spawn(discovery::follow(registry, shared.clone(), pinned.clone())),
+    };
+    if !args.upstream_health_interval.is_zero() {
+        let settings = health::Settings {
+            interval: args.upstream_health_interval,
+            timeout: args.upstream_health_interval.min(Duration::from_secs(2)),
+            unhealthy: args.upstream_health_unhealthy.max(1),
+            healthy: args.upstream_health_healthy.max(1),
+        };
+        // Only the services the current route table names are checked (health.rs).
+        let routes = shared.clone();
+        let routed = move || discovery::followed(&routes.routes.load(), &pinned);
+        tokio::spawn(health::run(upstreams.clone(), settings, routed));
     }
     tokio::spawn(deploy::watch(shared.clone()));
 
@@ -409,8 +420,8 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
 /// What the gateway's registration says about it beyond its address.
 ///
 /// - `health_check = tcp`: the client port answers only routed paths, so a `GET /healthz` there
-///   is a 404. Without this, every gateway's active health checks (which probe every instance
-///   in the registry, gateways included) would count each gateway as failing once it started
+///   is a 404. Without this, a gateway whose routes name the gateway service (an edge in front
+///   of other gateways) would count each gateway as failing once it started
 ///   (`gateway_health_check_failures_total{service="gateway"} 1` on an idle system) and keep it
 ///   out of rotation for good.
 /// - `metrics_path`, `metrics_port`: the metrics are on the admin port, for the registry's

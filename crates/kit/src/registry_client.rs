@@ -132,4 +132,36 @@ impl RegistryClient {
             .await
             .context("reading the registry's answer")
     }
+
+    /// Only `services` (`GET /v1/services?services=a,b`), returning as soon as one of them
+    /// changes past `after` (a blocking query), or after `wait` with the same index. `None` when
+    /// the registry refuses the query (400: one that predates `services=`).
+    pub async fn watch_services(
+        &self,
+        after: u64,
+        wait: Duration,
+        services: &[String],
+    ) -> anyhow::Result<Option<Catalog>> {
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/services?services={}&index={after}&wait={}ms",
+                self.base,
+                services.join(","),
+                wait.as_millis()
+            ))
+            .timeout(wait + Duration::from_secs(5))
+            .send()
+            .await
+            .context("watching the registry")?;
+        if response.status() == StatusCode::BAD_REQUEST {
+            return Ok(None);
+        }
+        let catalog = response
+            .error_for_status()?
+            .json()
+            .await
+            .context("reading the registry's answer")?;
+        Ok(Some(catalog))
+    }
 }

@@ -7,8 +7,10 @@
 //! Where the instances are kept is a [`store::Store`]: this process's memory (the default), or
 //! etcd, which lets several registry processes serve one view and outlive each other.
 
+pub mod answers;
 pub mod api;
 pub mod checks;
+pub mod coalesce;
 pub mod etcd_checks;
 pub mod events;
 pub mod identity;
@@ -138,7 +140,7 @@ async fn serve<S: Store>(
     });
     let service = service.taking_operator_tokens(operator_tokens(&store, &args.tokens)?);
     let api = api::routes()
-        .with_state(store)
+        .with_state(api::Registry::new(store))
         .merge(identity::api::routes().with_state(ca));
     service.run(&args.common, api).await
 }

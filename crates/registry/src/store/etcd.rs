@@ -15,7 +15,14 @@
 //!
 //! Blocking queries must not each open their own etcd watch (a gateway fleet would open thousands),
 //! so each registry process keeps exactly one watch stream on the prefix and turns its events into
-//! a local index that waiting requests subscribe to ([`follow`]).
+//! a local index that waiting requests subscribe to ([`follow`]), and into each service's index
+//! (the revision of the newest event on one of its keys), which a query blocked on one service
+//! waits on.
+//!
+//! A service's answer carries the newest revision it is known to hold: the newest `mod_revision`
+//! among its keys, or the revision of a delete or resynchronisation the watch stream reported for
+//! it, if that is not past the revision the answer was read at. Every registry process computes
+//! the same from the same history, so a watcher may move between them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,6 +37,7 @@ use super::etcd_api::{EtcdClient, KeyValue};
 use crate::checks::CheckSpec;
 use crate::etcd_checks::{self as checks, CheckRecord};
 
+use super::service_index::ServiceIndexes;
 use super::{instance_from, wait_past, Store, StoreError, StoreResult};
 
 /// Every Stratus key lives under this prefix, so etcd can be shared with other users.
@@ -39,6 +47,8 @@ pub struct EtcdStore {
     client: EtcdClient,
     /// The newest revision at which the watch stream saw a Stratus key change.
     index: Arc<watch::Sender<u64>>,
+    /// Each service's newest event seen by the watch stream, and its blocked queries.
+    service_indexes: Arc<ServiceIndexes>,
     /// Whether the watch stream is open; while it is not, blocking queries could miss changes,
     /// so the registry reports itself not ready.
     watching: Arc<AtomicBool>,
@@ -54,11 +64,13 @@ impl EtcdStore {
         let store = Arc::new(EtcdStore {
             client: client.clone(),
             index: Arc::new(watch::Sender::new(as_index(revision))),
+            service_indexes: Arc::new(ServiceIndexes::default()),
             watching: Arc::new(AtomicBool::new(false)),
         });
         tokio::spawn(follow(
             client,
             store.index.clone(),
+            store.service_indexes.clone(),
             store.watching.clone(),
             revision + 1,
         ));
@@ -175,16 +187,24 @@ impl EtcdStore {
         })
     }
 
-    async fn read_service(&self, name: &str) -> StoreResult<ServiceInstances> {
+    /// The service's instances, and the revision they were read at as their version (the
+    /// service's own index can stay while a delete not yet seen by the watch stream shows).
+    async fn read_service(&self, name: &str) -> StoreResult<(ServiceInstances, u64)> {
         let (revision, kvs) = self
             .client
             .range_prefix(&format!("{PREFIX}{name}/"))
             .await?;
-        Ok(ServiceInstances {
-            index: as_index(revision),
+        // The newest revision this answer holds (see the module docs): never past the read, so
+        // a change the answer does not show always moves the index beyond it.
+        let newest_key = kvs.iter().map(|kv| as_index(kv.mod_revision)).max();
+        let seen = self.service_indexes.get(name);
+        let seen = if seen <= as_index(revision) { seen } else { 0 };
+        let answer = ServiceInstances {
+            index: newest_key.unwrap_or(0).max(seen).max(1),
             name: name.to_string(),
             instances: kvs.iter().filter_map(decode).filter(listed).collect(),
-        })
+        };
+        Ok((answer, as_index(revision)))
     }
 
     /// The etcd client, for the health-check runner that shares this store's etcd.
@@ -233,12 +253,33 @@ impl Store for EtcdStore {
         self.read_catalog()
     }
 
-    fn service(&self, name: &str) -> impl Future<Output = StoreResult<ServiceInstances>> + Send {
+    fn service_versioned(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<(ServiceInstances, u64)>> + Send {
         self.read_service(name)
     }
 
     fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send {
         wait_past(&self.index, after, wait)
+    }
+
+    fn wait_for_service_change(
+        &self,
+        service: &str,
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send {
+        self.service_indexes.wait_past(service, after, wait)
+    }
+
+    fn wait_for_services_change(
+        &self,
+        services: &[String],
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send {
+        self.service_indexes.wait_past_any(services, after, wait)
     }
 
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
@@ -253,6 +294,7 @@ impl Store for EtcdStore {
 async fn follow(
     client: EtcdClient,
     index: Arc<watch::Sender<u64>>,
+    services: Arc<ServiceIndexes>,
     watching: Arc<AtomicBool>,
     mut next: i64,
 ) {
@@ -273,11 +315,20 @@ async fn follow(
                                     "etcd compacted past our watch; resynchronising"
                                 );
                                 next = message.compact_revision;
-                                advance(&index, message.revision().max(next));
+                                let now = message.revision().max(next);
+                                // What changed in the compacted history is unknown: every
+                                // service's watchers read afresh.
+                                services.all_changed(as_index(now));
+                                advance(&index, now);
                             } else {
                                 tracing::warn!(reason = %message.cancel_reason, "etcd cancelled the watch");
                             }
                             break;
+                        }
+                        for event in &message.events {
+                            if let Some(service) = service_of(&event.kv.key) {
+                                services.changed(service, as_index(event.kv.mod_revision));
+                            }
                         }
                         if let Some(last) = message.events.iter().map(|e| e.kv.mod_revision).max() {
                             next = last + 1;
@@ -322,6 +373,13 @@ pub(crate) fn key(service: &str, id: &str) -> String {
     format!("{PREFIX}{service}/{id}")
 }
 
+/// The service an instance's key belongs to (`/stratus/services/<service>/<id>`).
+fn service_of(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(PREFIX.as_bytes())?;
+    let end = rest.iter().position(|&b| b == b'/')?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 /// etcd leases are whole seconds; round up so an instance never gets less than it asked for.
 /// (etcd also raises any TTL below its own minimum, about 2 s with default settings.)
 fn lease_seconds(ttl: f64) -> i64 {
@@ -351,6 +409,13 @@ pub(crate) fn decode(kv: &KeyValue) -> Option<Instance> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_name_their_service() {
+        assert_eq!(service_of(key("catalog", "a").as_bytes()), Some("catalog"));
+        assert_eq!(service_of(b"/stratus/services/catalog"), None);
+        assert_eq!(service_of(b"/stratus/checks/catalog/a"), None);
+    }
 
     #[test]
     fn leases_round_up_to_whole_seconds() {

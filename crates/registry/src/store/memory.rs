@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use stratus_kit::model::{Catalog, Health, Instance, Registration, ServiceInstances};
 use tokio::sync::watch;
 
+use super::service_index::ServiceIndexes;
 use super::{instance_from, wait_past, Store, StoreResult, DEFAULT_TTL};
 use crate::checks::{CheckSpec, Due};
 
@@ -80,12 +81,21 @@ impl State {
     }
 
     /// Gives every checked instance the health its failures say (what self-preservation held).
-    fn apply_held_health(&mut self) {
-        for entry in self.services.values_mut().flat_map(|s| s.values_mut()) {
-            if entry.check.is_some() {
-                entry.instance.health = CheckSpec::health_after(entry.failures);
+    /// Returns the services whose instances' health changed.
+    fn apply_held_health(&mut self) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (name, instances) in &mut self.services {
+            let mut any = false;
+            for entry in instances.values_mut().filter(|e| e.check.is_some()) {
+                let health = CheckSpec::health_after(entry.failures);
+                any |= entry.instance.health != health;
+                entry.instance.health = health;
+            }
+            if any {
+                changed.push(name.clone());
             }
         }
+        changed
     }
 
     /// Ends self-preservation: every held lease gets one more TTL from `now`, so the instances
@@ -105,10 +115,14 @@ fn listed(entry: &Entry) -> bool {
     entry.instance.health != Health::Critical
 }
 
-/// Every change bumps the index and wakes every watcher.
+/// Every change bumps the index, and the changed service's own index to it; the whole-catalog
+/// watchers wake on the first, each service's watchers on the second.
 pub struct MemoryStore {
     state: Mutex<State>,
     index: watch::Sender<u64>,
+    /// Each service's index, moved only while `state` is locked, so an answer read under that
+    /// lock carries the index of exactly what it holds.
+    service_indexes: ServiceIndexes,
     /// Until then the catalog says `warming`: a restarted registry starts empty, and the
     /// instances that are alive come back only with their next heartbeat.
     warm_at: Instant,
@@ -139,6 +153,7 @@ impl MemoryStore {
         Self {
             state: Mutex::new(State::default()),
             index: watch::Sender::new(1),
+            service_indexes: ServiceIndexes::default(),
             warm_at: Instant::now() + warmup,
             epoch: stratus_kit::new_id(),
             preserve_for: DEFAULT_PRESERVE_FOR,
@@ -166,7 +181,11 @@ impl MemoryStore {
     /// the settled view (and watchers drop what they were keeping for instances that left).
     pub async fn end_warming(&self) {
         tokio::time::sleep_until(self.warm_at.into()).await;
-        self.bump();
+        let _state = self.state();
+        self.bump(&[]);
+        // A query on some services gets the catalog's `warming` too: every service's index
+        // moves, so those queries learn that the view is settled.
+        self.service_indexes.all_changed(self.index());
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -177,8 +196,14 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn bump(&self) {
+    /// Moves the index on and records it as the index of each of `services`. Called with the
+    /// state locked, so no answer is read between a change and its index.
+    fn bump(&self, services: &[&str]) {
         self.index.send_modify(|index| *index += 1);
+        let index = self.index();
+        for service in services {
+            self.service_indexes.changed(service, index);
+        }
     }
 
     pub fn index(&self) -> u64 {
@@ -234,10 +259,10 @@ impl MemoryStore {
                 generation,
             },
         );
-        drop(state);
         if changed {
-            self.bump();
+            self.bump(&[service]);
         }
+        drop(state);
         (instance, created)
     }
 
@@ -266,10 +291,10 @@ impl MemoryStore {
     pub fn deregister(&self, service: &str, id: &str) -> bool {
         let mut state = self.state();
         let removed = remove(&mut state, service, id);
-        drop(state);
         if removed {
-            self.bump();
+            self.bump(&[service]);
         }
+        drop(state);
         removed
     }
 
@@ -278,14 +303,13 @@ impl MemoryStore {
     pub fn expire(&self, now: Instant) -> Vec<Instance> {
         let mut state = self.state();
         let lapsed = state.entries().any(|entry| entry.expires_at <= now);
-        let mut released = false;
+        let mut released = Vec::new();
         if let Some(since) = state.preserving_since {
             if now.saturating_duration_since(since) < self.preserve_for {
                 return Vec::new();
             }
             state.preserving_since = None;
-            state.apply_held_health();
-            released = true;
+            released = state.apply_held_health();
             tracing::warn!(held_for = ?self.preserve_for, "no held instance came back; self-preservation over, dropping the lapsed");
         } else if lapsed && !self.preserve_for.is_zero() && state.mostly_silent(now) {
             state.preserving_since = Some(now);
@@ -303,10 +327,15 @@ impl MemoryStore {
         for instance in &expired {
             remove(&mut state, &instance.service, &instance.id);
         }
-        drop(state);
-        if released || !expired.is_empty() {
-            self.bump();
+        if !released.is_empty() || !expired.is_empty() {
+            let services: Vec<&str> = released
+                .iter()
+                .map(String::as_str)
+                .chain(expired.iter().map(|i| i.service.as_str()))
+                .collect();
+            self.bump(&services);
         }
+        drop(state);
         expired
     }
 
@@ -372,8 +401,8 @@ impl MemoryStore {
         }
         let entry = state.services.get_mut(service)?.get_mut(id)?;
         entry.instance.health = after;
+        self.bump(&[service]);
         drop(state);
-        self.bump();
         Some((before, after))
     }
 
@@ -418,10 +447,12 @@ impl MemoryStore {
         }
     }
 
+    /// One service's instances, with the service's own index (the store's first index for a
+    /// service that has not changed since start).
     pub fn service(&self, name: &str) -> ServiceInstances {
         let state = self.state();
         ServiceInstances {
-            index: self.index(),
+            index: self.service_indexes.get(name).max(1),
             name: name.to_string(),
             instances: state
                 .services
@@ -440,6 +471,14 @@ impl MemoryStore {
     /// Waits until the index passes `after`, or `wait` elapses. Returns the index then.
     pub async fn wait_for_change(&self, after: u64, wait: Duration) -> u64 {
         wait_past(&self.index, after, wait).await
+    }
+
+    /// Waits until `service`'s own index passes `after`, or `wait` elapses. Returns it then.
+    pub async fn wait_for_service_change(&self, service: &str, after: u64, wait: Duration) -> u64 {
+        self.service_indexes
+            .wait_past(service, after, wait)
+            .await
+            .max(1)
     }
 }
 
@@ -480,12 +519,44 @@ impl Store for MemoryStore {
         ready(Ok(MemoryStore::catalog(self)))
     }
 
-    fn service(&self, name: &str) -> impl Future<Output = StoreResult<ServiceInstances>> + Send {
-        ready(Ok(MemoryStore::service(self, name)))
+    fn service_versioned(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<(ServiceInstances, u64)>> + Send {
+        // Every change to a service's listed instances moves its index: the index is a version.
+        let answer = MemoryStore::service(self, name);
+        let version = answer.index;
+        ready(Ok((answer, version)))
+    }
+
+    fn catalog_version(&self) -> Option<(u64, bool)> {
+        Some((self.index(), self.warming()))
+    }
+
+    fn service_version(&self, name: &str) -> Option<u64> {
+        Some(self.service_indexes.get(name).max(1))
     }
 
     fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send {
         MemoryStore::wait_for_change(self, after, wait)
+    }
+
+    fn wait_for_service_change(
+        &self,
+        service: &str,
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send {
+        MemoryStore::wait_for_service_change(self, service, after, wait)
+    }
+
+    fn wait_for_services_change(
+        &self,
+        services: &[String],
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send {
+        self.service_indexes.wait_past_any(services, after, wait)
     }
 
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
@@ -790,6 +861,66 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(seen > index);
+    }
+
+    #[test]
+    fn a_service_index_moves_only_with_that_service() {
+        let store = MemoryStore::new().preserving_for(Duration::ZERO);
+        assert_eq!(
+            store.service("catalog").index,
+            1,
+            "never changed: the first index"
+        );
+        store.register("catalog", "a", registration(1000, 5.0));
+        let catalog = store.service("catalog").index;
+        assert_eq!(
+            catalog,
+            store.index(),
+            "the registry index of its last change"
+        );
+        for port in 2000..2010 {
+            store.register("auth", &port.to_string(), registration(port, 5.0));
+        }
+        assert_eq!(store.service("catalog").index, catalog);
+        assert!(store.index() > catalog + 9);
+        assert!(store.deregister("catalog", "a"));
+        let gone = store.service("catalog");
+        assert!(gone.instances.is_empty());
+        assert_eq!(
+            gone.index,
+            store.index(),
+            "a removed service keeps moving on"
+        );
+        store.expire(Instant::now() + Duration::from_secs(6));
+        assert_eq!(store.service("catalog").index, gone.index);
+        assert_eq!(
+            store.service("auth").index,
+            store.index(),
+            "expiry is a change"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_end_of_warming_wakes_queries_on_some_services() {
+        let store = Arc::new(MemoryStore::warming_for(Duration::from_millis(50)));
+        store.register("catalog", "a", registration(1000, 5.0));
+        let index = store.index();
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .service_indexes
+                    .wait_past_any(&["catalog".into()], index, Duration::from_secs(5))
+                    .await
+            })
+        };
+        store.end_warming().await;
+        let seen = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(seen > index);
+        assert!(!store.catalog().warming);
     }
 
     #[tokio::test]

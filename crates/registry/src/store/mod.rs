@@ -11,6 +11,7 @@
 pub mod etcd;
 pub mod etcd_api;
 pub mod memory;
+pub(crate) mod service_index;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,7 +25,7 @@ pub use memory::MemoryStore;
 /// Lease length when a registration names none.
 pub const DEFAULT_TTL: f64 = 10.0;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backing store could not be reached or refused the request: worth retrying later.
     #[error("the registry's store is unavailable: {0}")]
@@ -38,8 +39,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// What the registry needs from a place to keep instances.
 ///
-/// Every change (register with new contents, deregister, lease expiry) moves the index forward;
-/// a heartbeat never does, so watchers wake only for changes that matter to them.
+/// Every change (register with new contents, deregister, lease expiry, health) moves the index
+/// forward; a heartbeat never does, so watchers wake only for changes that matter to them. Each
+/// service also has its own index, the registry index at which it last changed
+/// ([`service_index`]): a service's answer carries it, and a query blocked on one service waits
+/// on it, so a change elsewhere wakes nobody watching only that service.
 pub trait Store: Send + Sync + 'static {
     /// Adds or replaces an instance and (re)starts its lease. Returns it and whether it was new.
     fn register(
@@ -59,11 +63,48 @@ pub trait Store: Send + Sync + 'static {
     /// Every service and its instances, with the index they were read at.
     fn catalog(&self) -> impl Future<Output = StoreResult<Catalog>> + Send;
 
-    /// One service's instances, with the index they were read at.
-    fn service(&self, name: &str) -> impl Future<Output = StoreResult<ServiceInstances>> + Send;
+    /// One service's instances, with the service's own index (when it last changed).
+    fn service(&self, name: &str) -> impl Future<Output = StoreResult<ServiceInstances>> + Send {
+        async move { Ok(self.service_versioned(name).await?.0) }
+    }
+
+    /// [`Store::service`], and a version that names exactly this answer: two reads with the same
+    /// version hold the same instances, so one encoding serves both ([`crate::answers`]).
+    fn service_versioned(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<(ServiceInstances, u64)>> + Send;
+
+    /// The version of the whole catalog (its index, and whether it says `warming`), when the
+    /// store can tell it without reading the catalog; `None` when only a read can (etcd). Lets
+    /// a watcher be sent an answer already encoded without the catalog being read again.
+    fn catalog_version(&self) -> Option<(u64, bool)> {
+        None
+    }
+
+    /// As [`Store::catalog_version`], the version [`Store::service_versioned`] would give.
+    fn service_version(&self, _name: &str) -> Option<u64> {
+        None
+    }
 
     /// Waits until the index passes `after`, or `wait` elapses. Returns the index then.
     fn wait_for_change(&self, after: u64, wait: Duration) -> impl Future<Output = u64> + Send;
+
+    /// Waits until `service`'s own index passes `after`, or `wait` elapses. Returns it then.
+    fn wait_for_service_change(
+        &self,
+        service: &str,
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send;
+
+    /// Waits until the own index of any of `services` passes `after`, or `wait` elapses.
+    fn wait_for_services_change(
+        &self,
+        services: &[String],
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = u64> + Send;
 
     /// Whether the store can serve requests now (for `/readyz`).
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
