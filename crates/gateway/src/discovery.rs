@@ -155,3 +155,23 @@ pub async fn follow_dns(mut follower: DnsFollower, shared: Arc<Shared>) {
         tokio::time::sleep(round.next).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_followed_services_are_the_routed_ones_and_the_pinned() {
+        // Routes make their metric handles as they are parsed: the recorder comes first.
+        stratus_kit::metrics::install();
+        let table = RouteTable::parse(
+            "[[routes]]\nprefix = \"/b\"\nservice = \"beta\"\n\n\
+             [[routes]]\nprefix = \"/a\"\nservice = \"alpha\"\n\n\
+             [[routes]]\nprefix = \"/a2\"\nservice = \"alpha\"\n",
+        )
+        .unwrap();
+        assert_eq!(services_of(&table), ["alpha", "beta"]);
+        let pinned = ["tcp-only".to_string(), "beta".to_string()];
+        assert_eq!(followed(&table, &pinned), ["alpha", "beta", "tcp-only"]);
+    }
+}

@@ -165,3 +165,63 @@ impl RegistryClient {
         Ok(Some(catalog))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::extract::RawQuery;
+    use axum::routing::get;
+    use axum::Router;
+
+    use super::RegistryClient;
+    use crate::model::Catalog;
+
+    /// A registry that knows `services=` (answers with the query it got in `epoch`) or, as
+    /// one older than it, refuses the query with a 400.
+    async fn registry(knows_services: bool) -> (String, tokio::task::JoinHandle<()>) {
+        let app = Router::new().route(
+            "/v1/services",
+            get(move |RawQuery(query): RawQuery| async move {
+                let query = query.unwrap_or_default();
+                if query.contains("services=") && !knows_services {
+                    return Err(axum::http::StatusCode::BAD_REQUEST);
+                }
+                Ok(axum::Json(Catalog {
+                    index: 3,
+                    epoch: query,
+                    ..Catalog::default()
+                }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn watching_some_services_names_them_and_an_older_registry_says_none() {
+        let services = ["auth".to_string(), "catalog".to_string()];
+        let (url, server) = registry(true).await;
+        let client = RegistryClient::new(url).unwrap();
+        let answer = client
+            .watch_services(2, Duration::from_millis(100), &services)
+            .await
+            .unwrap()
+            .expect("an answer");
+        assert_eq!(answer.epoch, "services=auth,catalog&index=2&wait=100ms");
+        server.abort();
+
+        let (url, server) = registry(false).await;
+        let client = RegistryClient::new(url).unwrap();
+        let refused = client
+            .watch_services(2, Duration::from_millis(100), &services)
+            .await
+            .unwrap();
+        assert!(refused.is_none(), "a 400 means: follow the whole catalog");
+        server.abort();
+    }
+}
