@@ -64,6 +64,12 @@ timeout = "2s"
 retries = 2
 "#;
 
+/// Whether the gateway routes to `service` (it follows and checks only those): for the others,
+/// the registry is what to wait for.
+fn routed(service: &str) -> bool {
+    ROUTES.contains(&format!("service = \"{service}\""))
+}
+
 /// What the load saw, shared by the load tasks and the scenario runner.
 #[derive(Default)]
 struct Load {
@@ -204,7 +210,9 @@ impl Rig {
         tokio::time::sleep(Duration::from_secs(2)).await;
         self.spawn(name);
         self.system.wait_registered(name, count).await;
-        self.system.wait_gateway_sees(name, count).await;
+        if routed(name) {
+            self.system.wait_gateway_sees(name, count).await;
+        }
     }
 
     /// Freezes one instance of `name` for `seconds` (SIGSTOP), then lets it go on (SIGCONT).
@@ -214,7 +222,9 @@ impl Rig {
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         process.signal(libc::SIGCONT);
         self.system.wait_registered(name, count).await;
-        self.system.wait_gateway_sees(name, count).await;
+        if routed(name) {
+            self.system.wait_gateway_sees(name, count).await;
+        }
     }
 }
 
@@ -305,7 +315,9 @@ async fn under_load_every_fault_loses_and_doubles_nothing_and_the_system_recover
     }
     for (service, count) in [("orders", 2), ("payments", 2), ("notifications", 1)] {
         rig.system.wait_registered(service, count).await;
-        rig.system.wait_gateway_sees(service, count).await;
+        if routed(service) {
+            rig.system.wait_gateway_sees(service, count).await;
+        }
     }
     rig.system.wait_registered("events", 1).await;
 

@@ -355,10 +355,8 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// Concurrent batches through the SQLite file writer: every acknowledged batch is in the
-    /// database, whole, with every field as sent.
-    #[tokio::test]
-    async fn every_acknowledged_batch_is_stored_whole() {
+    /// A writer on a new SQLite file, and a pool on the same file to read it back.
+    async fn file_writer() -> (tempfile::TempDir, AnyPool, Writer) {
         let dir = tempfile::tempdir().unwrap();
         let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
         let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
@@ -369,7 +367,14 @@ pub(crate) mod tests {
             path: file,
             wal_limit: 64 << 20,
         };
-        let writer = Writer::start(target, None, None).unwrap();
+        (dir, pool, Writer::start(target, None, None).unwrap())
+    }
+
+    /// Concurrent batches through the SQLite file writer: every acknowledged batch is in the
+    /// database, whole, with every field as sent.
+    #[tokio::test]
+    async fn every_acknowledged_batch_is_stored_whole() {
+        let (_dir, pool, writer) = file_writer().await;
         let mut tasks = Vec::new();
         for tag in 0..20 {
             let writer = writer.clone();
@@ -391,17 +396,7 @@ pub(crate) mod tests {
     /// writes each is answered in its turn, and what it deleted is gone, whole traces only.
     #[tokio::test]
     async fn deletions_take_their_turn_between_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
-        let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
-            .await
-            .unwrap();
-        let file = crate::sqlite::file_of(&url).unwrap();
-        let target = Target::SqliteFile {
-            path: file,
-            wal_limit: 64 << 20,
-        };
-        let writer = Writer::start(target, None, None).unwrap();
+        let (_dir, pool, writer) = file_writer().await;
         writer.write(batch(500, 1_000)).await.unwrap();
         let writes = {
             let writer = writer.clone();

@@ -100,16 +100,17 @@ enum Waited<'a> {
 
 impl WatchQuery {
     async fn wait_on<S: Store>(&self, store: &S, waited: Waited<'_>) -> Result<(), Problem> {
-        // No index is ever 0 in an answer, so 0 means "nothing seen yet": answer at once, even
-        // for a service that has not changed since the registry started (its own index is 0).
-        let Some(index) = self.index.filter(|&index| index > 0) else {
-            return Ok(());
-        };
+        // A bad `wait` is refused whatever the index: the same query is checked the same way.
         let wait = match &self.wait {
             Some(text) => stratus_kit::duration::parse(text).map_err(Problem::bad_request)?,
             None => Duration::from_secs(30),
         };
         let wait = wait.min(MAX_WAIT);
+        // No index is ever 0 in an answer, so 0 means "nothing seen yet": answer at once, even
+        // for a service that has not changed since the registry started (its own index is 0).
+        let Some(index) = self.index.filter(|&index| index > 0) else {
+            return Ok(());
+        };
         match waited {
             Waited::Registry => store.wait_for_change(index, wait).await,
             Waited::Service(service) => store.wait_for_service_change(service, index, wait).await,
