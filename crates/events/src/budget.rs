@@ -616,7 +616,7 @@ mod tests {
         let storage = Storage::new(settings);
         let mut pruner = Pruner::new(
             pool.clone(),
-            Deleter::Pool(pool.clone()),
+            Deleter::pool(pool.clone()),
             Measure::Sqlite { file: None },
             storage.clone(),
         );
@@ -713,7 +713,7 @@ mod tests {
         let storage = Storage::new(settings);
         let mut pruner = Pruner::new(
             pool.clone(),
-            Deleter::Pool(pool.clone()),
+            Deleter::pool(pool.clone()),
             Measure::Sqlite { file: None },
             storage.clone(),
         );

@@ -160,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let deleter = if file.is_some() {
         deletion::Deleter::Writer(writer.clone())
     } else {
-        deletion::Deleter::Pool(pool.clone())
+        deletion::Deleter::pool(pool.clone())
     };
     tokio::spawn(budget::Pruner::new(pool.clone(), deleter, measure, storage.clone()).run());
     tokio::spawn(rebuild(
