@@ -67,8 +67,11 @@ pub const MIN_RATE: f64 = 0.001;
 /// limit; but each is also a turn of the writer's, so small enough is a few thousand: the
 /// pruner must get through ids as fast as ingest makes them (about 20,000 a second).
 const CHUNK_IDS: i64 = 4_000;
-/// Chunks handed to the writer together (see [`Pruner::prune_sampled`]).
-const CHUNKS_AT_ONCE: usize = 4;
+/// Chunks handed to the writer together (see [`Pruner::prune_sampled`]): their ids (32,000)
+/// outnumber the rows of the writer's largest transaction (20,000), so a turn can prune more
+/// than a turn stores. With 4 (16,000 ids) pruning fell behind once the writer's queue was
+/// full and each of its transactions took 20,000 rows (`bench/sink-load.sh`).
+const CHUNKS_AT_ONCE: usize = 8;
 /// The longest the pruner waits for the writer to checkpoint the WAL between statements.
 const WAL_WAIT: Duration = Duration::from_millis(500);
 /// On PostgreSQL, the least time between two vacuums of the table after pruning.
