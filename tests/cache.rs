@@ -52,10 +52,7 @@ async fn counter(http: &reqwest::Client, base: &str, name: &str, labels: &str) -
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::metric_sum(&text, name, labels)
 }
 
 async fn instance_url(system: &System, service: &str) -> String {

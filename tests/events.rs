@@ -208,11 +208,7 @@ async fn a_sink_that_is_down_breaks_nothing() {
             .text()
             .await
             .unwrap();
-        let dropped: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("events_dropped_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let dropped = support::metric_sum(&text, "events_dropped_total", "");
         if dropped >= 20.0 {
             assert!(text.contains("events_send_failures_total"), "{text}");
             break;

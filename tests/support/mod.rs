@@ -650,3 +650,12 @@ pub async fn auth_signing_key(system: &System) -> stratus_token::SigningKey {
         .unwrap();
     stratus_token::SigningKey::from_pkcs8(kid, &der).unwrap()
 }
+
+/// The sum of a Prometheus text page's samples of `name` whose labels contain `labels` (0 when
+/// there is none yet).
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -305,10 +305,7 @@ pub async fn counter(registry: &Registry, name: &str, labels: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    super::metric_sum(&text, name, labels)
 }
 
 /// 20 watchers of the catalog and 20 of one service, woken by one change, get byte-equal
