@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod deltas;
 pub mod mesh;
 pub mod proxy;
 pub mod registry;

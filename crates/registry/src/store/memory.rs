@@ -971,3 +971,41 @@ mod tests {
         assert_eq!(seen, index);
     }
 }
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    fn registration(port: u16, ttl: f64) -> Registration {
+        Registration {
+            address: "127.0.0.1".into(),
+            port,
+            version: Some("1".into()),
+            metadata: Default::default(),
+            ttl_seconds: Some(ttl),
+            check: None,
+            interval: None,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn every_change_is_in_the_ring_at_its_index() {
+        let store = MemoryStore::new().preserving_for(Duration::ZERO);
+        store.register("shop", "a", registration(1000, 60.0));
+        store.register("other", "short", registration(1001, 1.0));
+        let expired = store.expire(Instant::now() + Duration::from_secs(2));
+        assert_eq!(expired.len(), 1);
+        let since = store.changes.since(1, None).unwrap();
+        let seen: Vec<_> = since
+            .changes
+            .iter()
+            .map(|c| (c.index, c.service.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(2, "shop".into()), (3, "other".into()), (4, "other".into())]
+        );
+        assert_eq!(since.head, store.index());
+    }
+}
