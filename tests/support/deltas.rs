@@ -401,11 +401,7 @@ pub async fn a_resumed_watcher_misses_nothing_and_sees_changes_in_order(
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            other.len(),
-            2,
-            "{how}: short added, then lapsed: {other:?}"
-        );
+        assert_eq!(other.len(), 2, "{how}: short added, then lapsed: {other:?}");
         assert_eq!(other[1]["removed"], json!(["short"]));
         assert_eq!(resumed.last_id, Some(*indexes.last().unwrap()));
     }

@@ -1008,4 +1008,56 @@ mod change_tests {
         );
         assert_eq!(since.head, store.index());
     }
+
+    #[test]
+    fn an_instance_turning_critical_is_removed_and_comes_back_when_it_passes() {
+        let store = MemoryStore::new().preserving_for(Duration::ZERO);
+        let checked = Registration {
+            check: Some(stratus_kit::model::Check::Http("/healthz".into())),
+            ..registration(1000, 5.0)
+        };
+        store.register("shop", "a", checked);
+        let start = store.index();
+        let mut at = Instant::now();
+        for passed in [false, false, false, true] {
+            at += Duration::from_secs(10);
+            for due in store.due_checks(at) {
+                store.record_check(&due.service, &due.id, due.generation, passed, at);
+            }
+        }
+        let said: Vec<(Vec<String>, Vec<String>)> = store
+            .changes
+            .since(start, None)
+            .unwrap()
+            .changes
+            .iter()
+            .map(|c| {
+                let change: serde_json::Value =
+                    serde_json::from_slice(c.frame.strip_prefix(b"event: change\ndata: ").unwrap())
+                        .unwrap();
+                let healths = change["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["health"].as_str().unwrap().to_string())
+                    .collect();
+                let removed = change["removed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect();
+                (healths, removed)
+            })
+            .collect();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            said,
+            [
+                (strings(&["warning"]), vec![]),
+                (vec![], strings(&["a"])),
+                (strings(&["passing"]), vec![]),
+            ]
+        );
+    }
 }
