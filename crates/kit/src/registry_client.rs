@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use reqwest::StatusCode;
 
+use crate::deltas::{DeltaStream, Resume};
 use crate::model::{Catalog, Instance, Registration, ServiceInstances};
 
 #[derive(Clone)]
@@ -163,6 +164,29 @@ impl RegistryClient {
             .await
             .context("reading the registry's answer")?;
         Ok(Some(catalog))
+    }
+
+    /// Opens the incremental watch on `services` (`GET /v1/watch?deltas=true`): a snapshot
+    /// first, or only the changes after `resume` when the registry still keeps them.
+    pub async fn watch_deltas(
+        &self,
+        services: &[String],
+        resume: Option<&Resume>,
+    ) -> anyhow::Result<DeltaStream> {
+        let resumed = resume.map(Resume::query).unwrap_or_default();
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/watch?deltas=true&services={}{resumed}",
+                self.base,
+                services.join(","),
+            ))
+            .send()
+            .await
+            .context("watching the registry")?
+            .error_for_status()
+            .context("watching the registry")?;
+        Ok(DeltaStream::new(response))
     }
 }
 

@@ -18,53 +18,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
-use serde::Serialize;
-use stratus_kit::model::Instance;
+pub use stratus_kit::model::ServiceChange;
 
 /// How many changes are kept when the operator does not say.
 pub const DEFAULT_CAPACITY: usize = 10_000;
-
-/// What happened to one service's instances at one index: the instances added or changed (whole,
-/// as a watcher now lists them) and the ids no longer listed (deregistered, expired, or critical).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ServiceChange {
-    pub index: u64,
-    pub service: String,
-    pub instances: Vec<Instance>,
-    pub removed: Vec<String>,
-}
-
-impl ServiceChange {
-    pub fn new(index: u64, service: &str) -> Self {
-        Self {
-            index,
-            service: service.to_string(),
-            ..Self::default()
-        }
-    }
-
-    /// Records that `instance` is now `listed` (put) or not (removed), replacing anything said
-    /// of the same id earlier in this change.
-    pub fn set(&mut self, instance: &Instance, listed: bool) {
-        self.instances.retain(|i| i.id != instance.id);
-        self.removed.retain(|id| *id != instance.id);
-        if listed {
-            self.instances.push(instance.clone());
-        } else {
-            self.removed.push(instance.id.clone());
-        }
-    }
-
-    pub fn remove(&mut self, id: &str) {
-        self.instances.retain(|i| i.id != id);
-        self.removed.retain(|known| known != id);
-        self.removed.push(id.to_string());
-    }
-
-    fn is_empty(&self) -> bool {
-        self.instances.is_empty() && self.removed.is_empty()
-    }
-}
 
 /// One recorded change, as every watcher is sent it.
 #[derive(Debug)]
@@ -227,6 +184,7 @@ fn encode(index: u64, change: ServiceChange) -> Recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stratus_kit::model::Instance;
 
     fn put(index: u64, service: &str, id: &str) -> ServiceChange {
         let mut change = ServiceChange::new(index, service);
