@@ -578,3 +578,62 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
     assert_eq!(discovery.instances("catalog").len(), 2);
     assert_eq!(discovery.instances("slow").len(), 1);
 }
+
+/// The sum of `name`'s samples on the registry's /metrics.
+async fn registry_metric(system: &System, name: &str) -> f64 {
+    let url = format!("{}/metrics", system.registry_url());
+    let text = system
+        .client(&url)
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    support::metric_sum(&text, name, "")
+}
+
+/// The gateway follows the registry's incremental watch: cut off from the registry (its
+/// connections dropped, new ones refused) it keeps routing, and once the network is back it
+/// resumes from the index its view is at: the change it missed arrives as a change, with no
+/// snapshot of the whole view again.
+#[tokio::test]
+async fn the_gateway_resumes_the_registry_watch_after_a_partition_without_a_snapshot() {
+    let registry_port = support::free_port();
+    let hop = support::cut::Cuttable::to(registry_port).await;
+    let via_hop = support::mesh::internal_url(hop.port, "");
+    let extra = [("gateway", "STRATUS_REGISTRY_URL", via_hop)];
+    let mut system = System::start_with_registry_on(1, &extra, registry_port).await;
+    let snapshots = registry_metric(&system, "registry_watch_snapshots_total").await;
+    let deltas = registry_metric(&system, "registry_watch_deltas_sent_total").await;
+    assert!(
+        snapshots >= 1.0,
+        "the gateway's watch began with a snapshot"
+    );
+
+    hop.cut();
+    system.spawn("catalog", &[]);
+    system.wait_registered("catalog", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = system
+        .http
+        .get(system.url("/api/catalog/products"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "cut off, the gateway routes with what it had"
+    );
+
+    hop.restore();
+    system.wait_gateway_sees("catalog", 2).await;
+    assert_eq!(
+        registry_metric(&system, "registry_watch_snapshots_total").await,
+        snapshots,
+        "the gateway resumed with a snapshot, not from its index"
+    );
+    assert!(registry_metric(&system, "registry_watch_deltas_sent_total").await > deltas);
+}

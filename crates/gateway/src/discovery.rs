@@ -79,9 +79,7 @@ async fn watch(
     state: &mut Following,
     backoff: &mut Duration,
 ) -> anyhow::Result<std::convert::Infallible> {
-    let mut stream = client
-        .watch_deltas(services, state.resume.as_ref())
-        .await?;
+    let mut stream = client.watch_deltas(services, state.resume.as_ref()).await?;
     loop {
         let Some(first) = stream.next().await? else {
             anyhow::bail!("the registry closed the watch");

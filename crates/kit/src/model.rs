@@ -302,6 +302,9 @@ mod tests {
         let mut gone = ServiceChange::new(10, "b");
         gone.set(&instance("b", "1"), false);
         gone.apply_to(&mut view);
-        assert!(!view.services.contains_key("b"), "an empty service is left out");
+        assert!(
+            !view.services.contains_key("b"),
+            "an empty service is left out"
+        );
     }
 }
