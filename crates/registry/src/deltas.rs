@@ -43,9 +43,6 @@ use crate::store::{Store, StoreResult};
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// After a store error, how long to wait before reading again.
 const RETRY: Duration = Duration::from_secs(1);
-/// While this registry's ring catches up with a snapshot just read (etcd: the read can be ahead
-/// of the watch stream by a few milliseconds), how long to wait between looks.
-const CATCH_UP: Duration = Duration::from_millis(50);
 
 /// Where a watcher starts: the index its view is at (none: a snapshot first), the run of the
 /// registry that index is from, and the services it follows (none: all), sorted.
@@ -110,10 +107,11 @@ impl<S: Store> Watcher<S> {
             };
             let store = &self.registry.store;
             let at = match store.changes().since(at, self.services.as_deref()) {
-                Err(TooFarBehind) if self.own_snapshot && at > store.changes().head() => {
-                    tokio::time::sleep(CATCH_UP).await;
-                    continue;
-                }
+                // A snapshot read ahead of the ring (etcd: the read's revision is etcd's, which
+                // also moves for keys outside the registry's prefix, and the watch stream can
+                // lag the read): nothing after it exists yet. Wait for the index to pass it;
+                // the ring is fed before the index moves, so the change will be there.
+                Err(TooFarBehind) if self.own_snapshot && at > store.changes().head() => at,
                 Err(TooFarBehind) => {
                     self.at = None;
                     continue;
