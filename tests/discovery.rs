@@ -637,3 +637,33 @@ async fn the_gateway_resumes_the_registry_watch_after_a_partition_without_a_snap
     );
     assert!(registry_metric(&system, "registry_watch_deltas_sent_total").await > deltas);
 }
+
+/// The kit's discovery follows the registry's incremental watch: one snapshot, then each new
+/// instance arrives as a change.
+#[tokio::test]
+async fn the_kit_client_follows_the_incremental_watch() {
+    support::mesh::join_test_process("tester");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    assert_eq!(registry.register("shop", "a", 9001, 600.0).await, 201);
+    let client = RegistryClient::new(registry.url("")).unwrap();
+    let discovery = Discovery::start(client, Duration::from_secs(2)).unwrap();
+    assert!(discovery.wait_for("shop", 1, Duration::from_secs(5)).await);
+    let metric = |name: &'static str| support::registry::counter(&registry, name, "");
+    let snapshots = metric("registry_watch_snapshots_total").await;
+    let deltas = metric("registry_watch_deltas_sent_total").await;
+    assert_eq!(snapshots, 1.0, "one watcher, one snapshot");
+
+    for (n, id) in ["b", "c"].into_iter().enumerate() {
+        assert_eq!(
+            registry.register("shop", id, 9002 + n as u16, 600.0).await,
+            201
+        );
+    }
+    assert!(discovery.wait_for("shop", 3, Duration::from_secs(5)).await);
+    assert_eq!(
+        metric("registry_watch_deltas_sent_total").await - deltas,
+        2.0
+    );
+    assert_eq!(metric("registry_watch_snapshots_total").await, snapshots);
+}

@@ -79,12 +79,20 @@ async fn watch(
     state: &mut Following,
     backoff: &mut Duration,
 ) -> anyhow::Result<std::convert::Infallible> {
-    let mut stream = client.watch_deltas(services, state.resume.as_ref()).await?;
+    let Some(mut stream) = client
+        .watch_deltas(Some(services), state.resume.as_ref())
+        .await?
+    else {
+        anyhow::bail!("the registry has no incremental watch (404 on /v1/watch)");
+    };
     loop {
         let Some(first) = stream.next().await? else {
             anyhow::bail!("the registry closed the watch");
         };
         *backoff = Duration::from_millis(100);
+        if first == Delta::Alive {
+            continue;
+        }
         // Everything already arrived is applied before the view is installed once: a burst of
         // changes costs one installation, not one per change.
         let mut deltas = vec![first];
@@ -124,6 +132,7 @@ impl Following {
                     change.apply_to(&mut self.view);
                 }
             }
+            Delta::Alive => {}
         }
         self.resume.get_or_insert_with(Resume::default).after(delta);
     }

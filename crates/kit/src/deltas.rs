@@ -27,6 +27,8 @@ pub enum Delta {
     /// every service).
     Snapshot(Catalog),
     Change(ServiceChange),
+    /// A keep-alive comment (sent every 15 s of silence): the registry is there, nothing changed.
+    Alive,
 }
 
 /// Where a follower's view is: the registry index it is complete through, and the registry run
@@ -55,6 +57,7 @@ impl Resume {
                 self.epoch = catalog.epoch.clone();
             }
             Delta::Change(change) => self.index = self.index.max(change.index),
+            Delta::Alive => {}
         }
     }
 }
@@ -73,7 +76,8 @@ impl DeltaStream {
         }
     }
 
-    /// The next event; `None` when the registry closed the stream. Cancel-safe: a call dropped
+    /// The next event (keep-alives included); `None` when the registry closed the stream.
+    /// Cancel-safe: a call dropped
     /// while it waits loses nothing (what was read stays in the buffer).
     pub async fn next(&mut self) -> anyhow::Result<Option<Delta>> {
         loop {
@@ -95,11 +99,14 @@ impl DeltaStream {
         }
     }
 
-    /// The next whole event already read, if any (comments and unknown events skipped).
+    /// The next whole event already read, if any (unknown events skipped).
     fn parse_buffered(&mut self) -> anyhow::Result<Option<Delta>> {
         while let Some(end) = find_blank_line(&self.buffer) {
             let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
             let block = String::from_utf8_lossy(&block);
+            if block.starts_with(':') {
+                return Ok(Some(Delta::Alive));
+            }
             let (mut kind, mut data) = ("message", String::new());
             for line in block.lines() {
                 if let Some(value) = line.strip_prefix("event:") {

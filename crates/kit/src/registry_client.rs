@@ -166,27 +166,34 @@ impl RegistryClient {
         Ok(Some(catalog))
     }
 
-    /// Opens the incremental watch on `services` (`GET /v1/watch?deltas=true`): a snapshot
-    /// first, or only the changes after `resume` when the registry still keeps them.
+    /// Opens the incremental watch (`GET /v1/watch?deltas=true`) on `services`, or on every
+    /// service when `None`: a snapshot first, or only the changes after `resume` when the
+    /// registry still keeps them. `None` when the registry has no such route (404).
     pub async fn watch_deltas(
         &self,
-        services: &[String],
+        services: Option<&[String]>,
         resume: Option<&Resume>,
-    ) -> anyhow::Result<DeltaStream> {
+    ) -> anyhow::Result<Option<DeltaStream>> {
         let resumed = resume.map(Resume::query).unwrap_or_default();
+        let named = services
+            .map(|services| format!("&services={}", services.join(",")))
+            .unwrap_or_default();
         let response = self
             .http
             .get(format!(
-                "{}/v1/watch?deltas=true&services={}{resumed}",
-                self.base,
-                services.join(","),
+                "{}/v1/watch?deltas=true{named}{resumed}",
+                self.base
             ))
             .send()
             .await
-            .context("watching the registry")?
+            .context("watching the registry")?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = response
             .error_for_status()
             .context("watching the registry")?;
-        Ok(DeltaStream::new(response))
+        Ok(Some(DeltaStream::new(response)))
     }
 }
 
