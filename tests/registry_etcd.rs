@@ -433,8 +433,62 @@ async fn every_incremental_view_equals_the_registry_after_random_changes_on_etcd
     drop(etcd);
 }
 
+/// A snapshot read at a revision the registry's watch stream has not delivered (here, the
+/// revision of a check's record, written after its instance under a prefix the stream does not
+/// follow) is resumed from without a second snapshot, and what follows it arrives as changes.
+async fn a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    // A port that accepts, so the check passes and the instance's health never changes.
+    let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listening.local_addr().unwrap().port();
+    let checked = registry
+        .http
+        .put(registry.url("/v1/services/shop/instances/checked"))
+        .json(&serde_json::json!({
+            "address": "127.0.0.1", "port": port, "ttl_seconds": 60.0,
+            "check": {"tcp": true}, "interval": "60s",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 201);
+    let mut first = support::deltas::open(&registry, "", None).await;
+    let snapshot = first.expect(Duration::from_secs(5)).await;
+    assert!(snapshot.is_snapshot());
+    let at = first.last_id.unwrap();
+    drop(first);
+    let snapshots =
+        support::registry::counter(&registry, "registry_watch_snapshots_total", "").await;
+    let mut resumed = support::deltas::open(&registry, &format!("index={at}"), None).await;
+    let quiet = resumed.next(Duration::from_millis(500)).await;
+    assert!(
+        quiet.is_none(),
+        "nothing after its index yet, and no snapshot: {quiet:?} (at {at})"
+    );
+    assert_eq!(
+        support::deltas::put(&registry, "shop", "plain", 9901, "1").await,
+        201
+    );
+    let change = resumed.expect(Duration::from_secs(5)).await;
+    assert!(!change.is_snapshot());
+    assert!(change.index() > at);
+    assert_eq!(
+        support::registry::counter(&registry, "registry_watch_snapshots_total", "").await,
+        snapshots
+    );
+    drop(listening);
+    drop(etcd);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
+        Test::new(
+            "a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd",
+            a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
         Test::new(
             "an_incremental_watcher_of_one_service_is_woken_only_by_its_services_on_etcd",
             an_incremental_watcher_of_one_service_is_woken_only_by_its_services_on_etcd,

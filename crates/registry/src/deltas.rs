@@ -63,7 +63,6 @@ pub fn stream<S: Store>(registry: Registry<S>, resume: Resume) -> Response {
         registry,
         services: resume.services,
         at: resume.index.filter(|&index| index > 0 && same_run),
-        own_snapshot: false,
     };
     let frames = futures_util::stream::unfold(watcher, |mut watcher| async move {
         let frames = watcher.next().await;
@@ -85,9 +84,6 @@ struct Watcher<S> {
     services: Option<Vec<String>>,
     /// The index this watcher's view is complete through; `None` until it has a view.
     at: Option<u64>,
-    /// Whether `at` comes from a snapshot this stream just sent (then an index ahead of the ring
-    /// means the ring has not caught up yet, not that the index is from elsewhere).
-    own_snapshot: bool,
 }
 
 impl<S: Store> Watcher<S> {
@@ -107,18 +103,12 @@ impl<S: Store> Watcher<S> {
             };
             let store = &self.registry.store;
             let at = match store.changes().since(at, self.services.as_deref()) {
-                // A snapshot read ahead of the ring (etcd: the read's revision is etcd's, which
-                // also moves for keys outside the registry's prefix, and the watch stream can
-                // lag the read): nothing after it exists yet. Wait for the index to pass it;
-                // the ring is fed before the index moves, so the change will be there.
-                Err(TooFarBehind) if self.own_snapshot && at > store.changes().head() => at,
                 Err(TooFarBehind) => {
                     self.at = None;
                     continue;
                 }
                 Ok(since) => {
                     self.at = Some(since.head);
-                    self.own_snapshot = false;
                     if !since.changes.is_empty() {
                         return frames(&since.changes);
                     }
@@ -154,7 +144,6 @@ impl<S: Store> Watcher<S> {
             }
         };
         self.at = Some(index);
-        self.own_snapshot = true;
         metrics::counter!("registry_watch_snapshots_total").increment(1);
         Ok(vec![
             Bytes::from(format!("event: snapshot\nid: {index}\ndata: ")),

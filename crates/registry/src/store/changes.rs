@@ -51,6 +51,9 @@ struct Ring {
     /// The newest index the ring is complete through (changes or not: an index can move
     /// without a change to instances, as the end of warming does).
     head: u64,
+    /// The newest index known to exist (at least `head`): etcd's revision as a read saw it,
+    /// which the watch stream feeding the ring may not have reached yet.
+    known: u64,
 }
 
 pub struct ChangeRing {
@@ -71,6 +74,7 @@ impl ChangeRing {
                 entries: VecDeque::new(),
                 floor: index,
                 head: index,
+                known: index,
             }),
             capacity: capacity.max(1),
             epoch: String::new(),
@@ -108,6 +112,7 @@ impl ChangeRing {
             return;
         }
         ring.head = index;
+        ring.known = ring.known.max(index);
         for entry in recorded {
             if ring.entries.len() >= self.capacity {
                 if let Some(dropped) = ring.entries.pop_front() {
@@ -127,13 +132,32 @@ impl ChangeRing {
         ring.entries.clear();
         ring.floor = ring.floor.max(index);
         ring.head = ring.head.max(index);
+        ring.known = ring.known.max(index);
         metrics::gauge!("registry_change_ring_len").set(0.0);
     }
 
+    /// Records that the store has reached `index` (etcd: a read's revision), though the ring
+    /// may not have yet: a reader at an index up to it waits for what comes after rather than
+    /// being sent a snapshot ([`ChangeRing::since`]).
+    pub fn reached(&self, index: u64) {
+        let mut ring = self.ring();
+        ring.known = ring.known.max(index);
+    }
+
     /// The changes after `after`, only those of `services` when given (sorted names).
+    ///
+    /// An index past the head but one the store has reached (etcd: a snapshot read at a revision
+    /// the watch stream has not delivered yet, or an index from another registry on the same
+    /// etcd) has nothing after it yet: no changes, and the reader resumes from it. Past what the
+    /// store has reached is an index from another run of a memory registry (or nonsense).
     pub fn since(&self, after: u64, services: Option<&[String]>) -> Result<Since, TooFarBehind> {
         let ring = self.ring();
-        // Ahead of the head is an index from another run of a memory registry (or nonsense).
+        if after > ring.head && after <= ring.known {
+            return Ok(Since {
+                changes: Vec::new(),
+                head: after,
+            });
+        }
         if after < ring.floor || after > ring.head {
             return Err(TooFarBehind);
         }
@@ -246,6 +270,20 @@ mod tests {
         ring.reset(16);
         assert_eq!(ring.since(15, None).err(), Some(TooFarBehind));
         assert!(ring.since(16, None).unwrap().changes.is_empty());
+    }
+
+    #[test]
+    fn an_index_the_store_reached_before_the_ring_waits_for_what_follows() {
+        let ring = ChangeRing::new(10, 8);
+        ring.push(11, vec![put(11, "a", "a1")]);
+        assert_eq!(ring.since(14, None).err(), Some(TooFarBehind));
+        ring.reached(14);
+        let ahead = ring.since(14, None).unwrap();
+        assert!(ahead.changes.is_empty());
+        assert_eq!(ahead.head, 14, "resumes from its own index");
+        ring.push(13, vec![put(13, "a", "a2")]);
+        ring.push(15, vec![put(15, "a", "a3")]);
+        assert_eq!(indexes(&ring.since(14, None).unwrap()), [(15, "a")]);
     }
 
     #[test]

@@ -180,6 +180,8 @@ impl EtcdStore {
 
     async fn read_catalog(&self) -> StoreResult<Catalog> {
         let (revision, kvs) = self.client.range_prefix(PREFIX).await?;
+        // The answer is at this revision, which the watch stream may not have delivered yet.
+        self.changes.reached(as_index(revision));
         let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
         for instance in kvs.iter().filter_map(decode).filter(listed) {
             services
@@ -202,6 +204,7 @@ impl EtcdStore {
             .client
             .range_prefix(&format!("{PREFIX}{name}/"))
             .await?;
+        self.changes.reached(as_index(revision));
         // The newest revision this answer holds (see the module docs): never past the read, so
         // a change the answer does not show always moves the index beyond it.
         let newest_key = kvs.iter().map(|kv| as_index(kv.mod_revision)).max();
