@@ -667,3 +667,34 @@ async fn the_kit_client_follows_the_incremental_watch() {
     );
     assert_eq!(metric("registry_watch_snapshots_total").await, snapshots);
 }
+
+/// A kit client that names the services it calls follows only those: another service's
+/// changes are neither sent to it nor in its view.
+#[tokio::test]
+async fn the_kit_client_follows_only_the_services_it_calls() {
+    support::mesh::join_test_process("tester");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    assert_eq!(registry.register("shop", "a", 9001, 600.0).await, 201);
+    assert_eq!(registry.register("other", "x", 9101, 600.0).await, 201);
+    let client = RegistryClient::new(registry.url("")).unwrap();
+    let discovery =
+        Discovery::start_for(client, vec!["shop".into()], Duration::from_secs(2)).unwrap();
+    assert!(discovery.wait_for("shop", 1, Duration::from_secs(5)).await);
+    assert!(discovery.instances("other").is_empty(), "not followed");
+    let metric = |name: &'static str| support::registry::counter(&registry, name, "");
+    let deltas = metric("registry_watch_deltas_sent_total").await;
+
+    for n in 0..5u16 {
+        let id = format!("y{n}");
+        assert_eq!(registry.register("other", &id, 9102 + n, 600.0).await, 201);
+    }
+    assert_eq!(registry.register("shop", "b", 9002, 600.0).await, 201);
+    assert!(discovery.wait_for("shop", 2, Duration::from_secs(5)).await);
+    assert_eq!(
+        metric("registry_watch_deltas_sent_total").await - deltas,
+        1.0,
+        "only shop's change was sent"
+    );
+    assert!(discovery.instances("other").is_empty());
+}

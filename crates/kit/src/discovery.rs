@@ -75,7 +75,22 @@ impl Discovery {
     /// Starts following the registry behind `client`. Calls time out after `timeout`.
     pub fn start(client: RegistryClient, timeout: Duration) -> anyhow::Result<Self> {
         let inner = Inner::new(timeout)?;
-        let follower = tokio::spawn(follow(client, inner.clone()));
+        let follower = tokio::spawn(follow(client, None, inner.clone()));
+        Ok(Self::with_follower(inner, follower))
+    }
+
+    /// As [`Discovery::start`], following only `services` (the ones this process calls): a
+    /// change to any other service is not even sent to it.
+    pub fn start_for(
+        client: RegistryClient,
+        services: Vec<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let inner = Inner::new(timeout)?;
+        let mut services = services;
+        services.sort();
+        services.dedup();
+        let follower = tokio::spawn(follow(client, Some(services), inner.clone()));
         Ok(Self::with_follower(inner, follower))
     }
 
@@ -103,7 +118,9 @@ impl Discovery {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         match args.discovery {
-            DiscoverySource::Registry => Self::start(RegistryClient::new(registry_url)?, timeout),
+            DiscoverySource::Registry => {
+                Self::start_for(RegistryClient::new(registry_url)?, services, timeout)
+            }
             DiscoverySource::Dns => Self::start_dns(args.dns_settings()?, services, timeout),
         }
     }
@@ -343,17 +360,20 @@ impl Inner {
     }
 }
 
-/// Follows the registry's incremental watch on every service (a snapshot, then each change,
-/// applied to the view), resuming after a drop from the view's index; a registry without it
-/// (404) is followed with blocking queries instead ([`follow_blocking`]).
-async fn follow(client: RegistryClient, inner: Arc<Inner>) {
+/// Follows the registry's incremental watch on `services` (every service when `None`): a
+/// snapshot, then each change, applied to the view, resuming after a drop from the view's index;
+/// a registry without it (404) is followed with blocking queries instead ([`follow_blocking`]).
+async fn follow(client: RegistryClient, services: Option<Vec<String>>, inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(50);
     // The view as last applied (a warming registry's snapshot is merged into it), and where
     // the watch resumes from.
     let mut last = Catalog::default();
     let mut resume: Option<Resume> = None;
     loop {
-        let error = match client.watch_deltas(None, resume.as_ref()).await {
+        let error = match client
+            .watch_deltas(services.as_deref(), resume.as_ref())
+            .await
+        {
             Ok(Some(mut stream)) => {
                 loop {
                     match stream.next().await {
@@ -368,6 +388,9 @@ async fn follow(client: RegistryClient, inner: Arc<Inner>) {
                                     if catalog.warming {
                                         tracing::debug!("registry warming; keeping instances it does not list yet");
                                     }
+                                    // An older registry's whole catalog: kept to what is followed.
+                                    let mut catalog = catalog.clone();
+                                    keep_followed(&mut catalog, services.as_deref());
                                     last = catalog.merged_with(&last);
                                 }
                                 Delta::Change(change) => change.apply_to(&mut last),
@@ -384,7 +407,7 @@ async fn follow(client: RegistryClient, inner: Arc<Inner>) {
                 tracing::info!(
                     "the registry has no incremental watch; following it with blocking queries"
                 );
-                return follow_blocking(client, inner, last).await;
+                return follow_blocking(client, services, inner, last).await;
             }
             Err(error) => error,
         };
@@ -399,12 +422,18 @@ async fn follow(client: RegistryClient, inner: Arc<Inner>) {
 
 /// Follows a registry older than the incremental watch: a blocking query on the whole catalog
 /// (`GET /v1/services?index=N`), asked again after every answer.
-async fn follow_blocking(client: RegistryClient, inner: Arc<Inner>, mut last: Catalog) {
+async fn follow_blocking(
+    client: RegistryClient,
+    services: Option<Vec<String>>,
+    inner: Arc<Inner>,
+    mut last: Catalog,
+) {
     let mut index = 0;
     let mut backoff = Duration::from_millis(50);
     loop {
         match client.watch(index, WAIT).await {
-            Ok(catalog) => {
+            Ok(mut catalog) => {
+                keep_followed(&mut catalog, services.as_deref());
                 backoff = Duration::from_millis(50);
                 if catalog.index < index {
                     tracing::info!("registry index went back (it restarted); taking its view");
@@ -425,6 +454,15 @@ async fn follow_blocking(client: RegistryClient, inner: Arc<Inner>, mut last: Ca
                 index = 0;
             }
         }
+    }
+}
+
+/// Leaves in `catalog` only the `services` followed (all when `None`).
+fn keep_followed(catalog: &mut Catalog, services: Option<&[String]>) {
+    if let Some(services) = services {
+        catalog
+            .services
+            .retain(|name, _| services.binary_search(name).is_ok());
     }
 }
 
