@@ -24,9 +24,15 @@
 //! which is written before the connection waits to read (a peer may be waiting for them).
 //!
 //! The buffers live only while they hold bytes: [`UnbufferedTls::relax`], when the
-//! connection goes back to its pool, frees whatever is empty, so an idle pooled connection
-//! holds rustls's connection state and nothing else.
+//! connection goes back to its pool, gives up whatever is empty, so an idle pooled connection
+//! holds rustls's connection state and nothing else. The incoming buffer (two records' room,
+//! the one large allocation) goes to a small stack of spare buffers of the worker's thread,
+//! where the next connection needing one takes it: a request over a pooled connection then
+//! allocates and frees no large block, which would otherwise come and go once a request, and
+//! with them, now and then, the allocator returning memory to the kernel only to fault it back
+//! in.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,6 +60,36 @@ const MAX_WRITE: usize = 4 << 14;
 
 /// Ciphertext held for the instance beyond which a write waits for the socket to take it.
 const OUTGOING_LIMIT: usize = 64 * 1024;
+
+/// The most spare incoming buffers a thread keeps (about 1.2 MiB).
+const SPARE_BUFFERS: usize = 32;
+
+thread_local! {
+    /// Empty incoming buffers of [`READ_ROOM`], given up by connections going idle on this
+    /// thread and taken by the next connection that reads (see the module's comment).
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for [`READ_ROOM`] bytes, a spare one when the thread has one.
+fn take_buffer() -> Vec<u8> {
+    SPARE
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(READ_ROOM))
+}
+
+/// Keeps `buffer` (emptied) for the thread's next reader, unless enough are kept already.
+fn give_back(mut buffer: Vec<u8>) {
+    if buffer.capacity() < READ_ROOM {
+        return;
+    }
+    buffer.clear();
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    });
+}
 
 /// What a step of the state machine is asked to do with what it finds.
 enum Intent<'a, 'b> {
@@ -157,8 +193,8 @@ impl UnbufferedTls {
 
     /// Frees the buffers that hold nothing (see the module's comment).
     pub fn relax(&mut self) {
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
+        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+            give_back(std::mem::take(&mut self.incoming));
         }
         if self.taken == self.plaintext.len() {
             self.plaintext = Vec::new();
@@ -318,7 +354,9 @@ impl UnbufferedTls {
 
     /// Reads what the socket has into `incoming`. `Ok(0)`: the instance closed TCP.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.incoming.capacity() - self.incoming.len() < MIN_ROOM {
+        if self.incoming.capacity() == 0 {
+            self.incoming = take_buffer();
+        } else if self.incoming.capacity() - self.incoming.len() < MIN_ROOM {
             self.incoming.reserve(READ_ROOM);
         }
         let mut buf = ReadBuf::uninit(self.incoming.spare_capacity_mut());
@@ -369,6 +407,20 @@ impl UnbufferedTls {
             }
         }
     }
+}
+
+/// A connection closed or dropped by its pool leaves its incoming buffer to the thread's next
+/// reader too.
+impl Drop for UnbufferedTls {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.incoming));
+    }
+}
+
+/// How many spare incoming buffers this thread holds (for tests).
+#[cfg(test)]
+fn spare_buffers() -> usize {
+    SPARE.with(|spare| spare.borrow().len())
 }
 
 impl AsyncRead for UnbufferedTls {

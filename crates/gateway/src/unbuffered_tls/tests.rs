@@ -171,3 +171,23 @@ async fn an_idle_connection_keeps_no_buffer() {
     server.flush().await.unwrap();
     assert_eq!(read_exactly(&mut client, 5, 64).await, b"again");
 }
+
+#[tokio::test]
+async fn an_idle_connections_read_buffer_goes_to_the_next_reader() {
+    let (mut first, mut first_server) = pair().await;
+    let (mut second, mut second_server) = pair().await;
+    // The second connection goes idle straight after its handshake.
+    second.relax();
+    let spare = spare_buffers();
+    first_server.write_all(b"one").await.unwrap();
+    first_server.flush().await.unwrap();
+    assert_eq!(read_exactly(&mut first, 3, 64).await, b"one");
+    first.relax();
+    assert_eq!(spare_buffers(), spare + 1, "the emptied buffer is kept");
+    second_server.write_all(b"two").await.unwrap();
+    second_server.flush().await.unwrap();
+    assert_eq!(read_exactly(&mut second, 3, 64).await, b"two");
+    assert_eq!(spare_buffers(), spare, "and taken by the next connection to read");
+    drop(second);
+    assert_eq!(spare_buffers(), spare + 1, "a dropped connection leaves its buffer too");
+}
