@@ -18,10 +18,11 @@
 #   - `stratus identity init` makes an authority in a temporary data directory, and
 #     `stratus identity issue` certificates for the services `bench` and `bench-close` (the
 #     instances) and `gateway`;
-#   - the instances are one nginx (1 worker) serving /small (13 B) and /big (16 KiB) on
-#     several ports: plaintext ones, and TLS 1.3 ones with the instance's certificate and client
-#     certificates required and checked against the authority's bundle (`ssl_verify_client on`,
-#     no session tickets or cache); the `-close` ones answer with `Connection: close`;
+#   - the instances serve /small (13 B) and /big (16 KiB) on several ports: plaintext ones, and
+#     TLS 1.3 ones with the instance's certificate and client certificates required and checked
+#     against the authority's bundle; the `-close` ones answer with `Connection: close`. They are
+#     Stratus's own service listener (INSTANCE=stratus, the default, below) or one nginx
+#     (1 worker; `ssl_verify_client on`, no session tickets or cache);
 #   - the gateways are the bench-only example `bench_mtls_gateway` (crates/gateway/examples):
 #     `stratus serve gateway`'s code and `Args`, with credentials read from the folder in
 #     `BENCH_UPSTREAM_TLS_DIR`. Both gateways run that binary, one with the variable (every
@@ -57,11 +58,12 @@ HOLD=${HOLD:-0}  # seconds to keep everything running after setup, for a look by
 BASELINE=${BASELINE:-}
 # PERF=1: count the gateway's system calls per request with perf (linux-perf), where it can.
 PERF=${PERF:-0}
-# INSTANCE=stratus: the instances are `bench_instance` (crates/kit/examples), a Stratus service's
-# server side (kit's listener: tokio-rustls with client certificates required, axum, hyper), one
-# process of 1 worker per port, instead of nginx with OpenSSL. Upstream connections opened per
-# request and the no-reuse handshake log are nginx's, so they are not shown then.
-INSTANCE=${INSTANCE:-nginx}
+# INSTANCE=stratus (the default): the instances are `bench_instance` (crates/kit/examples), a
+# Stratus service's server side (kit's listener: tokio-rustls with client certificates required,
+# axum, hyper), one process of 1 worker per port: what every meshed instance is. INSTANCE=nginx:
+# one nginx (1 worker) with OpenSSL, as an outside reference. Upstream connections opened per
+# request and the no-reuse handshake log are nginx's, so they are shown only then.
+INSTANCE=${INSTANCE:-stratus}
 files=$((IDLE * 3 + 10000))  # clients, upstream connections, wrk, nginx
 [ "$(ulimit -n)" -ge "$files" ] || ulimit -n "$files"
 
