@@ -19,6 +19,7 @@ pub mod client;
 pub mod client_h2;
 pub mod deploy;
 pub mod discovery;
+pub mod forward;
 pub mod grpc;
 pub mod h1;
 pub mod headers;

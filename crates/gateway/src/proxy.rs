@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use stratus_kit::auth::Tokens;
@@ -29,9 +29,10 @@ use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
 use crate::client::{idempotent, Pool, PooledBody, UpstreamUpgrade};
-use crate::client_h2::{Failure, H2Pool};
+use crate::client_h2::H2Pool;
+use crate::forward::attempt::{bad_gateway, no_instance, Attempts};
+use crate::forward::send::{Http1, Http2};
 use crate::grpc;
-use crate::h1::Outgoing;
 use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
 use crate::report::Hop;
 use crate::routes::{AuthMode, RequestView, Route, RouteTable};
@@ -361,83 +362,23 @@ impl Proxy {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method;
         *request.headers_mut() = parts.headers;
-        route.retry_budget.deposit();
-        let mut failed: Option<Arc<Endpoint>> = None;
-        let mut attempt = 0;
-        loop {
-            let Some(endpoint) =
-                pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
-            else {
-                return refusal(grpc, no_instance(&route.service));
-            };
-            // HTTP/2 names the instance in the `:authority` of an absolute URI.
-            let uri = Uri::builder()
-                .scheme(self.h2.scheme())
-                .authority(endpoint.authority.clone())
-                .path_and_query(path.clone())
-                .build();
-            match uri {
-                Ok(uri) => *request.uri_mut() = uri,
-                Err(_) => {
-                    return refusal(grpc, Problem::bad_request("the request path is not valid"))
-                }
+        let mut step = Http2 {
+            client: &self.h2,
+            request: Some(request),
+            path,
+        };
+        let attempts = Attempts {
+            route,
+            pool,
+            group,
+            key,
+            timeout,
+        };
+        match attempts.run(&mut step, retries).await {
+            Ok((response, endpoint)) => {
+                self.relay(response.map(PooledBody::unpooled), &endpoint, None)
             }
-            let in_flight = endpoint.start();
-            let sent = Instant::now();
-            let outcome = tokio::time::timeout(timeout, self.h2.send(&endpoint, request)).await;
-            endpoint.observe_latency(sent.elapsed());
-            drop(in_flight);
-            match outcome {
-                Ok(Ok(response)) => {
-                    // A gRPC server that says UNAVAILABLE is failing as surely as a 503.
-                    let failing = response.status().is_server_error()
-                        || response
-                            .headers()
-                            .get(&grpc::GRPC_STATUS)
-                            .is_some_and(|s| s.as_bytes() == b"14");
-                    endpoint.record(!failing);
-                    route.deployment.record(group, failing);
-                    return self.relay(response.map(PooledBody::unpooled), &endpoint, None);
-                }
-                Ok(Err(Failure::NotSent(error, unsent))) => {
-                    route.metrics.upstream_failures.increment(1);
-                    route.deployment.record(group, true);
-                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    if error.is_connect() {
-                        endpoint.trip();
-                    } else {
-                        endpoint.record(false);
-                    }
-                    if !(attempt < route.retries && route.retry_budget.withdraw()) {
-                        return refusal(grpc, bad_gateway(&route.service));
-                    }
-                    request = *unsent;
-                }
-                Ok(Err(Failure::Failed(error))) => {
-                    route.metrics.upstream_failures.increment(1);
-                    route.deployment.record(group, true);
-                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    // (A refused certificate, found only after hyper took the request.)
-                    if error.is_connect() {
-                        endpoint.trip();
-                    } else {
-                        endpoint.record(false);
-                    }
-                    return refusal(grpc, bad_gateway(&route.service));
-                }
-                Err(_) => {
-                    // Dropping the call resets its stream (RST_STREAM CANCEL); the connection
-                    // and the other calls on it carry on.
-                    endpoint.record(false);
-                    route.deployment.record(group, true);
-                    route.metrics.upstream_failures.increment(1);
-                    return refusal(grpc, gateway_timeout(&route.service, timeout));
-                }
-            }
-            route.metrics.retries.increment(1);
-            attempt += 1;
-            *retries = attempt;
-            failed = Some(endpoint);
+            Err(rejection) => refusal(grpc, rejection),
         }
     }
 
@@ -493,96 +434,31 @@ impl Proxy {
         let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
         let key = route.balance.key(&parts.headers, client);
         let timeout = route.timeout.unwrap_or(settings.timeout);
-        let idempotent = idempotent(&parts.method);
         let target = match upstream_target(parts, route) {
             Ok(target) => target,
             Err(rejection) => return problem(rejection),
         };
-        route.retry_budget.deposit();
-        let mut failed: Option<Arc<Endpoint>> = None;
-        let mut attempt = 0;
-        let mut timed_out = None;
-        loop {
-            let Some(endpoint) =
-                pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
-            else {
-                // No other instance to retry on: the client hears what went wrong with the
-                // last one (a timeout stays a 504), or that there is none at all.
-                return problem(match timed_out {
-                    Some(timeout) => gateway_timeout(&route.service, timeout),
-                    None => no_instance(&route.service),
-                });
-            };
-            // HTTP/1.1 to the instance: the target in origin form, and the instance's own
-            // `Host`; the rest is the request as adjusted above, borrowed, not copied.
-            let request = Outgoing {
-                method: &parts.method,
-                target: &target,
-                host: Some(&endpoint.host),
-                headers: &parts.headers,
-                forwarding: Some(forwarding),
-                body: &body,
-            };
-            let in_flight = endpoint.start();
-            let sent = Instant::now();
-            let outcome = tokio::time::timeout(timeout, self.client.send(&endpoint, request)).await;
-            endpoint.observe_latency(sent.elapsed());
-            drop(in_flight);
-            let may_retry = |reason: Retry| {
-                let allowed = match reason {
-                    // Never reached the instance: safe for any method.
-                    Retry::NotSent => true,
-                    Retry::Failed => idempotent,
-                };
-                allowed && attempt < route.retries && route.retry_budget.withdraw()
-            };
-            let retry = match outcome {
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    endpoint.record(status.as_u16() < 500);
-                    route.deployment.record(group, status.as_u16() >= 500);
-                    let retryable = matches!(status.as_u16(), 502..=504);
-                    if !(retryable && may_retry(Retry::Failed)) {
-                        return self.relay(response, &endpoint, client_upgrade.take());
-                    }
-                    Retry::Failed
-                }
-                Ok(Err(error)) => {
-                    route.metrics.upstream_failures.increment(1);
-                    route.deployment.record(group, true);
-                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    let reason = if error.is_connect() {
-                        endpoint.trip();
-                        Retry::NotSent
-                    } else {
-                        endpoint.record(false);
-                        Retry::Failed
-                    };
-                    if !may_retry(reason) {
-                        return problem(bad_gateway(&route.service));
-                    }
-                    reason
-                }
-                Err(_) => {
-                    // The timeout is per try: a hung instance (stopped, swapping, deadlocked)
-                    // costs an idempotent request one timeout, not the request.
-                    endpoint.record(false);
-                    route.deployment.record(group, true);
-                    route.metrics.upstream_failures.increment(1);
-                    if !may_retry(Retry::Failed) {
-                        return problem(gateway_timeout(&route.service, timeout));
-                    }
-                    timed_out = Some(timeout);
-                    Retry::Failed
-                }
-            };
-            route.metrics.retries.increment(1);
-            if retry == Retry::Failed {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            attempt += 1;
-            *retries = attempt;
-            failed = Some(endpoint);
+        // HTTP/1.1 to the instance: the target in origin form, and the instance's own `Host`;
+        // the rest is the request as adjusted above, borrowed, not copied.
+        let mut step = Http1 {
+            client: &self.client,
+            method: &parts.method,
+            target: &target,
+            headers: &parts.headers,
+            forwarding,
+            body: &body,
+            idempotent: idempotent(&parts.method),
+        };
+        let attempts = Attempts {
+            route,
+            pool,
+            group,
+            key,
+            timeout,
+        };
+        match attempts.run(&mut step, retries).await {
+            Ok((response, endpoint)) => self.relay(response, &endpoint, client_upgrade.take()),
+            Err(rejection) => problem(rejection),
         }
     }
 
@@ -674,35 +550,6 @@ struct Call {
     request_id: HeaderValue,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// The connection was refused: the instance never saw the request.
-    NotSent,
-    /// The instance may have seen it.
-    Failed,
-}
-
-fn gateway_timeout(service: &str, timeout: Duration) -> Problem {
-    Problem::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        format!("{service} did not answer within {timeout:?}"),
-    )
-}
-
-/// Exponential back-off with full jitter: a random wait below 25 ms x 2^attempt (at most 250 ms),
-/// so retries from many clients spread out instead of arriving together.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = (25u64 << attempt.min(4)).min(250);
-    Duration::from_millis(crate::balance::random_u64() % (ceiling + 1))
-}
-
-fn bad_gateway(service: &str) -> Problem {
-    Problem::new(
-        StatusCode::BAD_GATEWAY,
-        format!("{service} failed to answer"),
-    )
-}
-
 /// The gateway's refusal as a gRPC client understands it (`grpc.rs`), or as a problem+json.
 fn refusal(grpc: bool, rejection: Problem) -> Response<Body> {
     if grpc {
@@ -710,10 +557,6 @@ fn refusal(grpc: bool, rejection: Problem) -> Response<Body> {
     } else {
         problem(rejection)
     }
-}
-
-fn no_instance(service: &str) -> Problem {
-    Problem::unavailable(format!("no instance of {service} is available"), 1)
 }
 
 fn bearer_token(value: &HeaderValue) -> Result<&str, Problem> {
