@@ -21,7 +21,7 @@ use stratus_kit::model::Catalog;
 use stratus_kit::registry_client::RegistryClient;
 
 use crate::proxy::Shared;
-use crate::routes::RouteTable;
+use crate::route::routes::RouteTable;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// How often the route table is looked at for other services while a query is out.

@@ -28,15 +28,15 @@ use stratus_kit::auth::Tokens;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use crate::client::{idempotent, Pool, PooledBody, UpstreamUpgrade};
-use crate::client_h2::H2Pool;
 use crate::forward::attempt::{bad_gateway, no_instance, Attempts};
+use crate::forward::client::{idempotent, ConnectionPool, PooledBody, UpstreamUpgrade};
+use crate::forward::client_h2::H2Pool;
 use crate::forward::send::{Http1, Http2};
 use crate::grpc;
 use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
 use crate::report::Hop;
-use crate::routes::{AuthMode, RequestView, Route, RouteTable};
-use crate::upstream::{Endpoint, Upstreams};
+use crate::route::routes::{AuthMode, RequestView, Route, RouteTable};
+use crate::upstream::instances::{Endpoint, Upstreams};
 
 pub type Body = Either<PooledBody, Full<Bytes>>;
 
@@ -59,20 +59,20 @@ pub struct Shared {
     pub tokens: Arc<Tokens>,
     pub settings: Settings,
     /// Mutual TLS to the instances, for every worker's pools (None: plaintext).
-    pub upstream_tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    pub upstream_tls: Option<Arc<crate::forward::upstream_tls::UpstreamTls>>,
 }
 
 /// One worker thread's proxy: the shared state plus a connection pool of its own, so a request
 /// and the upstream connection serving it stay on one thread.
 pub struct Proxy {
     pub shared: Arc<Shared>,
-    client: Arc<Pool>,
+    client: Arc<ConnectionPool>,
     /// This worker's HTTP/2 connections, one per instance (gRPC and h2c routes).
     h2: Arc<H2Pool>,
     /// This worker's buffer of hop records for the event sink (None when reporting is off).
     pub events: Option<crate::report::WorkerEvents>,
     /// This worker's connection to the shared rate limits (None: limits are local only).
-    shared_limits: Option<crate::ratelimit_redis::SharedLimits>,
+    shared_limits: Option<crate::route::ratelimit_redis::SharedLimits>,
 }
 
 impl Proxy {
@@ -87,12 +87,12 @@ impl Proxy {
             .clone()
             .map(crate::report::WorkerEvents::new);
         let tls = shared.upstream_tls.clone();
-        let client = Pool::with_tls(connect_timeout, body_idle_timeout, tls.clone());
+        let client = ConnectionPool::with_tls(connect_timeout, body_idle_timeout, tls.clone());
         client.spawn_sweeper();
         let h2 = H2Pool::with_tls(connect_timeout, tls);
         h2.spawn_sweeper();
         let shared_limits = shared.settings.rate_limit_redis.as_deref().map(|url| {
-            crate::ratelimit_redis::SharedLimits::start(
+            crate::route::ratelimit_redis::SharedLimits::start(
                 url,
                 shared.settings.rate_limit_redis_timeout,
             )
@@ -517,7 +517,7 @@ fn is_websocket(value: &HeaderValue) -> bool {
 /// to the client first.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    mut upstream: crate::client::UpstreamStream,
+    mut upstream: crate::forward::client::UpstreamStream,
     leftover: Bytes,
     service: String,
 ) {

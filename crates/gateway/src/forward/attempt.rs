@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use stratus_kit::Problem;
 
-use crate::deploy::Group;
-use crate::routes::Route;
-use crate::upstream::{Endpoint, Pool};
+use crate::route::deploy::Group;
+use crate::route::routes::Route;
+use crate::upstream::instances::{Endpoint, InstancePool};
 
 /// How one attempt ended, as the protocol's send step tells it.
 pub enum Sent<R, E> {
@@ -74,7 +74,7 @@ pub trait SendStep {
 /// the version chosen for it, its balancing key and its per-try timeout.
 pub struct Attempts<'a> {
     pub route: &'a Route,
-    pub pool: &'a Pool,
+    pub pool: &'a InstancePool,
     pub group: Group,
     pub key: Option<u64>,
     pub timeout: Duration,
@@ -196,7 +196,7 @@ impl Attempts<'_> {
 /// so retries from many clients spread out instead of arriving together.
 fn backoff(attempt: u32) -> Duration {
     let ceiling = (25u64 << attempt.min(4)).min(250);
-    Duration::from_millis(crate::balance::random_u64() % (ceiling + 1))
+    Duration::from_millis(crate::upstream::schedule::random_u64() % (ceiling + 1))
 }
 
 pub fn gateway_timeout(service: &str, timeout: Duration) -> Problem {

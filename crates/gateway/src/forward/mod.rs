@@ -1,4 +1,12 @@
-//! Forwarding: sending a routed request to an instance and relaying its answer.
+//! The forward layer: sending a routed request to the chosen instance, over HTTP/1.1 or HTTP/2,
+//! plaintext or mutual TLS, and relaying its answer.
 
 pub mod attempt;
+pub mod client;
+pub mod client_h2;
+pub mod error;
+pub mod h1;
+pub mod read_ahead;
 pub mod send;
+pub mod upstream_io;
+pub mod upstream_tls;

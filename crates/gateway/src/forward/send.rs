@@ -9,17 +9,18 @@ use hyper::body::Incoming;
 use stratus_kit::Problem;
 
 use super::attempt::{SendStep, Sent};
-use crate::client::{Pool, PooledBody, SendError};
-use crate::client_h2::{Failure, H2Pool};
+use crate::forward::client::{ConnectionPool, PooledBody};
+use crate::forward::client_h2::{Failure, H2Pool};
+use crate::forward::error::SendError;
+use crate::forward::h1::Outgoing;
 use crate::grpc;
-use crate::h1::Outgoing;
 use crate::headers::Forwarding;
-use crate::upstream::Endpoint;
+use crate::upstream::instances::Endpoint;
 
 /// HTTP/1.1: the request as the client sent it (adjusted), borrowed for every attempt, written
 /// to the instance in origin form with the instance's own `Host`.
 pub struct Http1<'a> {
-    pub client: &'a Arc<Pool>,
+    pub client: &'a Arc<ConnectionPool>,
     pub method: &'a Method,
     pub target: &'a str,
     pub headers: &'a http::HeaderMap,

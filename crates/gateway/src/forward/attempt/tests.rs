@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::balance::Balance;
-use crate::routes::RouteTable;
-use crate::upstream::tests::pool_of;
+use crate::route::routes::RouteTable;
+use crate::upstream::balance::Balance;
+use crate::upstream::instances::tests::pool_of;
 
 /// What the scripted instance does with one attempt.
 #[derive(Clone, Copy)]
@@ -83,7 +83,7 @@ fn route(retries: u32) -> RouteTable {
 /// Runs `step` against a round-robin pool of `ids` through the table's one route.
 async fn drive(
     table: &RouteTable,
-    pool: &Pool,
+    pool: &InstancePool,
     timeout: Duration,
     step: &mut Scripted,
 ) -> (Result<u16, u16>, u32) {

@@ -35,10 +35,10 @@ use stratus_identity::{Credentials, Expect};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::client::SendError;
-use crate::read_ahead::ReadAhead;
-use crate::upstream::Endpoint;
-use crate::upstream_io::UpstreamStream;
+use crate::forward::error::SendError;
+use crate::forward::read_ahead::ReadAhead;
+use crate::forward::upstream_io::UpstreamStream;
+use crate::upstream::instances::Endpoint;
 
 /// What a connection will speak once TLS is up, offered by ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::read_ahead::ReadAhead;
+use crate::forward::read_ahead::ReadAhead;
 
 /// A connection to an instance, as the HTTP/1.1 pool, the HTTP/2 pool and a WebSocket tunnel
 /// use it.
