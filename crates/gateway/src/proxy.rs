@@ -28,15 +28,14 @@ use stratus_kit::auth::Tokens;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use crate::forward::attempt::{bad_gateway, no_instance, Attempts};
-use crate::forward::client::{idempotent, ConnectionPool, PooledBody, UpstreamUpgrade};
-use crate::forward::client_h2::H2Pool;
-use crate::forward::send::{Http1, Http2};
+use crate::forward::attempt::{no_instance, Attempts};
+use crate::forward::client::PooledBody;
+use crate::forward::forwarder::Forwarder;
 use crate::grpc;
-use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
+use crate::headers::{self, is_websocket, ClientConnection, TRACEPARENT, X_REQUEST_ID};
 use crate::report::Hop;
 use crate::route::routes::{AuthMode, RequestView, Route, RouteTable};
-use crate::upstream::instances::{Endpoint, Upstreams};
+use crate::upstream::instances::Upstreams;
 
 pub type Body = Either<PooledBody, Full<Bytes>>;
 
@@ -66,9 +65,8 @@ pub struct Shared {
 /// and the upstream connection serving it stay on one thread.
 pub struct Proxy {
     pub shared: Arc<Shared>,
-    client: Arc<ConnectionPool>,
-    /// This worker's HTTP/2 connections, one per instance (gRPC and h2c routes).
-    h2: Arc<H2Pool>,
+    /// This worker's upstream connections, and the attempts and relay over them.
+    forwarder: Forwarder,
     /// This worker's buffer of hop records for the event sink (None when reporting is off).
     pub events: Option<crate::report::WorkerEvents>,
     /// This worker's connection to the shared rate limits (None: limits are local only).
@@ -86,11 +84,12 @@ impl Proxy {
             .reporter
             .clone()
             .map(crate::report::WorkerEvents::new);
-        let tls = shared.upstream_tls.clone();
-        let client = ConnectionPool::with_tls(connect_timeout, body_idle_timeout, tls.clone());
-        client.spawn_sweeper();
-        let h2 = H2Pool::with_tls(connect_timeout, tls);
-        h2.spawn_sweeper();
+        let forwarder = Forwarder::new(
+            connect_timeout,
+            body_idle_timeout,
+            shared.upstream_tls.clone(),
+            shared.settings.served_by,
+        );
         let shared_limits = shared.settings.rate_limit_redis.as_deref().map(|url| {
             crate::route::ratelimit_redis::SharedLimits::start(
                 url,
@@ -99,8 +98,7 @@ impl Proxy {
         });
         Self {
             shared,
-            client,
-            h2,
+            forwarder,
             events,
             shared_limits,
         }
@@ -362,11 +360,6 @@ impl Proxy {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method;
         *request.headers_mut() = parts.headers;
-        let mut step = Http2 {
-            client: &self.h2,
-            request: Some(request),
-            path,
-        };
         let attempts = Attempts {
             route,
             pool,
@@ -374,10 +367,12 @@ impl Proxy {
             key,
             timeout,
         };
-        match attempts.run(&mut step, retries).await {
-            Ok((response, endpoint)) => {
-                self.relay(response.map(PooledBody::unpooled), &endpoint, None)
-            }
+        match self
+            .forwarder
+            .http2(&attempts, request, path, retries)
+            .await
+        {
+            Ok(response) => response.map(Either::Left),
             Err(rejection) => refusal(grpc, rejection),
         }
     }
@@ -422,7 +417,7 @@ impl Proxy {
         parts: &http::request::Parts,
         forwarding: &headers::Forwarding<'_>,
         body: Bytes,
-        mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         client: std::net::IpAddr,
         retries: &mut u32,
     ) -> Response<Body> {
@@ -438,17 +433,6 @@ impl Proxy {
             Ok(target) => target,
             Err(rejection) => return problem(rejection),
         };
-        // HTTP/1.1 to the instance: the target in origin form, and the instance's own `Host`;
-        // the rest is the request as adjusted above, borrowed, not copied.
-        let mut step = Http1 {
-            client: &self.client,
-            method: &parts.method,
-            target: &target,
-            headers: &parts.headers,
-            forwarding,
-            body: &body,
-            idempotent: idempotent(&parts.method),
-        };
         let attempts = Attempts {
             route,
             pool,
@@ -456,88 +440,19 @@ impl Proxy {
             key,
             timeout,
         };
-        match attempts.run(&mut step, retries).await {
-            Ok((response, endpoint)) => self.relay(response, &endpoint, client_upgrade.take()),
+        let forwarded = self.forwarder.http1(
+            &attempts,
+            parts,
+            &target,
+            forwarding,
+            &body,
+            client_upgrade,
+            retries,
+        );
+        match forwarded.await {
+            Ok(response) => response.map(Either::Left),
             Err(rejection) => problem(rejection),
         }
-    }
-
-    fn relay(
-        &self,
-        mut response: Response<PooledBody>,
-        endpoint: &Endpoint,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Body> {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream = response
-                .extensions_mut()
-                .remove::<UpstreamUpgrade>()
-                .and_then(|upgrade| upgrade.take());
-            let to_websocket = response
-                .headers()
-                .get(http::header::UPGRADE)
-                .is_some_and(is_websocket);
-            // A switch the client did not ask for, or to another protocol than WebSocket, has
-            // nothing sound to relay: the instance is answering out of turn.
-            let (Some(client), Some((upstream, leftover)), true) =
-                (client_upgrade, upstream, to_websocket)
-            else {
-                tracing::warn!(service = %endpoint.service, instance = %endpoint.id, "a 101 the client did not ask for");
-                return problem(bad_gateway(&endpoint.service));
-            };
-            tokio::spawn(tunnel(client, upstream, leftover, endpoint.service.clone()));
-            let (mut head, body) = response.into_parts();
-            if self.shared.settings.served_by {
-                head.headers
-                    .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
-            }
-            return Response::from_parts(head, Either::Left(body));
-        }
-        let (mut head, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut head.headers);
-        if self.shared.settings.served_by {
-            head.headers
-                .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
-        }
-        Response::from_parts(head, Either::Left(body))
-    }
-}
-
-/// Whether an `Upgrade` value names WebSocket (the one protocol the gateway tunnels).
-fn is_websocket(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"websocket")
-}
-
-/// Once both sides have switched protocols, copies bytes both ways until either side closes.
-/// The instance's side is its connection as the upstream client left it (its TLS session
-/// included, under mutual TLS), and the bytes it had already read past the 101 head, which go
-/// to the client first.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    mut upstream: crate::forward::client::UpstreamStream,
-    leftover: Bytes,
-    service: String,
-) {
-    use tokio::io::AsyncWriteExt;
-    let client = match client.await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::debug!(%error, %service, "protocol upgrade failed");
-            return;
-        }
-    };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    if !leftover.is_empty() {
-        if let Err(error) = client.write_all(&leftover).await {
-            tracing::debug!(%error, %service, "upgraded connection ended with an error");
-            return;
-        }
-    }
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, %service, "upgraded connection ended with an error");
     }
 }
 
