@@ -5,12 +5,13 @@
 //! (instance-based balancing, from the registry's live view), and forwards it, retrying once on
 //! another instance when the first could not be reached.
 //!
-//! Map: [`routes`] (the table), [`upstream`] (instances and balancing), [`discovery`] (following
-//! the registry), [`proxy`] (the per-request path), [`headers`], [`server`] (the listener),
-//! [`admin`] (the admin API), [`deploy`] (canary, A/B and blue-green splits by version, and
-//! the automatic rollback of a failing canary), [`client_h2`] and [`grpc`] (HTTP/2 to instances,
-//! for gRPC and routes with `upstream_protocol = "h2c"`), [`upstream_tls`] and [`upstream_io`]
-//! (mutual TLS to the instances, when the gateway holds a workload certificate).
+//! Map, top-down as a request travels: [`listen`] (the workers' listeners, idle connections
+//! parked, TLS, layer 4), [`proxy`] (the per-request path), [`forward`] (the attempt driver,
+//! the HTTP/1.1 and HTTP/2 upstream clients, mutual TLS to the instances, the relay back),
+//! [`route`] (the table, canary, A/B and blue-green splits and the automatic rollback, rate
+//! limits), [`upstream`] (instances, balancing, breakers, health checks); beside them
+//! [`discovery`] (following the registry), [`reload`], [`admin`] (the admin API), and at every
+//! floor [`headers`], [`grpc`] and [`report`]. Files import only downwards.
 
 pub mod admin;
 pub mod discovery;

@@ -337,13 +337,17 @@ impl Proxy {
         grpc: bool,
         retries: &mut u32,
     ) -> Response<Body> {
-        let settings = &self.shared.settings;
         let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
             return refusal(grpc, no_instance(&route.service));
         };
         // Chosen on the request as the client sent it, as on the HTTP/1.1 path.
-        let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
-        let key = route.balance.key(&parts.headers, client.peer.ip());
+        let attempts = Attempts::new(
+            route,
+            &service_pool,
+            &parts.headers,
+            client.peer.ip(),
+            self.shared.settings.timeout,
+        );
         let host = headers::client_host(&parts);
         headers::add_forwarding(&mut parts.headers, client, host.as_ref());
         parts
@@ -352,7 +356,6 @@ impl Proxy {
         if let Ok(value) = HeaderValue::from_bytes(&call.traceparent) {
             parts.headers.insert(TRACEPARENT.clone(), value);
         }
-        let timeout = route.timeout.unwrap_or(settings.timeout);
         let path = match upstream_path(&parts, route) {
             Ok(path) => path,
             Err(rejection) => return refusal(grpc, rejection),
@@ -360,13 +363,6 @@ impl Proxy {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method;
         *request.headers_mut() = parts.headers;
-        let attempts = Attempts {
-            route,
-            pool,
-            group,
-            key,
-            timeout,
-        };
         match self
             .forwarder
             .http2(&attempts, request, path, retries)
@@ -421,24 +417,19 @@ impl Proxy {
         client: std::net::IpAddr,
         retries: &mut u32,
     ) -> Response<Body> {
-        let settings = &self.shared.settings;
         let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
             return problem(no_instance(&route.service));
         };
-        // A route split between versions balances inside the chosen version's pool.
-        let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
-        let key = route.balance.key(&parts.headers, client);
-        let timeout = route.timeout.unwrap_or(settings.timeout);
+        let attempts = Attempts::new(
+            route,
+            &service_pool,
+            &parts.headers,
+            client,
+            self.shared.settings.timeout,
+        );
         let target = match upstream_target(parts, route) {
             Ok(target) => target,
             Err(rejection) => return problem(rejection),
-        };
-        let attempts = Attempts {
-            route,
-            pool,
-            group,
-            key,
-            timeout,
         };
         let forwarded = self.forwarder.http1(
             &attempts,

@@ -89,7 +89,27 @@ enum Retry {
     Failed,
 }
 
-impl Attempts<'_> {
+impl<'a> Attempts<'a> {
+    /// A request's attempts on `route`: a route split between versions balances inside the
+    /// chosen version's pool, chosen (like the balancing key) on `headers` as given, so callers
+    /// pass the request as the client sent it.
+    pub fn new(
+        route: &'a Route,
+        pool: &'a InstancePool,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+        default_timeout: Duration,
+    ) -> Self {
+        let (pool, group) = route.deployment.choose(headers, pool);
+        Self {
+            route,
+            pool,
+            group,
+            key: route.balance.key(headers, client),
+            timeout: route.timeout.unwrap_or(default_timeout),
+        }
+    }
+
     /// Drives attempts until one answers or none may follow: the answer and the instance that
     /// gave it, or the problem the client is to hear. `retries` counts the retries made, for the
     /// hop record, even when the request fails in the end.
