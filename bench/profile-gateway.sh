@@ -112,8 +112,14 @@ CONF
       valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$target.out" nginx -c "$work/nginx.conf" -p "$work" > "$work/nginx.log" 2>&1 &
       ;;
   esac
-  pid=$!
+  pid=$!; pids+=("$pid")  # stopped on any exit, a failed run's included
   wait_port "$port"
+  # The gateway opens its port before it has read the registry: wait for its first 200, or the
+  # warm-up's first requests are 503s and the run stops.
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/$SIZE")" = 200 ] && break
+    sleep 0.05
+  done
   # Warm up (connections, pools, lazy start-up work), then count only the measured requests:
   # callgrind_control zeroes the counters before and dumps them after.
   REQUESTS=$((CONNECTIONS * 20)) drive "$port"
