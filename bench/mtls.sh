@@ -57,6 +57,11 @@ HOLD=${HOLD:-0}  # seconds to keep everything running after setup, for a look by
 BASELINE=${BASELINE:-}
 # PERF=1: count the gateway's system calls per request with perf (linux-perf), where it can.
 PERF=${PERF:-0}
+# INSTANCE=stratus: the instances are `bench_instance` (crates/kit/examples), a Stratus service's
+# server side (kit's listener: tokio-rustls with client certificates required, axum, hyper), one
+# process of 1 worker per port, instead of nginx with OpenSSL. Upstream connections opened per
+# request and the no-reuse handshake log are nginx's, so they are not shown then.
+INSTANCE=${INSTANCE:-nginx}
 files=$((IDLE * 3 + 10000))  # clients, upstream connections, wrk, nginx
 [ "$(ulimit -n)" -ge "$files" ] || ulimit -n "$files"
 
@@ -70,6 +75,9 @@ if ! need wrk || ! need nginx; then
 fi
 [ -x target/release/stratus ] || cargo build --release -j2
 [ -x target/release/examples/bench_mtls_gateway ] || cargo build --release -j2 -p stratus-gateway --example bench_mtls_gateway
+if [ "$INSTANCE" = stratus ]; then
+  [ -x target/release/examples/bench_instance ] || cargo build --release -j2 -p stratus-kit --example bench_instance
+fi
 STRATUS=$PWD/target/release/stratus
 GATEWAY=$PWD/target/release/examples/bench_mtls_gateway
 
@@ -102,6 +110,17 @@ tls() {  # the TLS settings of an instance of service $1
     ssl_client_certificate %s/tls-%s/bundle.pem; ssl_verify_client on;
     ssl_protocols TLSv1.3; ssl_session_tickets off; ssl_session_cache off;' "$work" "$1" "$work" "$1" "$work" "$1"
 }
+# The instances, unless they are Stratus's own (INSTANCE=stratus, below); nginx serves the status.
+instance_servers=
+if [ "$INSTANCE" = nginx ]; then
+  instance_servers="server { listen 127.0.0.1:$P1; $locations }
+  server { listen 127.0.0.1:$P2; $locations }
+  server { listen 127.0.0.1:$PC; keepalive_timeout 0; $locations }
+  server { listen 127.0.0.1:$T1 ssl; $(tls bench) $locations }
+  server { listen 127.0.0.1:$T2 ssl; $(tls bench) $locations }
+  server { listen 127.0.0.1:$TC ssl; $(tls bench-close) keepalive_timeout 0;
+    access_log $work/handshakes.log handshakes; $locations }"
+fi
 cat > "$work/backend.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -112,16 +131,26 @@ http {
   access_log off;
   keepalive_requests 1000000;
   log_format handshakes '\$connection \$ssl_protocol \$ssl_client_verify \$ssl_session_reused \$ssl_cipher';
-  server { listen 127.0.0.1:$P1; $locations }
-  server { listen 127.0.0.1:$P2; $locations }
-  server { listen 127.0.0.1:$PC; keepalive_timeout 0; $locations }
-  server { listen 127.0.0.1:$T1 ssl; $(tls bench) $locations }
-  server { listen 127.0.0.1:$T2 ssl; $(tls bench) $locations }
-  server { listen 127.0.0.1:$TC ssl; $(tls bench-close) keepalive_timeout 0;
-    access_log $work/handshakes.log handshakes; $locations }
+  $instance_servers
   server { listen 127.0.0.1:$STATUS; location = /status { stub_status; } }
 }
 CONF
+INSTANCE_PIDS=()
+if [ "$INSTANCE" = stratus ]; then
+  instance() {  # port tls-folder-or-empty close
+    if [ -n "$2" ]; then
+      BENCH_INSTANCE_TLS_DIR=$2 BENCH_INSTANCE_CLOSE=$3 PORT=$1 exec target/release/examples/bench_instance
+    else
+      BENCH_INSTANCE_CLOSE=$3 PORT=$1 exec target/release/examples/bench_instance
+    fi
+  }
+  instance "$P1" "" 0 & pids+=($!); INSTANCE_PIDS+=($!)
+  instance "$P2" "" 0 & pids+=($!); INSTANCE_PIDS+=($!)
+  instance "$PC" "" 1 & pids+=($!); INSTANCE_PIDS+=($!)
+  instance "$T1" "$work/tls-bench" 0 & pids+=($!); INSTANCE_PIDS+=($!)
+  instance "$T2" "$work/tls-bench" 0 & pids+=($!); INSTANCE_PIDS+=($!)
+  instance "$TC" "$work/tls-bench-close" 1 & pids+=($!); INSTANCE_PIDS+=($!)
+fi
 nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 
 PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
@@ -159,7 +188,7 @@ for p in "$P1" "$P2" "$PC" "$T1" "$T2" "$TC" "$STATUS" "${PORT_OF[@]}"; do wait_
 for gw in "${PORT_OF[@]}"; do
   for path in small close/small; do
     for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$gw/$path" >/dev/null && break; sleep 0.05; done
-    curl -sf "http://127.0.0.1:$gw/$path" >/dev/null || { echo "gateway on $gw does not answer /$path" >&2; tail -5 "$work"/gateway-*.log >&2; exit 1; }
+    curl -sf "http://127.0.0.1:$gw/$path" >/dev/null || { echo "gateway on $gw does not answer /$path" >&2; tail -n 5 "$work"/gateway-*.log >&2; exit 1; }
   done
 done
 # The mTLS instances refuse a client without a certificate (they really check).
@@ -198,7 +227,13 @@ to_us() { awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 accepted() { curl -sf "http://127.0.0.1:$STATUS/status" | awk 'NR==3 {print $1}'; }
 TICK=$(getconf CLK_TCK)
-INSTANCE_PID=$(pgrep -P "$(cat "$work/backend.pid")" | head -1)  # nginx's one worker
+if [ "$INSTANCE" = stratus ]; then
+  instance_ticks() { local t=0 p; for p in "${INSTANCE_PIDS[@]}"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+  accepted() { echo 0; }  # nginx counts connections; the Stratus instances do not
+else
+  INSTANCE_PID=$(pgrep -P "$(cat "$work/backend.pid")" | head -1)  # nginx's one worker
+  instance_ticks() { cpu_ticks "$INSTANCE_PID"; }
+fi
 
 results=$work/results.tsv
 : > "$results"
@@ -207,14 +242,14 @@ for round in $(seq 1 "$ROUNDS"); do
   order=("${TARGETS[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
   for path in $PATHS; do
     for target in "${order[@]}"; do
-      before_cpu=$(cpu_ticks "${PID_OF[$target]}"); before_conns=$(accepted); before_instance=$(cpu_ticks "$INSTANCE_PID")
+      before_cpu=$(cpu_ticks "${PID_OF[$target]}"); before_conns=$(accepted); before_instance=$(instance_ticks)
       # The gateway's system calls over the load (perf's tracepoint count, when perf can).
       perf_pid=
       if [ "$PERF" = 1 ]; then
         perf stat -x, -e raw_syscalls:sys_enter -p "${PID_OF[$target]}" -o "$work/perf.txt" -- sleep "${DURATION%s}" 2>/dev/null & perf_pid=$!
       fi
       out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$path")
-      after_cpu=$(cpu_ticks "${PID_OF[$target]}"); after_conns=$(accepted); after_instance=$(cpu_ticks "$INSTANCE_PID")
+      after_cpu=$(cpu_ticks "${PID_OF[$target]}"); after_conns=$(accepted); after_instance=$(instance_ticks)
       requests=$(awk '/requests in/ {print $1}' <<<"$out")
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
@@ -225,6 +260,7 @@ for round in $(seq 1 "$ROUNDS"); do
       cpu=$(awk -v a="$before_cpu" -v b="$after_cpu" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
       icpu=$(awk -v a="$before_instance" -v b="$after_instance" -v n="$requests" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
       fresh=$(awk -v a="$before_conns" -v b="$after_conns" -v n="$requests" 'BEGIN {printf "%.3f", (b-a-1)/n}')
+      [ "$INSTANCE" = stratus ] && fresh=-
       calls=-
       if [ -n "$perf_pid" ]; then
         wait "$perf_pid" || true
@@ -240,7 +276,8 @@ done
 
 # The handshakes nginx saw on the no-reuse mTLS instance: one connection per request, each
 # with a verified client certificate, none resumed.
-handshakes=$(awk '{n++; c[$1]=1; if ($2=="TLSv1.3") t++; if ($3=="SUCCESS") v++; if ($4=="r") r++; cipher[$5]++}
+handshakes="not logged (INSTANCE=$INSTANCE)"
+[ "$INSTANCE" = nginx ] && handshakes=$(awk '{n++; c[$1]=1; if ($2=="TLSv1.3") t++; if ($3=="SUCCESS") v++; if ($4=="r") r++; cipher[$5]++}
   END {printf "%d requests on %d connections; TLS 1.3: %d, client certificate verified: %d, resumed: %d; ciphers:", n, length(c), t, v, r;
        for (k in cipher) printf " %s %d", k, cipher[k]}' "$work/handshakes.log")
 
@@ -248,7 +285,7 @@ mkdir -p bench/results
 report=bench/results/mtls-$(date -u +%Y%m%dT%H%M%SZ).txt
 med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 {
-  echo "Gateway upstream mTLS against plaintext: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS gateway workers, nginx instances (1 worker)"
+  echo "Gateway upstream mTLS against plaintext: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS gateway workers, instances: $INSTANCE (1 worker)"
   echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = mtls / plain"
   echo
   printf '%-12s %-9s %10s %8s %8s %10s %10s %8s %9s %8s %10s %8s\n' path target rps p50_us p99_us rps_ratio p99_ratio gw_cpu_us gw_bound inst_cpu new_conns gw_sys
@@ -263,7 +300,7 @@ med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$r
     done
   done
   echo
-  echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances (nginx), from /proc;"
+  echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances ($INSTANCE), from /proc;"
   echo "gw_bound: plain's gateway CPU per request over this one's: the throughput ratio where the gateway is the"
   echo "bottleneck (its own cores, the instances elsewhere), which one machine's shared cores cannot show directly."
   echo "gw_sys: the gateway's system calls per request (perf, PERF=1; - without)."

@@ -5,7 +5,9 @@ For each row (watch kind, instances, watchers, changes a second) it starts a fre
 memory store, mutual TLS off, on loopback), registers the instances over services of 20
 instances each (leases of an hour: heartbeats are not part of this measure), opens the watchers
 as blocking queries (`GET /v1/services?index=N` for `catalog`, `GET /v1/services/<one>?index=N`
-for `service`, watcher i on service i mod services), then registers one new instance in a random
+for `service`, watcher i on service i mod services) or as incremental watches
+(`GET /v1/watch?deltas=true` for `deltas`, `&services=<one>` for `deltas-service`: a snapshot,
+then one event per change, each event counted as an answer), then registers one new instance in a random
 service at the asked rate for SECONDS and measures, over that window:
 
   made        changes registered a second (the registrar waits for each answer)
@@ -47,6 +49,12 @@ ROWS = os.environ.get(
 STORE = os.environ.get("STORE", "memory")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 INDEX = re.compile(rb'"index":(\d+)')
+KINDS = {
+    "catalog": "whole catalog",
+    "service": "one service each",
+    "deltas": "incremental, whole catalog",
+    "deltas-service": "incremental, one service each",
+}
 
 
 def free_port():
@@ -162,6 +170,8 @@ class Row:
         await asyncio.gather(*(worker() for _ in range(8)))
 
     async def watcher(self, port, n):
+        if self.kind.startswith("deltas"):
+            return await self.delta_watcher(port, n)
         http = Http(port)
         if self.kind == "catalog":
             path, service = "/v1/services", None
@@ -195,6 +205,48 @@ class Row:
                 if f'"chg{change}"'.encode() in data:
                     seen.add(change)
                     self.lags.append(now - at)
+
+    async def delta_watcher(self, port, n):
+        """The incremental watch (`/v1/watch?deltas=true`): a snapshot, then change events. Each
+        event read counts as an answer; a change is seen when an event holding it arrives."""
+        service = None
+        path = "/v1/watch?deltas=true"
+        if self.kind == "deltas-service":
+            service = self.service(n % self.services)
+            path += f"&services={service}"
+        async with self.connecting:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: registry\r\n\r\n".encode())
+            await writer.drain()
+            status = int((await reader.readline()).split()[1])
+            assert status == 200, status
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+        buffer, seen, ready = b"", set(), False
+        while not self.stop:
+            size = int((await reader.readline()).strip(), 16)
+            if size == 0:
+                raise SystemExit("the registry ended a watch")
+            buffer += await reader.readexactly(size)
+            await reader.readline()
+            now = time.time()
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                if event.startswith(b":"):
+                    continue
+                if not ready:
+                    ready = True
+                    self.ready += 1
+                    continue
+                if self.measuring:
+                    self.answers += 1
+                    self.bytes += len(event) + 2
+                for change, (changed, at) in list(self.sent.items()):
+                    if change in seen or (service is not None and changed != service):
+                        continue
+                    if f'"chg{change}"'.encode() in event:
+                        seen.add(change)
+                        self.lags.append(now - at)
 
     async def changes(self, port):
         http = Http(port)
@@ -232,7 +284,7 @@ class Row:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         watchers_per_change = (
-            self.watchers if self.kind == "catalog" else self.watchers / self.services
+            self.watchers if self.kind in ("catalog", "deltas") else self.watchers / self.services
         )
         expected = made * watchers_per_change
         lags = sorted(self.lags)
@@ -319,7 +371,7 @@ def main():
     failures = []
     for spec in ROWS:
         row, r = run_row(spec, work)
-        kind = "whole catalog" if row.kind == "catalog" else "one service each"
+        kind = KINDS[row.kind]
         etcd = "" if r["etcd_cpu"] is None else f" (+{r['etcd_cpu']:.0f}% etcd)"
         print(f"| {kind} | {row.instances:,} | {row.watchers:,} | {row.rate:g} ({r['made']:.1f}) "
               f"| {r['cpu']:.0f}%{etcd} | {r['cpu_per_change_ms']:.1f} ms "

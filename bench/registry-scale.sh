@@ -9,7 +9,8 @@
 #   STORE=etcd bench/registry-scale.sh                        # on an etcd of its own (`etcd` on PATH)
 #
 # A row is kind:instances:watchers:changes-per-second, kind `catalog` (every watcher holds a
-# blocking query on the whole catalog) or `service` (each on one service). Needs python3 and a
+# blocking query on the whole catalog) or `service` (each on one service), or the incremental
+# watch: `deltas` (every watcher on everything) or `deltas-service` (each on one service). Needs python3 and a
 # release build (built when missing). Everything listens on loopback only; the work is in
 # bench/registry-scale.py, which prints a Markdown table (see bench/README.md, "registry-scale.sh").
 #

@@ -578,3 +578,123 @@ async fn a_registry_restart_under_load_fails_no_request_and_converges() {
     assert_eq!(discovery.instances("catalog").len(), 2);
     assert_eq!(discovery.instances("slow").len(), 1);
 }
+
+/// The sum of `name`'s samples on the registry's /metrics.
+async fn registry_metric(system: &System, name: &str) -> f64 {
+    let url = format!("{}/metrics", system.registry_url());
+    let text = system
+        .client(&url)
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    support::metric_sum(&text, name, "")
+}
+
+/// The gateway follows the registry's incremental watch: cut off from the registry (its
+/// connections dropped, new ones refused) it keeps routing, and once the network is back it
+/// resumes from the index its view is at: the change it missed arrives as a change, with no
+/// snapshot of the whole view again.
+#[tokio::test]
+async fn the_gateway_resumes_the_registry_watch_after_a_partition_without_a_snapshot() {
+    let registry_port = support::free_port();
+    let hop = support::cut::Cuttable::to(registry_port).await;
+    let via_hop = support::mesh::internal_url(hop.port, "");
+    let extra = [("gateway", "STRATUS_REGISTRY_URL", via_hop)];
+    let mut system = System::start_with_registry_on(1, &extra, registry_port).await;
+    let snapshots = registry_metric(&system, "registry_watch_snapshots_total").await;
+    let deltas = registry_metric(&system, "registry_watch_deltas_sent_total").await;
+    assert!(
+        snapshots >= 1.0,
+        "the gateway's watch began with a snapshot"
+    );
+
+    hop.cut();
+    system.spawn("catalog", &[]);
+    system.wait_registered("catalog", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = system
+        .http
+        .get(system.url("/api/catalog/products"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "cut off, the gateway routes with what it had"
+    );
+
+    hop.restore();
+    system.wait_gateway_sees("catalog", 2).await;
+    assert_eq!(
+        registry_metric(&system, "registry_watch_snapshots_total").await,
+        snapshots,
+        "the gateway resumed with a snapshot, not from its index"
+    );
+    assert!(registry_metric(&system, "registry_watch_deltas_sent_total").await > deltas);
+}
+
+/// The kit's discovery follows the registry's incremental watch: one snapshot, then each new
+/// instance arrives as a change.
+#[tokio::test]
+async fn the_kit_client_follows_the_incremental_watch() {
+    support::mesh::join_test_process("tester");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    assert_eq!(registry.register("shop", "a", 9001, 600.0).await, 201);
+    let client = RegistryClient::new(registry.url("")).unwrap();
+    let discovery = Discovery::start(client, Duration::from_secs(2)).unwrap();
+    assert!(discovery.wait_for("shop", 1, Duration::from_secs(5)).await);
+    let metric = |name: &'static str| support::registry::counter(&registry, name, "");
+    let snapshots = metric("registry_watch_snapshots_total").await;
+    let deltas = metric("registry_watch_deltas_sent_total").await;
+    assert_eq!(snapshots, 1.0, "one watcher, one snapshot");
+
+    for (n, id) in ["b", "c"].into_iter().enumerate() {
+        assert_eq!(
+            registry.register("shop", id, 9002 + n as u16, 600.0).await,
+            201
+        );
+    }
+    assert!(discovery.wait_for("shop", 3, Duration::from_secs(5)).await);
+    assert_eq!(
+        metric("registry_watch_deltas_sent_total").await - deltas,
+        2.0
+    );
+    assert_eq!(metric("registry_watch_snapshots_total").await, snapshots);
+}
+
+/// A kit client that names the services it calls follows only those: another service's
+/// changes are neither sent to it nor in its view.
+#[tokio::test]
+async fn the_kit_client_follows_only_the_services_it_calls() {
+    support::mesh::join_test_process("tester");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    assert_eq!(registry.register("shop", "a", 9001, 600.0).await, 201);
+    assert_eq!(registry.register("other", "x", 9101, 600.0).await, 201);
+    let client = RegistryClient::new(registry.url("")).unwrap();
+    let discovery =
+        Discovery::start_for(client, vec!["shop".into()], Duration::from_secs(2)).unwrap();
+    assert!(discovery.wait_for("shop", 1, Duration::from_secs(5)).await);
+    assert!(discovery.instances("other").is_empty(), "not followed");
+    let metric = |name: &'static str| support::registry::counter(&registry, name, "");
+    let deltas = metric("registry_watch_deltas_sent_total").await;
+
+    for n in 0..5u16 {
+        let id = format!("y{n}");
+        assert_eq!(registry.register("other", &id, 9102 + n, 600.0).await, 201);
+    }
+    assert_eq!(registry.register("shop", "b", 9002, 600.0).await, 201);
+    assert!(discovery.wait_for("shop", 2, Duration::from_secs(5)).await);
+    assert_eq!(
+        metric("registry_watch_deltas_sent_total").await - deltas,
+        1.0,
+        "only shop's change was sent"
+    );
+    assert!(discovery.instances("other").is_empty());
+}

@@ -209,3 +209,89 @@ async fn a_query_on_part_of_the_catalog_wakes_only_for_its_services() {
     let registry = Registry::start("registry", "memory", dir.path()).await;
     support::registry::part_of_the_catalog_wakes_for_its_services_only(&registry, &registry).await;
 }
+
+/// The incremental watch on the memory store: see `support::deltas`.
+#[tokio::test]
+async fn an_incremental_watcher_of_one_service_is_woken_only_by_its_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::deltas::a_service_watcher_is_woken_only_by_its_services(&registry, &registry).await;
+}
+
+#[tokio::test]
+async fn an_incremental_watcher_resumes_from_its_index_missing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::deltas::a_resumed_watcher_misses_nothing_and_sees_changes_in_order(
+        &registry, &registry,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_incremental_watcher_too_far_behind_gets_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let env = [("STRATUS_REGISTRY_CHANGE_RING", "8")];
+    let registry = Registry::start_with("registry", "memory", dir.path(), port, &env).await;
+    support::deltas::a_watcher_too_far_behind_gets_a_snapshot(&registry, &registry).await;
+    // An index from another run of this registry (another epoch): a snapshot, whatever it is.
+    let epoch = registry.catalog().await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!epoch.is_empty());
+    let index = registry.catalog().await["index"].as_u64().unwrap();
+    let mut same =
+        support::deltas::open(&registry, &format!("index={index}&epoch={epoch}"), None).await;
+    assert!(
+        same.next(Duration::from_millis(300)).await.is_none(),
+        "same run, up to date"
+    );
+    let mut other =
+        support::deltas::open(&registry, &format!("index={index}&epoch=another"), None).await;
+    assert!(other.expect(Duration::from_secs(5)).await.is_snapshot());
+}
+
+#[tokio::test]
+async fn every_incremental_view_equals_the_registry_after_random_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    support::deltas::every_view_equals_the_registry_after_random_changes(&registry, &registry)
+        .await;
+}
+
+#[tokio::test]
+async fn the_incremental_watch_refuses_bad_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry", "memory", dir.path()).await;
+    for query in [
+        "index=5",
+        "services=a",
+        "deltas=true&index=minus",
+        "deltas=true&services=Not%20A%20Name",
+        "deltas=maybe",
+        "deltas=true&unknown=1",
+    ] {
+        let response = registry
+            .http
+            .get(registry.url(&format!("/v1/watch?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{query}"
+        );
+    }
+    let response = registry
+        .http
+        .get(registry.url("/v1/watch?deltas=true"))
+        .header("last-event-id", "not-an-index")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}

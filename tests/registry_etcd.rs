@@ -379,8 +379,136 @@ async fn a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd() {
     drop(etcd);
 }
 
+/// The incremental watch on etcd, with the changes made through another registry: each
+/// registry feeds its ring from its one etcd watch (see `support::deltas`).
+async fn an_incremental_watcher_of_one_service_is_woken_only_by_its_services_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    let watched = Registry::start("registry-1", &etcd.url(), dir.path()).await;
+    support::deltas::a_service_watcher_is_woken_only_by_its_services(&writer, &watched).await;
+    drop(etcd);
+}
+
+async fn an_incremental_watcher_resumes_from_its_index_missing_nothing_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    let watched = Registry::start("registry-1", &etcd.url(), dir.path()).await;
+    support::deltas::a_resumed_watcher_misses_nothing_and_sees_changes_in_order(&writer, &watched)
+        .await;
+    // Both registries give the same indexes: a watcher may resume on the other one.
+    let mut first = support::deltas::open(&watched, "", None).await;
+    let snapshot = first.expect(Duration::from_secs(5)).await;
+    assert_eq!(
+        support::deltas::put(&writer, "moved", "m1", 9800, "1").await,
+        201
+    );
+    let change = first.expect(Duration::from_secs(5)).await;
+    let mut elsewhere =
+        support::deltas::open(&writer, &format!("index={}", snapshot.index()), None).await;
+    let same = elsewhere.expect(Duration::from_secs(5)).await;
+    assert!(!same.is_snapshot());
+    assert_eq!(format!("{same:?}"), format!("{change:?}"));
+    drop(etcd);
+}
+
+async fn an_incremental_watcher_too_far_behind_gets_a_snapshot_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    let env = [("STRATUS_REGISTRY_CHANGE_RING", "8")];
+    let port = support::free_port();
+    let watched = Registry::start_with("registry-1", &etcd.url(), dir.path(), port, &env).await;
+    support::deltas::a_watcher_too_far_behind_gets_a_snapshot(&writer, &watched).await;
+    drop(etcd);
+}
+
+async fn every_incremental_view_equals_the_registry_after_random_changes_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    let watched = Registry::start("registry-1", &etcd.url(), dir.path()).await;
+    support::deltas::every_view_equals_the_registry_after_random_changes(&writer, &watched).await;
+    drop(etcd);
+}
+
+/// A snapshot read at a revision the registry's watch stream has not delivered (here, the
+/// revision of a check's record, written after its instance under a prefix the stream does not
+/// follow) is resumed from without a second snapshot, and what follows it arrives as changes.
+async fn a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start("registry-0", &etcd.url(), dir.path()).await;
+    // A port that accepts, so the check passes and the instance's health never changes.
+    let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listening.local_addr().unwrap().port();
+    let checked = registry
+        .http
+        .put(registry.url("/v1/services/shop/instances/checked"))
+        .json(&serde_json::json!({
+            "address": "127.0.0.1", "port": port, "ttl_seconds": 60.0,
+            "check": {"tcp": true}, "interval": "60s",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 201);
+    let mut first = support::deltas::open(&registry, "", None).await;
+    let snapshot = first.expect(Duration::from_secs(5)).await;
+    assert!(snapshot.is_snapshot());
+    let at = first.last_id.unwrap();
+    drop(first);
+    let snapshots =
+        support::registry::counter(&registry, "registry_watch_snapshots_total", "").await;
+    let mut resumed = support::deltas::open(&registry, &format!("index={at}"), None).await;
+    let quiet = resumed.next(Duration::from_millis(500)).await;
+    assert!(
+        quiet.is_none(),
+        "nothing after its index yet, and no snapshot: {quiet:?} (at {at})"
+    );
+    assert_eq!(
+        support::deltas::put(&registry, "shop", "plain", 9901, "1").await,
+        201
+    );
+    let change = resumed.expect(Duration::from_secs(5)).await;
+    assert!(!change.is_snapshot());
+    assert!(change.index() > at);
+    assert_eq!(
+        support::registry::counter(&registry, "registry_watch_snapshots_total", "").await,
+        snapshots
+    );
+    drop(listening);
+    drop(etcd);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
+        Test::new(
+            "a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd",
+            a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "an_incremental_watcher_of_one_service_is_woken_only_by_its_services_on_etcd",
+            an_incremental_watcher_of_one_service_is_woken_only_by_its_services_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "an_incremental_watcher_resumes_from_its_index_missing_nothing_on_etcd",
+            an_incremental_watcher_resumes_from_its_index_missing_nothing_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "an_incremental_watcher_too_far_behind_gets_a_snapshot_on_etcd",
+            an_incremental_watcher_too_far_behind_gets_a_snapshot_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
+        Test::new(
+            "every_incremental_view_equals_the_registry_after_random_changes_on_etcd",
+            every_incremental_view_equals_the_registry_after_random_changes_on_etcd,
+        )
+        .needs(&[Need::Etcd]),
         Test::new(
             "a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd",
             a_query_on_part_of_the_catalog_wakes_only_for_its_services_on_etcd,

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod cut;
+pub mod deltas;
 pub mod mesh;
 pub mod proxy;
 pub mod registry;
@@ -149,13 +151,32 @@ impl System {
         Self::start_system(catalogs, &[], Trust::Off).await
     }
 
+    /// Like [`System::start_with`], with the registry on `registry_port` (chosen beforehand, so
+    /// that something between it and the gateway can be set up first).
+    pub async fn start_with_registry_on(
+        catalogs: usize,
+        extra: &[(&str, &str, String)],
+        registry_port: u16,
+    ) -> System {
+        Self::start_system_on(catalogs, extra, Trust::Shared, registry_port).await
+    }
+
     async fn start_system(catalogs: usize, extra: &[(&str, &str, String)], trust: Trust) -> System {
+        Self::start_system_on(catalogs, extra, trust, free_port()).await
+    }
+
+    async fn start_system_on(
+        catalogs: usize,
+        extra: &[(&str, &str, String)],
+        trust: Trust,
+        registry_port: u16,
+    ) -> System {
         stratus_kit::install_crypto_provider();
         let dir = tempfile::tempdir().expect("a temp dir");
         let mesh = trust.mesh(dir.path());
         let mut system = System {
             dir,
-            registry_port: free_port(),
+            registry_port,
             gateway_port: free_port(),
             admin_port: free_port(),
             processes: Vec::new(),

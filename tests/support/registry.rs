@@ -27,6 +27,17 @@ impl Registry {
     /// Like [`Registry::start`], on a given port (to bring a registry back where it was). The
     /// log is appended to, so a restarted registry's log follows its predecessor's.
     pub async fn start_on(name: &str, store: &str, dir: &Path, port: u16) -> Registry {
+        Self::start_with(name, store, dir, port, &[]).await
+    }
+
+    /// Like [`Registry::start_on`], with more environment (`STRATUS_REGISTRY_CHANGE_RING`, say).
+    pub async fn start_with(
+        name: &str,
+        store: &str,
+        dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Registry {
         stratus_kit::install_crypto_provider();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -44,6 +55,7 @@ impl Registry {
             .env("STRATUS_LOG_FORMAT", "json")
             .env("STRATUS_LOG", "info")
             .envs(super::mesh::shared().env("registry"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,14 +1,17 @@
-//! Following the registry: a blocking query on the services the route table names
-//! (`GET /v1/services?services=a,b`), which returns the moment one of them changes. Changes to
-//! services no route names wake nothing here and are not held: the gateway's cost follows what
-//! it serves, not the size of the system. When a reload names other services, the query is
-//! dropped and asked again for them at once. A registry that refuses `services=` (one older
-//! than it) is followed whole and its answers cut down here.
+//! Following the registry: its incremental watch on the services the route table names
+//! (`GET /v1/watch?deltas=true&services=a,b`): a snapshot once, then each change to one of
+//! them as it happens, applied to the view the gateway routes with. Changes to services no
+//! route names are not even sent: the gateway's cost follows what it serves and what changes,
+//! not the size of the system. When a reload names other services, the watch is dropped and
+//! opened again for them at once. A registry older than the incremental watch sends its whole
+//! catalog per change instead (`event: catalog`); each is taken as a snapshot, cut down here.
 //!
 //! While the registry is unreachable the gateway keeps routing with the last view it had
-//! (fail static) and retries with back-off. A restarted (memory) registry says it is `warming`
-//! until its instances have re-registered; its answers are merged into the last view until then
-//! ([`Catalog::merged_with`]), so a registry restart never empties the gateway's rotation.
+//! (fail static) and retries with back-off; it resumes from the index its view is at, so a
+//! short drop costs only the changes it missed. A restarted (memory) registry says it is
+//! `warming` until its instances have re-registered; its snapshots are merged into the last
+//! view until then ([`Catalog::merged_with`]), so a registry restart never empties the
+//! gateway's rotation.
 //!
 //! Where DNS is the registry (`STRATUS_DISCOVERY=dns`), [`follow_dns`] asks DNS instead for the
 //! services the route table names, and installs the same kind of view.
@@ -16,81 +19,122 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use stratus_kit::deltas::{Delta, Resume};
 use stratus_kit::dns_discovery::DnsFollower;
 use stratus_kit::model::Catalog;
 use stratus_kit::registry_client::RegistryClient;
 
 use crate::proxy::Shared;
 use crate::route::routes::RouteTable;
+use crate::upstream::instances::Upstreams;
 
-const WAIT: Duration = Duration::from_secs(30);
-/// How often the route table is looked at for other services while a query is out.
+/// How often the route table is looked at for other services while the watch is open.
 const ROUTES_POLL: Duration = Duration::from_millis(200);
+
+/// The view the gateway routes with, and where the registry's watch resumes from.
+#[derive(Default)]
+struct Following {
+    /// What is installed: the registry's view of the followed services (merged with the
+    /// previous run's while a restarted registry warms up).
+    view: Catalog,
+    /// The registry index and run the view is complete through; `None`: a snapshot is needed.
+    resume: Option<Resume>,
+}
 
 /// Follows the services of the current route table, and `pinned` (the services of the layer-4
 /// listeners bound at start, which serve for the process's life whatever a reload says).
 pub async fn follow(client: RegistryClient, shared: Arc<Shared>, pinned: Vec<String>) {
-    let upstreams = &shared.upstreams;
-    let mut index = 0;
     let mut backoff = Duration::from_millis(100);
-    let mut last = Catalog::default();
-    // Whether the registry takes `services=`; until it refuses once, it does.
-    let mut filters = true;
+    let mut state = Following::default();
     loop {
         let services = followed(&shared.routes.load(), &pinned);
-        let asked = async {
-            if filters {
-                if let Some(catalog) = client.watch_services(index, WAIT, &services).await? {
-                    return Ok(catalog);
-                }
-                tracing::warn!(
-                    "the registry does not take ?services=; following the whole catalog"
-                );
-                filters = false;
-            }
-            let mut catalog = client.watch(index, WAIT).await?;
-            catalog
-                .services
-                .retain(|name, _| services.binary_search(name).is_ok());
-            Ok::<_, anyhow::Error>(catalog)
-        };
-        let answer = tokio::select! {
-            answer = asked => answer,
+        let watched = watch(
+            &client,
+            &shared.upstreams,
+            &services,
+            &mut state,
+            &mut backoff,
+        );
+        let ended = tokio::select! {
+            ended = watched => ended,
             () = routes_change(&shared, &pinned, &services) => {
-                // The route table names other services now: ask for those at once.
-                index = 0;
+                // The route table names other services now: a snapshot of those at once.
+                state.resume = None;
                 continue;
             }
         };
-        match answer {
-            Ok(catalog) => {
-                backoff = Duration::from_millis(100);
-                if catalog.index < index {
-                    // The registry restarted and its index began again: take its view as new.
-                    tracing::info!("registry index went back; resynchronising");
-                }
-                if catalog.index != index || upstreams.index() == 0 {
-                    let view = catalog.merged_with(&last);
-                    let instances: usize = view.services.values().map(Vec::len).sum();
-                    tracing::debug!(
-                        index = catalog.index,
-                        instances,
-                        warming = catalog.warming,
-                        "registry view updated"
-                    );
-                    upstreams.apply(&view);
-                    last = view;
-                }
-                index = catalog.index;
-            }
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "registry unreachable; routing with the last known instances");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                // Ask for the full view on reconnect, whatever its index.
-                index = 0;
+        let error = ended.unwrap_err();
+        tracing::warn!(error = %format!("{error:#}"), "registry unreachable; routing with the last known instances");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Holds the watch on `services` open, installing each view it gives, until it fails.
+async fn watch(
+    client: &RegistryClient,
+    upstreams: &Upstreams,
+    services: &[String],
+    state: &mut Following,
+    backoff: &mut Duration,
+) -> anyhow::Result<std::convert::Infallible> {
+    let Some(mut stream) = client
+        .watch_deltas(Some(services), state.resume.as_ref())
+        .await?
+    else {
+        anyhow::bail!("the registry has no incremental watch (404 on /v1/watch)");
+    };
+    loop {
+        let Some(first) = stream.next().await? else {
+            anyhow::bail!("the registry closed the watch");
+        };
+        *backoff = Duration::from_millis(100);
+        if first == Delta::Alive {
+            continue;
+        }
+        // Everything already arrived is applied before the view is installed once: a burst of
+        // changes costs one installation, not one per change.
+        let mut deltas = vec![first];
+        while let Some(more) = stream.next().now_or_never() {
+            match more? {
+                Some(delta) => deltas.push(delta),
+                None => break,
             }
         }
+        for delta in &deltas {
+            state.apply(delta, services);
+        }
+        let instances: usize = state.view.services.values().map(Vec::len).sum();
+        tracing::debug!(
+            index = state.view.index,
+            instances,
+            warming = state.view.warming,
+            deltas = deltas.len(),
+            "registry view updated"
+        );
+        upstreams.apply(&state.view);
+    }
+}
+
+impl Following {
+    fn apply(&mut self, delta: &Delta, services: &[String]) {
+        match delta {
+            Delta::Snapshot(catalog) => {
+                let mut catalog = catalog.clone();
+                catalog
+                    .services
+                    .retain(|name, _| services.binary_search(name).is_ok());
+                self.view = catalog.merged_with(&self.view);
+            }
+            Delta::Change(change) => {
+                if services.binary_search(&change.service).is_ok() {
+                    change.apply_to(&mut self.view);
+                }
+            }
+            Delta::Alive => {}
+        }
+        self.resume.get_or_insert_with(Resume::default).after(delta);
     }
 }
 

@@ -1,17 +1,19 @@
 //! Client-side discovery: find the instances of other services and call them.
 //!
-//! A [`Discovery`] follows the registry with a blocking query (`GET /v1/services?index=N`), which
-//! answers the moment anything changes, and keeps the instances of every service in memory. A
+//! A [`Discovery`] follows the registry's incremental watch (`GET /v1/watch?deltas=true`: the
+//! whole view once, then each change the moment it happens, resumed from the view's index after
+//! a drop; a registry without it is asked with blocking queries, `GET /v1/services?index=N`),
+//! and keeps the instances of every service in memory. A
 //! call picks an instance round robin and never waits for the registry. Calls whose connection
 //! fails are retried once on another instance.
 //!
 //! When the registry cannot be reached, the last list it gave stays in use (fail static): a
 //! registry outage stops news from arriving but does not stop traffic. Two gauges tell how fresh
 //! the view is: `discovery_registry_up` (1 when the last call to the registry answered) and
-//! `discovery_view_age_seconds` (seconds since the registry last answered; while it is up this
-//! stays below the blocking query's wait). A restarted registry says it is `warming` until its
-//! instances have re-registered; until then its view is merged into the last one
-//! ([`Catalog::merged_with`]) rather than replacing it.
+//! `discovery_view_age_seconds` (seconds since the registry last said anything; while it is up
+//! this stays below the watch's keep-alive period, 15 s). A restarted registry says it is
+//! `warming` until its instances have re-registered; until then its view is merged into the
+//! last one ([`Catalog::merged_with`]) rather than replacing it.
 //!
 //! [`Discovery::start_dns`] takes the instances from DNS instead ([`crate::dns_discovery`]),
 //! with the same view, the same fail static and the same gauges ("registry" then means the DNS
@@ -26,6 +28,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::{DiscoveryArgs, DiscoverySource};
+use crate::deltas::{Delta, Resume};
 use crate::dns_discovery::{DnsFollower, DnsSettings};
 use crate::model::{Catalog, Instance};
 use crate::registry_client::RegistryClient;
@@ -72,7 +75,22 @@ impl Discovery {
     /// Starts following the registry behind `client`. Calls time out after `timeout`.
     pub fn start(client: RegistryClient, timeout: Duration) -> anyhow::Result<Self> {
         let inner = Inner::new(timeout)?;
-        let follower = tokio::spawn(follow(client, inner.clone()));
+        let follower = tokio::spawn(follow(client, None, inner.clone()));
+        Ok(Self::with_follower(inner, follower))
+    }
+
+    /// As [`Discovery::start`], following only `services` (the ones this process calls): a
+    /// change to any other service is not even sent to it.
+    pub fn start_for(
+        client: RegistryClient,
+        services: Vec<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let inner = Inner::new(timeout)?;
+        let mut services = services;
+        services.sort();
+        services.dedup();
+        let follower = tokio::spawn(follow(client, Some(services), inner.clone()));
         Ok(Self::with_follower(inner, follower))
     }
 
@@ -100,7 +118,9 @@ impl Discovery {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         match args.discovery {
-            DiscoverySource::Registry => Self::start(RegistryClient::new(registry_url)?, timeout),
+            DiscoverySource::Registry => {
+                Self::start_for(RegistryClient::new(registry_url)?, services, timeout)
+            }
             DiscoverySource::Dns => Self::start_dns(args.dns_settings()?, services, timeout),
         }
     }
@@ -319,6 +339,13 @@ impl Inner {
         self.publish_gauges();
     }
 
+    /// The registry is there (a keep-alive on its watch), with nothing new to say.
+    fn heard(&self) {
+        *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.registry_up.store(true, Ordering::SeqCst);
+        self.publish_gauges();
+    }
+
     fn unreachable(&self) {
         self.registry_up.store(false, Ordering::SeqCst);
         self.publish_gauges();
@@ -333,20 +360,83 @@ impl Inner {
     }
 }
 
-async fn follow(client: RegistryClient, inner: Arc<Inner>) {
+/// Follows the registry's incremental watch on `services` (every service when `None`): a
+/// snapshot, then each change, applied to the view, resuming after a drop from the view's index;
+/// a registry without it (404) is followed with blocking queries instead ([`follow_blocking`]).
+async fn follow(client: RegistryClient, services: Option<Vec<String>>, inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(50);
+    // The view as last applied (a warming registry's snapshot is merged into it), and where
+    // the watch resumes from.
+    let mut last = Catalog::default();
+    let mut resume: Option<Resume> = None;
+    loop {
+        let error = match client
+            .watch_deltas(services.as_deref(), resume.as_ref())
+            .await
+        {
+            Ok(Some(mut stream)) => {
+                loop {
+                    match stream.next().await {
+                        Ok(Some(delta)) => {
+                            backoff = Duration::from_millis(50);
+                            match &delta {
+                                Delta::Alive => {
+                                    inner.heard();
+                                    continue;
+                                }
+                                Delta::Snapshot(catalog) => {
+                                    if catalog.warming {
+                                        tracing::debug!("registry warming; keeping instances it does not list yet");
+                                    }
+                                    // An older registry's whole catalog: kept to what is followed.
+                                    let mut catalog = catalog.clone();
+                                    keep_followed(&mut catalog, services.as_deref());
+                                    last = catalog.merged_with(&last);
+                                }
+                                Delta::Change(change) => change.apply_to(&mut last),
+                            }
+                            resume.get_or_insert_with(Resume::default).after(&delta);
+                            inner.answered(&last);
+                        }
+                        Ok(None) => break anyhow::anyhow!("the registry closed the watch"),
+                        Err(error) => break error,
+                    }
+                }
+            }
+            Ok(None) => {
+                tracing::info!(
+                    "the registry has no incremental watch; following it with blocking queries"
+                );
+                return follow_blocking(client, services, inner, last).await;
+            }
+            Err(error) => error,
+        };
+        if inner.registry_up.load(Ordering::SeqCst) {
+            tracing::warn!(error = %format!("{error:#}"), "registry unreachable; using the last known instances");
+        }
+        inner.unreachable();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Follows a registry older than the incremental watch: a blocking query on the whole catalog
+/// (`GET /v1/services?index=N`), asked again after every answer.
+async fn follow_blocking(
+    client: RegistryClient,
+    services: Option<Vec<String>>,
+    inner: Arc<Inner>,
+    mut last: Catalog,
+) {
     let mut index = 0;
     let mut backoff = Duration::from_millis(50);
-    // The view as last applied, for merging a warming registry's answers into.
-    let mut last = Catalog::default();
     loop {
         match client.watch(index, WAIT).await {
-            Ok(catalog) => {
+            Ok(mut catalog) => {
+                keep_followed(&mut catalog, services.as_deref());
                 backoff = Duration::from_millis(50);
                 if catalog.index < index {
                     tracing::info!("registry index went back (it restarted); taking its view");
-                }
-                if catalog.warming {
-                    tracing::debug!("registry warming; keeping instances it does not list yet");
                 }
                 let view = catalog.merged_with(&last);
                 inner.answered(&view);
@@ -364,6 +454,15 @@ async fn follow(client: RegistryClient, inner: Arc<Inner>) {
                 index = 0;
             }
         }
+    }
+}
+
+/// Leaves in `catalog` only the `services` followed (all when `None`).
+fn keep_followed(catalog: &mut Catalog, services: Option<&[String]>) {
+    if let Some(services) = services {
+        catalog
+            .services
+            .retain(|name, _| services.binary_search(name).is_ok());
     }
 }
 

@@ -14,6 +14,7 @@ pub mod caller;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod deltas;
 pub mod discovery;
 pub mod dns_discovery;
 pub mod duration;

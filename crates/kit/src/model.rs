@@ -140,6 +140,70 @@ impl Catalog {
     }
 }
 
+/// What happened to one service's instances at one index, as the registry's incremental watch
+/// (`/v1/watch?deltas=true`) sends it: the instances added or changed (whole, as a watcher now
+/// lists them) and the ids no longer listed (deregistered, expired, or critical).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceChange {
+    pub index: u64,
+    pub service: String,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+impl ServiceChange {
+    pub fn new(index: u64, service: &str) -> Self {
+        Self {
+            index,
+            service: service.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Records that `instance` is now `listed` (added or changed) or not (removed), replacing
+    /// anything said of the same id earlier in this change.
+    pub fn set(&mut self, instance: &Instance, listed: bool) {
+        if listed {
+            self.removed.retain(|id| *id != instance.id);
+            self.instances.retain(|i| i.id != instance.id);
+            self.instances.push(instance.clone());
+        } else {
+            self.remove(&instance.id);
+        }
+    }
+
+    /// Records that `id` is no longer listed.
+    pub fn remove(&mut self, id: &str) {
+        self.instances.retain(|i| i.id != id);
+        self.removed.retain(|known| known != id);
+        self.removed.push(id.to_string());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty() && self.removed.is_empty()
+    }
+
+    /// Applies this change to `catalog` (a snapshot with the changes before this one applied):
+    /// the result is the registry's view at this change's index. A service left with no
+    /// instance is dropped, as the registry's answers leave it out.
+    pub fn apply_to(&self, catalog: &mut Catalog) {
+        let instances = catalog.services.entry(self.service.clone()).or_default();
+        instances.retain(|i| !self.removed.contains(&i.id));
+        for changed in &self.instances {
+            match instances.iter_mut().find(|i| i.id == changed.id) {
+                Some(kept) => *kept = changed.clone(),
+                None => instances.push(changed.clone()),
+            }
+        }
+        if instances.is_empty() {
+            catalog.services.remove(&self.service);
+        }
+        catalog.index = catalog.index.max(self.index);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +281,30 @@ mod tests {
         assert_eq!(json["warming"], true);
         let back: Catalog = serde_json::from_str(r#"{"index":3,"services":{}}"#).unwrap();
         assert!(!back.warming);
+    }
+
+    #[test]
+    fn a_change_applied_gives_the_view_at_its_index() {
+        let mut view = catalog(false, "", &[("a", "1"), ("a", "2"), ("b", "1")]);
+        let mut change = ServiceChange::new(9, "a");
+        let mut moved = instance("a", "2");
+        moved.port = 2;
+        change.set(&moved, true);
+        change.set(&instance("a", "3"), true);
+        change.remove("1");
+        change.apply_to(&mut view);
+        let ports: Vec<(String, u16)> = view.services["a"]
+            .iter()
+            .map(|i| (i.id.clone(), i.port))
+            .collect();
+        assert_eq!(ports, [("2".into(), 2), ("3".into(), 1)]);
+        assert_eq!(view.index, 9);
+        let mut gone = ServiceChange::new(10, "b");
+        gone.set(&instance("b", "1"), false);
+        gone.apply_to(&mut view);
+        assert!(
+            !view.services.contains_key("b"),
+            "an empty service is left out"
+        );
     }
 }

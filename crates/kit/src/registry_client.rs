@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use reqwest::StatusCode;
 
+use crate::deltas::{DeltaStream, Resume};
 use crate::model::{Catalog, Instance, Registration, ServiceInstances};
 
 #[derive(Clone)]
@@ -163,6 +164,36 @@ impl RegistryClient {
             .await
             .context("reading the registry's answer")?;
         Ok(Some(catalog))
+    }
+
+    /// Opens the incremental watch (`GET /v1/watch?deltas=true`) on `services`, or on every
+    /// service when `None`: a snapshot first, or only the changes after `resume` when the
+    /// registry still keeps them. `None` when the registry has no such route (404).
+    pub async fn watch_deltas(
+        &self,
+        services: Option<&[String]>,
+        resume: Option<&Resume>,
+    ) -> anyhow::Result<Option<DeltaStream>> {
+        let resumed = resume.map(Resume::query).unwrap_or_default();
+        let named = services
+            .map(|services| format!("&services={}", services.join(",")))
+            .unwrap_or_default();
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/watch?deltas=true{named}{resumed}",
+                self.base
+            ))
+            .send()
+            .await
+            .context("watching the registry")?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = response
+            .error_for_status()
+            .context("watching the registry")?;
+        Ok(Some(DeltaStream::new(response)))
     }
 }
 

@@ -131,7 +131,7 @@ struct CatalogQuery {
 }
 
 /// The names in `services=a,b`, checked, sorted and without repeats.
-fn named_services(list: &str) -> Result<Vec<String>, Problem> {
+pub(crate) fn named_services(list: &str) -> Result<Vec<String>, Problem> {
     let mut names: Vec<String> = list
         .split(',')
         .map(str::trim)

@@ -11,15 +11,22 @@
 //! id: 42
 //! data: {"index":42,"services":{...}}
 //! ```
+//!
+//! With `?deltas=true` the stream is incremental instead: a snapshot, then only the changes
+//! ([`crate::deltas`]), resumable from an index and optionally kept to some services.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
-use crate::api::{catalog_answer, store_problem, Registry};
+use crate::api::{catalog_answer, named_services, store_problem, Registry};
+use crate::deltas::{self, Resume};
 use crate::store::Store;
 
 /// How long one wait lasts before it is simply started again (keep-alives fill the silence).
@@ -27,17 +34,65 @@ const WAIT: Duration = Duration::from_secs(60);
 /// After a store error, how long to wait before reading again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// `?deltas=true[&index=N][&epoch=E][&services=a,b]`; without `deltas`, the whole catalog per
+/// change (and none of the others may be given).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    deltas: Option<bool>,
+    index: Option<u64>,
+    epoch: Option<String>,
+    services: Option<String>,
+}
+
 pub async fn watch<S: Store>(
     State(registry): State<Registry<S>>,
     caller: stratus_kit::caller::Caller,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, stratus_kit::Problem> {
+    headers: HeaderMap,
+    params: Result<Query<WatchParams>, QueryRejection>,
+) -> Result<Response, stratus_kit::Problem> {
     caller.known()?;
+    let Query(params) = params.map_err(|e| stratus_kit::Problem::bad_request(e.body_text()))?;
+    if params.deltas != Some(true) {
+        if params.index.is_some() || params.epoch.is_some() || params.services.is_some() {
+            return Err(stratus_kit::Problem::bad_request(
+                "index, epoch and services are for the incremental watch: add deltas=true",
+            ));
+        }
+        return Ok(whole_catalog(registry).into_response());
+    }
+    // An `EventSource` reconnecting sends the last id it saw; it is newer than the URL's index.
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    stratus_kit::Problem::bad_request("Last-Event-ID is not an index")
+                })?,
+        ),
+        None => None,
+    };
+    let services = params.services.as_deref().map(named_services).transpose()?;
+    Ok(deltas::stream(
+        registry,
+        Resume {
+            index: last_event_id.or(params.index),
+            epoch: params.epoch,
+            services,
+        },
+    ))
+}
+
+/// The whole catalog on connect and after every change.
+fn whole_catalog<S: Store>(registry: Registry<S>) -> impl IntoResponse {
     let stream = futures_util::stream::unfold((registry, None), |(registry, last)| async move {
         let event = next_event(&registry, last).await;
         let index = event.0;
-        Some((Ok(event.1), (registry, Some(index))))
+        Some((Ok::<_, Infallible>(event.1), (registry, Some(index))))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 /// Waits for the catalog after `last` (at once when there is no `last`) and returns its index

@@ -11,6 +11,7 @@ pub mod answers;
 pub mod api;
 pub mod checks;
 pub mod coalesce;
+pub mod deltas;
 pub mod etcd_checks;
 pub mod events;
 pub mod identity;
@@ -54,6 +55,11 @@ pub struct Args {
     #[arg(long, env = "STRATUS_REGISTRY_PRESERVE_FOR", default_value = "60s", value_parser = stratus_kit::duration::parse)]
     pub preserve_for: Duration,
 
+    /// How many recent changes to instances are kept for the incremental watch
+    /// (`/v1/watch?deltas=true`): a watcher that resumes from further back is sent a snapshot.
+    #[arg(long, env = "STRATUS_REGISTRY_CHANGE_RING", default_value_t = store::changes::DEFAULT_CAPACITY)]
+    pub change_ring: usize,
+
     #[command(flatten)]
     pub identity: identity::IdentityArgs,
 
@@ -70,8 +76,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ca = join_mesh(&args)?;
     match &args.store {
         StoreConfig::Memory => {
-            let store =
-                Arc::new(MemoryStore::warming_for(args.warmup).preserving_for(args.preserve_for));
+            let store = Arc::new(
+                MemoryStore::warming_for(args.warmup)
+                    .preserving_for(args.preserve_for)
+                    .keeping_changes(args.change_ring),
+            );
             tokio::spawn({
                 let store = store.clone();
                 async move { store.end_warming().await }
@@ -84,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             serve(store, ca.clone(), &args).await
         }
         StoreConfig::Etcd(url) => {
-            let store = EtcdStore::connect(url)
+            let store = EtcdStore::connect(url, args.change_ring)
                 .await
                 .with_context(|| format!("connecting to etcd at {url} (STRATUS_REGISTRY_STORE)"))?;
             tracing::info!(etcd = %url, "keeping instances in etcd");

@@ -69,7 +69,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let registry = RegistryClient::new(&common.registry_url)?;
     let tokens = Tokens::new(&args.tokens, registry.clone())?;
     let catalog = Arc::new(pricing::Catalog {
-        discovery: Discovery::start(registry, args.catalog_timeout)?,
+        // Orders calls the catalog alone: changes to other services are not even sent to it.
+        discovery: Discovery::start_for(registry, vec!["catalog".into()], args.catalog_timeout)?,
         breaker: Arc::new(CircuitBreaker::new(
             args.catalog_breaker_failures,
             args.catalog_breaker_open,

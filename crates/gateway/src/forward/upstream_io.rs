@@ -9,8 +9,8 @@
 //!
 //! Whatever the variant, [`UpstreamStream::tcp`] is the socket underneath: the pool's liveness
 //! checks ask the kernel about it, since TLS changes nothing about whether the instance has
-//! closed the connection. Under TLS the socket is read through [`ReadAhead`], so a large answer
-//! is not one system call per 4 KiB record fragment rustls asks for.
+//! closed the connection. Under TLS the connection is an [`UnbufferedTls`]: rustls's state machine
+//! over the gateway's own buffers.
 
 use std::io;
 use std::pin::Pin;
@@ -18,15 +18,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
-use crate::forward::read_ahead::ReadAhead;
+use crate::forward::unbuffered_tls::UnbufferedTls;
 
 /// A connection to an instance, as the HTTP/1.1 pool, the HTTP/2 pool and a WebSocket tunnel
 /// use it.
 pub enum UpstreamStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<ReadAhead>>),
+    Tls(Box<UnbufferedTls>),
 }
 
 impl UpstreamStream {
@@ -34,7 +33,7 @@ impl UpstreamStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             UpstreamStream::Plain(stream) => stream,
-            UpstreamStream::Tls(stream) => stream.get_ref().0.tcp(),
+            UpstreamStream::Tls(stream) => stream.tcp(),
         }
     }
 
@@ -47,31 +46,16 @@ impl UpstreamStream {
     pub fn holds_unread(&self) -> bool {
         match self {
             UpstreamStream::Plain(_) => false,
-            UpstreamStream::Tls(stream) => stream.get_ref().0.held() > 0,
+            UpstreamStream::Tls(stream) => stream.holds_unread(),
         }
     }
 
-    /// Gives back what an idle connection need not hold: after a large answer rustls keeps its
-    /// record buffer at a full record's size (16 KiB) until its next read, which on a pooled
-    /// connection may be a minute away. Asking it to read from a source that has nothing yet
-    /// makes it shrink the buffer to its 4 KiB starting size, with no system call; the "would
-    /// block" it then gets changes nothing else. Nothing to do on TCP.
+    /// Gives back what an idle connection need not hold: under TLS, the buffers that are
+    /// empty (see [`UnbufferedTls::relax`]). Nothing to do on TCP.
     pub fn relax(&mut self) {
         if let UpstreamStream::Tls(stream) = self {
-            let (read_ahead, session) = stream.get_mut();
-            if read_ahead.held() == 0 {
-                let _ = session.read_tls(&mut NothingYet);
-            }
+            stream.relax();
         }
-    }
-}
-
-/// A source that has nothing to read yet.
-struct NothingYet;
-
-impl io::Read for NothingYet {
-    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
     }
 }
 

@@ -33,10 +33,9 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use stratus_identity::{Credentials, Expect};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::forward::error::SendError;
-use crate::forward::read_ahead::ReadAhead;
+use crate::forward::unbuffered_tls::UnbufferedTls;
 use crate::forward::upstream_io::UpstreamStream;
 use crate::upstream::instances::Endpoint;
 
@@ -117,9 +116,8 @@ impl UpstreamTls {
             source,
         })?;
         let name = ServerName::IpAddress(address.ip().into());
-        let connector = TlsConnector::from(self.config(&endpoint.service, alpn));
-        let stream = ReadAhead::new(stream);
-        match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+        let config = self.config(&endpoint.service, alpn);
+        match tokio::time::timeout(timeout, UnbufferedTls::connect(stream, config, name)).await {
             Ok(Ok(tls)) => Ok(UpstreamStream::Tls(Box::new(tls))),
             Ok(Err(source)) => Err(self.failed(endpoint, source)),
             Err(_) => Err(self.failed(
@@ -176,4 +174,4 @@ pub fn is_tls_error(error: &io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

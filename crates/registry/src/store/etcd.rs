@@ -33,7 +33,8 @@ use std::time::Duration;
 use stratus_kit::model::{Catalog, Health, Instance, Registration, ServiceInstances};
 use tokio::sync::watch;
 
-use super::etcd_api::{EtcdClient, KeyValue};
+use super::changes::{ChangeRing, ServiceChange};
+use super::etcd_api::{EtcdClient, KeyValue, WatchEvent};
 use crate::checks::CheckSpec;
 use crate::etcd_checks::{self as checks, CheckRecord};
 
@@ -52,13 +53,16 @@ pub struct EtcdStore {
     /// Whether the watch stream is open; while it is not, blocking queries could miss changes,
     /// so the registry reports itself not ready.
     watching: Arc<AtomicBool>,
+    /// The recent changes, as the one watch stream reports them (whichever registry made them).
+    changes: Arc<ChangeRing>,
 }
 
 impl EtcdStore {
     /// Connects to etcd at `url` (`http://host:port`), reads the current revision and starts
-    /// following changes. Fails if etcd does not answer: a registry configured for etcd never
-    /// falls back to keeping instances in memory.
-    pub async fn connect(url: &str) -> StoreResult<Arc<EtcdStore>> {
+    /// following changes, keeping the last `changes` of them for the incremental watch. Fails if
+    /// etcd does not answer: a registry configured for etcd never falls back to keeping
+    /// instances in memory.
+    pub async fn connect(url: &str, changes: usize) -> StoreResult<Arc<EtcdStore>> {
         let client = EtcdClient::new(url)?;
         let revision = client.count_prefix(PREFIX).await?;
         let store = Arc::new(EtcdStore {
@@ -66,11 +70,15 @@ impl EtcdStore {
             index: Arc::new(watch::Sender::new(as_index(revision))),
             service_indexes: Arc::new(ServiceIndexes::default()),
             watching: Arc::new(AtomicBool::new(false)),
+            changes: Arc::new(ChangeRing::new(as_index(revision), changes)),
         });
         tokio::spawn(follow(
             client,
-            store.index.clone(),
-            store.service_indexes.clone(),
+            Followers {
+                index: store.index.clone(),
+                services: store.service_indexes.clone(),
+                changes: store.changes.clone(),
+            },
             store.watching.clone(),
             revision + 1,
         ));
@@ -172,6 +180,8 @@ impl EtcdStore {
 
     async fn read_catalog(&self) -> StoreResult<Catalog> {
         let (revision, kvs) = self.client.range_prefix(PREFIX).await?;
+        // The answer is at this revision, which the watch stream may not have delivered yet.
+        self.changes.reached(as_index(revision));
         let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
         for instance in kvs.iter().filter_map(decode).filter(listed) {
             services
@@ -194,6 +204,7 @@ impl EtcdStore {
             .client
             .range_prefix(&format!("{PREFIX}{name}/"))
             .await?;
+        self.changes.reached(as_index(revision));
         // The newest revision this answer holds (see the module docs): never past the read, so
         // a change the answer does not show always moves the index beyond it.
         let newest_key = kvs.iter().map(|kv| as_index(kv.mod_revision)).max();
@@ -282,22 +293,39 @@ impl Store for EtcdStore {
         self.service_indexes.wait_past_any(services, after, wait)
     }
 
+    fn changes(&self) -> &ChangeRing {
+        &self.changes
+    }
+
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
         self.probe()
     }
 }
 
-/// Background task: the one watch stream of this registry process. Each batch of events moves
-/// the local index to their revision and wakes every waiting request. When the stream breaks it
-/// reopens from the next revision it has not seen, so nothing in between is missed; if etcd has
-/// compacted that history away, it wakes everyone so they read the current state afresh.
-async fn follow(
-    client: EtcdClient,
+/// What the watch stream feeds, in this order: the ring of changes, each service's index, the
+/// registry's index (so whoever an index wakes finds the change in the ring).
+struct Followers {
     index: Arc<watch::Sender<u64>>,
     services: Arc<ServiceIndexes>,
+    changes: Arc<ChangeRing>,
+}
+
+/// Background task: the one watch stream of this registry process. Each batch of events is
+/// recorded in the ring of changes, then moves the local index to their revision and wakes every
+/// waiting request. When the stream breaks it reopens from the next revision it has not seen, so
+/// nothing in between is missed; if etcd has compacted that history away, it forgets the ring
+/// and wakes everyone so they read the current state afresh.
+async fn follow(
+    client: EtcdClient,
+    followers: Followers,
     watching: Arc<AtomicBool>,
     mut next: i64,
 ) {
+    let Followers {
+        index,
+        services,
+        changes,
+    } = followers;
     let mut backoff = Duration::from_millis(100);
     loop {
         match client.watch(PREFIX, next).await {
@@ -317,7 +345,8 @@ async fn follow(
                                 next = message.compact_revision;
                                 let now = message.revision().max(next);
                                 // What changed in the compacted history is unknown: every
-                                // service's watchers read afresh.
+                                // service's watchers read afresh, incremental ones a snapshot.
+                                changes.reset(as_index(now));
                                 services.all_changed(as_index(now));
                                 advance(&index, now);
                             } else {
@@ -325,6 +354,7 @@ async fn follow(
                             }
                             break;
                         }
+                        record(&changes, &message.events);
                         for event in &message.events {
                             if let Some(service) = service_of(&event.kv.key) {
                                 services.changed(service, as_index(event.kv.mod_revision));
@@ -350,6 +380,42 @@ async fn follow(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Records a batch of watch events in the ring: one entry per service and revision, in order. A
+/// put of an instance that is critical is its removal from every answer, as a delete is.
+fn record(changes: &ChangeRing, events: &[WatchEvent]) {
+    let mut at: Option<u64> = None;
+    let mut batch: BTreeMap<String, ServiceChange> = BTreeMap::new();
+    for event in events {
+        let revision = as_index(event.kv.mod_revision);
+        let Some((service, id)) = service_and_id(&event.kv.key) else {
+            continue;
+        };
+        if let Some(previous) = at.filter(|&at| at != revision) {
+            changes.push(previous, std::mem::take(&mut batch).into_values().collect());
+        }
+        at = Some(revision);
+        let change = batch
+            .entry(service.to_string())
+            .or_insert_with(|| ServiceChange::new(revision, service));
+        match decode_put(event) {
+            Some(instance) => change.set(&instance, listed(&instance)),
+            None => change.remove(id),
+        }
+    }
+    if let Some(at) = at {
+        changes.push(at, batch.into_values().collect());
+    }
+}
+
+/// The instance a put event wrote; `None` for a delete (or a value that is not an instance,
+/// which no answer lists either).
+fn decode_put(event: &WatchEvent) -> Option<Instance> {
+    if event.is_delete() {
+        return None;
+    }
+    decode(&event.kv)
 }
 
 fn advance(index: &watch::Sender<u64>, revision: i64) {
@@ -378,6 +444,13 @@ fn service_of(key: &[u8]) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX.as_bytes())?;
     let end = rest.iter().position(|&b| b == b'/')?;
     std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// The service and id an instance's key names (`/stratus/services/<service>/<id>`).
+fn service_and_id(key: &[u8]) -> Option<(&str, &str)> {
+    let rest = std::str::from_utf8(key.strip_prefix(PREFIX.as_bytes())?).ok()?;
+    let (service, id) = rest.split_once('/')?;
+    (!service.is_empty() && !id.is_empty()).then_some((service, id))
 }
 
 /// etcd leases are whole seconds; round up so an instance never gets less than it asked for.
@@ -415,6 +488,11 @@ mod tests {
         assert_eq!(service_of(key("catalog", "a").as_bytes()), Some("catalog"));
         assert_eq!(service_of(b"/stratus/services/catalog"), None);
         assert_eq!(service_of(b"/stratus/checks/catalog/a"), None);
+        assert_eq!(
+            service_and_id(key("catalog", "a").as_bytes()),
+            Some(("catalog", "a"))
+        );
+        assert_eq!(service_and_id(b"/stratus/services/catalog/"), None);
     }
 
     #[test]

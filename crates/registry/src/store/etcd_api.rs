@@ -121,8 +121,18 @@ impl WatchResponse {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct WatchEvent {
+    /// `DELETE` for a deleted key (its `kv` then holds only the key and the revision); absent
+    /// for a put (the JSON gateway leaves out the enum's default, `PUT`).
+    #[serde(default, rename = "type")]
+    pub kind: String,
     #[serde(default)]
     pub kv: KeyValue,
+}
+
+impl WatchEvent {
+    pub fn is_delete(&self) -> bool {
+        self.kind == "DELETE"
+    }
 }
 
 impl EtcdClient {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use stratus_kit::model::{Catalog, Health, Instance, Registration, ServiceInstances};
 use tokio::sync::watch;
 
+use super::changes::{ChangeRing, ServiceChange, DEFAULT_CAPACITY};
 use super::service_index::ServiceIndexes;
 use super::{instance_from, wait_past, Store, StoreResult, DEFAULT_TTL};
 use crate::checks::{CheckSpec, Due};
@@ -81,18 +82,17 @@ impl State {
     }
 
     /// Gives every checked instance the health its failures say (what self-preservation held).
-    /// Returns the services whose instances' health changed.
-    fn apply_held_health(&mut self) -> Vec<String> {
+    /// Returns the instances whose health changed, as they are now.
+    fn apply_held_health(&mut self) -> Vec<Instance> {
         let mut changed = Vec::new();
-        for (name, instances) in &mut self.services {
-            let mut any = false;
-            for entry in instances.values_mut().filter(|e| e.check.is_some()) {
-                let health = CheckSpec::health_after(entry.failures);
-                any |= entry.instance.health != health;
-                entry.instance.health = health;
+        for entry in self.services.values_mut().flat_map(|s| s.values_mut()) {
+            if entry.check.is_none() {
+                continue;
             }
-            if any {
-                changed.push(name.clone());
+            let health = CheckSpec::health_after(entry.failures);
+            if entry.instance.health != health {
+                entry.instance.health = health;
+                changed.push(entry.instance.clone());
             }
         }
         changed
@@ -130,6 +130,8 @@ pub struct MemoryStore {
     epoch: String,
     /// The longest self-preservation lasts; zero turns it off.
     preserve_for: Duration,
+    /// The recent changes, pushed under `state`'s lock before the index moves.
+    changes: ChangeRing,
 }
 
 /// How long lapsed leases are held at most when most instances fall silent at once.
@@ -157,7 +159,16 @@ impl MemoryStore {
             warm_at: Instant::now() + warmup,
             epoch: stratus_kit::new_id(),
             preserve_for: DEFAULT_PRESERVE_FOR,
+            changes: ChangeRing::new(1, DEFAULT_CAPACITY),
         }
+        .keeping_changes(DEFAULT_CAPACITY)
+    }
+
+    /// Keeps at most `capacity` recent changes for the incremental watch (see
+    /// [`super::changes`]); a watcher further behind gets a snapshot.
+    pub fn keeping_changes(mut self, capacity: usize) -> Self {
+        self.changes = ChangeRing::new(self.index(), capacity).in_run(&self.epoch);
+        self
     }
 
     /// Holds lapsed leases for at most `preserve_for` when most instances fall silent at once
@@ -182,7 +193,9 @@ impl MemoryStore {
     pub async fn end_warming(&self) {
         tokio::time::sleep_until(self.warm_at.into()).await;
         let _state = self.state();
-        self.bump(&[]);
+        // Incremental watchers are sent a snapshot again: it says the view is settled.
+        self.changes.reset(self.index() + 1);
+        self.bump(Vec::new());
         // A query on some services gets the catalog's `warming` too: every service's index
         // moves, so those queries learn that the view is settled.
         self.service_indexes.all_changed(self.index());
@@ -196,12 +209,19 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Moves the index on and records it as the index of each of `services`. Called with the
-    /// state locked, so no answer is read between a change and its index.
-    fn bump(&self, services: &[&str]) {
-        self.index.send_modify(|index| *index += 1);
-        let index = self.index();
-        for service in services {
+    /// Moves the index on, records `changes` at it (one per service, see [`changed`]) and
+    /// makes it the index of each service they touch. Called with the state locked, so no
+    /// answer is read between a change and its index; the ring first, so that every watcher
+    /// woken by an index finds the change in it.
+    fn bump(&self, mut changes: Vec<ServiceChange>) {
+        let index = self.index() + 1;
+        for change in &mut changes {
+            change.index = index;
+        }
+        let services: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
+        self.changes.push(index, changes);
+        self.index.send_modify(|current| *current = index);
+        for service in &services {
             self.service_indexes.changed(service, index);
         }
     }
@@ -260,7 +280,9 @@ impl MemoryStore {
             },
         );
         if changed {
-            self.bump(&[service]);
+            let mut change = ServiceChange::new(0, service);
+            change.set(&instance, instance.health != Health::Critical);
+            self.bump(vec![change]);
         }
         drop(state);
         (instance, created)
@@ -292,7 +314,9 @@ impl MemoryStore {
         let mut state = self.state();
         let removed = remove(&mut state, service, id);
         if removed {
-            self.bump(&[service]);
+            let mut change = ServiceChange::new(0, service);
+            change.remove(id);
+            self.bump(vec![change]);
         }
         drop(state);
         removed
@@ -328,12 +352,20 @@ impl MemoryStore {
             remove(&mut state, &instance.service, &instance.id);
         }
         if !released.is_empty() || !expired.is_empty() {
-            let services: Vec<&str> = released
-                .iter()
-                .map(String::as_str)
-                .chain(expired.iter().map(|i| i.service.as_str()))
-                .collect();
-            self.bump(&services);
+            let mut changes: BTreeMap<String, ServiceChange> = BTreeMap::new();
+            for instance in &released {
+                let change = changes
+                    .entry(instance.service.clone())
+                    .or_insert_with(|| ServiceChange::new(0, &instance.service));
+                change.set(instance, instance.health != Health::Critical);
+            }
+            for instance in &expired {
+                changes
+                    .entry(instance.service.clone())
+                    .or_insert_with(|| ServiceChange::new(0, &instance.service))
+                    .remove(&instance.id);
+            }
+            self.bump(changes.into_values().collect());
         }
         drop(state);
         expired
@@ -401,7 +433,9 @@ impl MemoryStore {
         }
         let entry = state.services.get_mut(service)?.get_mut(id)?;
         entry.instance.health = after;
-        self.bump(&[service]);
+        let mut change = ServiceChange::new(0, service);
+        change.set(&entry.instance, after != Health::Critical);
+        self.bump(vec![change]);
         drop(state);
         Some((before, after))
     }
@@ -557,6 +591,10 @@ impl Store for MemoryStore {
         wait: Duration,
     ) -> impl Future<Output = u64> + Send {
         self.service_indexes.wait_past_any(services, after, wait)
+    }
+
+    fn changes(&self) -> &ChangeRing {
+        &self.changes
     }
 
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send {
@@ -931,5 +969,95 @@ mod tests {
             .wait_for_change(index, Duration::from_millis(50))
             .await;
         assert_eq!(seen, index);
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    fn registration(port: u16, ttl: f64) -> Registration {
+        Registration {
+            address: "127.0.0.1".into(),
+            port,
+            version: Some("1".into()),
+            metadata: Default::default(),
+            ttl_seconds: Some(ttl),
+            check: None,
+            interval: None,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn every_change_is_in_the_ring_at_its_index() {
+        let store = MemoryStore::new().preserving_for(Duration::ZERO);
+        store.register("shop", "a", registration(1000, 60.0));
+        store.register("other", "short", registration(1001, 1.0));
+        let expired = store.expire(Instant::now() + Duration::from_secs(2));
+        assert_eq!(expired.len(), 1);
+        let since = store.changes.since(1, None).unwrap();
+        let seen: Vec<_> = since
+            .changes
+            .iter()
+            .map(|c| (c.index, c.service.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(2, "shop".into()), (3, "other".into()), (4, "other".into())]
+        );
+        assert_eq!(since.head, store.index());
+    }
+
+    #[test]
+    fn an_instance_turning_critical_is_removed_and_comes_back_when_it_passes() {
+        let store = MemoryStore::new().preserving_for(Duration::ZERO);
+        let checked = Registration {
+            check: Some(stratus_kit::model::Check::Http("/healthz".into())),
+            ..registration(1000, 5.0)
+        };
+        store.register("shop", "a", checked);
+        let start = store.index();
+        let mut at = Instant::now();
+        for passed in [false, false, false, true] {
+            at += Duration::from_secs(10);
+            for due in store.due_checks(at) {
+                store.record_check(&due.service, &due.id, due.generation, passed, at);
+            }
+        }
+        let said: Vec<(Vec<String>, Vec<String>)> = store
+            .changes
+            .since(start, None)
+            .unwrap()
+            .changes
+            .iter()
+            .map(|c| {
+                let change: serde_json::Value =
+                    serde_json::from_slice(c.frame.strip_prefix(b"event: change\ndata: ").unwrap())
+                        .unwrap();
+                let healths = change["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["health"].as_str().unwrap().to_string())
+                    .collect();
+                let removed = change["removed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect();
+                (healths, removed)
+            })
+            .collect();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            said,
+            [
+                (strings(&["warning"]), vec![]),
+                (vec![], strings(&["a"])),
+                (strings(&["passing"]), vec![]),
+            ]
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! The API layer ([`crate::api`]) is generic over [`Store`], so both backends answer the same
 //! HTTP contract with the same validation in front of them.
 
+pub mod changes;
 pub mod etcd;
 pub mod etcd_api;
 pub mod memory;
@@ -105,6 +106,10 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         wait: Duration,
     ) -> impl Future<Output = u64> + Send;
+
+    /// The recent changes to instances, in order, for the incremental watch: recorded before the
+    /// indexes move, so a watcher woken by a change finds it there.
+    fn changes(&self) -> &changes::ChangeRing;
 
     /// Whether the store can serve requests now (for `/readyz`).
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send;

@@ -29,7 +29,7 @@ use crate::forward::client::{ConnectionPool as Pool, PooledBody, UpstreamUpgrade
 use crate::forward::client_h2::{Failure, H2Pool};
 use crate::upstream::instances::tests::endpoint_of;
 
-const TD: &str = "stratus.local";
+pub(crate) const TD: &str = "stratus.local";
 const HOUR: Duration = Duration::from_secs(3600);
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -55,7 +55,7 @@ fn certify(credentials: &Credentials, authority: &Authority, service: &str) -> V
 }
 
 /// Credentials for `service`, certified by `authority`, trusting `authority`.
-fn workload(authority: &Authority, service: &str) -> Arc<Credentials> {
+pub(crate) fn workload(authority: &Authority, service: &str) -> Arc<Credentials> {
     let credentials = Credentials::new(TD, &authority.bundle_pem()).unwrap();
     certify(&credentials, authority, service);
     credentials
