@@ -149,7 +149,7 @@ CONF
       valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$target.out" nginx -c "$work/nginx.conf" -p "$work" > "$work/nginx.log" 2>&1 &
       ;;
   esac
-  pid=$!
+  pid=$!; pids+=("$pid")  # stopped on any exit, a failed run's included
   wait_port "$port"
   # A gateway answers 503 until it has the instance from the registry (slower under callgrind).
   if [[ "$target" == stratus* ]]; then

@@ -8,7 +8,7 @@
 //! Input: `<route file>\0<method> <host|-> <path>\n<name>: <value>\n...`
 
 use libfuzzer_sys::fuzz_target;
-use stratus_gateway::routes::{RequestView, RouteTable};
+use stratus_gateway::route::routes::{RequestView, RouteTable};
 
 fuzz_target!(|data: &[u8]| {
     // As the gateway does before it loads a table (a route's metric handles assert it).

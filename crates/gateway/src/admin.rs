@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use stratus_kit::openapi::Api;
 use stratus_kit::Problem;
 
-use crate::deploy::SplitSpec;
+use crate::route::deploy::SplitSpec;
 
 use crate::proxy::Shared;
 use crate::reload::SharedStatus;
@@ -102,7 +102,10 @@ async fn upstreams(State(AdminState { proxy, .. }): State<AdminState>) -> axum::
 }
 
 /// The route named `name` in the table in force, or a 404 that says so.
-fn deployment_of(proxy: &Shared, name: &str) -> Result<Arc<crate::deploy::Deployment>, Problem> {
+fn deployment_of(
+    proxy: &Shared,
+    name: &str,
+) -> Result<Arc<crate::route::deploy::Deployment>, Problem> {
     proxy
         .routes
         .load()

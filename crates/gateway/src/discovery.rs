@@ -26,8 +26,8 @@ use stratus_kit::model::Catalog;
 use stratus_kit::registry_client::RegistryClient;
 
 use crate::proxy::Shared;
-use crate::routes::RouteTable;
-use crate::upstream::Upstreams;
+use crate::route::routes::RouteTable;
+use crate::upstream::instances::Upstreams;
 
 /// How often the route table is looked at for other services while the watch is open.
 const ROUTES_POLL: Duration = Duration::from_millis(200);

@@ -39,6 +39,14 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
     &PROXY_CONNECTION,
 ];
 
+/// Whether an `Upgrade` value names WebSocket (the one protocol the gateway tunnels).
+pub fn is_websocket(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 ///
 /// Most messages carry none, or only `Connection`: one pass over the names (comparing standard

@@ -5,47 +5,38 @@
 //! (instance-based balancing, from the registry's live view), and forwards it, retrying once on
 //! another instance when the first could not be reached.
 //!
-//! Map: [`routes`] (the table), [`upstream`] (instances and balancing), [`discovery`] (following
-//! the registry), [`proxy`] (the per-request path), [`headers`], [`server`] (the listener),
-//! [`admin`] (the admin API), [`deploy`] (canary, A/B and blue-green splits by version, and
-//! the automatic rollback of a failing canary), [`client_h2`] and [`grpc`] (HTTP/2 to instances,
-//! for gRPC and routes with `upstream_protocol = "h2c"`), [`upstream_tls`] and [`upstream_io`]
-//! (mutual TLS to the instances, when the gateway holds a workload certificate).
+//! Map, top-down as a request travels: [`listen`] (the workers' listeners, idle connections
+//! parked, TLS, layer 4), [`proxy`] (the per-request path), [`forward`] (the attempt driver,
+//! the HTTP/1.1 and HTTP/2 upstream clients, mutual TLS to the instances, the relay back),
+//! [`route`] (the table, canary, A/B and blue-green splits and the automatic rollback, rate
+//! limits), [`upstream`] (instances, balancing, breakers, health checks); beside them
+//! [`discovery`] (following the registry), [`reload`], [`admin`] (the admin API), and at every
+//! floor [`headers`], [`grpc`] and [`report`]. Files import only downwards.
 
 pub mod admin;
-pub mod balance;
-pub mod breaker;
-pub mod client;
-pub mod client_h2;
-pub mod deploy;
 pub mod discovery;
+pub mod forward;
 pub mod grpc;
-pub mod h1;
 pub mod headers;
-pub mod health;
-pub mod l4;
-pub mod lot;
-pub mod park;
+pub mod listen;
 pub mod proxy;
-pub mod ratelimit;
-pub mod ratelimit_redis;
 pub mod reload;
 pub mod report;
-pub mod routes;
-pub mod server;
-pub mod tls;
-pub mod unbuffered_tls;
+pub mod route;
 pub mod upstream;
-pub mod upstream_io;
-pub mod upstream_tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::forward::upstream_tls;
+use crate::listen::{l4, limits, server, tls};
 use crate::proxy::{Settings, Shared};
-use crate::routes::RouteTable;
-use crate::upstream::Upstreams;
+use crate::route::canary;
+use crate::route::routes::RouteTable;
+use crate::upstream::check::Check;
+use crate::upstream::health;
+use crate::upstream::instances::Upstreams;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use stratus_identity::Credentials;
@@ -289,7 +280,11 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         let routed = move || discovery::followed(&routes.routes.load(), &pinned);
         tokio::spawn(health::run(upstreams.clone(), settings, routed));
     }
-    tokio::spawn(deploy::watch(shared.clone()));
+    let routes = shared.clone();
+    tokio::spawn(canary::watch(
+        move || routes.routes.load_full(),
+        shared.reporter.clone(),
+    ));
 
     let listener = server::exclusive_listener(
         std::net::SocketAddr::new(args.common.bind, args.port),
@@ -301,7 +296,7 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, workers, "gateway listening");
-    let limits = server::Limits {
+    let limits = limits::Limits {
         header_timeout: args.header_timeout,
         keepalive_timeout: args.keepalive_timeout,
         park_after: args.park_after,
@@ -430,7 +425,7 @@ pub fn registration_metadata(admin_port: u16) -> std::collections::BTreeMap<Stri
     use stratus_kit::model::{METRICS_PATH, METRICS_PORT};
     let mut metadata = std::collections::BTreeMap::from([(
         "health_check".to_string(),
-        health::Check::Tcp.as_str().to_string(),
+        Check::Tcp.as_str().to_string(),
     )]);
     if admin_port != 0 {
         metadata.insert(METRICS_PATH.to_string(), "/metrics".to_string());

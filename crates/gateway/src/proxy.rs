@@ -21,21 +21,21 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use stratus_kit::auth::Tokens;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use crate::client::{idempotent, Pool, PooledBody, UpstreamUpgrade};
-use crate::client_h2::{Failure, H2Pool};
+use crate::forward::attempt::{no_instance, Attempts};
+use crate::forward::client::PooledBody;
+use crate::forward::forwarder::Forwarder;
 use crate::grpc;
-use crate::h1::Outgoing;
-use crate::headers::{self, ClientConnection, TRACEPARENT, X_REQUEST_ID, X_SERVED_BY};
+use crate::headers::{self, is_websocket, ClientConnection, TRACEPARENT, X_REQUEST_ID};
 use crate::report::Hop;
-use crate::routes::{AuthMode, RequestView, Route, RouteTable};
-use crate::upstream::{Endpoint, Upstreams};
+use crate::route::routes::{AuthMode, RequestView, Route, RouteTable};
+use crate::upstream::instances::Upstreams;
 
 pub type Body = Either<PooledBody, Full<Bytes>>;
 
@@ -58,20 +58,19 @@ pub struct Shared {
     pub tokens: Arc<Tokens>,
     pub settings: Settings,
     /// Mutual TLS to the instances, for every worker's pools (None: plaintext).
-    pub upstream_tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    pub upstream_tls: Option<Arc<crate::forward::upstream_tls::UpstreamTls>>,
 }
 
 /// One worker thread's proxy: the shared state plus a connection pool of its own, so a request
 /// and the upstream connection serving it stay on one thread.
 pub struct Proxy {
     pub shared: Arc<Shared>,
-    client: Arc<Pool>,
-    /// This worker's HTTP/2 connections, one per instance (gRPC and h2c routes).
-    h2: Arc<H2Pool>,
+    /// This worker's upstream connections, and the attempts and relay over them.
+    forwarder: Forwarder,
     /// This worker's buffer of hop records for the event sink (None when reporting is off).
     pub events: Option<crate::report::WorkerEvents>,
     /// This worker's connection to the shared rate limits (None: limits are local only).
-    shared_limits: Option<crate::ratelimit_redis::SharedLimits>,
+    shared_limits: Option<crate::route::ratelimit_redis::SharedLimits>,
 }
 
 impl Proxy {
@@ -85,21 +84,21 @@ impl Proxy {
             .reporter
             .clone()
             .map(crate::report::WorkerEvents::new);
-        let tls = shared.upstream_tls.clone();
-        let client = Pool::with_tls(connect_timeout, body_idle_timeout, tls.clone());
-        client.spawn_sweeper();
-        let h2 = H2Pool::with_tls(connect_timeout, tls);
-        h2.spawn_sweeper();
+        let forwarder = Forwarder::new(
+            connect_timeout,
+            body_idle_timeout,
+            shared.upstream_tls.clone(),
+            shared.settings.served_by,
+        );
         let shared_limits = shared.settings.rate_limit_redis.as_deref().map(|url| {
-            crate::ratelimit_redis::SharedLimits::start(
+            crate::route::ratelimit_redis::SharedLimits::start(
                 url,
                 shared.settings.rate_limit_redis_timeout,
             )
         });
         Self {
             shared,
-            client,
-            h2,
+            forwarder,
             events,
             shared_limits,
         }
@@ -338,13 +337,17 @@ impl Proxy {
         grpc: bool,
         retries: &mut u32,
     ) -> Response<Body> {
-        let settings = &self.shared.settings;
         let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
             return refusal(grpc, no_instance(&route.service));
         };
         // Chosen on the request as the client sent it, as on the HTTP/1.1 path.
-        let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
-        let key = route.balance.key(&parts.headers, client.peer.ip());
+        let attempts = Attempts::new(
+            route,
+            &service_pool,
+            &parts.headers,
+            client.peer.ip(),
+            self.shared.settings.timeout,
+        );
         let host = headers::client_host(&parts);
         headers::add_forwarding(&mut parts.headers, client, host.as_ref());
         parts
@@ -353,7 +356,6 @@ impl Proxy {
         if let Ok(value) = HeaderValue::from_bytes(&call.traceparent) {
             parts.headers.insert(TRACEPARENT.clone(), value);
         }
-        let timeout = route.timeout.unwrap_or(settings.timeout);
         let path = match upstream_path(&parts, route) {
             Ok(path) => path,
             Err(rejection) => return refusal(grpc, rejection),
@@ -361,83 +363,13 @@ impl Proxy {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method;
         *request.headers_mut() = parts.headers;
-        route.retry_budget.deposit();
-        let mut failed: Option<Arc<Endpoint>> = None;
-        let mut attempt = 0;
-        loop {
-            let Some(endpoint) =
-                pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
-            else {
-                return refusal(grpc, no_instance(&route.service));
-            };
-            // HTTP/2 names the instance in the `:authority` of an absolute URI.
-            let uri = Uri::builder()
-                .scheme(self.h2.scheme())
-                .authority(endpoint.authority.clone())
-                .path_and_query(path.clone())
-                .build();
-            match uri {
-                Ok(uri) => *request.uri_mut() = uri,
-                Err(_) => {
-                    return refusal(grpc, Problem::bad_request("the request path is not valid"))
-                }
-            }
-            let in_flight = endpoint.start();
-            let sent = Instant::now();
-            let outcome = tokio::time::timeout(timeout, self.h2.send(&endpoint, request)).await;
-            endpoint.observe_latency(sent.elapsed());
-            drop(in_flight);
-            match outcome {
-                Ok(Ok(response)) => {
-                    // A gRPC server that says UNAVAILABLE is failing as surely as a 503.
-                    let failing = response.status().is_server_error()
-                        || response
-                            .headers()
-                            .get(&grpc::GRPC_STATUS)
-                            .is_some_and(|s| s.as_bytes() == b"14");
-                    endpoint.record(!failing);
-                    route.deployment.record(group, failing);
-                    return self.relay(response.map(PooledBody::unpooled), &endpoint, None);
-                }
-                Ok(Err(Failure::NotSent(error, unsent))) => {
-                    route.metrics.upstream_failures.increment(1);
-                    route.deployment.record(group, true);
-                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    if error.is_connect() {
-                        endpoint.trip();
-                    } else {
-                        endpoint.record(false);
-                    }
-                    if !(attempt < route.retries && route.retry_budget.withdraw()) {
-                        return refusal(grpc, bad_gateway(&route.service));
-                    }
-                    request = *unsent;
-                }
-                Ok(Err(Failure::Failed(error))) => {
-                    route.metrics.upstream_failures.increment(1);
-                    route.deployment.record(group, true);
-                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    // (A refused certificate, found only after hyper took the request.)
-                    if error.is_connect() {
-                        endpoint.trip();
-                    } else {
-                        endpoint.record(false);
-                    }
-                    return refusal(grpc, bad_gateway(&route.service));
-                }
-                Err(_) => {
-                    // Dropping the call resets its stream (RST_STREAM CANCEL); the connection
-                    // and the other calls on it carry on.
-                    endpoint.record(false);
-                    route.deployment.record(group, true);
-                    route.metrics.upstream_failures.increment(1);
-                    return refusal(grpc, gateway_timeout(&route.service, timeout));
-                }
-            }
-            route.metrics.retries.increment(1);
-            attempt += 1;
-            *retries = attempt;
-            failed = Some(endpoint);
+        match self
+            .forwarder
+            .http2(&attempts, request, path, retries)
+            .await
+        {
+            Ok(response) => response.map(Either::Left),
+            Err(rejection) => refusal(grpc, rejection),
         }
     }
 
@@ -481,187 +413,37 @@ impl Proxy {
         parts: &http::request::Parts,
         forwarding: &headers::Forwarding<'_>,
         body: Bytes,
-        mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         client: std::net::IpAddr,
         retries: &mut u32,
     ) -> Response<Body> {
-        let settings = &self.shared.settings;
         let Some(service_pool) = self.shared.upstreams.pool(&route.service) else {
             return problem(no_instance(&route.service));
         };
-        // A route split between versions balances inside the chosen version's pool.
-        let (pool, group) = route.deployment.choose(&parts.headers, &service_pool);
-        let key = route.balance.key(&parts.headers, client);
-        let timeout = route.timeout.unwrap_or(settings.timeout);
-        let idempotent = idempotent(&parts.method);
+        let attempts = Attempts::new(
+            route,
+            &service_pool,
+            &parts.headers,
+            client,
+            self.shared.settings.timeout,
+        );
         let target = match upstream_target(parts, route) {
             Ok(target) => target,
             Err(rejection) => return problem(rejection),
         };
-        route.retry_budget.deposit();
-        let mut failed: Option<Arc<Endpoint>> = None;
-        let mut attempt = 0;
-        let mut timed_out = None;
-        loop {
-            let Some(endpoint) =
-                pool.pick(&route.balance, key, failed.as_ref().map(|e| e.id.as_str()))
-            else {
-                // No other instance to retry on: the client hears what went wrong with the
-                // last one (a timeout stays a 504), or that there is none at all.
-                return problem(match timed_out {
-                    Some(timeout) => gateway_timeout(&route.service, timeout),
-                    None => no_instance(&route.service),
-                });
-            };
-            // HTTP/1.1 to the instance: the target in origin form, and the instance's own
-            // `Host`; the rest is the request as adjusted above, borrowed, not copied.
-            let request = Outgoing {
-                method: &parts.method,
-                target: &target,
-                host: Some(&endpoint.host),
-                headers: &parts.headers,
-                forwarding: Some(forwarding),
-                body: &body,
-            };
-            let in_flight = endpoint.start();
-            let sent = Instant::now();
-            let outcome = tokio::time::timeout(timeout, self.client.send(&endpoint, request)).await;
-            endpoint.observe_latency(sent.elapsed());
-            drop(in_flight);
-            let may_retry = |reason: Retry| {
-                let allowed = match reason {
-                    // Never reached the instance: safe for any method.
-                    Retry::NotSent => true,
-                    Retry::Failed => idempotent,
-                };
-                allowed && attempt < route.retries && route.retry_budget.withdraw()
-            };
-            let retry = match outcome {
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    endpoint.record(status.as_u16() < 500);
-                    route.deployment.record(group, status.as_u16() >= 500);
-                    let retryable = matches!(status.as_u16(), 502..=504);
-                    if !(retryable && may_retry(Retry::Failed)) {
-                        return self.relay(response, &endpoint, client_upgrade.take());
-                    }
-                    Retry::Failed
-                }
-                Ok(Err(error)) => {
-                    route.metrics.upstream_failures.increment(1);
-                    route.deployment.record(group, true);
-                    tracing::warn!(service = %route.service, instance = %endpoint.id, %error, "upstream failed");
-                    let reason = if error.is_connect() {
-                        endpoint.trip();
-                        Retry::NotSent
-                    } else {
-                        endpoint.record(false);
-                        Retry::Failed
-                    };
-                    if !may_retry(reason) {
-                        return problem(bad_gateway(&route.service));
-                    }
-                    reason
-                }
-                Err(_) => {
-                    // The timeout is per try: a hung instance (stopped, swapping, deadlocked)
-                    // costs an idempotent request one timeout, not the request.
-                    endpoint.record(false);
-                    route.deployment.record(group, true);
-                    route.metrics.upstream_failures.increment(1);
-                    if !may_retry(Retry::Failed) {
-                        return problem(gateway_timeout(&route.service, timeout));
-                    }
-                    timed_out = Some(timeout);
-                    Retry::Failed
-                }
-            };
-            route.metrics.retries.increment(1);
-            if retry == Retry::Failed {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            attempt += 1;
-            *retries = attempt;
-            failed = Some(endpoint);
+        let forwarded = self.forwarder.http1(
+            &attempts,
+            parts,
+            &target,
+            forwarding,
+            &body,
+            client_upgrade,
+            retries,
+        );
+        match forwarded.await {
+            Ok(response) => response.map(Either::Left),
+            Err(rejection) => problem(rejection),
         }
-    }
-
-    fn relay(
-        &self,
-        mut response: Response<PooledBody>,
-        endpoint: &Endpoint,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Body> {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream = response
-                .extensions_mut()
-                .remove::<UpstreamUpgrade>()
-                .and_then(|upgrade| upgrade.take());
-            let to_websocket = response
-                .headers()
-                .get(http::header::UPGRADE)
-                .is_some_and(is_websocket);
-            // A switch the client did not ask for, or to another protocol than WebSocket, has
-            // nothing sound to relay: the instance is answering out of turn.
-            let (Some(client), Some((upstream, leftover)), true) =
-                (client_upgrade, upstream, to_websocket)
-            else {
-                tracing::warn!(service = %endpoint.service, instance = %endpoint.id, "a 101 the client did not ask for");
-                return problem(bad_gateway(&endpoint.service));
-            };
-            tokio::spawn(tunnel(client, upstream, leftover, endpoint.service.clone()));
-            let (mut head, body) = response.into_parts();
-            if self.shared.settings.served_by {
-                head.headers
-                    .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
-            }
-            return Response::from_parts(head, Either::Left(body));
-        }
-        let (mut head, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut head.headers);
-        if self.shared.settings.served_by {
-            head.headers
-                .insert(X_SERVED_BY.clone(), endpoint.served_by.clone());
-        }
-        Response::from_parts(head, Either::Left(body))
-    }
-}
-
-/// Whether an `Upgrade` value names WebSocket (the one protocol the gateway tunnels).
-fn is_websocket(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"websocket")
-}
-
-/// Once both sides have switched protocols, copies bytes both ways until either side closes.
-/// The instance's side is its connection as the upstream client left it (its TLS session
-/// included, under mutual TLS), and the bytes it had already read past the 101 head, which go
-/// to the client first.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    mut upstream: crate::client::UpstreamStream,
-    leftover: Bytes,
-    service: String,
-) {
-    use tokio::io::AsyncWriteExt;
-    let client = match client.await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::debug!(%error, %service, "protocol upgrade failed");
-            return;
-        }
-    };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    if !leftover.is_empty() {
-        if let Err(error) = client.write_all(&leftover).await {
-            tracing::debug!(%error, %service, "upgraded connection ended with an error");
-            return;
-        }
-    }
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, %service, "upgraded connection ended with an error");
     }
 }
 
@@ -674,35 +456,6 @@ struct Call {
     request_id: HeaderValue,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// The connection was refused: the instance never saw the request.
-    NotSent,
-    /// The instance may have seen it.
-    Failed,
-}
-
-fn gateway_timeout(service: &str, timeout: Duration) -> Problem {
-    Problem::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        format!("{service} did not answer within {timeout:?}"),
-    )
-}
-
-/// Exponential back-off with full jitter: a random wait below 25 ms x 2^attempt (at most 250 ms),
-/// so retries from many clients spread out instead of arriving together.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = (25u64 << attempt.min(4)).min(250);
-    Duration::from_millis(crate::balance::random_u64() % (ceiling + 1))
-}
-
-fn bad_gateway(service: &str) -> Problem {
-    Problem::new(
-        StatusCode::BAD_GATEWAY,
-        format!("{service} failed to answer"),
-    )
-}
-
 /// The gateway's refusal as a gRPC client understands it (`grpc.rs`), or as a problem+json.
 fn refusal(grpc: bool, rejection: Problem) -> Response<Body> {
     if grpc {
@@ -710,10 +463,6 @@ fn refusal(grpc: bool, rejection: Problem) -> Response<Body> {
     } else {
         problem(rejection)
     }
-}
-
-fn no_instance(service: &str) -> Problem {
-    Problem::unavailable(format!("no instance of {service} is available"), 1)
 }
 
 fn bearer_token(value: &HeaderValue) -> Result<&str, Problem> {

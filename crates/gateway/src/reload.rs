@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::proxy::Shared;
-use crate::routes::RouteTable;
+use crate::route::routes::RouteTable;
 
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 

@@ -1,6 +1,6 @@
 //! Rate limits shared by every gateway instance, kept in Redis (`STRATUS_RATE_LIMIT_REDIS_URL`).
 //!
-//! With one gateway, [`crate::ratelimit`]'s in-memory GCRA is exact. With several, each would
+//! With one gateway, [`crate::route::ratelimit`]'s in-memory GCRA is exact. With several, each would
 //! allow the full rate and N gateways would let N times the limit through. Here the same GCRA
 //! runs inside Redis as one Lua script ([`GCRA`], called with EVALSHA), so the read of the TAT,
 //! the decision and the write are atomic across every gateway, and time comes from Redis's clock
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 
-use crate::ratelimit::{Limited, RateLimiter, Scope};
+use crate::route::ratelimit::{Limited, RateLimiter, Scope};
 
 /// After a failure, decide locally for this long before trying Redis again.
 pub const BACK_OFF: Duration = Duration::from_millis(500);

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::balance::{Algorithm, Balance, HashOn};
-use crate::deploy::{Deployment, SplitSpec};
-use crate::ratelimit::{RateLimitSpec, RateLimiter};
+use crate::route::deploy::{Deployment, SplitSpec};
+use crate::route::ratelimit::{RateLimitSpec, RateLimiter};
+use crate::upstream::balance::{Algorithm, Balance, HashOn};
 use serde::Deserialize;
 use std::path::Path;
 

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::unbuffered_tls::UnbufferedTls;
+use crate::forward::unbuffered_tls::UnbufferedTls;
 
 /// A connection to an instance, as the HTTP/1.1 pool, the HTTP/2 pool and a WebSocket tunnel
 /// use it.

@@ -19,7 +19,7 @@
 //! A gRPC-only server has no HTTP/1.1 side to answer `/healthz`; probed that way it would never
 //! be taken for healthy (`stratus_kit::grpc_health` asks the standard health service instead).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,36 +29,9 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use stratus_kit::grpc_health::Prober;
-use stratus_kit::model::Instance;
 
-use crate::upstream::{Endpoint, Upstreams};
-
-/// How an instance is probed (its registration's metadata `health_check`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    Http,
-    Grpc,
-    Tcp,
-}
-
-impl Check {
-    /// The instance's choice; `http` when it names none (or one the gateway does not know).
-    pub fn of(instance: &Instance) -> Self {
-        match instance.metadata.get("health_check").map(String::as_str) {
-            Some("grpc") => Check::Grpc,
-            Some("tcp") => Check::Tcp,
-            _ => Check::Http,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Check::Http => "http",
-            Check::Grpc => "grpc",
-            Check::Tcp => "tcp",
-        }
-    }
-}
+use crate::upstream::check::Check;
+use crate::upstream::instances::{Endpoint, Upstreams};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -66,13 +39,6 @@ pub struct Settings {
     pub timeout: Duration,
     pub unhealthy: u32,
     pub healthy: u32,
-}
-
-/// Per-endpoint counters of consecutive outcomes.
-#[derive(Default)]
-pub struct Probe {
-    failures: AtomicU32,
-    successes: AtomicU32,
 }
 
 /// The probes' clients: HTTP/1.1 for `/healthz`, HTTP/2 with prior knowledge for gRPC. Each

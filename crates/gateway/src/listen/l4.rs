@@ -20,9 +20,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::balance::Balance;
-use crate::routes::TcpRoute;
-use crate::upstream::Upstreams;
+use crate::route::routes::TcpRoute;
+use crate::upstream::balance::Balance;
+use crate::upstream::instances::Upstreams;
 
 /// Instances tried per connection before giving up on it.
 const ATTEMPTS: usize = 3;

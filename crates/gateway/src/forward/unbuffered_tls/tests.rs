@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::upstream_tls::tests::{workload, TD};
+use crate::forward::upstream_tls::tests::{workload, TD};
 
 /// Bytes no two offsets of which look alike over short runs: a misplaced or repeated chunk
 /// shows.
@@ -148,7 +148,7 @@ async fn a_record_that_does_not_decrypt_is_a_tls_error() {
     tcp.write_all(&forged).await.unwrap();
     let error = client.read(&mut [0u8; 64]).await.unwrap_err();
     assert!(
-        crate::upstream_tls::is_tls_error(&error),
+        crate::forward::upstream_tls::is_tls_error(&error),
         "not rustls's: {error:?}"
     );
 }

@@ -33,11 +33,11 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::client::connect_tcp;
-use crate::client::SendError;
-use crate::upstream::Endpoint;
-use crate::upstream_io::UpstreamStream;
-use crate::upstream_tls::{is_tls_error, Alpn, UpstreamTls};
+use crate::forward::client::connect_tcp;
+use crate::forward::error::SendError;
+use crate::forward::upstream_io::UpstreamStream;
+use crate::forward::upstream_tls::{is_tls_error, Alpn, UpstreamTls};
+use crate::upstream::instances::Endpoint;
 
 type Sender = SendRequest<Incoming>;
 
@@ -260,7 +260,7 @@ impl H2Pool {
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 if failed.load(Ordering::Relaxed) {
-                    crate::upstream_tls::refused(&service, &instance, &authority, &error);
+                    crate::forward::upstream_tls::refused(&service, &instance, &authority, &error);
                 } else {
                     tracing::debug!(%error, %service, "upstream HTTP/2 connection ended with an error");
                 }
@@ -290,7 +290,7 @@ impl H2Pool {
 
     /// Sweeps every few seconds for as long as the pool is alive.
     pub fn spawn_sweeper(self: &Arc<Self>) {
-        crate::client::sweep_every(self, IDLE_TIMEOUT / 6, Self::sweep);
+        crate::forward::client::sweep_every(self, IDLE_TIMEOUT / 6, Self::sweep);
     }
 }
 

@@ -5,7 +5,7 @@
 //! more than `burst` intervals ahead of now, and pushes the TAT one interval further. One atomic
 //! compare-and-swap per request for a route-wide limit; a small sharded map for per-client ones.
 //! With `STRATUS_RATE_LIMIT_REDIS_URL` the same algorithm runs in Redis, shared by every gateway
-//! ([`crate::ratelimit_redis`]), and this limiter is the fallback while Redis is away.
+//! ([`crate::route::ratelimit_redis`]), and this limiter is the fallback while Redis is away.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

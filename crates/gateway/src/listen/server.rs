@@ -25,32 +25,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::headers::ClientConnection;
-use crate::lot::Lot;
+use crate::listen::limits::Limits;
+use crate::listen::lot::Lot;
 use crate::proxy::{Proxy, Shared};
 
 /// A TLS listener's settings: the address every worker binds, and the certificate.
 pub struct TlsListener {
     pub first: std::net::TcpListener,
     pub config: Arc<rustls::ServerConfig>,
-}
-
-/// Protections against abusive clients.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// A client must send a request's headers within this time (against slowloris).
-    pub header_timeout: Duration,
-    /// Largest request head (request line and headers); larger gets 431.
-    pub max_header_bytes: usize,
-    /// Open client connections per worker; past it, new connections wait in the kernel's backlog.
-    pub max_connections_per_worker: usize,
-    pub connect_timeout: Duration,
-    /// How long an instance may send nothing in the middle of a response body.
-    pub upstream_idle_timeout: Duration,
-    pub grace: Duration,
-    /// How long an idle keep-alive client connection is kept open (parked) before it is closed.
-    pub keepalive_timeout: Duration,
-    /// Idle time at a message boundary after which a connection's session ends and it parks.
-    pub park_after: Duration,
 }
 
 /// The first listening socket on `address`, for a port no other process holds; the gateway's
@@ -253,7 +235,7 @@ async fn serve(
     let lot = if tls.is_none() {
         match Lot::new(proxy.clone(), Arc::new(limits), stopped.clone()) {
             Ok(lot) => {
-                tokio::spawn(lot.clone().run(crate::park::resume));
+                tokio::spawn(lot.clone().run(crate::listen::park::resume));
                 Some(lot)
             }
             Err(error) => {
@@ -296,7 +278,12 @@ async fn serve(
         let proxy = proxy.clone();
         match (tls.clone(), &lot) {
             (None, Some(lot)) => {
-                tokio::spawn(crate::park::serve(stream, lot.clone(), client, permit));
+                tokio::spawn(crate::listen::park::serve(
+                    stream,
+                    lot.clone(),
+                    client,
+                    permit,
+                ));
             }
             (None, None) => {}
             (Some(acceptor), _) => {

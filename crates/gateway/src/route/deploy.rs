@@ -26,8 +26,8 @@
 //! that was rolled back.
 //!
 //! The request path reads the plan through an `ArcSwapOption` (a few atomic operations), looks
-//! up the version's precomputed pool (`Pool::version`), and, for a canary, bumps two counters;
-//! nothing is allocated. [`watch`] samples those counters a few times a second and rolls a
+//! up the version's precomputed pool (`InstancePool::version`), and, for a canary, bumps two counters;
+//! nothing is allocated. [`crate::route::canary::watch`] samples those counters a few times a second and rolls a
 //! canary back when its error rate over the window exceeds `max_error_rate`.
 
 use std::collections::VecDeque;
@@ -40,10 +40,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::proxy::Shared;
-use crate::upstream::Pool;
+use crate::upstream::instances::InstancePool;
 
-/// How often [`watch`] looks at every canary's error rate.
+/// How often the canary watch (`canary.rs`) looks at every canary's error rate.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Versions are registry versions: 1-64 characters.
 const MAX_VERSION: usize = 64;
@@ -242,7 +241,7 @@ impl Tally {
         }
     }
 
-    fn read(&self) -> (u64, u64) {
+    pub fn read(&self) -> (u64, u64) {
         (
             self.requests.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
@@ -337,7 +336,11 @@ impl Deployment {
     }
 
     /// The pool a request should be balanced over, and which side of the split that is.
-    pub fn choose<'p>(&self, headers: &HeaderMap, pool: &'p Pool) -> (&'p Pool, Group) {
+    pub fn choose<'p>(
+        &self,
+        headers: &HeaderMap,
+        pool: &'p InstancePool,
+    ) -> (&'p InstancePool, Group) {
         let plan = self.plan.load();
         let Some(plan) = plan.as_deref() else {
             return (pool, Group::Any);
@@ -479,82 +482,10 @@ impl Deployment {
     }
 }
 
-/// Watches every canary of the route table in force and rolls back the failing ones: logged,
-/// counted in `gateway_canary_rollbacks_total{route}`, kept on the admin API and reported to
-/// the event sink. Also publishes each split's counts as metrics.
-pub async fn watch(shared: Arc<Shared>) {
-    let mut ticker = tokio::time::interval(CHECK_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let table = shared.routes.load_full();
-        let now = Instant::now();
-        for route in &table.routes {
-            let deployment = &route.deployment;
-            if deployment.plan.load().is_none() {
-                continue;
-            }
-            for (group, tally) in [
-                ("stable", &deployment.stable),
-                ("canary", &deployment.canary),
-            ] {
-                let (requests, errors) = tally.read();
-                metrics::counter!("gateway_split_requests_total", "route" => route.name.clone(), "group" => group)
-                    .absolute(requests);
-                metrics::counter!("gateway_split_errors_total", "route" => route.name.clone(), "group" => group)
-                    .absolute(errors);
-            }
-            let Some(rollback) = deployment.check(now) else {
-                continue;
-            };
-            tracing::warn!(
-                route = %route.name,
-                canary = %rollback.canary,
-                stable = %rollback.stable,
-                error_rate = rollback.error_rate.unwrap_or_default(),
-                requests = rollback.requests.unwrap_or_default(),
-                "canary rolled back: every request now goes to the stable version"
-            );
-            metrics::counter!("gateway_canary_rollbacks_total", "route" => route.name.clone())
-                .increment(1);
-            if let Some(reporter) = &shared.reporter {
-                report(reporter, &route.name, &rollback);
-            }
-        }
-    }
-}
-
-/// One record on the event sink for a rollback, so it shows among the system's events.
-fn report(reporter: &stratus_kit::events::EventReporter, route: &str, rollback: &Rollback) {
-    let trace = stratus_kit::trace::TraceContext::new_root();
-    reporter.report(stratus_kit::events::EventRecord {
-        trace_id: trace.trace_id_hex(),
-        span_id: trace.span_id_hex(),
-        parent_span_id: None,
-        service: reporter.service().to_string(),
-        instance: reporter.instance().to_string(),
-        kind: "gateway".into(),
-        name: format!(
-            "canary rollback: route {route}, {} -> {}",
-            rollback.canary, rollback.stable
-        ),
-        method: None,
-        status: 0,
-        ok: false,
-        started_at: rollback.at.clone(),
-        duration_us: 0,
-        retries: None,
-        cache: None,
-        topic: None,
-        breaker: None,
-        peer: None,
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::tests::versioned_pool;
+    use crate::upstream::instances::tests::versioned_pool;
 
     fn spec(text: &str) -> SplitSpec {
         toml::from_str::<toml::Value>(&format!("split = {text}"))
@@ -570,7 +501,7 @@ mod tests {
         Deployment::new(Some(spec(text))).unwrap()
     }
 
-    fn share_of_canary(deployment: &Deployment, pool: &Pool, requests: usize) -> usize {
+    fn share_of_canary(deployment: &Deployment, pool: &InstancePool, requests: usize) -> usize {
         let headers = HeaderMap::new();
         (0..requests)
             .filter(|_| deployment.choose(&headers, pool).1 == Group::Canary)
@@ -597,7 +528,7 @@ mod tests {
         let pool = versioned_pool(&[("a", "1.0"), ("b", "1.0"), ("c", "1.1")]);
         let canary = deployment(r#"{ stable = "1.0", canary = "1.1", canary_weight = 50 }"#);
         let headers = HeaderMap::new();
-        let balance = crate::balance::Balance::default();
+        let balance = crate::upstream::balance::Balance::default();
         for _ in 0..100 {
             let (chosen, group) = canary.choose(&headers, &pool);
             let endpoint = chosen.pick(&balance, None, None).unwrap();

@@ -36,8 +36,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use crate::listen::limits::Limits;
 use crate::proxy::Proxy;
-use crate::server::Limits;
 
 /// Events read from the lot's set per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 64;
@@ -215,7 +215,7 @@ impl Lot {
         loop {
             tokio::select! {
                 biased;
-                _ = crate::park::stop_signal(&mut stopped) => break,
+                _ = crate::listen::stop::stop_signal(&mut stopped) => break,
                 _ = sweep.tick() => self.sweep(),
                 ready = self.epoll.readable() => {
                     let Ok(mut guard) = ready else { break };

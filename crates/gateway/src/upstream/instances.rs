@@ -2,7 +2,7 @@
 //! each (marked down after a failure, requests in flight, latency), grouped into pools.
 //!
 //! The set of instances comes from the registry's watch and is swapped in atomically; the request
-//! path only ever reads a snapshot. Choosing an instance from a pool is in [`crate::balance`].
+//! path only ever reads a snapshot. Choosing an instance from a pool is in [`crate::upstream::balance`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,9 +14,9 @@ use http::uri::Authority;
 use http::HeaderValue;
 use stratus_kit::model::{Catalog, Instance};
 
-use crate::balance::{maglev_table, weighted_schedule};
-use crate::breaker::{Breaker, State as BreakerState};
-use crate::health::{Check, Probe};
+use crate::upstream::breaker::{Breaker, State as BreakerState};
+use crate::upstream::check::{Check, Probe};
+use crate::upstream::schedule::{maglev_table, weighted_schedule};
 
 /// How fast old latency samples lose weight in the EWMA (Linkerd uses 10 s).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -191,7 +191,7 @@ impl Endpoint {
 }
 
 /// The instances of one service, and what the balancing algorithms precompute over them.
-pub struct Pool {
+pub struct InstancePool {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Smooth weighted round-robin order (indexes into `endpoints`).
     pub schedule: Vec<u16>,
@@ -202,10 +202,10 @@ pub struct Pool {
     uniform_version: Option<String>,
     /// When the endpoints run more than one version: a pool per version, with its own schedule,
     /// table and position, so a route split between versions balances evenly inside each.
-    by_version: Vec<(String, Arc<Pool>)>,
+    by_version: Vec<(String, Arc<InstancePool>)>,
 }
 
-impl Pool {
+impl InstancePool {
     pub fn new(endpoints: Vec<Arc<Endpoint>>, next: usize) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let mut versions: Vec<&str> = endpoints.iter().map(|e| e.version.as_str()).collect();
@@ -223,15 +223,20 @@ impl Pool {
                             .filter(|e| e.version == *version)
                             .cloned()
                             .collect();
-                        (version.to_string(), Arc::new(Pool::new(members, next)))
+                        (
+                            version.to_string(),
+                            Arc::new(InstancePool::new(members, next)),
+                        )
                     })
                     .collect();
                 (None, pools)
             }
         };
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        let maglev = maglev_table(&ids);
         Self {
             schedule: weighted_schedule(&weights),
-            maglev: maglev_table(&endpoints),
+            maglev,
             endpoints,
             next: AtomicUsize::new(next),
             uniform_version,
@@ -240,7 +245,7 @@ impl Pool {
     }
 
     /// The endpoints running `version`, as a pool of their own (None: no such instance).
-    pub fn version(&self, version: &str) -> Option<&Pool> {
+    pub fn version(&self, version: &str) -> Option<&InstancePool> {
         if self.uniform_version.as_deref() == Some(version) {
             return Some(self);
         }
@@ -257,7 +262,7 @@ impl Pool {
 }
 
 pub struct Upstreams {
-    pools: ArcSwap<HashMap<String, Arc<Pool>>>,
+    pools: ArcSwap<HashMap<String, Arc<InstancePool>>>,
     index: AtomicU64,
     /// Reference instant for the endpoints' compact timestamps.
     epoch: Instant,
@@ -278,7 +283,7 @@ impl Upstreams {
         }
     }
 
-    pub fn pool(&self, service: &str) -> Option<Arc<Pool>> {
+    pub fn pool(&self, service: &str) -> Option<Arc<InstancePool>> {
         self.pools.load().get(service).cloned()
     }
 
@@ -287,7 +292,7 @@ impl Upstreams {
         self.index.load(Ordering::Relaxed)
     }
 
-    pub fn snapshot(&self) -> Arc<HashMap<String, Arc<Pool>>> {
+    pub fn snapshot(&self) -> Arc<HashMap<String, Arc<InstancePool>>> {
         self.pools.load_full()
     }
 
@@ -311,7 +316,10 @@ impl Upstreams {
                 })
                 .collect();
             let next = previous.map_or(0, |p| p.next.load(Ordering::Relaxed));
-            pools.insert(service.clone(), Arc::new(Pool::new(endpoints, next)));
+            pools.insert(
+                service.clone(),
+                Arc::new(InstancePool::new(endpoints, next)),
+            );
         }
         self.pools.store(Arc::new(pools));
         self.index.store(catalog.index, Ordering::Relaxed);
@@ -321,7 +329,7 @@ impl Upstreams {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::balance::Balance;
+    use crate::upstream::balance::Balance;
     use stratus_kit::model::Health;
 
     pub fn instance(id: &str, port: u16, weight: u32) -> Instance {
@@ -364,7 +372,7 @@ pub(crate) mod tests {
     }
 
     /// A pool of `(id, version)` endpoints, for the deployment tests.
-    pub fn versioned_pool(specs: &[(&str, &str)]) -> Arc<Pool> {
+    pub fn versioned_pool(specs: &[(&str, &str)]) -> Arc<InstancePool> {
         let upstreams = Upstreams::new();
         let instances = specs
             .iter()
@@ -381,7 +389,7 @@ pub(crate) mod tests {
     #[test]
     fn a_pool_of_several_versions_has_a_pool_per_version() {
         let pool = versioned_pool(&[("a", "1.0"), ("b", "1.1"), ("c", "1.0")]);
-        let ids = |p: &Pool| p.endpoints.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        let ids = |p: &InstancePool| p.endpoints.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(pool.version("1.0").unwrap()), ["a", "c"]);
         assert_eq!(ids(pool.version("1.1").unwrap()), ["b"]);
         assert!(pool.version("2.0").is_none());
@@ -390,7 +398,7 @@ pub(crate) mod tests {
     }
 
     /// A pool of `(id, weight)` endpoints, for the balancing tests.
-    pub fn pool_of(specs: &[(&str, u32)]) -> Arc<Pool> {
+    pub fn pool_of(specs: &[(&str, u32)]) -> Arc<InstancePool> {
         let upstreams = Upstreams::new();
         let instances = specs
             .iter()

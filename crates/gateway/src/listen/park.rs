@@ -44,9 +44,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use crate::headers::ClientConnection;
-use crate::lot::{Lot, Woken};
+use crate::listen::limits::Limits;
+use crate::listen::lot::{Lot, Woken};
+use crate::listen::stop::stop_signal;
 use crate::proxy::Proxy;
-use crate::server::Limits;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -76,7 +77,7 @@ pub async fn serve(
     client: Arc<ClientConnection>,
     permit: OwnedSemaphorePermit,
 ) {
-    let deadline = crate::lot::after(lot.limits.header_timeout);
+    let deadline = crate::listen::lot::after(lot.limits.header_timeout);
     serve_from(stream, lot, client, permit, deadline).await
 }
 
@@ -89,7 +90,7 @@ async fn serve_from(
     deadline: Instant,
 ) {
     // A client silent for `park_after` waits for its first bytes in the lot, not in a task.
-    let quiet_until = crate::lot::after(lot.limits.park_after).min(deadline);
+    let quiet_until = crate::listen::lot::after(lot.limits.park_after).min(deadline);
     let stopped = lot.stopped.clone();
     match opening(&stream, quiet_until, deadline).await {
         Opening::Gone => {}
@@ -333,15 +334,6 @@ fn release_freed_memory() {
         // SAFETY: malloc_trim only walks the allocator's own free lists.
         unsafe {
             libc::malloc_trim(0);
-        }
-    }
-}
-
-/// Resolves once the gateway is stopping (never, if the signal's sender is gone).
-pub(crate) async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
-    while !*stopped.borrow_and_update() {
-        if stopped.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }

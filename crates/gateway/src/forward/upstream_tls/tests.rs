@@ -25,9 +25,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::client::{Pool, PooledBody, UpstreamUpgrade};
-use crate::client_h2::{Failure, H2Pool};
-use crate::upstream::tests::endpoint_of;
+use crate::forward::client::{ConnectionPool as Pool, PooledBody, UpstreamUpgrade};
+use crate::forward::client_h2::{Failure, H2Pool};
+use crate::upstream::instances::tests::endpoint_of;
 
 pub(crate) const TD: &str = "stratus.local";
 const HOUR: Duration = Duration::from_secs(3600);

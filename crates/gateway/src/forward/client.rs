@@ -6,7 +6,7 @@
 //! the mutex below is only ever taken by one thread, which makes it a few instructions.
 //!
 //! A pooled connection is a socket and its read buffer, owned by whoever is using it: no task
-//! runs per connection. [`Pool::send`] writes the request and reads the response head in the
+//! runs per connection. [`ConnectionPool::send`] writes the request and reads the response head in the
 //! caller's task; the body is read by [`PooledBody::poll_frame`] in the task that polls it (the
 //! client connection's), so a request and its response never cross tasks. A small response
 //! usually arrives whole with its head, and then the connection is back in the pool before the
@@ -37,10 +37,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::h1::{self, ChunkedDecoder, Decoded, Framing, Outgoing};
-use crate::upstream::Endpoint;
-pub use crate::upstream_io::UpstreamStream;
-use crate::upstream_tls::{is_tls_error, Alpn, UpstreamTls};
+use crate::forward::error::SendError;
+use crate::forward::h1::{self, ChunkedDecoder, Decoded, Framing, Outgoing};
+pub use crate::forward::upstream_io::UpstreamStream;
+use crate::forward::upstream_tls::{is_tls_error, Alpn, UpstreamTls};
+use crate::upstream::instances::Endpoint;
 
 /// An idle connection unused for this long is checked with the kernel before reuse.
 ///
@@ -61,54 +62,6 @@ const READ_BUFFER: usize = 8 * 1024;
 const MIN_READ: usize = 1024;
 /// The most a body read adds to the buffer at once (for a long Content-Length body).
 const MAX_READ: usize = 64 * 1024;
-
-/// Why a request got no response. The difference matters for retries: a request that was never
-/// sent may go to another instance whatever its method.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("connecting to {authority}: {source}")]
-    Connect {
-        authority: String,
-        source: std::io::Error,
-    },
-    #[error("connecting to {authority}: timed out after {after:?}")]
-    ConnectTimeout { authority: String, after: Duration },
-    #[error("HTTP handshake with {authority}: {source}")]
-    Handshake {
-        authority: String,
-        source: hyper::Error,
-    },
-    /// An HTTP/2 request failed (`client_h2.rs`).
-    #[error("the request to {authority} failed: {source}")]
-    Request {
-        authority: String,
-        source: hyper::Error,
-    },
-    /// An HTTP/1.1 exchange failed: writing the request, or reading a usable response head.
-    #[error("the request to {authority} failed: {source}")]
-    Exchange {
-        authority: String,
-        source: h1::Error,
-    },
-    /// Mutual TLS with the instance failed (`upstream_tls.rs`): its certificate does not name
-    /// the service, it does not speak TLS, or it refused the gateway's certificate. The
-    /// request was never processed.
-    #[error("mutual TLS with {authority}: {source}")]
-    Tls {
-        authority: String,
-        source: std::io::Error,
-    },
-}
-
-impl SendError {
-    /// The instance never saw the request.
-    pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            SendError::Connect { .. } | SendError::ConnectTimeout { .. } | SendError::Tls { .. }
-        )
-    }
-}
 
 /// A connection to an instance: the stream (TCP, or TLS over it), the bytes read from it and
 /// not yet used, and a buffer requests are written from (both kept from one request to the
@@ -276,7 +229,7 @@ impl Hasher for KeyHasher {
 type IdleMap = HashMap<u64, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
 
 /// One worker's upstream connections.
-pub struct Pool {
+pub struct ConnectionPool {
     idle: Mutex<IdleMap>,
     connect_timeout: Duration,
     /// How long an instance may send nothing in the middle of a response body.
@@ -302,14 +255,14 @@ pub fn idempotent(method: &Method) -> bool {
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
-impl Pool {
+impl ConnectionPool {
     /// `body_idle_timeout`: an instance that sends nothing for this long while a response body
     /// streams (after its head) is cut off; the body ends in an error, the connection closes.
     pub fn new(connect_timeout: Duration, body_idle_timeout: Duration) -> Arc<Self> {
         Self::with_tls(connect_timeout, body_idle_timeout, None)
     }
 
-    /// [`Pool::new`], connecting over mutual TLS when `tls` is given.
+    /// [`ConnectionPool::new`], connecting over mutual TLS when `tls` is given.
     pub fn with_tls(
         connect_timeout: Duration,
         body_idle_timeout: Duration,
@@ -523,7 +476,7 @@ impl Pool {
 
 /// Where a connection goes back when its response is done.
 struct Home {
-    pool: Weak<Pool>,
+    pool: Weak<ConnectionPool>,
     key: u64,
 }
 
@@ -818,7 +771,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::upstream::tests::endpoint;
+    use crate::upstream::instances::tests::endpoint;
 
     /// One scripted answer.
     struct Answer {
@@ -954,7 +907,7 @@ mod tests {
         };
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let instance = instance(vec![answer(ok), silent, answer(ok)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let first = pool
             .send(&instance.endpoint, (&get("/first")).into())
             .await
@@ -1001,7 +954,7 @@ mod tests {
     #[tokio::test]
     async fn content_length_bodies_and_keep_alive_reuse() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         for _ in 0..2 {
             let response = pool
                 .send(&fake.endpoint, (&get("/a?b=c")).into())
@@ -1027,7 +980,7 @@ mod tests {
     #[tokio::test]
     async fn request_bodies_go_out_with_their_length() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut request = with_method(Method::POST, "/items");
         *request.body_mut() = Bytes::from_static(b"{\"a\":1}");
         body(pool.send(&fake.endpoint, (&request).into()).await.unwrap())
@@ -1059,7 +1012,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(response.body().size_hint().exact(), None);
         assert_eq!(body(response).await.unwrap(), "hello, world");
@@ -1080,7 +1033,7 @@ mod tests {
             ..answer(long.as_bytes())
         }])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(response.body().size_hint().upper(), Some(3000));
         assert_eq!(body(response).await.unwrap(), "y".repeat(3000));
@@ -1096,7 +1049,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let head = pool
             .send(&fake.endpoint, (&with_method(Method::HEAD, "/")).into())
             .await
@@ -1128,7 +1081,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "until the end");
         assert_eq!(pool.idle_count(), 0);
@@ -1144,7 +1097,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "ok");
         assert_eq!(pool.idle_count(), 0);
@@ -1159,7 +1112,7 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
         )])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool
             .send(&fake.endpoint, (&with_method(Method::POST, "/")).into())
             .await
@@ -1173,7 +1126,7 @@ mod tests {
     /// and its connection is not kept.
     async fn fails(bytes: &[u8]) -> SendError {
         let fake = instance(vec![answer(bytes)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let error = pool
             .send(&fake.endpoint, (&get("/")).into())
             .await
@@ -1193,7 +1146,7 @@ mod tests {
         ]
         .concat();
         let fake = instance(vec![answer(&fine)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "ok");
         wire.extend_from_slice(b"HTTP/1.1 102 Processing\r\n\r\n");
@@ -1248,7 +1201,7 @@ mod tests {
             ..answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
         }])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         let error = body(response).await.unwrap_err();
         assert!(
@@ -1274,7 +1227,7 @@ mod tests {
         }])
         .await;
         let idle = Duration::from_millis(150);
-        let pool = Pool::new(Duration::from_secs(1), idle);
+        let pool = ConnectionPool::new(Duration::from_secs(1), idle);
         let started = Instant::now();
         let mut response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         let mut received = 0;
@@ -1307,7 +1260,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart",
         )])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         let frame = response.body_mut().frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "part");
@@ -1326,7 +1279,7 @@ mod tests {
             answer(OK_HELLO),
         ])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         assert_eq!(pool.idle_count(), 1, "nothing said it would close");
@@ -1339,7 +1292,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_connection_found_only_by_the_write_is_replaced() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         // Replace the pooled connection with one whose far end has just gone, with no turn of
@@ -1363,7 +1316,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_found_before_a_post_is_written() {
         let fake = instance(vec![answer(OK_HELLO), answer(OK_HELLO)]).await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let response = pool.send(&fake.endpoint, (&get("/")).into()).await.unwrap();
         assert_eq!(body(response).await.unwrap(), "hello");
         // As above, a pooled connection closed by its far end with no turn of the runtime
@@ -1397,7 +1350,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let error = pool
             .send(&endpoint(port), (&get("/")).into())
             .await
@@ -1411,7 +1364,7 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
         )])
         .await;
-        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(30));
+        let pool = ConnectionPool::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut response = pool
             .send(&fake.endpoint, (&get("/ws")).into())
             .await

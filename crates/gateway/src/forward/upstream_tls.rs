@@ -34,10 +34,10 @@ use rustls_pki_types::ServerName;
 use stratus_identity::{Credentials, Expect};
 use tokio::net::TcpStream;
 
-use crate::client::SendError;
-use crate::unbuffered_tls::UnbufferedTls;
-use crate::upstream::Endpoint;
-use crate::upstream_io::UpstreamStream;
+use crate::forward::error::SendError;
+use crate::forward::unbuffered_tls::UnbufferedTls;
+use crate::forward::upstream_io::UpstreamStream;
+use crate::upstream::instances::Endpoint;
 
 /// What a connection will speak once TLS is up, offered by ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
