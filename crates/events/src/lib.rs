@@ -19,6 +19,8 @@ pub mod deletion;
 pub mod export;
 pub mod links;
 pub mod live;
+pub mod log_line;
+pub mod log_store;
 pub mod otlp;
 pub mod proto;
 pub mod record;

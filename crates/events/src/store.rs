@@ -69,6 +69,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
         postgres: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
     },
+    // Log lines (crate::log_store): written by the same writer, pruned by the same pruner.
+    Migration {
+        version: 5,
+        description: "logs",
+        sqlite: crate::log_store::SQLITE_SCHEMA,
+        postgres: crate::log_store::POSTGRES_SCHEMA,
+    },
 ];
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer";
