@@ -844,11 +844,7 @@ mod tests {
     /// the lines older than every trace go, oldest first, and no trace is sampled away for them.
     #[tokio::test]
     async fn log_lines_older_than_the_traces_go_first_and_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = stratus_kit::db::url_for("events", None, dir.path()).unwrap();
-        let (pool, _) = stratus_kit::db::open(&url, store::MIGRATIONS)
-            .await
-            .unwrap();
+        let (_dir, pool) = store::tests::open().await;
         let settings = Settings::new(
             4 << 20,
             None,

@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row as _};
 
 use crate::log_line::{level_of, LogLine};
+use crate::store::{fetch_filtered, Bind};
 
 /// The logs table and its indexes: the same in both dialects but for the id column.
 macro_rules! logs_schema {
@@ -151,11 +152,6 @@ pub struct LogFilter {
     pub limit: i64,
 }
 
-enum Bind {
-    Text(String),
-    Int(i64),
-}
-
 /// `text` as a LIKE pattern matching it anywhere, its own `%`, `_` and `\` taken literally.
 fn contains_pattern(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
@@ -217,14 +213,7 @@ fn query_sql(filter: &LogFilter) -> (String, Vec<Bind>) {
 /// The newest lines matching the filter, newest first.
 pub async fn query(pool: &AnyPool, filter: &LogFilter) -> Result<Vec<LogLine>, sqlx::Error> {
     let (sql, binds) = query_sql(filter);
-    let mut query = sqlx::query_as::<_, LogLine>(&sql);
-    for bind in binds {
-        query = match bind {
-            Bind::Text(text) => query.bind(text),
-            Bind::Int(value) => query.bind(value),
-        };
-    }
-    query.fetch_all(pool).await
+    fetch_filtered(pool, &sql, binds).await
 }
 
 pub async fn count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
