@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::AnyPool;
 
-use crate::deletion::{DeleteError, Deleter, Deletion};
+use crate::deletion::{DeleteError, Deleter, Deletion, PRUNE_LOG_LINES};
 use crate::{checkpoint, sample, store};
 
 /// How often the pruner measures and prunes.
@@ -434,7 +434,7 @@ impl Pruner {
         let fill = |used: &Used| used.database as f64 / share.max(1) as f64;
         // Log lines older than every trace go first: traces are not sampled away to keep them.
         if fill(&used) > HIGH {
-            while self.prune_old_logs().await? > 0 {
+            while self.prune_old_logs(fill(&used)).await? > 0 {
                 used = self.measure.used(&self.pool).await?;
                 if fill(&used) < LOW {
                     break;
@@ -465,7 +465,7 @@ impl Pruner {
                 let deleted = self.deleter.delete(Deletion::Oldest).await?;
                 self.count(deleted, Reason::Budget);
                 // And the log lines older than the traces that are left.
-                let lines = self.prune_old_logs().await?;
+                let lines = self.prune_old_logs(fill(&used)).await?;
                 if deleted == 0 && lines == 0 {
                     break;
                 }
@@ -563,10 +563,23 @@ impl Pruner {
         }
     }
 
-    /// One statement's worth of the log lines older than every trace held; the lines deleted.
-    async fn prune_old_logs(&mut self) -> Result<u64, DeleteError> {
+    /// One statement's worth of the log lines older than every trace held, with the database
+    /// at `fill` of its share; the lines deleted. How many: the share of the lines held that
+    /// would bring the database down to [`LOW`] if lines were all it held (so never more than
+    /// that), at most [`PRUNE_LOG_LINES`]. A fixed count took a small budget from over it to
+    /// empty in one statement.
+    async fn prune_old_logs(&mut self, fill: f64) -> Result<u64, DeleteError> {
+        let held = crate::log_store::count(&self.pool).await?;
+        let over = (1.0 - LOW / fill.max(LOW)).max(0.0);
+        let lines = ((held as f64 * over).ceil() as i64).clamp(1, PRUNE_LOG_LINES);
+        if held == 0 {
+            return Ok(0);
+        }
         self.let_the_wal_be_checkpointed().await;
-        let deleted = self.deleter.delete(Deletion::LogsBeforeEvents).await?;
+        let deleted = self
+            .deleter
+            .delete(Deletion::LogsBeforeEvents { lines })
+            .await?;
         self.count(deleted, Reason::LogsBudget);
         Ok(deleted)
     }
