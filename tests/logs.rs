@@ -506,6 +506,62 @@ async fn retention_and_the_budget_prune_lines_oldest_first() {
     }
 }
 
+/// Live tail: a follower of `GET /v1/logs/stream?service=orders&level=warn` gets the lines
+/// committed after it connected that pass, and no other.
+async fn the_live_tail_sends_committed_lines_that_pass() {
+    let (system, sink) = sink(None, &[]).await;
+    let url = format!("{sink}/v1/logs/stream?service=orders&level=warn");
+    let mut response = system.internal().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let now = now_nanos();
+    // Posted until one arrives: the follower is subscribed once its answer's head is sent.
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !received.contains("stock is low") {
+        let lines = vec![
+            record(now, 9, "an info line"),
+            record(now + 1_000, 13, "stock is low"),
+        ];
+        let sent = post_json(&system, &sink, &export("orders", "o-1", lines)).await;
+        assert_eq!(sent.status(), 200);
+        let other = export("catalog", "c-1", vec![record(now, 17, "catalog failed")]);
+        assert_eq!(post_json(&system, &sink, &other).await.status(), 200);
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_millis(300), response.chunk()).await
+        {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(Instant::now() < deadline, "no line came: {received:?}");
+    }
+    let events: Vec<Value> = received
+        .split("\n\n")
+        .filter(|e| e.contains("event: logs"))
+        .map(|e| {
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            serde_json::from_str(data).unwrap()
+        })
+        .collect();
+    assert!(!events.is_empty(), "{received}");
+    for batch in &events {
+        assert_eq!(
+            messages(batch.as_array().unwrap()),
+            ["stock is low"],
+            "{received}"
+        );
+        assert_eq!(batch[0]["service"], "orders");
+        assert_eq!(batch[0]["level"], "warn");
+    }
+    drop(response);
+    let bad = format!("{sink}/v1/logs/stream?limit=5");
+    assert_refused(
+        system.internal().get(&bad).send().await.unwrap(),
+        400,
+        "limit on a tail",
+    )
+    .await;
+}
+
 async fn logs_work_on_postgres() {
     let postgres = stratus_testing::servers::Postgres::start();
     let database = postgres.database("events");
@@ -528,6 +584,10 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "retention_and_the_budget_prune_lines_oldest_first",
             retention_and_the_budget_prune_lines_oldest_first,
+        ),
+        Test::new(
+            "the_live_tail_sends_committed_lines_that_pass",
+            the_live_tail_sends_committed_lines_that_pass,
         ),
         Test::new("logs_work_on_postgres", logs_work_on_postgres).needs(&[Need::Postgres]),
     ])

@@ -65,6 +65,7 @@ pub fn routes() -> Api<AppState> {
         .get("/v1/stream", stream)
         .get("/v1/storage", storage)
         .get("/v1/logs", logs_api::query)
+        .get("/v1/logs/stream", logs_api::stream)
         .get("/", dashboard::page)
         .get("/dashboard/app.js", dashboard::script)
         .get("/dashboard/style.css", dashboard::style)

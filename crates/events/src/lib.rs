@@ -21,6 +21,7 @@ pub mod links;
 pub mod live;
 pub mod log_line;
 pub mod log_store;
+pub mod log_tail;
 pub mod logs_api;
 pub mod otlp;
 pub mod otlp_logs;

@@ -193,6 +193,17 @@ fn parse_filter(params: &HashMap<String, String>) -> Result<LogFilter, Problem> 
     Ok(filter)
 }
 
+/// `GET /v1/logs/stream`: the lines committed from now on that pass the filters (service,
+/// instance, level, trace_id, q), as server-sent events (crate::log_tail).
+pub async fn stream(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    only(&params, &["service", "instance", "level", "trace_id", "q"])?;
+    let filter = parse_filter(&params)?;
+    Ok(state.writer.tail().follow(filter))
+}
+
 /// `GET /v1/logs`: the newest lines matching every filter given, newest first.
 pub async fn query(
     State(state): State<AppState>,

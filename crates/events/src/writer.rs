@@ -29,6 +29,7 @@ use crate::checkpoint::{self, WalKeeper};
 use crate::deletion::Deletion;
 use crate::export::Exporter;
 use crate::log_line::LogLine;
+use crate::log_tail::Tail;
 use crate::record::Row;
 use crate::sqlite::{SqliteWriter, WRITE_TIMEOUT};
 use crate::store;
@@ -70,6 +71,8 @@ enum Message {
 pub struct Writer {
     queue: mpsc::Sender<Message>,
     deletions: Deletions,
+    /// Every committed batch of log lines, for `GET /v1/logs/stream`.
+    tail: Tail,
 }
 
 /// Where the writer stores.
@@ -88,7 +91,12 @@ impl Writer {
         export: Option<Exporter>,
         aggregates: Option<Aggregates>,
     ) -> anyhow::Result<Self> {
-        let after = After { export, aggregates };
+        let tail = Tail::default();
+        let after = After {
+            export,
+            aggregates,
+            tail: tail.clone(),
+        };
         let (queue, receiver) = mpsc::channel(QUEUE);
         let deletions = Deletions::default();
         let mine = deletions.clone();
@@ -119,7 +127,16 @@ impl Writer {
                 tokio::spawn(run_pool(pool, sqlite, after, receiver, mine));
             }
         }
-        Ok(Self { queue, deletions })
+        Ok(Self {
+            queue,
+            deletions,
+            tail,
+        })
+    }
+
+    /// The live tail of committed log lines.
+    pub fn tail(&self) -> &Tail {
+        &self.tail
     }
 
     /// Runs one of the pruner's deletions between the writer's transactions; the records it
@@ -185,14 +202,15 @@ fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
 struct After {
     export: Option<Exporter>,
     aggregates: Option<Aggregates>,
+    tail: Tail,
 }
 
 /// Answers every request, and hands what was stored to the aggregates and the exporter.
 fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, after: &After) {
     for (job, result) in jobs.into_iter().zip(results) {
         match &result {
-            // Log lines feed neither the stats nor the span export.
-            Ok(()) if job.rows.is_empty() => {}
+            // Log lines feed neither the stats nor the span export: only the live tail.
+            Ok(()) if job.rows.is_empty() => after.tail.publish(&job.logs),
             Ok(()) => {
                 if let Some(aggregates) = &after.aggregates {
                     aggregates.add(&job.rows);
