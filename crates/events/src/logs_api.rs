@@ -18,7 +18,7 @@ use stratus_kit::caller::Caller;
 use stratus_kit::{Json, Problem};
 
 use crate::api::{check_reporter, only, since, AppState};
-use crate::log_line::{severity_of, LineError, LogLine};
+use crate::log_line::{severity_of, LineError, LogLine, LEVELS};
 use crate::log_store::{self, LogFilter};
 use crate::otlp_logs::{self, LogsRequest};
 use crate::proto_logs::{ExportLogsServiceRequest, ExportLogsServiceResponse};
@@ -136,6 +136,15 @@ async fn store(state: &AppState, lines: Vec<LogLine>) -> Result<(), Problem> {
     Ok(())
 }
 
+/// A level as the query takes it (openapi.json's enum): a level's name or `warning`, all in
+/// lower or all in upper case. Stricter than OTLP's severityText: a parameter is typed by hand.
+fn query_level(text: &str) -> Option<i64> {
+    let lower = text.to_ascii_lowercase();
+    let named = lower == "warning" || LEVELS.iter().any(|(name, _)| *name == lower);
+    let one_case = text == lower || text == text.to_ascii_uppercase();
+    (named && one_case).then(|| severity_of(&lower)).flatten()
+}
+
 /// The query's parameters; every one checked, an unknown one refused.
 fn parse_filter(params: &HashMap<String, String>) -> Result<LogFilter, Problem> {
     only(
@@ -154,8 +163,11 @@ fn parse_filter(params: &HashMap<String, String>) -> Result<LogFilter, Problem> 
     };
     let min_severity = match params.get("level") {
         None => None,
-        Some(level) => Some(severity_of(level).ok_or_else(|| {
-            Problem::bad_request("level must be one of trace, debug, info, warn, error, fatal")
+        Some(level) => Some(query_level(level).ok_or_else(|| {
+            Problem::bad_request(
+                "level must be one of trace, debug, info, warn (or warning), error, fatal, \
+                 in lower or upper case",
+            )
         })?),
     };
     let trace_id = match params.get("trace_id") {
@@ -250,6 +262,8 @@ mod tests {
         let long = "x".repeat(MAX_QUERY + 1);
         for bad in [
             ("level", "loud"),
+            ("level", "Warn"),
+            ("level", "err"),
             ("trace_id", "ABC"),
             ("limit", "0"),
             ("limit", "1001"),
