@@ -405,26 +405,22 @@ impl Pruner {
     pub async fn pass(&mut self) -> Result<(), DeleteError> {
         let settings = self.storage.settings.clone();
         let cutoff = now_us() - settings.retention.as_micros().min(i64::MAX as u128 / 2) as i64;
-        loop {
-            self.let_the_wal_be_checkpointed().await;
-            let deleted = self
-                .deleter
-                .delete(Deletion::Expired { before_us: cutoff })
-                .await?;
-            self.count(deleted, Reason::Expired);
-            if deleted == 0 {
-                break;
-            }
-        }
-        loop {
-            self.let_the_wal_be_checkpointed().await;
-            let deleted = self
-                .deleter
-                .delete(Deletion::LogsExpired { before_us: cutoff })
-                .await?;
-            self.count(deleted, Reason::LogsExpired);
-            if deleted == 0 {
-                break;
+        // Past the retention: traces (whole), then log lines.
+        let expired = [
+            (Deletion::Expired { before_us: cutoff }, Reason::Expired),
+            (
+                Deletion::LogsExpired { before_us: cutoff },
+                Reason::LogsExpired,
+            ),
+        ];
+        for (deletion, reason) in expired {
+            loop {
+                self.let_the_wal_be_checkpointed().await;
+                let deleted = self.deleter.delete(deletion).await?;
+                self.count(deleted, reason);
+                if deleted == 0 {
+                    break;
+                }
             }
         }
         let range = store::id_range(&self.pool).await?;
