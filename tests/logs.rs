@@ -1,8 +1,9 @@
 //! Log lines in the event sink, with real sink processes over loopback (mutual TLS on): OTLP
 //! logs as JSON and protobuf stored and found by every filter of `GET /v1/logs`; bad input a
 //! problem+json 4xx that stores nothing; a service posts only its own lines; the intake's
-//! counters on `/metrics`; retention and the storage budget prune lines, oldest first; and the
-//! same on PostgreSQL.
+//! counters on `/metrics`; retention and the storage budget prune lines, oldest first; a live
+//! tail; the OpenTelemetry Python SDK's exporter (tests/otel/send_logs.py); and the same store
+//! and queries on PostgreSQL.
 
 mod support;
 
@@ -562,6 +563,43 @@ async fn the_live_tail_sends_committed_lines_that_pass() {
     .await;
 }
 
+/// The OpenTelemetry Python SDK (from PyPI) ships its log records to the sink over OTLP/HTTP
+/// protobuf, and they are found by service, trace and level. The sink runs without mutual TLS
+/// here: the SDK's exporter is a plain HTTP client.
+async fn an_opentelemetry_sdk_ships_its_logs() {
+    let mut system = System::start_edge_plaintext(None, &[]).await;
+    let port = support::free_port();
+    let sink = format!("http://127.0.0.1:{port}");
+    system.spawn("events", &[("PORT", port.to_string().as_str())]);
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/send_logs.py");
+    let output = tokio::process::Command::new("python3")
+        .args([script, &format!("{sink}/v1/logs")])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains("Failed to export"), "{stderr}");
+    let (trace_id, span_id) = stdout.trim().split_once(' ').expect("ids printed");
+
+    let lines = query(&system, &sink, "service=pyshop").await;
+    assert_eq!(messages(&lines), ["order accepted", "stock is low for tea"]);
+    let warning = &lines[1];
+    assert_eq!(warning["instance"], "py-1");
+    assert_eq!(warning["level"], "warn");
+    assert_eq!(warning["target"], "pyshop.orders");
+    assert_eq!(warning["trace_id"], trace_id);
+    assert_eq!(warning["span_id"], span_id);
+    assert_eq!(warning["fields"]["product"], 42);
+    assert_eq!(lines[0]["level"], "info");
+    assert_eq!(lines[0]["trace_id"], Value::Null);
+    let traced = query(&system, &sink, &format!("trace_id={trace_id}&level=warn")).await;
+    assert_eq!(messages(&traced), ["stock is low for tea"]);
+}
+
 async fn logs_work_on_postgres() {
     let postgres = stratus_testing::servers::Postgres::start();
     let database = postgres.database("events");
@@ -589,6 +627,14 @@ fn main() -> std::process::ExitCode {
             "the_live_tail_sends_committed_lines_that_pass",
             the_live_tail_sends_committed_lines_that_pass,
         ),
+        Test::new(
+            "an_opentelemetry_sdk_ships_its_logs",
+            an_opentelemetry_sdk_ships_its_logs,
+        )
+        .needs(&[Need::Python(&[
+            "opentelemetry.sdk._logs",
+            "opentelemetry.exporter.otlp.proto.http._log_exporter",
+        ])]),
         Test::new("logs_work_on_postgres", logs_work_on_postgres).needs(&[Need::Postgres]),
     ])
 }
