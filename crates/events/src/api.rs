@@ -22,7 +22,7 @@ use crate::live::{self, Live};
 use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
 use crate::writer::Writer;
-use crate::{dashboard, otlp, proto, store, trace_list};
+use crate::{dashboard, logs_api, otlp, proto, store, trace_list};
 
 /// The largest ingest body: 4 MiB.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -64,6 +64,8 @@ pub fn routes() -> Api<AppState> {
         .get("/v1/instances", instances)
         .get("/v1/stream", stream)
         .get("/v1/storage", storage)
+        .get("/v1/logs", logs_api::query)
+        .get("/v1/logs/stream", logs_api::stream)
         .get("/", dashboard::page)
         .get("/dashboard/app.js", dashboard::script)
         .get("/dashboard/style.css", dashboard::style)
@@ -72,6 +74,7 @@ pub fn routes() -> Api<AppState> {
         ))
         .post("/v1/events", ingest)
         .post("/v1/traces", ingest_otlp)
+        .post("/v1/logs", logs_api::ingest)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -98,7 +101,7 @@ async fn store_rows(state: &AppState, rows: Vec<Row>) -> Result<usize, Problem> 
 }
 
 /// With the mesh on, a service may post only records naming itself (an operator, any).
-fn check_reporter<'a>(
+pub(crate) fn check_reporter<'a>(
     caller: &Caller,
     mut services: impl Iterator<Item = &'a str>,
 ) -> Result<(), Problem> {
@@ -266,7 +269,7 @@ fn now_us() -> i64 {
 }
 
 /// `since`: an RFC 3339 time, or a duration back from now (`5m`).
-fn since(text: &str) -> Result<i64, Problem> {
+pub(crate) fn since(text: &str) -> Result<i64, Problem> {
     if let Some(micros) = parse_time(text) {
         return Ok(micros);
     }
@@ -300,7 +303,7 @@ fn status(text: &str) -> Result<(i64, i64), Problem> {
     }
 }
 
-fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Problem> {
+pub(crate) fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Problem> {
     match params.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(unknown) => Err(Problem::bad_request(format!(
             "unknown parameter {unknown} (allowed: {})",

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::AnyPool;
 
-use crate::deletion::{DeleteError, Deleter, Deletion};
+use crate::deletion::{DeleteError, Deleter, Deletion, PRUNE_LOG_LINES};
 use crate::{checkpoint, sample, store};
 
 /// How often the pruner measures and prunes.
@@ -231,18 +231,22 @@ impl Measure {
                 })
             }
             Measure::Postgres(rows) => {
-                let (total, live, dead): (i64, i64, i64) = sqlx::query_as(
+                let (total, live, dead, logs): (i64, i64, i64, i64) = sqlx::query_as(
                     "SELECT CAST(pg_total_relation_size('events') AS BIGINT), \
                      CAST(COALESCE(SUM(n_live_tup), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(n_dead_tup), 0) AS BIGINT) \
+                     CAST(COALESCE(SUM(n_dead_tup), 0) AS BIGINT), \
+                     CAST(pg_total_relation_size('logs') AS BIGINT) \
                      FROM pg_stat_user_tables WHERE relname = 'events'",
                 )
                 .fetch_one(pool)
                 .await?;
                 let total = total.max(0) as u64;
+                // The log lines' table counts whole (freed space too, until its vacuum): the
+                // budget holds logs and events together (crate::deletion::Deletion::LogsBeforeEvents).
+                let logs = logs.max(0) as u64;
                 Ok(Used {
-                    database: rows.used(total, live.max(0) as u64, dead.max(0) as u64),
-                    database_file: total,
+                    database: rows.used(total, live.max(0) as u64, dead.max(0) as u64) + logs,
+                    database_file: total + logs,
                     wal: 0,
                 })
             }
@@ -285,6 +289,9 @@ impl Storage {
         }
         for reason in ["expired", "sampled", "budget"] {
             metrics::counter!("events_pruned_total", "reason" => reason).increment(0);
+        }
+        for reason in ["expired", "budget"] {
+            metrics::counter!("events_log_lines_pruned_total", "reason" => reason).increment(0);
         }
         Self {
             settings: Arc::new(settings),
@@ -336,6 +343,8 @@ pub struct Pruner {
     /// Sampled pruning went up to this id at the current rate (reset when the rate goes down).
     cursor: Option<i64>,
     pruned: Pruned,
+    /// Log lines deleted, for any reason.
+    log_lines_pruned: u64,
     decision_window: Duration,
     /// PostgreSQL: when the table was last vacuumed, and the records pruned by then.
     vacuumed: (Instant, u64),
@@ -352,6 +361,7 @@ impl Pruner {
             arrivals: VecDeque::new(),
             cursor: None,
             pruned: Pruned::default(),
+            log_lines_pruned: 0,
             decision_window: DECISION_WINDOW,
             vacuumed: (Instant::now(), 0),
         }
@@ -395,15 +405,22 @@ impl Pruner {
     pub async fn pass(&mut self) -> Result<(), DeleteError> {
         let settings = self.storage.settings.clone();
         let cutoff = now_us() - settings.retention.as_micros().min(i64::MAX as u128 / 2) as i64;
-        loop {
-            self.let_the_wal_be_checkpointed().await;
-            let deleted = self
-                .deleter
-                .delete(Deletion::Expired { before_us: cutoff })
-                .await?;
-            self.count(deleted, Reason::Expired);
-            if deleted == 0 {
-                break;
+        // Past the retention: traces (whole), then log lines.
+        let expired = [
+            (Deletion::Expired { before_us: cutoff }, Reason::Expired),
+            (
+                Deletion::LogsExpired { before_us: cutoff },
+                Reason::LogsExpired,
+            ),
+        ];
+        for (deletion, reason) in expired {
+            loop {
+                self.let_the_wal_be_checkpointed().await;
+                let deleted = self.deleter.delete(deletion).await?;
+                self.count(deleted, reason);
+                if deleted == 0 {
+                    break;
+                }
             }
         }
         let range = store::id_range(&self.pool).await?;
@@ -411,6 +428,15 @@ impl Pruner {
         let share = settings.database_share();
         let mut used = self.measure.used(&self.pool).await?;
         let fill = |used: &Used| used.database as f64 / share.max(1) as f64;
+        // Log lines older than every trace go first: traces are not sampled away to keep them.
+        if fill(&used) > HIGH {
+            while self.prune_old_logs(fill(&used)).await? > 0 {
+                used = self.measure.used(&self.pool).await?;
+                if fill(&used) < LOW {
+                    break;
+                }
+            }
+        }
         if fill(&used) > HIGH {
             // First what the current rate already samples out, from where the last pass
             // stopped; if that is not enough, a lower rate, from the oldest record again.
@@ -434,7 +460,9 @@ impl Pruner {
                 self.let_the_wal_be_checkpointed().await;
                 let deleted = self.deleter.delete(Deletion::Oldest).await?;
                 self.count(deleted, Reason::Budget);
-                if deleted == 0 {
+                // And the log lines older than the traces that are left.
+                let lines = self.prune_old_logs(fill(&used)).await?;
+                if deleted == 0 && lines == 0 {
                     break;
                 }
                 tracing::warn!(
@@ -458,7 +486,8 @@ impl Pruner {
     /// (without one the table grows on past the budget until autovacuum comes round). A plain
     /// VACUUM takes no lock that stops inserts or reads.
     async fn vacuum_after_pruning(&mut self) -> Result<(), sqlx::Error> {
-        let pruned = self.pruned.expired + self.pruned.sampled + self.pruned.budget;
+        let pruned =
+            self.pruned.expired + self.pruned.sampled + self.pruned.budget + self.log_lines_pruned;
         let (at, then) = self.vacuumed;
         if !matches!(self.measure, Measure::Postgres(_))
             || pruned == then
@@ -466,7 +495,9 @@ impl Pruner {
         {
             return Ok(());
         }
-        sqlx::raw_sql("VACUUM events").execute(&self.pool).await?;
+        sqlx::raw_sql("VACUUM events, logs")
+            .execute(&self.pool)
+            .await?;
         self.vacuumed = (Instant::now(), pruned);
         Ok(())
     }
@@ -528,14 +559,47 @@ impl Pruner {
         }
     }
 
+    /// One statement's worth of the log lines older than every trace held, with the database
+    /// at `fill` of its share; the lines deleted. How many: the share of the lines held that
+    /// would bring the database down to [`LOW`] if lines were all it held (so never more than
+    /// that), at most [`PRUNE_LOG_LINES`]. A fixed count took a small budget from over it to
+    /// empty in one statement.
+    async fn prune_old_logs(&mut self, fill: f64) -> Result<u64, DeleteError> {
+        let held = crate::log_store::count(&self.pool).await?;
+        let over = (1.0 - LOW / fill.max(LOW)).max(0.0);
+        let lines = ((held as f64 * over).ceil() as i64).clamp(1, PRUNE_LOG_LINES);
+        if held == 0 {
+            return Ok(0);
+        }
+        self.let_the_wal_be_checkpointed().await;
+        let deleted = self
+            .deleter
+            .delete(Deletion::LogsBeforeEvents { lines })
+            .await?;
+        self.count(deleted, Reason::LogsBudget);
+        Ok(deleted)
+    }
+
     fn count(&mut self, deleted: u64, reason: Reason) {
         if deleted == 0 {
+            return;
+        }
+        let log_reason = match reason {
+            Reason::LogsExpired => Some("expired"),
+            Reason::LogsBudget => Some("budget"),
+            _ => None,
+        };
+        if let Some(label) = log_reason {
+            self.log_lines_pruned += deleted;
+            metrics::counter!("events_log_lines_pruned_total", "reason" => label)
+                .increment(deleted);
             return;
         }
         let (total, label) = match reason {
             Reason::Expired => (&mut self.pruned.expired, "expired"),
             Reason::Sampled => (&mut self.pruned.sampled, "sampled"),
             Reason::Budget => (&mut self.pruned.budget, "budget"),
+            Reason::LogsExpired | Reason::LogsBudget => return,
         };
         *total += deleted;
         metrics::counter!("events_pruned_total", "reason" => label).increment(deleted);
@@ -548,6 +612,10 @@ enum Reason {
     Expired,
     Sampled,
     Budget,
+    /// Log lines past the retention.
+    LogsExpired,
+    /// Log lines older than every trace held, over the budget.
+    LogsBudget,
 }
 
 #[cfg(test)]
@@ -779,5 +847,80 @@ mod tests {
         assert_eq!(store::trace(&pool, &late).await.unwrap().len(), 3);
         assert!(store::trace(&pool, &plain).await.unwrap().is_empty());
         assert!(storage.report().pruned.sampled > 0);
+    }
+
+    /// Log lines share the budget: past the retention they go like records; over the budget,
+    /// the lines older than every trace go, oldest first, and no trace is sampled away for them.
+    #[tokio::test]
+    async fn log_lines_older_than_the_traces_go_first_and_expire() {
+        let (_dir, pool) = store::tests::open().await;
+        let settings = Settings::new(
+            4 << 20,
+            None,
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        let mut pruner = Pruner::new(
+            pool.clone(),
+            Deleter::pool(pool.clone()),
+            Measure::Sqlite { file: None },
+            Storage::new(settings),
+        );
+        pruner.decision_window = Duration::ZERO;
+        let now = now_us();
+        // 30,000 lines over the last half hour (several times the budget), ten expired ones.
+        let lines: Vec<crate::log_line::LogLine> = (0..30_010)
+            .map(|i| {
+                let mut line = crate::log_line::tests::line(i);
+                line.time_us = if i < 10 {
+                    now - 7_200_000_000
+                } else {
+                    now - 1_800_000_000 + i as i64 * 1_000
+                };
+                line.message = format!("{i:08} {}", "x".repeat(400));
+                line
+            })
+            .collect();
+        let mut tx = pool.begin().await.unwrap();
+        crate::log_store::insert_into(&mut tx, &lines)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let base = validate(record()).unwrap();
+        let records: Vec<Row> = (0..30)
+            .map(|i| {
+                let mut r = base.clone();
+                r.trace_id = format!("{:032x}", i / 3 + 1);
+                r.span_id = format!("{:016x}", i + 1);
+                r.started_us = now - 1_000_000 + i as i64;
+                r
+            })
+            .collect();
+        store::insert(&pool, &records).await.unwrap();
+
+        pruner.pass().await.unwrap();
+        let used = Measure::Sqlite { file: None }.used(&pool).await.unwrap();
+        assert!(used.database <= 4 << 20, "{used:?}");
+        assert_eq!(store::count(&pool).await.unwrap(), 30, "every trace stays");
+        assert_eq!(pruner.rate(), 1.0);
+        let held = crate::log_store::count(&pool).await.unwrap();
+        assert!(held > 0 && held < 30_000, "{held} lines held");
+        // The newest lines are the ones held.
+        let newest = crate::log_store::query(
+            &pool,
+            &crate::log_store::LogFilter {
+                limit: 1_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(newest[0], lines[30_009]);
+        assert_eq!(pruner.log_lines_pruned, 30_010 - held as u64);
+        let oldest: (i64,) = sqlx::query_as("SELECT MIN(time_us) FROM logs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(oldest.0, lines[30_010 - held as usize].time_us);
     }
 }

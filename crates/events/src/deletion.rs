@@ -38,7 +38,18 @@ pub enum Deletion {
     /// The last resort of a budget that kept traces alone overflow: the traces of the oldest
     /// [`PRUNE_TRACES`] records, kept or not.
     Oldest,
+    /// Up to [`PRUNE_LOG_LINES`] log lines older than `before_us` (past the retention).
+    LogsExpired { before_us: i64 },
+    /// Over the budget: up to `lines` of the oldest log lines older than the oldest event
+    /// record (all of them, oldest first, when there is none). Logs and traces so keep
+    /// about the same window: a line never outlives the traces the budget has already let go,
+    /// and traces are not sampled away to keep older lines.
+    LogsBeforeEvents { lines: i64 },
 }
+
+/// The most log lines one statement deletes: lines are not grouped like a trace's records, so each
+/// statement takes a fixed number, oldest first.
+pub const PRUNE_LOG_LINES: i64 = 5_000;
 
 impl Deletion {
     /// The statement, with `$1`, `$2`... in the order of [`Deletion::params`] (both sqlx's
@@ -59,6 +70,17 @@ impl Deletion {
                 "DELETE FROM events WHERE trace_id IN (SELECT trace_id FROM events \
                  ORDER BY id LIMIT {PRUNE_TRACES})"
             ),
+            Deletion::LogsExpired { .. } => format!(
+                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE time_us < $1 \
+                 ORDER BY time_us LIMIT {PRUNE_LOG_LINES})"
+            ),
+            Deletion::LogsBeforeEvents { lines } => format!(
+                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE time_us < \
+                 (SELECT COALESCE(MIN(started_us), {}) FROM events) \
+                 ORDER BY time_us LIMIT {})",
+                i64::MAX,
+                (*lines).clamp(1, PRUNE_LOG_LINES)
+            ),
         }
     }
 
@@ -71,7 +93,8 @@ impl Deletion {
                 threshold,
                 slow_us,
             } => vec![after_id, up_to_id, threshold, slow_us],
-            Deletion::Oldest => Vec::new(),
+            Deletion::Oldest | Deletion::LogsBeforeEvents { .. } => Vec::new(),
+            Deletion::LogsExpired { before_us } => vec![before_us],
         }
     }
 

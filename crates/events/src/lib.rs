@@ -19,8 +19,14 @@ pub mod deletion;
 pub mod export;
 pub mod links;
 pub mod live;
+pub mod log_line;
+pub mod log_store;
+pub mod log_tail;
+pub mod logs_api;
 pub mod otlp;
+pub mod otlp_logs;
 pub mod proto;
+pub mod proto_logs;
 pub mod record;
 pub mod registry;
 pub mod sample;
@@ -177,6 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ticking.tick();
         }
     });
+    logs_api::describe_metrics();
     let registry = registry::Registry::follow(&args.common.registry_url)?;
     let state = api::AppState {
         pool: pool.clone(),

@@ -84,7 +84,7 @@ pub struct KeyValue {
 }
 
 /// An attribute's value as text: `stringValue`, or `intValue` (a string or a number in OTLP JSON).
-fn attribute<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<String> {
+pub fn attribute<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|key| {
         let value = &attributes.iter().find(|a| a.key == *key)?.value;
         let inner: &'a Value = value.get("stringValue").or_else(|| value.get("intValue"))?;
@@ -97,7 +97,7 @@ fn attribute<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<String> {
 }
 
 /// A uint64 in OTLP JSON: a decimal string or a number.
-fn nanos(value: &Value) -> Option<u64> {
+pub fn nanos(value: &Value) -> Option<u64> {
     match value {
         Value::String(s) => s.parse().ok(),
         Value::Number(n) => n.as_u64(),
@@ -172,7 +172,7 @@ pub fn records(request: ExportRequest) -> Result<Vec<EventRecord>, String> {
     Ok(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
@@ -182,17 +182,36 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn json_attributes(attributes: Vec<proto::KeyValue>) -> Vec<KeyValue> {
+/// A protobuf AnyValue in OTLP JSON's form (`{"stringValue": ...}`; `{}` for none).
+pub fn any_value_json(value: Option<proto::AnyValue>) -> Value {
+    use serde_json::json;
+    match value.and_then(|v| v.value) {
+        None => json!({}),
+        Some(proto::Value::StringValue(s)) => json!({"stringValue": s}),
+        Some(proto::Value::IntValue(i)) => json!({"intValue": i.to_string()}),
+        Some(proto::Value::BoolValue(b)) => json!({"boolValue": b}),
+        Some(proto::Value::DoubleValue(d)) => json!({"doubleValue": d}),
+        Some(proto::Value::ArrayValue(a)) => json!({"arrayValue": {"values": a
+            .values
+            .into_iter()
+            .map(|v| any_value_json(Some(v)))
+            .collect::<Vec<_>>()}}),
+        Some(proto::Value::KvlistValue(list)) => json!({"kvlistValue": {"values": list
+            .values
+            .into_iter()
+            .map(|kv| json!({"key": kv.key, "value": any_value_json(kv.value)}))
+            .collect::<Vec<_>>()}}),
+        Some(proto::Value::BytesValue(bytes)) => json!({"bytesValue": hex(&bytes)}),
+    }
+}
+
+pub fn json_attributes(attributes: Vec<proto::KeyValue>) -> Vec<KeyValue> {
     attributes
         .into_iter()
-        .filter_map(|kv| {
-            let value = match kv.value?.value? {
-                proto::Value::StringValue(s) => serde_json::json!({"stringValue": s}),
-                proto::Value::IntValue(i) => serde_json::json!({"intValue": i.to_string()}),
-                proto::Value::BoolValue(b) => serde_json::json!({"boolValue": b}),
-                proto::Value::DoubleValue(d) => serde_json::json!({"doubleValue": d}),
-            };
-            Some(KeyValue { key: kv.key, value })
+        .filter(|kv| kv.value.as_ref().is_some_and(|v| v.value.is_some()))
+        .map(|kv| KeyValue {
+            key: kv.key,
+            value: any_value_json(kv.value),
         })
         .collect()
 }

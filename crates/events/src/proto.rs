@@ -99,7 +99,7 @@ pub struct KeyValue {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AnyValue {
-    #[prost(oneof = "Value", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub value: Option<Value>,
 }
 
@@ -113,6 +113,25 @@ pub enum Value {
     IntValue(i64),
     #[prost(double, tag = "4")]
     DoubleValue(f64),
+    /// Structured values: a log record's body or attribute may be a list or a map.
+    #[prost(message, tag = "5")]
+    ArrayValue(ArrayValue),
+    #[prost(message, tag = "6")]
+    KvlistValue(KeyValueList),
+    #[prost(bytes = "vec", tag = "7")]
+    BytesValue(Vec<u8>),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArrayValue {
+    #[prost(message, repeated, tag = "1")]
+    pub values: Vec<AnyValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeyValueList {
+    #[prost(message, repeated, tag = "1")]
+    pub values: Vec<KeyValue>,
 }
 
 impl KeyValue {

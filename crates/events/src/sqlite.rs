@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
+use crate::log_line::LogLine;
 use crate::record::Row;
 
 const INSERT: &str = "INSERT INTO events (trace_id, span_id, parent_span_id, service, instance, \
@@ -71,8 +72,8 @@ impl SqliteWriter {
         &self.connection
     }
 
-    /// Stores every batch in one transaction: all of them or none.
-    pub fn store(&mut self, batches: &[&[Row]]) -> rusqlite::Result<()> {
+    /// Stores every batch of records and of log lines in one transaction: all of them or none.
+    pub fn store(&mut self, batches: &[&[Row]], logs: &[&[LogLine]]) -> rusqlite::Result<()> {
         // IMMEDIATE takes the write lock up front (waiting out the busy timeout), rather than
         // failing half-way when a reader holds the lock and another writer arrives.
         let tx = self
@@ -103,6 +104,8 @@ impl SqliteWriter {
                 ])?;
             }
         }
+        let lines: Vec<&LogLine> = logs.iter().flat_map(|lines| lines.iter()).collect();
+        crate::log_store::insert_sqlite(&tx, &lines)?;
         tx.commit()
     }
 }

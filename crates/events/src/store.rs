@@ -69,6 +69,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
         postgres: "CREATE INDEX events_errors ON events (started_us) WHERE status >= 500",
     },
+    // Log lines (crate::log_store): written by the same writer, pruned by the same pruner.
+    Migration {
+        version: 5,
+        description: "logs",
+        sqlite: crate::log_store::SQLITE_SCHEMA,
+        postgres: crate::log_store::POSTGRES_SCHEMA,
+    },
 ];
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, kind, name, method, status, ok, started_us, duration_us, retries, cache, topic, breaker, peer";
@@ -200,9 +207,29 @@ pub struct Filter {
     pub limit: i64,
 }
 
-enum Bind {
+/// A value of a filtered query's `$N`.
+pub(crate) enum Bind {
     Text(String),
     Int(i64),
+}
+
+/// Runs a filtered SELECT (its `$N` values in order) into rows of `T`.
+pub(crate) async fn fetch_filtered<T>(
+    pool: &AnyPool,
+    sql: &str,
+    binds: Vec<Bind>,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin,
+{
+    let mut query = sqlx::query_as::<_, T>(sql);
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text),
+            Bind::Int(value) => query.bind(value),
+        };
+    }
+    query.fetch_all(pool).await
 }
 
 /// The statement and its values for [`events`].
@@ -246,14 +273,7 @@ fn events_sql(filter: &Filter) -> (String, Vec<Bind>) {
 /// The newest records matching the filter, newest first.
 pub async fn events(pool: &AnyPool, filter: &Filter) -> Result<Vec<Row>, sqlx::Error> {
     let (sql, binds) = events_sql(filter);
-    let mut query = sqlx::query_as::<_, Row>(&sql);
-    for bind in binds {
-        query = match bind {
-            Bind::Text(text) => query.bind(text),
-            Bind::Int(value) => query.bind(value),
-        };
-    }
-    query.fetch_all(pool).await
+    fetch_filtered(pool, &sql, binds).await
 }
 
 /// (service, instance, ok, duration_us) of every record started since `since_us`: the hops

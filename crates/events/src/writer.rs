@@ -28,6 +28,8 @@ use crate::aggregate::Aggregates;
 use crate::checkpoint::{self, WalKeeper};
 use crate::deletion::Deletion;
 use crate::export::Exporter;
+use crate::log_line::LogLine;
+use crate::log_tail::Tail;
 use crate::record::Row;
 use crate::sqlite::{SqliteWriter, WRITE_TIMEOUT};
 use crate::store;
@@ -37,8 +39,10 @@ pub const MAX_ROWS_PER_TRANSACTION: usize = 20_000;
 /// Batches waiting for the writer; beyond this, requests wait to hand theirs over.
 const QUEUE: usize = 64;
 
+/// One request's batch: event records, or log lines (crate::log_store).
 struct Job {
     rows: Vec<Row>,
+    logs: Vec<LogLine>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -67,6 +71,8 @@ enum Message {
 pub struct Writer {
     queue: mpsc::Sender<Message>,
     deletions: Deletions,
+    /// Every committed batch of log lines, for `GET /v1/logs/stream`.
+    tail: Tail,
 }
 
 /// Where the writer stores.
@@ -85,7 +91,12 @@ impl Writer {
         export: Option<Exporter>,
         aggregates: Option<Aggregates>,
     ) -> anyhow::Result<Self> {
-        let after = After { export, aggregates };
+        let tail = Tail::default();
+        let after = After {
+            export,
+            aggregates,
+            tail: tail.clone(),
+        };
         let (queue, receiver) = mpsc::channel(QUEUE);
         let deletions = Deletions::default();
         let mine = deletions.clone();
@@ -116,7 +127,16 @@ impl Writer {
                 tokio::spawn(run_pool(pool, sqlite, after, receiver, mine));
             }
         }
-        Ok(Self { queue, deletions })
+        Ok(Self {
+            queue,
+            deletions,
+            tail,
+        })
+    }
+
+    /// The live tail of committed log lines.
+    pub fn tail(&self) -> &Tail {
+        &self.tail
     }
 
     /// Runs one of the pruner's deletions between the writer's transactions; the records it
@@ -139,9 +159,18 @@ impl Writer {
 
     /// Stores one batch (all or nothing) and returns once it is committed.
     pub async fn write(&self, rows: Vec<Row>) -> Result<(), String> {
+        self.store(rows, Vec::new()).await
+    }
+
+    /// Stores one batch of log lines (all or nothing), in the same transactions as records.
+    pub async fn write_logs(&self, logs: Vec<LogLine>) -> Result<(), String> {
+        self.store(Vec::new(), logs).await
+    }
+
+    async fn store(&self, rows: Vec<Row>, logs: Vec<LogLine>) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Message::Store(Job { rows, done }))
+            .send(Message::Store(Job { rows, logs, done }))
             .await
             .map_err(|_| "the writer has stopped".to_string())?;
         answer
@@ -154,12 +183,12 @@ impl Writer {
 /// in between are dropped: the writer looks after its WAL and its deletions after every
 /// transaction anyway).
 fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
-    let mut rows = first.rows.len();
+    let mut rows = first.rows.len() + first.logs.len();
     let mut jobs = vec![first];
     while rows < MAX_ROWS_PER_TRANSACTION {
         match receiver.try_recv() {
             Ok(Message::Store(job)) => {
-                rows += job.rows.len();
+                rows += job.rows.len() + job.logs.len();
                 jobs.push(job);
             }
             Ok(Message::Tick) => {}
@@ -173,12 +202,15 @@ fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
 struct After {
     export: Option<Exporter>,
     aggregates: Option<Aggregates>,
+    tail: Tail,
 }
 
 /// Answers every request, and hands what was stored to the aggregates and the exporter.
 fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, after: &After) {
     for (job, result) in jobs.into_iter().zip(results) {
         match &result {
+            // Log lines feed neither the stats nor the span export: only the live tail.
+            Ok(()) if job.rows.is_empty() => after.tail.publish(&job.logs),
             Ok(()) => {
                 if let Some(aggregates) = &after.aggregates {
                     aggregates.add(&job.rows);
@@ -188,7 +220,7 @@ fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, after: &After) {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, records = job.rows.len(), "storing a batch failed");
+                tracing::warn!(%error, records = job.rows.len(), log_lines = job.logs.len(), "storing a batch failed");
             }
         }
         let _ = job.done.send(result);
@@ -200,12 +232,13 @@ fn store_sqlite(
     writer: &mut Option<SqliteWriter>,
     path: &Path,
     batches: &[&[Row]],
+    logs: &[&[LogLine]],
 ) -> Result<(), String> {
     let mut current = match writer.take() {
         Some(current) => current,
         None => SqliteWriter::open(path).map_err(|e| e.to_string())?,
     };
-    let result = current.store(batches).map_err(|e| e.to_string());
+    let result = current.store(batches, logs).map_err(|e| e.to_string());
     *writer = Some(current);
     result
 }
@@ -223,12 +256,14 @@ fn run_sqlite(
         if let Message::Store(first) = message {
             let jobs = gather(first, &mut receiver);
             let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-            let results = match store_sqlite(&mut writer, &path, &batches) {
+            let logs: Vec<&[LogLine]> = jobs.iter().map(|j| j.logs.as_slice()).collect();
+            let results = match store_sqlite(&mut writer, &path, &batches, &logs) {
                 Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
                 Err(error) if jobs.len() == 1 => vec![Err(error)],
                 Err(_) => batches
                     .iter()
-                    .map(|rows| store_sqlite(&mut writer, &path, &[*rows]))
+                    .zip(&logs)
+                    .map(|(rows, lines)| store_sqlite(&mut writer, &path, &[*rows], &[*lines]))
                     .collect(),
             };
             answer(jobs, results, &after);
@@ -266,6 +301,7 @@ async fn store_all(
     pool: &AnyPool,
     sqlite: bool,
     batches: &[&[Row]],
+    logs: &[&[LogLine]],
 ) -> Result<(), sqlx::Error> {
     if connection.is_none() {
         *connection = Some(connect(pool, sqlite).await?);
@@ -277,6 +313,9 @@ async fn store_all(
         let mut tx = conn.begin().await?;
         for rows in batches {
             store::insert_into(&mut tx, rows).await?;
+        }
+        for lines in logs {
+            crate::log_store::insert_into(&mut tx, lines).await?;
         }
         tx.commit().await
     }
@@ -317,14 +356,15 @@ async fn store_gathered(
 ) {
     let jobs = gather(first, receiver);
     let batches: Vec<&[Row]> = jobs.iter().map(|j| j.rows.as_slice()).collect();
-    let merged = store_all(connection, pool, sqlite, &batches).await;
+    let logs: Vec<&[LogLine]> = jobs.iter().map(|j| j.logs.as_slice()).collect();
+    let merged = store_all(connection, pool, sqlite, &batches, &logs).await;
     let results: Vec<Result<(), String>> = match merged {
         Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
         Err(error) if jobs.len() == 1 => vec![Err(error.to_string())],
         Err(_) => {
             let mut each = Vec::with_capacity(jobs.len());
-            for rows in &batches {
-                let alone = store_all(connection, pool, sqlite, &[*rows]).await;
+            for (rows, lines) in batches.iter().zip(&logs) {
+                let alone = store_all(connection, pool, sqlite, &[*rows], &[*lines]).await;
                 each.push(alone.map_err(|e| e.to_string()));
             }
             each
