@@ -187,7 +187,15 @@ async fn an_idle_connections_read_buffer_goes_to_the_next_reader() {
     second_server.write_all(b"two").await.unwrap();
     second_server.flush().await.unwrap();
     assert_eq!(read_exactly(&mut second, 3, 64).await, b"two");
-    assert_eq!(spare_buffers(), spare, "and taken by the next connection to read");
+    assert_eq!(
+        spare_buffers(),
+        spare,
+        "and taken by the next connection to read"
+    );
     drop(second);
-    assert_eq!(spare_buffers(), spare + 1, "a dropped connection leaves its buffer too");
+    assert_eq!(
+        spare_buffers(),
+        spare + 1,
+        "a dropped connection leaves its buffer too"
+    );
 }
