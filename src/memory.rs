@@ -1,4 +1,5 @@
-//! Allocator tuning for long-running processes (glibc only; musl builds need none).
+//! Allocator tuning for long-running processes (glibc, as in the image; other C libraries
+//! need none).
 //!
 //! glibc's malloc serves a large allocation (over the mmap threshold, 128 KiB at start) with a
 //! mapping of its own and unmaps it on free. But each time such a block is freed, glibc *raises*

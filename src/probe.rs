@@ -1,6 +1,6 @@
 //! `stratus probe`: a health check from inside the container.
 //!
-//! The image is `FROM scratch` (the static binary alone: no shell, no curl), so a compose or
+//! The image has no shell and no curl (distroless: the binary and glibc), so a compose or
 //! Docker `HEALTHCHECK` runs the binary itself: `stratus probe` asks `/healthz` on the
 //! component's own port and exits 0 on a 2xx, 1 otherwise. `--tcp` only connects (for DNS,
 //! which has no HTTP port). The gateway answers `/healthz` on its admin port
