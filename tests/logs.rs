@@ -274,14 +274,21 @@ async fn bad_input_is_refused_and_stores_nothing() {
     // (what, status, lines counted as refused)
     let mut refused_lines = 0;
     let mut refused_requests = 0;
+    // A 10 MB line: refused as too large. The sink stops reading at its limit, so the client may
+    // see its write cut off rather than the 413 (as for the record intake in tests/events.rs).
     let ten_mb = "x".repeat(10 << 20);
+    let huge = system
+        .internal()
+        .post(format!("{sink}/v1/logs"))
+        .json(&with(record(now, 9, &ten_mb)))
+        .send()
+        .await;
+    match huge {
+        Ok(response) => assert_refused(response, 413, "a 10 MB line").await,
+        Err(error) => assert!(error.is_request() || error.is_body(), "{error}"),
+    }
+    refused_requests += 1;
     let cases: Vec<(&str, u16, usize, reqwest::Response)> = vec![
-        (
-            "a 10 MB line",
-            413,
-            0,
-            post_json(&system, &sink, &with(record(now, 9, &ten_mb))).await,
-        ),
         (
             "a 70 KB line",
             413,
