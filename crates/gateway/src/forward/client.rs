@@ -60,6 +60,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_BUFFER: usize = 8 * 1024;
 /// A read is given at least this much room.
 const MIN_READ: usize = 1024;
+/// A read over TLS is given at least this much room: a full record's plaintext.
+const MIN_TLS_READ: usize = 16 * 1024;
 /// The most a body read adds to the buffer at once (for a long Content-Length body).
 const MAX_READ: usize = 64 * 1024;
 
@@ -105,7 +107,8 @@ impl Conn {
     }
 
     /// Reads what the socket has into the buffer, with room for at least `want` bytes (within
-    /// [`MIN_READ`]..[`MAX_READ`]). `Ok(0)`: the instance closed the connection.
+    /// [`MIN_READ`], or [`MIN_TLS_READ`] under TLS, ..[`MAX_READ`]). `Ok(0)`: the instance
+    /// closed the connection.
     ///
     /// Through tokio's `AsyncRead`, not `try_read_buf`: a read that fills less than the room it
     /// was given has drained the socket (epoll is edge-triggered), and `AsyncRead` then marks it
@@ -113,7 +116,15 @@ impl Conn {
     /// connection ([`Conn::alive`] when it is reused) paid a system call to learn "would
     /// block": one `recvfrom` in every proxied request.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
-        let room = (want as usize).clamp(MIN_READ, MAX_READ);
+        // Under TLS a read hands over a whole record's plaintext (up to 16 KiB) at once: room
+        // for one keeps the rest of a record from waiting in a buffer of its own and being
+        // copied twice.
+        let floor = if self.stream.is_tls() {
+            MIN_TLS_READ
+        } else {
+            MIN_READ
+        };
+        let room = (want as usize).clamp(floor, MAX_READ);
         if self.read.capacity() - self.read.len() < room {
             self.read.reserve(room.max(READ_BUFFER));
         }
