@@ -620,7 +620,7 @@ pub async fn reap_expired(store: Arc<MemoryStore>, period: Duration) {
 mod tests {
     use super::*;
 
-    fn registration(port: u16, ttl: f64) -> Registration {
+    pub(super) fn registration(port: u16, ttl: f64) -> Registration {
         Registration {
             address: "127.0.0.1".into(),
             port,
@@ -974,20 +974,8 @@ mod tests {
 
 #[cfg(test)]
 mod change_tests {
+    use super::tests::registration;
     use super::*;
-
-    fn registration(port: u16, ttl: f64) -> Registration {
-        Registration {
-            address: "127.0.0.1".into(),
-            port,
-            version: Some("1".into()),
-            metadata: Default::default(),
-            ttl_seconds: Some(ttl),
-            check: None,
-            interval: None,
-            timeout: None,
-        }
-    }
 
     #[test]
     fn every_change_is_in_the_ring_at_its_index() {
