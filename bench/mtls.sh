@@ -10,6 +10,11 @@
 #   - no reuse: every upstream connection closed by the instance after one answer, so each
 #     request is a new upstream connection and, with mTLS, a full handshake (TLS 1.3, no
 #     resumption): handshakes per second;
+#   - latency at a fixed rate: p50, p99 and p99.9 of every target at RATE_SHARE (0.6) of the
+#     plaintext gateway's median throughput at that size, paced by bench/paced.lua (wrk2 is not
+#     packaged here). At saturation a closed-loop client's p99 is mostly the queue the slower
+#     system builds, so it repeats the throughput ratio; at a fixed rate below both maxima it is
+#     the time mutual TLS adds to a request;
 #   - memory per idle upstream connection: IDLE client connections make the gateway open about
 #     as many upstream connections, which stay pooled after the load stops; the gateway's heap
 #     in use (malloc_in_use_bytes) and RSS before and after, per pooled connection.
@@ -51,6 +56,7 @@ WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 IDLE=${IDLE:-500}
 PATHS=${PATHS:-"small big close/small"}
+RATE_SHARE=${RATE_SHARE:-0.6}  # the paced phase's rate, as a share of plain's throughput
 HOLD=${HOLD:-0}  # seconds to keep everything running after setup, for a look by hand
 # Another build of the example (say, from the commit before a change), run as a third gateway
 # `mtls-base` with the same credentials and instances, so a change's before and after are
@@ -276,6 +282,28 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Latency at a fixed rate: each keep-alive size at RATE_SHARE of plain's median throughput.
+med_rps() { awk -F'\t' -v p="$1" -v t="$2" '$2==p && $3==t {print $4}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+paced_results=$work/paced.tsv
+: > "$paced_results"
+PACED_PATHS=$(printf '%s\n' $PATHS | grep -v '^close/' | tr '\n' ' ')
+for round in $(seq 1 "$ROUNDS"); do
+  order=("${TARGETS[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
+  for path in $PACED_PATHS; do
+    rate=$(awk -v r="$(med_rps "$path" plain)" -v s="$RATE_SHARE" 'BEGIN {printf "%d", r*s}')
+    per_thread=$(awk -v r="$rate" -v t="$WRK_THREADS" 'BEGIN {printf "%d", r/t}')
+    for target in "${order[@]}"; do
+      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "http://127.0.0.1:${PORT_OF[$target]}/$path" -- "$per_thread")
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      read -r p50 p99 p999 < <(awk '/^paced:/ {print $5, $7, $9}' <<<"$out")
+      errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rate" "$rps" "$p50" "$p99" "$p999" >> "$paced_results"
+      printf 'paced round %s %-6s %-9s at %6s rps: did %10s rps  p50 %6s us  p99 %6s us  p99.9 %6s us %s\n' \
+        "$round" "$path" "$target" "$rate" "$rps" "$p50" "$p99" "$p999" "$errors" >&2
+    done
+  done
+done
+
 # The handshakes nginx saw on the no-reuse mTLS instance: one connection per request, each
 # with a verified client certificate, none resumed.
 handshakes="not logged (INSTANCE=$INSTANCE)"
@@ -299,6 +327,19 @@ med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$r
       printf '%-12s %-9s %10.0f %8s %8s %10.2f %10.2f %8s %9.2f %8s %10s %8s\n' "$path" "$target" "$rps" "$p50" "$p99" \
         "$(awk -v a="$rps" -v b="$prps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$pp99" 'BEGIN{print a/b}')" "$cpu" \
         "$(awk -v a="$pcpu" -v b="$cpu" 'BEGIN{print a/b}')" "$icpu" "$fresh" "$calls"
+    done
+  done
+  echo
+  echo
+  echo "At a fixed rate ($RATE_SHARE of plain's median rps at that size, paced by bench/paced.lua; medians over rounds):"
+  pmed() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$paced_results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  printf '%-12s %-9s %8s %10s %8s %8s %9s %10s %11s\n' path target rate did_rps p50_us p99_us p999_us p99_ratio p999_ratio
+  for path in $PACED_PATHS; do
+    for target in "${TARGETS[@]}"; do
+      printf '%-12s %-9s %8s %10.0f %8s %8s %9s %10.2f %11.2f\n' "$path" "$target" "$(pmed "$path" "$target" 4)" "$(pmed "$path" "$target" 5)" \
+        "$(pmed "$path" "$target" 6)" "$(pmed "$path" "$target" 7)" "$(pmed "$path" "$target" 8)" \
+        "$(awk -v a="$(pmed "$path" "$target" 7)" -v b="$(pmed "$path" plain 7)" 'BEGIN{print a/b}')" \
+        "$(awk -v a="$(pmed "$path" "$target" 8)" -v b="$(pmed "$path" plain 8)" 'BEGIN{print a/b}')"
     done
   done
   echo

@@ -12,7 +12,7 @@
 #   - `stratus up` (release build, mutual TLS required: its default), as a new user would run it;
 #   - wrk (2 threads, CONNECTIONS connections) on `GET /api/catalog/products` through the gateway:
 #     each request leaves 3 records (its trace's spans) for the sink. wrk2 is not
-#     packaged here, so plain wrk holds the rate with a pacing script (bench/sink-load.lua: each
+#     packaged here, so plain wrk holds the rate with a pacing script (bench/paced.lua: each
 #     thread sends at most RATE/2 a second, catching up at most 100 ms behind): wrk's own
 #     latencies are then not corrected for coordinated omission, which this bench does not use.
 #     When the machine cannot reach RATE, the gateway's rate is what the printout says;
@@ -108,7 +108,7 @@ report=bench/results/sink-load-$(date -u +%Y%m%dT%H%M%SZ).txt
   echo "stratus $("$STRATUS" --version 2>/dev/null | head -1) from $BIN (tree $(git describe --always --dirty 2>/dev/null || echo unknown)), $(date -u +%FT%TZ)"
   echo "the sink's database: $SINK_DB"
   echo "machine: $(nproc) cores, $(uname -r), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "load: wrk (plain, paced by bench/sink-load.lua; wrk2 not installed) 2 threads, $CONNECTIONS connections,"
+  echo "load: wrk (plain, paced by bench/paced.lua; wrk2 not installed) 2 threads, $CONNECTIONS connections,"
   echo "      at most $RATE req/s on GET /api/catalog/products for $DURATION, then ${COOLDOWN}s without load"
 } | tee "$report"
 
@@ -117,7 +117,7 @@ report=bench/results/sink-load-$(date -u +%Y%m%dT%H%M%SZ).txt
 python3 bench/sink-load.py "$work/data" "$STRATUS" "$EVENTS" "$ADMIN" "$LOAD" "$COOLDOWN" "$INTERVAL" > "$work/probe.out" 2>&1 &
 probe_pid=$!
 tail -f --pid="$probe_pid" "$work/probe.out" | tee -a "$report" &
-wrk -t2 -c"$CONNECTIONS" -d"${LOAD}s" --latency -s bench/sink-load.lua \
+wrk -t2 -c"$CONNECTIONS" -d"${LOAD}s" --latency -s bench/paced.lua \
   "http://127.0.0.1:$GATEWAY/api/catalog/products" -- $((RATE / 2)) > "$work/wrk.out" 2>&1 &
 wrk_pid=$!
 wait "$wrk_pid" || { echo "wrk failed:" >&2; cat "$work/wrk.out" >&2; }

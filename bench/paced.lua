@@ -1,4 +1,4 @@
--- wrk pacing for bench/sink-load.sh (wrk2 is not packaged here): each wrk thread sends at most
+-- wrk pacing for bench/sink-load.sh and bench/mtls.sh (wrk2 is not packaged here): each wrk thread sends at most
 -- the rate given after `--` (requests a second), spread evenly. delay() is asked before every
 -- request of the thread's connections; it answers how long that connection waits so that the
 -- thread's requests follow a fixed schedule. A thread that falls behind catches up at most
@@ -30,4 +30,11 @@ function delay()
   local wait = next_ms - now
   if wait < 1 then return 0 end -- wrk's delays are whole milliseconds
   return math.floor(wait)
+end
+
+-- One line for the scripts that read more than wrk's own percentiles: the latency at p50, p99
+-- and p99.9 in microseconds, and the requests done.
+function done(summary, latency, requests)
+  io.write(string.format("paced: requests %d p50_us %d p99_us %d p999_us %d\n",
+    summary.requests, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
 end
