@@ -109,6 +109,7 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
 
 /// What the gateway knows of a client connection, worked out once when it is accepted rather
 /// than on each of the requests that keep-alive brings over it.
+#[derive(Clone)]
 pub struct ClientConnection {
     pub peer: SocketAddr,
     pub https: bool,

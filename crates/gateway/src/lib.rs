@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod discovery;
+pub mod edge_cache;
 pub mod forward;
 pub mod grpc;
 pub mod headers;
@@ -150,6 +151,10 @@ pub struct Args {
     #[arg(long, env = "STRATUS_RATE_LIMIT_REDIS_TIMEOUT", default_value = "100ms", value_parser = stratus_kit::duration::parse)]
     pub rate_limit_redis_timeout: Duration,
 
+    /// The most bytes of answers the edge cache holds (routes with `cache = { ... }`).
+    #[arg(long, env = "STRATUS_GATEWAY_CACHE_SIZE", default_value_t = 64 * 1024 * 1024)]
+    pub cache_size: u64,
+
     /// Add `x-served-by: <service>/<instance>` to responses.
     #[arg(long, env = "STRATUS_SERVED_BY", default_value_t = true, action = clap::ArgAction::Set)]
     pub served_by: bool,
@@ -253,6 +258,7 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
             rate_limit_redis_timeout: args.rate_limit_redis_timeout,
         },
         upstream_tls: upstream_tls.map(upstream_tls::UpstreamTls::new),
+        edge_cache: edge_cache::EdgeCache::new(args.cache_size),
     });
 
     // The layer-4 listeners are bound once, at start: their services stay followed and checked

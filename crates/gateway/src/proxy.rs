@@ -37,6 +37,8 @@ use crate::report::Hop;
 use crate::route::routes::{AuthMode, RequestView, Route, RouteTable};
 use crate::upstream::instances::Upstreams;
 
+mod edge;
+
 pub type Body = Either<PooledBody, Full<Bytes>>;
 
 pub struct Settings {
@@ -59,6 +61,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Mutual TLS to the instances, for every worker's pools (None: plaintext).
     pub upstream_tls: Option<Arc<crate::forward::upstream_tls::UpstreamTls>>,
+    /// The edge cache every worker shares (used by routes with `cache = { ... }`).
+    pub edge_cache: crate::edge_cache::EdgeCache,
 }
 
 /// One worker thread's proxy: the shared state plus a connection pool of its own, so a request
@@ -71,6 +75,8 @@ pub struct Proxy {
     pub events: Option<crate::report::WorkerEvents>,
     /// This worker's connection to the shared rate limits (None: limits are local only).
     shared_limits: Option<crate::route::ratelimit_redis::SharedLimits>,
+    /// The `Arc` this proxy lives in, for tasks of its own (the edge cache's refreshes).
+    me: std::sync::Weak<Proxy>,
 }
 
 impl Proxy {
@@ -79,6 +85,15 @@ impl Proxy {
         shared: Arc<Shared>,
         connect_timeout: Duration,
         body_idle_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(shared, connect_timeout, body_idle_timeout, me.clone()))
+    }
+
+    fn build(
+        shared: Arc<Shared>,
+        connect_timeout: Duration,
+        body_idle_timeout: Duration,
+        me: std::sync::Weak<Proxy>,
     ) -> Self {
         let events = shared
             .reporter
@@ -101,6 +116,7 @@ impl Proxy {
             forwarder,
             events,
             shared_limits,
+            me,
         }
     }
 
@@ -196,6 +212,37 @@ impl Proxy {
             // Boxed: inline, its state would make every HTTP/1.1 request's future larger.
             return Box::pin(self.handle_h2(route, parts, body, client, call)).await;
         }
+        // The edge cache answers what it holds; a miss goes on, leading its key's flight.
+        let plan = match &route.cache {
+            Some(cache) => edge::plan(cache, &parts),
+            None => crate::edge_cache::Plan::Bypass,
+        };
+        let mut miss = edge::Miss::default();
+        if let Some(cache) = &route.cache {
+            match self.edge_lookup(route, &plan, &parts, client).await {
+                edge::Lookup::Answered(response, outcome) => {
+                    cache.count(outcome);
+                    let status = response.status().as_u16();
+                    let elapsed = started.elapsed();
+                    route.metrics.record(status, elapsed.as_secs_f64());
+                    if let Some(events) = &self.events {
+                        events.record(Hop {
+                            trace,
+                            parent,
+                            route: &route.name,
+                            route_encoded: &route.event_name,
+                            method: &parts.method,
+                            status,
+                            elapsed,
+                            retries: 0,
+                            cache: Some("hit"),
+                        });
+                    }
+                    return finish(response, &request_id);
+                }
+                edge::Lookup::Fetch(fetch) => miss = fetch,
+            }
+        }
         let body = match read_body(body, self.shared.settings.max_body).await {
             Ok(body) => body,
             Err(rejection) => return finish(problem(rejection), &request_id),
@@ -251,6 +298,27 @@ impl Proxy {
                 &mut retries,
             )
             .await;
+        let mut cached = None;
+        let mut response = match &route.cache {
+            Some(cache) => {
+                let (response, outcome) = self
+                    .edge_keep(cache, &plan, &parts.headers, response, miss)
+                    .await;
+                cache.count(outcome);
+                cached = match outcome {
+                    crate::edge_cache::Outcome::Hit | crate::edge_cache::Outcome::Stale => {
+                        Some("hit")
+                    }
+                    crate::edge_cache::Outcome::Miss => Some("miss"),
+                    crate::edge_cache::Outcome::Bypass => None,
+                };
+                response
+            }
+            None => response,
+        };
+        if routes.caches {
+            self.edge_purge_after_write(&parts.method, parts.uri.path(), &mut response);
+        }
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
         route.metrics.record(status, elapsed.as_secs_f64());
@@ -264,6 +332,7 @@ impl Proxy {
                 status,
                 elapsed,
                 retries,
+                cache: cached,
             });
         }
         finish(response, &request_id)
@@ -318,6 +387,7 @@ impl Proxy {
                 status,
                 elapsed,
                 retries,
+                cache: None,
             });
         }
         finish(response, &call.request_id)

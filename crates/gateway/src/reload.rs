@@ -48,6 +48,8 @@ pub async fn watch(path: PathBuf, shared: Arc<Shared>, status: SharedStatus) {
                 table.carry_over(&shared.routes.load());
                 tracing::info!(routes = table.routes.len(), file = %path.display(), "route table reloaded");
                 shared.routes.store(Arc::new(table));
+                // A route may now send elsewhere, or keep answers under other rules.
+                shared.edge_cache.purge_all();
                 report.reloads += 1;
                 report.last_error = None;
                 metrics::counter!("gateway_route_reloads_total", "result" => "loaded").increment(1);

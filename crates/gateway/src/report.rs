@@ -38,6 +38,8 @@ pub struct Hop<'a> {
     pub status: u16,
     pub elapsed: Duration,
     pub retries: u32,
+    /// The edge cache's part: `hit` (answered by the gateway, no instance asked) or `miss`.
+    pub cache: Option<&'static str>,
 }
 
 pub struct WorkerEvents {
@@ -76,7 +78,7 @@ impl WorkerEvents {
             started_us: now_us - duration_us as i64,
             duration_us,
             retries: (hop.retries > 0).then_some(hop.retries),
-            cache: None,
+            cache: hop.cache,
             topic: None,
             breaker: None,
             peer: None,

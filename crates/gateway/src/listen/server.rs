@@ -145,11 +145,11 @@ impl Workers {
                         }
                     };
                     runtime.block_on(async move {
-                        let proxy = Arc::new(Proxy::new(
+                        let proxy = Proxy::new(
                             shared,
                             limits.connect_timeout,
                             limits.upstream_idle_timeout,
-                        ));
+                        );
                         if proxy.events.is_some() {
                             let flusher = proxy.clone();
                             tokio::spawn(async move {

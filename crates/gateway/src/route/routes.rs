@@ -96,6 +96,9 @@ struct RouteSpec {
     /// `"http1"` (default) or `"h2c"`.
     #[serde(default)]
     upstream_protocol: UpstreamProtocol,
+    /// The edge cache for this route's GET and HEAD answers (see `edge_cache`).
+    #[serde(default)]
+    cache: Option<crate::edge_cache::CacheSpec>,
 }
 
 fn default_retries() -> u32 {
@@ -179,6 +182,8 @@ pub struct Route {
     pub deployment: Arc<Deployment>,
     /// HTTP/2 (h2c) to the instances rather than HTTP/1.1.
     pub h2c: bool,
+    /// The edge cache's settings for this route (None: answers are not kept).
+    pub cache: Option<crate::edge_cache::RouteCache>,
 }
 
 /// Retries may add at most 20% to a route's load (Finagle's retry budget), so when an upstream
@@ -323,6 +328,8 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
     /// Whether any route matches on the host (so the request path knows to look at it).
     pub matches_hosts: bool,
+    /// Whether any route keeps answers in the edge cache (so writes know to purge).
+    pub caches: bool,
     /// Layer-4 listeners; bound at start-up (a reload does not change them).
     pub tcp: Vec<TcpRoute>,
 }
@@ -458,7 +465,19 @@ impl RouteTable {
             let deployment = Arc::new(
                 Deployment::new(spec.split.clone()).map_err(|e| invalid(format!("split: {e}")))?,
             );
+            let cache = match &spec.cache {
+                Some(_) if spec.upstream_protocol == UpstreamProtocol::H2c => {
+                    return Err(invalid(
+                        "cache applies to HTTP/1.1 routes, not upstream_protocol = \"h2c\"".into(),
+                    ));
+                }
+                Some(cache) => {
+                    Some(crate::edge_cache::RouteCache::new(&name, cache).map_err(invalid)?)
+                }
+                None => None,
+            };
             routes.push(Route {
+                cache,
                 h2c: spec.upstream_protocol == UpstreamProtocol::H2c,
                 deployment,
                 balance: Balance {
@@ -500,10 +519,12 @@ impl RouteTable {
             })
             .collect::<Result<Vec<_>, RouteError>>()?;
         let matches_hosts = routes.iter().any(|r| r.host.is_some());
+        let caches = routes.iter().any(|r| r.cache.is_some());
         Ok(Self {
             routes,
             tcp,
             matches_hosts,
+            caches,
         })
     }
 
