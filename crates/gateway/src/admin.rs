@@ -2,8 +2,9 @@
 //! the deployment controls: a route's split between versions can be read
 //! (`GET /v1/routes/{name}/split`), replaced (`PUT`, the same fields as `split` in the route
 //! file), removed (`DELETE`: every instance again) and its canary rolled back
-//! (`POST /v1/routes/{name}/rollback`: every request to the stable version at once). Its OpenAPI
-//! document is `openapi.json`, served at `/openapi.json`.
+//! (`POST /v1/routes/{name}/rollback`: every request to the stable version at once). The edge
+//! cache's size is `GET /v1/cache`, and `POST /v1/cache/purge` purges by path, by surrogate key
+//! or everything. Its OpenAPI document is `openapi.json`, served at `/openapi.json`.
 
 use std::sync::Arc;
 
@@ -40,6 +41,8 @@ fn api() -> Api<AdminState> {
         .put(split, put_split)
         .delete(split, delete_split)
         .post("/v1/routes/{name}/rollback", rollback)
+        .get("/v1/cache", cache_size)
+        .post("/v1/cache/purge", cache_purge)
         // It can move any route's traffic: operators only (with the mesh on).
         .layer(axum::middleware::from_fn(
             stratus_kit::caller::operator_only,
@@ -157,6 +160,63 @@ async fn rollback(
     tracing::warn!(route = %name, canary = %rollback.canary, stable = %rollback.stable, "canary rolled back through the admin API");
     metrics::counter!("gateway_canary_rollbacks_total", "route" => name).increment(1);
     Ok(axum::Json(deployment.describe()))
+}
+
+async fn cache_size(State(AdminState { proxy, .. }): State<AdminState>) -> axum::Json<Value> {
+    let (entries, bytes) = proxy.edge_cache.size();
+    axum::Json(json!({ "entries": entries, "bytes": bytes, "budget": proxy.edge_cache.budget() }))
+}
+
+/// What `POST /v1/cache/purge` takes: exactly one of the three.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Purge {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn cache_purge(
+    State(AdminState { proxy, .. }): State<AdminState>,
+    stratus_kit::Json(purge): stratus_kit::Json<Purge>,
+) -> Result<axum::Json<Value>, Problem> {
+    let cache = &proxy.edge_cache;
+    let purged = match (purge.path, purge.tags, purge.all) {
+        (Some(path), None, false) if path.starts_with('/') => {
+            cache.purge_path(&path);
+            json!({ "path": path })
+        }
+        (Some(_), None, false) => {
+            return Err(Problem::unprocessable("path must start with '/'"));
+        }
+        (None, Some(tags), false) if !tags.is_empty() && tags.iter().all(|t| valid_tag(t)) => {
+            cache.purge_tags(tags.clone());
+            json!({ "tags": tags })
+        }
+        (None, Some(_), false) => {
+            return Err(Problem::unprocessable(
+                "tags must be a non-empty list of surrogate keys (no spaces, at most 256 bytes each)",
+            ));
+        }
+        (None, None, true) => {
+            cache.purge_all();
+            json!({ "all": true })
+        }
+        _ => {
+            return Err(Problem::unprocessable(
+                "give exactly one of path, tags or all = true",
+            ))
+        }
+    };
+    tracing::info!(%purged, "edge cache purged through the admin API");
+    Ok(axum::Json(json!({ "purged": purged })))
+}
+
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= 256 && !tag.chars().any(char::is_whitespace)
 }
 
 #[cfg(test)]

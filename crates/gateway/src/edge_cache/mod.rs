@@ -323,6 +323,7 @@ impl moka::Expiry<Key, Arc<Entry>> for KeepFor {
 
 /// The gateway's one cache, shared by its worker threads.
 pub struct EdgeCache {
+    budget: u64,
     entries: moka::sync::Cache<Key, Arc<Entry>>,
     flights: flight::Flights<Key>,
     purges: metrics::Counter,
@@ -338,6 +339,7 @@ impl EdgeCache {
             .support_invalidation_closures()
             .build();
         let cache = Self {
+            budget,
             entries,
             flights: flight::Flights::default(),
             purges: metrics::counter!("gateway_cache_purges_total"),
@@ -394,6 +396,11 @@ impl EdgeCache {
         }
         self.purges.increment(1);
         self.publish_size();
+    }
+
+    /// The most bytes it holds.
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// Entries and bytes held, as moka last counted them.
