@@ -42,6 +42,31 @@ pub fn public(max_age: u32, stale: u32) -> HeaderValue {
     .unwrap_or(HeaderValue::from_static(PRIVATE))
 }
 
+/// The header that names what an answer shows, for the purges of a shared cache: the
+/// gateway's edge cache drops every answer tagged with a key that a successful write's answer
+/// names (`Surrogate-Key`, space-separated, Fastly's and Varnish's convention). The gateway
+/// keeps it from its clients.
+pub const SURROGATE_KEY: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("surrogate-key");
+
+/// A `Surrogate-Key` header naming `keys` (a key with a space or a character not allowed in a
+/// header is left out).
+pub fn surrogate_keys<K: AsRef<str>>(
+    keys: impl IntoIterator<Item = K>,
+) -> (axum::http::HeaderName, HeaderValue) {
+    let joined = keys
+        .into_iter()
+        .filter(|k| {
+            let k = k.as_ref();
+            !k.is_empty() && !k.contains(' ') && HeaderValue::from_str(k).is_ok()
+        })
+        .map(|k| k.as_ref().to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let value = HeaderValue::from_str(&joined).unwrap_or(HeaderValue::from_static(""));
+    (SURROGATE_KEY, value)
+}
+
 /// The middleware: tags GET answers and answers a matching `If-None-Match` with 304.
 pub async fn revalidate(request: Request, next: Next) -> Response {
     if request.method() != Method::GET {

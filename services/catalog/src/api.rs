@@ -137,7 +137,10 @@ async fn list(
     .fetch_all(&state.pool)
     .await?;
     Ok((
-        [(header::CACHE_CONTROL, http_cache::public(MAX_AGE, STALE))],
+        [
+            (header::CACHE_CONTROL, http_cache::public(MAX_AGE, STALE)),
+            http_cache::surrogate_keys([LIST_KEY]),
+        ],
         axum::Json(rows.into_iter().map(product).collect::<Vec<_>>()),
     ))
 }
@@ -147,7 +150,10 @@ async fn fetch(State(state): Shared, Path(id): Path<String>) -> Result<impl Into
     let product = found.ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
     state.views.add(&id, 1);
     Ok((
-        [(header::CACHE_CONTROL, http_cache::public(MAX_AGE, STALE))],
+        [
+            (header::CACHE_CONTROL, http_cache::public(MAX_AGE, STALE)),
+            http_cache::surrogate_keys([product_key(&id)]),
+        ],
         outcome,
         axum::Json(product),
     ))
@@ -185,6 +191,7 @@ async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
+        [http_cache::surrogate_keys([LIST_KEY])],
         axum::Json(product),
     ))
 }
@@ -216,14 +223,15 @@ async fn update(
     let updated = load(&state.pool, &id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
-    Ok(axum::Json(updated))
+    let changed = http_cache::surrogate_keys([product_key(&id).as_str(), LIST_KEY]);
+    Ok(([changed], axum::Json(updated)))
 }
 
 async fn remove(
     State(state): Shared,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<StatusCode, Problem> {
+) -> Result<impl IntoResponse, Problem> {
     caller.require_role_or_permission("admin", "catalog:write")?;
     let result = sqlx::query("DELETE FROM products WHERE id = $1")
         .bind(&id)
@@ -233,7 +241,17 @@ async fn remove(
         return Err(Problem::not_found(format!("no product {id}")));
     }
     state.products.invalidate(&id).await;
-    Ok(StatusCode::NO_CONTENT)
+    let changed = http_cache::surrogate_keys([product_key(&id).as_str(), LIST_KEY]);
+    Ok((StatusCode::NO_CONTENT, [changed]))
+}
+
+/// The surrogate key of every answer that lists products (the gateway's edge cache purges by
+/// it when a write's answer names it).
+const LIST_KEY: &str = "products";
+
+/// The surrogate key of one product's answers.
+fn product_key(id: &str) -> String {
+    format!("product-{id}")
 }
 
 #[cfg(test)]
