@@ -119,7 +119,8 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", GW, timeout=60)
-                conn.request("GET", PATH)
+                # no-store: past the edge cache, so each request shows which instance served it.
+                conn.request("GET", PATH, headers={"Cache-Control": "no-store"})
                 response = conn.getresponse()
                 response.read()
                 done = time.time()

@@ -117,7 +117,9 @@ report=bench/results/sink-load-$(date -u +%Y%m%dT%H%M%SZ).txt
 python3 bench/sink-load.py "$work/data" "$STRATUS" "$EVENTS" "$ADMIN" "$LOAD" "$COOLDOWN" "$INTERVAL" > "$work/probe.out" 2>&1 &
 probe_pid=$!
 tail -f --pid="$probe_pid" "$work/probe.out" | tee -a "$report" &
-wrk -t2 -c"$CONNECTIONS" -d"${LOAD}s" --latency -s bench/paced.lua \
+# `Cache-Control: no-store`: past the gateway's edge cache, so every request reaches catalog and
+# leaves its three records (the load this bench is about).
+wrk -t2 -c"$CONNECTIONS" -d"${LOAD}s" --latency -s bench/paced.lua -H "Cache-Control: no-store" \
   "http://127.0.0.1:$GATEWAY/api/catalog/products" -- $((RATE / 2)) > "$work/wrk.out" 2>&1 &
 wrk_pid=$!
 wait "$wrk_pid" || { echo "wrk failed:" >&2; cat "$work/wrk.out" >&2; }
