@@ -153,12 +153,16 @@ async fn private(State(shop): State<Shop>) -> axum::response::Response {
 }
 
 async fn start() -> (System, Shop) {
+    let (system, shop, _) = start_keeping_routes().await;
+    (system, shop)
+}
+
+/// The system, the shop, and the route file (for another gateway).
+async fn start_keeping_routes() -> (System, Shop, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
     std::fs::write(&routes, ROUTES).unwrap();
     let system = System::start_edge(Some(&routes)).await;
-    // The file is read at start; the directory may go.
-    std::mem::forget(dir);
     let shop = Shop::default();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -173,7 +177,7 @@ async fn start() -> (System, Shop) {
     let port = backend::serve_app(Some("shop"), app).await;
     system.register("shop", "shop-1", port, json!({})).await;
     system.wait_gateway_sees("shop", 1).await;
-    (system, shop)
+    (system, shop, dir)
 }
 
 async fn get_with(system: &System, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -327,6 +331,7 @@ async fn keeps_public_answers_answers_304s_and_purges_what_a_write_changed() {
         json!({ "tags": [] }),
         json!({ "path": "/a", "all": true }),
         json!({ "what": 1 }),
+        json!({ "path": "/", "tags": null }),
     ] {
         let refused = purge(bad.clone()).await.unwrap();
         assert_eq!(refused.status().as_u16() / 100, 4, "{bad}");
@@ -464,5 +469,92 @@ async fn a_thousand_concurrent_misses_make_one_upstream_request() {
         shop.reached("/slow"),
         1,
         "one fetch for every concurrent miss"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_at_one_gateway_reaches_the_others() {
+    let (mut system, _shop, dir) = start_keeping_routes().await;
+    let routes = dir.path().join("routes.toml").display().to_string();
+    let (port, admin) = (support::free_port(), support::free_port());
+    let (port_text, admin_text) = (port.to_string(), admin.to_string());
+    system.spawn(
+        "gateway",
+        &[
+            ("PORT", port_text.as_str()),
+            ("STRATUS_ADMIN_PORT", admin_text.as_str()),
+            ("STRATUS_ROUTES", routes.as_str()),
+        ],
+    );
+    system
+        .wait_http_ok(&system.internal_url(admin, "/readyz"))
+        .await;
+    let second = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    // Both registered: the first gateway's relay finds the second in the registry.
+    system.wait_registered("gateway", 2).await;
+    let read_second = || async {
+        let response = system
+            .http
+            .get(second("/shop/products/3"))
+            .send()
+            .await
+            .unwrap();
+        let how = x_cache(&response);
+        (how, response.text().await.unwrap())
+    };
+    let _ = get_with(&system, "/shop/products/3", &[]).await;
+    assert_eq!(
+        x_cache(&get_with(&system, "/shop/products/3", &[]).await),
+        "hit"
+    );
+    let _ = read_second().await;
+    assert_eq!(read_second().await.0, "hit");
+
+    // A write through the first gateway: the second's copy goes too, within moments.
+    let write = system
+        .http
+        .put(system.url("/shop/products/3"))
+        .json(&json!({ "price": 300 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (how, body) = read_second().await;
+        if body == r#"{"id":"3","price":300}"# {
+            assert_eq!(how, "miss");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second gateway kept {body} ({how})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // An operator's purge at the first gateway reaches the second as well.
+    assert_eq!(read_second().await.0, "hit");
+    let purge = system
+        .internal()
+        .post(system.admin_url("/v1/cache/purge"))
+        .json(&json!({ "tags": ["product-3"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while read_second().await.0 != "miss" {
+        assert!(Instant::now() < deadline, "the second gateway never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = gateway_metrics(&system).await;
+    assert!(
+        metric_sum(
+            &metrics,
+            "gateway_cache_purges_relayed_total",
+            "result=\"ok\""
+        ) >= 3.0,
+        "path and tags of the write, and the admin's tags"
     );
 }

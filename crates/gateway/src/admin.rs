@@ -42,13 +42,33 @@ fn api() -> Api<AdminState> {
         .delete(split, delete_split)
         .post("/v1/routes/{name}/rollback", rollback)
         .get("/v1/cache", cache_size)
-        .post("/v1/cache/purge", cache_purge)
-        // It can move any route's traffic: operators only (with the mesh on).
-        .layer(axum::middleware::from_fn(
-            stratus_kit::caller::operator_only,
-        ))
+        .post(PURGE, cache_purge)
+        // It can move any route's traffic: operators only (with the mesh on), but for the
+        // purges other gateways pass on (`purge_relay.rs`).
+        .layer(axum::middleware::from_fn(operators_and_peer_purges))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
+
+/// Operators may use everything; another gateway (its certificate) may only purge.
+async fn operators_and_peer_purges(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use stratus_kit::caller::Caller;
+    let caller = Caller::of(request.extensions().get::<stratus_kit::identity::Peer>());
+    let allowed = if request.uri().path() == PURGE && request.method() == axum::http::Method::POST {
+        caller.acts_as("gateway")
+    } else {
+        caller.operator()
+    };
+    match allowed {
+        Ok(()) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+const PURGE: &str = "/v1/cache/purge";
 
 pub fn router(proxy: Arc<Shared>, reload: SharedStatus) -> Api {
     api().with_state(AdminState { proxy, reload })
@@ -171,29 +191,42 @@ async fn cache_size(State(AdminState { proxy, .. }): State<AdminState>) -> axum:
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Purge {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     path: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     tags: Option<Vec<String>>,
     #[serde(default)]
     all: bool,
+    /// Sent by another gateway: purge here, do not pass it on again.
+    #[serde(default)]
+    relayed: bool,
+}
+
+/// A field that, when given, must hold a value: `null` is refused, not read as absent.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 async fn cache_purge(
     State(AdminState { proxy, .. }): State<AdminState>,
     stratus_kit::Json(purge): stratus_kit::Json<Purge>,
 ) -> Result<axum::Json<Value>, Problem> {
-    let cache = &proxy.edge_cache;
+    use crate::edge_cache::Purge as Do;
+    let from_a_peer = purge.relayed;
     let purged = match (purge.path, purge.tags, purge.all) {
         (Some(path), None, false) if path.starts_with('/') => {
-            cache.purge_path(&path);
+            proxy.purge(Do::Path(path.clone()), from_a_peer);
             json!({ "path": path })
         }
         (Some(_), None, false) => {
             return Err(Problem::unprocessable("path must start with '/'"));
         }
         (None, Some(tags), false) if !tags.is_empty() && tags.iter().all(|t| valid_tag(t)) => {
-            cache.purge_tags(tags.clone());
+            proxy.purge(Do::Tags(tags.clone()), from_a_peer);
             json!({ "tags": tags })
         }
         (None, Some(_), false) => {
@@ -202,7 +235,7 @@ async fn cache_purge(
             ));
         }
         (None, None, true) => {
-            cache.purge_all();
+            proxy.purge(Do::All, from_a_peer);
             json!({ "all": true })
         }
         _ => {
@@ -211,7 +244,7 @@ async fn cache_purge(
             ))
         }
     };
-    tracing::info!(%purged, "edge cache purged through the admin API");
+    tracing::info!(%purged, from_a_peer, "edge cache purged through the admin API");
     Ok(axum::Json(json!({ "purged": purged })))
 }
 

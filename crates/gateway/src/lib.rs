@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod headers;
 pub mod listen;
 pub mod proxy;
+pub mod purge_relay;
 pub mod reload;
 pub mod report;
 pub mod route;
@@ -259,6 +260,10 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
         },
         upstream_tls: upstream_tls.map(upstream_tls::UpstreamTls::new),
         edge_cache: edge_cache::EdgeCache::new(args.cache_size),
+        purge_relay: Some(purge_relay::PurgeRelay::start(
+            RegistryClient::new(&args.common.registry_url)?,
+            instance_id.clone(),
+        )?),
     });
 
     // The layer-4 listeners are bound once, at start: their services stay followed and checked

@@ -63,6 +63,18 @@ pub struct Shared {
     pub upstream_tls: Option<Arc<crate::forward::upstream_tls::UpstreamTls>>,
     /// The edge cache every worker shares (used by routes with `cache = { ... }`).
     pub edge_cache: crate::edge_cache::EdgeCache,
+    /// Passes this gateway's purges to the others (None: no registry to find them in).
+    pub purge_relay: Option<crate::purge_relay::PurgeRelay>,
+}
+
+impl Shared {
+    /// Purges the edge cache here and, unless the purge came from another gateway, there too.
+    pub fn purge(&self, purge: crate::edge_cache::Purge, from_a_peer: bool) {
+        self.edge_cache.purge(&purge);
+        if let (false, Some(relay)) = (from_a_peer, &self.purge_relay) {
+            relay.relay(purge);
+        }
+    }
 }
 
 /// One worker thread's proxy: the shared state plus a connection pool of its own, so a request

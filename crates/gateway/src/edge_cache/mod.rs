@@ -321,6 +321,17 @@ impl moka::Expiry<Key, Arc<Entry>> for KeepFor {
     }
 }
 
+/// One purge, as the admin API takes it and as gateways pass it to each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    /// Every answer stored for this path (any route, host or query).
+    Path(String),
+    /// Every answer tagged with any of these surrogate keys.
+    Tags(Vec<String>),
+    /// Everything.
+    All,
+}
+
 /// The gateway's one cache, shared by its worker threads.
 pub struct EdgeCache {
     budget: u64,
@@ -366,6 +377,14 @@ impl EdgeCache {
 
     pub fn in_flight(&self, key: &Key) -> bool {
         self.flights.in_flight(key)
+    }
+
+    pub fn purge(&self, purge: &Purge) {
+        match purge {
+            Purge::Path(path) => self.purge_path(path),
+            Purge::Tags(tags) => self.purge_tags(tags.clone()),
+            Purge::All => self.purge_all(),
+        }
     }
 
     /// Purges every answer stored for `path` (any route, host or query).

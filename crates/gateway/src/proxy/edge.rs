@@ -26,7 +26,8 @@ use stratus_kit::Problem;
 
 use super::{problem, request_host, Body, Proxy};
 use crate::edge_cache::{
-    self, Entry, Flight, Freshness, Key, Lead, Outcome, Plan, RouteCache, SURROGATE_KEY, X_CACHE,
+    self, Entry, Flight, Freshness, Key, Lead, Outcome, Plan, Purge, RouteCache, SURROGATE_KEY,
+    X_CACHE,
 };
 use crate::headers::{self, ClientConnection};
 use crate::route::routes::{RequestView, Route};
@@ -209,9 +210,11 @@ impl Proxy {
         if !(status.is_success() || status.is_redirection()) {
             return;
         }
-        let cache = &self.shared.edge_cache;
-        cache.purge_path(path);
-        cache.purge_tags(edge_cache::tags_of(response.headers()));
+        self.shared.purge(Purge::Path(path.to_owned()), false);
+        let tags = edge_cache::tags_of(response.headers());
+        if !tags.is_empty() {
+            self.shared.purge(Purge::Tags(tags), false);
+        }
         response.headers_mut().remove(&SURROGATE_KEY);
     }
 
