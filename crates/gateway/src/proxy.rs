@@ -229,7 +229,7 @@ impl Proxy {
             Some(cache) => edge::plan(cache, &parts),
             None => crate::edge_cache::Plan::Bypass,
         };
-        let mut miss = edge::Miss::default();
+        let mut miss = None;
         if let Some(cache) = &route.cache {
             match self.edge_lookup(route, &plan, &parts, client).await {
                 edge::Lookup::Answered(response, outcome) => {
@@ -252,7 +252,7 @@ impl Proxy {
                     }
                     return finish(response, &request_id);
                 }
-                edge::Lookup::Fetch(fetch) => miss = fetch,
+                edge::Lookup::Fetch(fetch) => miss = Some(fetch),
             }
         }
         let body = match read_body(body, self.shared.settings.max_body).await {
@@ -313,6 +313,7 @@ impl Proxy {
         let mut cached = None;
         let mut response = match &route.cache {
             Some(cache) => {
+                let miss = miss.unwrap_or_else(|| edge::Miss::alone(&self.shared.edge_cache));
                 let (response, outcome) = self
                     .edge_keep(cache, &plan, &parts.headers, response, miss)
                     .await;
@@ -329,7 +330,7 @@ impl Proxy {
             None => response,
         };
         if routes.caches {
-            self.edge_purge_after_write(&parts.method, parts.uri.path(), &mut response);
+            self.edge_purge_after_write(&routes, &parts.method, parts.uri.path(), &mut response);
         }
         let status = response.status().as_u16();
         let elapsed = started.elapsed();

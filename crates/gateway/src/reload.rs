@@ -49,7 +49,7 @@ pub async fn watch(path: PathBuf, shared: Arc<Shared>, status: SharedStatus) {
                 tracing::info!(routes = table.routes.len(), file = %path.display(), "route table reloaded");
                 shared.routes.store(Arc::new(table));
                 // A route may now send elsewhere, or keep answers under other rules.
-                shared.edge_cache.purge_all();
+                shared.edge_cache.purge(&crate::edge_cache::Purge::All);
                 report.reloads += 1;
                 report.last_error = None;
                 metrics::counter!("gateway_route_reloads_total", "result" => "loaded").increment(1);

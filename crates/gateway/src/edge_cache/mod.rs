@@ -36,7 +36,9 @@
 mod directives;
 mod entry;
 mod flight;
+mod index;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -336,6 +338,10 @@ pub enum Purge {
 pub struct EdgeCache {
     budget: u64,
     entries: moka::sync::Cache<Key, Arc<Entry>>,
+    index: Arc<index::PurgeIndex<Key>>,
+    /// Bumped by every purge: a fetch that began before one is not kept (its answer may be
+    /// what the purge was for).
+    generation: AtomicU64,
     flights: flight::Flights<Key>,
     purges: metrics::Counter,
 }
@@ -343,15 +349,24 @@ pub struct EdgeCache {
 impl EdgeCache {
     /// A cache holding at most `budget` bytes of answers.
     pub fn new(budget: u64) -> Self {
+        let index = Arc::new(index::PurgeIndex::default());
+        let forget = index.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(budget)
             .weigher(|_key: &Key, entry: &Arc<Entry>| entry.weight())
             .expire_after(KeepFor)
-            .support_invalidation_closures()
+            .eviction_listener(move |key: Arc<Key>, entry: Arc<Entry>, cause| {
+                // A replaced entry's key is listed again by the insert that replaced it.
+                if cause != moka::notification::RemovalCause::Replaced {
+                    forget.remove(key.as_ref(), key.path(), &entry.tags);
+                }
+            })
             .build();
         let cache = Self {
             budget,
             entries,
+            index,
+            generation: AtomicU64::new(0),
             flights: flight::Flights::default(),
             purges: metrics::counter!("gateway_cache_purges_total"),
         };
@@ -366,8 +381,30 @@ impl EdgeCache {
         (shared && entry.matches(request)).then_some(entry)
     }
 
-    pub fn insert(&self, key: Key, entry: Entry) {
-        self.entries.insert(key, Arc::new(entry));
+    /// The moment a fetch begins, for [`EdgeCache::insert`].
+    pub fn begin(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keeps `entry` under `key`, unless a purge came after its fetch `began`.
+    ///
+    /// A purge bumps the generation, then takes the keys it names from the index. Listing the
+    /// key first and checking the generation on both sides of the store means that a purge
+    /// either finds the entry or is seen here, whatever the interleaving.
+    pub fn insert(&self, key: Key, entry: Entry, began: u64) {
+        let tags = entry.tags.clone();
+        self.index.add(&key, key.path(), &tags);
+        if self.generation.load(Ordering::Acquire) != began {
+            self.index.remove(&key, key.path(), &tags);
+            return;
+        }
+        self.entries.insert(key.clone(), Arc::new(entry));
+        if self.generation.load(Ordering::Acquire) != began {
+            self.entries.invalidate(&key);
+        }
+        // moka counts entries and weight in its housekeeping; a miss (never the hit path) is
+        // the moment to let it catch up, so the gauges say what is held.
+        self.entries.run_pending_tasks();
         self.publish_size();
     }
 
@@ -380,38 +417,21 @@ impl EdgeCache {
     }
 
     pub fn purge(&self, purge: &Purge) {
-        match purge {
-            Purge::Path(path) => self.purge_path(path),
-            Purge::Tags(tags) => self.purge_tags(tags.clone()),
-            Purge::All => self.purge_all(),
-        }
-    }
-
-    /// Purges every answer stored for `path` (any route, host or query).
-    pub fn purge_path(&self, path: &str) {
-        let path = path.to_owned();
-        self.purge_if(move |key, _| key.path() == path);
-    }
-
-    /// Purges every answer tagged with any of `tags`.
-    pub fn purge_tags(&self, tags: Vec<String>) {
-        if tags.is_empty() {
-            return;
-        }
-        self.purge_if(move |_, entry| entry.tags.iter().any(|t| tags.iter().any(|w| **t == **w)));
-    }
-
-    pub fn purge_all(&self) {
-        self.entries.invalidate_all();
-        self.purges.increment(1);
-        self.publish_size();
-    }
-
-    fn purge_if(&self, predicate: impl Fn(&Key, &Arc<Entry>) -> bool + Send + Sync + 'static) {
-        if self.entries.invalidate_entries_if(predicate).is_err() {
-            // Only possible without `support_invalidation_closures`, which `new` sets; were
-            // it ever so, dropping everything is the safe purge.
-            self.entries.invalidate_all();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let keys = match purge {
+            Purge::Path(path) => self.index.take_path(path),
+            Purge::Tags(tags) => tags
+                .iter()
+                .flat_map(|tag| self.index.take_tag(tag))
+                .collect(),
+            Purge::All => {
+                self.entries.invalidate_all();
+                self.index.clear();
+                Vec::new()
+            }
+        };
+        for key in keys {
+            self.entries.invalidate(&key);
         }
         self.purges.increment(1);
         self.publish_size();

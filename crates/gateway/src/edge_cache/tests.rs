@@ -187,9 +187,11 @@ fn stored(cache: &EdgeCache, route: &RouteCache, target: &str, tags: &str) -> Ke
         Some(1),
     )
     .unwrap();
+    let began = cache.begin();
     cache.insert(
         key.clone(),
         storable.into_entry(StatusCode::OK, response, Bytes::from_static(b"x")),
+        began,
     );
     key
 }
@@ -204,14 +206,14 @@ fn purges_by_path_by_tag_and_all() {
     let one_query = stored(&cache, &route, "/products/1?fields=name", "product-1");
     let two = stored(&cache, &route, "/products/2", "product-2");
     let list = stored(&cache, &route, "/products", "products");
-    cache.purge_path("/products/1");
+    cache.purge(&Purge::Path("/products/1".into()));
     assert!(cache.get(&one, &none, false).is_none());
     assert!(cache.get(&one_query, &none, false).is_none());
     assert!(cache.get(&two, &none, false).is_some());
-    cache.purge_tags(vec!["products".into()]);
+    cache.purge(&Purge::Tags(vec!["products".into()]));
     assert!(cache.get(&list, &none, false).is_none());
     assert!(cache.get(&two, &none, false).is_some());
-    cache.purge_all();
+    cache.purge(&Purge::All);
     assert!(cache.get(&two, &none, false).is_none());
 }
 
@@ -231,10 +233,43 @@ fn a_request_with_credentials_gets_only_public_entries() {
         Some(1),
     )
     .unwrap();
+    let began = cache.begin();
     cache.insert(
         key.clone(),
         storable.into_entry(StatusCode::OK, response, Bytes::from_static(b"x")),
+        began,
     );
     assert!(cache.get(&key, &HeaderMap::new(), false).is_some());
     assert!(cache.get(&key, &HeaderMap::new(), true).is_none());
+}
+
+#[test]
+fn a_fetch_that_began_before_a_purge_is_not_kept() {
+    let _ = stratus_kit::metrics::install();
+    let route = route_cache(false);
+    let cache = EdgeCache::new(1 << 20);
+    let (key, ..) = read(plan(&route, &Method::GET, None, "/p", &HeaderMap::new()));
+    let response = headers(&[("cache-control", "max-age=60"), ("surrogate-key", "p")]);
+    let entry = || {
+        storable(
+            &route,
+            false,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &response,
+            Some(1),
+        )
+        .unwrap()
+        .into_entry(StatusCode::OK, response.clone(), Bytes::from_static(b"x"))
+    };
+    let began = cache.begin();
+    // A write elsewhere purges something while this fetch is on its way.
+    cache.purge(&Purge::Tags(vec!["unrelated".into()]));
+    cache.insert(key.clone(), entry(), began);
+    assert!(cache.get(&key, &HeaderMap::new(), false).is_none());
+    // Fetched anew after it: kept, and found by its tag.
+    cache.insert(key.clone(), entry(), cache.begin());
+    assert!(cache.get(&key, &HeaderMap::new(), false).is_some());
+    cache.purge(&Purge::Tags(vec!["p".into()]));
+    assert!(cache.get(&key, &HeaderMap::new(), false).is_none());
 }

@@ -26,11 +26,11 @@ use stratus_kit::Problem;
 
 use super::{problem, request_host, Body, Proxy};
 use crate::edge_cache::{
-    self, Entry, Flight, Freshness, Key, Lead, Outcome, Plan, Purge, RouteCache, SURROGATE_KEY,
-    X_CACHE,
+    self, EdgeCache, Entry, Flight, Freshness, Key, Lead, Outcome, Plan, Purge, RouteCache,
+    SURROGATE_KEY, X_CACHE,
 };
 use crate::headers::{self, ClientConnection};
-use crate::route::routes::{RequestView, Route};
+use crate::route::routes::{RequestView, Route, RouteTable};
 
 /// What the lookup found.
 pub(super) enum Lookup {
@@ -41,12 +41,24 @@ pub(super) enum Lookup {
 }
 
 /// A miss on its way to an instance.
-#[derive(Default)]
 pub(super) struct Miss {
     /// This request fetches for every concurrent miss of its key.
     lead: Option<Lead<Key>>,
     /// A stored answer past its use that may stand in if the instance fails.
     stale: Option<Arc<Entry>>,
+    /// The cache's generation when the fetch began (see `EdgeCache::insert`).
+    began: u64,
+}
+
+impl Miss {
+    /// A fetch with no flight and nothing stale, beginning now.
+    pub(super) fn alone(cache: &EdgeCache) -> Self {
+        Self {
+            lead: None,
+            stale: None,
+            began: cache.begin(),
+        }
+    }
 }
 
 /// The key's host: the request's `Host` (or its target's authority).
@@ -87,12 +99,12 @@ impl Proxy {
             credentials,
         } = plan
         else {
-            return Lookup::Fetch(Miss::default());
+            return Lookup::Fetch(Miss::alone(&self.shared.edge_cache));
         };
-        if *fetch_fresh {
-            return Lookup::Fetch(Miss::default());
-        }
         let store = &self.shared.edge_cache;
+        if *fetch_fresh {
+            return Lookup::Fetch(Miss::alone(store));
+        }
         let now = Instant::now();
         let mut stale = None;
         if let Some(entry) = store.get(key, &parts.headers, *credentials) {
@@ -108,14 +120,20 @@ impl Proxy {
                 Freshness::Expired => {}
             }
         }
+        let began = store.begin();
         if *head {
             // A HEAD's answer has no body to keep: it neither leads nor waits.
-            return Lookup::Fetch(Miss { lead: None, stale });
+            return Lookup::Fetch(Miss {
+                lead: None,
+                stale,
+                began,
+            });
         }
         match store.join(key) {
             Flight::Lead(lead) => Lookup::Fetch(Miss {
                 lead: Some(lead),
                 stale,
+                began,
             }),
             Flight::Follow(waiting) => {
                 let wait = route.timeout.unwrap_or(self.shared.settings.timeout);
@@ -127,7 +145,11 @@ impl Proxy {
                     }
                 }
                 // The leader's answer was not kept: fetch alone.
-                Lookup::Fetch(Miss { lead: None, stale })
+                Lookup::Fetch(Miss {
+                    lead: None,
+                    stale,
+                    began: store.begin(),
+                })
             }
         }
     }
@@ -188,17 +210,21 @@ impl Proxy {
             Err(broken) => return (problem(broken), Outcome::Miss),
         };
         let entry = storable.into_entry(parts.status, parts.headers.clone(), body.clone());
-        self.shared.edge_cache.insert(key.clone(), entry);
+        self.shared
+            .edge_cache
+            .insert(key.clone(), entry, miss.began);
         // Stored: the followers find it.
         drop(miss.lead);
         let response = Response::from_parts(parts, Either::Right(Full::new(body)));
         (marked(response, "miss"), Outcome::Miss)
     }
 
-    /// A write that succeeded purges what it wrote (RFC 9111 4.4: the target's path) and the
-    /// answers tagged with the surrogate keys its own answer names.
+    /// A write that succeeded purges what it wrote (RFC 9111 4.4: the target's path, when a
+    /// caching route covers it) and the answers tagged with the surrogate keys its own answer
+    /// names. Other gateways get the same purges (`purge_relay.rs`).
     pub(super) fn edge_purge_after_write(
         &self,
+        routes: &RouteTable,
         method: &Method,
         path: &str,
         response: &mut Response<Body>,
@@ -210,7 +236,9 @@ impl Proxy {
         if !(status.is_success() || status.is_redirection()) {
             return;
         }
-        self.shared.purge(Purge::Path(path.to_owned()), false);
+        if routes.caches_path(path) {
+            self.shared.purge(Purge::Path(path.to_owned()), false);
+        }
         let tags = edge_cache::tags_of(response.headers());
         if !tags.is_empty() {
             self.shared.purge(Purge::Tags(tags), false);
@@ -232,6 +260,7 @@ impl Proxy {
         let Flight::Lead(lead) = self.shared.edge_cache.join(key) else {
             return;
         };
+        let began = self.shared.edge_cache.begin();
         let mut request = Request::new(());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = parts.uri.clone();
@@ -248,13 +277,14 @@ impl Proxy {
             credentials,
         };
         let client = client.clone();
-        tokio::spawn(async move { me.refresh(plan, lead, parts, client).await });
+        tokio::spawn(async move { me.refresh(plan, lead, began, parts, client).await });
     }
 
     async fn refresh(
         &self,
         plan: Plan,
         lead: Lead<Key>,
+        began: u64,
         mut parts: Parts,
         client: ClientConnection,
     ) {
@@ -306,6 +336,7 @@ impl Proxy {
         let miss = Miss {
             lead: Some(lead),
             stale: None,
+            began,
         };
         let (response, _) = self
             .edge_keep(cache, &plan, &request_headers, response, miss)

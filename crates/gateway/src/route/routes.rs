@@ -528,6 +528,16 @@ impl RouteTable {
         })
     }
 
+    /// Whether some route that keeps answers in the edge cache matches `path` (whatever its
+    /// methods, host or headers): a write there may have changed what is kept.
+    pub fn caches_path(&self, path: &str) -> bool {
+        self.caches
+            && self
+                .routes
+                .iter()
+                .any(|route| route.cache.is_some() && route.path.matches(path))
+    }
+
     /// Keeps the deployments of `previous` for the routes whose name and file `split` did not
     /// change, so what the admin API or a rollback did survives an unrelated edit of the file.
     pub fn carry_over(&mut self, previous: &RouteTable) {
