@@ -25,18 +25,19 @@ async fn create_product(system: &System, admin: &str, price: i64) -> String {
     created["id"].as_str().unwrap().to_string()
 }
 
-/// GET one product: (status, x-cache, body).
+/// GET one product past the edge cache: (status, x-server-cache, body).
 async fn read(system: &System, id: &str) -> (u16, String, Value) {
     let response = system
         .http
         .get(system.url(&format!("/api/catalog/products/{id}")))
+        .header("cache-control", "no-store")
         .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
     let cache = response
         .headers()
-        .get("x-cache")
+        .get("x-server-cache")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     (status, cache, response.json().await.unwrap_or(Value::Null))
@@ -290,7 +291,7 @@ async fn profiles_are_written_through_and_read_back_from_the_cache() {
 
     // Write-through: the first read after the write is already a hit.
     let read_back = system.http.get(&me).bearer_auth(&ann).send().await.unwrap();
-    assert_eq!(read_back.headers()["x-cache"], "hit");
+    assert_eq!(read_back.headers()["x-server-cache"], "hit");
     // Personal: no shared cache keeps it, Ann's browser revalidates it before each use.
     assert_eq!(read_back.headers()["cache-control"], "private, no-cache");
     let anns_tag = read_back.headers()["etag"].clone();
@@ -341,7 +342,7 @@ async fn profiles_are_written_through_and_read_back_from_the_cache() {
     assert_eq!(update.status(), 200);
     let after = system.http.get(&me).bearer_auth(&ann).send().await.unwrap();
     assert_eq!(after.status(), 200);
-    assert_eq!(after.headers()["x-cache"], "miss");
+    assert_eq!(after.headers()["x-server-cache"], "miss");
     let after: Value = after.json().await.unwrap();
     assert_eq!(after["display_name"], "Ann B");
     assert_eq!(

@@ -48,7 +48,12 @@ async fn the_dashboard_shows_live_topology_and_traces() {
         let (stop, served) = (stop.clone(), served.clone());
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let response = http.get(&url).send().await.unwrap();
+                let response = http
+                    .get(&url)
+                    .header("cache-control", "no-store")
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(response.status(), 200);
                 served.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -369,6 +369,7 @@ async fn the_gateway_keeps_routing_while_the_registry_is_down() {
         let response = system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -395,6 +396,7 @@ async fn the_gateway_keeps_routing_while_the_registry_is_down() {
         let response = system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -619,6 +621,7 @@ async fn the_gateway_resumes_the_registry_watch_after_a_partition_without_a_snap
     let response = system
         .http
         .get(system.url("/api/catalog/products"))
+        .header("cache-control", "no-store")
         .send()
         .await
         .unwrap();

@@ -103,7 +103,13 @@ async fn the_gateway_and_the_kit_client_follow_dns() {
     let mut seen = BTreeSet::new();
     let started = Instant::now();
     while seen != expected {
-        let response = system.http.get(&url).send().await.unwrap();
+        let response = system
+            .http
+            .get(&url)
+            .header("cache-control", "no-store")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         seen.insert(
             response.headers()["x-served-by"]
@@ -164,7 +170,13 @@ async fn the_gateway_and_the_kit_client_follow_dns() {
         "{gateway_took:?}"
     );
     for _ in 0..10 {
-        let response = system.http.get(&url).send().await.unwrap();
+        let response = system
+            .http
+            .get(&url)
+            .header("cache-control", "no-store")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert_ne!(
             response.headers()["x-served-by"],
@@ -191,7 +203,13 @@ async fn the_gateway_and_the_kit_client_follow_dns() {
         200
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let response = system.http.get(&url).send().await.unwrap();
+    let response = system
+        .http
+        .get(&url)
+        .header("cache-control", "no-store")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         response.status(),
         200,

@@ -50,6 +50,7 @@ async fn signup_login_and_roles_through_the_gateway() {
         let response = system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -112,6 +113,7 @@ async fn a_killed_instance_causes_no_client_error() {
         let response = system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -148,6 +150,7 @@ async fn a_new_instance_receives_traffic_without_restarting_the_gateway() {
         let response = system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -249,6 +252,7 @@ async fn malformed_input_is_refused_and_stores_nothing() {
         system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap()

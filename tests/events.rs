@@ -40,6 +40,7 @@ async fn services_report_every_request_to_the_sink() {
             .http
             .get(system.url("/api/catalog/products"))
             .header("traceparent", &traceparent)
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -48,6 +49,7 @@ async fn services_report_every_request_to_the_sink() {
     let missing = system
         .http
         .get(system.url("/api/catalog/products/nope"))
+        .header("cache-control", "no-store")
         .send()
         .await
         .unwrap();
@@ -191,6 +193,7 @@ async fn a_sink_that_is_down_breaks_nothing() {
         let response = system
             .http
             .get(system.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();
@@ -228,6 +231,7 @@ async fn every_process_reports_where_its_memory_goes() {
     let response = system
         .http
         .get(system.url("/api/catalog/products"))
+        .header("cache-control", "no-store")
         .send()
         .await
         .unwrap();
@@ -274,7 +278,12 @@ async fn the_sink_can_stop_and_restart_under_load() {
         let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match http.get(&url).send().await {
+                match http
+                    .get(&url)
+                    .header("cache-control", "no-store")
+                    .send()
+                    .await
+                {
                     Ok(response) if response.status() == 200 => {
                         served.fetch_add(1, Ordering::Relaxed)
                     }

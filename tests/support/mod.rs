@@ -563,10 +563,12 @@ impl System {
         self.login(email, "customer-password").await
     }
 
+    /// The catalog's products as an instance has them now (past the gateway's edge cache).
     pub async fn products(&self) -> Vec<Value> {
         let response = self
             .http
             .get(self.url("/api/catalog/products"))
+            .header("cache-control", "no-store")
             .send()
             .await
             .unwrap();

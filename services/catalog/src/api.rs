@@ -2,7 +2,7 @@
 //!
 //! Reading one product is **cache-aside** (`kit::cache::get_or_load`): look in the cache, on a
 //! miss read the database and fill the cache; `PUT` and `DELETE` write the database and then
-//! invalidate the product's key. Each such read answers `x-cache: hit|miss` and records the same
+//! invalidate the product's key. Each such read answers `x-server-cache: hit|miss` and records the same
 //! in its event record. The product list is not cached: it changes with every write to any
 //! product, and paging makes its keys many.
 //!

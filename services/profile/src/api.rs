@@ -2,7 +2,7 @@
 //! found by the `sub` of their token (the seeds' `/login` in auth, `/profile` here).
 //!
 //! Reads are **read-through** (`kit::cache::ReadThrough`: the loader is bound to the cache) and
-//! answer `x-cache: hit|miss`; writes are **write-through** (`kit::cache::write_through`): the
+//! answer `x-server-cache: hit|miss`; writes are **write-through** (`kit::cache::write_through`): the
 //! database first, then the cache in the same call, so the next read is a hit with the new value.
 
 use std::sync::Arc;

@@ -61,8 +61,9 @@ pub struct CacheArgs {
 
 /// Whether a read was answered from the cache.
 ///
-/// As a response part it sets `x-cache: hit|miss` and leaves itself in the response's extensions,
-/// where the event middleware finds it for the request's record (`cache` field).
+/// As a response part it sets `x-server-cache: hit|miss` and leaves itself in the response's
+/// extensions, where the event middleware finds it for the request's record (`cache` field).
+/// (`x-cache` is the gateway's edge cache's: both layers show on an answer through it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Hit,
@@ -84,7 +85,7 @@ impl IntoResponseParts for Outcome {
     fn into_response_parts(self, mut parts: ResponseParts) -> Result<ResponseParts, Self::Error> {
         parts
             .headers_mut()
-            .insert("x-cache", HeaderValue::from_static(self.as_str()));
+            .insert("x-server-cache", HeaderValue::from_static(self.as_str()));
         parts.extensions_mut().insert(self);
         Ok(parts)
     }

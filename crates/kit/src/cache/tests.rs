@@ -7,7 +7,7 @@ use super::*;
 #[test]
 fn an_outcome_sets_the_header_and_the_extension() {
     let response = (Outcome::Hit, "body").into_response();
-    assert_eq!(response.headers()["x-cache"], "hit");
+    assert_eq!(response.headers()["x-server-cache"], "hit");
     assert_eq!(response.extensions().get::<Outcome>(), Some(&Outcome::Hit));
 }
 
