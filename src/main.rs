@@ -123,7 +123,14 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(component: Component) -> anyhow::Result<()> {
+async fn serve(mut component: Component) -> anyhow::Result<()> {
+    // One instance id for the whole process, chosen once: its log lines, its request records and
+    // its message records (made by different parts of it, each asking `instance_id()`) must name
+    // the same instance, also when STRATUS_INSTANCE_ID is unset.
+    let common = component.common_mut();
+    if common.instance_id.is_none() {
+        common.instance_id = Some(stratus_kit::new_id());
+    }
     let (name, common) = component.identity();
     stratus_kit::logging::init(name, common);
     let result = match joined(name, common).await {
@@ -159,6 +166,23 @@ impl Component {
             Component::Orders(args) => ("orders", &args.common),
             Component::Payments(args) => ("payments", &args.common),
             Component::Notifications(args) => ("notifications", &args.common),
+        }
+    }
+}
+
+impl Component {
+    fn common_mut(&mut self) -> &mut stratus_kit::config::CommonArgs {
+        match self {
+            Component::Registry(args) => &mut args.common,
+            Component::Gateway(args) => &mut args.common,
+            Component::Auth(args) => &mut args.common,
+            Component::Catalog(args) => &mut args.common,
+            Component::Dns(args) => &mut args.common,
+            Component::Events(args) => &mut args.common,
+            Component::Profile(args) => &mut args.common,
+            Component::Orders(args) => &mut args.common,
+            Component::Payments(args) => &mut args.common,
+            Component::Notifications(args) => &mut args.common,
         }
     }
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use stratus_broker::{Broker, Message, Subscription};
+use tracing::Instrument;
 
 use crate::events::{EventRecord, EventReporter};
 use crate::resilience::backoff;
@@ -256,12 +257,19 @@ async fn consume<H, F>(
             None => (TraceContext::new_root(), None),
         };
         let attempt = delivery.attempt;
+        // The handler's lines, and those about this message, carry its trace and span.
+        let span = tracing::info_span!(
+            "message",
+            trace_id = %context.trace_id_hex(),
+            span_id = %context.span_id_hex(),
+            topic
+        );
         // The handler's database and cache calls are counted in this task (`tally`).
         let handled = AssertUnwindSafe(handler(delivery.message.clone(), context)).catch_unwind();
-        let (outcome, spent) = crate::tally::scope(handled).await;
+        let (outcome, spent) = crate::tally::scope(handled).instrument(span.clone()).await;
         let outcome = outcome.unwrap_or_else(|panic| {
             let why = panic_message(panic);
-            tracing::error!(topic, group, id = %delivery.message.id, attempt, panic = %why, "the handler panicked");
+            span.in_scope(|| tracing::error!(topic, group, id = %delivery.message.id, attempt, panic = %why, "the handler panicked"));
             Err(HandlerError::Transient(anyhow::anyhow!(
                 "the handler panicked: {why}"
             )))
@@ -272,13 +280,13 @@ async fn consume<H, F>(
             Err(error) => {
                 let delay = backoff(attempt, Duration::from_millis(200), Duration::from_secs(5))
                     .max(Duration::from_millis(50));
-                tracing::warn!(topic, group, id = %delivery.message.id, attempt, %error, "message not processed; nacking");
+                span.in_scope(|| tracing::warn!(topic, group, id = %delivery.message.id, attempt, %error, "message not processed; nacking"));
                 delivery.nack(delay).await
             }
         };
         if let Err(error) = settled {
             // The message comes back after the visibility timeout; handlers are idempotent.
-            tracing::warn!(topic, group, %error, "settling a message");
+            span.in_scope(|| tracing::warn!(topic, group, %error, "settling a message"));
         }
         if let Some(reporter) = &reporter {
             reporter.report(EventRecord {
