@@ -2,8 +2,9 @@
 //! logs as JSON and protobuf stored and found by every filter of `GET /v1/logs`; bad input a
 //! problem+json 4xx that stores nothing; a service posts only its own lines; the intake's
 //! counters on `/metrics`; retention and the storage budget prune lines, oldest first; a live
-//! tail; the OpenTelemetry Python SDK's exporter (tests/otel/send_logs.py); and the same store
-//! and queries on PostgreSQL.
+//! tail; the OpenTelemetry Python SDK's exporter (tests/otel/send_logs.py); the same store
+//! and queries on PostgreSQL; and Stratus's own processes shipping their lines (a failed
+//! request's, under its trace; a sink that is down costing lines, not requests).
 
 mod support;
 
@@ -616,6 +617,163 @@ async fn logs_work_on_postgres() {
     every_filter_finds_its_lines(&system, &sink, base).await;
 }
 
+/// Stratus's own processes ship their lines: an order for a product the catalog does not have,
+/// sent with a known `traceparent`, leaves the gateway's line and orders' line about it on the
+/// sink under that trace, each with the span of its hop's record; the gateway counts what it
+/// shipped.
+async fn a_failed_request_leaves_its_lines_under_its_trace() {
+    let (mut system, events_port) = System::start_with_events(1, true).await;
+    let sink = support::mesh::internal_url(events_port, "");
+    let reporting = format!("http://127.0.0.1:{events_port}");
+    system
+        .add_services(
+            &[("orders", 1)],
+            &[("STRATUS_EVENTS_URL", reporting.as_str())],
+        )
+        .await;
+    let token = system.customer_token("ada@example.com").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = system
+        .http
+        .post(system.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "no-such-product-1")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let lines = query(&system, &sink, &format!("trace_id={trace}")).await;
+        let from = |service: &str| lines.iter().any(|l| l["service"] == service);
+        if from("gateway") && from("orders") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the trace's lines: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let line_of = |service: &str| {
+        lines
+            .iter()
+            .find(|l| l["service"] == service)
+            .unwrap()
+            .clone()
+    };
+    let gateway = line_of("gateway");
+    assert_eq!(gateway["message"], "request refused by the service");
+    assert_eq!(gateway["level"], "info");
+    assert_eq!(gateway["target"], "stratus_gateway::report");
+    assert_eq!(gateway["fields"]["status"], 422);
+    assert_eq!(gateway["fields"]["service"], "orders");
+    assert_eq!(gateway["fields"]["method"], "POST");
+    let orders = line_of("orders");
+    assert_eq!(
+        orders["message"],
+        "order refused: the catalog has no such product"
+    );
+    assert_eq!(orders["fields"]["product"], "no-such-product");
+    assert_eq!(orders["target"], "stratus_orders::pricing");
+
+    // Each line's span is its hop's record's, on the same instance.
+    // The gateway hands its records over every 200 ms: wait for both hops.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        let url = format!("{sink}/v1/traces/{trace}");
+        let response = system.internal().get(&url).send().await.unwrap();
+        let records = match response.status().as_u16() {
+            200 => response.json::<Value>().await.unwrap()["records"]
+                .as_array()
+                .unwrap()
+                .clone(),
+            _ => Vec::new(),
+        };
+        let has = |service: &str| records.iter().any(|r| r["service"] == service);
+        if has("gateway") && has("orders") {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace's records: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (line, kind) in [(&gateway, "gateway"), (&orders, "server")] {
+        let record = records
+            .iter()
+            .find(|r| r["service"] == line["service"] && r["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} record: {records:#?}"));
+        assert_eq!(line["span_id"], record["span_id"], "{line}");
+        assert_eq!(line["instance"], record["instance"], "{line}");
+    }
+
+    let url = system.admin_url("/metrics");
+    let text = system
+        .client(&url)
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        support::metric_sum(&text, "logs_shipped_total", "") >= 1.0,
+        "{text}"
+    );
+    // Lines logged before the sink was up were dropped as unreachable; none was refused (the
+    // gateway posts as itself over mutual TLS) and the queue never filled.
+    for reason in ["sink_refused", "queue_full"] {
+        let labels = format!("reason=\"{reason}\"");
+        assert_eq!(
+            support::metric_sum(&text, "logs_dropped_total", &labels),
+            0.0,
+            "{text}"
+        );
+    }
+}
+
+/// A sink that is down costs the lines, counted, and no request: every request through the
+/// gateway (each a 404, so each a gateway line) is answered as it would be with the sink up.
+async fn a_sink_that_is_down_costs_lines_not_requests() {
+    let (system, _events_port) = System::start_with_events(1, false).await;
+    for i in 0..200 {
+        let response = system
+            .http
+            .get(system.url(&format!("/api/catalog/products/nope-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "request {i}");
+    }
+    let url = system.admin_url("/metrics");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = system
+            .client(&url)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dropped =
+            support::metric_sum(&text, "logs_dropped_total", "reason=\"sink_unreachable\"");
+        if dropped >= 200.0 {
+            assert_eq!(support::metric_sum(&text, "logs_shipped_total", ""), 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lines dropped: {dropped}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -643,5 +801,13 @@ fn main() -> std::process::ExitCode {
             "opentelemetry.exporter.otlp.proto.http._log_exporter",
         ])]),
         Test::new("logs_work_on_postgres", logs_work_on_postgres).needs(&[Need::Postgres]),
+        Test::new(
+            "a_failed_request_leaves_its_lines_under_its_trace",
+            a_failed_request_leaves_its_lines_under_its_trace,
+        ),
+        Test::new(
+            "a_sink_that_is_down_costs_lines_not_requests",
+            a_sink_that_is_down_costs_lines_not_requests,
+        ),
     ])
 }
