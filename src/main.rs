@@ -13,6 +13,8 @@ mod identity;
 mod identity_export;
 mod launch;
 mod logs;
+mod logs_filter;
+mod logs_sink;
 mod manifest;
 mod memory;
 mod probe;
@@ -55,7 +57,8 @@ enum Command {
     /// Replace a component's replicas one at a time, a new one ready before an old one stops
     /// (registry, events, gateway and dns, on fixed ports, restart in place).
     Rollout(cli::RolloutArgs),
-    /// Print the last lines of the replicas' logs; -f keeps following.
+    /// Print the last lines of the replicas' logs (from the event sink when one runs: every
+    /// replica merged in time order; else from their files); -f keeps following.
     Logs(cli::LogsArgs),
     /// Copy every service database (consistently, while running) into a new directory.
     Backup(backup::BackupArgs),
