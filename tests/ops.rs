@@ -967,6 +967,20 @@ async fn logs_come_from_the_sink_when_one_runs_and_from_files_otherwise() {
         .cli(&["logs", "orders", "--level", "warn", "--trace", trace])
         .await;
     assert!(ok && stdout.is_empty(), "{stdout}");
+    // Every component ships its own lines (over mutual TLS, as itself) but the sink.
+    let (ok, stdout, _) = up.cli(&["logs", "-n", "1000"]).await;
+    assert!(ok);
+    let mut shipping: Vec<String> = labelled(&stdout)
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
+    shipping.sort();
+    shipping.dedup();
+    assert_eq!(
+        shipping,
+        ["auth-0", "catalog-0", "gateway-0", "orders-0", "registry-0"],
+        "{stdout}"
+    );
     let (ok, _, stderr) = up.cli(&["logs", "--trace", "nope"]).await;
     assert!(!ok && stderr.contains("--trace must be"), "{stderr}");
 
