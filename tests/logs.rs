@@ -774,6 +774,72 @@ async fn a_sink_that_is_down_costs_lines_not_requests() {
     }
 }
 
+/// `STRATUS_LOG_SHIP=off` keeps a process's lines on stdout only, and `STRATUS_LOG_SHIP_LEVEL`
+/// ships only its level and above: the gateway at warn ships its line about a 503 and not the
+/// one about a 404 (info) before it; catalog, off, never queues a line (its lines from before
+/// the sink was up would otherwise be counted as dropped).
+async fn shipping_can_be_turned_off_or_raised() {
+    let events_port = support::free_port();
+    let reporting = format!("http://127.0.0.1:{events_port}");
+    let extra = [
+        ("catalog", "STRATUS_EVENTS_URL", reporting.clone()),
+        ("catalog", "STRATUS_LOG_SHIP", "off".to_string()),
+        ("gateway", "STRATUS_EVENTS_URL", reporting.clone()),
+        ("gateway", "STRATUS_LOG_SHIP_LEVEL", "warn".to_string()),
+    ];
+    let mut system = System::start_with(1, &extra).await;
+    system.spawn("events", &[("PORT", events_port.to_string().as_str())]);
+    let sink = support::mesh::internal_url(events_port, "");
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let trace = "7e2d7a6a1bd94d2e8d8a3c5f0b6e4a21";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let token = system.customer_token("ada@example.com").await;
+    let get = |path: &str| {
+        system
+            .http
+            .get(system.url(path))
+            .bearer_auth(&token)
+            .header("traceparent", &traceparent)
+            .send()
+    };
+    assert_eq!(
+        get("/api/catalog/products/nope").await.unwrap().status(),
+        404
+    );
+    // No orders instance: the gateway answers 503 and logs it at warn.
+    assert_eq!(get("/api/orders").await.unwrap().status(), 503);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let lines = query(&system, &sink, &format!("trace_id={trace}")).await;
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's warning never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Queued in order: the 404's line would be there by now.
+    assert_eq!(messages(&lines), ["request failed"], "{lines:#?}");
+    assert_eq!(lines[0]["service"], "gateway");
+    assert_eq!(lines[0]["fields"]["status"], 503);
+
+    let catalog = format!("{}/metrics", system.instance_url("catalog").await);
+    let text = system
+        .client(&catalog)
+        .get(&catalog)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in ["logs_shipped_total", "logs_dropped_total"] {
+        assert_eq!(support::metric_sum(&text, family, ""), 0.0, "{text}");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -808,6 +874,10 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "a_sink_that_is_down_costs_lines_not_requests",
             a_sink_that_is_down_costs_lines_not_requests,
+        ),
+        Test::new(
+            "shipping_can_be_turned_off_or_raised",
+            shipping_can_be_turned_off_or_raised,
         ),
     ])
 }
