@@ -984,6 +984,52 @@ async fn logs_come_from_the_sink_when_one_runs_and_from_files_otherwise() {
     let (ok, _, stderr) = up.cli(&["logs", "--trace", "nope"]).await;
     assert!(!ok && stderr.contains("--trace must be"), "{stderr}");
 
+    // -f: the sink's live tail, the lines of requests made after it started.
+    let followed = "5a3f1c2e9b7d4e6f8a0b1c2d3e4f5a6b";
+    let mut follow = tokio::process::Command::new(support::binary())
+        .args(["logs", "-f", "-n", "0", "--trace", followed])
+        .env("STRATUS_DATA_DIR", up.data_dir())
+        .env_remove("STRATUS_CONTROL_ADDR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Ordered until lines come: the tail starts with its answer's head, which -f does not wait for.
+    for attempt in 0.. {
+        let order = http
+            .post(format!("{gateway}/api/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", format!("f-{attempt}"))
+            .header("traceparent", format!("00-{followed}-b7ad6b7169203331-01"))
+            .json(&serde_json::json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(order.status(), 422);
+        let mut line = String::new();
+        while let Ok(Ok(read)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+        )
+        .await
+        {
+            assert!(read > 0, "logs -f ended: {seen:?}");
+            seen.push(std::mem::take(&mut line));
+        }
+        let labels: Vec<String> = labelled(&seen.concat())
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        if labels.contains(&"gateway-0".to_string()) && labels.contains(&"orders-0".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs -f printed {seen:?}");
+    }
+    follow.kill().await.unwrap();
+
     // From the files, asked for or with no sink: the same lines as each replica wrote them.
     let from_files = |stdout: &str| {
         let lines = labelled(stdout);
