@@ -143,8 +143,13 @@ async fn serve(mut component: Component) -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(error = %format!("{error:#}"), "exiting");
     }
+    // The last lines (why it stops) to the sink too, before the runtime and its queue go.
+    stratus_kit::log_ship::flush(LAST_LINES_WITHIN).await;
     result
 }
+
+/// How long an exiting process waits for its last lines to reach the sink.
+const LAST_LINES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Joins the mesh before anything else is built (every internal client is made with it). The
 /// registry holds the authority and joins by itself.

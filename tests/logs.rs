@@ -840,6 +840,45 @@ async fn shipping_can_be_turned_off_or_raised() {
     }
 }
 
+/// A process that stops on an error sends the line saying why before it exits.
+async fn a_process_that_exits_ships_why() {
+    let (mut system, sink) = sink(None, &[]).await;
+    let port = sink
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let reporting = format!("http://127.0.0.1:{port}");
+    system.spawn(
+        "catalog",
+        &[
+            ("STRATUS_EVENTS_URL", reporting.as_str()),
+            ("DATABASE_URL", "sqlite:///proc/no-such-dir/catalog.db"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = query(&system, &sink, "service=catalog&level=error").await;
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line said why catalog stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(messages(&lines), ["exiting"]);
+    assert!(
+        lines[0]["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("database"),
+        "{lines:#?}"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -878,6 +917,10 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "shipping_can_be_turned_off_or_raised",
             shipping_can_be_turned_off_or_raised,
+        ),
+        Test::new(
+            "a_process_that_exits_ships_why",
+            a_process_that_exits_ships_why,
         ),
     ])
 }

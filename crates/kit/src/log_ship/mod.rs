@@ -13,6 +13,8 @@
 //! for is dropped and counted too (`sink_refused`, `sink_unreachable`), never retried.
 //! `logs_shipped_total` counts what the sink took.
 //!
+//! [`flush`] sends what is queued before the process exits (its last lines say why it stops).
+//!
 //! The shipping task's own lines (and everything else logged while it runs, as the HTTP client's)
 //! are never queued: a sink that is down would otherwise fill the queue with lines saying so.
 
@@ -20,7 +22,11 @@ pub mod layer;
 pub mod line;
 pub mod send;
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use tracing::Level;
 use tracing_subscriber::filter::{Filtered, LevelFilter};
@@ -66,6 +72,27 @@ where
     describe_metrics();
     let min_level = LevelFilter::from_level(settings.min_level);
     let (queue, receiver) = tokio::sync::mpsc::channel(QUEUE);
-    tokio::spawn(layer::quiet(send::run(settings, receiver)));
+    let (flushes, flush_requests) = tokio::sync::mpsc::unbounded_channel();
+    let _ = FLUSH.set(flushes);
+    tokio::spawn(layer::quiet(send::run(settings, receiver, flush_requests)));
     layer::ShipLayer::new(queue).with_filter(min_level)
+}
+
+/// Asks the shipping task to send what is queued now; the answer comes once it has been posted.
+static FLUSH: OnceLock<UnboundedSender<oneshot::Sender<()>>> = OnceLock::new();
+
+/// Sends the lines queued so far, waiting at most `within`: for a process about to exit, whose
+/// last lines (why it stops) would otherwise die in the queue. Returns at once when nothing
+/// ships, or before the process has joined the mesh (there is no client to send with yet).
+pub async fn flush(within: Duration) {
+    let Some(flushes) = FLUSH.get() else {
+        return;
+    };
+    if crate::mesh::installed().is_none() {
+        return;
+    }
+    let (done, sent) = oneshot::channel();
+    if flushes.send(done).is_ok() {
+        let _ = tokio::time::timeout(within, sent).await;
+    }
 }

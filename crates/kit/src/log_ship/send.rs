@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Level;
 
 use super::line::{FieldValue, Line};
@@ -19,7 +19,11 @@ use crate::otlp::proto_logs::{ExportLogsServiceRequest, LogRecord, ResourceLogs,
 /// How often the task looks for the mesh before it has one.
 const MESH_POLL: Duration = Duration::from_millis(50);
 
-pub async fn run(settings: Settings, mut receiver: mpsc::Receiver<Line>) {
+pub async fn run(
+    settings: Settings,
+    mut receiver: mpsc::Receiver<Line>,
+    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+) {
     // The client is made with the mesh this process joins (mutual TLS or not), so it waits for
     // it; the queue holds what is logged meanwhile.
     let mesh = loop {
@@ -63,6 +67,20 @@ pub async fn run(settings: Settings, mut receiver: mpsc::Receiver<Line>) {
                     return;
                 }
             },
+            Some(done) = flushes.recv() => {
+                // Everything queued so far, in batches, then the answer.
+                while let Ok(line) = receiver.try_recv() {
+                    bytes += line.size();
+                    batch.push(line);
+                    if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+                        post(&client, &url, encode(&resource, std::mem::take(&mut batch))).await;
+                        bytes = 0;
+                    }
+                }
+                post(&client, &url, encode(&resource, std::mem::take(&mut batch))).await;
+                bytes = 0;
+                let _ = done.send(());
+            }
             _ = ticker.tick() => {
                 if !batch.is_empty() {
                     post(&client, &url, encode(&resource, std::mem::take(&mut batch))).await;
