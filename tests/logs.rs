@@ -87,8 +87,9 @@ fn messages(lines: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-async fn metrics(system: &System, sink: &str) -> String {
-    let url = format!("{sink}/metrics");
+/// `/metrics` of the process whose base URL is `base` (the sink's, the gateway's admin port...).
+async fn metrics(system: &System, base: &str) -> String {
+    let url = format!("{base}/metrics");
     system
         .client(&url)
         .get(&url)
@@ -709,16 +710,7 @@ async fn a_failed_request_leaves_its_lines_under_its_trace() {
         assert_eq!(line["instance"], record["instance"], "{line}");
     }
 
-    let url = system.admin_url("/metrics");
-    let text = system
-        .client(&url)
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&system, &system.admin_url("")).await;
     assert!(
         support::metric_sum(&text, "logs_shipped_total", "") >= 1.0,
         "{text}"
@@ -748,18 +740,10 @@ async fn a_sink_that_is_down_costs_lines_not_requests() {
             .unwrap();
         assert_eq!(response.status(), 404, "request {i}");
     }
-    let url = system.admin_url("/metrics");
+    let admin = system.admin_url("");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let text = system
-            .client(&url)
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics(&system, &admin).await;
         let dropped =
             support::metric_sum(&text, "logs_dropped_total", "reason=\"sink_unreachable\"");
         if dropped >= 200.0 {
@@ -825,16 +809,7 @@ async fn shipping_can_be_turned_off_or_raised() {
     assert_eq!(lines[0]["service"], "gateway");
     assert_eq!(lines[0]["fields"]["status"], 503);
 
-    let catalog = format!("{}/metrics", system.instance_url("catalog").await);
-    let text = system
-        .client(&catalog)
-        .get(&catalog)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&system, &system.instance_url("catalog").await).await;
     for family in ["logs_shipped_total", "logs_dropped_total"] {
         assert_eq!(support::metric_sum(&text, family, ""), 0.0, "{text}");
     }

@@ -885,6 +885,25 @@ fn labelled(output: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// An order for a product the catalog does not have (a 422 once orders runs and finds the
+/// catalog), sent through `gateway` in trace `trace`.
+async fn unknown_product(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    trace: &str,
+    key: &str,
+) -> reqwest::Response {
+    http.post(format!("{gateway}/api/orders"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `stratus logs` with the event sink running reads the lines from it: every replica's, merged
 /// in time order, by trace, level and text; with the sink gone from stratus.toml, from the
 /// replicas' files, by the same filters.
@@ -916,15 +935,7 @@ async fn logs_come_from_the_sink_when_one_runs_and_from_files_otherwise() {
     // Until the gateway routes to orders and orders finds the catalog: 503, and then the 422.
     let deadline = Instant::now() + Duration::from_secs(20);
     for attempt in 0.. {
-        let refused = http
-            .post(format!("{gateway}/api/orders"))
-            .bearer_auth(token)
-            .header("Idempotency-Key", format!("k-{attempt}"))
-            .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
-            .json(&serde_json::json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
-            .send()
-            .await
-            .unwrap();
+        let refused = unknown_product(&http, &gateway, token, trace, &format!("k-{attempt}")).await;
         match refused.status().as_u16() {
             422 => break,
             503 if Instant::now() < deadline => {
@@ -999,15 +1010,8 @@ async fn logs_come_from_the_sink_when_one_runs_and_from_files_otherwise() {
     let deadline = Instant::now() + Duration::from_secs(20);
     // Ordered until lines come: the tail starts with its answer's head, which -f does not wait for.
     for attempt in 0.. {
-        let order = http
-            .post(format!("{gateway}/api/orders"))
-            .bearer_auth(token)
-            .header("Idempotency-Key", format!("f-{attempt}"))
-            .header("traceparent", format!("00-{followed}-b7ad6b7169203331-01"))
-            .json(&serde_json::json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
-            .send()
-            .await
-            .unwrap();
+        let order =
+            unknown_product(&http, &gateway, token, followed, &format!("f-{attempt}")).await;
         assert_eq!(order.status(), 422);
         let mut line = String::new();
         while let Ok(Ok(read)) = tokio::time::timeout(
