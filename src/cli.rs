@@ -58,9 +58,22 @@ pub struct LogsArgs {
     /// Keep printing lines as they are written.
     #[arg(short, long)]
     follow: bool,
-    /// How many of the last lines of each replica to print first.
+    /// How many of the last lines to print first: of all replicas together from the event
+    /// sink (at most 1,000), of each replica from the files.
     #[arg(short = 'n', long, default_value_t = 20)]
     lines: usize,
+    /// Only the lines of this trace (32 hex digits): logged inside its requests and messages.
+    #[arg(long, value_name = "TRACE_ID")]
+    trace: Option<String>,
+    /// Only lines at this level or above (trace, debug, info, warn, error).
+    #[arg(long)]
+    level: Option<String>,
+    /// Only lines with this text in them (any case; from the sink: in the message or fields).
+    #[arg(long, value_name = "TEXT")]
+    grep: Option<String>,
+    /// Read the replicas' log files even when the event sink runs.
+    #[arg(long)]
+    files: bool,
 }
 
 impl Target {
@@ -332,6 +345,18 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         }
         if args.follow {
             query.append_pair("follow", "true");
+        }
+        for (key, value) in [
+            ("trace", &args.trace),
+            ("level", &args.level),
+            ("grep", &args.grep),
+        ] {
+            if let Some(value) = value {
+                query.append_pair(key, value);
+            }
+        }
+        if args.files {
+            query.append_pair("files", "true");
         }
     }
     let request = client.http.get(url);

@@ -4,7 +4,9 @@
 //! GET  /v1/status                      every component and replica (JSON)
 //! POST /v1/scale    {"catalog": 3}     set replica counts (all or nothing)
 //! POST /v1/rollout/{component}         rolling restart; progress lines as they happen
-//! GET  /v1/logs?component=&lines=&follow=true   the replicas' logs, prefixed per replica
+//! GET  /v1/logs?component=&lines=&follow=true&trace=&level=&grep=&files=true
+//!                                      the replicas' logs, prefixed per replica: from the
+//!                                      event sink when one runs, else (or with files) their files
 //! ```
 //!
 //! Handlers hold no state of their own: they ask the supervisor over its channel.
@@ -218,23 +220,32 @@ struct LogsQuery {
     lines: Option<usize>,
     #[serde(default)]
     follow: bool,
+    trace: Option<String>,
+    level: Option<String>,
+    grep: Option<String>,
+    /// Read the replicas' files even when the event sink runs.
+    #[serde(default)]
+    files: bool,
 }
 
+/// The replicas' lines: from the event sink when `up` runs one and it answers (every replica,
+/// merged in time order), else from the replicas' files (the last lines of each, then what
+/// each appends), said on a first line when the sink was expected.
 async fn logs(
     State(control): State<Control>,
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let filter = crate::logs_filter::Filter::new(
+        query.trace.as_deref(),
+        query.level.as_deref(),
+        query.grep.as_deref(),
+    )
+    .map_err(Problem::bad_request)?;
     let dir: PathBuf = control.launcher.log_dir.clone();
+    let status = control.handle.status().await.ok_or_else(stopping)?;
     if let Some(component) = &query.component {
-        let known = control
-            .handle
-            .status()
-            .await
-            .ok_or_else(stopping)?
-            .components
-            .iter()
-            .any(|c| &c.name == component);
+        let known = status.components.iter().any(|c| &c.name == component);
         if !known && crate::logs::files(&dir, Some(component)).is_empty() {
             return Err(Problem::not_found(format!(
                 "there is no component `{component}` (see `stratus status`)"
@@ -243,11 +254,50 @@ async fn logs(
     }
     let lines = query.lines.unwrap_or(20).min(10_000);
     let (out, read) = mpsc::channel(256);
+    let runs_sink = status.components.iter().any(|c| c.name == "events");
+    if runs_sink && !query.files {
+        let wanted = crate::logs_sink::Wanted {
+            component: query.component.clone(),
+            lines,
+            follow: query.follow,
+            filter: filter.clone(),
+        };
+        let mesh = stratus_kit::mesh::current();
+        let sink = mesh.url(&format!(
+            "http://127.0.0.1:{}",
+            control.launcher.events_port
+        ));
+        let http = mesh.client("events").map_err(Problem::internal)?;
+        match crate::logs_sink::open(&http, &sink, &wanted).await {
+            Ok(opened) => {
+                let labels = status
+                    .components
+                    .iter()
+                    .flat_map(|c| &c.replicas)
+                    .map(|r| {
+                        (
+                            r.instance_id.clone(),
+                            format!("{}-{}", r.component, r.ordinal),
+                        )
+                    })
+                    .collect();
+                tokio::spawn(crate::logs_sink::send(opened, labels, out));
+                return Ok(text_stream(read));
+            }
+            Err(why) => {
+                let note = format!(
+                    "-- the event sink did not answer ({why}): the replicas' files instead\n"
+                );
+                let _ = out.send(note).await;
+            }
+        }
+    }
     tokio::spawn(crate::logs::stream(
         dir,
         query.component,
         lines,
         query.follow,
+        filter,
         out,
     ));
     Ok(text_stream(read))

@@ -1,12 +1,15 @@
 //! Reading the replicas' log files: `<data dir>/logs/<component>-<ordinal>.log`, one per replica
 //! slot, appended across restarts. `tail` gives the last lines of each; `follow` then sends what
 //! is appended (and picks up files that appear, e.g. after a scale up), a few times a second.
+//! Only lines that pass the filters (`--trace`, `--level`, `--grep`: [`Filter`]) are sent.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+
+use crate::logs_filter::Filter;
 
 /// The most of a file read to find its last lines.
 const TAIL_WINDOW: u64 = 512 * 1024;
@@ -37,8 +40,9 @@ pub fn files(dir: &Path, component: Option<&str>) -> Vec<(String, PathBuf)> {
     found
 }
 
-/// The last `lines` lines of `path` (fewer if it is shorter), and the file's length.
-pub fn tail(path: &Path, lines: usize) -> std::io::Result<(Vec<String>, u64)> {
+/// The last `lines` lines of `path` that pass `filter` (fewer if it has fewer within its last
+/// 512 KiB), and the file's length.
+pub fn tail(path: &Path, lines: usize, filter: &Filter) -> std::io::Result<(Vec<String>, u64)> {
     let mut file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();
     let start = length.saturating_sub(TAIL_WINDOW);
@@ -50,6 +54,7 @@ pub fn tail(path: &Path, lines: usize) -> std::io::Result<(Vec<String>, u64)> {
     if start > 0 && !all.is_empty() {
         all.remove(0); // Most likely cut in the middle.
     }
+    all.retain(|line| filter.passes(line));
     let from = all.len().saturating_sub(lines);
     Ok((
         all[from..].iter().map(|l| l.to_string()).collect(),
@@ -64,11 +69,12 @@ pub async fn stream(
     component: Option<String>,
     lines: usize,
     follow: bool,
+    filter: Filter,
     out: mpsc::Sender<String>,
 ) {
     let mut offsets: Vec<(String, PathBuf, u64)> = Vec::new();
     for (label, path) in files(&dir, component.as_deref()) {
-        let Ok((last, length)) = tail(&path, lines) else {
+        let Ok((last, length)) = tail(&path, lines, &filter) else {
             continue;
         };
         for line in last {
@@ -95,7 +101,7 @@ pub async fn stream(
             let Ok(new) = read_from(path, offset) else {
                 continue;
             };
-            for line in new {
+            for line in new.into_iter().filter(|line| filter.passes(line)) {
                 if out.send(format!("{label} | {line}\n")).await.is_err() {
                     return;
                 }
@@ -139,8 +145,10 @@ mod tests {
         std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
         std::fs::write(dir.join("orders-1.log"), "x\n").unwrap();
         std::fs::write(dir.join("notes.txt"), "x\n").unwrap();
-        let (last, mut offset) = tail(&path, 2).unwrap();
+        let (last, mut offset) = tail(&path, 2, &Filter::default()).unwrap();
         assert_eq!(last, ["two", "three"]);
+        let grep = Filter::new(None, None, Some("O")).unwrap();
+        assert_eq!(tail(&path, 5, &grep).unwrap().0, ["one", "two"]);
         let labels: Vec<String> = files(&dir, None).into_iter().map(|f| f.0).collect();
         assert_eq!(labels, ["catalog-0", "orders-1"]);
         assert_eq!(files(&dir, Some("orders")).len(), 1);

@@ -13,6 +13,8 @@ mod identity;
 mod identity_export;
 mod launch;
 mod logs;
+mod logs_filter;
+mod logs_sink;
 mod manifest;
 mod memory;
 mod probe;
@@ -55,7 +57,8 @@ enum Command {
     /// Replace a component's replicas one at a time, a new one ready before an old one stops
     /// (registry, events, gateway and dns, on fixed ports, restart in place).
     Rollout(cli::RolloutArgs),
-    /// Print the last lines of the replicas' logs; -f keeps following.
+    /// Print the last lines of the replicas' logs (from the event sink when one runs: every
+    /// replica merged in time order; else from their files); -f keeps following.
     Logs(cli::LogsArgs),
     /// Copy every service database (consistently, while running) into a new directory.
     Backup(backup::BackupArgs),
@@ -123,7 +126,14 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(component: Component) -> anyhow::Result<()> {
+async fn serve(mut component: Component) -> anyhow::Result<()> {
+    // One instance id for the whole process, chosen once: its log lines, its request records and
+    // its message records (made by different parts of it, each asking `instance_id()`) must name
+    // the same instance, also when STRATUS_INSTANCE_ID is unset.
+    let common = component.common_mut();
+    if common.instance_id.is_none() {
+        common.instance_id = Some(stratus_kit::new_id());
+    }
     let (name, common) = component.identity();
     stratus_kit::logging::init(name, common);
     let result = match joined(name, common).await {
@@ -133,8 +143,13 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     if let Err(error) = &result {
         tracing::error!(error = %format!("{error:#}"), "exiting");
     }
+    // The last lines (why it stops) to the sink too, before the runtime and its queue go.
+    stratus_kit::log_ship::flush(LAST_LINES_WITHIN).await;
     result
 }
+
+/// How long an exiting process waits for its last lines to reach the sink.
+const LAST_LINES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Joins the mesh before anything else is built (every internal client is made with it). The
 /// registry holds the authority and joins by itself.
@@ -159,6 +174,23 @@ impl Component {
             Component::Orders(args) => ("orders", &args.common),
             Component::Payments(args) => ("payments", &args.common),
             Component::Notifications(args) => ("notifications", &args.common),
+        }
+    }
+}
+
+impl Component {
+    fn common_mut(&mut self) -> &mut stratus_kit::config::CommonArgs {
+        match self {
+            Component::Registry(args) => &mut args.common,
+            Component::Gateway(args) => &mut args.common,
+            Component::Auth(args) => &mut args.common,
+            Component::Catalog(args) => &mut args.common,
+            Component::Dns(args) => &mut args.common,
+            Component::Events(args) => &mut args.common,
+            Component::Profile(args) => &mut args.common,
+            Component::Orders(args) => &mut args.common,
+            Component::Payments(args) => &mut args.common,
+            Component::Notifications(args) => &mut args.common,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! logs as JSON and protobuf stored and found by every filter of `GET /v1/logs`; bad input a
 //! problem+json 4xx that stores nothing; a service posts only its own lines; the intake's
 //! counters on `/metrics`; retention and the storage budget prune lines, oldest first; a live
-//! tail; the OpenTelemetry Python SDK's exporter (tests/otel/send_logs.py); and the same store
-//! and queries on PostgreSQL.
+//! tail; the OpenTelemetry Python SDK's exporter (tests/otel/send_logs.py); the same store
+//! and queries on PostgreSQL; and Stratus's own processes shipping their lines (a failed
+//! request's, under its trace; a sink that is down costing lines, not requests).
 
 mod support;
 
@@ -86,8 +87,9 @@ fn messages(lines: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-async fn metrics(system: &System, sink: &str) -> String {
-    let url = format!("{sink}/metrics");
+/// `/metrics` of the process whose base URL is `base` (the sink's, the gateway's admin port...).
+async fn metrics(system: &System, base: &str) -> String {
+    let url = format!("{base}/metrics");
     system
         .client(&url)
         .get(&url)
@@ -616,6 +618,242 @@ async fn logs_work_on_postgres() {
     every_filter_finds_its_lines(&system, &sink, base).await;
 }
 
+/// Stratus's own processes ship their lines: an order for a product the catalog does not have,
+/// sent with a known `traceparent`, leaves the gateway's line and orders' line about it on the
+/// sink under that trace, each with the span of its hop's record; the gateway counts what it
+/// shipped.
+async fn a_failed_request_leaves_its_lines_under_its_trace() {
+    let (mut system, events_port) = System::start_with_events(1, true).await;
+    let sink = support::mesh::internal_url(events_port, "");
+    let reporting = format!("http://127.0.0.1:{events_port}");
+    system
+        .add_services(
+            &[("orders", 1)],
+            &[("STRATUS_EVENTS_URL", reporting.as_str())],
+        )
+        .await;
+    let token = system.customer_token("ada@example.com").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = system
+        .http
+        .post(system.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "no-such-product-1")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let lines = query(&system, &sink, &format!("trace_id={trace}")).await;
+        let from = |service: &str| lines.iter().any(|l| l["service"] == service);
+        if from("gateway") && from("orders") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the trace's lines: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let line_of = |service: &str| {
+        lines
+            .iter()
+            .find(|l| l["service"] == service)
+            .unwrap()
+            .clone()
+    };
+    let gateway = line_of("gateway");
+    assert_eq!(gateway["message"], "request refused by the service");
+    assert_eq!(gateway["level"], "info");
+    assert_eq!(gateway["target"], "stratus_gateway::report");
+    assert_eq!(gateway["fields"]["status"], 422);
+    assert_eq!(gateway["fields"]["service"], "orders");
+    assert_eq!(gateway["fields"]["method"], "POST");
+    let orders = line_of("orders");
+    assert_eq!(
+        orders["message"],
+        "order refused: the catalog has no such product"
+    );
+    assert_eq!(orders["fields"]["product"], "no-such-product");
+    assert_eq!(orders["target"], "stratus_orders::pricing");
+
+    // Each line's span is its hop's record's, on the same instance.
+    // The gateway hands its records over every 200 ms: wait for both hops.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        let url = format!("{sink}/v1/traces/{trace}");
+        let response = system.internal().get(&url).send().await.unwrap();
+        let records = match response.status().as_u16() {
+            200 => response.json::<Value>().await.unwrap()["records"]
+                .as_array()
+                .unwrap()
+                .clone(),
+            _ => Vec::new(),
+        };
+        let has = |service: &str| records.iter().any(|r| r["service"] == service);
+        if has("gateway") && has("orders") {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace's records: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (line, kind) in [(&gateway, "gateway"), (&orders, "server")] {
+        let record = records
+            .iter()
+            .find(|r| r["service"] == line["service"] && r["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} record: {records:#?}"));
+        assert_eq!(line["span_id"], record["span_id"], "{line}");
+        assert_eq!(line["instance"], record["instance"], "{line}");
+    }
+
+    let text = metrics(&system, &system.admin_url("")).await;
+    assert!(
+        support::metric_sum(&text, "logs_shipped_total", "") >= 1.0,
+        "{text}"
+    );
+    // Lines logged before the sink was up were dropped as unreachable; none was refused (the
+    // gateway posts as itself over mutual TLS) and the queue never filled.
+    for reason in ["sink_refused", "queue_full"] {
+        let labels = format!("reason=\"{reason}\"");
+        assert_eq!(
+            support::metric_sum(&text, "logs_dropped_total", &labels),
+            0.0,
+            "{text}"
+        );
+    }
+}
+
+/// A sink that is down costs the lines, counted, and no request: every request through the
+/// gateway (each a 404, so each a gateway line) is answered as it would be with the sink up.
+async fn a_sink_that_is_down_costs_lines_not_requests() {
+    let (system, _events_port) = System::start_with_events(1, false).await;
+    for i in 0..200 {
+        let response = system
+            .http
+            .get(system.url(&format!("/api/catalog/products/nope-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "request {i}");
+    }
+    let admin = system.admin_url("");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = metrics(&system, &admin).await;
+        let dropped =
+            support::metric_sum(&text, "logs_dropped_total", "reason=\"sink_unreachable\"");
+        if dropped >= 200.0 {
+            assert_eq!(support::metric_sum(&text, "logs_shipped_total", ""), 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lines dropped: {dropped}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `STRATUS_LOG_SHIP=off` keeps a process's lines on stdout only, and `STRATUS_LOG_SHIP_LEVEL`
+/// ships only its level and above: the gateway at warn ships its line about a 503 and not the
+/// one about a 404 (info) before it; catalog, off, never queues a line (its lines from before
+/// the sink was up would otherwise be counted as dropped).
+async fn shipping_can_be_turned_off_or_raised() {
+    let events_port = support::free_port();
+    let reporting = format!("http://127.0.0.1:{events_port}");
+    let extra = [
+        ("catalog", "STRATUS_EVENTS_URL", reporting.clone()),
+        ("catalog", "STRATUS_LOG_SHIP", "off".to_string()),
+        ("gateway", "STRATUS_EVENTS_URL", reporting.clone()),
+        ("gateway", "STRATUS_LOG_SHIP_LEVEL", "warn".to_string()),
+    ];
+    let mut system = System::start_with(1, &extra).await;
+    system.spawn("events", &[("PORT", events_port.to_string().as_str())]);
+    let sink = support::mesh::internal_url(events_port, "");
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let trace = "7e2d7a6a1bd94d2e8d8a3c5f0b6e4a21";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let token = system.customer_token("ada@example.com").await;
+    let get = |path: &str| {
+        system
+            .http
+            .get(system.url(path))
+            .bearer_auth(&token)
+            .header("traceparent", &traceparent)
+            .send()
+    };
+    assert_eq!(
+        get("/api/catalog/products/nope").await.unwrap().status(),
+        404
+    );
+    // No orders instance: the gateway answers 503 and logs it at warn.
+    assert_eq!(get("/api/orders").await.unwrap().status(), 503);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let lines = query(&system, &sink, &format!("trace_id={trace}")).await;
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's warning never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Queued in order: the 404's line would be there by now.
+    assert_eq!(messages(&lines), ["request failed"], "{lines:#?}");
+    assert_eq!(lines[0]["service"], "gateway");
+    assert_eq!(lines[0]["fields"]["status"], 503);
+
+    let text = metrics(&system, &system.instance_url("catalog").await).await;
+    for family in ["logs_shipped_total", "logs_dropped_total"] {
+        assert_eq!(support::metric_sum(&text, family, ""), 0.0, "{text}");
+    }
+}
+
+/// A process that stops on an error sends the line saying why before it exits.
+async fn a_process_that_exits_ships_why() {
+    let (mut system, sink) = sink(None, &[]).await;
+    let port = sink
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let reporting = format!("http://127.0.0.1:{port}");
+    system.spawn(
+        "catalog",
+        &[
+            ("STRATUS_EVENTS_URL", reporting.as_str()),
+            ("DATABASE_URL", "sqlite:///proc/no-such-dir/catalog.db"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = query(&system, &sink, "service=catalog&level=error").await;
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line said why catalog stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(messages(&lines), ["exiting"]);
+    assert!(
+        lines[0]["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("database"),
+        "{lines:#?}"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -643,5 +881,21 @@ fn main() -> std::process::ExitCode {
             "opentelemetry.exporter.otlp.proto.http._log_exporter",
         ])]),
         Test::new("logs_work_on_postgres", logs_work_on_postgres).needs(&[Need::Postgres]),
+        Test::new(
+            "a_failed_request_leaves_its_lines_under_its_trace",
+            a_failed_request_leaves_its_lines_under_its_trace,
+        ),
+        Test::new(
+            "a_sink_that_is_down_costs_lines_not_requests",
+            a_sink_that_is_down_costs_lines_not_requests,
+        ),
+        Test::new(
+            "shipping_can_be_turned_off_or_raised",
+            shipping_can_be_turned_off_or_raised,
+        ),
+        Test::new(
+            "a_process_that_exits_ships_why",
+            a_process_that_exits_ships_why,
+        ),
     ])
 }

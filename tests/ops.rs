@@ -833,3 +833,233 @@ auth = "none"
     let (ok, _, stderr) = up.cli(&["status"]).await;
     assert!(ok, "{stderr}");
 }
+
+/// The shop's edge and orders with the event sink.
+const WITH_SINK: &str = r#"
+[[components]]
+name = "registry"
+
+[[components]]
+name = "events"
+
+[[components]]
+name = "auth"
+
+[[components]]
+name = "catalog"
+
+[[components]]
+name = "orders"
+
+[[components]]
+name = "gateway"
+
+[[routes]]
+name = "auth"
+prefix = "/auth"
+service = "auth"
+auth = "none"
+
+[[routes]]
+name = "orders"
+prefix = "/api/orders"
+service = "orders"
+auth = "required"
+
+[[intentions]]
+from = "orders"
+to = "catalog"
+"#;
+
+/// The `<label> | <JSON>` lines of `stratus logs`, as (label, line).
+fn labelled(output: &str) -> Vec<(String, Value)> {
+    output
+        .lines()
+        .map(|line| {
+            let (label, json) = line
+                .split_once(" | ")
+                .unwrap_or_else(|| panic!("not labelled: {line}\n{output}"));
+            let json = serde_json::from_str(json).unwrap_or_else(|_| panic!("{line}"));
+            (label.to_string(), json)
+        })
+        .collect()
+}
+
+/// An order for a product the catalog does not have (a 422 once orders runs and finds the
+/// catalog), sent through `gateway` in trace `trace`.
+async fn unknown_product(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    trace: &str,
+    key: &str,
+) -> reqwest::Response {
+    http.post(format!("{gateway}/api/orders"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `stratus logs` with the event sink running reads the lines from it: every replica's, merged
+/// in time order, by trace, level and text; with the sink gone from stratus.toml, from the
+/// replicas' files, by the same filters.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_come_from_the_sink_when_one_runs_and_from_files_otherwise() {
+    let up = Up::start(WITH_SINK);
+    let http = reqwest::Client::new();
+    let gateway = format!("http://127.0.0.1:{}", up.gateway);
+    let credentials =
+        serde_json::json!({"email": "ada@example.com", "password": "customer-password"});
+    let signup = http
+        .post(format!("{gateway}/auth/signup"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 201);
+    let login: Value = http
+        .post(format!("{gateway}/auth/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    // Until the gateway routes to orders and orders finds the catalog: 503, and then the 422.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 0.. {
+        let refused = unknown_product(&http, &gateway, token, trace, &format!("k-{attempt}")).await;
+        match refused.status().as_u16() {
+            422 => break,
+            503 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("{other}: {}", refused.text().await.unwrap()),
+        }
+    }
+
+    // From the sink: the gateway's and orders' lines of the trace, oldest first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let (ok, stdout, stderr) = up.cli(&["logs", "--trace", trace, "-n", "100"]).await;
+        assert!(ok, "{stderr}");
+        let lines = labelled(&stdout);
+        let from = |label: &str| lines.iter().any(|(l, _)| l == label);
+        if from("gateway-0") && from("orders-0") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "{stdout}\n{}", up.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|(_, line)| line["trace_id"] == trace));
+    assert!(lines[0].1["time"].as_str() <= lines[1].1["time"].as_str());
+    let (_, orders) = lines.iter().find(|(l, _)| l == "orders-0").unwrap();
+    assert_eq!(
+        orders["message"],
+        "order refused: the catalog has no such product"
+    );
+
+    let (ok, stdout, _) = up
+        .cli(&["logs", "--trace", trace, "--grep", "NO SUCH PRODUCT"])
+        .await;
+    assert!(ok);
+    let found = labelled(&stdout);
+    assert_eq!(found.len(), 1, "{stdout}");
+    assert_eq!(found[0].0, "orders-0");
+    let (ok, stdout, _) = up
+        .cli(&["logs", "orders", "--level", "warn", "--trace", trace])
+        .await;
+    assert!(ok && stdout.is_empty(), "{stdout}");
+    // Every component ships its own lines (over mutual TLS, as itself) but the sink.
+    let (ok, stdout, _) = up.cli(&["logs", "-n", "1000"]).await;
+    assert!(ok);
+    let mut shipping: Vec<String> = labelled(&stdout)
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
+    shipping.sort();
+    shipping.dedup();
+    assert_eq!(
+        shipping,
+        ["auth-0", "catalog-0", "gateway-0", "orders-0", "registry-0"],
+        "{stdout}"
+    );
+    let (ok, _, stderr) = up.cli(&["logs", "--trace", "nope"]).await;
+    assert!(!ok && stderr.contains("--trace must be"), "{stderr}");
+
+    // -f: the sink's live tail, the lines of requests made after it started.
+    let followed = "5a3f1c2e9b7d4e6f8a0b1c2d3e4f5a6b";
+    let mut follow = tokio::process::Command::new(support::binary())
+        .args(["logs", "-f", "-n", "0", "--trace", followed])
+        .env("STRATUS_DATA_DIR", up.data_dir())
+        .env_remove("STRATUS_CONTROL_ADDR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Ordered until lines come: the tail starts with its answer's head, which -f does not wait for.
+    for attempt in 0.. {
+        let order =
+            unknown_product(&http, &gateway, token, followed, &format!("f-{attempt}")).await;
+        assert_eq!(order.status(), 422);
+        let mut line = String::new();
+        while let Ok(Ok(read)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+        )
+        .await
+        {
+            assert!(read > 0, "logs -f ended: {seen:?}");
+            seen.push(std::mem::take(&mut line));
+        }
+        let labels: Vec<String> = labelled(&seen.concat())
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        if labels.contains(&"gateway-0".to_string()) && labels.contains(&"orders-0".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs -f printed {seen:?}");
+    }
+    follow.kill().await.unwrap();
+
+    // From the files, asked for or with no sink: the same lines as each replica wrote them.
+    let from_files = |stdout: &str| {
+        let lines = labelled(stdout);
+        let mut labels: Vec<String> = lines.iter().map(|(l, _)| l.clone()).collect();
+        labels.sort();
+        assert_eq!(labels, ["gateway-0", "orders-0"], "{stdout}");
+        let (_, orders) = lines.iter().find(|(l, _)| l == "orders-0").unwrap();
+        assert_eq!(orders["span"]["trace_id"], trace);
+        assert_eq!(
+            orders["fields"]["message"],
+            "order refused: the catalog has no such product"
+        );
+    };
+    let (ok, stdout, stderr) = up.cli(&["logs", "--files", "--trace", trace]).await;
+    assert!(ok, "{stderr}");
+    from_files(&stdout);
+    up.write_manifest(&WITH_SINK.replace("[[components]]\nname = \"events\"\n", ""));
+    up.wait_status("the sink stopped", Duration::from_secs(30), |status| {
+        status["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "events")
+    })
+    .await;
+    let (ok, stdout, stderr) = up.cli(&["logs", "--trace", trace]).await;
+    assert!(ok, "{stderr}");
+    from_files(&stdout);
+}

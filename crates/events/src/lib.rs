@@ -25,8 +25,6 @@ pub mod log_tail;
 pub mod logs_api;
 pub mod otlp;
 pub mod otlp_logs;
-pub mod proto;
-pub mod proto_logs;
 pub mod record;
 pub mod registry;
 pub mod sample;
@@ -37,6 +35,10 @@ pub mod store;
 pub mod topology;
 pub mod trace_list;
 pub mod writer;
+
+// The OTLP messages live in the kit, which also writes them (its log shipping); these names
+// keep `crate::proto` and `stratus_events::proto` as they were.
+pub use stratus_kit::otlp::{proto, proto_logs};
 
 use std::time::Duration;
 

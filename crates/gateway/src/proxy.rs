@@ -234,22 +234,20 @@ impl Proxy {
             match self.edge_lookup(route, &plan, &parts, client).await {
                 edge::Lookup::Answered(response, outcome) => {
                     cache.count(outcome);
-                    let status = response.status().as_u16();
-                    let elapsed = started.elapsed();
-                    route.metrics.record(status, elapsed.as_secs_f64());
-                    if let Some(events) = &self.events {
-                        events.record(Hop {
+                    self.answered(
+                        route,
+                        Hop {
                             trace,
                             parent,
                             route: &route.name,
                             route_encoded: &route.event_name,
                             method: &parts.method,
-                            status,
-                            elapsed,
+                            status: response.status().as_u16(),
+                            elapsed: started.elapsed(),
                             retries: 0,
                             cache: Some("hit"),
-                        });
-                    }
+                        },
+                    );
                     return finish(response, &request_id);
                 }
                 edge::Lookup::Fetch(fetch) => miss = Some(fetch),
@@ -332,23 +330,31 @@ impl Proxy {
         if routes.caches {
             self.edge_purge_after_write(&routes, &parts.method, parts.uri.path(), &mut response);
         }
-        let status = response.status().as_u16();
-        let elapsed = started.elapsed();
-        route.metrics.record(status, elapsed.as_secs_f64());
-        if let Some(events) = &self.events {
-            events.record(Hop {
+        self.answered(
+            route,
+            Hop {
                 trace,
                 parent,
                 route: &route.name,
                 route_encoded: &route.event_name,
                 method: &parts.method,
-                status,
-                elapsed,
+                status: response.status().as_u16(),
+                elapsed: started.elapsed(),
                 retries,
                 cache: cached,
-            });
-        }
+            },
+        );
         finish(response, &request_id)
+    }
+
+    /// A forwarded request's answer: the route's metrics, a line when it failed
+    /// ([`crate::report::log_failed`]), and the hop record for the sink.
+    fn answered(&self, route: &Route, hop: Hop<'_>) {
+        route.metrics.record(hop.status, hop.elapsed.as_secs_f64());
+        crate::report::log_failed(&hop, &route.service);
+        if let Some(events) = &self.events {
+            events.record(hop);
+        }
     }
 
     /// The HTTP/2 path: the same header handling as HTTP/1.1, but the body streams to the
@@ -387,22 +393,20 @@ impl Proxy {
         let response = self
             .forward_h2(route, parts, body, client, &call, grpc, &mut retries)
             .await;
-        let status = response.status().as_u16();
-        let elapsed = call.started.elapsed();
-        route.metrics.record(status, elapsed.as_secs_f64());
-        if let Some(events) = &self.events {
-            events.record(Hop {
+        self.answered(
+            route,
+            Hop {
                 trace: call.trace,
                 parent: call.parent,
                 route: &route.name,
                 route_encoded: &route.event_name,
                 method: &method,
-                status,
-                elapsed,
+                status: response.status().as_u16(),
+                elapsed: call.started.elapsed(),
                 retries,
                 cache: None,
-            });
-        }
+            },
+        );
         finish(response, &call.request_id)
     }
 

@@ -105,6 +105,25 @@ impl WorkerEvents {
     }
 }
 
+/// A line for a forwarded request that failed: at warn for a 5xx (the instance's, or the
+/// gateway's 502-504 when none answered), at info for an instance's 4xx. It names the trace and
+/// the gateway's span, so the line is found beside the trace's hops (on the sink, when lines are
+/// shipped there: `kit::log_ship`). Successful requests have no line: a line each would cost the
+/// request path more than the record does.
+pub fn log_failed(hop: &Hop<'_>, service: &str) {
+    if hop.status < 400 {
+        return;
+    }
+    let trace_id = hop.trace.trace_id_hex();
+    let span_id = hop.trace.span_id_hex();
+    let duration_ms = hop.elapsed.as_secs_f64() * 1000.0;
+    if hop.status >= 500 {
+        tracing::warn!(%trace_id, %span_id, route = hop.route, service, method = %hop.method, status = hop.status, duration_ms, retries = hop.retries, "request failed");
+    } else {
+        tracing::info!(%trace_id, %span_id, route = hop.route, service, method = %hop.method, status = hop.status, duration_ms, retries = hop.retries, "request refused by the service");
+    }
+}
+
 fn take(pending: &mut Batch) -> Batch {
     std::mem::replace(pending, Batch::with_capacity(BATCH_BYTES))
 }

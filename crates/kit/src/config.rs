@@ -78,6 +78,16 @@ pub struct CommonArgs {
     #[arg(long, env = "STRATUS_LOG_FORMAT")]
     pub log_format: Option<String>,
 
+    /// Also send this process's log lines to the event sink (on or off; only while STRATUS_EVENTS
+    /// is on). stdout gets every line either way.
+    #[arg(long = "log-ship", env = "STRATUS_LOG_SHIP", default_value = "on", value_parser = parse_switch)]
+    pub log_ship: bool,
+
+    /// The lowest level sent to the event sink (trace, debug, info, warn, error); lines below it
+    /// still go to stdout when STRATUS_LOG lets them.
+    #[arg(long, env = "STRATUS_LOG_SHIP_LEVEL", default_value = "info", value_parser = parse_level)]
+    pub log_ship_level: tracing::Level,
+
     /// Report one record per request to the event sink (on or off).
     #[arg(long = "events", env = "STRATUS_EVENTS", default_value = "on", value_parser = parse_switch)]
     pub events: bool,
@@ -100,6 +110,16 @@ pub fn parse_switch(text: &str) -> Result<bool, String> {
         "on" | "true" | "1" | "yes" => Ok(true),
         "off" | "false" | "0" | "no" => Ok(false),
         other => Err(format!("`{other}` is not on or off")),
+    }
+}
+
+/// A log level by name: trace, debug, info, warn (or warning), error; any case.
+pub fn parse_level(text: &str) -> Result<tracing::Level, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "warning" => Ok(tracing::Level::WARN),
+        other => other
+            .parse()
+            .map_err(|_| format!("`{text}` is not one of trace, debug, info, warn, error")),
     }
 }
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use stratus_broker::{Broker, Message, Subscription};
+use tracing::Instrument;
 
 use crate::events::{EventRecord, EventReporter};
 use crate::resilience::backoff;
@@ -256,12 +257,19 @@ async fn consume<H, F>(
             None => (TraceContext::new_root(), None),
         };
         let attempt = delivery.attempt;
+        // The handler's lines, and those about this message, carry its trace and span.
+        let span = tracing::info_span!(
+            "message",
+            trace_id = %context.trace_id_hex(),
+            span_id = %context.span_id_hex(),
+            topic
+        );
         // The handler's database and cache calls are counted in this task (`tally`).
         let handled = AssertUnwindSafe(handler(delivery.message.clone(), context)).catch_unwind();
-        let (outcome, spent) = crate::tally::scope(handled).await;
+        let (outcome, spent) = crate::tally::scope(handled).instrument(span.clone()).await;
         let outcome = outcome.unwrap_or_else(|panic| {
             let why = panic_message(panic);
-            tracing::error!(topic, group, id = %delivery.message.id, attempt, panic = %why, "the handler panicked");
+            span.in_scope(|| tracing::error!(topic, group, id = %delivery.message.id, attempt, panic = %why, "the handler panicked"));
             Err(HandlerError::Transient(anyhow::anyhow!(
                 "the handler panicked: {why}"
             )))
@@ -272,13 +280,13 @@ async fn consume<H, F>(
             Err(error) => {
                 let delay = backoff(attempt, Duration::from_millis(200), Duration::from_secs(5))
                     .max(Duration::from_millis(50));
-                tracing::warn!(topic, group, id = %delivery.message.id, attempt, %error, "message not processed; nacking");
+                span.in_scope(|| tracing::warn!(topic, group, id = %delivery.message.id, attempt, %error, "message not processed; nacking"));
                 delivery.nack(delay).await
             }
         };
         if let Err(error) = settled {
             // The message comes back after the visibility timeout; handlers are idempotent.
-            tracing::warn!(topic, group, %error, "settling a message");
+            span.in_scope(|| tracing::warn!(topic, group, %error, "settling a message"));
         }
         if let Some(reporter) = &reporter {
             reporter.report(EventRecord {
@@ -390,6 +398,49 @@ mod tests {
         assert!(payloads[0].starts_with("odd "), "{payloads:?}");
         assert!(!payloads[0].ends_with("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(payloads[1], "plain 4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    /// The handler's lines carry the message's trace and the hop's span (the consumer record's),
+    /// as a request's lines carry its own: so shipped lines are found under the trace.
+    #[tokio::test]
+    async fn a_handlers_lines_carry_the_messages_trace_and_hop() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let (queue, mut lines) = mpsc::channel(16);
+        let subscriber =
+            tracing_subscriber::registry().with(crate::log_ship::layer::ShipLayer::new(queue));
+        // The test's runtime is one thread: the consumer's task logs under this subscriber.
+        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker(dir.path()).await;
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let _consumer = spawn(&broker, "traced", "test", None, move |_, hop| {
+            let tx = tx.clone();
+            async move {
+                tracing::info!("handling");
+                tx.send(format!("{} {}", hop.trace_id_hex(), hop.span_id_hex()))
+                    .ok();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let message = Message::new(&b"m"[..]).with_traceparent(traceparent);
+        broker.publish("traced", &message).await.unwrap();
+
+        let hop = received(&mut seen, 1).await;
+        assert_eq!(hop.len(), 1);
+        let (trace, span) = hop[0].split_once(' ').unwrap();
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span, "00f067aa0ba902b7", "the hop has a span of its own");
+        let line = loop {
+            let line = lines.recv().await.unwrap();
+            if line.message == "handling" {
+                break line;
+            }
+        };
+        assert_eq!(line.trace_id, u128::from_str_radix(trace, 16).ok());
+        assert_eq!(line.span_id, u64::from_str_radix(span, 16).ok());
     }
 
     /// A handler that panics is a failed attempt: the next message is handled, and the one

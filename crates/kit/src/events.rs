@@ -108,6 +108,22 @@ impl From<&RecordRef<'_>> for EventRecord {
     }
 }
 
+/// The client that posts to the sink (over mutual TLS when `mesh` is on; short timeouts, since
+/// nothing waits for it but a background task) and the sink's base URL as it is reached.
+/// Event records and log lines ([`crate::log_ship`]) are sent the same way.
+pub fn sink_client(
+    mesh: &crate::mesh::Mesh,
+    sink: &str,
+) -> anyhow::Result<(reqwest::Client, String)> {
+    crate::install_crypto_provider();
+    let client = mesh
+        .client_builder("events")
+        .timeout(SEND_TIMEOUT)
+        .connect_timeout(Duration::from_millis(500))
+        .build()?;
+    Ok((client, mesh.url(sink.trim_end_matches('/'))))
+}
+
 /// What the sending task receives: one record, or records a caller already wrote in the binary
 /// batch format ([`crate::event_wire`]).
 // Boxing the record to shrink the enum would cost an allocation per record.
@@ -147,14 +163,8 @@ struct Origin {
 impl EventReporter {
     /// Starts the sending task. `sink` is the sink's base URL (`http://127.0.0.1:8090`).
     pub fn start(sink: &str, service: &str, instance: &str) -> anyhow::Result<Self> {
-        let mesh = crate::mesh::current();
-        let url = format!("{}/v1/events", mesh.url(sink.trim_end_matches('/')));
-        crate::install_crypto_provider();
-        let client = mesh
-            .client_builder("events")
-            .timeout(SEND_TIMEOUT)
-            .connect_timeout(Duration::from_millis(500))
-            .build()?;
+        let (client, base) = sink_client(crate::mesh::current(), sink)?;
+        let url = format!("{base}/v1/events");
         let (queue, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         tokio::spawn(send_loop(client, url, receiver, queued.clone()));

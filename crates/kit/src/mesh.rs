@@ -90,6 +90,11 @@ pub fn current() -> &'static Mesh {
         .unwrap_or_else(|| OFF.get_or_init(|| Mesh::new(Mode::Off, None)))
 }
 
+/// The mesh of this process once [`join`] or [`install`] has set it (`None` before).
+pub fn installed() -> Option<&'static Mesh> {
+    MESH.get()
+}
+
 /// Sets the mesh of this process (once; a second call is an error).
 pub fn install(mode: Mode, credentials: Option<Arc<Credentials>>) -> anyhow::Result<&'static Mesh> {
     if mode != Mode::Off && credentials.is_none() {

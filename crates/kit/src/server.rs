@@ -343,16 +343,32 @@ fn log_operator_token(request: &Request, peer: &Peer) {
     }
 }
 
+/// The request's span: its lines carry the trace and this hop's span. With event reporting on,
+/// that is the hop the record reports (`trace::Hop`, put in by the outer event layer, so a
+/// request without a `traceparent` has the new trace's id too); without it, the caller's trace.
 async fn trace_span(request: Request, next: Next) -> Response {
-    let context = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse);
-    let trace_id = context.map(|c| c.trace_id_hex()).unwrap_or_default();
+    let hop = request
+        .extensions()
+        .get::<crate::trace::Hop>()
+        .map(|hop| hop.0);
+    let (trace_id, span_id) = match hop {
+        Some(hop) => (hop.trace_id_hex(), hop.span_id_hex()),
+        None => {
+            let caller = request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse);
+            (
+                caller.map(|c| c.trace_id_hex()).unwrap_or_default(),
+                String::new(),
+            )
+        }
+    };
     let span = tracing::info_span!(
         "request",
         trace_id = %trace_id,
+        span_id = %span_id,
         method = %request.method(),
         path = %request.uri().path()
     );

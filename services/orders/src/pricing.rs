@@ -59,10 +59,11 @@ impl Catalog {
                     line_total_cents: unit.saturating_mul(item.quantity),
                 }),
                 Err(Failure::Unknown) => {
+                    tracing::info!(product = %item.product_id, "order refused: the catalog has no such product");
                     return Err(Problem::unprocessable(format!(
                         "no product {} in the catalog",
                         item.product_id
-                    )))
+                    )));
                 }
                 Err(Failure::Unavailable(why)) => {
                     tracing::warn!(product = %item.product_id, %why, "catalog unavailable");

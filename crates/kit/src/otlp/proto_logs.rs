@@ -1,9 +1,9 @@
 //! The OTLP logs messages (`opentelemetry/proto/collector/logs/v1` and `logs/v1`), as prost
-//! structs with the official field numbers, like [`crate::proto`] for traces: no `protoc` in
+//! structs with the official field numbers, like [`super::proto`] for traces: no `protoc` in
 //! the build, and the fields the sink does not read (dropped counts, flags, event names) are
 //! skipped when decoding, as protobuf requires.
 
-use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource};
+use super::proto::{AnyValue, InstrumentationScope, KeyValue, Resource};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ExportLogsServiceRequest {
