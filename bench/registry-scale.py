@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 STRATUS = sys.argv[1]
 SECONDS = float(os.environ.get("SECONDS_PER_ROW", "10"))
@@ -397,11 +398,19 @@ class Row:
         await first_of(bounded("opening the watchers (each waits for its first answer)",
                                all_ready(), 60 + self.watchers / 10))
         await asyncio.sleep(0.5)  # every watcher blocked
-        pids = [process.pid for process in processes]
-        registry_pids = pids[:len(ports)]
-        etcd_pid = pids[len(ports)] if len(pids) > len(ports) else None
-        cpu = sum(cpu_seconds(pid) for pid in registry_pids)
-        etcd_cpu = cpu_seconds(etcd_pid) if etcd_pid else 0.0
+        registry_pids = [process.pid for process in processes[:len(ports)]]
+        etcd_pid = processes[len(ports)].pid if len(processes) > len(ports) else None
+
+        def sample(read, pid):
+            """`read` of a process's /proc entry, or the row's failure if it has gone."""
+            try:
+                return read(pid)
+            except OSError:
+                gone = [p.exited() for p in processes if p.pid == pid]
+                raise Failure(f"while measuring: {gone[0] or f'pid {pid} is gone'}") from None
+
+        cpu = sum(sample(cpu_seconds, pid) for pid in registry_pids)
+        etcd_cpu = sample(cpu_seconds, etcd_pid) if etcd_pid else 0.0
         self.measuring = True
         made, elapsed = await first_of(bounded("making the changes", self.changes(ports),
                                                SECONDS * 3 + 30))
@@ -411,8 +420,8 @@ class Row:
         if failed:
             raise Failure(f"a watcher failed while the changes were made: "
                           f"{failed[0].exception()!r}")
-        cpu = sum(cpu_seconds(pid) for pid in registry_pids) - cpu
-        etcd_cpu = (cpu_seconds(etcd_pid) - etcd_cpu) if etcd_pid else None
+        cpu = sum(sample(cpu_seconds, pid) for pid in registry_pids) - cpu
+        etcd_cpu = (sample(cpu_seconds, etcd_pid) - etcd_cpu) if etcd_pid else None
         whole = self.kind in ("catalog", "deltas")
         watchers_per_change = self.watchers if whole else self.watchers / self.services
         # The (change, watcher) pairs that should be seen: a change to a service with one
@@ -439,8 +448,8 @@ class Row:
             "seen": len(lags) / expected if expected else 0,
             "p50": percentile(0.50),
             "p99": percentile(0.99),
-            "rss": [rss_mib(pid) for pid in registry_pids],
-            "etcd_rss": rss_mib(etcd_pid) if etcd_pid else None,
+            "rss": [sample(rss_mib, pid) for pid in registry_pids],
+            "etcd_rss": sample(rss_mib, etcd_pid) if etcd_pid else None,
             "errors": self.errors,
         }
 
@@ -538,7 +547,9 @@ def main():
     for spec in ROWS:
         try:
             row, r = run_row(spec, work)
-        except Failure as failure:
+        except Exception as error:  # noqa: BLE001 (any failure ends the row, loudly, not the run)
+            failure = error if isinstance(error, Failure) else Failure(
+                f"the bench itself broke: {error!r}\n{traceback.format_exc()}")
             print(f"| {spec} | FAILED: {str(failure).splitlines()[0]} |", flush=True)
             print(f"registry-scale: row {spec} FAILED: {failure}", file=sys.stderr, flush=True)
             broken.append(spec)
