@@ -183,21 +183,30 @@ impl EtcdStore {
 
     async fn read_catalog(&self) -> StoreResult<Catalog> {
         let (revision, kvs) = self.client.range_prefix(PREFIX).await?;
-        // The answer is at this revision, which the watch stream may not have delivered yet.
+        Ok(self.catalog_at(revision, &kvs))
+    }
+
+    /// The catalog the keys read at `revision` hold. The answer is at that revision, which the
+    /// watch stream may not have delivered yet: the ring is told so.
+    fn catalog_at<'a>(
+        &self,
+        revision: i64,
+        kvs: impl IntoIterator<Item = &'a KeyValue>,
+    ) -> Catalog {
         self.changes.reached(as_index(revision));
         let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-        for instance in kvs.iter().filter_map(decode).filter(listed) {
+        for instance in kvs.into_iter().filter_map(decode).filter(listed) {
             services
                 .entry(instance.service.clone())
                 .or_default()
                 .push(instance);
         }
-        Ok(Catalog {
+        Catalog {
             index: as_index(revision),
             services,
             // etcd keeps every instance across registry restarts: never warming.
             ..Catalog::default()
-        })
+        }
     }
 
     /// Only `names`' instances, each service's keys read at the revision of the first read, so
@@ -213,11 +222,7 @@ impl EtcdStore {
         }
         let Some((first, rest)) = names.split_first() else {
             let revision = self.client.count_prefix(PREFIX).await?;
-            self.changes.reached(as_index(revision));
-            return Ok(Catalog {
-                index: as_index(revision),
-                ..Catalog::default()
-            });
+            return Ok(self.catalog_at(revision, []));
         };
         let (revision, kvs) = self
             .client
@@ -228,24 +233,7 @@ impl EtcdStore {
             self.client.range_prefix_at(&prefix, revision).await
         }))
         .await?;
-        self.changes.reached(as_index(revision));
-        let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-        for instance in std::iter::once(kvs)
-            .chain(rest)
-            .flatten()
-            .filter_map(|kv| decode(&kv))
-            .filter(listed)
-        {
-            services
-                .entry(instance.service.clone())
-                .or_default()
-                .push(instance);
-        }
-        Ok(Catalog {
-            index: as_index(revision),
-            services,
-            ..Catalog::default()
-        })
+        Ok(self.catalog_at(revision, kvs.iter().chain(rest.iter().flatten())))
     }
 
     /// The service's instances, and the revision they were read at as their version (the
