@@ -191,6 +191,7 @@ class Row:
         self.errors = 0  # answers other than 200 (a store that cannot keep up: 503)
         self.bytes = 0
         self.ready = 0  # watchers that have their first answer (and an index to block on)
+        self.registered = 0  # instances registered before the watchers open
         # The registry closes connections from one address past 64 handshakes in progress at
         # once (stratus_kit::listener): the watchers connect a few at a time.
         self.connecting = asyncio.Semaphore(16)
@@ -229,6 +230,7 @@ class Row:
             while queue:
                 n = queue.pop()
                 await self.register(http, self.service(n % self.services), f"i{n}")
+                self.registered += 1
 
         await asyncio.gather(*(worker(w) for w in range(8)))
 
@@ -343,7 +345,7 @@ class Row:
         process the row depends on watched: whatever goes wrong ends the row with why."""
         ports = [port for port, _ in registries]
         processes = [process for _, process in registries] + ([etcd] if etcd else [])
-        phase = {"now": "registering the instances", "since": time.time()}
+        phase = {"now": "registering the instances"}
 
         async def guard():
             while True:
@@ -354,7 +356,7 @@ class Row:
                 await asyncio.sleep(0.2)
 
         async def bounded(what, work, seconds):
-            phase["now"], phase["since"] = what, time.time()
+            phase["now"] = what
             try:
                 return await asyncio.wait_for(work, seconds)
             except asyncio.TimeoutError:
@@ -372,7 +374,8 @@ class Row:
             await asyncio.gather(watching, *tasks, return_exceptions=True)
 
     def progress(self):
-        return (f" ({self.ready:,} of {self.watchers:,} watchers had their first answer, "
+        return (f" ({self.registered:,} of {self.instances:,} instances registered, "
+                f"{self.ready:,} of {self.watchers:,} watchers had their first answer, "
                 f"{self.errors} answers were not 200)")
 
     async def measure(self, ports, processes, bounded, watching, tasks):
