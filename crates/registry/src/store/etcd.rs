@@ -210,8 +210,10 @@ impl EtcdStore {
     }
 
     /// Only `names`' instances, each service's keys read at the revision of the first read, so
-    /// the whole is etcd's state at one revision (the snapshot's index). Past a few services one
-    /// read of the whole prefix costs etcd less than one read per service.
+    /// the whole is etcd's state at one revision (the snapshot's index). Should etcd compact
+    /// that revision between the reads, they fail as any store error does (a watcher reads its
+    /// snapshot again a second later, a query is a 503). Past a few services one read of the
+    /// whole prefix costs etcd less than one read per service.
     async fn read_services(&self, names: &[String]) -> StoreResult<Catalog> {
         if names.len() > SERVICE_READS_MAX {
             let mut catalog = self.read_catalog().await?;
