@@ -482,8 +482,109 @@ async fn a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd() {
     drop(etcd);
 }
 
+/// Compacts etcd's history through `revision` (as an operator's `etcdctl compact` does).
+async fn compact(etcd: &Etcd, revision: u64) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v3/kv/compaction", etcd.url()))
+        .json(&serde_json::json!({"revision": revision.to_string(), "physical": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "compacting: {answer:?}");
+}
+
+/// Several registries on one etcd, in one story: a watcher on registry B sees the
+/// changes made through registry A; dropped, it resumes from its index on B and misses none;
+/// and when etcd compacts away history B's own etcd watch had not read yet (B was cut off from
+/// etcd while A made changes), B no longer knows what changed: its watchers get a snapshot of
+/// the current view, neither an error nor a silent gap, and changes after it as changes.
+async fn a_watcher_on_another_registry_gets_a_snapshot_after_etcd_compacts_past_it() {
+    use support::deltas::{delete, open, put, registry_view};
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Registry::start("registry-a", &etcd.url(), dir.path()).await;
+    // Registry B reaches etcd through a hop the test can cut.
+    let hop = support::cut::Cuttable::to(etcd.port).await;
+    let hop_url = format!("http://127.0.0.1:{}", hop.port);
+    let watched = Registry::start("registry-b", &hop_url, dir.path()).await;
+    let within = Duration::from_secs(5);
+
+    // Made through A, seen on B.
+    assert_eq!(put(&writer, "shop", "a", 9601, "1").await, 201);
+    let mut watcher = open(&watched, "", None).await;
+    assert!(watcher.expect(within).await.is_snapshot());
+    assert_eq!(put(&writer, "shop", "b", 9602, "1").await, 201);
+    let change = watcher.expect(within).await;
+    assert!(!change.is_snapshot(), "{change:?}");
+    assert_eq!(watcher.view, registry_view(&writer, None).await);
+
+    // Dropped, changes made meanwhile, resumed on B from its index: every change, in order.
+    let left_at = watcher.last_id.unwrap();
+    let view = watcher.view.clone();
+    drop(watcher);
+    assert_eq!(put(&writer, "shop", "c", 9603, "1").await, 201);
+    assert_eq!(put(&writer, "shop", "c", 9603, "2").await, 200);
+    assert_eq!(delete(&writer, "shop", "a").await, 204);
+    let mut resumed = open(&watched, &format!("index={left_at}"), None).await;
+    resumed.view = view;
+    let expected = registry_view(&writer, None).await;
+    resumed.until_view(&expected, within, "resumed").await;
+    let indexes: Vec<u64> = resumed.seen.iter().map(|e| e.index()).collect();
+    assert!(
+        resumed.seen.iter().all(|e| !e.is_snapshot()),
+        "a snapshot for a watcher B's ring still covers: {:?}",
+        resumed.seen
+    );
+    assert_eq!(indexes.len(), 3, "one change each: {indexes:?}");
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]) && indexes[0] > left_at);
+    let before_cut = resumed.last_id.unwrap();
+
+    // B is cut off from etcd; A changes things; etcd compacts past everything B has read.
+    hop.cut();
+    assert_eq!(put(&writer, "shop", "d", 9604, "1").await, 201);
+    assert_eq!(delete(&writer, "shop", "b").await, 204);
+    assert_eq!(put(&writer, "other", "e", 9605, "1").await, 201);
+    let expected = registry_view(&writer, None).await;
+    compact(&etcd, writer.catalog().await["index"].as_u64().unwrap()).await;
+    // Nothing reaches B's watcher while B cannot read etcd (keep-alives are not events).
+    let quiet = resumed.next(Duration::from_millis(500)).await;
+    assert!(quiet.is_none(), "while cut off: {quiet:?}");
+    hop.restore();
+
+    // B's etcd watch reopens, finds the history gone, and its watcher gets the current view
+    // whole, on the same connection.
+    let event = resumed.expect(Duration::from_secs(15)).await;
+    assert!(event.is_snapshot(), "after the compaction: {event:?}");
+    assert!(event.index() > before_cut);
+    assert_eq!(resumed.view, expected);
+    // A watcher resuming from before the compaction gets the same.
+    let mut late = open(&watched, &format!("index={before_cut}"), None).await;
+    let first = late.expect(within).await;
+    assert!(
+        first.is_snapshot(),
+        "resumed from compacted history: {first:?}"
+    );
+    assert_eq!(late.view, expected);
+
+    // And then changes again, not snapshots.
+    assert_eq!(put(&writer, "shop", "f", 9606, "1").await, 201);
+    let expected = registry_view(&writer, None).await;
+    for (who, watcher) in [("connected", &mut resumed), ("late", &mut late)] {
+        let change = watcher.expect(within).await;
+        assert!(!change.is_snapshot(), "{who}: {change:?}");
+        assert_eq!(watcher.view, expected, "{who}");
+    }
+    drop(hop);
+    drop(etcd);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
+        Test::new(
+            "a_watcher_on_another_registry_gets_a_snapshot_after_etcd_compacts_past_it",
+            a_watcher_on_another_registry_gets_a_snapshot_after_etcd_compacts_past_it,
+        )
+        .needs(&[Need::Etcd]),
         Test::new(
             "a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd",
             a_snapshot_ahead_of_the_ring_is_resumed_from_on_etcd,

@@ -174,10 +174,11 @@ async fn list_services<S: Store>(
     watch
         .wait_on(&*registry.store, Waited::AnyOf(&services))
         .await?;
-    let mut catalog = registry.store.catalog().await.map_err(store_problem)?;
-    catalog
-        .services
-        .retain(|name, _| services.binary_search(name).is_ok());
+    let catalog = registry
+        .store
+        .services_snapshot(&services)
+        .await
+        .map_err(store_problem)?;
     Ok(json(crate::answers::encode_part(&catalog)))
 }
 

@@ -131,15 +131,13 @@ impl<S: Store> Watcher<S> {
     }
 
     /// The whole view (or the part for this watcher's services) as a `snapshot` event. The whole
-    /// catalog's JSON is the one every watcher and blocking query shares ([`crate::answers`]).
+    /// catalog's JSON is the one every watcher and blocking query shares ([`crate::answers`]); a
+    /// part is read on its own ([`Store::services_snapshot`]: on etcd, only those services' keys).
     async fn snapshot(&mut self) -> StoreResult<Vec<Bytes>> {
         let (index, json) = match &self.services {
             None => catalog_answer(&self.registry).await?,
             Some(services) => {
-                let mut catalog = self.registry.store.catalog().await?;
-                catalog
-                    .services
-                    .retain(|name, _| services.binary_search(name).is_ok());
+                let catalog = self.registry.store.services_snapshot(services).await?;
                 (catalog.index, encode_part(&catalog))
             }
         };

@@ -44,6 +44,9 @@ use super::{instance_from, wait_past, Store, StoreError, StoreResult};
 /// Every Stratus key lives under this prefix, so etcd can be shared with other users.
 pub const PREFIX: &str = "/stratus/services/";
 
+/// A snapshot of up to this many services reads each one's keys; of more, the whole prefix once.
+const SERVICE_READS_MAX: usize = 16;
+
 pub struct EtcdStore {
     client: EtcdClient,
     /// The newest revision at which the watch stream saw a Stratus key change.
@@ -180,21 +183,59 @@ impl EtcdStore {
 
     async fn read_catalog(&self) -> StoreResult<Catalog> {
         let (revision, kvs) = self.client.range_prefix(PREFIX).await?;
-        // The answer is at this revision, which the watch stream may not have delivered yet.
+        Ok(self.catalog_at(revision, &kvs))
+    }
+
+    /// The catalog the keys read at `revision` hold. The answer is at that revision, which the
+    /// watch stream may not have delivered yet: the ring is told so.
+    fn catalog_at<'a>(
+        &self,
+        revision: i64,
+        kvs: impl IntoIterator<Item = &'a KeyValue>,
+    ) -> Catalog {
         self.changes.reached(as_index(revision));
         let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-        for instance in kvs.iter().filter_map(decode).filter(listed) {
+        for instance in kvs.into_iter().filter_map(decode).filter(listed) {
             services
                 .entry(instance.service.clone())
                 .or_default()
                 .push(instance);
         }
-        Ok(Catalog {
+        Catalog {
             index: as_index(revision),
             services,
             // etcd keeps every instance across registry restarts: never warming.
             ..Catalog::default()
-        })
+        }
+    }
+
+    /// Only `names`' instances, each service's keys read at the revision of the first read, so
+    /// the whole is etcd's state at one revision (the snapshot's index). Should etcd compact
+    /// that revision between the reads, they fail as any store error does (a watcher reads its
+    /// snapshot again a second later, a query is a 503). Past a few services one read of the
+    /// whole prefix costs etcd less than one read per service.
+    async fn read_services(&self, names: &[String]) -> StoreResult<Catalog> {
+        if names.len() > SERVICE_READS_MAX {
+            let mut catalog = self.read_catalog().await?;
+            catalog
+                .services
+                .retain(|name, _| names.binary_search(name).is_ok());
+            return Ok(catalog);
+        }
+        let Some((first, rest)) = names.split_first() else {
+            let revision = self.client.count_prefix(PREFIX).await?;
+            return Ok(self.catalog_at(revision, []));
+        };
+        let (revision, kvs) = self
+            .client
+            .range_prefix(&format!("{PREFIX}{first}/"))
+            .await?;
+        let rest = futures_util::future::try_join_all(rest.iter().map(|name| async move {
+            let prefix = format!("{PREFIX}{name}/");
+            self.client.range_prefix_at(&prefix, revision).await
+        }))
+        .await?;
+        Ok(self.catalog_at(revision, kvs.iter().chain(rest.iter().flatten())))
     }
 
     /// The service's instances, and the revision they were read at as their version (the
@@ -262,6 +303,13 @@ impl Store for EtcdStore {
 
     fn catalog(&self) -> impl Future<Output = StoreResult<Catalog>> + Send {
         self.read_catalog()
+    }
+
+    fn services_snapshot(
+        &self,
+        services: &[String],
+    ) -> impl Future<Output = StoreResult<Catalog>> + Send {
+        self.read_services(services)
     }
 
     fn service_versioned(

@@ -180,12 +180,28 @@ impl EtcdClient {
 
     /// Every key under `prefix`, and the revision they were read at.
     pub async fn range_prefix(&self, prefix: &str) -> StoreResult<(i64, Vec<KeyValue>)> {
-        let body = json!({
+        let response = self.range_at(prefix, 0).await?;
+        Ok((response.header.revision, response.kvs))
+    }
+
+    /// Every key under `prefix` as it was at `revision` (which etcd must not have compacted
+    /// away): several prefixes read at one revision are one consistent view.
+    pub async fn range_prefix_at(&self, prefix: &str, revision: i64) -> StoreResult<Vec<KeyValue>> {
+        Ok(self.range_at(prefix, revision).await?.kvs)
+    }
+
+    /// A range read of `prefix`; at the newest revision when `revision` is 0. The answer's
+    /// header holds the newest revision either way.
+    async fn range_at(&self, prefix: &str, revision: i64) -> StoreResult<RangeResponse> {
+        let mut body = json!({
             "key": BASE64.encode(prefix),
             "range_end": BASE64.encode(prefix_end(prefix.as_bytes())),
         });
-        let response: RangeResponse = self.call("/v3/kv/range", body).await?;
-        Ok((response.header.revision, response.kvs))
+        if revision > 0 {
+            // 64-bit integers travel as strings through the JSON gateway.
+            body["revision"] = Value::String(revision.to_string());
+        }
+        self.call("/v3/kv/range", body).await
     }
 
     /// How many keys are under `prefix` (a cheap liveness probe that still needs a quorum read).
