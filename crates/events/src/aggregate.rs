@@ -701,7 +701,7 @@ fn graph(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sketch::tests::Rng;
+    use crate::sketch::Rng;
     use crate::stats::percentile;
     use std::time::Duration;
 

@@ -30,13 +30,15 @@ pub mod proto_logs;
 pub mod record;
 pub mod registry;
 pub mod sample;
-pub mod sketch;
 pub mod sqlite;
 pub mod stats;
 pub mod store;
 pub mod topology;
 pub mod trace_list;
 pub mod writer;
+
+/// The latency sketch, shared with the reporters (which fold what they cannot send into it).
+pub use stratus_kit::sketch;
 
 use std::time::Duration;
 
