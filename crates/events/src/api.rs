@@ -13,13 +13,14 @@ use sqlx::AnyPool;
 use stratus_kit::caller::Caller;
 use stratus_kit::event_wire;
 use stratus_kit::events::EventRecord;
+use stratus_kit::fold;
 use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
 use crate::aggregate::Aggregates;
 use crate::budget::Storage;
 use crate::live::{self, Live};
-use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
+use crate::record::{check_folded, is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
 use crate::writer::Writer;
 use crate::{dashboard, logs_api, otlp, proto, store, trace_list};
@@ -73,6 +74,7 @@ pub fn routes() -> Api<AppState> {
             stratus_kit::caller::operator_only,
         ))
         .post("/v1/events", ingest)
+        .post("/v1/summaries", ingest_summary)
         .post("/v1/traces", ingest_otlp)
         .post("/v1/logs", logs_api::ingest)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -146,6 +148,47 @@ async fn ingest(
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": accepted})),
+    ))
+}
+
+/// A reporter's summary of the records it folded instead of sending (`kit::fold`): merged into
+/// the stats and the topology's edges as if the records had arrived; no row is stored. Each
+/// service may post only its own, as with records.
+async fn ingest_summary(
+    State(state): Shared,
+    caller: Caller,
+    request: Request,
+) -> Result<impl IntoResponse, Problem> {
+    let summary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(fold::CONTENT_TYPE));
+    if !summary {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a summary is sent as {}", fold::CONTENT_TYPE),
+        ));
+    }
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let entries = fold::read_summary(&bytes, MAX_BATCH).map_err(|e| match e {
+        fold::SummaryError::TooMany { .. } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a summary may carry at most {MAX_BATCH} entries"),
+        ),
+        other => Problem::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    check_folded(&entries).map_err(Problem::unprocessable)?;
+    check_reporter(&caller, entries.iter().map(|entry| entry.service))?;
+    state.aggregates.add_folded(&entries);
+    let records: u64 = entries.iter().map(|entry| entry.tally.count).sum();
+    metrics::counter!("events_summaries_total").increment(1);
+    metrics::counter!("events_summary_records_total").increment(records);
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"merged": entries.len(), "records": records})),
     ))
 }
 

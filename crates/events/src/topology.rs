@@ -29,7 +29,7 @@ use crate::stats::percentile;
 use crate::store::Hop;
 
 /// The node that stands for callers outside the system (browsers, scripts).
-pub const CLIENTS: &str = "clients";
+pub const CLIENTS: &str = stratus_kit::fold::CLIENTS;
 /// The node that stands for the message broker.
 pub const BROKER: &str = "broker";
 /// The service name the DNS server reports under.

@@ -49,6 +49,11 @@ pub const SECONDS_KEPT: i64 = 600;
 /// The caller of a hop that came from outside (the topology's `clients` node).
 pub const CLIENTS: &str = "clients";
 
+/// `link_kind` on the wire: no link, the caller's service, a peer.
+pub const NO_LINK: u8 = 0;
+pub const CALLER: u8 = 1;
+pub const PEER: u8 = 2;
+
 /// How a folded hop is placed on the graph.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Link {
@@ -63,9 +68,9 @@ pub enum Link {
 impl Link {
     fn code(&self) -> u8 {
         match self {
-            Link::None => 0,
-            Link::Caller(_) => 1,
-            Link::Peer(_) => 2,
+            Link::None => NO_LINK,
+            Link::Caller(_) => CALLER,
+            Link::Peer(_) => PEER,
         }
     }
 
@@ -282,7 +287,7 @@ pub fn read_summary(body: &[u8], max: usize) -> Result<Vec<EntryRef<'_>>, Summar
                     .into(),
             ));
         }
-        if read.link.0 > 2 || (read.link.0 == 0) != read.link.1.is_empty() {
+        if read.link.0 > PEER || (read.link.0 == NO_LINK) != read.link.1.is_empty() {
             return Err(fail(
                 "link_kind must be 0 (no link), 1 or 2 with a link".into(),
             ));
