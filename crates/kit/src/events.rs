@@ -811,6 +811,108 @@ mod tests {
         (address, received)
     }
 
+    /// A stand-in sink that refuses record batches as overloaded (503) and takes summaries,
+    /// keeping the records they count.
+    async fn overloaded_sink() -> (std::net::SocketAddr, Arc<std::sync::Mutex<u64>>) {
+        let counted: Arc<std::sync::Mutex<u64>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/events",
+                axum::routing::post(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+            )
+            .route(
+                "/v1/summaries",
+                axum::routing::post({
+                    let counted = counted.clone();
+                    move |body: Bytes| async move {
+                        let entries = crate::fold::read_summary(&body, 10_000).unwrap();
+                        *counted.lock().unwrap() +=
+                            entries.iter().map(|e| e.tally.count).sum::<u64>();
+                        axum::http::StatusCode::ACCEPTED
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (address, counted)
+    }
+
+    fn encoded(records: usize) -> Batch {
+        let mut batch = Batch::with_capacity(0);
+        for span in 1..=records as u64 {
+            batch.push(&RecordRef {
+                trace_id: 7,
+                span_id: span,
+                parent_span_id: None,
+                service: "gw",
+                instance: "i-1",
+                kind: "gateway",
+                name: "catalog",
+                method: Some("GET"),
+                status: 200,
+                ok: true,
+                started_us: time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000,
+                duration_us: 5,
+                retries: None,
+                cache: None,
+                topic: None,
+                breaker: None,
+                peer: None,
+            });
+        }
+        batch
+    }
+
+    /// What the queue cannot take and what the sink refuses for overload is folded and reaches
+    /// the sink as a summary: every record counted, none as a record.
+    #[tokio::test]
+    async fn what_the_queue_or_the_sink_cannot_take_arrives_folded() {
+        let (address, counted) = overloaded_sink().await;
+        let reporter =
+            EventReporter::with_queue(&format!("http://{address}"), "gw", "i-1", 3).unwrap();
+        // Nothing is taken off the queue before this task yields: the first batch fits, the
+        // other 19 are folded at once, the one record fits; then the sink refuses the first
+        // batch and the record (503), and they are folded too.
+        for _ in 0..20 {
+            reporter.report_encoded(encoded(2));
+        }
+        // A record of now: a folded second older than fold::SECONDS_KEPT would be dropped.
+        let now = time::OffsetDateTime::now_utc();
+        let started_at = now.format(&time::format_description::well_known::Rfc3339);
+        reporter.report(EventRecord {
+            started_at: started_at.unwrap(),
+            ..record()
+        });
+        assert_eq!(reporter.folded(), 38);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *counted.lock().unwrap() < 41 {
+            assert!(
+                Instant::now() < deadline,
+                "the summaries never arrived: {} counted, {} folded",
+                counted.lock().unwrap(),
+                reporter.folded()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(FLUSH_EVERY * 2).await;
+        assert_eq!(*counted.lock().unwrap(), 41);
+        assert_eq!(reporter.folded(), 0);
+    }
+
+    /// A summary the sink cannot be reached with is kept (folded back) for the next flush.
+    #[tokio::test]
+    async fn a_summary_waits_for_a_sink_that_is_down() {
+        let reporter = EventReporter::with_queue("http://127.0.0.1:9", "gw", "i-1", 1).unwrap();
+        for _ in 0..10 {
+            reporter.report_encoded(encoded(2));
+        }
+        assert_eq!(reporter.folded(), 20);
+        // A few flushes, each failing to connect.
+        tokio::time::sleep(FLUSH_EVERY * 4).await;
+        assert_eq!(reporter.folded(), 20);
+    }
+
     /// Records reported one by one and records handed over already encoded reach the sink (a
     /// JSON array and one binary batch) and read back as the same records.
     #[tokio::test]
