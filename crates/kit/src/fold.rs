@@ -407,7 +407,7 @@ mod tests {
             let route = format!("/r{}", rng.next() % 4);
             let status = [200, 200, 403, 500][(rng.next() % 4) as usize];
             let duration = rng.duration().max(0) as u64;
-            let peer = (rng.next() % 2 == 0).then_some(caller);
+            let peer = rng.next().is_multiple_of(2).then_some(caller);
             let record = RecordRef {
                 started_us: second * 1_000_000 + (rng.next() % 1_000_000) as i64,
                 duration_us: duration,

@@ -310,6 +310,9 @@ pub fn nearest_rank(sorted: &[i64], p: f64) -> i64 {
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next number. (Not `Iterator::next`: the sequence never ends, and the tests that use
+    /// it call it bare, as they did when it was private to them.)
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
