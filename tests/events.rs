@@ -380,13 +380,19 @@ fn record(trace_id: &str, span: u64) -> Value {
     })
 }
 
-async fn bad_batches_are_refused_whole() {
+/// A registry, a gateway and a sink on a free port: the sink's base URL.
+async fn edge_and_sink() -> (System, String) {
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
     let sink = support::mesh::internal_url(port, "");
     let port_text = port.to_string();
     system.spawn("events", &[("PORT", port_text.as_str())]);
     system.wait_http_ok(&format!("{sink}/readyz")).await;
+    (system, sink)
+}
+
+async fn bad_batches_are_refused_whole() {
+    let (system, sink) = edge_and_sink().await;
     let ingest = format!("{sink}/v1/events");
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let stored = |system: &System| {
@@ -1193,12 +1199,7 @@ async fn every_request_is_counted_when_the_reporters_fold() {
 /// `POST /v1/summaries` refuses bad input whole with a problem, and a service may post only
 /// its own summaries.
 async fn bad_summaries_are_refused_and_change_nothing() {
-    let mut system = System::start_edge(None).await;
-    let port = support::free_port();
-    let sink = support::mesh::internal_url(port, "");
-    let port_text = port.to_string();
-    system.spawn("events", &[("PORT", port_text.as_str())]);
-    system.wait_http_ok(&format!("{sink}/readyz")).await;
+    let (system, sink) = edge_and_sink().await;
     let url = format!("{sink}/v1/summaries");
     let summary = |service: &str, kind: &str| {
         let mut fold = stratus_kit::fold::Fold::default();

@@ -128,11 +128,7 @@ async fn ingest(
     caller: Caller,
     request: Request,
 ) -> Result<impl IntoResponse, Problem> {
-    let binary = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(event_wire::CONTENT_TYPE));
+    let binary = sent_as(&request, event_wire::CONTENT_TYPE);
     let accepted = if binary {
         let rows = decode_wire(request).await?;
         check_reporter(&caller, rows.iter().map(|row| row.service.as_str()))?;
@@ -151,6 +147,15 @@ async fn ingest(
     ))
 }
 
+/// Whether the request's body is of `media_type` (parameters after it allowed).
+fn sent_as(request: &Request, media_type: &str) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(media_type))
+}
+
 /// A reporter's summary of the records it folded instead of sending (`kit::fold`): merged into
 /// the stats and the topology's edges as if the records had arrived; no row is stored. Each
 /// service may post only its own, as with records.
@@ -159,12 +164,7 @@ async fn ingest_summary(
     caller: Caller,
     request: Request,
 ) -> Result<impl IntoResponse, Problem> {
-    let summary = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(fold::CONTENT_TYPE));
-    if !summary {
+    if !sent_as(&request, fold::CONTENT_TYPE) {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("a summary is sent as {}", fold::CONTENT_TYPE),

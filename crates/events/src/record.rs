@@ -184,25 +184,7 @@ pub fn validate(record: EventRecord) -> Result<Row, String> {
         .transpose()?;
     let started_us = parse_time(&record.started_at)
         .ok_or("started_at must be an RFC 3339 time, like 2026-01-01T12:00:00.123Z")?;
-    check(&RecordRef {
-        trace_id,
-        span_id,
-        parent_span_id,
-        service: &record.service,
-        instance: &record.instance,
-        kind: &record.kind,
-        name: &record.name,
-        method: record.method.as_deref(),
-        status: record.status,
-        ok: record.ok,
-        started_us,
-        duration_us: record.duration_us,
-        retries: record.retries,
-        cache: record.cache.as_deref(),
-        topic: record.topic.as_deref(),
-        breaker: record.breaker.as_deref(),
-        peer: record.peer.as_deref(),
-    })?;
+    check(&record.as_ref_with(trace_id, span_id, parent_span_id, started_us))?;
     Ok(Row {
         trace_id: record.trace_id,
         span_id: record.span_id,

@@ -86,6 +86,38 @@ pub struct EventRecord {
     pub peer: Option<String>,
 }
 
+impl EventRecord {
+    /// This record as the binary form borrows it, with its ids and start given as the numbers
+    /// they are (the caller has parsed, or has no use for, the hex and RFC 3339 texts).
+    pub fn as_ref_with(
+        &self,
+        trace_id: u128,
+        span_id: u64,
+        parent_span_id: Option<u64>,
+        started_us: i64,
+    ) -> RecordRef<'_> {
+        RecordRef {
+            trace_id,
+            span_id,
+            parent_span_id,
+            service: &self.service,
+            instance: &self.instance,
+            kind: &self.kind,
+            name: &self.name,
+            method: self.method.as_deref(),
+            status: self.status,
+            ok: self.ok,
+            started_us,
+            duration_us: self.duration_us,
+            retries: self.retries,
+            cache: self.cache.as_deref(),
+            topic: self.topic.as_deref(),
+            breaker: self.breaker.as_deref(),
+            peer: self.peer.as_deref(),
+        }
+    }
+}
+
 impl From<&RecordRef<'_>> for EventRecord {
     /// The JSON form of a binary record: ids in hex, the start as RFC 3339.
     fn from(record: &RecordRef<'_>) -> Self {
@@ -325,28 +357,16 @@ fn fold_encoded(fold: &std::sync::Mutex<Fold>, records: &[u8], reason: &'static 
 /// [`fold_encoded`] for records reported one by one.
 fn fold_json(fold: &std::sync::Mutex<Fold>, records: &[EventRecord], reason: &'static str) {
     use time::format_description::well_known::Rfc3339;
-    let refs = records.iter().map(|record| RecordRef {
-        // The fold keeps no ids: only whether the hop had a parent.
-        trace_id: 0,
-        span_id: 0,
-        parent_span_id: record.parent_span_id.as_ref().map(|_| 1),
-        service: &record.service,
-        instance: &record.instance,
-        kind: &record.kind,
-        name: &record.name,
-        method: record.method.as_deref(),
-        status: record.status,
-        ok: record.ok,
-        started_us: time::OffsetDateTime::parse(&record.started_at, &Rfc3339)
-            .map_or(0, |t| (t.unix_timestamp_nanos() / 1000) as i64),
-        duration_us: record.duration_us,
-        retries: record.retries,
-        cache: record.cache.as_deref(),
-        topic: record.topic.as_deref(),
-        breaker: record.breaker.as_deref(),
-        peer: record.peer.as_deref(),
-    });
-    let refs: Vec<RecordRef<'_>> = refs.collect();
+    let refs: Vec<RecordRef<'_>> = records
+        .iter()
+        .map(|record| {
+            let started_us = time::OffsetDateTime::parse(&record.started_at, &Rfc3339)
+                .map_or(0, |t| (t.unix_timestamp_nanos() / 1000) as i64);
+            // The fold keeps no ids: only whether the hop had a parent.
+            let parent = record.parent_span_id.as_ref().map(|_| 1);
+            record.as_ref_with(0, 0, parent, started_us)
+        })
+        .collect();
     fold_refs(fold, refs.iter(), reason);
 }
 
@@ -838,28 +858,35 @@ mod tests {
         (address, counted)
     }
 
+    /// A gateway hop of trace 7 as the gateway writes it.
+    fn gateway_hop(span_id: u64, status: u16, started_us: i64) -> RecordRef<'static> {
+        RecordRef {
+            trace_id: 7,
+            span_id,
+            parent_span_id: None,
+            service: "gw",
+            instance: "i-1",
+            kind: "gateway",
+            name: "catalog",
+            method: Some("GET"),
+            status,
+            ok: status < 500,
+            started_us,
+            duration_us: 5,
+            retries: None,
+            cache: None,
+            topic: None,
+            breaker: None,
+            peer: None,
+        }
+    }
+
+    /// A batch of `records` gateway hops started now.
     fn encoded(records: usize) -> Batch {
+        let now_us = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
         let mut batch = Batch::with_capacity(0);
         for span in 1..=records as u64 {
-            batch.push(&RecordRef {
-                trace_id: 7,
-                span_id: span,
-                parent_span_id: None,
-                service: "gw",
-                instance: "i-1",
-                kind: "gateway",
-                name: "catalog",
-                method: Some("GET"),
-                status: 200,
-                ok: true,
-                started_us: time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000,
-                duration_us: 5,
-                retries: None,
-                cache: None,
-                topic: None,
-                breaker: None,
-                peer: None,
-            });
+            batch.push(&gateway_hop(span, 200, now_us));
         }
         batch
     }
@@ -922,23 +949,8 @@ mod tests {
         let reporter = EventReporter::start(&format!("http://{address}"), "gw", "i-1").unwrap();
         reporter.report(record());
         let encoded = RecordRef {
-            trace_id: 7,
-            span_id: 9,
-            parent_span_id: None,
-            service: "gw",
-            instance: "i-1",
-            kind: "gateway",
-            name: "catalog",
-            method: Some("GET"),
-            status: 502,
-            ok: false,
-            started_us: 1_767_225_600_000_000,
-            duration_us: 5,
             retries: Some(1),
-            cache: None,
-            topic: None,
-            breaker: None,
-            peer: None,
+            ..gateway_hop(9, 502, 1_767_225_600_000_000)
         };
         for _ in 0..2 {
             let mut batch = Batch::with_capacity(0);
