@@ -1190,6 +1190,11 @@ async fn every_request_is_counted_when_the_reporters_fold() {
     assert!(catalog_folded > 0.0, "the catalog folded nothing");
     assert!(merged >= catalog_folded, "{sink_metrics}");
     assert!(support::metric_sum(&sink_metrics, "events_summaries_total", "") > 0.0);
+    // The writer kept up here: no batch refused for lack of room (its unit test refuses one).
+    assert!(
+        sink_metrics.contains("events_batches_refused_total 0"),
+        "{sink_metrics}"
+    );
     assert_eq!(
         support::metric_sum(&gateway, "events_dropped_total", ""),
         0.0,

@@ -22,7 +22,7 @@ use crate::budget::Storage;
 use crate::live::{self, Live};
 use crate::record::{check_folded, is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
-use crate::writer::Writer;
+use crate::writer::{WriteError, Writer};
 use crate::{dashboard, logs_api, otlp, proto, store, trace_list};
 
 /// The largest ingest body: 4 MiB.
@@ -95,9 +95,27 @@ fn too_many() -> Problem {
     )
 }
 
+/// How long a batch may wait for room in the writer's queue before it is refused with 503:
+/// under the reporters' 2 s timeout (kit::events), so a reporter hears "not stored" and folds the
+/// batch into its summary rather than giving up unsure.
+const HAND_OVER: Duration = Duration::from_secs(1);
+
 async fn store_rows(state: &AppState, rows: Vec<Row>) -> Result<usize, Problem> {
     let count = rows.len();
-    state.writer.write(rows).await.map_err(Problem::internal)?;
+    state
+        .writer
+        .write_within(rows, HAND_OVER)
+        .await
+        .map_err(|error| match error {
+            WriteError::Busy => {
+                metrics::counter!("events_batches_refused_total").increment(1);
+                Problem::unavailable(
+                    "the sink is storing as fast as it can; nothing was stored",
+                    1,
+                )
+            }
+            WriteError::Failed(error) => Problem::internal(error),
+        })?;
     tracing::debug!(records = count, "stored");
     Ok(count)
 }

@@ -164,6 +164,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let aggregates = aggregate::Aggregates::new(args.retention);
     let stored = store::max_id(&pool).await?;
     let writer = writer::Writer::start(writer_target, export, Some(aggregates.clone()))?;
+    // On /metrics from the start, at 0: a dashboard tells "never" from "not reported".
+    for counter in [
+        "events_batches_refused_total",
+        "events_summaries_total",
+        "events_summary_records_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
     // On a SQLite file the writer runs the pruner's deletions too (crate::deletion).
     let deleter = if file.is_some() {
         deletion::Deleter::Writer(writer.clone())
