@@ -46,6 +46,9 @@ pub const MAGIC: &[u8; 4] = b"SSU1";
 pub const MAX_KEYS: usize = 4_096;
 /// Seconds a folded key waits for the sink before it is dropped.
 pub const SECONDS_KEPT: i64 = 600;
+/// The most records one entry of a summary may count: a billion hops of one key in one second
+/// is beyond any reporter, and the bound keeps the sink's sums far from overflowing.
+pub const MAX_ENTRY_COUNT: u64 = 1_000_000_000;
 /// The caller of a hop that came from outside (the topology's `clients` node).
 pub const CLIENTS: &str = "clients";
 
@@ -276,6 +279,9 @@ pub fn read_summary(body: &[u8], max: usize) -> Result<Vec<EntryRef<'_>>, Summar
         let fail = |reason: String| SummaryError::Entry { entry, reason };
         let (read, tail) = read_entry(rest).map_err(|e| fail(e.to_string()))?;
         let tally = &read.tally;
+        if tally.count > MAX_ENTRY_COUNT {
+            return Err(fail(format!("count must be at most {MAX_ENTRY_COUNT}")));
+        }
         if tally.count == 0
             || tally.errors > tally.count
             || tally.mutual_tls > tally.count
@@ -489,6 +495,25 @@ mod tests {
         let mut bad = good.clone();
         bad[4 + 8] = 2;
         assert!(read_summary(&bad, 10).is_err());
+        // A count past the bound (the sketch's zeros say so too).
+        let mut huge = Fold::default();
+        huge.add(&RecordRef {
+            duration_us: 0,
+            ..record("server", "/p", None)
+        });
+        let mut huge = huge.encode();
+        let count = (MAX_ENTRY_COUNT + 1).to_le_bytes();
+        huge[4 + 8..4 + 16].copy_from_slice(&count);
+        huge[4 + 41..4 + 49].copy_from_slice(&count);
+        assert!(matches!(
+            read_summary(&huge, 10),
+            Err(SummaryError::Entry { entry: 0, .. })
+        ));
+        huge[4 + 41..4 + 49].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(
+            read_summary(&huge, 10).is_err(),
+            "zeros past the sketch's bound"
+        );
         // A link kind past 2.
         let mut bad = good;
         bad[4 + 40] = 3;

@@ -41,6 +41,9 @@ fn representative(i: u16) -> f64 {
 
 /// The largest bucket index a sketch read from the wire may hold: past a day (1,399).
 pub const MAX_INDEX: u16 = 1_500;
+/// The most zeros a sketch read from the wire may hold, so its count (zeros and at most 1,501
+/// buckets of u32 counts) cannot overflow: far more than any reporter folds.
+pub const MAX_READ_ZEROS: u64 = 1 << 40;
 
 /// Why bytes are not a sketch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,8 @@ pub enum SketchError {
     Truncated,
     #[error("a sketch's buckets are out of order, empty, or hold values outside them")]
     Bucket,
+    #[error("a sketch may hold at most {MAX_READ_ZEROS} zeros")]
+    TooMany,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +221,9 @@ impl Sketch {
             |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let head = take(10)?;
         let zeros = u64::from_le_bytes(head[..8].try_into().map_err(|_| SketchError::Truncated)?);
+        if zeros > MAX_READ_ZEROS {
+            return Err(SketchError::TooMany);
+        }
         let len = usize::from(u16_at(head, 8));
         if len > usize::from(MAX_INDEX) + 1 {
             return Err(SketchError::Bucket);
