@@ -1202,6 +1202,71 @@ async fn every_request_is_counted_when_the_reporters_fold() {
     );
 }
 
+/// Records stored and records a reporter folded count together: `/v1/stats` over both equals a
+/// recount of every record, counts exact and percentiles within 1% of the exact nearest-rank
+/// ones, though half of them never reached the sink as records.
+async fn stats_over_records_and_summaries_equal_a_recount() {
+    let (system, sink) = edge_and_sink().await;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let mut rng = stratus_kit::sketch::Rng(0xf01d);
+    let mut expected: std::collections::BTreeMap<String, Vec<(bool, i64)>> = Default::default();
+    let mut stored = Vec::new();
+    let mut fold = stratus_kit::fold::Fold::default();
+    for i in 0..4000u64 {
+        let instance = format!("o-{}", rng.next() % 2);
+        let ok = !rng.next().is_multiple_of(9);
+        let duration = rng.duration().max(1);
+        let started = now_us - (rng.next() % 60_000_000) as i64;
+        let mut r = record(&format!("{:032x}", i + 1), i + 1);
+        r["instance"] = json!(instance);
+        r["ok"] = json!(ok);
+        r["status"] = json!(if ok { 200 } else { 503 });
+        r["duration_us"] = json!(duration);
+        r["started_at"] = json!(stratus_events::record::format_micros(started));
+        expected.entry(instance).or_default().push((ok, duration));
+        if i % 2 == 0 {
+            stored.push(r);
+        } else {
+            let record: stratus_kit::events::EventRecord = serde_json::from_value(r).unwrap();
+            assert!(fold.add(&record.as_ref_with(1, i + 1, None, started)));
+        }
+    }
+    for batch in stored.chunks(500) {
+        let response = system
+            .internal()
+            .post(format!("{sink}/v1/events"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let merged = system
+        .internal()
+        .post(format!("{sink}/v1/summaries"))
+        .header("content-type", stratus_kit::fold::CONTENT_TYPE)
+        .body(fold.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(merged.status(), 202);
+
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    let orders = &stats["services"][0];
+    assert_eq!(orders["service"], "orders", "{stats}");
+    let all: Vec<(bool, i64)> = expected.values().flatten().copied().collect();
+    check_summary(orders, &all, "orders");
+    let instances = orders["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2, "{orders}");
+    for instance in instances {
+        let id = instance["instance"].as_str().unwrap();
+        check_summary(instance, &expected[id], id);
+    }
+}
+
 /// `POST /v1/summaries` refuses bad input whole with a problem, and a service may post only
 /// its own summaries.
 async fn bad_summaries_are_refused_and_change_nothing() {
@@ -1316,6 +1381,10 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "every_request_is_counted_when_the_reporters_fold",
             every_request_is_counted_when_the_reporters_fold,
+        ),
+        Test::new(
+            "stats_over_records_and_summaries_equal_a_recount",
+            stats_over_records_and_summaries_equal_a_recount,
         ),
         Test::new(
             "bad_summaries_are_refused_and_change_nothing",
