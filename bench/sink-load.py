@@ -12,8 +12,8 @@ Every INTERVAL seconds it prints a block: per query p50 / p99 / max (ms), answer
 stream's snapshots and longest gap; records ingested a second (the highest row id grows by one a
 record: ids are never reused), rows stored, rows pruned (past the retention, or sampled out to
 fit the storage budget: events_pruned_total by reason), the sampling rate (events_sampling_rate),
-records the reporters dropped (events_dropped_total of every replica: the sink
-too slow or full), the database and WAL on disk, the sink's CPU (in cores, /proc/PID/stat) and
+records the reporters folded into summaries (events_folded_total: counted by the sink, not
+stored) and dropped (events_dropped_total of every replica: lost from the counts too), the database and WAL on disk, the sink's CPU (in cores, /proc/PID/stat) and
 RSS, the gateway's requests a second, the load average. The load runs LOAD seconds; the prober
 keeps going COOLDOWN seconds after it (what a user sees once the load is over), then prints a
 summary table.
@@ -158,15 +158,24 @@ def sink_pid():
     return next(r["pid"] for r in replicas() if r["component"] == "events")
 
 
-def reporters_dropped():
+def reporters_sum(name):
+    """One counter summed over every reporting replica and the gateway."""
     total = 0.0
     for r in replicas():
         if r["component"] in ("events", "dns") or not r.get("port"):
             continue
-        value = metric_sum(r["port"], "events_dropped_total")
+        value = metric_sum(r["port"], name)
         total += value or 0
-    gateway = metric_sum(ADMIN_PORT, "events_dropped_total")
+    gateway = metric_sum(ADMIN_PORT, name)
     return total + (gateway or 0)
+
+
+def reporters_dropped():
+    return reporters_sum("events_dropped_total")
+
+
+def reporters_folded():
+    return reporters_sum("events_folded_total")
 
 
 def sink_cpu_seconds(pid):
@@ -255,6 +264,7 @@ def main():
     highest0, _ = rows()
     requests0 = metric_sum(ADMIN_PORT, "gateway_requests_total") or 0
     dropped0 = reporters_dropped()
+    folded0 = reporters_folded()
     summary = []
     previous = None  # the last snapshot before this interval
     end = LOAD + COOLDOWN
@@ -279,6 +289,7 @@ def main():
         }
         requests1 = metric_sum(ADMIN_PORT, "gateway_requests_total") or requests0
         dropped1 = reporters_dropped()
+        folded1 = reporters_folded()
         db_bytes, wal_bytes = disk()
         with lock:
             taken = {k: v[:] for k, v in latencies.items()}
@@ -311,6 +322,7 @@ def main():
             "overflow": pruned_by["budget"],
             "rate": rate if rate is not None else float("nan"),
             "dropped": dropped1 - dropped0,
+            "folded": folded1 - folded0,
             "db": db_bytes,
             "wal": wal_bytes,
             "cpu": (cpu1 - cpu0) / span,
@@ -325,7 +337,7 @@ def main():
             f"\n[{mark // 60:02d}:{mark % 60:02d}] {phase}: gateway {row['rps']:,.0f} req/s; ingest {row['ingest']:,.0f} records/s; "
             f"stored {stored:,} rows (pruned so far {row['pruned']:,}: {row['sampled']:,.0f} sampled out, "
             f"{row['expired']:,.0f} past the retention, {row['overflow']:,.0f} kept ones over the budget; "
-            f"sampling rate {row['rate']:.3f}); reporters dropped {row['dropped']:,.0f}\n"
+            f"sampling rate {row['rate']:.3f}); reporters folded {row['folded']:,.0f}, dropped {row['dropped']:,.0f}\n"
             f"  disk {mb(db_bytes)} MB database + {mb(wal_bytes)} MB WAL = {mb(db_bytes + wal_bytes)} MB; "
             f"sink CPU {row['cpu']:.2f} cores, RSS {mb(rss)} MB; stream: {len(snaps)} snapshots in {span} s, "
             f"longest gap {gap:.1f} s; load average {row['load']:.2f}",
@@ -339,16 +351,16 @@ def main():
         for name, text in problems.items():
             print(f"  last error ({name}): {text}")
         sys.stdout.flush()
-        cpu0, highest0, requests0, dropped0 = cpu1, highest1, requests1, dropped1
+        cpu0, highest0, requests0, dropped0, folded0 = cpu1, highest1, requests1, dropped1, folded1
     stop.set()
 
     print("\nsummary, one line per interval (query columns: p99 ms)")
-    head = f"{'time':>5} {'phase':<5} {'req/s':>7} {'rec/s':>7} {'stored':>9} {'pruned':>9} {'rate':>6} {'dropped':>8} {'db MB':>6} {'wal MB':>6} {'cpu':>5} {'rss MB':>6} {'gap s':>5}"
+    head = f"{'time':>5} {'phase':<5} {'req/s':>7} {'rec/s':>7} {'stored':>9} {'pruned':>9} {'rate':>6} {'folded':>8} {'dropped':>8} {'db MB':>6} {'wal MB':>6} {'cpu':>5} {'rss MB':>6} {'gap s':>5}"
     print(head + "".join(f" {name:>9}" for name, _ in QUERIES))
     for r in summary:
         line = (
             f"{r['t'] // 60:02d}:{r['t'] % 60:02d} {r['phase']:<5} {r['rps']:>7,.0f} {r['ingest']:>7,.0f} {r['stored']:>9,} "
-            f"{r['pruned']:>9,} {r['rate']:>6.3f} {r['dropped']:>8,.0f} {mb(r['db']):>6} {mb(r['wal']):>6} {r['cpu']:>5.2f} {mb(r['rss']):>6} {r['gap']:>5.1f}"
+            f"{r['pruned']:>9,} {r['rate']:>6.3f} {r['folded']:>8,.0f} {r['dropped']:>8,.0f} {mb(r['db']):>6} {mb(r['wal']):>6} {r['cpu']:>5.2f} {mb(r['rss']):>6} {r['gap']:>5.1f}"
         )
         print(line + "".join(f" {ms(r['q'][name][1]):>9}" for name, _ in QUERIES))
 

@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(route_table jwt registry_api broker_message event_batch trace_context)
+[ ${#targets[@]} -gt 0 ] || targets=(route_table jwt registry_api broker_message event_batch event_summary trace_context)
 # FUZZ_DEV=1 builds without optimisations: much quicker to build, slower to run (CI's choice
 # for its short runs).
 mode=()

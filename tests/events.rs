@@ -211,14 +211,20 @@ async fn a_sink_that_is_down_breaks_nothing() {
             .text()
             .await
             .unwrap();
-        let dropped = support::metric_sum(&text, "events_dropped_total", "");
-        if dropped >= 20.0 {
+        // Nothing connects: every record is folded, kept for the sink's return, none lost.
+        let folded = support::metric_sum(&text, "events_folded_total", "sink_unreachable");
+        if folded >= 20.0 {
             assert!(text.contains("events_send_failures_total"), "{text}");
+            assert_eq!(
+                support::metric_sum(&text, "events_dropped_total", ""),
+                0.0,
+                "{text}"
+            );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "events_dropped_total never reached 20:\n{text}"
+            "events_folded_total never reached 20:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -389,13 +395,19 @@ fn record(trace_id: &str, span: u64) -> Value {
     })
 }
 
-async fn bad_batches_are_refused_whole() {
+/// A registry, a gateway and a sink on a free port: the sink's base URL.
+async fn edge_and_sink() -> (System, String) {
     let mut system = System::start_edge(None).await;
     let port = support::free_port();
     let sink = support::mesh::internal_url(port, "");
     let port_text = port.to_string();
     system.spawn("events", &[("PORT", port_text.as_str())]);
     system.wait_http_ok(&format!("{sink}/readyz")).await;
+    (system, sink)
+}
+
+async fn bad_batches_are_refused_whole() {
+    let (system, sink) = edge_and_sink().await;
     let ingest = format!("{sink}/v1/events");
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let stored = |system: &System| {
@@ -625,6 +637,33 @@ fn nearest_rank(sorted: &[i64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// One hop of `service`'s `instance` as a JSON record (span `span`, trace `trace`): whether it
+/// succeeded, how long it took and when it started.
+fn hop(trace: u64, span: u64, service: &str, instance: &str, ok: bool, us: i64, at: i64) -> Value {
+    let mut r = record(&format!("{trace:032x}"), span);
+    r["service"] = json!(service);
+    r["instance"] = json!(instance);
+    r["ok"] = json!(ok);
+    r["status"] = json!(if ok { 200 } else { 503 });
+    r["duration_us"] = json!(us);
+    r["started_at"] = json!(stratus_events::record::format_micros(at));
+    r
+}
+
+/// Posts JSON records to the sink in batches of 500, each stored (202).
+async fn post_records(system: &System, sink: &str, records: &[Value]) {
+    for batch in records.chunks(500) {
+        let response = system
+            .internal()
+            .post(format!("{sink}/v1/events"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+}
+
 /// Checks one `/v1/stats` entry (a service's or an instance's) against the raw records.
 fn check_summary(got: &Value, records: &[(bool, i64)], what: &str) {
     let mut durations: Vec<i64> = records.iter().map(|(_, d)| *d).collect();
@@ -674,13 +713,7 @@ async fn the_stats_and_topology_equal_a_recount_and_survive_a_restart() {
         let ok = next() % 9 != 0;
         let duration = ((next() % 10_000) as f64 / 10_000.0 * 14.0).exp() as i64;
         let started = now_us - (next() % 90_000_000) as i64;
-        let mut r = record(&format!("{:032x}", i / 4 + 1), i + 1);
-        r["service"] = json!(service);
-        r["instance"] = json!(instance);
-        r["ok"] = json!(ok);
-        r["status"] = json!(if ok { 200 } else { 503 });
-        r["duration_us"] = json!(duration);
-        r["started_at"] = json!(stratus_events::record::format_micros(started));
+        let mut r = hop(i / 4 + 1, i + 1, service, &instance, ok, duration, started);
         if i % 4 != 0 {
             // Called by the trace's previous record: an edge when the services differ.
             r["parent_span_id"] = json!(format!("{:016x}", i));
@@ -698,16 +731,7 @@ async fn the_stats_and_topology_equal_a_recount_and_survive_a_restart() {
         }
         records.push(r);
     }
-    for batch in records.chunks(500) {
-        let response = system
-            .internal()
-            .post(format!("{sink}/v1/events"))
-            .json(&batch)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-    }
+    post_records(&system, &sink, &records).await;
 
     let check = |stats: &Value| {
         let services = stats["services"].as_array().unwrap();
@@ -1029,6 +1053,306 @@ async fn flood_within_budget(database_url: Option<String>) {
     assert!(after <= bound, "{after} bytes after the flood");
 }
 
+/// Reporters whose queues are too small for the load (`STRATUS_EVENTS_QUEUE`: the catalog's
+/// takes 2 records, one request's pair; the gateway's 100, less than a worker's batch of 128)
+/// fold what does not fit into summaries, and the sink's stats, instances and edges still count
+/// every request exactly: the same numbers as requests sent, not what arrived as records.
+async fn every_request_is_counted_when_the_reporters_fold() {
+    let events_port = support::free_port();
+    let sink_url = format!("http://127.0.0.1:{events_port}");
+    let extra = [
+        ("catalog", "STRATUS_EVENTS_URL", sink_url.clone()),
+        ("catalog", "STRATUS_EVENTS_QUEUE", "2".to_string()),
+        ("gateway", "STRATUS_EVENTS_URL", sink_url.clone()),
+        ("gateway", "STRATUS_EVENTS_QUEUE", "100".to_string()),
+    ];
+    let mut system = System::start_with(2, &extra).await;
+    let port = events_port.to_string();
+    system.spawn("events", &[("PORT", port.as_str())]);
+    let sink = support::mesh::internal_url(events_port, "");
+    system.wait_http_ok(&format!("{sink}/readyz")).await;
+
+    // 3,000 requests, 48 at a time: far more than a 2-record queue takes between flushes.
+    const REQUESTS: usize = 3_000;
+    let url = system.url("/api/catalog/products");
+    let mut tasks = Vec::new();
+    for worker in 0..48 {
+        let (client, url) = (system.http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in (worker..REQUESTS).step_by(48) {
+                let response = client.get(&url).send().await.unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.extend(task.await.unwrap());
+    }
+    assert_eq!(statuses.len(), REQUESTS);
+    let failed = statuses.iter().filter(|s| **s >= 500).count() as u64;
+    let sent = REQUESTS as u64;
+
+    let counted = |stats: &Value, service: &str| {
+        stats["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["service"] == service))
+            .map_or(0, |s| s["count"].as_u64().unwrap_or(0))
+    };
+    wait_for(&system, &format!("{sink}/v1/stats?window=5m"), |stats| {
+        counted(stats, "catalog") >= sent && counted(stats, "gateway") >= sent
+    })
+    .await;
+    // Nothing late arrives to count twice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    for service in ["catalog", "gateway"] {
+        let entry = stats["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == service)
+            .unwrap();
+        assert_eq!(entry["count"], sent, "{service}: {stats}");
+        assert_eq!(entry["errors"], failed, "{service}: {stats}");
+        let instances = entry["instances"].as_array().unwrap();
+        let total: u64 = instances.iter().map(|i| i["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, sent, "{service}'s instances: {stats}");
+        assert!(entry["p99_ms"].as_f64().unwrap() >= entry["p50_ms"].as_f64().unwrap());
+    }
+    let catalogs = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "catalog")
+        .unwrap()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(catalogs, 2, "{stats}");
+    let (_, instances) = get_json(&system, &format!("{sink}/v1/instances?window=5m")).await;
+    let catalog = instances["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "catalog")
+        .unwrap();
+    assert_eq!(catalog["count"], sent, "{instances}");
+    let shares: u64 = catalog["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(shares, sent, "{instances}");
+    // The edges: every request came from clients to the gateway, and went on to the catalog
+    // (which knew the gateway by its certificate), and each listing read the catalog's file.
+    // A catalog record whose gateway record was folded waits for it (links.rs, 10 s), then is
+    // placed by the certificate.
+    let edge = |topology: &Value, from: &str, to: &str| {
+        topology["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["from"] == from && e["to"] == to)
+            .map_or(0, |e| e["count"].as_u64().unwrap())
+    };
+    let edges = [
+        ("clients", "gateway"),
+        ("gateway", "catalog"),
+        ("catalog", "catalog-db"),
+    ];
+    let topology_url = format!("{sink}/v1/topology?window=5m");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let topology = loop {
+        let (_, topology) = get_json(&system, &topology_url).await;
+        if edges.iter().all(|(f, t)| edge(&topology, f, t) >= sent) || Instant::now() > deadline {
+            break topology;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (from, to) in edges {
+        assert_eq!(
+            edge(&topology, from, to),
+            sent,
+            "{from} -> {to}: {topology}"
+        );
+    }
+
+    // Folding happened, at both reporters, and the sink merged it.
+    let metrics_of = |url: String| {
+        let client = system.client(&url).clone();
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let gateway = metrics_of(system.admin_url("/metrics")).await;
+    let sink_metrics = metrics_of(format!("{sink}/metrics")).await;
+    let mut catalog_folded = 0.0;
+    let mut catalog_dropped = 0.0;
+    let registered = system.registered("catalog").await;
+    assert_eq!(registered.len(), 2);
+    for instance in registered {
+        let (address, port) = (&instance["address"], &instance["port"]);
+        let url = support::mesh::internal_url(port.as_u64().unwrap() as u16, "/metrics");
+        let url = url.replace("127.0.0.1", address.as_str().unwrap());
+        let text = metrics_of(url).await;
+        catalog_folded += support::metric_sum(&text, "events_folded_total", "queue_full");
+        catalog_dropped += support::metric_sum(&text, "events_dropped_total", "") + 0.0;
+    }
+    let gateway_folded = support::metric_sum(&gateway, "events_folded_total", "");
+    let merged = support::metric_sum(&sink_metrics, "events_summary_records_total", "");
+    // Dropped (a batch that timed out, which the sink may still have stored: the counts above
+    // are exact either way) is shown, not asserted: it depends on the machine's load.
+    // (+ 0.0: an empty sum is -0.)
+    let gateway_dropped = support::metric_sum(&gateway, "events_dropped_total", "") + 0.0;
+    eprintln!(
+        "folded: catalog {catalog_folded}, gateway {gateway_folded}; merged at the sink {merged}; \
+         dropped: catalog {catalog_dropped}, gateway {gateway_dropped}"
+    );
+    assert!(catalog_folded > 0.0, "the catalog folded nothing");
+    assert!(merged >= catalog_folded, "{sink_metrics}");
+    assert!(support::metric_sum(&sink_metrics, "events_summaries_total", "") > 0.0);
+    // Batches refused for lack of room in the writer's queue (folded by their reporters: the
+    // counts above hold either way; the writer's unit test refuses one).
+    assert!(
+        sink_metrics.contains("events_batches_refused_total "),
+        "{sink_metrics}"
+    );
+}
+
+/// Records stored and records a reporter folded count together: `/v1/stats` over both equals a
+/// recount of every record, counts exact and percentiles within 1% of the exact nearest-rank
+/// ones, though half of them never reached the sink as records.
+async fn stats_over_records_and_summaries_equal_a_recount() {
+    let (system, sink) = edge_and_sink().await;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let mut rng = stratus_kit::sketch::Rng(0xf01d);
+    let mut expected: std::collections::BTreeMap<String, Vec<(bool, i64)>> = Default::default();
+    let mut stored = Vec::new();
+    let mut fold = stratus_kit::fold::Fold::default();
+    for i in 0..4000u64 {
+        let instance = format!("o-{}", rng.next() % 2);
+        let ok = rng.next() % 9 != 0;
+        let duration = rng.duration().max(1);
+        let started = now_us - (rng.next() % 60_000_000) as i64;
+        let r = hop(i + 1, i + 1, "orders", &instance, ok, duration, started);
+        expected.entry(instance).or_default().push((ok, duration));
+        if i % 2 == 0 {
+            stored.push(r);
+        } else {
+            let record: stratus_kit::events::EventRecord = serde_json::from_value(r).unwrap();
+            assert!(fold.add(&record.as_ref_with(1, i + 1, None, started)));
+        }
+    }
+    post_records(&system, &sink, &stored).await;
+    let merged = system
+        .internal()
+        .post(format!("{sink}/v1/summaries"))
+        .header("content-type", stratus_kit::fold::CONTENT_TYPE)
+        .body(fold.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(merged.status(), 202);
+
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    let orders = &stats["services"][0];
+    assert_eq!(orders["service"], "orders", "{stats}");
+    let all: Vec<(bool, i64)> = expected.values().flatten().copied().collect();
+    check_summary(orders, &all, "orders");
+    let instances = orders["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2, "{orders}");
+    for instance in instances {
+        let id = instance["instance"].as_str().unwrap();
+        check_summary(instance, &expected[id], id);
+    }
+}
+
+/// `POST /v1/summaries` refuses bad input whole with a problem, and a service may post only
+/// its own summaries.
+async fn bad_summaries_are_refused_and_change_nothing() {
+    let (system, sink) = edge_and_sink().await;
+    let url = format!("{sink}/v1/summaries");
+    let summary = |service: &str, kind: &str| {
+        let mut fold = stratus_kit::fold::Fold::default();
+        let started_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        for duration_us in [1_000, 2_000, 3_000] {
+            fold.add(&event_wire::RecordRef {
+                service,
+                kind,
+                started_us,
+                duration_us,
+                ..binary_record(1)
+            });
+        }
+        fold.encode()
+    };
+    let post = |client: reqwest::Client, body: Vec<u8>, content_type: &'static str| {
+        let url = url.clone();
+        async move {
+            client
+                .post(url)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let orders = support::mesh::client_as("orders");
+    let typed = stratus_kit::fold::CONTENT_TYPE;
+    let good = summary("orders", "server");
+    let cut = post(orders.clone(), good[..good.len() - 2].to_vec(), typed).await;
+    assert_refused(cut, 400, "entry 0").await;
+    assert_refused(
+        post(orders.clone(), b"SEV1".to_vec(), typed).await,
+        400,
+        "SSU1",
+    )
+    .await;
+    let mut lying = good.clone();
+    lying[4 + 16] = 200; // more errors than records
+    assert_refused(
+        post(orders.clone(), lying, typed).await,
+        400,
+        "counts disagree",
+    )
+    .await;
+    let bad_kind = summary("orders", "internal");
+    assert_refused(
+        post(orders.clone(), bad_kind, typed).await,
+        422,
+        "entry 0: kind",
+    )
+    .await;
+    let wrong_type = post(orders.clone(), good.clone(), "application/json").await;
+    assert_eq!(wrong_type.status(), 415);
+    let others = summary("payments", "server");
+    assert_refused(post(orders.clone(), others, typed).await, 403, "payments").await;
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    assert_eq!(
+        stats["services"],
+        json!([]),
+        "nothing counted from bad summaries"
+    );
+
+    let accepted = post(orders, good, typed).await;
+    assert_eq!(accepted.status(), 202);
+    let body: Value = accepted.json().await.unwrap();
+    assert_eq!(body, json!({"merged": 1, "records": 3}));
+    let (_, stats) = get_json(&system, &format!("{sink}/v1/stats?window=5m")).await;
+    assert_eq!(stats["services"][0]["service"], "orders");
+    assert_eq!(stats["services"][0]["count"], 3);
+    assert_eq!(stats["services"][0]["p50_ms"], 2.0);
+}
+
 fn main() -> std::process::ExitCode {
     stratus_testing::run(vec![
         Test::new(
@@ -1058,6 +1382,18 @@ fn main() -> std::process::ExitCode {
         Test::new(
             "bad_batches_are_refused_whole",
             bad_batches_are_refused_whole,
+        ),
+        Test::new(
+            "every_request_is_counted_when_the_reporters_fold",
+            every_request_is_counted_when_the_reporters_fold,
+        ),
+        Test::new(
+            "stats_over_records_and_summaries_equal_a_recount",
+            stats_over_records_and_summaries_equal_a_recount,
+        ),
+        Test::new(
+            "bad_summaries_are_refused_and_change_nothing",
+            bad_summaries_are_refused_and_change_nothing,
         ),
         Test::new("the_sink_works_on_postgres", the_sink_works_on_postgres)
             .needs(&[Need::Postgres]),

@@ -58,10 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let reporter = if args.common.events {
         let id = args.common.instance_id();
-        Some(stratus_kit::events::EventReporter::start(
+        Some(stratus_kit::events::EventReporter::with_queue(
             &args.common.events_url,
             "dns",
             &id,
+            args.common.events_queue,
         )?)
     } else {
         None

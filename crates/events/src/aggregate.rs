@@ -25,7 +25,8 @@ use crate::links::{Call, Linker};
 use crate::record::Row;
 use crate::sketch::{Merger, Point, Sketch};
 use crate::stats::{InstanceStats, ServiceStats, Summary};
-use crate::topology::{self, Edge, Known, Node, Topology};
+use crate::topology::{self, Edge, Known, Node, Topology, BROKER};
+use stratus_kit::fold::{self, EntryRef};
 
 /// Seconds kept per second before they are rolled up into minutes.
 pub const SECONDS_KEPT: i64 = 120;
@@ -212,6 +213,17 @@ impl Bucket {
         }
     }
 
+    /// Adds a cell of records folded by a reporter: the same keys (and bounds) as
+    /// [`Bucket::add`] for each of its records.
+    fn merge_cell(&mut self, service: &str, instance: &str, route: &str, cell: &Cell) {
+        let key = bounded_key(&self.services, service, MAX_SERVICES);
+        let cells = self.services.entry(key).or_default();
+        let instance = cells.instance_key(instance);
+        merge_into(&mut cells.instances, &instance, cell);
+        let route = cells.route_key(route);
+        merge_into(&mut cells.routes, &route, cell);
+    }
+
     /// The cell of the edge `from` -> `to`, or of [`OTHER`] -> [`OTHER`] when the bucket holds
     /// [`MAX_EDGES`] others.
     fn edge(&mut self, from: &str, to: &str) -> &mut EdgeCell {
@@ -336,6 +348,40 @@ impl Inner {
         self.calls.clear();
     }
 
+    /// Files one entry of a reporter's summary (records it folded instead of sending, see
+    /// `kit::fold`): into the same cells and edges its records would have gone to.
+    fn file_folded(&mut self, entry: &EntryRef<'_>) {
+        let (link_kind, link) = entry.link;
+        let peer = link_kind == fold::PEER;
+        let Some(bucket) = self.bucket_for(entry.second) else {
+            return;
+        };
+        let cell = Cell {
+            count: entry.tally.count,
+            errors: entry.tally.errors,
+            latency: entry.tally.latency.clone(),
+        };
+        if served(entry.kind, peer.then_some(link)) {
+            bucket.merge_cell(entry.service, entry.instance, entry.name, &cell);
+        }
+        // The edge, by links.rs's rules: a peer's from the caller, the broker's by kind, any
+        // other from the caller the hop knew (none when it did not).
+        let (from, to, system) = match (entry.kind, link_kind) {
+            (_, fold::PEER) => (entry.service, link, Some(entry.name)),
+            ("producer", _) => (entry.service, BROKER, None),
+            ("consumer", _) => (BROKER, entry.service, None),
+            (_, fold::CALLER) if link != entry.service => (link, entry.service, None),
+            _ => return,
+        };
+        let certified = !peer;
+        bucket.edge(from, to).merge(&EdgeCell {
+            calls: cell,
+            mutual_tls: if certified { entry.tally.mutual_tls } else { 0 },
+            refused: if certified { entry.tally.refused } else { 0 },
+            system: system.map(Into::into),
+        });
+    }
+
     /// Files one record: its stats if it is a hop a service handled, and its call.
     fn file_row(&mut self, row: &Row, now_s: i64) {
         if served(&row.kind, row.peer.as_deref()) {
@@ -445,6 +491,20 @@ impl Aggregates {
             inner.file_row(row, now_s);
         }
         inner.file_calls();
+    }
+
+    /// Files a reporter's summary of folded records.
+    pub fn add_folded(&self, entries: &[EntryRef<'_>]) {
+        self.add_folded_at(entries, now_s());
+    }
+
+    /// As [`Aggregates::add_folded`], with the clock at `now_s`.
+    pub fn add_folded_at(&self, entries: &[EntryRef<'_>], now_s: i64) {
+        let mut inner = self.lock();
+        inner.advance(now_s);
+        for entry in entries {
+            inner.file_folded(entry);
+        }
     }
 
     /// Per-service and per-instance stats of the records started since `since_us` (the same
@@ -701,7 +761,7 @@ fn graph(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sketch::tests::Rng;
+    use crate::sketch::Rng;
     use crate::stats::percentile;
     use std::time::Duration;
 
@@ -1047,6 +1107,87 @@ mod tests {
                     w.p99_ms
                 );
             }
+        }
+    }
+
+    /// A row as the binary record a reporter would have folded.
+    fn record_of(r: &Row) -> stratus_kit::event_wire::RecordRef<'_> {
+        stratus_kit::event_wire::RecordRef {
+            trace_id: 1,
+            span_id: 1,
+            parent_span_id: r.parent_span_id.as_ref().map(|_| 1),
+            service: &r.service,
+            instance: &r.instance,
+            kind: &r.kind,
+            name: &r.name,
+            method: r.method.as_deref(),
+            status: r.status as u16,
+            ok: r.ok,
+            started_us: r.started_us,
+            duration_us: r.duration_us as u64,
+            retries: None,
+            cache: None,
+            topic: None,
+            breaker: None,
+            peer: r.peer.as_deref(),
+        }
+    }
+
+    /// Records folded by their reporters and merged from summaries give the same stats, routes
+    /// and edges as the records themselves: every count exact, the sketches the same (so the
+    /// percentiles too). Under mutual TLS, as `up` runs, where a hop knows its caller by
+    /// certificate (the record's `peer`), which is what lets a folded hop keep its edge.
+    #[test]
+    fn folded_records_count_as_the_records_would() {
+        let mut rng = Rng(0xf01d);
+        for round in 0..6 {
+            let traces = 1 + (rng.next() % 2000) as usize;
+            let mut rows = random_traces(&mut rng, traces);
+            let owners: HashMap<String, String> = rows
+                .iter()
+                .map(|r| (r.span_id.clone(), r.service.clone()))
+                .collect();
+            for r in rows.iter_mut().filter(|r| r.kind == "server") {
+                let caller = r.parent_span_id.as_ref().and_then(|p| owners.get(p));
+                r.peer = caller.map(|c| format!("spiffe://stratus.local/service/{c}"));
+                if r.peer.is_some() && rng.next().is_multiple_of(10) {
+                    (r.status, r.ok) = (403, true);
+                }
+            }
+            let direct = Aggregates::at(HOUR, NOW);
+            direct.add_at(&rows, NOW);
+            direct.tick_at(NOW + crate::links::WAIT);
+
+            // Folded by reporters in pieces (one summary per flush), then merged.
+            let folded = Aggregates::at(HOUR, NOW);
+            for piece in rows.chunks(1 + (rng.next() % 700) as usize) {
+                let mut fold = stratus_kit::fold::Fold::default();
+                piece.iter().for_each(|r| assert!(fold.add(&record_of(r))));
+                let body = fold.encode();
+                let entries = stratus_kit::fold::read_summary(&body, 10_000).unwrap();
+                crate::record::check_folded(&entries).unwrap();
+                folded.add_folded_at(&entries, NOW);
+            }
+            folded.tick_at(NOW + crate::links::WAIT);
+
+            let since = (NOW - 100) * 1_000_000;
+            let later = NOW + crate::links::WAIT;
+            assert_eq!(
+                folded.stats_at(since, later),
+                direct.stats_at(since, later),
+                "round {round}"
+            );
+            assert_eq!(
+                folded.routes_at(since, later),
+                direct.routes_at(since, later),
+                "round {round}"
+            );
+            let known = Known::default();
+            let got = folded.topology_at(since, later, 100.0, &known);
+            let want = direct.topology_at(since, later, 100.0, &known);
+            assert_eq!(got.nodes, want.nodes, "round {round}");
+            assert_eq!(got.edges, want.edges, "round {round}");
+            assert!(want.edges.iter().any(|e| e.mutual_tls > 0 && e.refused > 0));
         }
     }
 

@@ -13,15 +13,16 @@ use sqlx::AnyPool;
 use stratus_kit::caller::Caller;
 use stratus_kit::event_wire;
 use stratus_kit::events::EventRecord;
+use stratus_kit::fold;
 use stratus_kit::openapi::Api;
 use stratus_kit::{Json, Problem};
 
 use crate::aggregate::Aggregates;
 use crate::budget::Storage;
 use crate::live::{self, Live};
-use crate::record::{is_hex, parse_time, validate_batch, validate_wire_batch, Row};
+use crate::record::{check_folded, is_hex, parse_time, validate_batch, validate_wire_batch, Row};
 use crate::registry::Registry;
-use crate::writer::Writer;
+use crate::writer::{WriteError, Writer};
 use crate::{dashboard, logs_api, otlp, proto, store, trace_list};
 
 /// The largest ingest body: 4 MiB.
@@ -73,6 +74,7 @@ pub fn routes() -> Api<AppState> {
             stratus_kit::caller::operator_only,
         ))
         .post("/v1/events", ingest)
+        .post("/v1/summaries", ingest_summary)
         .post("/v1/traces", ingest_otlp)
         .post("/v1/logs", logs_api::ingest)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -93,9 +95,27 @@ fn too_many() -> Problem {
     )
 }
 
+/// How long a batch may wait for room in the writer's queue before it is refused with 503:
+/// under the reporters' 2 s timeout (kit::events), so a reporter hears "not stored" and folds the
+/// batch into its summary rather than giving up unsure.
+const HAND_OVER: Duration = Duration::from_secs(1);
+
 async fn store_rows(state: &AppState, rows: Vec<Row>) -> Result<usize, Problem> {
     let count = rows.len();
-    state.writer.write(rows).await.map_err(Problem::internal)?;
+    state
+        .writer
+        .write_within(rows, HAND_OVER)
+        .await
+        .map_err(|error| match error {
+            WriteError::Busy => {
+                metrics::counter!("events_batches_refused_total").increment(1);
+                Problem::unavailable(
+                    "the sink is storing as fast as it can; nothing was stored",
+                    1,
+                )
+            }
+            WriteError::Failed(error) => Problem::internal(error),
+        })?;
     tracing::debug!(records = count, "stored");
     Ok(count)
 }
@@ -126,11 +146,7 @@ async fn ingest(
     caller: Caller,
     request: Request,
 ) -> Result<impl IntoResponse, Problem> {
-    let binary = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(event_wire::CONTENT_TYPE));
+    let binary = sent_as(&request, event_wire::CONTENT_TYPE);
     let accepted = if binary {
         let rows = decode_wire(request).await?;
         check_reporter(&caller, rows.iter().map(|row| row.service.as_str()))?;
@@ -146,6 +162,51 @@ async fn ingest(
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": accepted})),
+    ))
+}
+
+/// Whether the request's body is of `media_type` (parameters after it allowed).
+fn sent_as(request: &Request, media_type: &str) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(media_type))
+}
+
+/// A reporter's summary of the records it folded instead of sending (`kit::fold`): merged into
+/// the stats and the topology's edges as if the records had arrived; no row is stored. Each
+/// service may post only its own, as with records.
+async fn ingest_summary(
+    State(state): Shared,
+    caller: Caller,
+    request: Request,
+) -> Result<impl IntoResponse, Problem> {
+    if !sent_as(&request, fold::CONTENT_TYPE) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a summary is sent as {}", fold::CONTENT_TYPE),
+        ));
+    }
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let entries = fold::read_summary(&bytes, MAX_BATCH).map_err(|e| match e {
+        fold::SummaryError::TooMany { .. } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a summary may carry at most {MAX_BATCH} entries"),
+        ),
+        other => Problem::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    check_folded(&entries).map_err(Problem::unprocessable)?;
+    check_reporter(&caller, entries.iter().map(|entry| entry.service))?;
+    state.aggregates.add_folded(&entries);
+    let records: u64 = entries.iter().map(|entry| entry.tally.count).sum();
+    metrics::counter!("events_summaries_total").increment(1);
+    metrics::counter!("events_summary_records_total").increment(records);
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"merged": entries.len(), "records": records})),
     ))
 }
 

@@ -28,7 +28,6 @@ pub mod otlp_logs;
 pub mod record;
 pub mod registry;
 pub mod sample;
-pub mod sketch;
 pub mod sqlite;
 pub mod stats;
 pub mod store;
@@ -39,6 +38,8 @@ pub mod writer;
 // The OTLP messages live in the kit, which also writes them (its log shipping); these names
 // keep `crate::proto` and `stratus_events::proto` as they were.
 pub use stratus_kit::otlp::{proto, proto_logs};
+/// The latency sketch, shared with the reporters (which fold what they cannot send into it).
+pub use stratus_kit::sketch;
 
 use std::time::Duration;
 
@@ -164,6 +165,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let aggregates = aggregate::Aggregates::new(args.retention);
     let stored = store::max_id(&pool).await?;
     let writer = writer::Writer::start(writer_target, export, Some(aggregates.clone()))?;
+    // On /metrics from the start, at 0: a dashboard tells "never" from "not reported".
+    for counter in [
+        "events_batches_refused_total",
+        "events_summaries_total",
+        "events_summary_records_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
     // On a SQLite file the writer runs the pruner's deletions too (crate::deletion).
     let deleter = if file.is_some() {
         deletion::Deleter::Writer(writer.clone())

@@ -13,7 +13,10 @@
 //! - **waiting**: records whose parent has not arrived yet, by parent span. The parent's arrival
 //!   places them. One still waiting after [`WAIT`] (a gateway record: [`WAIT_AT_EDGE`], its
 //!   parent is usually the browser's) is placed as the window computation would place it: a
-//!   gateway record came from `clients`, any other is left out.
+//!   gateway record came from `clients`, one whose caller presented a service's certificate
+//!   (its `peer`, under mutual TLS) came from that service, any other is left out. The parent's
+//!   record may never come because its reporter folded it (`kit::fold`): its summary then
+//!   carries the parent's own edge, and the certificate this one's.
 //!
 //! Memory at 30,000 records a second: owners about 300,000 entries (two 5 s generations), the
 //! waiting a few thousand (a flush interval's worth of children).
@@ -61,6 +64,8 @@ struct Waiting {
     duration_us: i64,
     mutual_tls: bool,
     refused: bool,
+    /// The service the caller's certificate named, if it did.
+    caller: Option<Arc<str>>,
 }
 
 impl Waiting {
@@ -167,16 +172,24 @@ impl Linker {
                 Some(parent) => match self.owner(parent) {
                     Some(caller) if *caller == service => {}
                     Some(caller) => out.push(call(caller.clone(), service.clone())),
-                    None => self.waiting.entry(parent).or_default().push(Waiting {
-                        arrived_s: now_s,
-                        service: service.clone(),
-                        gateway: row.kind == "gateway",
-                        started_us: row.started_us,
-                        ok: row.ok,
-                        duration_us: row.duration_us,
-                        mutual_tls: row.peer.is_some(),
-                        refused: row.peer.is_some() && row.status == 403,
-                    }),
+                    None => {
+                        let caller = row
+                            .peer
+                            .as_deref()
+                            .and_then(stratus_kit::fold::caller_service)
+                            .map(|caller| self.name(caller));
+                        self.waiting.entry(parent).or_default().push(Waiting {
+                            arrived_s: now_s,
+                            service: service.clone(),
+                            gateway: row.kind == "gateway",
+                            started_us: row.started_us,
+                            ok: row.ok,
+                            duration_us: row.duration_us,
+                            mutual_tls: row.peer.is_some(),
+                            refused: row.peer.is_some() && row.status == 403,
+                            caller,
+                        });
+                    }
                 },
             },
         }
@@ -210,6 +223,8 @@ impl Linker {
                     out.push(child.placed(clients.clone()));
                 } else if waited < WAIT {
                     kept.push(child);
+                } else if let Some(caller) = child.caller.clone() {
+                    out.extend(child.called_by(caller));
                 }
             }
             *children = kept;
@@ -354,6 +369,26 @@ mod tests {
             "a server record whose caller never came is left out"
         );
         assert_eq!(linker.held(), (1, 0));
+    }
+
+    #[test]
+    fn an_orphan_whose_caller_had_a_certificate_is_placed_from_it() {
+        let mut linker = Linker::new(0);
+        let mut out = Vec::new();
+        let mut child = row(
+            "00000000000000c1",
+            Some("00000000000000a1"),
+            "catalog",
+            "server",
+        );
+        child.peer = Some("spiffe://stratus.local/service/gateway".into());
+        linker.arrive(&child, 0, &mut out);
+        linker.expire(WAIT - 1, &mut out);
+        assert!(out.is_empty(), "it waits for its parent first");
+        linker.expire(WAIT, &mut out);
+        assert_eq!(edges(&out), vec![pair("gateway", "catalog")]);
+        assert!(out[0].mutual_tls);
+        assert_eq!(linker.held().1, 0);
     }
 
     #[test]

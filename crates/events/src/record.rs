@@ -2,6 +2,7 @@
 
 use stratus_kit::event_wire::{hex_id, RecordRef, MAX_METHOD};
 use stratus_kit::events::EventRecord;
+use stratus_kit::fold::{self, EntryRef};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -147,6 +148,31 @@ fn check(record: &RecordRef<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// What every entry of a reporter's summary (`kit::fold`) must be: its texts as a record's, its
+/// second a time a record could start at. The counts were checked as it was read.
+pub fn check_folded(entries: &[EntryRef<'_>]) -> Result<(), String> {
+    let check = |entry: &EntryRef<'_>| -> Result<(), String> {
+        text("service", entry.service, 128)?;
+        text("instance", entry.instance, 128)?;
+        if !KINDS.contains(&entry.kind) {
+            return Err(format!("kind must be one of {}", KINDS.join(", ")));
+        }
+        text("name", entry.name, 512)?;
+        if entry.link.0 != fold::NO_LINK {
+            text("link", entry.link.1, 128)?;
+        }
+        let seconds = EARLIEST_US / 1_000_000..=LATEST_US / 1_000_000;
+        if !seconds.contains(&entry.second) {
+            return Err("second must fall in the years 0000-9999 (UTC)".into());
+        }
+        Ok(())
+    };
+    entries
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, entry)| check(entry).map_err(|e| format!("entry {i}: {e}")))
+}
+
 /// Checks one JSON record and turns it into a row; the error names the field.
 pub fn validate(record: EventRecord) -> Result<Row, String> {
     let trace_id = parse_id("trace_id", &record.trace_id, 32)?;
@@ -158,25 +184,7 @@ pub fn validate(record: EventRecord) -> Result<Row, String> {
         .transpose()?;
     let started_us = parse_time(&record.started_at)
         .ok_or("started_at must be an RFC 3339 time, like 2026-01-01T12:00:00.123Z")?;
-    check(&RecordRef {
-        trace_id,
-        span_id,
-        parent_span_id,
-        service: &record.service,
-        instance: &record.instance,
-        kind: &record.kind,
-        name: &record.name,
-        method: record.method.as_deref(),
-        status: record.status,
-        ok: record.ok,
-        started_us,
-        duration_us: record.duration_us,
-        retries: record.retries,
-        cache: record.cache.as_deref(),
-        topic: record.topic.as_deref(),
-        breaker: record.breaker.as_deref(),
-        peer: record.peer.as_deref(),
-    })?;
+    check(&record.as_ref_with(trace_id, span_id, parent_span_id, started_us))?;
     Ok(Row {
         trace_id: record.trace_id,
         span_id: record.span_id,

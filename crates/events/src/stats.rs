@@ -31,13 +31,7 @@ pub struct InstanceStats {
 }
 
 /// Nearest-rank percentile of sorted values (`p` in 0-100); 0 for no values.
-pub fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+pub use stratus_kit::sketch::nearest_rank as percentile;
 
 fn summarise(mut durations: Vec<i64>, errors: u64) -> Summary {
     durations.sort_unstable();

@@ -27,9 +27,10 @@ use serde::Serialize;
 
 use crate::stats::percentile;
 use crate::store::Hop;
+use stratus_kit::fold::caller_service;
 
 /// The node that stands for callers outside the system (browsers, scripts).
-pub const CLIENTS: &str = "clients";
+pub const CLIENTS: &str = stratus_kit::fold::CLIENTS;
 /// The node that stands for the message broker.
 pub const BROKER: &str = "broker";
 /// The service name the DNS server reports under.
@@ -153,7 +154,12 @@ pub fn compute(hops: &[Hop], window_seconds: f64, known: &Known) -> Topology {
                 Some(Some(parent)) => (*parent, hop.service.as_str()),
                 None => (CLIENTS, hop.service.as_str()),
                 Some(None) if hop.kind == "gateway" => (CLIENTS, hop.service.as_str()),
-                Some(None) => continue,
+                // The parent's record is missing (its reporter folded it into a summary, see
+                // kit::fold): the caller the hop knew by certificate, if any.
+                Some(None) => match hop.peer.as_deref().and_then(caller_service) {
+                    Some(caller) if caller != hop.service => (caller, hop.service.as_str()),
+                    _ => continue,
+                },
             },
         };
         edges

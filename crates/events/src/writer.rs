@@ -75,6 +75,14 @@ pub struct Writer {
     tail: Tail,
 }
 
+/// Why [`Writer::write_within`] did not store a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// No room in the writer's queue in time: nothing stored.
+    Busy,
+    Failed(String),
+}
+
 /// Where the writer stores.
 pub enum Target {
     /// A SQLite database file, written by a connection of the writer's own, which also keeps
@@ -160,6 +168,36 @@ impl Writer {
     /// Stores one batch (all or nothing) and returns once it is committed.
     pub async fn write(&self, rows: Vec<Row>) -> Result<(), String> {
         self.store(rows, Vec::new()).await
+    }
+
+    /// [`Writer::write`] for a batch of a reporter that cannot wait long (its POST times out
+    /// after 2 s): if the writer's queue has no room within `wait`, the batch is refused as
+    /// [`WriteError::Busy`], nothing stored, so the sink can answer 503 and the reporter knows
+    /// for certain the batch was not stored and folds it into its summary (kit::fold) instead
+    /// of timing out, unsure whether it was. Once handed over, the batch is stored however long
+    /// that takes.
+    pub async fn write_within(
+        &self,
+        rows: Vec<Row>,
+        wait: std::time::Duration,
+    ) -> Result<(), WriteError> {
+        let (done, answer) = oneshot::channel();
+        let job = Message::Store(Job {
+            rows,
+            logs: Vec::new(),
+            done,
+        });
+        match self.queue.send_timeout(job, wait).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(WriteError::Busy),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                return Err(WriteError::Failed("the writer has stopped".into()))
+            }
+        }
+        answer
+            .await
+            .map_err(|_| WriteError::Failed("the writer has stopped".into()))?
+            .map_err(WriteError::Failed)
     }
 
     /// Stores one batch of log lines (all or nothing), in the same transactions as records.
@@ -408,6 +446,45 @@ pub(crate) mod tests {
             wal_limit: 64 << 20,
         };
         (dir, pool, Writer::start(target, None, None).unwrap())
+    }
+
+    /// A writer whose queue stays full refuses a batch after the wait, storing nothing; one with
+    /// room takes it.
+    #[tokio::test]
+    async fn a_full_queue_refuses_a_batch_in_time() {
+        // A writer nobody runs: its queue fills and stays full.
+        let (queue, mut receiver) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            queue,
+            deletions: Deletions::default(),
+            tail: Tail::default(),
+        };
+        for _ in 0..QUEUE {
+            writer.queue.try_send(Message::Tick).unwrap();
+        }
+        let wait = std::time::Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            writer.write_within(batch(3, 0), wait).await,
+            Err(WriteError::Busy)
+        );
+        assert!(started.elapsed() >= wait);
+        // Room again: the batch is handed over, and answered once stored.
+        let _ = receiver.recv().await;
+        let answered = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write_within(batch(3, 0), wait).await }
+        });
+        let job = loop {
+            match receiver.recv().await {
+                Some(Message::Store(job)) => break job,
+                Some(_) => continue,
+                None => panic!("the queue closed"),
+            }
+        };
+        assert_eq!(job.rows.len(), 3);
+        job.done.send(Ok(())).unwrap();
+        assert_eq!(answered.await.unwrap(), Ok(()));
     }
 
     /// Concurrent batches through the SQLite file writer: every acknowledged batch is in the

@@ -220,10 +220,11 @@ pub async fn run_with(args: Args, upstream_tls: Option<Arc<Credentials>>) -> any
     }
     let instance_id = args.common.instance_id();
     let reporter = if args.common.events {
-        match stratus_kit::events::EventReporter::start(
+        match stratus_kit::events::EventReporter::with_queue(
             &args.common.events_url,
             "gateway",
             &instance_id,
+            args.common.events_queue,
         ) {
             Ok(reporter) => Some(reporter),
             Err(error) => {

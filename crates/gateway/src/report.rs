@@ -6,8 +6,10 @@
 //! route's name encoded once, nothing allocated per record) into a buffer of its own, and hands the buffer to the shared
 //! reporter every [`BATCH`] records or every 200 ms. So the request path pays for a few copies
 //! into memory it already has; waking the sending task and building the POST happen once per
-//! batch. The reporter drops (and counts) what its queue or the sink cannot take; reporting
-//! never slows or fails a request.
+//! batch. What the reporter's queue or the sink cannot take is folded into per-second counts
+//! and latency sketches (`stratus_kit::fold`; a gateway hop is placed as a call from `clients`)
+//! and sent as a summary, so the sink still counts every request; reporting never slows or
+//! fails a request.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

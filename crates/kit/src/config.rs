@@ -100,6 +100,11 @@ pub struct CommonArgs {
     )]
     pub events_url: String,
 
+    /// Records a process queues for the event sink; past it, records are folded into per-second
+    /// counts and latency sketches sent as a summary (none is lost from the sink's stats).
+    #[arg(long, env = "STRATUS_EVENTS_QUEUE", default_value_t = crate::events::QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub events_queue: usize,
+
     #[command(flatten)]
     pub mesh: crate::mesh::MeshArgs,
 }

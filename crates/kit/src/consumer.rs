@@ -332,10 +332,11 @@ pub fn reporter(
     if !common.events {
         return Ok(None);
     }
-    Ok(Some(EventReporter::start(
+    Ok(Some(EventReporter::with_queue(
         &common.events_url,
         service,
         &common.instance_id(),
+        common.events_queue,
     )?))
 }
 

@@ -172,7 +172,7 @@ fn method(out: &mut Vec<u8>, method: Option<&str>) {
 
 /// A text: its length (at most 65,535 bytes; longer is cut at a character boundary, and the
 /// sink refuses texts that long anyway) and its bytes.
-fn text(out: &mut Vec<u8>, value: &str) {
+pub(crate) fn text(out: &mut Vec<u8>, value: &str) {
     let mut len = value.len().min(usize::from(u16::MAX));
     while !value.is_char_boundary(len) {
         len -= 1;
@@ -199,7 +199,13 @@ pub enum WireError {
 /// The records of a batch, borrowing their texts from `body`; at most `max` of them. Checks the
 /// framing only: what the values may be is the reader's business.
 pub fn read_batch(body: &[u8], max: usize) -> Result<Vec<RecordRef<'_>>, WireError> {
-    let mut rest = body.strip_prefix(MAGIC).ok_or(WireError::Magic)?;
+    read_records(body.strip_prefix(MAGIC).ok_or(WireError::Magic)?, max)
+}
+
+/// [`read_batch`] of records without the [`MAGIC`] in front (a part of a batch: a reporter
+/// folding what the sink could not take reads back the pieces it sent).
+pub fn read_records(body: &[u8], max: usize) -> Result<Vec<RecordRef<'_>>, WireError> {
+    let mut rest = body;
     let mut records = Vec::new();
     while !rest.is_empty() {
         if records.len() == max {
@@ -214,12 +220,23 @@ pub fn read_batch(body: &[u8], max: usize) -> Result<Vec<RecordRef<'_>>, WireErr
 }
 
 /// A cursor over one record.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     rest: &'a [u8],
     record: usize,
 }
 
+/// The same cursor over texts written by [`text`] elsewhere (a summary's, [`crate::fold`]).
+pub(crate) type TextReader<'a> = Reader<'a>;
+
 impl<'a> Reader<'a> {
+    pub(crate) fn new(rest: &'a [u8]) -> Self {
+        Self { rest, record: 0 }
+    }
+
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+
     fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let (head, rest) = self
             .rest
@@ -231,7 +248,7 @@ impl<'a> Reader<'a> {
         Ok(*head)
     }
 
-    fn text(&mut self, field: &'static str) -> Result<&'a str, WireError> {
+    pub(crate) fn text(&mut self, field: &'static str) -> Result<&'a str, WireError> {
         let len = usize::from(u16::from_le_bytes(self.take()?));
         if self.rest.len() < len {
             return Err(WireError::Truncated {

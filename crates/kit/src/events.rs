@@ -1,12 +1,20 @@
 //! Reporting to the event sink: one record per hop (which service and instance handled it, did it
 //! succeed, how long it took), sent in batches off the request path.
 //!
-//! [`EventReporter::report`] never waits and never fails: records go into a bounded queue, and
-//! when the queue is full the record is dropped and counted in `events_dropped_total`. A
-//! background task sends the queue in batches (up to [`MAX_BATCH`] records, or every
-//! [`FLUSH_EVERY`]) to `POST {STRATUS_EVENTS_URL}/v1/events` with a short timeout. A batch the
-//! sink does not take is dropped and counted too: no retries, so a sink that is down costs one
-//! failed connection per batch and nothing else.
+//! [`EventReporter::report`] never waits and never fails: records go into a bounded queue
+//! ([`QUEUE`] records, `STRATUS_EVENTS_QUEUE`). A background task sends the queue in batches (up
+//! to [`MAX_BATCH`] records, or every [`FLUSH_EVERY`]) to `POST {STRATUS_EVENTS_URL}/v1/events`
+//! with a short timeout, once: no retries, so a sink that is down costs one failed connection
+//! per batch and nothing else.
+//!
+//! What does not fit the queue, and a batch the sink could not be reached with (no connection)
+//! or refused for overload (503, 429), is not lost from the counts: it is folded into a bounded
+//! summary ([`crate::fold`]: per second, service, instance, kind, name and caller, a count, an
+//! error count and a latency sketch), counted in `events_folded_total`, and sent with the next
+//! flush to `POST {STRATUS_EVENTS_URL}/v1/summaries`, which the sink merges into its stats and
+//! edges. A summary the sink cannot be reached with is folded back and tried again at the next
+//! flush. A batch that timed out is dropped and counted as before: the sink may have stored it,
+//! and folding it too could count it twice.
 //!
 //! A request that used the service's database or a Redis cache is followed by one `client` record
 //! per backing service ([`EventReporter::report_calls`], from the request's [`crate::tally`]):
@@ -24,10 +32,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::event_wire::{hex_id, Batch, RecordRef, CONTENT_TYPE, MAGIC};
+use crate::event_wire::{hex_id, read_records, Batch, RecordRef, CONTENT_TYPE, MAGIC};
+use crate::fold::Fold;
 use crate::trace::TraceContext;
 
-/// Records waiting to be sent; beyond this, new records are dropped.
+/// Records waiting to be sent, by default (`STRATUS_EVENTS_QUEUE`); beyond this, new records
+/// are folded ([`crate::fold`]).
 pub const QUEUE: usize = 10_000;
 /// A POST is sent once it carries this many records (a little more when the last hand-over was
 /// a pre-encoded batch; the gateway's are at most 128).
@@ -74,6 +84,38 @@ pub struct EventRecord {
     /// database; `redis`: a cache; `dns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+}
+
+impl EventRecord {
+    /// This record as the binary form borrows it, with its ids and start given as the numbers
+    /// they are (the caller has parsed, or has no use for, the hex and RFC 3339 texts).
+    pub fn as_ref_with(
+        &self,
+        trace_id: u128,
+        span_id: u64,
+        parent_span_id: Option<u64>,
+        started_us: i64,
+    ) -> RecordRef<'_> {
+        RecordRef {
+            trace_id,
+            span_id,
+            parent_span_id,
+            service: &self.service,
+            instance: &self.instance,
+            kind: &self.kind,
+            name: &self.name,
+            method: self.method.as_deref(),
+            status: self.status,
+            ok: self.ok,
+            started_us,
+            duration_us: self.duration_us,
+            retries: self.retries,
+            cache: self.cache.as_deref(),
+            topic: self.topic.as_deref(),
+            breaker: self.breaker.as_deref(),
+            peer: self.peer.as_deref(),
+        }
+    }
 }
 
 impl From<&RecordRef<'_>> for EventRecord {
@@ -150,6 +192,10 @@ impl Outgoing {
 pub struct EventReporter {
     queue: mpsc::UnboundedSender<Outgoing>,
     queued: Arc<AtomicUsize>,
+    /// The queue's bound in records.
+    capacity: usize,
+    /// What neither the queue nor the sink took, as counts (sent by the sending task).
+    fold: Arc<std::sync::Mutex<Fold>>,
     /// Behind an `Arc`: the request layer takes the reporter as axum `State`, a clone per request.
     origin: Arc<Origin>,
 }
@@ -163,14 +209,35 @@ struct Origin {
 impl EventReporter {
     /// Starts the sending task. `sink` is the sink's base URL (`http://127.0.0.1:8090`).
     pub fn start(sink: &str, service: &str, instance: &str) -> anyhow::Result<Self> {
+        Self::with_queue(sink, service, instance, QUEUE)
+    }
+
+    /// [`EventReporter::start`] with a queue of `capacity` records (`STRATUS_EVENTS_QUEUE`).
+    pub fn with_queue(
+        sink: &str,
+        service: &str,
+        instance: &str,
+        capacity: usize,
+    ) -> anyhow::Result<Self> {
         let (client, base) = sink_client(crate::mesh::current(), sink)?;
-        let url = format!("{base}/v1/events");
+        let urls = Urls {
+            records: format!("{base}/v1/events"),
+            summaries: format!("{base}/v1/summaries"),
+        };
         let (queue, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(send_loop(client, url, receiver, queued.clone()));
+        let fold = Arc::new(std::sync::Mutex::new(Fold::default()));
+        let sender = Sender {
+            client,
+            urls,
+            fold: fold.clone(),
+        };
+        tokio::spawn(send_loop(sender, receiver, queued.clone()));
         Ok(Self {
             queue,
             queued,
+            capacity,
+            fold,
             origin: Arc::new(Origin {
                 service: service.into(),
                 instance: instance.into(),
@@ -189,10 +256,8 @@ impl EventReporter {
     /// Counts `records` into the queue if they fit.
     fn reserve(&self, records: usize) -> bool {
         let before = self.queued.fetch_add(records, Ordering::Relaxed);
-        if before + records > QUEUE {
+        if before + records > self.capacity {
             self.queued.fetch_sub(records, Ordering::Relaxed);
-            metrics::counter!("events_dropped_total", "reason" => "queue_full")
-                .increment(records as u64);
             return false;
         }
         true
@@ -207,10 +272,12 @@ impl EventReporter {
         }
     }
 
-    /// Queues a record; never waits. A full queue drops it (counted).
+    /// Queues a record; never waits. A full queue folds it (counted).
     pub fn report(&self, record: EventRecord) {
         if self.reserve(1) {
             self.hand_over(Outgoing::Record(record), 1);
+        } else {
+            fold_json(&self.fold, std::slice::from_ref(&record), "queue_full");
         }
     }
 
@@ -271,12 +338,75 @@ impl EventReporter {
     }
 
     /// Queues records already written in the binary batch format; never waits. If they do not
-    /// all fit in the queue, they are all dropped (counted).
+    /// all fit in the queue, they are all folded (counted).
     pub fn report_encoded(&self, batch: Batch) {
         let records = batch.records;
-        if records > 0 && self.reserve(records) {
-            self.hand_over(Outgoing::Encoded(batch), records);
+        if records == 0 {
+            return;
         }
+        if self.reserve(records) {
+            self.hand_over(Outgoing::Encoded(batch), records);
+        } else {
+            fold_encoded(&self.fold, batch.records_bytes(), "queue_full");
+        }
+    }
+}
+
+/// Folds records written in the binary format (without the magic in front), counting them in
+/// `events_folded_total{reason}`, or in `events_dropped_total{reason="fold_full"}` past the
+/// fold's bound.
+fn fold_encoded(fold: &std::sync::Mutex<Fold>, records: &[u8], reason: &'static str) {
+    // The reporter wrote these itself; a batch that does not read back is a bug, not input.
+    match read_records(records, usize::MAX) {
+        Ok(records) => fold_refs(fold, records.iter(), reason),
+        Err(error) => tracing::warn!(%error, "a batch of our own does not read back"),
+    }
+}
+
+/// [`fold_encoded`] for records reported one by one.
+fn fold_json(fold: &std::sync::Mutex<Fold>, records: &[EventRecord], reason: &'static str) {
+    use time::format_description::well_known::Rfc3339;
+    let refs: Vec<RecordRef<'_>> = records
+        .iter()
+        .map(|record| {
+            let started_us = time::OffsetDateTime::parse(&record.started_at, &Rfc3339)
+                .map_or(0, |t| (t.unix_timestamp_nanos() / 1000) as i64);
+            // The fold keeps no ids: only whether the hop had a parent.
+            let parent = record.parent_span_id.as_ref().map(|_| 1);
+            record.as_ref_with(0, 0, parent, started_us)
+        })
+        .collect();
+    fold_refs(fold, refs.iter(), reason);
+}
+
+fn fold_refs<'a>(
+    fold: &std::sync::Mutex<Fold>,
+    records: impl Iterator<Item = &'a RecordRef<'a>>,
+    reason: &'static str,
+) {
+    let (mut folded, mut lost) = (0u64, 0u64);
+    {
+        let mut fold = fold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for record in records {
+            if fold.add(record) {
+                folded += 1;
+            } else {
+                lost += 1;
+            }
+        }
+    }
+    metrics::counter!("events_folded_total", "reason" => reason).increment(folded);
+    if lost > 0 {
+        metrics::counter!("events_dropped_total", "reason" => "fold_full").increment(lost);
+    }
+}
+
+impl EventReporter {
+    /// Records folded and not yet sent (tests).
+    pub fn folded(&self) -> u64 {
+        self.fold.lock().map_or(0, |fold| fold.records())
     }
 }
 
@@ -355,6 +485,11 @@ struct Chunks {
 }
 
 impl Chunks {
+    /// The parts still to be sent (cheap: each a reference to the same buffer).
+    fn parts(&self) -> Vec<Bytes> {
+        self.chunks.iter().cloned().collect()
+    }
+
     fn new(chunks: Vec<Bytes>) -> Self {
         let chunks: std::collections::VecDeque<Bytes> =
             chunks.into_iter().filter(|c| !c.is_empty()).collect();
@@ -387,9 +522,21 @@ impl http_body::Body for Chunks {
     }
 }
 
-async fn send_loop(
+/// Where the sending task posts.
+struct Urls {
+    records: String,
+    summaries: String,
+}
+
+/// The sending task's means: its client, the sink's URLs, and the fold it sends.
+struct Sender {
     client: reqwest::Client,
-    url: String,
+    urls: Urls,
+    fold: Arc<std::sync::Mutex<Fold>>,
+}
+
+async fn send_loop(
+    sender: Sender,
     mut receiver: mpsc::UnboundedReceiver<Outgoing>,
     queued: Arc<AtomicUsize>,
 ) {
@@ -407,57 +554,136 @@ async fn send_loop(
                     queued.fetch_sub(records, Ordering::Relaxed);
                     body.add(outgoing);
                     if body.records() >= MAX_BATCH {
-                        send(&client, &url, std::mem::replace(&mut body, Body::new())).await;
+                        sender.send(std::mem::replace(&mut body, Body::new())).await;
                     }
                 }
                 None => {
-                    send(&client, &url, body).await;
+                    sender.send(body).await;
+                    sender.send_summary().await;
                     return;
                 }
             },
             _ = ticker.tick() => {
                 if body.records() > 0 {
-                    send(&client, &url, std::mem::replace(&mut body, Body::new())).await;
+                    sender.send(std::mem::replace(&mut body, Body::new())).await;
                 }
+                sender.send_summary().await;
             }
         }
     }
 }
 
-async fn send(client: &reqwest::Client, url: &str, body: Body) {
-    for (content_type, chunks, records) in body.finish() {
-        send_one(client, url, content_type, chunks, records as u64).await;
-    }
+/// How one POST went.
+enum Sent {
+    Taken,
+    /// Not delivered, and certainly not stored: no connection, or refused for overload. What
+    /// it carried is folded.
+    NotTaken(&'static str),
+    /// Refused for another reason, or no answer in time (the sink may have stored it).
+    Lost(&'static str),
 }
 
-async fn send_one(
-    client: &reqwest::Client,
-    url: &str,
-    content_type: &str,
-    chunks: Chunks,
-    count: u64,
-) {
-    let result = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(reqwest::Body::wrap(chunks))
-        .send()
-        .await;
-    match result {
-        Ok(response) if response.status().is_success() => {
-            metrics::counter!("events_sent_total").increment(count);
+impl Sender {
+    async fn send(&self, body: Body) {
+        for (content_type, chunks, records) in body.finish() {
+            let kept = chunks.parts();
+            match self.post(&self.urls.records, content_type, chunks).await {
+                Sent::Taken => metrics::counter!("events_sent_total").increment(records as u64),
+                Sent::NotTaken(reason) if content_type == CONTENT_TYPE => {
+                    // The first part is the magic, the rest records.
+                    for part in kept.iter().skip(1) {
+                        fold_encoded(&self.fold, part, reason);
+                    }
+                }
+                Sent::NotTaken(reason) => {
+                    match serde_json::from_slice::<Vec<EventRecord>>(&kept.concat()) {
+                        Ok(records) => fold_json(&self.fold, &records, reason),
+                        Err(error) => {
+                            tracing::warn!(%error, "a batch of our own does not read back")
+                        }
+                    }
+                }
+                Sent::Lost(reason) => {
+                    metrics::counter!("events_dropped_total", "reason" => reason)
+                        .increment(records as u64);
+                }
+            }
         }
-        Ok(response) => {
-            tracing::debug!(status = %response.status(), "the event sink refused a batch");
-            metrics::counter!("events_dropped_total", "reason" => "sink_refused").increment(count);
-            metrics::counter!("events_send_failures_total").increment(1);
+    }
+
+    /// Sends what was folded since the last flush; folds it back if the sink was not reached.
+    async fn send_summary(&self) {
+        let summary = {
+            let mut fold = self
+                .fold
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let expired = fold.expire(time::OffsetDateTime::now_utc().unix_timestamp());
+            if expired > 0 {
+                metrics::counter!("events_dropped_total", "reason" => "fold_full")
+                    .increment(expired);
+            }
+            if fold.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *fold)
+        };
+        let records = summary.records();
+        let chunks = Chunks::new(vec![Bytes::from(summary.encode())]);
+        match self
+            .post(&self.urls.summaries, crate::fold::CONTENT_TYPE, chunks)
+            .await
+        {
+            Sent::Taken => metrics::counter!("events_folded_sent_total").increment(records),
+            Sent::NotTaken(_) => {
+                let mut fold = self
+                    .fold
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let lost = fold.absorb(summary);
+                if lost > 0 {
+                    metrics::counter!("events_dropped_total", "reason" => "fold_full")
+                        .increment(lost);
+                }
+            }
+            Sent::Lost(reason) => {
+                metrics::counter!("events_dropped_total", "reason" => reason).increment(records);
+            }
         }
-        Err(error) => {
-            tracing::debug!(%error, "the event sink is unreachable");
-            metrics::counter!("events_dropped_total", "reason" => "sink_unreachable")
-                .increment(count);
-            metrics::counter!("events_send_failures_total").increment(1);
-        }
+    }
+
+    async fn post(&self, url: &str, content_type: &str, chunks: Chunks) -> Sent {
+        let result = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(reqwest::Body::wrap(chunks))
+            .send()
+            .await;
+        let sent = match result {
+            Ok(response) if response.status().is_success() => return Sent::Taken,
+            Ok(response) => {
+                tracing::debug!(status = %response.status(), url, "the event sink refused a batch");
+                let status = response.status();
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                {
+                    Sent::NotTaken("sink_refused")
+                } else {
+                    Sent::Lost("sink_refused")
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, url, "the event sink is unreachable");
+                if error.is_connect() {
+                    Sent::NotTaken("sink_unreachable")
+                } else {
+                    Sent::Lost("sink_unreachable")
+                }
+            }
+        };
+        metrics::counter!("events_send_failures_total").increment(1);
+        sent
     }
 }
 
@@ -614,6 +840,115 @@ mod tests {
         (address, received)
     }
 
+    /// A stand-in sink that refuses record batches as overloaded (503) and takes summaries,
+    /// keeping the records they count.
+    async fn overloaded_sink() -> (std::net::SocketAddr, Arc<std::sync::Mutex<u64>>) {
+        let counted: Arc<std::sync::Mutex<u64>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/events",
+                axum::routing::post(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+            )
+            .route(
+                "/v1/summaries",
+                axum::routing::post({
+                    let counted = counted.clone();
+                    move |body: Bytes| async move {
+                        let entries = crate::fold::read_summary(&body, 10_000).unwrap();
+                        *counted.lock().unwrap() +=
+                            entries.iter().map(|e| e.tally.count).sum::<u64>();
+                        axum::http::StatusCode::ACCEPTED
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (address, counted)
+    }
+
+    /// A gateway hop of trace 7 as the gateway writes it.
+    fn gateway_hop(span_id: u64, status: u16, started_us: i64) -> RecordRef<'static> {
+        RecordRef {
+            trace_id: 7,
+            span_id,
+            parent_span_id: None,
+            service: "gw",
+            instance: "i-1",
+            kind: "gateway",
+            name: "catalog",
+            method: Some("GET"),
+            status,
+            ok: status < 500,
+            started_us,
+            duration_us: 5,
+            retries: None,
+            cache: None,
+            topic: None,
+            breaker: None,
+            peer: None,
+        }
+    }
+
+    /// A batch of `records` gateway hops started now.
+    fn encoded(records: usize) -> Batch {
+        let now_us = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
+        let mut batch = Batch::with_capacity(0);
+        for span in 1..=records as u64 {
+            batch.push(&gateway_hop(span, 200, now_us));
+        }
+        batch
+    }
+
+    /// What the queue cannot take and what the sink refuses for overload is folded and reaches
+    /// the sink as a summary: every record counted, none as a record.
+    #[tokio::test]
+    async fn what_the_queue_or_the_sink_cannot_take_arrives_folded() {
+        let (address, counted) = overloaded_sink().await;
+        let reporter =
+            EventReporter::with_queue(&format!("http://{address}"), "gw", "i-1", 3).unwrap();
+        // Nothing is taken off the queue before this task yields: the first batch fits, the
+        // other 19 are folded at once, the one record fits; then the sink refuses the first
+        // batch and the record (503), and they are folded too.
+        for _ in 0..20 {
+            reporter.report_encoded(encoded(2));
+        }
+        // A record of now: a folded second older than fold::SECONDS_KEPT would be dropped.
+        let now = time::OffsetDateTime::now_utc();
+        let started_at = now.format(&time::format_description::well_known::Rfc3339);
+        reporter.report(EventRecord {
+            started_at: started_at.unwrap(),
+            ..record()
+        });
+        assert_eq!(reporter.folded(), 38);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *counted.lock().unwrap() < 41 {
+            assert!(
+                Instant::now() < deadline,
+                "the summaries never arrived: {} counted, {} folded",
+                counted.lock().unwrap(),
+                reporter.folded()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(FLUSH_EVERY * 2).await;
+        assert_eq!(*counted.lock().unwrap(), 41);
+        assert_eq!(reporter.folded(), 0);
+    }
+
+    /// A summary the sink cannot be reached with is kept (folded back) for the next flush.
+    #[tokio::test]
+    async fn a_summary_waits_for_a_sink_that_is_down() {
+        let reporter = EventReporter::with_queue("http://127.0.0.1:9", "gw", "i-1", 1).unwrap();
+        for _ in 0..10 {
+            reporter.report_encoded(encoded(2));
+        }
+        assert_eq!(reporter.folded(), 20);
+        // A few flushes, each failing to connect.
+        tokio::time::sleep(FLUSH_EVERY * 4).await;
+        assert_eq!(reporter.folded(), 20);
+    }
+
     /// Records reported one by one and records handed over already encoded reach the sink (a
     /// JSON array and one binary batch) and read back as the same records.
     #[tokio::test]
@@ -623,23 +958,8 @@ mod tests {
         let reporter = EventReporter::start(&format!("http://{address}"), "gw", "i-1").unwrap();
         reporter.report(record());
         let encoded = RecordRef {
-            trace_id: 7,
-            span_id: 9,
-            parent_span_id: None,
-            service: "gw",
-            instance: "i-1",
-            kind: "gateway",
-            name: "catalog",
-            method: Some("GET"),
-            status: 502,
-            ok: false,
-            started_us: 1_767_225_600_000_000,
-            duration_us: 5,
             retries: Some(1),
-            cache: None,
-            topic: None,
-            breaker: None,
-            peer: None,
+            ..gateway_hop(9, 502, 1_767_225_600_000_000)
         };
         for _ in 0..2 {
             let mut batch = Batch::with_capacity(0);

@@ -151,7 +151,12 @@ impl Service {
             ));
         }
         if self.events && common.events {
-            match EventReporter::start(&common.events_url, &self.name, &id) {
+            match EventReporter::with_queue(
+                &common.events_url,
+                &self.name,
+                &id,
+                common.events_queue,
+            ) {
                 Ok(reporter) => {
                     app = app.layer(middleware::from_fn_with_state(
                         reporter,
