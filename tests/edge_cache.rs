@@ -558,3 +558,116 @@ async fn a_purge_at_one_gateway_reaches_the_others() {
         "path and tags of the write, and the admin's tags"
     );
 }
+
+/// The default routes with the real catalog: its product reads are kept at the edge, an admin's
+/// price change through the gateway shows on the next read (and in the list), a hit is on the
+/// event sink as served by the gateway, and with the catalog killed the reads it answered go on
+/// (`x-cache: stale`) while a product never read gets the usual 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_s_reads_are_kept_purged_by_a_price_change_and_outlive_the_catalog() {
+    let (mut system, events_port) = System::start_with_events(1, true).await;
+    let admin = system.admin_token().await;
+    let mut ids = Vec::new();
+    for name in ["Tea", "Coffee"] {
+        let created = system
+            .http
+            .post(system.url("/api/catalog/products"))
+            .bearer_auth(&admin)
+            .json(&json!({ "name": name, "price_cents": 450, "stock": 5 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let created: serde_json::Value = created.json().await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let (tea, coffee) = (&ids[0], &ids[1]);
+    let tea_path = format!("/api/catalog/products/{tea}");
+    let (status, how, _, _) = read(&system, &tea_path).await;
+    assert_eq!((status, how.as_str()), (200, "miss"));
+    let (_, how, age, body) = read(&system, &tea_path).await;
+    assert_eq!(how, "hit");
+    assert!(age, "a hit carries its Age");
+    assert_eq!(body["price_cents"], 450);
+    let (_, how, _, _) = read(&system, "/api/catalog/products").await;
+    assert_eq!(how, "miss");
+    assert_eq!(read(&system, "/api/catalog/products").await.1, "hit");
+
+    // An admin's price change through the gateway: the next read shows it, and the list too.
+    let update = system
+        .http
+        .put(system.url(&tea_path))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "Tea", "price_cents": 500, "stock": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(update.status(), 200);
+    let (_, how, _, body) = read(&system, &tea_path).await;
+    assert_eq!(
+        (how.as_str(), body["price_cents"].as_i64()),
+        ("miss", Some(500))
+    );
+    let (_, how, _, list) = read(&system, "/api/catalog/products").await;
+    assert_eq!(
+        how, "miss",
+        "the list is tagged with every product's change"
+    );
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == tea.as_str())
+        .cloned();
+    assert_eq!(listed.unwrap()["price_cents"], 500);
+    assert_eq!(read(&system, &tea_path).await.1, "hit");
+
+    // The hits are on the sink as the gateway's hops, no catalog record under them.
+    let sink = support::mesh::internal_url(events_port, "/v1/events?service=gateway&limit=1000");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events: serde_json::Value = system
+            .client(&sink)
+            .get(&sink)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let hits = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "catalog-read" && e["cache"] == "hit")
+            .count();
+        if hits >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no hit records on the sink: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The catalog killed: the reads it answered go on from the edge once stale (5 s fresh),
+    // a product nobody read gets the usual 503.
+    system.process("catalog", 0).kill9();
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let (status, how, _, body) = read(&system, &tea_path).await;
+    assert_eq!((status, how.as_str()), (200, "stale"));
+    assert_eq!(body["price_cents"], 500);
+    let (status, _, _, problem) = read(&system, &format!("/api/catalog/products/{coffee}")).await;
+    assert_eq!(status, 503, "{problem}");
+}
+
+/// GET `path` through the gateway: status, x-cache, whether it has an Age, and the JSON body.
+async fn read(system: &System, path: &str) -> (u16, String, bool, serde_json::Value) {
+    let response = system.http.get(system.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let how = x_cache(&response);
+    let age = response.headers().contains_key("age");
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, how, age, body)
+}
