@@ -171,12 +171,7 @@ impl Proxy {
             return finish(refused, &request_id);
         }
         let routes = self.shared.routes.load();
-        // Only worth lower-casing the host when some route matches on it.
-        let host = if routes.matches_hosts {
-            request_host(&parts)
-        } else {
-            None
-        };
+        let host = routing_host(&routes, &parts);
         let view = RequestView {
             method: &parts.method,
             path: parts.uri.path(),
@@ -610,6 +605,15 @@ async fn discard(body: Incoming) {
     }
     let drain = Limited::new(body, LIMIT).collect();
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// The host routes match on: worth lower-casing only when some route matches on it.
+fn routing_host(routes: &RouteTable, parts: &http::request::Parts) -> Option<String> {
+    if routes.matches_hosts {
+        request_host(parts)
+    } else {
+        None
+    }
 }
 
 /// The request's host, lower case and without a port: the URI's authority (HTTP/2) or the

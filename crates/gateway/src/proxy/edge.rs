@@ -24,7 +24,7 @@ use hyper::body::Body as _;
 use stratus_kit::trace::TraceContext;
 use stratus_kit::Problem;
 
-use super::{problem, request_host, Body, Proxy};
+use super::{problem, routing_host, Body, Proxy};
 use crate::edge_cache::{
     self, EdgeCache, Entry, Flight, Freshness, Key, Lead, Outcome, Plan, Purge, RouteCache,
     SURROGATE_KEY, X_CACHE,
@@ -289,11 +289,7 @@ impl Proxy {
         client: ClientConnection,
     ) {
         let routes = self.shared.routes.load_full();
-        let host = if routes.matches_hosts {
-            request_host(&parts)
-        } else {
-            None
-        };
+        let host = routing_host(&routes, &parts);
         let view = RequestView {
             method: &parts.method,
             path: parts.uri.path(),
