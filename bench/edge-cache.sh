@@ -6,6 +6,8 @@
 #   bench/edge-cache.sh                          # 3 rounds x 10 s per target, 64 connections
 #   ROUNDS=5 DURATION=20s bench/edge-cache.sh
 #   TARGETS="stratus-edge nginx" bench/edge-cache.sh
+#   RATE=30000 bench/edge-cache.sh               # the fixed-rate phase's rate (default: 0.6 of
+#                                                # the slower anchor's median throughput)
 #
 # Targets, all on loopback, each with WORKERS (2) workers or threads where it has a knob:
 #   stratus-edge  the gateway with `cache = {}` on the catalog's read route (the edge cache)
@@ -31,6 +33,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-2}
 TARGETS=${TARGETS:-"stratus-edge stratus nginx varnish"}
+RATE=${RATE:-}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need varnishd; then
@@ -187,6 +190,32 @@ done
 mkdir -p bench/results
 report=bench/results/edge-cache-$(date -u +%Y%m%dT%H%M%SZ).txt
 med() { awk -F'\t' -v t="$1" -v c="$2" '$2==t {print $c}' "$results" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Latency at a fixed rate every cache can carry (paced by bench/paced.lua, wrk2 not being
+# packaged here): at saturation a closed-loop client's p99 is mostly the queue of the busiest
+# system, so the caches are also compared at the same offered load.
+if [ -z "$RATE" ]; then
+  slowest=
+  for anchor in nginx varnish; do
+    [[ " $TARGETS " == *" $anchor "* ]] || continue
+    r=$(med "$anchor" 3); slowest=$(awk -v a="${slowest:-$r}" -v b="$r" 'BEGIN {print (b < a) ? b : a}')
+  done
+  RATE=$(awk -v r="${slowest:-10000}" 'BEGIN {printf "%d", r * 0.6}')
+fi
+paced=$work/paced.tsv
+: > "$paced"
+for round in $(seq 1 "$ROUNDS"); do
+  order=($TARGETS); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' $TARGETS | tac))
+  for target in "${order[@]}"; do
+    out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "${URL[$target]}" -- $((RATE / 2)))
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    read -r p50 p99 p999 < <(awk '/^paced:/ {print $5, $7, $9}' <<<"$out")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$rps" "$p50" "$p99" "$p999" >> "$paced"
+    printf 'paced round %s %-13s at %s rps: did %10s rps  p50 %6s us  p99 %6s us  p99.9 %6s us\n' \
+      "$round" "$target" "$RATE" "$rps" "$p50" "$p99" "$p999" >&2
+  done
+done
+pmed() { awk -F'\t' -v t="$1" -v c="$2" '$2==t {print $c}' "$paced" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 best=0
 for anchor in nginx varnish; do
   [[ " $TARGETS " == *" $anchor "* ]] || continue
@@ -201,6 +230,12 @@ done
     rps=$(med "$target" 3)
     printf '%-13s %10.0f %8s %8s %14s %16s\n' "$target" "$rps" "$(med "$target" 4)" "$(med "$target" 5)" \
       "$(awk -v a="$rps" -v b="$best" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "-" }')" "$(med "$target" 6)"
+  done
+  echo
+  echo "At a fixed rate of $RATE requests a second (paced; medians over rounds):"
+  printf '%-13s %10s %8s %8s %9s\n' target did_rps p50_us p99_us p999_us
+  for target in $TARGETS; do
+    printf '%-13s %10.0f %8s %8s %9s\n' "$target" "$(pmed "$target" 3)" "$(pmed "$target" 4)" "$(pmed "$target" 5)" "$(pmed "$target" 6)"
   done
   echo
   echo "vs_best_anchor: throughput over the better of nginx and Varnish in this run."
