@@ -51,8 +51,10 @@ work=$(mktemp -d); chmod 755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  [ -f "$work/varnish.pid" ] && kill "$(cat "$work/varnish.pid")" 2>/dev/null || true
+  local pid
+  for pid in "$work/nginx.pid" "$work/varnish.pid"; do
+    pid=$(cat "$pid" 2>/dev/null) && kill "$pid" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   sleep 0.3
   rm -rf "$work"
