@@ -9,6 +9,7 @@
 //! the mesh is on ([`mesh`], [`listener`], [`identity`]).
 
 pub mod auth;
+pub mod body_limit;
 pub mod cache;
 pub mod caller;
 pub mod config;

@@ -80,6 +80,12 @@ pub fn routes<S: Store>() -> Api<Registry<S>> {
         .get("/v1/watch", events::watch::<S>)
         .get("/v1/prometheus/targets", prometheus_targets::<S>)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // A declared length over the limit is read away before the 413, so the client sees it.
+        .layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| {
+                stratus_kit::body_limit::refuse_declared_over(MAX_BODY, request, next)
+            },
+        ))
 }
 
 /// `?index=N&wait=30s`: answer once the index passes N, or after `wait`. The whole catalog waits
