@@ -71,30 +71,9 @@ fi
 
 REG=$(free_port); CAT=$(free_port)
 GWE=$(free_port); GWEA=$(free_port); GWP=$(free_port); GWPA=$(free_port)
-routes() {
-  cat <<TOML
-[[routes]]
-name = "auth"
-prefix = "/auth"
-service = "auth"
-auth = "none"
-
-[[routes]]
-name = "catalog-read"
-prefix = "/api/catalog"
-methods = ["GET", "HEAD"]
-service = "catalog"
-$1
-
-[[routes]]
-name = "catalog-write"
-prefix = "/api/catalog"
-service = "catalog"
-roles = ["admin"]
-TOML
-}
-routes 'cache = { authenticated = true }' > "$work/edge.toml"
-routes '' > "$work/plain.toml"
+. bench/catalog-edge.sh
+catalog_routes 'cache = { authenticated = true }' > "$work/edge.toml"
+catalog_routes '' > "$work/plain.toml"
 
 export STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_DATA_DIR=$work/data STRATUS_EVENTS=off \
   STRATUS_LOG=warn STRATUS_LOG_FORMAT=json STRATUS_ADMIN_PASSWORD=bench-admin-password
@@ -120,12 +99,7 @@ start_catalog() {  # $1: on | off (the catalog's own cache)
 }
 start_catalog on
 
-for _ in $(seq 1 100); do
-  token=$(curl -fs -X POST "http://127.0.0.1:$GWP/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"admin@stratus.local","password":"bench-admin-password"}' \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null) && break
-  sleep 0.1
-done
+token=$(admin_token "$GWP")
 python3 - "$GWP" "$token" "$PRODUCTS" > "$work/ids" <<'PY'
 import http.client, json, sys
 port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])

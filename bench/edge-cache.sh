@@ -66,30 +66,9 @@ wait_ok() { for _ in $(seq 1 400); do curl -fs "$1" >/dev/null 2>&1 && return 0;
 
 REG=$(free_port); CAT=$(free_port)
 GWE=$(free_port); GWEA=$(free_port); GWP=$(free_port); GWPA=$(free_port); NGX=$(free_port); VAR=$(free_port)
-routes() {
-  cat <<TOML
-[[routes]]
-name = "auth"
-prefix = "/auth"
-service = "auth"
-auth = "none"
-
-[[routes]]
-name = "catalog-read"
-prefix = "/api/catalog"
-methods = ["GET", "HEAD"]
-service = "catalog"
-$1
-
-[[routes]]
-name = "catalog-write"
-prefix = "/api/catalog"
-service = "catalog"
-roles = ["admin"]
-TOML
-}
-routes 'cache = {}' > "$work/edge.toml"
-routes '' > "$work/plain.toml"
+. bench/catalog-edge.sh
+catalog_routes 'cache = {}' > "$work/edge.toml"
+catalog_routes '' > "$work/plain.toml"
 
 export STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_DATA_DIR=$work/data STRATUS_EVENTS=off \
   STRATUS_LOG=warn STRATUS_LOG_FORMAT=json STRATUS_ADMIN_PASSWORD=bench-admin-password
@@ -107,12 +86,7 @@ wait_ok "http://127.0.0.1:$GWPA/readyz"
 wait_ok "http://127.0.0.1:$GWP/api/catalog/products"
 
 # One product, created through the plain gateway by an admin.
-for _ in $(seq 1 100); do
-  token=$(curl -fs -X POST "http://127.0.0.1:$GWP/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"admin@stratus.local","password":"bench-admin-password"}' \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null) && break
-  sleep 0.1
-done
+token=$(admin_token "$GWP")
 product=$(curl -fs -X POST "http://127.0.0.1:$GWP/api/catalog/products" -H "authorization: Bearer $token" \
   -H 'content-type: application/json' -d '{"name":"Tea","description":"bench","price_cents":450,"stock":5}' \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')

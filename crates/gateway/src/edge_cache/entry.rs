@@ -44,6 +44,8 @@ pub struct Entry {
     pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
     /// Surrogate keys: the instance's names for what the answer shows, for purges.
     pub tags: Vec<Box<str>>,
+    /// Marked `public` or `s-maxage`: it may answer a request with credentials (RFC 9111 3.5).
+    pub public: bool,
 }
 
 impl Entry {
@@ -185,6 +187,7 @@ mod tests {
             must_revalidate: false,
             vary: Vec::new(),
             tags: Vec::new(),
+            public: true,
         }
     }
 

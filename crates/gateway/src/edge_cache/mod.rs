@@ -269,6 +269,7 @@ pub fn storable(
             .unwrap_or_default()
             .max(cache.stale_if_error),
         must_revalidate: said.must_revalidate,
+        public: said.public || said.s_maxage.is_some(),
         vary,
         tags,
         age_at_arrival,
@@ -282,6 +283,7 @@ pub struct Storable {
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     must_revalidate: bool,
+    public: bool,
     vary: Vec<(HeaderName, Option<HeaderValue>)>,
     tags: Vec<Box<str>>,
     age_at_arrival: Duration,
@@ -303,6 +305,7 @@ impl Storable {
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
             must_revalidate: self.must_revalidate,
+            public: self.public,
             vary: self.vary,
             tags: self.tags,
         }
@@ -377,7 +380,7 @@ impl EdgeCache {
     /// The stored answer for `key` that `request` may be given, usable or not.
     pub fn get(&self, key: &Key, request: &HeaderMap, credentials: bool) -> Option<Arc<Entry>> {
         let entry = self.entries.get(key)?;
-        let shared = !credentials || entry_is_public(&entry);
+        let shared = !credentials || entry.public;
         (shared && entry.matches(request)).then_some(entry)
     }
 
@@ -452,11 +455,6 @@ impl EdgeCache {
         metrics::gauge!("gateway_cache_entries").set(entries as f64);
         metrics::gauge!("gateway_cache_bytes").set(bytes as f64);
     }
-}
-
-fn entry_is_public(entry: &Entry) -> bool {
-    let said = Directives::of(&entry.headers);
-    said.public || said.s_maxage.is_some()
 }
 
 /// The surrogate keys an answer names (for the purge a successful write makes).
