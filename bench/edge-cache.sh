@@ -8,6 +8,9 @@
 #   TARGETS="stratus-edge nginx" bench/edge-cache.sh
 #   RATE=30000 bench/edge-cache.sh               # the fixed-rate phase's rate (default: 0.6 of
 #                                                # the slower anchor's median throughput)
+#   SCHED=1 bench/edge-cache.sh                  # and what the scheduler did to each target
+#                                                # and to wrk in the saturated rounds
+#                                                # (bench/threadstat.py)
 #
 # Targets, all on loopback, each with WORKERS (2) workers or threads where it has a knob:
 #   stratus-edge  the gateway with `cache = {}` on the catalog's read route (the edge cache)
@@ -31,9 +34,25 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
-WORKERS=${WORKERS:-2}
+WORKERS_SET=${WORKERS:-}; WORKERS=${WORKERS:-2}
 TARGETS=${TARGETS:-"stratus-edge stratus nginx varnish"}
 RATE=${RATE:-}
+# Where the client runs (bench/README.md, "Whose tail"). On two shared cores a client at normal
+# priority is preempted by the caches it measures, and every response that arrives while it
+# waits for a CPU is timed as slow, so at saturation the p99 is mostly wrk's own.
+#   CLIENT=shared  (default) everything on both cores, wrk at normal priority, as before
+#   CLIENT=fifo    wrk at a real-time priority (SCHED_FIFO 1): it preempts the caches whenever
+#                  a response arrives
+#   CLIENT=pinned  a core each, as if on two machines: wrk (and the catalog, idle once the
+#                  caches hold the product) on core 0, the targets on core 1 (WORKERS=1)
+CLIENT=${CLIENT:-shared}
+WRK=wrk; ON_SERVER_CORE=; WRK_THREADS=2
+case $CLIENT in
+  shared) ;;
+  fifo) WRK="chrt -f 1 wrk" ;;
+  pinned) WRK="taskset -c 0 wrk"; ON_SERVER_CORE="taskset -c 1"; WORKERS=${WORKERS_SET:-1}; WRK_THREADS=1 ;;
+  *) echo "CLIENT is shared, fifo or pinned" >&2; exit 1 ;;
+esac
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need varnishd; then
@@ -75,11 +94,11 @@ export STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_DATA_DIR=$work/data ST
 PORT=$REG "$STRATUS" serve registry >"$work/registry.log" 2>&1 & pids+=($!)
 wait_ok "http://127.0.0.1:$REG/readyz"
 PORT=0 "$STRATUS" serve auth >"$work/auth.log" 2>&1 & pids+=($!)
-PORT=$CAT "$STRATUS" serve catalog >"$work/catalog.log" 2>&1 & pids+=($!)
+PORT=$CAT ${ON_SERVER_CORE:+taskset -c 0} "$STRATUS" serve catalog >"$work/catalog.log" 2>&1 & pids+=($!); catalog_pid=$!
 PORT=$GWE STRATUS_ADMIN_PORT=$GWEA STRATUS_GATEWAY_WORKERS=$WORKERS STRATUS_ROUTES=$work/edge.toml \
-  "$STRATUS" serve gateway >"$work/gateway-edge.log" 2>&1 & pids+=($!)
+  $ON_SERVER_CORE "$STRATUS" serve gateway >"$work/gateway-edge.log" 2>&1 & pids+=($!); edge_pid=$!
 PORT=$GWP STRATUS_ADMIN_PORT=$GWPA STRATUS_GATEWAY_WORKERS=$WORKERS STRATUS_ROUTES=$work/plain.toml \
-  "$STRATUS" serve gateway >"$work/gateway-plain.log" 2>&1 & pids+=($!)
+  $ON_SERVER_CORE "$STRATUS" serve gateway >"$work/gateway-plain.log" 2>&1 & pids+=($!); plain_pid=$!
 wait_ok "http://127.0.0.1:$CAT/readyz"
 wait_ok "http://127.0.0.1:$GWEA/readyz"
 wait_ok "http://127.0.0.1:$GWPA/readyz"
@@ -119,11 +138,11 @@ http {
 }
 CONF
 if [[ " $TARGETS " == *" nginx "* ]]; then
-  nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & pids+=($!)
+  $ON_SERVER_CORE nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & pids+=($!)
   wait_ok "http://127.0.0.1:$NGX$path"
 fi
 if [[ " $TARGETS " == *" varnish "* ]]; then
-  varnishd -n "$work/varnish" -P "$work/varnish.pid" -a "127.0.0.1:$VAR" -b "127.0.0.1:$CAT" \
+  $ON_SERVER_CORE varnishd -n "$work/varnish" -P "$work/varnish.pid" -a "127.0.0.1:$VAR" -b "127.0.0.1:$CAT" \
     -s malloc,64m -p thread_pools="$WORKERS" >"$work/varnish.log" 2>&1
   wait_ok "http://127.0.0.1:$VAR$path"
 fi
@@ -134,6 +153,17 @@ declare -A URL=([stratus-edge]="http://127.0.0.1:$GWE$path" [stratus]="http://12
 # Reads the catalog served, from its own request counter.
 served() {
   curl -fs "http://127.0.0.1:$CAT/metrics" | awk '/^http_server_request_duration_seconds_count/ && /products\/\{id\}/ {n += $2} END {printf "%d", n}'
+}
+# The processes serving a target, for bench/threadstat.py: one group (comma-joined) each.
+target_pids() {
+  local main
+  case $1 in
+    stratus-edge) echo "$edge_pid" ;;
+    stratus) echo "$plain_pid $catalog_pid" ;;
+    nginx|varnish)
+      main=$(cat "$work/$1.pid")
+      echo "$(printf '%s\n' "$main" $(pgrep -P "$main") $(pgrep -P "$(pgrep -P "$main" | head -1)" 2>/dev/null) | sort -u | paste -sd,)" ;;
+  esac
 }
 to_us() { awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
   f = (u=="us") ? 1 : (u=="ms") ? 1000 : (u=="s") ? 1000000 : 1; printf "%.0f", n*f }'; }
@@ -149,13 +179,14 @@ for round in $(seq 1 "$ROUNDS"); do
   order=($TARGETS); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' $TARGETS | tac))
   for target in "${order[@]}"; do
     before=$(served)
-    out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[$target]}")
+    out=$(${SCHED:+bench/threadstat.py $(target_pids "$target") --} $WRK -t$WRK_THREADS -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[$target]}")
     after=$(served)
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
     p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
     errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+    [ -n "${SCHED:-}" ] && awk '/^pids/,0' <<<"$out" | sed "s/^/  $target: /" >&2
     share=$(awk -v a="$before" -v b="$after" -v n="$requests" 'BEGIN {printf "%.5f", (b-a)/n}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$rps" "$p50" "$p99" "$share" >> "$results"
     printf 'round %s %-13s %10s rps  p50 %6s us  p99 %6s us  reached the instance: %s of reads %s\n' \
@@ -183,7 +214,7 @@ paced=$work/paced.tsv
 for round in $(seq 1 "$ROUNDS"); do
   order=($TARGETS); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' $TARGETS | tac))
   for target in "${order[@]}"; do
-    out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "${URL[$target]}" -- $((RATE / 2)))
+    out=$($WRK -t$WRK_THREADS -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "${URL[$target]}" -- $((RATE / WRK_THREADS)))
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     read -r p50 p99 p999 < <(awk '/^paced:/ {print $5, $7, $9}' <<<"$out")
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$rps" "$p50" "$p99" "$p999" >> "$paced"
@@ -198,7 +229,8 @@ for anchor in nginx varnish; do
   r=$(med "$anchor" 3); best=$(awk -v a="$best" -v b="$r" 'BEGIN {print (b > a) ? b : a}')
 done
 {
-  echo "Edge caches in front of one catalog instance: GET $path, wrk -t2 -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers"
+  echo "Edge caches in front of one catalog instance: GET $path, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers"
+  echo "client: $CLIENT ($WRK)"
   echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds"
   echo
   printf '%-13s %10s %8s %8s %14s %16s\n' target rps p50_us p99_us vs_best_anchor reached_instance

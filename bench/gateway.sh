@@ -18,8 +18,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
-WRK_THREADS=${WRK_THREADS:-2}
-PROXY_THREADS=${PROXY_THREADS:-2}
+WRK_THREADS_SET=${WRK_THREADS:-}; WRK_THREADS=${WRK_THREADS:-2}
+PROXY_THREADS_SET=${PROXY_THREADS:-}; PROXY_THREADS=${PROXY_THREADS:-2}
 # full: a second Stratus gateway that verifies a JWT on every request and reports every request
 # to the event sink (the sink at nice 19, taking only CPU nothing else wants, as if on a
 # machine of its own; what it cannot store in time is dropped and counted).
@@ -28,6 +28,24 @@ PROXY_THREADS=${PROXY_THREADS:-2}
 # four socket calls a request as the HTTP proxies. What they reach bounds what any HTTP proxy
 # can reach on this machine (VARIANTS="plain full l4").
 VARIANTS=${VARIANTS:-"plain full"}
+# Where the client runs (bench/README.md, "Whose tail"). On two shared cores a client at normal
+# priority is preempted by the proxies it measures, and every response that arrives while it
+# waits for a CPU is timed as slow, so at saturation the p99 is mostly wrk's own.
+#   CLIENT=shared  (default) everything on both cores, wrk at normal priority, as before
+#   CLIENT=fifo    wrk at a real-time priority (SCHED_FIFO 1): it preempts the proxies whenever a
+#                  response arrives
+#   CLIENT=pinned  a core each, as if on two machines: wrk (one thread), the backends and the
+#                  registry, auth and sink on core 0, the proxies on core 1 with one worker each
+#                  (PROXY_THREADS=1)
+CLIENT=${CLIENT:-shared}
+WRK=wrk; ON_PROXY_CORE=; ON_CLIENT_CORE=
+case $CLIENT in
+  shared) ;;
+  fifo) WRK="chrt -f 1 wrk" ;;
+  pinned) WRK="taskset -c 0 wrk"; ON_CLIENT_CORE="taskset -c 0"; ON_PROXY_CORE="taskset -c 1"
+    PROXY_THREADS=${PROXY_THREADS_SET:-1}; WRK_THREADS=${WRK_THREADS_SET:-1} ;;
+  *) echo "CLIENT is shared, fifo or pinned" >&2; exit 1 ;;
+esac
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need haproxy; then
@@ -67,7 +85,7 @@ http {
   server { listen 127.0.0.1:$B2; location = /small { return 200 "hello, world\n"; } location = /big { alias $work/big; } }
 }
 CONF
-nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+$ON_CLIENT_CORE nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 
 cat > "$work/nginx.conf" <<CONF
 worker_processes $PROXY_THREADS;
@@ -85,7 +103,7 @@ http {
   }
 }
 CONF
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+$ON_PROXY_CORE nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
 
 cat > "$work/haproxy.cfg" <<CONF
 global
@@ -105,11 +123,11 @@ backend be
   server b1 127.0.0.1:$B1
   server b2 127.0.0.1:$B2
 CONF
-haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+$ON_PROXY_CORE haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 HAP_PID=$!
 if [[ " $VARIANTS " == *" l4 "* ]]; then
   sed -e 's/mode http/mode tcp/' -e '/http-reuse/d' -e "s/:$HAP\$/:$HAP4/" "$work/haproxy.cfg" > "$work/haproxy-l4.cfg"
-  haproxy -f "$work/haproxy-l4.cfg" -db & pids+=($!)
+  $ON_PROXY_CORE haproxy -f "$work/haproxy-l4.cfg" -db & pids+=($!)
   HAP4_PID=$!
 fi
 
@@ -122,14 +140,14 @@ auth = "none"
 CONF
 [[ " $VARIANTS " == *" l4 "* ]] && printf '\n[[tcp]]\nlisten = "127.0.0.1:%s"\nservice = "bench"\n' "$GW4" >> "$work/routes.toml"
 export STRATUS_DATA_DIR=$work/data STRATUS_LOG=warn STRATUS_LOG_FORMAT=json
-PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
+PORT=$REG $ON_CLIENT_CORE "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
 wait_port "$REG"
 for b in "$B1" "$B2"; do
   curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/bench/instances/backend-$b" \
     -H 'content-type: application/json' -d "{\"address\":\"127.0.0.1\",\"port\":$b,\"ttl_seconds\":3600}" >/dev/null
 done
 STRATUS_EVENTS=${STRATUS_EVENTS:-off} STRATUS_GATEWAY_WORKERS=$PROXY_THREADS PORT=$GW STRATUS_ADMIN_PORT=$GWA STRATUS_REGISTRY_URL=http://127.0.0.1:$REG \
-  STRATUS_ROUTES=$work/routes.toml "$STRATUS" serve gateway > "$work/gateway.log" 2>&1 & pids+=($!)
+  STRATUS_ROUTES=$work/routes.toml $ON_PROXY_CORE "$STRATUS" serve gateway > "$work/gateway.log" 2>&1 & pids+=($!)
 GW_PID=$!
 for p in "$B1" "$B2" "$NGX" "$HAP" "$GW"; do wait_port "$p"; done
 until curl -sf "http://127.0.0.1:$GW/small" >/dev/null; do sleep 0.05; done
@@ -147,8 +165,8 @@ if [[ " $VARIANTS " == *" full "* ]]; then
   # The auth service (its keys, found through the registry), a customer's access token, the
   # sink, and a gateway whose route requires a valid token and that reports every request.
   AUTH=$(free_port); SINK=$(free_port); GWF=$(free_port); GWFA=$(free_port)
-  PORT=$AUTH STRATUS_REGISTRY_URL=http://127.0.0.1:$REG "$STRATUS" serve auth > "$work/auth.log" 2>&1 & pids+=($!)
-  PORT=$SINK STRATUS_REGISTRY_URL=http://127.0.0.1:$REG nice -n 19 "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
+  PORT=$AUTH STRATUS_REGISTRY_URL=http://127.0.0.1:$REG $ON_CLIENT_CORE "$STRATUS" serve auth > "$work/auth.log" 2>&1 & pids+=($!)
+  PORT=$SINK STRATUS_REGISTRY_URL=http://127.0.0.1:$REG $ON_CLIENT_CORE nice -n 19 "$STRATUS" serve events > "$work/events.log" 2>&1 & pids+=($!)
   wait_port "$AUTH"; wait_port "$SINK"
   until curl -sf "http://127.0.0.1:$AUTH/readyz" >/dev/null; do sleep 0.05; done
   credentials='{"email":"bench@example.com","password":"a long bench password"}'
@@ -158,7 +176,7 @@ if [[ " $VARIANTS " == *" full "* ]]; then
   printf '[[routes]]\nprefix = "/"\nservice = "bench"\nauth = "required"\n' > "$work/routes-full.toml"
   STRATUS_EVENTS=on STRATUS_EVENTS_URL=http://127.0.0.1:$SINK STRATUS_GATEWAY_WORKERS=$PROXY_THREADS PORT=$GWF \
     STRATUS_ADMIN_PORT=$GWFA STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$work/routes-full.toml \
-    "$STRATUS" serve gateway > "$work/gateway-full.log" 2>&1 & pids+=($!)
+    $ON_PROXY_CORE "$STRATUS" serve gateway > "$work/gateway-full.log" 2>&1 & pids+=($!)
   GWF_PID=$!
   wait_port "$GWF"
   until curl -sf -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$GWF/small" >/dev/null; do sleep 0.05; done
@@ -197,7 +215,7 @@ for round in $(seq 1 "$ROUNDS"); do
       fi
       header=()
       [ -n "${HEADER_OF[$target]:-}" ] && header=(-H "${HEADER_OF[$target]}")
-      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:${PORT_OF[$target]}/$size")
+      out=$($WRK -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/tail.lua "${header[@]}" "http://127.0.0.1:${PORT_OF[$target]}/$size")
       cost=""
       if [ "$COUNT" = 1 ]; then
         wait "$perf_pid" || true
@@ -209,9 +227,10 @@ for round in $(seq 1 "$ROUNDS"); do
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
       p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
+      p999=$(awk '/^tail:/ {print $9}' <<<"$out")
       errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "${cost:-$'0\t0\t0'}" >> "$results"
-      printf 'round %s %-5s %-12s %10s rps  p50 %6s us  p99 %6s us  %s %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" \
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "${cost:-$'0\t0\t0'}" "$p999" >> "$results"
+      printf 'round %s %-5s %-12s %10s rps  p50 %6s us  p99 %6s us  p99.9 %6s us  %s %s\n' "$round" "$size" "$target" "$rps" "$p50" "$p99" "$p999" \
         "${cost:+(cpu us, switches, syscalls a request: $(tr '\t' ' ' <<<"$cost"))}" "$errors" >&2
     done
   done
@@ -222,16 +241,17 @@ mkdir -p bench/results
 report=bench/results/gateway-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
   echo "Gateway benchmark: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, proxies at $PROXY_THREADS threads/workers"
-  echo "machine: $(nproc) cores, $(uname -r); medians over rounds; ratio = target / stratus"
+  echo "client: $CLIENT ($WRK)"
+  echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = target / stratus"
   echo
-  printf '%-6s %-12s %12s %9s %9s %10s %10s %8s %8s %8s\n' size target rps p50_us p99_us rps_ratio p99_ratio cpu_us switches syscalls
+  printf '%-6s %-12s %12s %9s %9s %9s %10s %10s %8s %8s %8s\n' size target rps p50_us p99_us p999_us rps_ratio p99_ratio cpu_us switches syscalls
   for size in small big; do
     s_rps=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $4}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     s_p99=$(awk -F'\t' -v s="$size" '$2==s && $3=="stratus" {print $6}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     for target in "${targets[@]}"; do
       med() { awk -F'\t' -v s="$size" -v t="$target" -v c="$1" '$2==s && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-      rps=$(med 4); p50=$(med 5); p99=$(med 6); cpu=$(med 7); switches=$(med 8); syscalls=$(med 9)
-      printf '%-6s %-12s %12.0f %9s %9s %10.2f %10.2f %8s %8s %8s\n' "$size" "$target" "$rps" "$p50" "$p99" \
+      rps=$(med 4); p50=$(med 5); p99=$(med 6); cpu=$(med 7); switches=$(med 8); syscalls=$(med 9); p999=$(med 10)
+      printf '%-6s %-12s %12.0f %9s %9s %9s %10.2f %10.2f %8s %8s %8s\n' "$size" "$target" "$rps" "$p50" "$p99" "$p999" \
         "$(awk -v a="$rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p99" -v b="$s_p99" 'BEGIN{print a/b}')" \
         "$cpu" "$switches" "$syscalls"
     done
