@@ -67,29 +67,7 @@ nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 wait_port "$B1"; wait_port "$BT"
 
 # Sends REQUESTS requests over CONNECTIONS keep-alive connections (a few warm-up ones first).
-drive() {
-  python3 - "$1" "$REQUESTS" "$CONNECTIONS" "$SIZE" <<'PY'
-import socket, sys, threading
-port, total, conns, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-req = f"GET /{size} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-bad = []
-def worker(n):
-    s = socket.create_connection(("127.0.0.1", port)); f = s.makefile("rb")
-    for _ in range(n):
-        s.sendall(req)
-        length = None
-        status = f.readline()
-        if b" 200 " not in status: bad.append(status)
-        while True:
-            line = f.readline()
-            if line.lower().startswith(b"content-length:"): length = int(line.split(b":")[1])
-            if line in (b"\r\n", b""): break
-        f.read(length or 0)
-threads = [threading.Thread(target=worker, args=(total // conns,)) for _ in range(conns)]
-[t.start() for t in threads]; [t.join() for t in threads]
-if bad: sys.exit(f"{len(bad)} responses were not 200, e.g. {bad[0]!r}")
-PY
-}
+drive() { python3 bench/drive.py "$1" "$REQUESTS" "$CONNECTIONS" "$SIZE"; }
 
 count_file() { awk '/^summary:|^totals:/ {print $2; exit}' "$1"; }
 
