@@ -3,6 +3,7 @@
 
 pub mod canary;
 pub mod deploy;
+pub mod index;
 pub mod ratelimit;
 pub mod ratelimit_redis;
 pub mod routes;

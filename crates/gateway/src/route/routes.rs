@@ -19,6 +19,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::route::deploy::{Deployment, SplitSpec};
+use crate::route::index::{self, PathKey, RouteIndex};
 use crate::route::ratelimit::{RateLimitSpec, RateLimiter};
 use crate::upstream::balance::{Algorithm, Balance, HashOn};
 use serde::Deserialize;
@@ -145,6 +146,15 @@ impl PathMatch {
             },
             PathMatch::Exact(exact) => path == exact,
             PathMatch::Regex(regex) => regex.is_match(path),
+        }
+    }
+
+    /// How the route index files this match.
+    fn key(&self) -> PathKey<'_> {
+        match self {
+            PathMatch::Prefix(prefix) => PathKey::Prefix(prefix),
+            PathMatch::Exact(exact) => PathKey::Exact(exact),
+            PathMatch::Regex(_) => PathKey::Any,
         }
     }
 
@@ -332,6 +342,10 @@ pub struct RouteTable {
     pub caches: bool,
     /// Layer-4 listeners; bound at start-up (a reload does not change them).
     pub tcp: Vec<TcpRoute>,
+    /// The routes by what their paths can match, for tables too long to scan on every request
+    /// (`None` up to [`index::LINEAR_UP_TO`] routes). Built with `routes`, which nothing
+    /// reorders or extends afterwards.
+    index: Option<RouteIndex>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -520,11 +534,14 @@ impl RouteTable {
             .collect::<Result<Vec<_>, RouteError>>()?;
         let matches_hosts = routes.iter().any(|r| r.host.is_some());
         let caches = routes.iter().any(|r| r.cache.is_some());
+        let index = (routes.len() > index::LINEAR_UP_TO)
+            .then(|| RouteIndex::new(routes.iter().map(|r| r.path.key())));
         Ok(Self {
             routes,
             tcp,
             matches_hosts,
             caches,
+            index,
         })
     }
 
@@ -559,7 +576,16 @@ impl RouteTable {
 
     /// The first route that fits, in file order.
     pub fn find(&self, request: &RequestView<'_>) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matches(request))
+        match &self.index {
+            None => self.routes.iter().find(|route| route.matches(request)),
+            Some(index) => index
+                .first(request.path, |position| {
+                    self.routes
+                        .get(position)
+                        .is_some_and(|r| r.matches(request))
+                })
+                .and_then(|position| self.routes.get(position)),
+        }
     }
 
     /// For a request no route took: the methods that routes matching it in every other respect
@@ -590,6 +616,84 @@ mod tests {
     fn parse(text: &str) -> Result<RouteTable, RouteError> {
         stratus_kit::metrics::install();
         RouteTable::parse(text)
+    }
+
+    /// The index answers what trying every route in file order answers: random tables long
+    /// enough to be indexed (prefixes with and without a trailing `/`, exact paths, regexes,
+    /// routes for some methods or one host only, the same path twice) against random paths.
+    #[test]
+    fn the_index_finds_what_trying_every_route_finds() {
+        let segments = ["a", "b", "api", "v1", "a.b", ""];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let random_path = |next: &mut dyn FnMut(usize) -> usize| {
+            let mut path = String::new();
+            for _ in 0..1 + next(4) {
+                path.push('/');
+                path.push_str(segments[next(segments.len())]);
+            }
+            if next(4) == 0 {
+                path.push('/');
+            }
+            path
+        };
+        let headers = HeaderMap::new();
+        let mut indexed = 0;
+        for _ in 0..300 {
+            let count = index::LINEAR_UP_TO + 1 + next(40);
+            let mut text = String::new();
+            for i in 0..count {
+                let path = random_path(&mut next);
+                let matcher = match next(8) {
+                    0 => format!("path = \"{path}\""),
+                    1 => format!("regex = \"{path}(/x)?\""),
+                    _ => format!("prefix = \"{path}\""),
+                };
+                let methods = if next(4) == 0 {
+                    "methods = [\"POST\"]\n"
+                } else {
+                    ""
+                };
+                let host = if next(6) == 0 {
+                    "host = \"shop.example\"\n"
+                } else {
+                    ""
+                };
+                text += &format!(
+                    "[[routes]]\nname = \"r{i}\"\n{matcher}\nservice = \"s{i}\"\n{methods}{host}"
+                );
+            }
+            let table = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            indexed += usize::from(table.index.is_some());
+            for _ in 0..200 {
+                let path = random_path(&mut next);
+                for method in [Method::GET, Method::POST] {
+                    for host in [None, Some("shop.example")] {
+                        let request = RequestView {
+                            method: &method,
+                            path: &path,
+                            host,
+                            headers: &headers,
+                        };
+                        let scanned = table.routes.iter().find(|r| r.matches(&request));
+                        assert_eq!(
+                            table.find(&request).map(|r| &r.name),
+                            scanned.map(|r| &r.name),
+                            "{method} {path} (host {host:?}) in\n{text}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            indexed, 300,
+            "every table here is long enough to be indexed"
+        );
     }
 
     #[test]
