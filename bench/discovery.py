@@ -31,6 +31,11 @@ from datetime import datetime, timezone
 
 STRATUS = sys.argv[1]
 TRIALS = int(os.environ.get("TRIALS", "20"))
+# Other instances the registry holds and probes during the trials (services of 20, `s0`,
+# `s1`, ..., listening on EXTRA_PORT_BASE.. in bench/instance-farm.sh's nginx processes, which
+# discovery.sh starts): detection times with a large system around the one instance watched.
+EXTRA = int(os.environ.get("EXTRA", "0"))
+EXTRA_PORT_BASE = int(os.environ.get("EXTRA_PORT_BASE", "20000"))
 PATH = "/api/catalog/products"
 
 
@@ -195,6 +200,10 @@ def main():
         load_avg = os.getloadavg()[0]
         spawn("registry", "registry", {"PORT": str(REG)})
         wait("the registry", lambda: get_json(REG, "/readyz")[0] == 200)
+        if EXTRA:
+            subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gateway-scale.py"),
+                            "register", str(REG), str(EXTRA // 20), "20", str(EXTRA_PORT_BASE)],
+                           check=True, stdout=subprocess.DEVNULL)
         spawn("auth", "auth")
         for i in range(2):
             spawn("catalog", f"catalog-steady-{i}")
@@ -259,7 +268,8 @@ def main():
             f"#### Run of {stamp}",
             "",
             f"{TRIALS} trials each of (b) and (c), {2 * TRIALS} of (a); binary "
-            f"`{os.path.relpath(STRATUS)}`; load average {load_avg:.1f} at the start.",
+            f"`{os.path.relpath(STRATUS)}`; load average {load_avg:.1f} at the start"
+            + (f"; {EXTRA} other instances registered, live and probed." if EXTRA else "."),
             "",
             "| metric | n | p50 | p95 | max | target | met |",
             "|---|---|---|---|---|---|---|",

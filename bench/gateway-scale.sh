@@ -19,6 +19,7 @@
 #                first 200 on `/fresh<j>/` (asked every millisecond)
 #   instructions the gateway alone under callgrind (health checks off, one worker), 4,000
 #                requests of 13 bytes on the `bench` route over 8 connections, per request
+#                (profiles kept as bench/results/callgrind.gateway-scale-<N>.out)
 #
 # Needs nginx, valgrind, python3, curl and a release build (made when missing); raises the
 # open-file limit (root). Every process started here is stopped on exit, by pid.
@@ -120,6 +121,8 @@ for n in $ROWS; do
   ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
   per=$(awk -v a="$ir" -v n="$REQUESTS" 'BEGIN {printf "%.0f", a / n}')
   echo "row $n: $per instructions a request" >&2
+  mkdir -p bench/results
+  cp "$dump" "bench/results/callgrind.gateway-scale-$n.out"
   kill "$reg_pid"; wait "$reg_pid" 2>/dev/null || true
   read -r _ p50 _ p99 _ max _ <<<"${update#update_ms }"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$held" "$ready_s" "$rss" "$cpu" "$p50" "$p99" "$max" "$per" >> "$results"

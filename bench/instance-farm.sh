@@ -5,22 +5,16 @@
 # accept stay within one process's open-file limit.
 #
 #   start_instance_farm BASE COUNT     # needs $work (a directory), the array pids, wait_port
-#   check_ports_free BASE COUNT        # fails when any of them is taken
+#   check_ports_free BASE COUNT        # fails when something listens on any of them
 
 FARM_PORTS_A_PROCESS=${FARM_PORTS_A_PROCESS:-4000}
 
 check_ports_free() {
-  python3 - "$1" "$2" <<'PY'
-import socket, sys
-base, n = int(sys.argv[1]), int(sys.argv[2])
-for port in range(base, base + n):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        sys.exit(f"port {port} is taken")
-    s.close()
-PY
+  # Listening sockets only: connections in TIME-WAIT from a previous run do not stop nginx
+  # (it binds with SO_REUSEADDR).
+  local taken
+  taken=$(ss -Htln "( sport >= :$1 and sport < :$(($1 + $2)) )" | head -1)
+  [ -z "$taken" ] || { echo "a port in $1..$(($1 + $2 - 1)) is taken: $taken" >&2; return 1; }
 }
 
 # An nginx configuration: its name (for the pid and log files), then its server blocks.
