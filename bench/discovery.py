@@ -33,7 +33,8 @@ STRATUS = sys.argv[1]
 TRIALS = int(os.environ.get("TRIALS", "20"))
 # Other instances the registry holds and probes during the trials (services of 20, `s0`,
 # `s1`, ..., listening on EXTRA_PORT_BASE.. in bench/instance-farm.sh's nginx processes, which
-# discovery.sh starts): detection times with a large system around the one instance watched.
+# discovery.sh starts; each declares `GET /healthz` every 500 ms, as Stratus's services do):
+# detection times with a large system around the one instance watched.
 EXTRA = int(os.environ.get("EXTRA", "0"))
 EXTRA_PORT_BASE = int(os.environ.get("EXTRA_PORT_BASE", "20000"))
 PATH = "/api/catalog/products"
@@ -202,7 +203,7 @@ def main():
         wait("the registry", lambda: get_json(REG, "/readyz")[0] == 200)
         if EXTRA:
             subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gateway-scale.py"),
-                            "register", str(REG), str(EXTRA // 20), "20", str(EXTRA_PORT_BASE)],
+                            "register", str(REG), str(EXTRA // 20), "20", str(EXTRA_PORT_BASE), "1"],
                            check=True, stdout=subprocess.DEVNULL)
         spawn("auth", "auth")
         for i in range(2):

@@ -2,7 +2,7 @@
 """The client side of bench/gateway-scale.sh: registers instances, waits for the gateway to hold
 them, and times how long a registry change takes to reach the gateway's routing.
 
-    gateway-scale.py register REGISTRY SERVICES PER_SERVICE PORT_BASE
+    gateway-scale.py register REGISTRY SERVICES PER_SERVICE PORT_BASE [CHECKED]
     gateway-scale.py wait ADMIN INSTANCES TIMEOUT_S
     gateway-scale.py updates GATEWAY REGISTRY BACKEND_PORT COUNT
 
@@ -17,12 +17,17 @@ import sys
 import time
 
 
-def register(registry, services, per_service, port_base):
+def register(registry, services, per_service, port_base, checked=0):
+    """Registers the instances; with `checked`, each declares the check Stratus's own services
+    declare (`GET /healthz` every 500 ms), so the registry probes every one of them."""
     conn = http.client.HTTPConnection("127.0.0.1", registry, timeout=10)
     port = port_base
     for s in range(services):
         for i in range(per_service):
-            body = json.dumps({"address": "127.0.0.1", "port": port, "ttl_seconds": 3600})
+            instance = {"address": "127.0.0.1", "port": port, "ttl_seconds": 3600}
+            if checked:
+                instance.update({"check": {"http": "/healthz"}, "interval": "500ms"})
+            body = json.dumps(instance)
             conn.request("PUT", f"/v1/services/s{s}/instances/s{s}-{i}", body,
                          {"content-type": "application/json"})
             answer = conn.getresponse()
