@@ -558,6 +558,7 @@ async fn a_stalled_collector_costs_exported_lines_not_intake() {
         // At most one request's worth (4,096) and the queue's 1,000 were held when the queue
         // filled: the rest of the 10,000 was dropped at once.
         if full >= 4_000.0 && unreachable >= 1.0 {
+            println!("export dropped {full} lines as queue_full, {unreachable} as unreachable");
             break;
         }
         assert!(

@@ -32,12 +32,20 @@ function clockOf(line) {
 
 const levelPill = (level) => el("span", { class: `lvl lvl-${level}` }, level);
 
-// The message, then the fields as key=value (text values as they are, others as JSON).
+// A field's value as shown: text as it is, a fraction to three places (durations), the rest as
+// JSON.
+function fieldText(value) {
+  if (typeof value === "string") return value;
+  if (typeof value === "number" && !Number.isInteger(value)) return String(+value.toFixed(3));
+  return JSON.stringify(value);
+}
+
+// The message, then the fields as key=value.
 function messageOf(line) {
   const cell = el("span", { class: "msg" });
   cell.append(el("span", { class: "text" }, line.message || "(no message)"));
   const fields = Object.entries(line.fields || {})
-    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+    .map(([k, v]) => `${k}=${fieldText(v)}`)
     .join(" ");
   if (fields) cell.append(el("span", { class: "fields" }, fields));
   return cell;
@@ -112,7 +120,7 @@ function prepend(lines) {
 function stopTail() {
   if (tail) tail.close();
   tail = null;
-  $("tail-state").className = "conn off";
+  $("tail-state").className = "conn idle";
   $("tail-state").textContent = "tail off";
 }
 
