@@ -28,6 +28,7 @@ pub mod log_tail;
 pub mod logs_api;
 pub mod otlp;
 pub mod otlp_logs;
+pub mod otlp_logs_proto;
 pub mod record;
 pub mod registry;
 pub mod sample;
