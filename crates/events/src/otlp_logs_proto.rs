@@ -248,7 +248,6 @@ mod tests {
                 attributes: vec![],
                 trace_id: vec![0; 16],
                 span_id: vec![],
-                ..Default::default()
             },
             // No time at all, no body, an empty body.
             LogRecord::default(),
