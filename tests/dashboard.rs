@@ -1,6 +1,10 @@
 //! The dashboard in a real browser: with load running through the gateway, Chromium (driven by
 //! playwright-core, tests/dashboard/dashboard.mjs) sees the gateway and the catalog in the
 //! topology with figures that change, opens a trace into its waterfall and saves a screenshot.
+//! And its logs (tests/dashboard/logs.mjs): an order for a product that does not exist, sent
+//! with a known `traceparent`, leaves the gateway's and orders' lines that `GET /v1/logs` finds
+//! by the trace, and the dashboard shows them in the logs view and under their spans in the
+//! trace's waterfall, with a live tail; a screenshot of that too.
 //!
 //! Needs Chromium (`$CHROMIUM`, else /usr/bin/chromium) and Node.js with npm: where either is
 //! missing the test is reported ignored, under CI it fails. `npm ci` runs in tests/dashboard
@@ -12,14 +16,14 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use stratus_testing::{Need, Test};
 use support::System;
 
-async fn the_dashboard_shows_live_topology_and_traces() {
-    let chromium = Need::Chromium.path();
-    let node = Need::Node.path();
+/// tests/dashboard, with playwright-core installed from its lock file if it is not yet.
+fn scripts() -> std::path::PathBuf {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard");
     if !scripts.join("node_modules/playwright-core").is_dir() {
         let status = Command::new("npm")
@@ -29,7 +33,34 @@ async fn the_dashboard_shows_live_topology_and_traces() {
             .expect("npm runs");
         assert!(status.success(), "npm ci in {} failed", scripts.display());
     }
+    scripts
+}
 
+/// Runs `script` in tests/dashboard with `env` (and CHROMIUM), off the runtime's threads;
+/// prints what it printed and fails the test if it failed.
+async fn run_script(script: &'static str, env: Vec<(&'static str, String)>) {
+    let (node, chromium, scripts) = (Need::Node.path(), Need::Chromium.path(), scripts());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(node)
+            .arg(script)
+            .current_dir(&scripts)
+            .envs(env)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the browser check {script} failed:\n{stdout}\n{stderr}"
+    );
+}
+
+async fn the_dashboard_shows_live_topology_and_traces() {
     let (system, events_port) = System::start_with_events(2, true).await;
     // The sink takes only operators; the browser goes through a proxy that is one, as it
     // does through `stratus up`'s dashboard port.
@@ -84,35 +115,19 @@ async fn the_dashboard_shows_live_topology_and_traces() {
     }
 
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(node)
-            .arg("dashboard.mjs")
-            .current_dir(&scripts)
-            .env("DASHBOARD_URL", &dashboard)
-            .env("SCREENSHOT", &screenshot)
-            .env("CHROMIUM", &chromium)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
+    run_script(
+        "dashboard.mjs",
+        vec![
+            ("DASHBOARD_URL", dashboard),
+            ("SCREENSHOT", screenshot.display().to_string()),
+        ],
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "the browser check failed:\n{stdout}\n{stderr}"
-    );
-    println!(
-        "screenshot: {}",
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("dashboard.png")
-            .display()
-    );
+    println!("screenshot: {}", screenshot.display());
     assert!(served.load(Ordering::Relaxed) > 0);
     let stored = stored.load(Ordering::Relaxed);
     println!(
@@ -120,6 +135,129 @@ async fn the_dashboard_shows_live_topology_and_traces() {
         stored as f64 / flood_started.elapsed().as_secs_f64()
     );
     assert!(stored >= 10_000, "the flood hardly ran: {stored}");
+}
+
+/// The records of `trace` once both the gateway's and orders' are stored.
+async fn records_of(system: &System, sink: &str, trace: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = format!("{sink}/v1/traces/{trace}");
+        let response = system.internal().get(&url).send().await.unwrap();
+        let records = match response.status().as_u16() {
+            200 => response.json::<Value>().await.unwrap()["records"]
+                .as_array()
+                .unwrap()
+                .clone(),
+            _ => Vec::new(),
+        };
+        let has = |service: &str| records.iter().any(|r| r["service"] == service);
+        if has("gateway") && has("orders") {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace's records: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Acceptance 1 of centralized logs, in the browser: a request that fails in orders, under a
+/// known trace, leaves lines from the gateway and orders that the sink finds by the trace, and
+/// the dashboard shows each under its span.
+async fn the_dashboard_shows_a_failed_requests_lines_under_its_spans() {
+    let (mut system, events_port) = System::start_with_events(1, true).await;
+    let sink = support::mesh::internal_url(events_port, "");
+    let reporting = format!("http://127.0.0.1:{events_port}");
+    system
+        .add_services(
+            &[("orders", 1)],
+            &[("STRATUS_EVENTS_URL", reporting.as_str())],
+        )
+        .await;
+    let token = system.customer_token("grace@example.com").await;
+    let trace = "7e57da5b0a2d4c1f9e8b6a4d2c0f1e3a";
+    let response = system
+        .http
+        .post(system.url("/api/orders"))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "dashboard-no-such-product")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+
+    // The API first: both services' lines under the trace.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = format!("{sink}/v1/logs?trace_id={trace}");
+        let lines = system.get_json(&url).await["logs"].clone();
+        let from = |service: &str| {
+            lines
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["service"] == service)
+        };
+        if from("gateway") && from("orders") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the trace's lines: {lines:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = records_of(&system, &sink, trace).await;
+    let span_of = |service: &str, kind: &str| {
+        records
+            .iter()
+            .find(|r| r["service"] == service && r["kind"] == kind)
+            .and_then(|r| r["span_id"].as_str())
+            .unwrap_or_else(|| panic!("no {service} {kind} record: {records:#?}"))
+            .to_string()
+    };
+    let (gateway_span, orders_span) = (span_of("gateway", "gateway"), span_of("orders", "server"));
+
+    // Requests the gateway logs (each a 404 from the catalog) while the browser looks, for
+    // its live tail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (http, stop) = (system.http.clone(), stop.clone());
+        let url = system.url("/api/catalog/products/tail-");
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 2_000 {
+                n += 1;
+                let response = http
+                    .get(format!("{url}{n}"))
+                    .header("cache-control", "no-store")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 404);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            n
+        })
+    };
+
+    let proxy = support::proxy::operator_proxy(support::mesh::internal_url(events_port, "")).await;
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-logs.png");
+    run_script(
+        "logs.mjs",
+        vec![
+            ("DASHBOARD_URL", format!("http://127.0.0.1:{proxy}/")),
+            ("SCREENSHOT", screenshot.display().to_string()),
+            ("TRACE", trace.to_string()),
+            ("GATEWAY_SPAN", gateway_span),
+            ("ORDERS_SPAN", orders_span),
+        ],
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    assert!(sent > 0);
+    println!("screenshot: {}", screenshot.display());
 }
 
 /// `n` records of one-record traces, started now: what a busy system's reporters send.
@@ -150,9 +288,16 @@ fn flood_batch(trace: &mut u64, n: usize) -> Vec<serde_json::Value> {
 }
 
 fn main() -> std::process::ExitCode {
-    stratus_testing::run(vec![Test::new(
-        "the_dashboard_shows_live_topology_and_traces",
-        the_dashboard_shows_live_topology_and_traces,
-    )
-    .needs(&[Need::Chromium, Need::Node])])
+    stratus_testing::run(vec![
+        Test::new(
+            "the_dashboard_shows_live_topology_and_traces",
+            the_dashboard_shows_live_topology_and_traces,
+        )
+        .needs(&[Need::Chromium, Need::Node]),
+        Test::new(
+            "the_dashboard_shows_a_failed_requests_lines_under_its_spans",
+            the_dashboard_shows_a_failed_requests_lines_under_its_spans,
+        )
+        .needs(&[Need::Chromium, Need::Node]),
+    ])
 }

@@ -2,38 +2,13 @@
 // catalog and the catalog's database with numbers that change under load, a trace opens into its waterfall, the
 // live stream keeps its one snapshot a second while the sink is flooded with records, and a
 // screenshot is saved. Run by tests/dashboard.rs with DASHBOARD_URL, SCREENSHOT and CHROMIUM set.
-import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { open } from "./browser.mjs";
 
 const url = process.env.DASHBOARD_URL;
 const screenshot = process.env.SCREENSHOT;
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 if (!url || !screenshot) throw new Error("DASHBOARD_URL and SCREENSHOT must be set");
 
-const profile = mkdtempSync(join(tmpdir(), "stratus-chromium-"));
-// A fresh profile directory (playwright passes it to Chromium as --user-data-dir).
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath,
-  headless: true,
-  viewport: { width: 1440, height: 1000 },
-  deviceScaleFactor: 1,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
-const fail = async (message) => {
-  await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
-  await browser.close();
-  console.error(`FAIL: ${message} (screenshot: ${screenshot})`);
-  process.exit(1);
-};
-const page = browser.pages()[0] || (await browser.newPage());
-const problems = [];
-page.on("pageerror", (error) => problems.push(String(error)));
-page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+const { browser, page, problems, fail } = await open(screenshot);
 
 await page.goto(url);
 const edge = '[data-edge="gateway->catalog"] text';

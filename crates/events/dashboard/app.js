@@ -3,7 +3,8 @@
 // One EventSource (`/v1/stream`) delivers a snapshot a second: the topology (nodes and edges
 // with rate, error rate and p99), each service's instances (registry health and share of
 // traffic), recent traces and recent errors. A click on a trace fetches `/v1/traces/{id}` and
-// draws its waterfall. No framework: the page redraws its parts from each snapshot.
+// its log lines and draws its waterfall (logs.js: the logs view, and the lines under each
+// span). No framework: the page redraws its parts from each snapshot.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -301,23 +302,35 @@ function drawErrors(errors) {
 
 // ---- waterfall ---------------------------------------------------------------------------------
 
+// The trace's spans and its log lines, fetched together; a trace whose spans are gone (pruned,
+// or never reported) still shows its lines.
 async function openTrace(id) {
   selectedTrace = id;
   for (const row of document.querySelectorAll("#traces tr")) {
     row.classList.toggle("selected", row.dataset.trace === id);
   }
-  $("trace-id").textContent = id;
-  const response = await fetch(`/v1/traces/${id}`);
+  const [response, lines] = await Promise.all([fetch(`/v1/traces/${id}`), traceLines(id)]);
+  if (selectedTrace !== id) return; // another trace was picked meanwhile
+  const head = $("trace-id");
+  head.replaceChildren(id);
   const root = $("waterfall");
-  if (!response.ok) {
+  if (!response.ok && !lines.length) {
     root.className = "empty";
     root.textContent = `Could not load the trace (${response.status}).`;
     return;
   }
-  drawWaterfall((await response.json()).records);
+  const records = response.ok ? (await response.json()).records : [];
+  if (lines.length) {
+    const all = el("a", { href: "#", class: "lines-link" }, `${lines.length} log line${lines.length === 1 ? "" : "s"}`);
+    all.addEventListener("click", (event) => { event.preventDefault(); filterByTrace(id); });
+    head.append(" · ", all);
+  }
+  drawWaterfall(records, lines);
 }
 
-function drawWaterfall(records) {
+// Spans as bars, parents above their children; under each span the log lines it logged (a
+// tick on its bar for each), and at the end the trace's lines that name no span of it.
+function drawWaterfall(records, lines = []) {
   const root = $("waterfall");
   root.className = "";
   root.replaceChildren();
@@ -338,16 +351,21 @@ function drawWaterfall(records) {
   const ordered = [];
   const visit = (s) => { ordered.push(s); (children.get(s.span_id) || []).forEach(visit); };
   roots.forEach(visit);
-  const t0 = Math.min(...spans.map((s) => s.start));
-  const t1 = Math.max(...spans.map((s) => s.start + s.duration_us));
+  // The axis covers the spans and the lines alike (a line may be logged after its span ends).
+  const times = lines.map((l) => micros(l.time));
+  const t0 = Math.min(...spans.map((s) => s.start), ...times);
+  const t1 = Math.max(t0, ...spans.map((s) => s.start + s.duration_us), ...times);
   const total = Math.max(1, t1 - t0);
+  const { under, loose } = linesBySpan(lines, byId);
   const axis = el("div", { class: "wf-axis" });
   for (const q of [0, 0.25, 0.5, 0.75, 1]) axis.append(el("span", {}, fmtMs((total * q) / 1000)));
   root.append(axis);
+  if (!spans.length) root.append(el("div", { class: "wf-note" }, "No spans are stored for this trace: its log lines only."));
   for (const s of ordered) {
-    const row = el("div", { class: "wf-row", "data-span": s.span_id });
+    const row = el("div", { class: "wf-row", "data-span": s.span_id, "data-service": s.service });
     const label = el("div", { class: "wf-label" });
-    label.style.paddingLeft = `${depthOf(s) * 14}px`;
+    const depth = depthOf(s);
+    label.style.paddingLeft = `${depth * 14}px`;
     // A call to a database or cache names the node it called: "orders → orders-db (sqlite)".
     // A request served names its caller instead (its SPIFFE ID, under the mesh): a tooltip.
     const call = s.kind === "client" && s.peer;
@@ -370,8 +388,15 @@ function drawWaterfall(records) {
       time.style.left = `${left + width}%`;
     }
     track.append(bar, time);
+    const mine = under.get(s.span_id) || [];
+    lineMarks(track, mine, t0, total);
     row.append(label, track);
     root.append(row);
+    if (mine.length) root.append(spanLines(mine, s, depth, t0));
+  }
+  if (loose.length) {
+    root.append(el("div", { class: "wf-loose" }, "In the trace, under none of its spans"));
+    root.append(spanLines(loose, null, 0, t0));
   }
 }
 

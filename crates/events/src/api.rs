@@ -69,6 +69,7 @@ pub fn routes() -> Api<AppState> {
         .get("/v1/logs/stream", logs_api::stream)
         .get("/", dashboard::page)
         .get("/dashboard/app.js", dashboard::script)
+        .get("/dashboard/logs.js", dashboard::logs_script)
         .get("/dashboard/style.css", dashboard::style)
         .layer(axum::middleware::from_fn(
             stratus_kit::caller::operator_only,

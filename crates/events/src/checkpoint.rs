@@ -200,7 +200,7 @@ mod tests {
             path: file.clone(),
             wal_limit: LIMIT,
         };
-        let writer = Writer::start(target, None, None).unwrap();
+        let writer = Writer::start(target, crate::export::Exports::default(), None).unwrap();
 
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));

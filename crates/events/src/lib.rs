@@ -7,8 +7,9 @@
 //! task ([`budget`]) deletes traces past the retention, and samples out whole traces without
 //! an error or a slow record to keep the database and its WAL within a budget in bytes.
 //!
-//! The sink also serves the dashboard at `/` (topology, instances, traces; live over SSE), and
-//! forwards what it stores to an OpenTelemetry collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! The sink also serves the dashboard at `/` (topology, instances, traces, logs; live over SSE),
+//! and forwards the spans and log lines it stores to an OpenTelemetry collector when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 pub mod aggregate;
 pub mod api;
@@ -17,6 +18,8 @@ pub mod checkpoint;
 pub mod dashboard;
 pub mod deletion;
 pub mod export;
+pub mod export_logs;
+pub mod export_spans;
 pub mod links;
 pub mod live;
 pub mod log_line;
@@ -25,6 +28,7 @@ pub mod log_tail;
 pub mod logs_api;
 pub mod otlp;
 pub mod otlp_logs;
+pub mod otlp_logs_proto;
 pub mod record;
 pub mod registry;
 pub mod sample;
@@ -84,13 +88,23 @@ pub struct Args {
     #[arg(long, env = "STRATUS_EVENTS_WAL_LIMIT", default_value = "64MiB", value_parser = checkpoint::parse_bytes)]
     pub wal_limit: u64,
 
-    /// OTLP collector base URL; spans are exported to <endpoint>/v1/traces (protobuf).
+    /// OTLP collector base URL; spans are exported to <endpoint>/v1/traces and log lines to
+    /// <endpoint>/v1/logs (protobuf).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
-    /// OTLP traces URL, used as is (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    /// OTLP traces URL, used as is (overrides OTEL_EXPORTER_OTLP_ENDPOINT for spans).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
     pub otlp_traces_endpoint: Option<String>,
+
+    /// OTLP logs URL, used as is (overrides OTEL_EXPORTER_OTLP_ENDPOINT for log lines).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")]
+    pub otlp_logs_endpoint: Option<String>,
+
+    /// Spans (or log lines) each OTLP exporter holds while its collector is slow or down;
+    /// beyond, stored batches are not exported (counted as dropped), so intake never waits.
+    #[arg(long, env = "STRATUS_EVENTS_EXPORT_QUEUE", default_value_t = export::QUEUE_ITEMS)]
+    pub export_queue: usize,
 
     /// Headers for every export request: key=value,key2=value2 (values percent-encoded).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
@@ -123,14 +137,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "STRATUS_EVENTS_MAX_ROWS is no longer used: the sink keeps to STRATUS_EVENTS_BUDGET bytes"
         );
     }
-    let export = export::Settings::from_env_values(
-        args.otlp_endpoint.as_deref(),
-        args.otlp_traces_endpoint.as_deref(),
-        args.otlp_headers.as_deref(),
-        args.otel_service_name.as_deref(),
-    )?
-    .map(export::Exporter::start)
-    .transpose()?;
+    let export = export::Variables {
+        endpoint: args.otlp_endpoint.as_deref(),
+        traces_endpoint: args.otlp_traces_endpoint.as_deref(),
+        logs_endpoint: args.otlp_logs_endpoint.as_deref(),
+        headers: args.otlp_headers.as_deref(),
+        service_name: args.otel_service_name.as_deref(),
+        queue: Some(args.export_queue),
+    }
+    .start()?;
     let sqlite = backend == stratus_kit::db::Backend::Sqlite;
     let file = sqlite.then(|| sqlite::file_of(&url)).flatten();
     let settings = budget::Settings::new(

@@ -2,9 +2,10 @@
 //! newest first, by service, instance, level, trace, text and time).
 //!
 //! Intake follows `/v1/traces`: the body limit of every intake route (4 MiB), then every record
-//! mapped and checked ([`crate::otlp_logs`], [`crate::log_line`]) before any is handed to the
-//! writer, so a refused request stores nothing; with the mesh on, a service posts only lines
-//! naming itself. The writer commits the lines before the answer, as it does records.
+//! mapped and checked ([`crate::otlp_logs`]; protobuf straight through
+//! [`crate::otlp_logs_proto`]; [`crate::log_line`]) before any is handed to the writer, so a
+//! refused request stores nothing; with the mesh on, a service posts only lines naming itself.
+//! The writer commits the lines before the answer, as it does records.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,7 @@ use crate::api::{check_reporter, only, since, AppState};
 use crate::log_line::{severity_of, LineError, LogLine, LEVELS};
 use crate::log_store::{self, LogFilter};
 use crate::otlp_logs::{self, LogsRequest};
+use crate::otlp_logs_proto;
 use crate::proto_logs::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use crate::record::is_hex;
 
@@ -91,7 +93,7 @@ async fn accept(state: &AppState, caller: &Caller, request: Request) -> Result<R
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-protobuf"));
-    let body = if protobuf {
+    let lines = if protobuf {
         let bytes = Bytes::from_request(request, &())
             .await
             .map_err(|e| Problem::new(e.status(), e.body_text()))?;
@@ -100,13 +102,14 @@ async fn accept(state: &AppState, caller: &Caller, request: Request) -> Result<R
                 "the body is not an OTLP ExportLogsServiceRequest: {e}"
             ))
         })?;
-        otlp_logs::from_proto(message)
+        let count = otlp_logs_proto::count(&message);
+        otlp_logs_proto::lines(message, now_us()).map_err(|e| refused(e, count))?
     } else {
         let Json(body) = Json::<LogsRequest>::from_request(request, &()).await?;
-        body
+        let count = records_in(&body);
+        otlp_logs::lines(body, now_us()).map_err(|e| refused(e, count))?
     };
-    let count = records_in(&body);
-    let lines = otlp_logs::lines(body, now_us()).map_err(|e| refused(e, count))?;
+    let count = lines.len();
     check_reporter(caller, lines.iter().map(|line| line.service.as_str())).map_err(|problem| {
         Refused {
             problem,

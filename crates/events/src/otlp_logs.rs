@@ -8,8 +8,10 @@
 //! `3`); a `target` attribute, else the instrumentation scope's name, the target; `traceId` and
 //! `spanId` the trace and span (empty or all zero: none).
 //!
-//! Protobuf takes the same mapping: [`from_proto`] turns the message into the JSON form first,
-//! as [`crate::otlp::from_proto`] does for spans.
+//! Protobuf takes the same mapping: [`crate::otlp_logs_proto`] maps the message straight to
+//! lines (the intake's path: no JSON in between), and is tested to agree with [`from_proto`],
+//! which turns the message into the JSON form first, as [`crate::otlp::from_proto`] does for
+//! spans.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -21,7 +23,7 @@ use crate::proto_logs;
 /// The most log records one request may carry.
 pub const MAX_LINES: usize = 10_000;
 /// How deep a structured body or attribute may nest.
-const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -209,11 +211,6 @@ fn line(
             "observedTimeUnixNano",
             index,
         )?,
-    }
-    .map_or(now_us, |nanos| (nanos / 1000).min(i64::MAX as u64) as i64);
-    let severity = match record.severity_number {
-        0 => severity_of(&record.severity_text).unwrap_or(0),
-        number => number,
     };
     if record.attributes.len() > MAX_FIELDS {
         return Err(invalid(format!("at most {MAX_FIELDS} attributes")));
@@ -224,31 +221,80 @@ fn line(
             plain(&kv.value, 0).map_err(|e| invalid(format!("attribute {}: {e}", kv.key)))?;
         fields.insert(kv.key.clone(), value);
     }
-    let target = match fields.get("target") {
-        Some(Value::String(target)) => target.clone(),
-        _ => scope.to_string(),
+    let body = match &record.body {
+        None => Value::Null,
+        Some(body) => plain(body, 0).map_err(|e| invalid(format!("body: {e}")))?,
     };
-    let message = match &record.body {
-        None => String::new(),
-        Some(body) => match plain(body, 0).map_err(|e| invalid(format!("body: {e}")))? {
-            Value::String(text) => text,
-            Value::Null => String::new(),
-            other => other.to_string(),
-        },
+    finish(Mapped {
+        index,
+        service,
+        instance,
+        scope,
+        time_us: time_us_or(time_us, now_us),
+        severity: severity(record.severity_number, &record.severity_text),
+        fields,
+        body,
+        trace_id: &record.trace_id,
+        span_id: &record.span_id,
+    })
+}
+
+/// A time in unix nanoseconds (none: `now_us`) as microseconds.
+pub(crate) fn time_us_or(nanos: Option<u64>, now_us: i64) -> i64 {
+    nanos.map_or(now_us, |nanos| (nanos / 1000).min(i64::MAX as u64) as i64)
+}
+
+/// `severityNumber`, else the severity `severityText` names (0: none).
+pub(crate) fn severity(number: i64, text: &str) -> i64 {
+    match number {
+        0 => severity_of(text).unwrap_or(0),
+        number => number,
+    }
+}
+
+/// A record mapped, before the rules every line passes: what both forms, JSON and protobuf
+/// (crate::otlp_logs_proto), come to.
+pub(crate) struct Mapped<'a> {
+    pub index: usize,
+    pub service: &'a str,
+    pub instance: &'a str,
+    pub scope: &'a str,
+    pub time_us: i64,
+    pub severity: i64,
+    /// The attributes, made plain.
+    pub fields: Map<String, Value>,
+    /// The body, made plain (`Null` for none).
+    pub body: Value,
+    /// The ids as hex, as sent (empty: none).
+    pub trace_id: &'a str,
+    pub span_id: &'a str,
+}
+
+/// The line a mapped record is: the target (a `target` attribute, else the scope), the message
+/// (a string body as it is, another as its JSON), the ids; then checked.
+pub(crate) fn finish(mapped: Mapped) -> Result<LogLine, LineError> {
+    let target = match mapped.fields.get("target") {
+        Some(Value::String(target)) => target.clone(),
+        _ => mapped.scope.to_string(),
+    };
+    let message = match mapped.body {
+        Value::String(text) => text,
+        Value::Null => String::new(),
+        other => other.to_string(),
     };
     let line = LogLine {
-        time_us,
-        service: service.to_string(),
-        instance: instance.to_string(),
-        level: level_of(severity).to_string(),
-        severity,
+        time_us: mapped.time_us,
+        service: mapped.service.to_string(),
+        instance: mapped.instance.to_string(),
+        level: level_of(mapped.severity).to_string(),
+        severity: mapped.severity,
         target,
         message,
-        fields: Value::Object(fields).to_string(),
-        trace_id: id(&record.trace_id),
-        span_id: id(&record.span_id),
+        fields: Value::Object(mapped.fields).to_string(),
+        trace_id: id(mapped.trace_id),
+        span_id: id(mapped.span_id),
     };
-    check(index, &line)?;
+    check(mapped.index, &line)?;
     Ok(line)
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::aggregate::Aggregates;
 use crate::checkpoint::{self, WalKeeper};
 use crate::deletion::Deletion;
-use crate::export::Exporter;
+use crate::export::Exports;
 use crate::log_line::LogLine;
 use crate::log_tail::Tail;
 use crate::record::Row;
@@ -93,10 +93,11 @@ pub enum Target {
 }
 
 impl Writer {
-    /// `aggregates`, if any, are fed every committed batch.
+    /// `aggregates`, if any, are fed every committed batch, and `export`'s exporters, if any,
+    /// its spans and its log lines.
     pub fn start(
         target: Target,
-        export: Option<Exporter>,
+        export: Exports,
         aggregates: Option<Aggregates>,
     ) -> anyhow::Result<Self> {
         let tail = Tail::default();
@@ -238,30 +239,37 @@ fn gather(first: Job, receiver: &mut mpsc::Receiver<Message>) -> Vec<Job> {
 
 /// Who is handed each committed batch.
 struct After {
-    export: Option<Exporter>,
+    export: Exports,
     aggregates: Option<Aggregates>,
     tail: Tail,
 }
 
-/// Answers every request, and hands what was stored to the aggregates and the exporter.
+/// Answers every request, and hands what was stored to the aggregates, the live tail and the
+/// exporters (which queue it without waiting, crate::export).
 fn answer(jobs: Vec<Job>, results: Vec<Result<(), String>>, after: &After) {
-    for (job, result) in jobs.into_iter().zip(results) {
+    for (Job { rows, logs, done }, result) in jobs.into_iter().zip(results) {
         match &result {
-            // Log lines feed neither the stats nor the span export: only the live tail.
-            Ok(()) if job.rows.is_empty() => after.tail.publish(&job.logs),
+            // Log lines feed neither the stats nor the span export: the live tail and the
+            // log export.
+            Ok(()) if rows.is_empty() => {
+                after.tail.publish(&logs);
+                if let Some(export) = &after.export.logs {
+                    export.offer(logs);
+                }
+            }
             Ok(()) => {
                 if let Some(aggregates) = &after.aggregates {
-                    aggregates.add(&job.rows);
+                    aggregates.add(&rows);
                 }
-                if let Some(export) = &after.export {
-                    export.offer(&job.rows);
+                if let Some(export) = &after.export.spans {
+                    export.offer(rows);
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, records = job.rows.len(), log_lines = job.logs.len(), "storing a batch failed");
+                tracing::warn!(%error, records = rows.len(), log_lines = logs.len(), "storing a batch failed");
             }
         }
-        let _ = job.done.send(result);
+        let _ = done.send(result);
     }
 }
 
@@ -445,7 +453,11 @@ pub(crate) mod tests {
             path: file,
             wal_limit: 64 << 20,
         };
-        (dir, pool, Writer::start(target, None, None).unwrap())
+        (
+            dir,
+            pool,
+            Writer::start(target, Exports::default(), None).unwrap(),
+        )
     }
 
     /// A writer whose queue stays full refuses a batch after the wait, storing nothing; one with
@@ -546,7 +558,7 @@ pub(crate) mod tests {
                 pool: pool.clone(),
                 sqlite: true,
             },
-            None,
+            Exports::default(),
             None,
         )
         .unwrap();
