@@ -70,6 +70,17 @@ PERF=${PERF:-0}
 # one nginx (1 worker) with OpenSSL, as an outside reference. Upstream connections opened per
 # request and the no-reuse handshake log are nginx's, so they are shown only then.
 INSTANCE=${INSTANCE:-stratus}
+# Where the client runs (bench/README.md, "Whose tail"): CLIENT=shared (the default: everything
+# on both cores), or CLIENT=pinned: the gateways on core 1 with one worker each, wrk (one
+# thread), the instances and the registry on core 0, as if the gateway had a machine of its own;
+# its throughput is then its own CPU time a request, plaintext against mTLS.
+CLIENT=${CLIENT:-shared}
+WRK=wrk; ON_PROXY_CORE=; ON_CLIENT_CORE=
+case $CLIENT in
+  shared) ;;
+  pinned) WRK="taskset -c 0 wrk"; ON_CLIENT_CORE="taskset -c 0"; ON_PROXY_CORE="taskset -c 1"; WORKERS=1; WRK_THREADS=1 ;;
+  *) echo "CLIENT is shared or pinned" >&2; exit 1 ;;
+esac
 files=$((IDLE * 3 + 10000))  # clients, upstream connections, wrk, nginx
 [ "$(ulimit -n)" -ge "$files" ] || ulimit -n "$files"
 
@@ -147,9 +158,9 @@ INSTANCE_PIDS=()
 if [ "$INSTANCE" = stratus ]; then
   instance() {  # port tls-folder-or-empty close
     if [ -n "$2" ]; then
-      BENCH_INSTANCE_TLS_DIR=$2 BENCH_INSTANCE_CLOSE=$3 PORT=$1 exec target/release/examples/bench_instance
+      BENCH_INSTANCE_TLS_DIR=$2 BENCH_INSTANCE_CLOSE=$3 PORT=$1 exec $ON_CLIENT_CORE target/release/examples/bench_instance
     else
-      BENCH_INSTANCE_CLOSE=$3 PORT=$1 exec target/release/examples/bench_instance
+      BENCH_INSTANCE_CLOSE=$3 PORT=$1 exec $ON_CLIENT_CORE target/release/examples/bench_instance
     fi
   }
   instance "$P1" "" 0 & pids+=($!); INSTANCE_PIDS+=($!)
@@ -159,9 +170,9 @@ if [ "$INSTANCE" = stratus ]; then
   instance "$T2" "$work/tls-bench" 0 & pids+=($!); INSTANCE_PIDS+=($!)
   instance "$TC" "$work/tls-bench-close" 1 & pids+=($!); INSTANCE_PIDS+=($!)
 fi
-nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
+$ON_CLIENT_CORE nginx -c "$work/backend.conf" -p "$work" & pids+=($!)
 
-PORT=$REG "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
+PORT=$REG $ON_CLIENT_CORE "$STRATUS" serve registry > "$work/registry.log" 2>&1 & pids+=($!)
 wait_port "$REG"
 register() {  # service port
   curl -sf -X PUT "http://127.0.0.1:$REG/v1/services/$1/instances/$1-$2" -H 'content-type: application/json' \
@@ -178,7 +189,7 @@ routes "$work/routes-mtls.toml" bench bench-close
 # The allocator as `stratus` tunes it for itself (src/memory.rs): the example has no such main.
 gateway() {  # port admin-port routes log [binary] (exec: the pid started is the gateway's own)
   MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=$((2 * $(nproc))) STRATUS_EVENTS=off STRATUS_GATEWAY_WORKERS=$WORKERS \
-    PORT=$1 STRATUS_ADMIN_PORT=$2 STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$3 exec "${5:-$GATEWAY}" > "$4" 2>&1
+    PORT=$1 STRATUS_ADMIN_PORT=$2 STRATUS_REGISTRY_URL=http://127.0.0.1:$REG STRATUS_ROUTES=$3 exec $ON_PROXY_CORE "${5:-$GATEWAY}" > "$4" 2>&1
 }
 gateway "$GWP" "$GWPA" "$work/routes-plain.toml" "$work/gateway-plain.log" & pids+=($!)
 GWP_PID=$!
@@ -219,7 +230,7 @@ for target in "${TARGETS[@]}"; do
   c0=$(upstream_conns ${UP_OF[$target]}); h0=$(metric "${ADMIN_OF[$target]}" malloc_in_use_bytes)
   r0=$(metric "${ADMIN_OF[$target]}" process_resident_memory_bytes)
   for path in small big; do
-    wrk -t"$WRK_THREADS" -c"$IDLE" -d3s "http://127.0.0.1:${PORT_OF[$target]}/$path" >/dev/null
+    $WRK -t"$WRK_THREADS" -c"$IDLE" -d3s "http://127.0.0.1:${PORT_OF[$target]}/$path" >/dev/null
     sleep 2  # the clients' own connections closed and freed
     c1=$(upstream_conns ${UP_OF[$target]}); h1=$(metric "${ADMIN_OF[$target]}" malloc_in_use_bytes)
     r1=$(metric "${ADMIN_OF[$target]}" process_resident_memory_bytes)
@@ -256,7 +267,7 @@ for round in $(seq 1 "$ROUNDS"); do
       if [ "$PERF" = 1 ]; then
         perf stat -x, -e raw_syscalls:sys_enter -p "${PID_OF[$target]}" -o "$work/perf.txt" -- sleep "${DURATION%s}" 2>/dev/null & perf_pid=$!
       fi
-      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$path")
+      out=$($WRK -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$target]}/$path")
       after_cpu=$(cpu_ticks "${PID_OF[$target]}"); after_conns=$(accepted); after_instance=$(instance_ticks)
       requests=$(awk '/requests in/ {print $1}' <<<"$out")
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -293,7 +304,7 @@ for round in $(seq 1 "$ROUNDS"); do
     rate=$(awk -v r="$(med_rps "$path" plain)" -v s="$RATE_SHARE" 'BEGIN {printf "%d", r*s}')
     per_thread=$(awk -v r="$rate" -v t="$WRK_THREADS" 'BEGIN {printf "%d", r/t}')
     for target in "${order[@]}"; do
-      out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "http://127.0.0.1:${PORT_OF[$target]}/$path" -- "$per_thread")
+      out=$($WRK -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "http://127.0.0.1:${PORT_OF[$target]}/$path" -- "$per_thread")
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       read -r p50 p99 p999 < <(awk '/^paced:/ {print $5, $7, $9}' <<<"$out")
       errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
@@ -315,6 +326,7 @@ mkdir -p bench/results
 report=bench/results/mtls-$(date -u +%Y%m%dT%H%M%SZ).txt
 med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 {
+  echo "client: $CLIENT ($WRK)"
   echo "Gateway upstream mTLS against plaintext: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS gateway workers, instances: $INSTANCE (1 worker)"
   echo "machine: $(nproc) cores, $(uname -r), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); medians over rounds; ratio = mtls / plain"
   echo
