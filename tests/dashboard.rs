@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use stratus_testing::{Need, Test};
 use support::System;
 
@@ -166,47 +166,15 @@ async fn records_of(system: &System, sink: &str, trace: &str) -> Vec<Value> {
 /// known trace, leaves lines from the gateway and orders that the sink finds by the trace, and
 /// the dashboard shows each under its span.
 async fn the_dashboard_shows_a_failed_requests_lines_under_its_spans() {
-    let (mut system, events_port) = System::start_with_events(1, true).await;
-    let sink = support::mesh::internal_url(events_port, "");
-    let reporting = format!("http://127.0.0.1:{events_port}");
-    system
-        .add_services(
-            &[("orders", 1)],
-            &[("STRATUS_EVENTS_URL", reporting.as_str())],
+    let trace = "7e57da5b0a2d4c1f9e8b6a4d2c0f1e3a";
+    // The API first: both services' lines under the trace (the helper waits for them).
+    let support::failed_order::FailedOrder { system, sink, .. } =
+        support::failed_order::failed_order_under_trace(
+            "grace@example.com",
+            trace,
+            "dashboard-no-such-product",
         )
         .await;
-    let token = system.customer_token("grace@example.com").await;
-    let trace = "7e57da5b0a2d4c1f9e8b6a4d2c0f1e3a";
-    let response = system
-        .http
-        .post(system.url("/api/orders"))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "dashboard-no-such-product")
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .json(&json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 422);
-
-    // The API first: both services' lines under the trace.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let url = format!("{sink}/v1/logs?trace_id={trace}");
-        let lines = system.get_json(&url).await["logs"].clone();
-        let from = |service: &str| {
-            lines
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|l| l["service"] == service)
-        };
-        if from("gateway") && from("orders") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the trace's lines: {lines:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let records = records_of(&system, &sink, trace).await;
     let span_of = |service: &str, kind: &str| {
         records
@@ -241,7 +209,7 @@ async fn the_dashboard_shows_a_failed_requests_lines_under_its_spans() {
         })
     };
 
-    let proxy = support::proxy::operator_proxy(support::mesh::internal_url(events_port, "")).await;
+    let proxy = support::proxy::operator_proxy(sink.clone()).await;
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-logs.png");
     run_script(
         "logs.mjs",

@@ -623,39 +623,17 @@ async fn logs_work_on_postgres() {
 /// sink under that trace, each with the span of its hop's record; the gateway counts what it
 /// shipped.
 async fn a_failed_request_leaves_its_lines_under_its_trace() {
-    let (mut system, events_port) = System::start_with_events(1, true).await;
-    let sink = support::mesh::internal_url(events_port, "");
-    let reporting = format!("http://127.0.0.1:{events_port}");
-    system
-        .add_services(
-            &[("orders", 1)],
-            &[("STRATUS_EVENTS_URL", reporting.as_str())],
-        )
-        .await;
-    let token = system.customer_token("ada@example.com").await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let response = system
-        .http
-        .post(system.url("/api/orders"))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "no-such-product-1")
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .json(&json!({"items": [{"product_id": "no-such-product", "quantity": 1}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 422);
-
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let lines = loop {
-        let lines = query(&system, &sink, &format!("trace_id={trace}")).await;
-        let from = |service: &str| lines.iter().any(|l| l["service"] == service);
-        if from("gateway") && from("orders") {
-            break lines;
-        }
-        assert!(Instant::now() < deadline, "the trace's lines: {lines:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let support::failed_order::FailedOrder {
+        system,
+        sink,
+        lines,
+    } = support::failed_order::failed_order_under_trace(
+        "ada@example.com",
+        trace,
+        "no-such-product-1",
+    )
+    .await;
     let line_of = |service: &str| {
         lines
             .iter()

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod cut;
 pub mod deltas;
+pub mod failed_order;
 pub mod mesh;
 pub mod proxy;
 pub mod registry;
