@@ -56,7 +56,7 @@ WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 IDLE=${IDLE:-500}
 PATHS=${PATHS:-"small big close/small"}
-RATE_SHARE=${RATE_SHARE:-0.6}  # the paced phase's rate, as a share of plain's throughput
+RATE_SHARE=${RATE_SHARE:-0.6}  # the paced phase's rate, as a share of plain's throughput (a list: "0.3 0.6")
 HOLD=${HOLD:-0}  # seconds to keep everything running after setup, for a look by hand
 # Another build of the example (say, from the commit before a change), run as a third gateway
 # `mtls-base` with the same credentials and instances, so a change's before and after are
@@ -300,17 +300,19 @@ paced_results=$work/paced.tsv
 PACED_PATHS=$(printf '%s\n' $PATHS | grep -v '^close/' | tr '\n' ' ')
 for round in $(seq 1 "$ROUNDS"); do
   order=("${TARGETS[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
-  for path in $PACED_PATHS; do
-    rate=$(awk -v r="$(med_rps "$path" plain)" -v s="$RATE_SHARE" 'BEGIN {printf "%d", r*s}')
-    per_thread=$(awk -v r="$rate" -v t="$WRK_THREADS" 'BEGIN {printf "%d", r/t}')
-    for target in "${order[@]}"; do
-      out=$($WRK -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "http://127.0.0.1:${PORT_OF[$target]}/$path" -- "$per_thread")
-      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-      read -r p50 p99 p999 < <(awk '/^paced:/ {print $5, $7, $9}' <<<"$out")
-      errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rate" "$rps" "$p50" "$p99" "$p999" >> "$paced_results"
-      printf 'paced round %s %-6s %-9s at %6s rps: did %10s rps  p50 %6s us  p99 %6s us  p99.9 %6s us %s\n' \
-        "$round" "$path" "$target" "$rate" "$rps" "$p50" "$p99" "$p999" "$errors" >&2
+  for share in $RATE_SHARE; do
+    for path in $PACED_PATHS; do
+      rate=$(awk -v r="$(med_rps "$path" plain)" -v s="$share" 'BEGIN {printf "%d", r*s}')
+      per_thread=$(awk -v r="$rate" -v t="$WRK_THREADS" 'BEGIN {printf "%d", r/t}')
+      for target in "${order[@]}"; do
+        out=$($WRK -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/paced.lua "http://127.0.0.1:${PORT_OF[$target]}/$path" -- "$per_thread")
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        read -r p50 p99 p999 < <(awk '/^paced:/ {print $5, $7, $9}' <<<"$out")
+        errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$target" "$rate" "$rps" "$p50" "$p99" "$p999" "$share" >> "$paced_results"
+        printf 'paced round %s %-6s %-9s at %6s rps (%s): did %10s rps  p50 %6s us  p99 %6s us  p99.9 %6s us %s\n' \
+          "$round" "$path" "$target" "$rate" "$share" "$rps" "$p50" "$p99" "$p999" "$errors" >&2
+      done
     done
   done
 done
@@ -343,27 +345,29 @@ med() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$r
   done
   echo
   echo
-  echo "At a fixed rate ($RATE_SHARE of plain's median rps at that size, paced by bench/paced.lua; medians over rounds):"
-  pmed() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" '$2==p && $3==t {print $c}' "$paced_results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-  printf '%-12s %-9s %8s %10s %8s %8s %9s %10s %11s\n' path target rate did_rps p50_us p99_us p999_us p99_ratio p999_ratio
-  for path in $PACED_PATHS; do
-    for target in "${TARGETS[@]}"; do
-      printf '%-12s %-9s %8s %10.0f %8s %8s %9s %10.2f %11.2f\n' "$path" "$target" "$(pmed "$path" "$target" 4)" "$(pmed "$path" "$target" 5)" \
-        "$(pmed "$path" "$target" 6)" "$(pmed "$path" "$target" 7)" "$(pmed "$path" "$target" 8)" \
-        "$(awk -v a="$(pmed "$path" "$target" 7)" -v b="$(pmed "$path" plain 7)" 'BEGIN{print a/b}')" \
-        "$(awk -v a="$(pmed "$path" "$target" 8)" -v b="$(pmed "$path" plain 8)" 'BEGIN{print a/b}')"
+  pmed() { awk -F'\t' -v p="$1" -v t="$2" -v c="$3" -v s="$4" '$2==p && $3==t && $9==s {print $c}' "$paced_results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  for share in $RATE_SHARE; do
+      echo "At a fixed rate ($share of plain's median rps at that size, paced by bench/paced.lua; medians over rounds):"
+      printf '%-12s %-9s %8s %10s %8s %8s %9s %10s %11s\n' path target rate did_rps p50_us p99_us p999_us p99_ratio p999_ratio
+      for path in $PACED_PATHS; do
+        for target in "${TARGETS[@]}"; do
+          printf '%-12s %-9s %8s %10.0f %8s %8s %9s %10.2f %11.2f\n' "$path" "$target" "$(pmed "$path" "$target" 4 "$share")" "$(pmed "$path" "$target" 5 "$share")" \
+            "$(pmed "$path" "$target" 6 "$share")" "$(pmed "$path" "$target" 7 "$share")" "$(pmed "$path" "$target" 8 "$share")" \
+            "$(awk -v a="$(pmed "$path" "$target" 7 "$share")" -v b="$(pmed "$path" plain 7 "$share")" 'BEGIN{print a/b}')" \
+            "$(awk -v a="$(pmed "$path" "$target" 8 "$share")" -v b="$(pmed "$path" plain 8 "$share")" 'BEGIN{print a/b}')"
+        done
+      done
+      echo
     done
-  done
-  echo
-  echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances ($INSTANCE), from /proc;"
-  echo "gw_bound: plain's gateway CPU per request over this one's: the throughput ratio where the gateway is the"
-  echo "bottleneck (its own cores, the instances elsewhere), which one machine's shared cores cannot show directly."
-  echo "gw_sys: the gateway's system calls per request (perf, PERF=1; - without)."
-  echo "close/small is every request on a new upstream connection: its mtls rps is full mTLS handshakes per second"
-  echo "(with both the gateway's and the instance's side on this machine's cores); the gateway's own handshakes per"
-  echo "second per core are 1e6 / its gw_cpu_us there."
-  echo "the no-reuse mTLS instance saw: $handshakes"
-  echo
-  echo "memory per idle pooled upstream connection (IDLE=$IDLE clients for 3 s, then idle):"
-  awk -F'\t' '{ n=$4-$3; if (n<1) n=1; printf "  %-9s after %-5s %4d connections: heap in use %6.0f B each, RSS %6.0f B each\n", $1, $2, $4-$3, ($6-$5)/n, ($8-$7)/n }' "$memory"
-} | tee "$report"
+    echo "gw_cpu_us / inst_cpu: CPU time per request of the gateway / of the instances ($INSTANCE), from /proc;"
+    echo "gw_bound: plain's gateway CPU per request over this one's: the throughput ratio where the gateway is the"
+    echo "bottleneck (its own cores, the instances elsewhere), which one machine's shared cores cannot show directly."
+    echo "gw_sys: the gateway's system calls per request (perf, PERF=1; - without)."
+    echo "close/small is every request on a new upstream connection: its mtls rps is full mTLS handshakes per second"
+    echo "(with both the gateway's and the instance's side on this machine's cores); the gateway's own handshakes per"
+    echo "second per core are 1e6 / its gw_cpu_us there."
+    echo "the no-reuse mTLS instance saw: $handshakes"
+    echo
+    echo "memory per idle pooled upstream connection (IDLE=$IDLE clients for 3 s, then idle):"
+    awk -F'\t' '{ n=$4-$3; if (n<1) n=1; printf "  %-9s after %-5s %4d connections: heap in use %6.0f B each, RSS %6.0f B each\n", $1, $2, $4-$3, ($6-$5)/n, ($8-$7)/n }' "$memory"
+  } | tee "$report"

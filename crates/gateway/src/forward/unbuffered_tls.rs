@@ -30,7 +30,15 @@
 //! where the next connection needing one takes it: a request over a pooled connection then
 //! allocates and frees no large block, which would otherwise come and go once a request, and
 //! with them, now and then, the allocator returning memory to the kernel only to fault it back
-//! in.
+//! in. The outgoing buffer does the same through a second stack: a request's records are
+//! encrypted into a buffer the connection took from it and, once the socket has them and the
+//! connection goes idle, gave back.
+//!
+//! A read does not step the state machine when there is nothing to step it over: once a step
+//! found the connection in its traffic state with every incoming byte consumed, another over an
+//! empty buffer would only say so again, so until bytes arrive a read goes straight to the
+//! socket (`settled`). A request then turns the state machine twice (its write, its answer's
+//! records) rather than four times.
 
 use std::cell::RefCell;
 use std::io;
@@ -61,13 +69,19 @@ const MAX_WRITE: usize = 4 << 14;
 /// Ciphertext held for the instance beyond which a write waits for the socket to take it.
 const OUTGOING_LIMIT: usize = 64 * 1024;
 
-/// The most spare incoming buffers a thread keeps (about 1.2 MiB).
+/// The most spare buffers of each kind a thread keeps (incoming: about 1.2 MiB).
 const SPARE_BUFFERS: usize = 32;
+
+/// The largest outgoing buffer kept for another connection; a larger one (a big request body
+/// was encrypted into it) is freed.
+const SPARE_OUTGOING_MAX: usize = 16 * 1024;
 
 thread_local! {
     /// Empty incoming buffers of [`READ_ROOM`], given up by connections going idle on this
     /// thread and taken by the next connection that reads (see the module's comment).
     static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Empty outgoing buffers of at most [`SPARE_OUTGOING_MAX`], the same way.
+    static SPARE_OUTGOING: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty buffer with room for [`READ_ROOM`] bytes, a spare one when the thread has one.
@@ -84,6 +98,29 @@ fn give_back(mut buffer: Vec<u8>) {
     }
     buffer.clear();
     SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    });
+}
+
+/// An empty outgoing buffer: a spare one when the thread has one (with no capacity if not:
+/// the first encryption sizes it).
+fn take_outgoing() -> Vec<u8> {
+    SPARE_OUTGOING
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+/// Keeps an outgoing buffer (emptied) for the thread's next writer, unless it is large or
+/// enough are kept already.
+fn give_back_outgoing(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > SPARE_OUTGOING_MAX {
+        return;
+    }
+    buffer.clear();
+    SPARE_OUTGOING.with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_BUFFERS {
             spare.push(buffer);
@@ -140,6 +177,12 @@ pub struct UnbufferedTls {
     read_done: bool,
     /// `close_notify` is queued.
     closing: bool,
+    /// The last step found the traffic state with `incoming` empty: until bytes arrive, a
+    /// step would find the same (see the module's comment).
+    settled: bool,
+    /// Steps taken (for tests of how many a request needs).
+    #[cfg(test)]
+    turns: usize,
 }
 
 impl std::fmt::Debug for UnbufferedTls {
@@ -176,6 +219,9 @@ impl UnbufferedTls {
             gathered: Vec::new(),
             read_done: false,
             closing: false,
+            settled: false,
+            #[cfg(test)]
+            turns: 0,
         };
         std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
         Ok(tls)
@@ -201,7 +247,7 @@ impl UnbufferedTls {
             self.taken = 0;
         }
         if self.sent == self.outgoing.len() {
-            self.outgoing = Vec::new();
+            give_back_outgoing(std::mem::take(&mut self.outgoing));
             self.sent = 0;
         }
         self.gathered = Vec::new();
@@ -247,16 +293,31 @@ impl UnbufferedTls {
     /// Turns rustls's state machine one step over the ciphertext held, doing what `intent`
     /// asks where the state allows it.
     fn turn(&mut self, intent: Intent<'_, '_>) -> io::Result<Turn> {
+        #[cfg(test)]
+        {
+            self.turns += 1;
+        }
         let Self {
             conn,
             incoming,
             plaintext,
             outgoing,
+            settled,
             ..
         } = self;
         let status = conn.process_tls_records(incoming);
         let mut discard = status.discard;
-        let turn = match status.state.map_err(tls_error)? {
+        let state = status.state.map_err(tls_error)?;
+        let traffic = matches!(state, ConnectionState::WriteTraffic(_));
+        if outgoing.capacity() == 0
+            && matches!(
+                state,
+                ConnectionState::WriteTraffic(_) | ConnectionState::EncodeTlsData(_)
+            )
+        {
+            *outgoing = take_outgoing();
+        }
+        let turn = match state {
             ConnectionState::ReadTraffic(mut traffic) => {
                 let mut out = match intent {
                     Intent::Read(out) => Some(out),
@@ -349,6 +410,7 @@ impl UnbufferedTls {
             }
         };
         incoming.drain(..discard);
+        *settled = traffic && incoming.is_empty();
         Ok(turn)
     }
 
@@ -364,6 +426,9 @@ impl UnbufferedTls {
         let read = buf.filled().len();
         // SAFETY: `poll_read` initialised the first `read` bytes of the spare capacity.
         unsafe { self.incoming.set_len(self.incoming.len() + read) };
+        if read > 0 {
+            self.settled = false;
+        }
         Poll::Ready(Ok(read))
     }
 
@@ -423,6 +488,12 @@ fn spare_buffers() -> usize {
     SPARE.with(|spare| spare.borrow().len())
 }
 
+/// How many spare outgoing buffers this thread holds (for tests).
+#[cfg(test)]
+fn spare_outgoing() -> usize {
+    SPARE_OUTGOING.with(|spare| spare.borrow().len())
+}
+
 impl AsyncRead for UnbufferedTls {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -445,7 +516,12 @@ impl AsyncRead for UnbufferedTls {
         }
         loop {
             let before = buf.filled().len();
-            match this.turn(Intent::Read(&mut *buf))? {
+            let turn = if this.settled {
+                Turn::NeedsRead
+            } else {
+                this.turn(Intent::Read(&mut *buf))?
+            };
+            match turn {
                 Turn::Delivered if buf.filled().len() > before => return Poll::Ready(Ok(())),
                 Turn::Delivered | Turn::Again | Turn::Written(_) | Turn::Established => {}
                 Turn::NeedsRead => {

@@ -199,3 +199,65 @@ async fn an_idle_connections_read_buffer_goes_to_the_next_reader() {
         "a dropped connection leaves its buffer too"
     );
 }
+
+#[tokio::test]
+async fn an_exchange_on_an_established_connection_takes_two_steps() {
+    let (mut client, mut server) = pair().await;
+    for round in 0..5 {
+        let before = client.turns;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(
+            read_exactly(&mut server, 18, 64).await,
+            b"GET / HTTP/1.1\r\n\r\n"
+        );
+        // The client waits for the answer before it is written: a read that finds nothing.
+        let answering = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            server.flush().await.unwrap();
+            server
+        });
+        assert_eq!(
+            read_exactly(&mut client, 19, 4096).await,
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        );
+        server = answering.await.unwrap();
+        client.relax();
+        // The first exchange may still step over the instance's post-handshake messages.
+        if round > 0 {
+            assert_eq!(
+                client.turns - before,
+                2,
+                "round {round}: the write, then the answer's record"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connections_write_buffer_goes_to_the_next_writer() {
+    let (mut first, mut first_server) = pair().await;
+    let (mut second, mut second_server) = pair().await;
+    second.relax();
+    let spare = spare_outgoing();
+    first.write_all(b"one").await.unwrap();
+    first.flush().await.unwrap();
+    assert_eq!(read_exactly(&mut first_server, 3, 64).await, b"one");
+    first.relax();
+    assert_eq!(spare_outgoing(), spare + 1, "the emptied buffer is kept");
+    second.write_all(b"two").await.unwrap();
+    second.flush().await.unwrap();
+    assert_eq!(read_exactly(&mut second_server, 3, 64).await, b"two");
+    assert_eq!(
+        spare_outgoing(),
+        spare,
+        "and taken by the next connection to write"
+    );
+    // A large write's buffer is not kept.
+    second.write_all(&pattern(60_000)).await.unwrap();
+    second.flush().await.unwrap();
+    assert!(read_exactly(&mut second_server, 60_000, 64 * 1024).await == pattern(60_000));
+    second.relax();
+    assert_eq!(spare_outgoing(), spare, "a large buffer is freed");
+}
