@@ -179,7 +179,7 @@ impl Due {
 
 /// Background task: runs every due check of `store`.
 ///
-/// Every [`TICK`] the store hands over the checks that are due (from its schedule, without
+/// Every `TICK` the store hands over the checks that are due (from its schedule, without
 /// looking at the others); their probes run concurrently inside this one task (a
 /// `FuturesUnordered`), each recording its outcome as it finishes, so a slow instance delays no
 /// other and no probe costs a task of its own (a spawn and a cross-thread wake-up each, at
@@ -223,7 +223,7 @@ async fn probe_and_record(store: &MemoryStore, probes: &Probes, due: Arc<Due>) {
 
 /// The clients probes go out on: HTTP/1.1 with the mesh on (reqwest, mutual TLS) and gRPC's
 /// health service (h2c, or mutual TLS with the mesh on). Plaintext HTTP probes need neither
-/// ([`http_probe`]).
+/// (`http_probe`).
 #[derive(Clone)]
 pub struct Probes {
     grpc: stratus_kit::grpc_health::Prober,
