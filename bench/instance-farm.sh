@@ -2,7 +2,8 @@
 # loopback ports from BASE, each answering every path (`/healthz` included) with a 200, so a
 # registry or a gateway can hold and probe thousands of real endpoints. One process takes at
 # most FARM_PORTS_A_PROCESS ports, so its listening sockets and the probe connections they
-# accept stay within one process's open-file limit.
+# accept stay within one process's open-file limit. Each process counts the requests it
+# answered: `GET /farm-status` on any of its ports (nginx's stub_status).
 #
 #   start_instance_farm BASE COUNT     # needs $work (a directory), the array pids, wait_port
 #   check_ports_free BASE COUNT        # fails when something listens on any of them
@@ -31,7 +32,7 @@ start_instance_farm() {
   for first in $(seq "$base" "$FARM_PORTS_A_PROCESS" $((base + count - 1))); do
     last=$((first + FARM_PORTS_A_PROCESS - 1)); [ "$last" -lt $((base + count)) ] || last=$((base + count - 1))
     listens=$(for port in $(seq "$first" "$last"); do printf 'listen 127.0.0.1:%s; ' "$port"; done)
-    farm_nginx_conf "farm-$first" "server { $listens location / { return 200 \"ok\\n\"; } }" > "$work/farm-$first.conf"
+    farm_nginx_conf "farm-$first" "server { $listens location / { return 200 \"ok\\n\"; } location = /farm-status { stub_status; } }" > "$work/farm-$first.conf"
     nginx -c "$work/farm-$first.conf" -p "$work" & pids+=($!)
   done
   wait_port $((base + count - 1))

@@ -251,7 +251,17 @@ async fn bad_checks_are_refused() {
 
 #[tokio::test]
 async fn a_killed_instance_leaves_discovery_within_a_second() {
-    let mut system = System::start(2).await;
+    a_killed_instance_leaves_discovery(System::start(2).await).await;
+}
+
+/// With the mesh off the registry probes with its own HTTP/1.1 client on a kept connection; a
+/// killed instance's kept connection is reset, and the fresh one is refused.
+#[tokio::test]
+async fn a_killed_instance_leaves_discovery_within_a_second_in_plaintext() {
+    a_killed_instance_leaves_discovery(System::start_plaintext(2).await).await;
+}
+
+async fn a_killed_instance_leaves_discovery(mut system: System) {
     let victim = system.process("catalog", 0).instance_id.clone();
     system.process("catalog", 0).kill9();
     let took = eventually(Duration::from_secs(3), "the dead instance leaving", || {
@@ -265,7 +275,17 @@ async fn a_killed_instance_leaves_discovery_within_a_second() {
 
 #[tokio::test]
 async fn a_stopped_instance_leaves_discovery_and_comes_back() {
-    let mut system = System::start(2).await;
+    a_stopped_instance_leaves_and_comes_back(System::start(2).await).await;
+}
+
+/// In plaintext a frozen instance's kept probe connection takes the request and never answers:
+/// the probe times out, twice, and passes again once the instance runs.
+#[tokio::test]
+async fn a_stopped_instance_leaves_discovery_and_comes_back_in_plaintext() {
+    a_stopped_instance_leaves_and_comes_back(System::start_plaintext(2).await).await;
+}
+
+async fn a_stopped_instance_leaves_and_comes_back(mut system: System) {
     let victim = system.process("catalog", 0).instance_id.clone();
     system.process("catalog", 0).signal(libc::SIGSTOP);
     let took = eventually(

@@ -95,6 +95,9 @@ struct Owned {
     /// The health last written to (or read from) etcd; `None`: not known yet.
     stored: Option<Health>,
     generation: u64,
+    /// What each probe of this check needs, built once (with the plaintext HTTP probe's kept
+    /// connection).
+    due: Arc<Due>,
 }
 
 /// A probe's outcome, sent back to the loop that owns the state.
@@ -107,13 +110,7 @@ struct Outcome {
 /// Background task: this registry process's share of the checks. `member` names it in the
 /// owner keys (for operators reading etcd).
 pub async fn run(client: EtcdClient, member: String) {
-    let probes = match checks::Probes::new() {
-        Ok(probes) => probes,
-        Err(error) => {
-            tracing::error!(%error, "cannot build the health-check client; checks are off");
-            return;
-        }
-    };
+    let probes = checks::Probes::new();
     let (report, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
     let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
     let mut session: Option<i64> = None;
@@ -143,16 +140,7 @@ pub async fn run(client: EtcdClient, member: String) {
                 continue;
             }
             state.probing = true;
-            let Some((service, id)) = name.split_once('/') else {
-                continue;
-            };
-            let due = Due {
-                service: service.to_string(),
-                id: id.to_string(),
-                authority: state.record.authority.clone(),
-                spec: state.record.spec(),
-                generation: state.generation,
-            };
+            let due = state.due.clone();
             let probes = probes.clone();
             let report = report.clone();
             let name = name.clone();
@@ -247,7 +235,12 @@ async fn sync(
             _ => {
                 // New to us, or the instance re-registered with another check: start afresh.
                 *generations += 1;
-                let first = now + record.spec().interval.min(checks::RECHECK);
+                let spec = record.spec();
+                let first = now + spec.interval.min(checks::RECHECK);
+                let Some((service, id)) = name.split_once('/') else {
+                    continue;
+                };
+                let due = Due::new(service, id, record.authority.clone(), spec, *generations);
                 owned.insert(
                     name,
                     Owned {
@@ -257,6 +250,7 @@ async fn sync(
                         probing: false,
                         stored: None,
                         generation: *generations,
+                        due: Arc::new(due),
                     },
                 );
             }

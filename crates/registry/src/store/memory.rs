@@ -24,14 +24,16 @@ use tokio::sync::watch;
 use super::changes::{ChangeRing, ServiceChange, DEFAULT_CAPACITY};
 use super::service_index::ServiceIndexes;
 use super::{instance_from, wait_past, Store, StoreResult, DEFAULT_TTL};
+use crate::checks::schedule::Schedule;
 use crate::checks::{CheckSpec, Due};
 
 struct Entry {
     instance: Instance,
     ttl: Duration,
     expires_at: Instant,
-    /// The active check, if the registration declared one.
-    check: Option<CheckSpec>,
+    /// The active check, if the registration declared one, as its probes see it (shared with
+    /// the schedule and any probe in flight).
+    check: Option<Arc<Due>>,
     /// Consecutive failed probes.
     failures: u32,
     next_check: Instant,
@@ -52,6 +54,9 @@ impl Entry {
 struct State {
     services: BTreeMap<String, BTreeMap<String, Entry>>,
     generations: u64,
+    /// When each check is due, soonest first (`checks::schedule`): `due_checks` looks at the
+    /// due ones only.
+    schedule: Schedule,
     /// Since when lapsed leases are held instead of dropped (see the module docs).
     preserving_since: Option<Instant>,
 }
@@ -251,7 +256,7 @@ impl MemoryStore {
         // The same instance with the same check keeps what its probes found so far; a new
         // instance starts passing, so it is routed to the moment it registers.
         let kept = previous.filter(|e| {
-            e.check == check
+            e.check.as_ref().map(|due| &due.spec) == check.as_ref()
                 && e.instance.address == instance.address
                 && e.instance.port == instance.port
         });
@@ -266,6 +271,16 @@ impl MemoryStore {
             (Some(spec), None) => now + spec.interval,
             (None, _) => now,
         };
+        let check = check.map(|spec| {
+            let due = Due::new(service, id, instance.authority(), spec, generation);
+            Arc::new(due)
+        });
+        if let Some(due) = &check {
+            // The previous registration's entry, if any, stays in the schedule until its time
+            // and is then skipped: its generation is gone.
+            state.schedule.push(next_check, due.clone());
+        }
+        let instances = state.services.entry(service.to_string()).or_default();
         instances.insert(
             id.to_string(),
             Entry {
@@ -371,25 +386,27 @@ impl MemoryStore {
         expired
     }
 
-    /// The checks due at `now`, each marked as having a probe out.
-    pub fn due_checks(&self, now: Instant) -> Vec<Due> {
+    /// The checks due at `now`, each marked as having a probe out. Costs O(due log n): only
+    /// the schedule's due entries are looked at; stale ones (deregistered, re-registered, a
+    /// probe already out, rescheduled) are dropped on the way.
+    pub fn due_checks(&self, now: Instant) -> Vec<Arc<Due>> {
         let mut state = self.state();
-        let mut due = Vec::new();
-        for entry in state.services.values_mut().flat_map(|s| s.values_mut()) {
-            let Some(spec) = &entry.check else { continue };
-            if entry.probing || entry.next_check > now {
-                continue;
+        let State {
+            services, schedule, ..
+        } = &mut *state;
+        schedule.pop_due(now, |at, due| {
+            let entry = services
+                .get_mut(&due.service)
+                .and_then(|s| s.get_mut(&due.id))
+                .filter(|e| e.generation == due.generation && e.check.is_some());
+            match entry {
+                Some(entry) if !entry.probing && entry.next_check == at => {
+                    entry.probing = true;
+                    true
+                }
+                _ => false,
             }
-            entry.probing = true;
-            due.push(Due {
-                service: entry.instance.service.clone(),
-                id: entry.instance.id.clone(),
-                authority: entry.instance.authority(),
-                spec: spec.clone(),
-                generation: entry.generation,
-            });
-        }
-        due
+        })
     }
 
     /// Records a probe's outcome. Returns the health before and after when it changed (the
@@ -408,7 +425,8 @@ impl MemoryStore {
             .get_mut(service)
             .and_then(|s| s.get_mut(id))
             .filter(|e| e.generation == generation)?;
-        let spec = entry.check.as_ref()?;
+        let due = entry.check.clone()?;
+        let spec = &due.spec;
         let recovered = passed && entry.failures > 0;
         entry.probing = false;
         entry.failures = if passed {
@@ -417,8 +435,10 @@ impl MemoryStore {
             entry.failures.saturating_add(1)
         };
         entry.next_check = now + spec.next_delay(entry.failures);
+        let next_check = entry.next_check;
         let before = entry.instance.health;
         let after = CheckSpec::health_after(entry.failures);
+        state.schedule.push(next_check, due);
         if recovered && state.preserving_since.is_some() {
             state.stop_preserving(now);
             tracing::info!(%service, %id, "a failing check passes again; self-preservation over");
@@ -712,6 +732,117 @@ mod tests {
             store.heartbeat("catalog", "a"),
             "its lease is still its own"
         );
+    }
+
+    fn checked_every(port: u16, interval: &str) -> Registration {
+        Registration {
+            interval: Some(interval.into()),
+            ..checked(port)
+        }
+    }
+
+    fn ids(due: &[Arc<Due>]) -> Vec<&str> {
+        due.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    #[test]
+    fn checks_come_due_in_time_order() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        store.register("catalog", "slow", checked_every(1000, "2s"));
+        store.register("catalog", "fast", checked_every(1001, "500ms"));
+        store.register("catalog", "mid", checked_every(1002, "1s"));
+        store.register("catalog", "none", registration(1003, 5.0));
+        assert!(store.due_checks(t0).is_empty(), "nothing is due at once");
+        let due = store.due_checks(t0 + Duration::from_millis(1200));
+        assert_eq!(
+            ids(&due),
+            ["fast", "mid"],
+            "soonest first, the rest not yet"
+        );
+        let due = store.due_checks(t0 + Duration::from_secs(3));
+        assert_eq!(ids(&due), ["slow"], "the others have a probe out");
+    }
+
+    #[test]
+    fn a_failure_is_rechecked_sooner_and_a_pass_waits_the_interval() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        store.register("catalog", "a", checked_every(1000, "1s"));
+        let at = t0 + Duration::from_millis(1100);
+        let due = store.due_checks(at);
+        store.record_check("catalog", "a", due[0].generation, false, at);
+        let recheck = at + crate::checks::RECHECK;
+        assert!(store
+            .due_checks(recheck - Duration::from_millis(1))
+            .is_empty());
+        let due = store.due_checks(recheck);
+        assert_eq!(ids(&due), ["a"]);
+        store.record_check("catalog", "a", due[0].generation, true, recheck);
+        assert!(store
+            .due_checks(recheck + Duration::from_millis(999))
+            .is_empty());
+        assert_eq!(store.due_checks(recheck + Duration::from_secs(1)).len(), 1);
+    }
+
+    #[test]
+    fn a_replaced_registration_is_probed_once_under_its_new_generation() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        store.register("catalog", "a", checked_every(1000, "1s"));
+        let first = store.state().services["catalog"]["a"].generation;
+        // The same check again: what the probes found is kept, the generation is new.
+        store.register("catalog", "a", checked_every(1000, "1s"));
+        // A new check: probed on its own interval.
+        store.register("catalog", "a", checked_every(1000, "500ms"));
+        let due = store.due_checks(t0 + Duration::from_secs(2));
+        assert_eq!(due.len(), 1, "stale schedule entries are skipped");
+        assert!(due[0].generation > first + 1);
+        assert_eq!(due[0].spec.interval, Duration::from_millis(500));
+        assert_eq!(
+            store.record_check("catalog", "a", first, false, t0),
+            None,
+            "a result for an older registration is dropped"
+        );
+        assert!(store.state().schedule.is_empty(), "stale entries are gone");
+    }
+
+    #[test]
+    fn a_deregistered_instance_is_never_probed() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        store.register("catalog", "a", checked(1000));
+        store.register("catalog", "b", checked(1001));
+        let out = store.due_checks(t0 + Duration::from_secs(1));
+        assert_eq!(out.len(), 2);
+        assert!(store.deregister("catalog", "a"));
+        // Its probe in flight reports after it left: nothing is recorded or rescheduled.
+        assert_eq!(
+            store.record_check("catalog", "a", out[0].generation, false, t0),
+            None
+        );
+        store.record_check("catalog", "b", out[1].generation, true, t0);
+        assert!(store.deregister("catalog", "b"));
+        assert!(store.due_checks(t0 + Duration::from_secs(60)).is_empty());
+        assert!(store.state().schedule.is_empty());
+    }
+
+    #[test]
+    fn the_schedule_holds_one_entry_per_checked_instance() {
+        let store = MemoryStore::new();
+        for port in 0..100u16 {
+            store.register("catalog", &format!("i{port}"), checked(1000 + port));
+        }
+        let mut at = Instant::now();
+        for round in 0..10 {
+            at += Duration::from_secs(1);
+            let due = store.due_checks(at);
+            assert_eq!(due.len(), 100, "round {round}");
+            for due in due {
+                store.record_check(&due.service, &due.id, due.generation, true, at);
+            }
+        }
+        assert_eq!(store.state().schedule.len(), 100, "no entry piles up");
     }
 
     #[test]
