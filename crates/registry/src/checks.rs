@@ -185,7 +185,7 @@ impl Due {
 /// other and no probe costs a task of its own (a spawn and a cross-thread wake-up each, at
 /// 20,000 probes a second, was a large share of the checker's CPU).
 pub async fn run(store: Arc<MemoryStore>) {
-    let probes = Probes::new();
+    let probes = Probes::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inflight = FuturesUnordered::new();
@@ -229,8 +229,8 @@ pub struct Probes {
     grpc: stratus_kit::grpc_health::Prober,
 }
 
-impl Probes {
-    pub fn new() -> Self {
+impl Default for Probes {
+    fn default() -> Self {
         Self {
             grpc: stratus_kit::grpc_health::Prober::new(MAX_INTERVAL),
         }

@@ -110,7 +110,7 @@ struct Outcome {
 /// Background task: this registry process's share of the checks. `member` names it in the
 /// owner keys (for operators reading etcd).
 pub async fn run(client: EtcdClient, member: String) {
-    let probes = checks::Probes::new();
+    let probes = checks::Probes::default();
     let (report, mut outcomes) = mpsc::unbounded_channel::<Outcome>();
     let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
     let mut session: Option<i64> = None;
