@@ -177,26 +177,38 @@ impl Due {
     }
 }
 
+/// How many probes share one task: a tick's due probes run in batches of this many, each batch
+/// a task of its own.
+const BATCH: usize = 64;
+
 /// Background task: runs every due check of `store`.
 ///
 /// Every `TICK` the store hands over the checks that are due (from its schedule, without
-/// looking at the others); their probes run concurrently inside this one task (a
-/// `FuturesUnordered`), each recording its outcome as it finishes, so a slow instance delays no
-/// other and no probe costs a task of its own (a spawn and a cross-thread wake-up each, at
-/// 20,000 probes a second, was a large share of the checker's CPU).
+/// looking at the others); their probes run concurrently in batches of [`BATCH`], each batch a
+/// task (a `FuturesUnordered`), each probe recording its outcome as it finishes, so a slow
+/// instance delays no other. A task per probe (a spawn and a cross-thread wake-up each, at
+/// 20,000 probes a second) was a large share of the checker's CPU; one task for all of them
+/// held the checker to one worker thread, so when the machine was busy it fell behind, its
+/// probes timed out waiting for it, and a dead instance was found seconds late
+/// (`EXTRA=10000 bench/discovery.sh`). Batches keep the spawns few and let every worker help.
 pub async fn run(store: Arc<MemoryStore>) {
     let probes = Probes::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut inflight = FuturesUnordered::new();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                for due in store.due_checks(Instant::now()) {
-                    inflight.push(probe_and_record(&store, &probes, due));
-                }
-            }
-            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+        ticker.tick().await;
+        let due = store.due_checks(Instant::now());
+        for batch in due.chunks(BATCH) {
+            let batch = batch.to_vec();
+            let store = store.clone();
+            let probes = probes.clone();
+            tokio::spawn(async move {
+                let mut inflight: FuturesUnordered<_> = batch
+                    .into_iter()
+                    .map(|due| probe_and_record(&store, &probes, due))
+                    .collect();
+                while inflight.next().await.is_some() {}
+            });
         }
     }
 }
