@@ -45,6 +45,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::thread::LocalKey;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
@@ -92,12 +93,16 @@ fn take_buffer() -> Vec<u8> {
 }
 
 /// Keeps `buffer` (emptied) for the thread's next reader, unless enough are kept already.
-fn give_back(mut buffer: Vec<u8>) {
-    if buffer.capacity() < READ_ROOM {
-        return;
+fn give_back(buffer: Vec<u8>) {
+    if buffer.capacity() >= READ_ROOM {
+        keep_spare(&SPARE, buffer);
     }
+}
+
+/// Pushes `buffer`, emptied, onto one of the thread's spare stacks, unless it is full.
+fn keep_spare(stack: &'static LocalKey<RefCell<Vec<Vec<u8>>>>, mut buffer: Vec<u8>) {
     buffer.clear();
-    SPARE.with(|spare| {
+    stack.with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_BUFFERS {
             spare.push(buffer);
@@ -115,17 +120,10 @@ fn take_outgoing() -> Vec<u8> {
 
 /// Keeps an outgoing buffer (emptied) for the thread's next writer, unless it is large or
 /// enough are kept already.
-fn give_back_outgoing(mut buffer: Vec<u8>) {
-    if buffer.capacity() == 0 || buffer.capacity() > SPARE_OUTGOING_MAX {
-        return;
+fn give_back_outgoing(buffer: Vec<u8>) {
+    if buffer.capacity() > 0 && buffer.capacity() <= SPARE_OUTGOING_MAX {
+        keep_spare(&SPARE_OUTGOING, buffer);
     }
-    buffer.clear();
-    SPARE_OUTGOING.with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buffer);
-        }
-    });
 }
 
 /// What a step of the state machine is asked to do with what it finds.
