@@ -16,9 +16,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
 use stratus_testing::{Need, Test};
 use support::System;
 
@@ -137,31 +136,6 @@ async fn the_dashboard_shows_live_topology_and_traces() {
     assert!(stored >= 10_000, "the flood hardly ran: {stored}");
 }
 
-/// The records of `trace` once both the gateway's and orders' are stored.
-async fn records_of(system: &System, sink: &str, trace: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let url = format!("{sink}/v1/traces/{trace}");
-        let response = system.internal().get(&url).send().await.unwrap();
-        let records = match response.status().as_u16() {
-            200 => response.json::<Value>().await.unwrap()["records"]
-                .as_array()
-                .unwrap()
-                .clone(),
-            _ => Vec::new(),
-        };
-        let has = |service: &str| records.iter().any(|r| r["service"] == service);
-        if has("gateway") && has("orders") {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trace's records: {records:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Acceptance 1 of centralized logs, in the browser: a request that fails in orders, under a
 /// known trace, leaves lines from the gateway and orders that the sink finds by the trace, and
 /// the dashboard shows each under its span.
@@ -175,7 +149,7 @@ async fn the_dashboard_shows_a_failed_requests_lines_under_its_spans() {
             "dashboard-no-such-product",
         )
         .await;
-    let records = records_of(&system, &sink, trace).await;
+    let records = support::failed_order::records_of(&system, &sink, trace).await;
     let span_of = |service: &str, kind: &str| {
         records
             .iter()

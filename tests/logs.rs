@@ -657,28 +657,7 @@ async fn a_failed_request_leaves_its_lines_under_its_trace() {
     assert_eq!(orders["target"], "stratus_orders::pricing");
 
     // Each line's span is its hop's record's, on the same instance.
-    // The gateway hands its records over every 200 ms: wait for both hops.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let records = loop {
-        let url = format!("{sink}/v1/traces/{trace}");
-        let response = system.internal().get(&url).send().await.unwrap();
-        let records = match response.status().as_u16() {
-            200 => response.json::<Value>().await.unwrap()["records"]
-                .as_array()
-                .unwrap()
-                .clone(),
-            _ => Vec::new(),
-        };
-        let has = |service: &str| records.iter().any(|r| r["service"] == service);
-        if has("gateway") && has("orders") {
-            break records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trace's records: {records:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let records = support::failed_order::records_of(&system, &sink, trace).await;
     for (line, kind) in [(&gateway, "gateway"), (&orders, "server")] {
         let record = records
             .iter()

@@ -64,3 +64,29 @@ pub async fn failed_order_under_trace(
         lines,
     }
 }
+
+/// The records of `trace` once both the gateway's and orders' are stored (the gateway hands
+/// its records over every 200 ms).
+pub async fn records_of(system: &System, sink: &str, trace: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = format!("{sink}/v1/traces/{trace}");
+        let response = system.internal().get(&url).send().await.unwrap();
+        let records = match response.status().as_u16() {
+            200 => response.json::<Value>().await.unwrap()["records"]
+                .as_array()
+                .unwrap()
+                .clone(),
+            _ => Vec::new(),
+        };
+        let has = |service: &str| records.iter().any(|r| r["service"] == service);
+        if has("gateway") && has("orders") {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace's records: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
